@@ -1,0 +1,188 @@
+"""The run configuration: one small dataclass, readable from TOML, overridable from the CLI.
+
+Every field is plain data so a config round-trips through JSON and TOML unchanged; `validate`
+turns a bad value into one clear `ConfigError` line instead of a failure deep in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+POS_EMBEDS = ("none", "learned", "sinusoidal")
+
+
+class Count01Error(Exception):
+    """A user-facing error: the CLI prints its message as one line and exits with code 2."""
+
+
+class ConfigError(Count01Error):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- task (SPEC 2) ---
+    min_len: int = 1
+    max_len: int = 32
+    noise: float = 0.25
+    class_balanced: bool = False
+    bos: bool = True
+    # --- model (SPEC 3) ---
+    heads: int = 4
+    d_model: int = 16
+    d_head: int | None = None  # None: d_model // heads (then d_model must divide evenly)
+    pos_embed: str = "none"
+    layernorm: bool = False
+    init_scale: float = 1.0  # weights ~ N(0, (init_scale / sqrt(fan_in))^2)
+    # --- training ---
+    seed: int = 0  # seeds seed, seed + 1, ..., seed + n_seeds - 1 train as one batched model
+    n_seeds: int = 8
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    checkpoint_every: int = 250
+    # --- evaluation (SPEC 2) ---
+    eval_seed: int = 1_000_003
+    eval_size: int = 8192
+    exhaustive_len: int = 12
+    long_max_len: int = 64  # the `long` set draws lengths max_len + 1 .. long_max_len
+    noisy_noise: float = 0.5
+
+    @property
+    def d_head_(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.heads
+
+    @property
+    def n_ctx(self) -> int:
+        """Positions a positional embedding must cover: BOS + the longest `long` string + EOS."""
+        return max(self.long_max_len, self.exhaustive_len, self.max_len) + 2
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.n_seeds))
+
+    @property
+    def count_path(self) -> bool:
+        """Without positional embedding, everything at the EOS query depends only on counts."""
+        return self.pos_embed == "none"
+
+    def validate(self) -> Config:
+        positive = ["max_len", "heads", "d_model", "n_seeds", "steps", "batch_size",
+                    "checkpoint_every", "eval_size", "exhaustive_len"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_head is not None and self.d_head <= 0:
+            raise ConfigError(f"d_head must be positive, got {self.d_head}")
+        if self.min_len < 1 or self.min_len > self.max_len:
+            raise ConfigError(f"min_len must be in 1..max_len ({self.max_len}), got {self.min_len}")
+        if self.d_head is None and self.d_model % self.heads:
+            raise ConfigError(f"d_model ({self.d_model}) is not divisible by heads ({self.heads});"
+                              " set d_head explicitly")
+        for name in ("noise", "noisy_noise"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ConfigError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {self.pos_embed!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.init_scale > 0:
+            raise ConfigError(f"init_scale must be positive, got {self.init_scale}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.long_max_len <= self.max_len:
+            raise ConfigError(f"long_max_len ({self.long_max_len}) must exceed max_len ({self.max_len})")
+        if self.exhaustive_len > 14 and not self.count_path:
+            raise ConfigError("exhaustive_len above 14 needs the count path (pos_embed = none)")
+        return self
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def model_dict(self) -> dict[str, Any]:
+        """The fields that decide the weights' shapes and meaning (checked when loading)."""
+        keys = ("heads", "d_model", "d_head", "pos_embed", "layernorm", "bos")
+        return {k: getattr(self, k) for k in keys} | {"d_head": self.d_head_, "n_ctx": self.n_ctx}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown option(s): {', '.join(unknown)}")
+        values = {}
+        for name, value in data.items():
+            values[name] = _coerce(name, known[name].type, value, source)
+        return cls(**values).validate()
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        flat: dict[str, Any] = {}
+        for key, value in data.items():  # sections ([task], [model], ...) are only for reading
+            flat.update(value if isinstance(value, dict) else {key: value})
+        return cls.from_dict(flat, source=str(path))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Config:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.to_dict().items())
+
+
+def _coerce(name: str, type_: Any, value: Any, source: str) -> Any:
+    """Check a value against the field's type; accept ints for floats and strings from the CLI."""
+    kind = str(type_)
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind.startswith("int"):
+            if value is None or (isinstance(value, str) and value.lower() == "none"):
+                if "None" in kind:
+                    return None
+                raise ValueError
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"unhandled field type {kind}")
+    raise ConfigError(f"{source}: {name} expects {kind.replace(' | None', ' or none')}, got {value!r}")

@@ -1,0 +1,259 @@
+"""The Count01 task (SPEC 2): strings of 0/1/2, the answer rule, and the evaluation sets.
+
+Randomness is counter-based (a splitmix64 hash of seed, stream and index), so a seed's training
+batch at step t is the same whether that seed trains alone or inside a batch of 64 seeds, and an
+interrupted run resumes on exactly the data it would have seen. A string is drawn as its count
+triple (n0, n1, n2) from the exact distribution, then, where order matters, arranged into tokens
+by a random permutation: the same law as i.i.d. digits, and the count path never pays for tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from math import lgamma, log
+
+import numpy as np
+import torch
+
+from .config import Config, Count01Error
+
+ZERO, ONE, TWO, EOS, BOS = 0, 1, 2, 3, 4
+VOCAB = ("0", "1", "2", "EOS", "BOS")
+D_VOCAB = 5
+PAD = ZERO  # padding after EOS; it is never attended to (causal mask at the EOS query)
+
+# stream ids: the training stream and every evaluation set draw from disjoint hash streams
+TRAIN_STREAM = 1
+EVAL_STREAMS = {"iid": 11, "hard": 12, "long": 13, "noisy": 14, "fit": 15}
+EVAL_SETS = ("iid", "hard", "exhaustive", "long", "noisy")
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def answer(counts: torch.Tensor) -> torch.Tensor:
+    """y = 1 iff there are more 1s than 0s (ties answer 0; 2s never count). counts (..., 3)."""
+    return (counts[..., ONE] > counts[..., ZERO]).long()
+
+
+# --- counter-based randomness ---------------------------------------------------------------
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a bijective avalanche on uint64 (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def uniform(seed: np.ndarray | int, stream: int, step: int, index: np.ndarray) -> np.ndarray:
+    """Uniforms in [0, 1) as a pure function of (seed, stream, step, index); broadcasts."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        key = _mix(np.asarray(seed, dtype=np.uint64) * golden + np.uint64(stream))
+        key = _mix(key ^ (np.uint64(step) * np.uint64(0xD1B54A32D192ED03)))
+        h = _mix(key + np.asarray(index, dtype=np.uint64) * golden)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+# --- the exact distribution over count triples -------------------------------------------------
+
+@lru_cache(maxsize=64)
+def triples(min_len: int, max_len: int) -> np.ndarray:
+    """Every count triple (n0, n1, n2) with min_len <= n0 + n1 + n2 <= max_len. (T, 3) int64."""
+    out = []
+    for n in range(min_len, max_len + 1):
+        n0, n1 = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        keep = n0 + n1 <= n
+        n0, n1 = n0[keep], n1[keep]
+        out.append(np.stack([n0, n1, n - n0 - n1], axis=1))
+    return np.concatenate(out).astype(np.int64)
+
+
+def log_multinomial(t: np.ndarray) -> np.ndarray:
+    """log of n! / (n0! n1! n2!): how many strings share a count triple."""
+    lg = np.vectorize(lgamma)
+    return lg(t.sum(1) + 1.0) - lg(t[:, 0] + 1.0) - lg(t[:, 1] + 1.0) - lg(t[:, 2] + 1.0)
+
+
+@lru_cache(maxsize=64)
+def triple_law(min_len: int, max_len: int, noise: float, balanced: bool, hard: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(triples, probabilities) of one draw: n ~ U(min..max), digits i.i.d. (P(2) = noise).
+
+    `hard` keeps |n1 - n0| <= 1; `balanced` rescales so each answer has probability 1/2.
+    """
+    t = triples(min_len, max_len)
+    p01 = (1.0 - noise) / 2.0
+    logp = log_multinomial(t) - np.log(max_len - min_len + 1.0)
+    logp += (t[:, 0] + t[:, 1]) * log(p01)
+    if noise > 0:
+        logp += t[:, 2] * log(noise)
+    else:
+        logp = np.where(t[:, 2] > 0, -np.inf, logp)
+    p = np.exp(logp)
+    if hard:
+        p = np.where(np.abs(t[:, 1] - t[:, 0]) <= 1, p, 0.0)
+    if balanced:
+        y = t[:, 1] > t[:, 0]
+        p = np.where(y, 0.5 * p / p[y].sum(), 0.5 * p / p[~y].sum())
+    p = p / p.sum()
+    return t, p
+
+
+def draw_triples(law: tuple[np.ndarray, np.ndarray], u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw: a uniform per example gives its triple. (..., 3)."""
+    t, p = law
+    cdf = np.cumsum(p)
+    idx = np.searchsorted(cdf, u * cdf[-1], side="right").clip(max=len(t) - 1)
+    return t[idx]
+
+
+def arrange(counts: np.ndarray, u: np.ndarray, bos: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens `[BOS] x1..xn EOS` (right-padded) for count triples, in the order the uniforms give.
+
+    counts (..., 3), u (..., max_n): a uniformly random permutation of the multiset of digits.
+    Returns tokens (..., L) and the EOS position (...,).
+    """
+    n = counts.sum(-1)
+    width = u.shape[-1]
+    pos = np.arange(width)
+    keys = np.where(pos < n[..., None], u, np.inf)
+    rank = np.argsort(np.argsort(keys, axis=-1, kind="stable"), axis=-1, kind="stable")
+    c0 = counts[..., :1]
+    c01 = c0 + counts[..., 1:2]
+    digits = np.where(rank < c0, ZERO, np.where(rank < c01, ONE, TWO))
+    digits = np.where(pos < n[..., None], digits, PAD)
+    off = int(bos)
+    tokens = np.full(n.shape + (width + 1 + off,), PAD, dtype=np.int64)
+    if bos:
+        tokens[..., 0] = BOS
+    tokens[..., off:off + width] = digits
+    eos_pos = n + off
+    np.put_along_axis(tokens, eos_pos[..., None], EOS, axis=-1)
+    return tokens, eos_pos
+
+
+def tokens_to_counts(tokens: torch.Tensor, eos_pos: torch.Tensor) -> torch.Tensor:
+    """Count triples of token strings (digits before EOS). (..., 3)."""
+    before = torch.arange(tokens.shape[-1]) < eos_pos[..., None]
+    return torch.stack([((tokens == d) & before).sum(-1) for d in (ZERO, ONE, TWO)], dim=-1)
+
+
+# --- batches -------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """Examples at the EOS query. `counts` always; `tokens` only where order matters.
+
+    A batch with a leading seed axis (S, B, ...) is a training batch (each seed its own data);
+    evaluation sets have no seed axis and carry a weight per example (duplicates merged, or the
+    number of strings sharing a count triple for the exact `exhaustive` set).
+    """
+
+    counts: torch.Tensor  # (..., B, 3) int64
+    y: torch.Tensor  # (..., B) int64
+    weight: torch.Tensor  # (..., B) float64, sums to the number of examples represented
+    tokens: torch.Tensor | None = None  # (..., B, L) int64
+    eos_pos: torch.Tensor | None = None  # (..., B) int64
+
+    def __len__(self) -> int:
+        return self.counts.shape[-2]
+
+
+def training_batch(cfg: Config, seeds: list[int], step: int, tokens: bool | None = None) -> Batch:
+    """Seed k's batch at `step`, for every seed at once. (S, B, ...)."""
+    tokens = (not cfg.count_path) if tokens is None else tokens
+    s = np.asarray(seeds, dtype=np.uint64)[:, None]
+    law = triple_law(cfg.min_len, cfg.max_len, cfg.noise, cfg.class_balanced, False)
+    counts = draw_triples(law, uniform(s, TRAIN_STREAM, 2 * step, np.arange(cfg.batch_size)))
+    return _batch(counts, cfg, s[..., None], TRAIN_STREAM, 2 * step + 1, tokens, cfg.max_len,
+                  merge=False)
+
+
+def _batch(counts: np.ndarray, cfg: Config, seed, stream: int, step: int, tokens: bool,
+           width: int, merge: bool) -> Batch:
+    """Tokens arranged with a fixed `width` of uniforms per example, so the arrangement of
+    example b never depends on what else is in the batch."""
+    if tokens:
+        idx = np.arange(counts.shape[-2])[:, None] * width + np.arange(width)
+        tok, eos = arrange(counts, uniform(seed, stream, step, idx), cfg.bos)
+        ct = torch.from_numpy(counts)
+        return Batch(ct, answer(ct), torch.ones(ct.shape[:-1], dtype=torch.float64),
+                     torch.from_numpy(tok), torch.from_numpy(eos))
+    if merge:
+        counts, weight = np.unique(counts, axis=0, return_counts=True)
+    else:
+        weight = np.ones(counts.shape[:-1])
+    ct = torch.from_numpy(counts)
+    return Batch(ct, answer(ct), torch.from_numpy(weight.astype(np.float64)))
+
+
+def eval_set(cfg: Config, name: str, tokens: bool | None = None) -> Batch:
+    """One evaluation set (SPEC 2), reproducible from `eval_seed`, disjoint from training draws.
+
+    iid: the training law. hard: |#1 - #0| <= 1. long: lengths max_len+1..long_max_len.
+    noisy: P(2) = noisy_noise. These four are class-balanced (half answer 1), except iid, which
+    keeps the training law, and are `eval_size` draws. exhaustive: every string of length
+    1..exhaustive_len once (exact, through count triples, on the count path). `fit`: an iid draw
+    of its own, where thresholds, probes and alphas are fitted before scoring elsewhere.
+    """
+    tokens = (not cfg.count_path) if tokens is None else tokens
+    if name == "exhaustive":
+        return exhaustive(cfg, tokens)
+    laws = {
+        "iid": (cfg.min_len, cfg.max_len, cfg.noise, cfg.class_balanced, False),
+        "fit": (cfg.min_len, cfg.max_len, cfg.noise, cfg.class_balanced, False),
+        "hard": (cfg.min_len, cfg.max_len, cfg.noise, True, True),
+        "long": (cfg.max_len + 1, cfg.long_max_len, cfg.noise, True, False),
+        "noisy": (cfg.min_len, cfg.max_len, cfg.noisy_noise, True, False),
+    }
+    if name not in laws:
+        raise Count01Error(f"unknown evaluation set {name!r}; choose from {', '.join(EVAL_SETS)}")
+    stream = EVAL_STREAMS[name]
+    counts = draw_triples(triple_law(*laws[name]), uniform(cfg.eval_seed, stream, 0,
+                                                           np.arange(cfg.eval_size)))
+    return _batch(counts, cfg, cfg.eval_seed, stream, 1, tokens, laws[name][1], merge=True)
+
+
+def exhaustive(cfg: Config, tokens: bool = False, max_len: int | None = None) -> Batch:
+    """Every string of length 1..max_len, each once: as count triples weighted by how many strings
+    share them (exact for any length), or enumerated as tokens (3^n strings per length)."""
+    max_len = cfg.exhaustive_len if max_len is None else max_len
+    if not tokens:
+        t = triples(1, max_len)
+        ct = torch.from_numpy(t)
+        return Batch(ct, answer(ct), torch.from_numpy(np.exp(log_multinomial(t))))
+    rows = []
+    for n in range(1, max_len + 1):  # one vectorised block per length
+        codes = np.arange(3**n)
+        digits = (codes[:, None] // 3 ** np.arange(n)[::-1]) % 3
+        rows.append(np.pad(digits, ((0, 0), (0, max_len - n)), constant_values=-1))
+    digits = np.concatenate(rows)
+    return from_digits(digits, cfg.bos)
+
+
+def from_digits(digits: np.ndarray, bos: bool) -> Batch:
+    """Token batch from digit rows (-1 pads the end of shorter rows)."""
+    n = (digits >= 0).sum(1)
+    off = int(bos)
+    tokens = np.full((len(digits), digits.shape[1] + 1 + off), PAD, dtype=np.int64)
+    if bos:
+        tokens[:, 0] = BOS
+    tokens[:, off:off + digits.shape[1]] = np.where(digits >= 0, digits, PAD)
+    np.put_along_axis(tokens, (n + off)[:, None], EOS, axis=1)
+    tok, eos = torch.from_numpy(tokens), torch.from_numpy(n + off)
+    counts = tokens_to_counts(tok, eos)
+    return Batch(counts, answer(counts), torch.ones(len(digits), dtype=torch.float64), tok, eos)
+
+
+def parse(text: str, bos: bool) -> Batch:
+    """A user's string of digits 0/1/2, e.g. "0112021", as a one-example token batch."""
+    text = text.strip()
+    if not text:
+        raise Count01Error("empty string: give digits 0, 1 and 2, e.g. 0112021")
+    bad = sorted(set(text) - set("012"))
+    if bad:
+        raise Count01Error(f"invalid token(s) {''.join(bad)!r} in {text!r}: only digits 0, 1, 2")
+    return from_digits(np.array([[int(c) for c in text]]), bos)
