@@ -38,8 +38,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .train import train
     from .runs import load_config
+    from .train import train
 
     if args.resume:
         overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}

@@ -38,6 +38,11 @@ def weight_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
 
 
 def trainable(cfg: Config, name: str) -> bool:
+    """Sinusoidal W_pos is fixed. b_K stays zero: it shifts all of a query's scores equally, so
+    softmax ignores it, its gradient is pure rounding noise, and Adam would turn that noise into
+    full-size steps that make a seed's weights depend on its batch companions."""
+    if name == ATTN + "b_K":
+        return False
     return not (name == "pos_embed.W_pos" and cfg.pos_embed == "sinusoidal")
 
 

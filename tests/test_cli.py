@@ -1,0 +1,91 @@
+import subprocess
+import sys
+
+import pytest
+
+from count01.cli import main
+
+TINY = ["--steps", "40", "--n-seeds", "2", "--batch-size", "64", "--checkpoint-every", "20",
+        "--eval-size", "256", "--exhaustive-len", "5", "--max-len", "8", "--long-max-len", "12",
+        "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out)] + TINY) == 0
+    return out
+
+
+def test_train_evaluate_predict_end_to_end(run, capsys):
+    assert main(["evaluate", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert "l_acc" in table and "exhaustive" in table and "noisy" in table
+    assert main(["predict", str(run), "0112021"]) == 0
+    out = capsys.readouterr().out
+    assert "n0=2 n1=3 n2=2" in out and "p(EOS)" in out
+
+
+def test_every_command_has_help():
+    for cmd in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["predict", "--help"]):
+        done = subprocess.run([sys.executable, "-m", "count01"] + cmd, capture_output=True,
+                              text=True)
+        assert done.returncode == 0 and "usage" in done.stdout
+
+
+def _fails_cleanly(args, capsys, match):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, match", [
+    (["train", "--heads", "0"], "heads must be positive"),
+    (["train", "--d-model", "10", "--heads", "4"], "not divisible"),
+    (["train", "--noise", "1.5"], "noise must be in [0, 1)"),
+    (["train", "--noise", "abc"], "noise expects float"),
+    (["train", "--bogus", "3"], "unrecognized arguments"),
+    (["train", "--pos-embed", "rotary"], "pos_embed must be one of"),
+    (["train", "--config", "/nonexistent.toml"], "config file not found"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_training_options_fail_cleanly_and_write_nothing(args, match, capsys, tmp_path):
+    out = tmp_path / "never"
+    _fails_cleanly(args + ["--out", str(out)] if args[0] == "train" else args, capsys, match)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("0113", "invalid token"), ("", "empty string"), ("01 x", "invalid token")])
+def test_malformed_token_strings_fail_cleanly(run, text, match, capsys):
+    _fails_cleanly(["predict", str(run), text], capsys, match)
+
+
+def test_missing_truncated_and_foreign_checkpoints_fail_cleanly(run, tmp_path, capsys):
+    import shutil
+
+    _fails_cleanly(["evaluate", str(tmp_path / "missing")], capsys, "no such run")
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    _fails_cleanly(["evaluate", str(broken)], capsys, "corrupted or truncated")
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    _fails_cleanly(["predict", str(broken), "01"], capsys, "corrupted or truncated")
+
+
+def test_a_config_that_does_not_match_the_checkpoint_fails_cleanly(run, tmp_path, capsys):
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["d_model"] = 8
+    (other / "config.json").write_text(json.dumps(cfg))
+    _fails_cleanly(["evaluate", str(other)], capsys, "does not match")
+
+
+def test_train_refuses_to_overwrite_a_run_and_resume_rejects_new_options(run, capsys):
+    _fails_cleanly(["train", "--out", str(run)] + TINY, capsys, "already holds a run")
+    _fails_cleanly(["train", "--resume", str(run), "--heads", "2"], capsys, "only --steps")
