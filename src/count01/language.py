@@ -72,9 +72,10 @@ def triples(min_len: int, max_len: int) -> np.ndarray:
 
 
 def log_multinomial(t: np.ndarray) -> np.ndarray:
-    """log of n! / (n0! n1! n2!): how many strings share a count triple."""
-    lg = np.vectorize(lgamma)
-    return lg(t.sum(1) + 1.0) - lg(t[:, 0] + 1.0) - lg(t[:, 1] + 1.0) - lg(t[:, 2] + 1.0)
+    """log of n! / (n0! n1! n2!): how many strings share a count triple (finite for any n)."""
+    n = t.sum(1)
+    lf = np.array([lgamma(k + 1.0) for k in range(int(n.max(initial=0)) + 1)])  # log k!
+    return lf[n] - lf[t[:, 0]] - lf[t[:, 1]] - lf[t[:, 2]]
 
 
 @lru_cache(maxsize=64)
@@ -103,11 +104,38 @@ def triple_law(min_len: int, max_len: int, noise: float, balanced: bool, hard: b
 
 
 def draw_triples(law: tuple[np.ndarray, np.ndarray], u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draw: a uniform per example gives its triple. (..., 3)."""
+    """Inverse-CDF draw: a uniform per example gives its triple. (..., 3).
+
+    The reference definition; `draw_index` computes the same indices several times faster."""
     t, p = law
     cdf = np.cumsum(p)
     idx = np.searchsorted(cdf, u * cdf[-1], side="right").clip(max=len(t) - 1)
     return t[idx]
+
+
+@lru_cache(maxsize=64)
+def _guide(*law_key) -> tuple[np.ndarray, np.ndarray, float]:
+    """A guide table for the inverse CDF of `triple_law(*law_key)`: bucket g of G equal slices
+    of [0, total) starts at index lo[g], so most draws need one lookup instead of a binary search.
+    Returns (cdf with -inf prepended, lo, total)."""
+    _, p = triple_law(*law_key)
+    cdf = np.cumsum(p)
+    buckets = min(16 * len(p), 1 << 20)
+    lo = np.searchsorted(cdf, np.arange(buckets) * (cdf[-1] / buckets), side="right")
+    return np.concatenate([[-np.inf], cdf]), lo.clip(max=len(p) - 1), float(cdf[-1])
+
+
+def draw_index(law_key: tuple, u: np.ndarray) -> np.ndarray:
+    """Indices into `triples` of inverse-CDF draws from `triple_law(*law_key)`: exactly the
+    indices of `draw_triples`. Each guess is checked (cdf[i-1] <= x < cdf[i]); the few that fail
+    (a CDF step inside their bucket, or rounding at a bucket edge) take the binary search."""
+    cdf, lo, total = _guide(*law_key)
+    x = u * total
+    idx = lo[np.minimum(u * len(lo), len(lo) - 1).astype(np.int64)]  # u * G rounds to G
+    bad = (cdf[idx + 1] <= x) | (cdf[idx] > x)
+    if bad.any():
+        idx[bad] = np.searchsorted(cdf[1:], x[bad], side="right").clip(max=len(cdf) - 2)
+    return idx
 
 
 def arrange(counts: np.ndarray, u: np.ndarray, bos: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -120,10 +148,14 @@ def arrange(counts: np.ndarray, u: np.ndarray, bos: bool) -> tuple[np.ndarray, n
     width = u.shape[-1]
     pos = np.arange(width)
     keys = np.where(pos < n[..., None], u, np.inf)
-    rank = np.argsort(np.argsort(keys, axis=-1, kind="stable"), axis=-1, kind="stable")
+    # the digit of rank r is 0, 1 or 2 by r against the counts; position order[r] gets it
+    # (ties are only among the padding, which is overwritten)
+    order = np.argsort(keys, axis=-1)
     c0 = counts[..., :1]
-    c01 = c0 + counts[..., 1:2]
-    digits = np.where(rank < c0, ZERO, np.where(rank < c01, ONE, TWO))
+    by_rank = (pos >= c0).astype(np.int64) + (pos >= c0 + counts[..., 1:2])  # ZERO, ONE, TWO
+    rows = np.arange(order.size // width).reshape(order.shape[:-1] + (1,)) * width
+    digits = np.empty_like(by_rank)
+    digits.reshape(-1)[(order + rows).reshape(-1)] = by_rank.reshape(-1)
     digits = np.where(pos < n[..., None], digits, PAD)
     off = int(bos)
     tokens = np.full(n.shape + (width + 1 + off,), PAD, dtype=np.int64)
@@ -162,12 +194,25 @@ class Batch:
         return self.counts.shape[-2]
 
 
+def training_law(cfg: Config) -> tuple:
+    """The key of the training law for `triple_law`, `draw_index` and `training_indices`."""
+    return (cfg.min_len, cfg.max_len, cfg.noise, cfg.class_balanced, False)
+
+
+def training_indices(cfg: Config, seeds: list[int], step: int) -> np.ndarray:
+    """Seed k's examples at `step` as indices into `triples(cfg.min_len, cfg.max_len)`. (S, B).
+
+    What the count path trains on: a row of a per-triple table is all it needs."""
+    s = np.asarray(seeds, dtype=np.uint64)[:, None]
+    u = uniform(s, TRAIN_STREAM, 2 * step, np.arange(cfg.batch_size))
+    return draw_index(training_law(cfg), u)
+
+
 def training_batch(cfg: Config, seeds: list[int], step: int, tokens: bool | None = None) -> Batch:
     """Seed k's batch at `step`, for every seed at once. (S, B, ...)."""
     tokens = (not cfg.count_path) if tokens is None else tokens
     s = np.asarray(seeds, dtype=np.uint64)[:, None]
-    law = triple_law(cfg.min_len, cfg.max_len, cfg.noise, cfg.class_balanced, False)
-    counts = draw_triples(law, uniform(s, TRAIN_STREAM, 2 * step, np.arange(cfg.batch_size)))
+    counts = triples(cfg.min_len, cfg.max_len)[training_indices(cfg, seeds, step)]
     return _batch(counts, cfg, s[..., None], TRAIN_STREAM, 2 * step + 1, tokens, cfg.max_len,
                   merge=False)
 
@@ -212,19 +257,24 @@ def eval_set(cfg: Config, name: str, tokens: bool | None = None) -> Batch:
     if name not in laws:
         raise Count01Error(f"unknown evaluation set {name!r}; choose from {', '.join(EVAL_SETS)}")
     stream = EVAL_STREAMS[name]
-    counts = draw_triples(triple_law(*laws[name]), uniform(cfg.eval_seed, stream, 0,
-                                                           np.arange(cfg.eval_size)))
+    u = uniform(cfg.eval_seed, stream, 0, np.arange(cfg.eval_size))
+    counts = triples(*laws[name][:2])[draw_index(laws[name], u)]
     return _batch(counts, cfg, cfg.eval_seed, stream, 1, tokens, laws[name][1], merge=True)
 
 
 def exhaustive(cfg: Config, tokens: bool = False, max_len: int | None = None) -> Batch:
     """Every string of length 1..max_len, each once: as count triples weighted by how many strings
-    share them (exact for any length), or enumerated as tokens (3^n strings per length)."""
+    share them (exact for any length), or enumerated as tokens (3^n strings per length).
+
+    The weights are the string counts (3^64 ~ 3e30 fits a float64) up to max_len ~ 600; beyond,
+    all are scaled down by one factor so the largest is e^600: metrics only use ratios."""
     max_len = cfg.exhaustive_len if max_len is None else max_len
     if not tokens:
         t = triples(1, max_len)
         ct = torch.from_numpy(t)
-        return Batch(ct, answer(ct), torch.from_numpy(np.exp(log_multinomial(t))))
+        log_w = log_multinomial(t)
+        weight = np.exp(log_w - max(0.0, log_w.max() - 600.0))
+        return Batch(ct, answer(ct), torch.from_numpy(weight))
     rows = []
     for n in range(1, max_len + 1):  # one vectorised block per length
         codes = np.arange(3**n)

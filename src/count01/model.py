@@ -72,7 +72,7 @@ def init_weights(cfg: Config, seed: int) -> dict[str, torch.Tensor]:
         elif name == "pos_embed.W_pos" and cfg.pos_embed == "sinusoidal":
             out[name] = sinusoidal(cfg.n_ctx, cfg.d_model)
         else:
-            fan_in = shape[-2]  # d_model for W_E (rows are tokens), W_pos, W_Q/K/V, W_U; d_head for W_O
+            fan_in = shape[-2]  # d_model for W_Q/K/V, W_U; d_head for W_O (W_E, W_pos below)
             if name in ("embed.W_E", "pos_embed.W_pos"):
                 fan_in = cfg.d_model
             out[name] = torch.randn(shape, generator=gen) * (cfg.init_scale / math.sqrt(fan_in))
@@ -175,7 +175,9 @@ class Model:
         """Logits at the EOS position. (S, B, d_vocab)."""
         if self.cfg.count_path:
             return self._count_logits(batch)
-        return self.run(batch).logits
+        if self.cfg.layernorm:
+            return self.run(batch).logits
+        return self._token_logits(batch)
 
     def _qkv(self, h_eos: torch.Tensor, h: torch.Tensor):
         """Queries (S, B', H, e), keys and values (S, B', H, K, e), scores (S, B', H, K)."""
@@ -186,19 +188,151 @@ class Model:
         scores = torch.einsum("sbhe,sbhke->sbhk", q, k) / math.sqrt(self.cfg.d_head_)
         return v, scores
 
+    # --- the count path: every key and value exists once per token kind ----------------------
+
+    def _mult(self, batch: Batch) -> torch.Tensor:
+        """Multiplicities of the kinds 0, 1, 2, EOS, BOS in each string. (S or 1, B, 5)."""
+        counts = batch.counts.to(self.weights["embed.W_E"].dtype)
+        counts = counts if counts.dim() == 3 else counts[None]
+        ones = torch.ones(counts.shape[:-1] + (1,), dtype=counts.dtype)
+        return torch.cat([counts, ones, ones * float(self.cfg.bos)], -1)
+
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_Q, W_K, W_V side by side (S, d, H*3*e) and their biases (S, 1, H*3*e): the queries,
+        keys and values of all five kinds come out of one matmul."""
+        w = self.weights
+        W = torch.stack([w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]], 3)  # (S, H, d, 3, e)
+        S, H, d, _, e = W.shape
+        b = torch.stack([w[ATTN + "b_Q"], w[ATTN + "b_K"], w[ATTN + "b_V"]], 2)  # (S, H, 3, e)
+        return W.permute(0, 2, 1, 3, 4).reshape(S, d, H * 3 * e), b.view(S, 1, H * 3 * e)
+
+    def _kinds(self, x: torch.Tensor, W_qkv: torch.Tensor, b_qkv: torch.Tensor):
+        """Per kind: q (S, H, e) of EOS, k and v (S, K, H, e), and a (S, H, K), the attention
+        weight per occurrence relative to EOS's (EOS's is 1, so the sum is >= 1: no overflow)."""
+        S, K, _ = x.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
+        qkv = torch.baddbmm(b_qkv, x, W_qkv).view(S, K, H, 3, e)
+        q, k, v = qkv[:, EOS, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+        scores = (k * q[:, None]).sum(-1).transpose(1, 2) * (1.0 / math.sqrt(e))  # (S, H, K)
+        return q, k, v, torch.exp(scores - scores[..., EOS:EOS + 1])
+
     def _count_logits(self, batch: Batch) -> torch.Tensor:
-        """The count path without materialising the pattern: keys and values exist once per kind,
-        so head h's output is sum_t n_t e_t u_t / sum_t n_t e_t, two small matmuls per seed."""
-        x_eos, x, mult, _ = self.slots(batch)
-        v, scores = self._qkv(self._ln(x_eos, "blocks.0.ln1"), self._ln(x, "blocks.0.ln1"))
-        e = torch.exp(scores[:, 0] - scores[:, 0, :, EOS:EOS + 1])  # (S, H, 5); EOS weight 1
-        u = torch.einsum("shk,shke,shed->shkd", e, v[:, 0], self.weights[ATTN + "W_O"])
-        S, H, K, d = u.shape
-        m = mult.expand(S, -1, -1)  # (S, B, 5)
-        num = torch.bmm(m, u.transpose(1, 2).reshape(S, K, H * d)).view(S, -1, H, d)
-        den = torch.bmm(m, e.transpose(1, 2))  # (S, B, H), >= 1 since EOS is always there
-        resid = x_eos + (num / den[..., None]).sum(2) + self.weights[ATTN + "b_O"][:, None]
+        """The count path without materialising the pattern: head h's output is
+        sum_t n_t a_t u_t / sum_t n_t a_t, with u_t = v_t W_O, for the five kinds t.
+        Written as C @ U with C[b, (h, t)] = n_bt / D_bh, one matmul for all heads."""
+        w = self.weights
+        W_E = w["embed.W_E"]
+        S, K, d = W_E.shape
+        H = self.cfg.heads
+        _, _, v, a = self._kinds(self._ln(W_E, "blocks.0.ln1"), *self._fused_qkv())
+        u = (v.transpose(1, 2) @ w[ATTN + "W_O"]) * a[..., None]  # (S, H, K, d)
+        m = self._mult(batch).expand(S, -1, -1)  # (S, B, K)
+        D = torch.bmm(m, a.transpose(1, 2))  # (S, B, H), >= 1 since EOS is always there
+        C = (m[:, :, None, :] / D[..., None]).reshape(S, -1, H * K)  # (S, B, H*K)
+        resid = torch.baddbmm((W_E[:, EOS] + w[ATTN + "b_O"])[:, None], C, u.reshape(S, H * K, d))
         return self.unembed(resid)
+
+    def count_loss_grad(self, mult: torch.Tensor, target: torch.Tensor
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean cross-entropy per seed (S,) and its gradient for every trainable weight, by hand.
+
+        The count path without LayerNorm, for training: autograd would record a hundred tiny ops
+        per step and spend more time on bookkeeping than on arithmetic. W_U is folded into the
+        values (r_ht = v_ht W_O^h W_U), so per example only C (H*K numbers) and the logits are
+        formed. Examples are the LAST axis: mult (S, K, B) multiplicities, target (S, V, B)
+        one-hot answers, so the many reductions over 5 kinds or 5 logits run along contiguous
+        examples (a softmax over a last axis of 5 is several times slower).
+        """
+        w = self.weights
+        W_E, W_O, W_U = w["embed.W_E"], w[ATTN + "W_O"], w["unembed.W_U"]
+        S, K, d = W_E.shape
+        B, V = mult.shape[2], W_U.shape[-1]
+        H, e = self.cfg.heads, self.cfg.d_head_
+        mult, target = mult.contiguous(), target.contiguous()
+        W_qkv, b_qkv = self._fused_qkv()
+        q, k, v, a = self._kinds(W_E, W_qkv, b_qkv)
+        vt = v.transpose(1, 2)[..., None]  # (S, H, K, e, 1)
+        # tiny per-kind products as broadcasts: a bmm over S*H matrices of 4 x 5 costs more
+        M = torch.bmm(W_O.view(S, H * e, d), W_U).view(S, H, 1, e, V)  # value -> logit map
+        r = (vt * M).sum(3)  # (S, H, K, V)
+        UU = (r * a[..., None]).view(S, H * K, V)
+        xo = W_E[:, EOS] + w[ATTN + "b_O"]  # (S, d)
+        c0 = torch.baddbmm(w["unembed.b_U"][:, :, None], W_U.transpose(1, 2), xo[:, :, None])
+        # --- per example: C[(h, t), b] = n_bt / D_bh, logits = c0 + UU^T C
+        inv = torch.bmm(a, mult).reciprocal_()  # (S, H, B) 1 / D, D >= 1 (EOS is always there)
+        C = (inv[:, :, None] * mult[:, None]).view(S, H * K, B)
+        logp = torch.log_softmax(torch.baddbmm(c0, UU.transpose(1, 2), C), 1)  # (S, V, B)
+        loss = (logp * target).sum(1).mean(1).neg_()
+        g = logp.exp_().sub_(target).mul_(1.0 / B)  # dloss / dlogits
+        dC = torch.bmm(UU, g).view(S, H, K, B)
+        dUU = torch.bmm(C, g.transpose(1, 2)).view(S, H, K, V)
+        dD = (dC * mult[:, None]).sum(2).mul_(inv).mul_(inv).neg_()  # (S, H, B)
+        dc0 = g.sum(2)  # (S, V)
+        # --- per kind
+        da = (dUU * r).sum(-1) + torch.bmm(dD, mult.transpose(1, 2))  # (S, H, K)
+        dr = (dUU * a[..., None])[..., None, :]  # (S, H, K, 1, V)
+        dv = (dr * M).sum(-1)  # (S, H, K, e)
+        dM = (vt * dr).sum(2)  # (S, H, e, V)
+        ds = da * a * (1.0 / math.sqrt(e))  # d loss / d (q.k) through a = exp(s - s_EOS)
+        ds[..., EOS] -= ds.sum(-1)
+        dq = (ds[..., None] * k.transpose(1, 2)).sum(2)  # (S, H, e)
+        dk = ds[..., None] * q[:, :, None]  # (S, H, K, e)
+        dqkv = torch.stack([torch.zeros_like(dk), dk, dv], 3)  # (S, H, K, 3, e)
+        dqkv[:, :, EOS, 0] = dq
+        dqkv = dqkv.transpose(1, 2).reshape(S, K, H * 3 * e)
+        dW_qkv = torch.bmm(W_E.transpose(1, 2), dqkv).view(S, d, H, 3, e).permute(0, 2, 1, 3, 4)
+        dxo = torch.bmm(dc0[:, None], W_U.transpose(1, 2)).squeeze(1)  # (S, d)
+        dW_E = torch.bmm(dqkv, W_qkv.transpose(1, 2))
+        dW_E[:, EOS] += dxo
+        dM = dM.view(S, H * e, V)
+        dW_U = torch.baddbmm(xo[:, :, None] * dc0[:, None], W_O.view(S, H * e, d).transpose(1, 2),
+                             dM)
+        grads = {"embed.W_E": dW_E,
+                 ATTN + "W_Q": dW_qkv[..., 0, :], ATTN + "W_K": dW_qkv[..., 1, :],
+                 ATTN + "W_V": dW_qkv[..., 2, :],
+                 ATTN + "W_O": torch.bmm(dM, W_U.transpose(1, 2)).view(S, H, e, d),
+                 ATTN + "b_Q": dq, ATTN + "b_V": dv.sum(2), ATTN + "b_O": dxo,
+                 "unembed.W_U": dW_U, "unembed.b_U": dc0}
+        return loss, grads
+
+    # --- the token path ---------------------------------------------------------------------
+
+    def _token_logits(self, batch: Batch) -> torch.Tensor:
+        """Logits on the token path without LayerNorm. Keys and values are affine in
+        x_j = W_E[tok_j] + W_pos[j], so the EOS query's scores split into a part per kind and a
+        part per position, and z = (sum_j a_j x_j) W_V + b_V: no (B, L, H, d_head) tensor."""
+        w = self.weights
+        W_E = w["embed.W_E"]
+        S, _, d = W_E.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
+        tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
+        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+        tokens, eos = tokens.expand(S, -1, -1), eos.expand(S, -1)
+        L = tokens.shape[-1]
+        x_eos = W_E[:, EOS, None].expand(-1, eos.shape[1], -1)  # (S, B, d)
+        pos = None
+        if self.cfg.pos_embed != "none":
+            if L > self.cfg.n_ctx:
+                raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
+            pos = w["pos_embed.W_pos"][:, :L]  # (S, L, d)
+            x_eos = x_eos + torch.gather(pos, 1, eos[..., None].expand(-1, -1, d))
+        W_Q, W_K = w[ATTN + "W_Q"], w[ATTN + "W_K"]
+        q = (x_eos[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(e))
+        k_kind = W_E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
+        kind_scores = q @ k_kind.transpose(2, 3)  # (S, H, B, 5)
+        tok = tokens[:, None].expand(-1, H, -1, -1)  # (S, H, B, L)
+        scores = torch.gather(kind_scores, 3, tok)
+        if pos is not None:
+            scores = scores + q @ (pos[:, None] @ W_K).transpose(2, 3)  # (S, H, B, L)
+        after = torch.arange(L) > eos[:, None, :, None]  # causal mask at the EOS query
+        pattern = torch.softmax(scores.masked_fill(after, -math.inf), -1)
+        mass = torch.zeros_like(kind_scores).scatter_add_(3, tok, pattern)  # (S, H, B, 5)
+        xbar = mass @ W_E[:, None]  # (S, H, B, d) attention-weighted mean input
+        if pos is not None:
+            xbar = xbar + pattern @ pos[:, None]
+        z = xbar @ w[ATTN + "W_V"] + w[ATTN + "b_V"][:, :, None]  # (S, H, B, e)
+        out = (z @ w[ATTN + "W_O"]).sum(1)  # (S, B, d)
+        return self.unembed(x_eos + out + w[ATTN + "b_O"][:, None])
 
     def run(self, batch: Batch, force_tokens: bool = False,
             attn_override: torch.Tensor | None = None) -> Cache:

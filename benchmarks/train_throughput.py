@@ -1,0 +1,107 @@
+"""Training throughput of count01: S seeds batched against the same seeds trained one by one.
+
+Trains the default model (H=4, d_model=16, d_head=4, batch 256, no positional embedding, so
+the count path) for a fixed number of steps with `count01.train`, exactly as a user calls it:
+S = 1, 8 and 64 seeds batched, and 64 seeds looped one at a time (64 runs of S = 1). Prints
+seed-steps per second (seeds x steps / wall-clock seconds) for each and the ratios. The
+variants are interleaved over repeats, so drift in the machine's speed hits all alike, and the
+median over repeats is reported.
+
+    python benchmarks/train_throughput.py            # full (a minute or two)
+    python benchmarks/train_throughput.py --quick    # a few steps: checks that it runs (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from count01.config import Config
+from count01.train import train
+
+CFG = Config(checkpoint_every=10**9)  # the default model; nothing written to disk
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def batched(n_seeds: int, steps: int) -> float:
+    """Seconds to train n_seeds seeds together for `steps` steps."""
+    t0 = time.perf_counter()
+    train(CFG.replace(n_seeds=n_seeds, steps=steps), progress=False)
+    return time.perf_counter() - t0
+
+
+def looped(n_seeds: int, steps: int) -> float:
+    """Seconds to train n_seeds seeds one after the other, `steps` steps each."""
+    t0 = time.perf_counter()
+    for seed in range(n_seeds):
+        train(CFG.replace(seed=seed, n_seeds=1, steps=steps), progress=False)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny step counts: only checks it runs")
+    p.add_argument("--steps", type=int, help="steps per timed run (default 300; quick: 3)")
+    p.add_argument("--looped-steps", type=int,
+                   help="steps per seed in the looped variant (default 50; quick: 2)")
+    p.add_argument("--repeats", type=int, help="timed repeats (median reported; default 3)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    steps = args.steps or (3 if args.quick else 300)
+    looped_steps = args.looped_steps or (2 if args.quick else 50)
+    repeats = args.repeats or (1 if args.quick else 3)
+
+    variants = {  # name -> (seeds, steps per seed, timed function)
+        "S=1 batched": (1, steps, lambda: batched(1, steps)),
+        "S=8 batched": (8, steps, lambda: batched(8, steps)),
+        "S=64 batched": (64, steps, lambda: batched(64, steps)),
+        "S=64 looped one by one": (64, looped_steps, lambda: looped(64, looped_steps)),
+    }
+    batched(2, 3)  # warm-up: imports, caches, first allocations
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, (*_, run) in variants.items():
+            times[name].append(run())
+    rate = {k: variants[k][0] * variants[k][1] / statistics.median(v) for k, v in times.items()}
+
+    print(f"count01 training throughput, {datetime.date.today()}, {cpu_name()}, "
+          f"{os.cpu_count()} logical cores, torch {torch.__version__}, load average "
+          f"{os.getloadavg()[0]:.1f}, {'quick mode, ' if args.quick else ''}median of {repeats}")
+    print(f"model: H={CFG.heads} d_model={CFG.d_model} d_head={CFG.d_head_} batch={CFG.batch_size}"
+          f" pos_embed={CFG.pos_embed} (count path); {steps} steps per batched run, "
+          f"{looped_steps} per looped seed")
+    for name, r in rate.items():
+        print(f"  {name:24s} {r:10.0f} seed-steps/s   ({statistics.median(times[name]):.2f} s)")
+    ratios = {"S=64 batched / S=64 looped": rate["S=64 batched"] / rate["S=64 looped one by one"],
+              "S=64 batched / S=1 batched": rate["S=64 batched"] / rate["S=1 batched"],
+              "S=8 batched / S=1 batched": rate["S=8 batched"] / rate["S=1 batched"]}
+    for name, r in ratios.items():
+        print(f"  {name:30s} {r:6.1f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": str(datetime.date.today()), "cpu": cpu_name(),
+                       "cores": os.cpu_count(), "torch": torch.__version__, "quick": args.quick,
+                       "load_average": os.getloadavg()[0],
+                       "seed_steps_per_s": rate, "ratios": ratios, "seconds": times}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
