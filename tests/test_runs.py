@@ -88,3 +88,9 @@ def test_atomic_write_leaves_nothing_behind_when_writing_fails(tmp_path):
         atomic_write(target, fail)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path):
+    atomic_write(tmp_path / "a.json", lambda tmp: open(tmp, "w").write("{}"))
+    (tmp_path / "b.json").write_text("{}")
+    assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "b.json").stat().st_mode

@@ -2,15 +2,36 @@
 
 Every metric takes plain tensors and returns plain numbers, so the same code scores a sampled set
 (weights 1, duplicates merged) and the exact `exhaustive` set (multinomial weights).
+
+Head-level definitions (ours where SPEC 4 leaves a gap):
+- direct score s_h = (o_h W_U)[1] - (o_h W_U)[0], read through W_U alone (ln_final, if any, is a
+  property of the whole residual and is not applied to one head's share).
+- s-acc: the readout "answer 1 iff s_h > t" with the polarity fixed (like head AUC, a head whose
+  score runs against the answer scores low); t is the exact best threshold on the `fit` split
+  (every cut between distinct sorted scores is tried), then scored on another set.
+- probe s-acc: scikit-learn's logistic regression on the standardised o_h, fitted on `fit`.
+- w01, w02, w_eos, w_bos: per-occurrence attention of the EOS query on a 1, 2, EOS, BOS relative
+  to a 0. Count path: exp(score(t) - score(0)), exact. Token path: per example, the mean pattern
+  per token of the kind over the mean per 0, averaged (weighted) over examples holding both kinds.
+- mass_*: the attention mass (fraction of the row) on each kind, weighted mean over examples.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
-from .language import EVAL_SETS, ONE, VOCAB, ZERO, Batch, eval_set, parse
+from .language import BOS, D_VOCAB, EOS, EVAL_SETS, ONE, TWO, VOCAB, ZERO, Batch, eval_set, parse
+
+KIND_NAMES = ("0", "1", "2", "eos", "bos")  # column suffixes, in token-id order
+PROBE_C, PROBE_ITER = 100.0, 2000  # weak regularisation: the probe is an upper bound
+SORT_THREADS = min(4, os.cpu_count() or 1)
+CACHE_ELEMENTS = 1 << 24  # per forward slice: bounds memory (a cache tensor <= 128 MB)
 
 
 def l_acc(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -30,21 +51,20 @@ def score(logits: torch.Tensor) -> torch.Tensor:
     return logits[..., ONE] - logits[..., ZERO]
 
 
-def roc_auc(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> np.ndarray:
-    """Weighted ROC AUC of each row of `score` (..., B) against y; nan if one class is absent."""
-    s = score.detach().double().reshape(-1, score.shape[-1]).numpy()
-    yy, w = y.numpy(), weight.double().numpy()
-    if yy.min() == yy.max():
-        return np.full(score.shape[:-1], np.nan)
-    return np.array([roc_auc_score(yy, row, sample_weight=w) for row in s]).reshape(
-        score.shape[:-1])
-
-
 def evaluate_logits(logits: torch.Tensor, batch: Batch) -> dict[str, np.ndarray]:
     """l-acc, valid rate and ROC AUC per seed of logits (S, B, V) on one evaluation set."""
     return {"l_acc": l_acc(logits, batch.y, batch.weight).double().numpy(),
             "valid": valid_rate(logits, batch.weight).double().numpy(),
-            "auc": roc_auc(score(logits), batch.y, batch.weight)}
+            "auc": roc_auc_rows(score(logits), batch.y, batch.weight).numpy()}
+
+
+def logit_metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    """l-acc, valid rate and ROC AUC of logits (..., B, V) with any leading axes. Each (...)."""
+    pred = logits.argmax(-1)
+    w = batch.weight.to(torch.float64)
+    return {"l_acc": ((pred == batch.y).to(w.dtype) * w).sum(-1) / w.sum(),
+            "valid": ((pred <= ONE).to(w.dtype) * w).sum(-1) / w.sum(),
+            "auc": roc_auc_rows(score(logits), batch.y, batch.weight)}
 
 
 def evaluate(model, sets: tuple[str, ...] = EVAL_SETS) -> list[dict]:
@@ -83,3 +103,302 @@ def predict(model, text: str) -> str:
         rows.append(row | {f"p({t})": float(probs[i, j]) for j, t in enumerate(VOCAB)})
     n = batch.counts[0].tolist()
     return f"{text.strip()}: n0={n[0]} n1={n[1]} n2={n[2]}\n" + format_table(rows)
+
+
+# --- exact, weighted, batched ranking and thresholds (rows of scores against one labelled set) ---
+
+ROW_CHUNK = 1 << 22  # scores sorted at once: bounds memory, not results
+
+
+def _row_chunks(score: torch.Tensor):
+    """Rows of score (..., B) as (R, B) float64 slices of at most ROW_CHUNK elements."""
+    flat = score.reshape(-1, score.shape[-1]).to(torch.float64)
+    step = max(1, ROW_CHUNK // max(1, flat.shape[-1]))
+    return [flat[i:i + step] for i in range(0, flat.shape[0], step)]
+
+
+def _argsort(rows: torch.Tensor) -> torch.Tensor:
+    """argsort along the last axis: numpy's (2x faster than torch's on CPU), split over the CPUs
+    in threads (numpy releases the GIL while sorting; blocked threads do not spin, so a busy
+    machine only slows it down, unlike torch's OpenMP threads)."""
+    x = rows.numpy()
+    n = min(SORT_THREADS, max(1, x.size // (1 << 16)))
+    if n == 1:
+        return torch.from_numpy(np.argsort(x, -1))
+    with ThreadPoolExecutor(n) as pool:
+        parts = list(pool.map(lambda a: np.argsort(a, -1), np.array_split(x, n)))
+    return torch.from_numpy(np.concatenate(parts))
+
+
+def _sorted(rows: torch.Tensor, y: torch.Tensor, weight: torch.Tensor):
+    """Each row sorted ascending, with the weight of positives / negatives in the same order."""
+    order = _argsort(rows)
+    signed = (weight.to(torch.float64) * torch.where(y == 1, 1.0, -1.0))[order]  # one gather
+    return rows.gather(-1, order), signed.clamp(min=0), (-signed).clamp(min=0)
+
+
+def roc_auc_rows(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted ROC AUC of every row of score (..., B) against y (B,), ties counting 1/2. (...).
+
+    The same number as scikit-learn's roc_auc_score(y, row, sample_weight=weight), for thousands
+    of rows at once: sort, sum the weights of each run of tied scores, then each run's positives
+    count the negative weight below the run plus half of the run's own. nan if a class is absent
+    or a row holds a non-finite score (a diverged seed), so one bad row never stops the others.
+    """
+    w = weight.to(torch.float64)
+    P, N = float((w * (y == 1)).sum()), float((w * (y != 1)).sum())
+    if P == 0 or N == 0:
+        return torch.full(score.shape[:-1], float("nan"), dtype=torch.float64)
+    out = []
+    for rows in _row_chunks(score):
+        bad = ~torch.isfinite(rows).all(-1)
+        rows = torch.where(bad[:, None], 0.0, rows)
+        s, pos, neg = _sorted(rows, y, weight)
+        new = torch.ones_like(s, dtype=torch.bool)
+        new[:, 1:] = s[:, 1:] != s[:, :-1]
+        group = new.cumsum(-1) - 1  # (R, B) index of each score's run of ties
+        pos_g = torch.zeros_like(pos).scatter_add_(-1, group, pos)  # weight per run of ties
+        neg_g = torch.zeros_like(neg).scatter_add_(-1, group, neg)
+        below = neg_g.cumsum(-1) - neg_g
+        auc = ((pos_g * (below + 0.5 * neg_g)).sum(-1) / (P * N)).clamp(0.0, 1.0)
+        out.append(torch.where(bad, float("nan"), auc))
+    return torch.cat(out).reshape(score.shape[:-1])
+
+
+def fit_threshold(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The threshold t of the readout "1 iff s > t" with the best weighted accuracy. (...).
+
+    Exact: every cut between two distinct sorted scores (and below / above all) is tried; t is
+    the midpoint of the cut (-inf / +inf at the ends); ties of accuracy take the lowest cut.
+    """
+    out = []
+    for rows in _row_chunks(score):
+        s, pos, neg = _sorted(rows, y, weight)
+        zero = torch.zeros_like(pos[:, :1])
+        cpos = torch.cat([zero, pos.cumsum(-1)], -1)  # (R, B + 1): cut c predicts 0 for s[:c]
+        cneg = torch.cat([zero, neg.cumsum(-1)], -1)
+        correct = cneg + (cpos[:, -1:] - cpos)
+        gap = s[:, 1:] > s[:, :-1]  # a cut inside a run of tied scores is not a threshold
+        ok = torch.cat([torch.ones_like(gap[:, :1]), gap, torch.ones_like(gap[:, :1])], -1)
+        c = torch.where(ok, correct, -torch.inf).argmax(-1)  # (R,)
+        lo = s.gather(-1, (c - 1).clamp(min=0)[:, None])[:, 0]
+        hi = s.gather(-1, c.clamp(max=s.shape[-1] - 1)[:, None])[:, 0]
+        mid = lo + (hi - lo) / 2
+        t = torch.where(mid < hi, mid, lo)  # rounding must not put t on the upper score
+        t = torch.where(c == 0, -torch.inf, torch.where(c == s.shape[-1], torch.inf, t))
+        out.append(t)
+    return torch.cat(out).reshape(score.shape[:-1])
+
+
+def threshold_acc(score: torch.Tensor, t: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
+                  ) -> torch.Tensor:
+    """Weighted accuracy of "1 iff score > t": score (..., B), t (...) -> (...)."""
+    w = weight.to(torch.float64)
+    hit = ((score > t[..., None]) == (y == 1)).to(torch.float64)
+    return (hit * w).sum(-1) / w.sum()
+
+
+# --- heads -------------------------------------------------------------------------------------
+
+def sub_batch(batch: Batch, a: int, b: int) -> Batch:
+    """Examples a..b-1 of an evaluation set (no seed axis)."""
+    cut = None if batch.tokens is None else (batch.tokens[a:b], batch.eos_pos[a:b])
+    return Batch(batch.counts[a:b], batch.y[a:b], batch.weight[a:b], *(cut or ()))
+
+
+def run_chunks(model, batch: Batch):
+    """(slice, cache) over consecutive slices of `batch`, each small enough that no cache tensor
+    exceeds CACHE_ELEMENTS: every number over a whole set is then a sum or a concatenation over
+    slices (the token path's `exhaustive` set holds 797,161 strings)."""
+    slots = 5 if model.cfg.count_path or batch.tokens is None else batch.tokens.shape[-1]
+    per_example = model.n_seeds * model.cfg.heads * slots * max(model.cfg.d_head_,
+                                                                 model.cfg.d_model)
+    size = max(1, CACHE_ELEMENTS // per_example)
+    for a in range(0, len(batch), size):
+        piece = batch if size >= len(batch) else sub_batch(batch, a, a + size)
+        yield piece, model.run(piece)
+
+
+def chunked_logits(model, batch: Batch) -> torch.Tensor:
+    """model(batch) in slices: logits (S, B, V) without a whole-set cache in memory."""
+    if model.cfg.count_path:
+        return model(batch)  # the count path never builds a per-token cache
+    return torch.cat([c.logits for _, c in run_chunks(model, batch)], 1)
+
+
+def direct_scores(model, result: torch.Tensor) -> torch.Tensor:
+    """s_h = (o_h W_U)[1] - (o_h W_U)[0] of head outputs result (S, B, H, d). -> (S, H, B)."""
+    W_U = model.weights["unembed.W_U"].to(result.dtype)
+    return torch.einsum("sbhd,sd->shb", result, W_U[..., ONE] - W_U[..., ZERO])
+
+
+def kind_counts(cache) -> torch.Tensor:
+    """Occurrences of each token kind 0, 1, 2, EOS, BOS that the EOS query sees. (S|1, B, 5)."""
+    onehot = torch.nn.functional.one_hot(cache.kinds, D_VOCAB).to(cache.mult.dtype)
+    return (onehot * cache.mult[..., None]).sum(-2)
+
+
+def kind_weights(model, cache, batch: Batch) -> torch.Tensor:
+    """Per-occurrence attention on each kind relative to a 0 (w(0) = 1). (S, H, 5), kind order.
+
+    Count path: exp(score(t) - score(0)), exact. Token path: per example, the mean attention per
+    token of kind t over the mean per 0, averaged (weighted) over examples holding both kinds;
+    nan for a kind no example holds (BOS when bos is off).
+    """
+    if model.cfg.count_path and cache.scores.shape[1] == 1:
+        sc = cache.scores[:, 0]  # (S, H, 5)
+        return torch.exp(sc - sc[..., ZERO:ZERO + 1])
+    num, den = _ratio_sums(cache, batch)
+    return num / den  # nan where no example holds the kind
+
+
+def _ratio_sums(cache, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token path: the weighted sum over examples of each kind's ratio (S, H, 5) and the weight
+    of the examples that hold the kind and a 0 (S|1, 1, 5): sums, so slices add up."""
+    n = kind_counts(cache)[:, :, None, :]  # (S|1, B, 1, 5)
+    per = cache.mass() / n.clamp(min=1)  # (S, B, H, 5) attention per occurrence
+    ok = (n > 0) & (n[..., ZERO:ZERO + 1] > 0)
+    ratio = torch.where(ok, per / per[..., ZERO:ZERO + 1], 0.0)
+    w = batch.weight.to(per.dtype)[None, :, None, None] * ok
+    return (ratio * w).sum(1), w.sum(1)
+
+
+class RatioSums:
+    """`kind_weights` of a whole set accumulated over its slices: add(slice, cache), value()."""
+
+    def __init__(self, model):
+        self.model, self.exact, self.num, self.den = model, None, 0.0, 0.0
+
+    def add(self, piece: Batch, cache) -> None:
+        if self.model.cfg.count_path:
+            self.exact = kind_weights(self.model, cache, piece)  # the same for every slice
+        else:
+            num, den = _ratio_sums(cache, piece)
+            self.num, self.den = self.num + num, self.den + den
+
+    def value(self) -> torch.Tensor:
+        """(S, H, 5) per-occurrence weights relative to a 0."""
+        return self.exact if self.exact is not None else self.num / self.den
+
+
+def measured_weights(model, batch: Batch) -> torch.Tensor:
+    """`kind_weights` over the whole of `batch`, run in slices. (S, H, 5)."""
+    acc = RatioSums(model)
+    for piece, c in run_chunks(model, batch):
+        acc.add(piece, c)
+    return acc.value()
+
+
+def attention_ratios(model, batch: Batch | None = None) -> dict[str, np.ndarray]:
+    """w01, w02, w_eos, w_bos per seed and head, (S, H) float64 arrays (SPEC 4).
+
+    On the count path they do not depend on the batch; on the token path they are measured on
+    `batch` (default: the `fit` split).
+    """
+    batch = eval_set(model.cfg, "fit") if batch is None else batch
+    with torch.no_grad():
+        w = measured_weights(model, batch).double().numpy()
+    return {"w01": w[..., ONE], "w02": w[..., TWO], "w_eos": w[..., EOS], "w_bos": w[..., BOS]}
+
+
+def weighted_mean(x: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of x along `dim` (the example axis) weighted by weight (B,)."""
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    w = weight.to(x.dtype).view(shape)
+    return (x * w).sum(dim) / w.sum()
+
+
+def fit_probes(result: torch.Tensor, fit: Batch) -> list[list]:
+    """One logistic-regression probe per seed and head on o_h (S, B, H, d), fitted on `fit`.
+
+    Features are standardised (weighted) so the regularisation does not depend on a head's scale;
+    lbfgs is deterministic. A one-class fit set gives a probe that always answers that class.
+    BLAS runs single-threaded: on problems this small its threads only wait for each other
+    (5x slower on two busy cores).
+    """
+    from sklearn.exceptions import ConvergenceWarning  # here: importing sklearn takes seconds
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = result.detach().double().numpy()
+    y, w = fit.y.numpy(), fit.weight.double().numpy()
+    probes = []
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for s in range(x.shape[0]):
+            row = []
+            for h in range(x.shape[2]):
+                if y.min() == y.max():
+                    row.append(int(y[0]))
+                    continue
+                scaler = StandardScaler().fit(x[s, :, h], sample_weight=w)
+                clf = LogisticRegression(C=PROBE_C, max_iter=PROBE_ITER)
+                row.append((scaler, clf.fit(scaler.transform(x[s, :, h]), y, sample_weight=w)))
+            probes.append(row)
+    return probes
+
+
+def probe_hits(probes: list[list], result: torch.Tensor, batch: Batch) -> np.ndarray:
+    """Weight of the examples of `batch` each probe classifies right, from o_h (S, B, H, d).
+    (S, H); divided by the total weight it is the probe s-acc."""
+    x = result.detach().double().numpy()
+    y, w = batch.y.numpy(), batch.weight.double().numpy()
+    hits = np.zeros((x.shape[0], x.shape[2]))
+    with threadpool_limits(1):
+        for s, row in enumerate(probes):
+            for h, probe in enumerate(row):
+                if isinstance(probe, int):
+                    pred = np.full(len(y), probe)
+                else:
+                    scaler, clf = probe
+                    pred = clf.predict(scaler.transform(x[s, :, h]))
+                hits[s, h] = float(((pred == y) * w).sum())
+    return hits
+
+
+def as_batches(cfg, sets) -> dict[str, Batch]:
+    """Evaluation sets given by name (tuple of names) or already built (name -> Batch)."""
+    if isinstance(sets, dict):
+        return sets
+    return {name: eval_set(cfg, name) for name in sets}
+
+
+def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
+    """Tidy rows, one per (set, seed, head): head_auc, s_acc, probe_s_acc, attention statistics.
+
+    Thresholds and probes are fitted on `fit` (default: the `fit` split), then scored on each
+    set; every number is weighted by the set's example weights; computed in float64, each set
+    run in slices (`run_chunks`).
+    """
+    m = model.to(torch.float64)
+    fit = eval_set(model.cfg, "fit") if fit is None else fit
+    with torch.no_grad():
+        result = torch.cat([c.result for _, c in run_chunks(m, fit)], 1)  # (S, B, H, d)
+        t = fit_threshold(direct_scores(m, result), fit.y, fit.weight)  # (S, H)
+        probes = fit_probes(result, fit)
+        rows = []
+        for name, batch in as_batches(model.cfg, sets).items():
+            scores, hits, mass, ratios = [], 0.0, 0.0, RatioSums(m)
+            for piece, c in run_chunks(m, batch):
+                scores.append(direct_scores(m, c.result))  # (S, H, b)
+                hits = hits + probe_hits(probes, c.result, piece)
+                mass = mass + (c.mass() * piece.weight[None, :, None, None]).sum(1)  # (S, H, 5)
+                ratios.add(piece, c)
+            s = torch.cat(scores, -1)  # (S, H, B)
+            total = float(batch.weight.sum())
+            auc = roc_auc_rows(s, batch.y, batch.weight).numpy()
+            sacc = threshold_acc(s, t, batch.y, batch.weight).numpy()
+            pacc = hits / total
+            ratio = ratios.value().numpy()  # (S, H, 5)
+            mass = (mass / total).numpy()
+            for i, seed in enumerate(model.seeds):
+                for h in range(ratio.shape[1]):
+                    row = {"set": name, "seed": seed, "head": h, "head_auc": float(auc[i, h]),
+                           "s_acc": float(sacc[i, h]), "s_threshold": float(t[i, h]),
+                           "probe_s_acc": float(pacc[i, h]), "w01": float(ratio[i, h, ONE]),
+                           "w02": float(ratio[i, h, TWO]), "w_eos": float(ratio[i, h, EOS]),
+                           "w_bos": float(ratio[i, h, BOS])}
+                    rows.append(row | {f"mass_{k}": float(mass[i, h, j])
+                                       for j, k in enumerate(KIND_NAMES)})
+    return rows

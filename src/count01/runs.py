@@ -32,6 +32,16 @@ class CheckpointError(Count01Error):
     pass
 
 
+def _file_mode() -> int:
+    """The mode open() would give a new file (mkstemp's is 0600, unreadable to collaborators)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), then rename tmp onto path (atomic on POSIX)."""
     path = Path(path)
@@ -40,6 +50,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""How long `count01 analyze` takes, stage by stage.
+
+By default it analyses a default-config run of 8 seeds (eval sets of 8192 draws, the full
+25 x 25 intervention grid). Without --run the weights are freshly initialised: timing does not
+need a trained model, and an untrained one is the slow case for the minimal-heads search (no
+small set of heads passes, so every subset is fitted).
+
+    python benchmarks/analysis_speed.py                 # default config, 8 seeds, full grid
+    python benchmarks/analysis_speed.py --run runs/default
+    python benchmarks/analysis_speed.py --pos-embed learned   # the token path
+    python benchmarks/analysis_speed.py --quick         # tiny sizes: checks that it runs (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from count01.analysis import analyze
+from count01.config import Config
+from count01.language import EVAL_SETS, eval_set
+from count01.model import Model
+from count01.runs import load_config, save_tensors, write_json
+
+
+def make_run(cfg: Config, out: Path) -> Path:
+    """A run directory holding freshly initialised weights."""
+    model = Model.init(cfg)
+    write_json(out / "config.json", cfg.to_dict())
+    save_tensors(out / "model.safetensors", model.weights, cfg, model.seeds, step=0)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, help="analyse a copy of this trained run instead")
+    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--grid-size", type=int, default=25)
+    p.add_argument("--pos-embed", default="none", choices=["none", "learned", "sinusoidal"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (analyze's default 1)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run:
+            cfg = load_config(args.run)
+            run = Path(tmp) / "run"
+            run.mkdir()
+            for name in ("config.json", "model.safetensors"):
+                (run / name).write_bytes((args.run / name).read_bytes())
+            grid = args.grid_size
+        else:
+            cfg = Config(n_seeds=args.seeds, pos_embed=args.pos_embed)
+            grid = args.grid_size
+            if args.quick:
+                cfg = cfg.replace(n_seeds=2, eval_size=256, max_len=8, long_max_len=12,
+                                  exhaustive_len=6)
+                grid = 4
+            run = make_run(cfg, Path(tmp) / "run")
+        sizes = {name: len(eval_set(cfg, name)) for name in EVAL_SETS + ("fit",)}
+        print(f"python {platform.python_version()}, torch {torch.__version__}, {args.threads} "
+              f"torch thread(s), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(f"config: heads={cfg.heads} d_model={cfg.d_model} pos_embed={cfg.pos_embed} "
+              f"seeds={cfg.n_seeds}; grid {grid} x {grid + 1}; examples per set "
+              f"(unique count triples on the count path): {sizes}")
+        t0 = time.perf_counter()
+        summary = analyze(run, grid_size=grid, progress=False, threads=args.threads)
+        total = time.perf_counter() - t0
+    print(f"  {'stage':<20s} {'wall':>8s} {'cpu':>8s}   (cpu: all threads; wall suffers "
+          "when other processes share the cores)")
+    for stage, seconds in summary["seconds"].items():
+        print(f"  {stage:<20s} {seconds:7.2f}s {summary['cpu_seconds'][stage]:7.2f}s")
+    print(f"  {'total':<20s} {total:7.2f}s {sum(summary['cpu_seconds'].values()):7.2f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

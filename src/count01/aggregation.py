@@ -1,0 +1,262 @@
+"""Aggregation of heads (SPEC 5): the model with each head's output reweighted by alpha_h.
+
+    resid = e(EOS) + p + b_O + sum over kept heads of alpha_h o_h + sum over the others of mean(o_h)
+
+Schemes: learned (alpha = 1); uniform (alpha_h = mean_k n_k / n_h with n_h the mean norm of o_h
+on `fit`: every head rescaled to the same mean contribution norm, the total kept); single (only
+head h kept, alpha 1, the others mean-ablated); leave_one_out (head h mean-ablated); fitted
+(alpha fitted to the answer by cross-entropy on `fit`, everything else frozen). Means and norms
+are weighted means over `fit`, so every scheme is fixed before it is scored on another set.
+
+The fitted objective is the weighted mean cross-entropy of the answer plus a tiny ridge
+(RIDGE / 2) |alpha - 1|^2: where the heads separate the fit set perfectly, cross-entropy alone
+falls forever as alpha grows, and the ridge makes the optimum finite and unique; it is zero at
+the start alpha = 1, so the fitted cross-entropy is never above the learned one. The fit is damped
+Newton (Levenberg-Marquardt on the Gauss-Newton Hessian of the softmax cross-entropy, exact
+without ln_final), batched over seeds and masks: each (mask, seed) takes its own steps and
+accepts a step only if its objective drops, so it never depends on its batch companions.
+Deterministic, float64.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import torch
+
+from .language import Batch
+from .metrics import as_batches, roc_auc_rows, run_chunks, weighted_mean
+from .model import Model
+
+MAX_STEPS = 50  # damped Newton steps (without ln_final, ten suffice)
+DECREMENT_TOL = 1e-13  # stop when no (mask, seed) expects to gain more than this
+LN_EPS = 1e-5  # model._ln's epsilon
+RIDGE = 1e-6  # (RIDGE / 2) |alpha - 1|^2 keeps the optimum finite on separable data
+CHUNK_ELEMENTS = 1 << 22  # bounds (masks, S, B, V, H) per batched fit
+
+
+def head_parts(model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual without the heads, base (S, B, d), and the head outputs o (S, B, H, d)."""
+    with torch.no_grad():
+        parts = [(c.resid - c.result.sum(2), c.result) for _, c in run_chunks(model, batch)]
+    return torch.cat([b for b, _ in parts], 1), torch.cat([o for _, o in parts], 1)
+
+
+def scheme_metrics(model: Model, batch: Batch, means: torch.Tensor, alpha: torch.Tensor,
+                   keep: torch.Tensor, auc: bool = True) -> dict[str, torch.Tensor]:
+    """l-acc, valid rate (and AUC) on `batch` of the model with heads reweighted by alpha
+    (M, S, H), the heads not kept (M, S, H) mean-ablated. Each (M, S); run in slices."""
+    w = batch.weight.to(torch.float64)
+    hits, valid, scores = 0.0, 0.0, []
+    with torch.no_grad():
+        for piece, c in run_chunks(model, batch):
+            resid = combine(c.resid - c.result.sum(2), c.result, means, alpha, keep)
+            logits = unembed(model, resid)  # (M, S, b, V)
+            pred = logits.argmax(-1)
+            pw = piece.weight.to(torch.float64)
+            hits = hits + ((pred == piece.y).to(pw.dtype) * pw).sum(-1)
+            valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
+            if auc:
+                scores.append(logits[..., 1] - logits[..., 0])
+    out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
+    if auc:
+        out["auc"] = roc_auc_rows(torch.cat(scores, -1), batch.y, batch.weight)
+    return out
+
+
+def unembed(model: Model, resid: torch.Tensor) -> torch.Tensor:
+    """model.unembed for residuals with any leading axes: (..., S, B, d) -> (..., S, B, V)."""
+    lead, (S, B, d) = resid.shape[:-3], resid.shape[-3:]
+    flat = resid.reshape(-1, S, B, d).transpose(0, 1).reshape(S, -1, d)
+    out = model.unembed(flat)
+    return out.reshape(S, -1, B, out.shape[-1]).transpose(0, 1).reshape(*lead, S, B, -1)
+
+
+def combine(base: torch.Tensor, o: torch.Tensor, means: torch.Tensor, alpha: torch.Tensor,
+            keep: torch.Tensor) -> torch.Tensor:
+    """Residual (..., S, B, d) with kept heads scaled by alpha (..., S, H) and the others
+    replaced by their mean (S, H, d); keep (..., S|1, H) bool."""
+    kept = torch.einsum("...sh,sbhd->...sbd", alpha * keep, o)
+    ablated = torch.einsum("...sh,shd->...sd", (~keep).to(o.dtype).expand_as(alpha), means)
+    return base + kept + ablated[..., None, :]
+
+
+def logit_jacobian(model: Model, resid: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
+    """Derivative of the logits at resid (M, S, B, d) along tangents (M, S, B, d, H), through
+    ln_final: (M, S, B, V, H). Written out (the derivative of x -> w (x - mean) / sigma + b)
+    because forward-mode autograd compiles decompositions on first use, seconds per process."""
+    W_U = model.weights["unembed.W_U"]
+    if not model.cfg.layernorm:
+        return torch.einsum("msbdh,sdv->msbvh", tangents, W_U)
+    xc = (resid - resid.mean(-1, keepdim=True))[..., None]  # (M, S, B, d, 1)
+    sigma = (xc.pow(2).mean(-2, keepdim=True) + LN_EPS).sqrt()
+    tc = tangents - tangents.mean(-2, keepdim=True)
+    dn = tc / sigma - xc * (xc * tc).mean(-2, keepdim=True) / sigma**3
+    gain = model.weights["ln_final.w"][:, None, :, None]  # (S, 1, d, 1)
+    return torch.einsum("msbdh,sdv->msbvh", dn * gain, W_U)
+
+
+def _fit(model: Model, base, o, means, keep: torch.Tensor, fit: Batch) -> torch.Tensor:
+    """Fitted alpha (M, S, H) for masks keep (M, S, H); alpha 0 where a head is not kept."""
+    w = (fit.weight / fit.weight.sum()).to(o.dtype)  # (B,)
+    target = torch.nn.functional.one_hot(fit.y, 5).to(o.dtype)  # (B, V)
+    eye = torch.eye(keep.shape[-1], dtype=o.dtype)
+    free = keep.to(o.dtype)
+    start = free.clone()
+    linear = not model.cfg.layernorm
+    if linear:  # logits = L0 + sum_h alpha_h C_h: the Jacobian C is constant
+        C = torch.einsum("sbhd,sdv->sbvh", o, model.weights["unembed.W_U"])  # (S, B, V, H)
+        L0 = unembed(model, combine(base, o, means, torch.zeros_like(free), keep))
+
+    def logits_of(alpha):
+        if linear:
+            return L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C)
+        return unembed(model, combine(base, o, means, alpha, keep))
+
+    def objective(logits, alpha):
+        """The objective (M, S) and the log-probabilities it read."""
+        logp = torch.log_softmax(logits, -1)
+        ce = -(logp * target).sum(-1) @ w
+        return ce + RIDGE / 2 * ((alpha - start) ** 2).sum(-1), logp
+
+    fixed_J = C * free[:, :, None, None, :] if linear else None  # (M, S, B, V, H)
+
+    def jacobian(alpha):
+        """d logits / d alpha_h for every kept head: J (M, S, B, V, H)."""
+        if linear:
+            return fixed_J
+        tangents = o.transpose(2, 3) * free[:, :, None, None, :]  # (M, S, B, d, H)
+        return logit_jacobian(model, combine(base, o, means, alpha, keep), tangents)
+
+    alpha = start.clone()
+    current, logp = objective(logits_of(alpha), alpha)
+    damping = torch.full(current.shape, 1e-3, dtype=o.dtype)
+    done = torch.zeros(current.shape, dtype=torch.bool)
+    M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
+    for _ in range(MAX_STEPS):
+        J = jacobian(alpha)
+        p = logp.exp()  # (M, S, B, V)
+        grad = torch.einsum("msbv,msbvh->msh", (p - target) * w[:, None], J)
+        grad = (grad + RIDGE * (alpha - start)) * free
+        # Gauss-Newton: sum_b w_b J_b^T (diag p_b - p_b p_b^T) J_b, as two batched matmuls
+        a = (J * (p * w[:, None]).sqrt()[..., None]).reshape(M, S, B * V, H)
+        pJ = torch.einsum("msbv,msbvh->msbh", p, J) * w.sqrt()[:, None]
+        hess = a.transpose(-1, -2) @ a - pJ.transpose(-1, -2) @ pJ
+        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)  # (M, S)
+        # heads outside the mask: identity rows and zero gradient, so they stay at 0
+        hess = hess * free[..., :, None] * free[..., None, :] + eye * (1 - free[..., None])
+        system = hess + (RIDGE + damping * scale)[..., None, None] * eye
+        step = torch.linalg.solve(system, -grad[..., None])[..., 0]
+        # Newton decrement: a (mask, seed) at its optimum stops for good, so its result never
+        # depends on how long its companions go on
+        done = done | (-(grad * step).sum(-1) < DECREMENT_TOL)
+        if done.all():
+            break
+        trial = alpha + step
+        new, trial_logp = objective(logits_of(trial), trial)
+        better = (new < current) & ~done
+        alpha = torch.where(better[..., None], trial, alpha)
+        logp = torch.where(better[..., None, None], trial_logp, logp)
+        current = torch.where(better, new, current)
+        damping = torch.where(better, damping / 4, damping * 4)
+    return alpha
+
+
+def fit_alpha(model: Model, fit: Batch, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """alpha (S, H) minimising the answer's cross-entropy on `fit`, everything else frozen.
+
+    mask (H,) or (S, H) bool: the heads that keep their output (the others are mean-ablated
+    and get alpha 0). Starts at the learned alpha = 1, so it never ends worse than learned.
+    """
+    m = model.to(torch.float64)
+    base, o = head_parts(m, fit)
+    means = weighted_mean(o, fit.weight, 1)  # (S, H, d)
+    S, H = o.shape[0], o.shape[2]
+    keep = torch.ones(S, H, dtype=torch.bool) if mask is None else mask.expand(S, H).bool()
+    return _fit(m, base, o, means, keep[None], fit)[0]
+
+
+def schemes(model: Model, fit: Batch, fitted: torch.Tensor | None = None
+            ) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
+    """(scheme, head, alpha (S, H), keep (S, H)) of every aggregation scheme; head -1 when the
+    scheme concerns the whole model."""
+    S, H = model.n_seeds, model.cfg.heads
+    ones, all_ = torch.ones(S, H, dtype=torch.float64), torch.ones(S, H, dtype=torch.bool)
+    fitted = fit_alpha(model, fit) if fitted is None else fitted
+    out = [("learned", -1, ones, all_), ("uniform", -1, uniform_alpha(model, fit), all_)]
+    for h in range(H):
+        only = torch.zeros(S, H, dtype=torch.bool)
+        only[:, h] = True
+        out += [("single", h, ones, only), ("leave_one_out", h, ones, ~only)]
+    return out + [("fitted", -1, fitted.to(torch.float64), all_)]
+
+
+def mean_norms(model: Model, fit: Batch) -> torch.Tensor:
+    """Weighted mean norm of each head's output o_h on `fit`. (S, H)."""
+    _, o = head_parts(model.to(torch.float64), fit)
+    return weighted_mean(o.norm(dim=-1), fit.weight, 1)
+
+
+def uniform_alpha(model: Model, fit: Batch) -> torch.Tensor:
+    """alpha_h = mean_k n_k / n_h: every head at the same mean contribution norm, the sum of the
+    norms unchanged. A head with zero output stays at 0. (S, H)."""
+    n = mean_norms(model, fit)
+    return torch.where(n > 0, n.mean(-1, keepdim=True) / n.clamp(min=1e-300), 0.0)
+
+
+def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None) -> list[dict]:
+    """Tidy rows (scheme, head, seed, set, l_acc, valid, auc) for every scheme and set.
+
+    sets: names or name -> Batch. fitted: a precomputed fit_alpha(model, fit), to reuse.
+    """
+    m = model.to(torch.float64)
+    plan = schemes(m, fit, fitted)
+    alpha = torch.stack([a for _, _, a, _ in plan])  # (M, S, H)
+    keep = torch.stack([k for _, _, _, k in plan])
+    _, fo = head_parts(m, fit)
+    means = weighted_mean(fo, fit.weight, 1)
+    rows = []
+    for name, batch in as_batches(model.cfg, sets).items():
+        got = {k: v.numpy() for k, v in scheme_metrics(m, batch, means, alpha, keep).items()}
+        for j, (scheme, head, _, _) in enumerate(plan):
+            for i, seed in enumerate(model.seeds):
+                rows.append({"scheme": scheme, "head": head, "seed": seed, "set": name}
+                            | {k: float(v[j, i]) for k, v in got.items()})
+    return rows
+
+
+def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = 0.99
+                  ) -> list[list[int] | None]:
+    """Per seed, the smallest set of heads that keeps l-acc >= threshold on `batch` once alpha
+    is refitted on `fit` (the other heads mean-ablated). Exhaustive by size, 0 heads first, all
+    subsets of one size and all seeds fitted in one batched pass; among passing sets of the
+    smallest size, the one with the highest l-acc (then the first in lexicographic order).
+    None for a seed where not even all heads refitted reach the threshold.
+    """
+    m = model.to(torch.float64)
+    fbase, fo = head_parts(m, fit)
+    means = weighted_mean(fo, fit.weight, 1)
+    S, H = fo.shape[0], fo.shape[2]
+    found: list[list[int] | None] = [None] * S
+    step = max(1, CHUNK_ELEMENTS // (S * max(len(fit), len(batch)) * 5 * max(H, 1)))
+    for k in range(H + 1):
+        subsets = list(combinations(range(H), k))
+        best = torch.full((S,), -1.0, dtype=torch.float64)
+        pick = [None] * S
+        for a in range(0, len(subsets), step):
+            chunk = subsets[a:a + step]
+            keep = torch.zeros(len(chunk), S, H, dtype=torch.bool)
+            for j, heads in enumerate(chunk):
+                keep[j, :, list(heads)] = True
+            alpha = _fit(m, fbase, fo, means, keep, fit)
+            acc = scheme_metrics(m, batch, means, alpha, keep, auc=False)["l_acc"]  # (M, S)
+            for i in range(S):
+                j = int(acc[:, i].argmax())
+                if acc[j, i] >= threshold and acc[j, i] > best[i]:
+                    best[i], pick[i] = acc[j, i], list(chunk[j])
+        for i in range(S):
+            if found[i] is None and pick[i] is not None:
+                found[i] = pick[i]
+        if all(f is not None for f in found):
+            break
+    return found

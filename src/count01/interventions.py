@@ -1,0 +1,280 @@
+"""Attention interventions and value swaps (SPEC 5): what a head computes if it attends otherwise.
+
+The intervention replaces the EOS query's attention row of a head by weights proportional to
+w(token): w(0) = 1, w(1) = w01, w(2) = w02, EOS and BOS at their measured ratios; values and
+everything else stay. Because the new weights depend only on the token kind, a head's output is
+
+    o_h = sum_t w_t V_ht / sum_t w_t N_t,   V_ht = sum over occurrences j of kind t of v_j W_O
+
+with N_t the number of occurrences of kind t. V and N are computed once per set (`KindParts`);
+the whole (w01, w02) grid for every head of every seed is then a few einsums over 5 kinds, with
+no forward pass per grid point. `intervened_run` is the slow reference (a real forward pass with
+`attn_override`) the tests hold the fast path to.
+
+Value swap: head i keeps its attention pattern and takes head j's value/output weights
+(W_V, b_V, W_O); its direct score is then sum_k pattern_ik (v_jk W_O^j) . (W_U[1] - W_U[0]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .aggregation import unembed
+from .config import Count01Error
+from .language import Batch
+from .metrics import (
+    RatioSums,
+    direct_scores,
+    fit_threshold,
+    kind_counts,
+    kind_weights,
+    logit_metrics,
+    roc_auc_rows,
+    run_chunks,
+    threshold_acc,
+)
+from .model import ATTN, Cache, Model
+
+
+class InterventionError(Count01Error):
+    pass
+
+
+GRID_RANGE = (1e-3, 1e3)  # w01, w02 from a thousandth to a thousand times a 0's attention
+CHUNK_ELEMENTS = 1 << 23  # elements of the largest per-chunk tensor (G_chunk, S, H, B, R)
+
+
+def default_grid(n: int = 25, lo: float = GRID_RANGE[0], hi: float = GRID_RANGE[1]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """w01 on n log-spaced points; w02 on the same points plus 0 (no attention to 2s at all)."""
+    w = np.logspace(np.log10(lo), np.log10(hi), n)
+    return w, np.concatenate([[0.0], w])
+
+
+@dataclass
+class KindParts:
+    """One set's heads decomposed by token kind, in the readout space R (vocab, or d_model when
+    ln_final makes the readout non-linear)."""
+
+    n: torch.Tensor  # (S|1, B, 5) occurrences of each kind
+    direct: torch.Tensor  # (S, H, B, 5) sum over occurrences of kind t of the direct score
+    out: torch.Tensor  # (S, H, B, 5, R) sum over occurrences of kind t of v W_O, read out
+    orig: torch.Tensor  # (S, H, B, R) each head's unintervened output, read out
+    rest: torch.Tensor  # (S, B, R) everything but the heads: e(EOS) + p + b_O (+ b_U), read out
+    weights: torch.Tensor  # (S, H, 5) measured per-occurrence weights relative to a 0
+
+
+def _readout(model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The linear map into the space logits are computed from: W_U (and b_U) without ln_final;
+    the identity with it (the non-linear unembed then runs on the recombined residual)."""
+    w = model.weights
+    if model.cfg.layernorm:
+        d = w["unembed.W_U"].shape[1]
+        eye = torch.eye(d, dtype=w["unembed.W_U"].dtype).expand(model.n_seeds, d, d)
+        return eye, None
+    return w["unembed.W_U"], w["unembed.b_U"]
+
+
+def kind_parts(model: Model, batch: Batch) -> KindParts:
+    """Run the model on `batch` (in slices) and decompose every head's output by token kind."""
+    w = model.weights
+    W_O = w[ATTN + "W_O"]
+    R, bias = _readout(model)
+    dU = w["unembed.W_U"][..., 1] - w["unembed.W_U"][..., 0]  # (S, d)
+    fields: dict[str, list[torch.Tensor]] = {}
+    ratios = RatioSums(model)
+    with torch.no_grad():
+        for piece, c in run_chunks(model, batch):
+            onehot = torch.nn.functional.one_hot(c.kinds, 5).to(c.mult.dtype)
+            occ = onehot * c.mult[..., None]  # (S|1, b, K, 5)
+            vk = torch.einsum("sbkt,sbhke->sbhte", occ, c.v)  # (S, b, H, 5, d_head)
+            got = {"n": kind_counts(c),
+                   "direct": torch.einsum("sbhte,shed,sd->shbt", vk, W_O, dU),
+                   "out": torch.einsum("sbhte,shed,sdr->shbtr", vk, W_O, R),
+                   "orig": torch.einsum("sbhd,sdr->shbr", c.result, R),
+                   "rest": torch.einsum("sbd,sdr->sbr", c.resid - c.result.sum(2), R)}
+            for k, v in got.items():
+                fields.setdefault(k, []).append(v)
+            ratios.add(piece, c)
+    axis = {"n": 1, "direct": 2, "out": 2, "orig": 2, "rest": 1}  # the example axis
+    parts = {k: torch.cat(v, axis[k]) for k, v in fields.items()}
+    if bias is not None:
+        parts["rest"] = parts["rest"] + bias[:, None]
+    return KindParts(**parts, weights=ratios.value())
+
+
+def grid_weights(parts: KindParts, w01: torch.Tensor, w02: torch.Tensor) -> torch.Tensor:
+    """Per-kind weights (G, S, H, 5) of grid points (w01[g], w02[g]); EOS, BOS as measured."""
+    G = w01.shape[0]
+    e = parts.weights[None].expand(G, -1, -1, -1).clone()
+    e[..., 0] = 1.0
+    e[..., 1] = w01.to(e.dtype)[:, None, None]
+    e[..., 2] = w02.to(e.dtype)[:, None, None]
+    return torch.nan_to_num(e, nan=0.0)  # a kind no example holds (BOS off) gets no weight
+
+
+def head_outputs(parts: KindParts, e: torch.Tensor, readout: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Direct scores (G, S, H, B) and, if `readout`, outputs (G, S, H, B, R) of every head under
+    kind weights e (G, S, H, 5)."""
+    den = torch.einsum("gsht,sbt->gshb", e, parts.n)
+    score = torch.einsum("gsht,shbt->gshb", e, parts.direct) / den
+    if not readout:
+        return score, None
+    return score, torch.einsum("gsht,shbtr->gshbr", e, parts.out) / den[..., None]
+
+
+def _model_metrics(model: Model, r: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    """l-acc, valid rate and AUC of readout vectors r (..., S, B, R). Each (..., S)."""
+    return logit_metrics(r if not model.cfg.layernorm else unembed(model, r), batch)
+
+
+def attention_sweep(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_grid=None,
+                    heads: str = "each") -> list[dict]:
+    """The attention intervention of SPEC 5 over the grid w01_grid x w02_grid, every seed.
+
+    heads="each": one head intervened at a time; model metrics are of the model with that head
+    intervened. heads="all": every head of a seed intervened at once (model metrics identical
+    across the heads of a seed). heads="both": the rows of both (head metrics computed once).
+    Rows per (intervened, w01, w02, seed, head): s_acc_fixed (threshold fitted on `fit` before
+    the intervention), s_acc_refit (fitted on `fit` under it), head_auc (a head's own numbers
+    do not depend on which other heads are intervened), and the model's l_acc, valid, auc on
+    `batch`. Grids default to `default_grid()`. Computed in float64.
+    """
+    cols = sweep_columns(model, batch, fit, w01_grid, w02_grid, heads)
+    names = list(cols)
+    values = [cols[k].tolist() for k in names]
+    return [dict(zip(names, row)) for row in zip(*values)]
+
+
+def sweep_columns(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_grid=None,
+                  heads: str = "each") -> dict[str, np.ndarray]:
+    """`attention_sweep` as columns (one array per field, rows in the same order): what a data
+    frame is built from without a dict per row."""
+    modes = {"each": ("each",), "all": ("all",), "both": ("each", "all")}.get(heads)
+    if modes is None:
+        raise InterventionError(f"heads must be 'each', 'all' or 'both', got {heads!r}")
+    d01, d02 = default_grid()
+    w01_grid = _grid(d01 if w01_grid is None else w01_grid, "w01")
+    w02_grid = _grid(d02 if w02_grid is None else w02_grid, "w02")
+    m = model.to(torch.float64)
+    parts, fparts = kind_parts(m, batch), kind_parts(m, fit)
+    with torch.no_grad():
+        scores = torch.cat([direct_scores(m, c.result) for _, c in run_chunks(m, fit)], -1)
+        t0 = fit_threshold(scores, fit.y, fit.weight)  # (S, H): the readout before
+        g01 = w01_grid.repeat_interleave(len(w02_grid))
+        g02 = w02_grid.repeat(len(w01_grid))
+        S, H, B, _, R = parts.out.shape
+        step = max(1, CHUNK_ELEMENTS // (S * H * max(B, len(fit)) * R))
+        chunks: dict[str, list[torch.Tensor]] = {}
+        for a in range(0, len(g01), step):
+            got = _sweep_chunk(m, parts, fparts, batch, fit, t0, g01[a:a + step],
+                               g02[a:a + step], modes)
+            for k, v in got.items():
+                chunks.setdefault(k, []).append(v)
+        out = {k: torch.cat(v).numpy().ravel() for k, v in chunks.items()}  # (G * S * H,)
+    G = len(g01)
+    grid = {"w01": g01.numpy()[:, None, None], "w02": g02.numpy()[:, None, None],
+            "seed": np.asarray(model.seeds)[None, :, None], "head": np.arange(H)[None, None, :]}
+    grid = {k: np.broadcast_to(v, (G, S, H)).ravel() for k, v in grid.items()}
+    cols: dict[str, list[np.ndarray]] = {}
+    for mode in modes:
+        block = {"intervened": np.full(G * S * H, mode)} | grid
+        block |= {k: out[k] for k in ("s_acc_fixed", "s_acc_refit", "head_auc")}
+        block |= {k: out[f"{mode}.{k}"] for k in ("l_acc", "valid", "auc")}
+        for k, v in block.items():
+            cols.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def _grid(values, name: str) -> torch.Tensor:
+    grid = torch.as_tensor(np.asarray(values, dtype=np.float64)).reshape(-1)
+    if len(grid) == 0 or not torch.isfinite(grid).all() or (grid < 0).any():
+        raise InterventionError(f"{name} grid must be finite weights >= 0, got {values!r}")
+    return grid
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (intervened, w01, w02): mean of every metric over seeds and heads, and the std of
+    s_acc_refit and l_acc (the spread SPEC 5 asks for)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["intervened"], r["w01"], r["w02"]), []).append(r)
+    out = []
+    for (mode, w01, w02), g in groups.items():
+        row = {"intervened": mode, "w01": w01, "w02": w02}
+        for k in ("s_acc_fixed", "s_acc_refit", "head_auc", "l_acc", "valid", "auc"):
+            row[k] = float(np.mean([r[k] for r in g]))
+        for k in ("s_acc_refit", "l_acc"):
+            row[f"{k}_std"] = float(np.std([r[k] for r in g]))
+        out.append(row)
+    return out
+
+
+def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fit: Batch,
+                 t0: torch.Tensor, w01: torch.Tensor, w02: torch.Tensor, modes: tuple[str, ...]
+                 ) -> dict[str, torch.Tensor]:
+    """Metrics (G, S, H) of one chunk of grid points; model metrics keyed "each.l_acc", ..."""
+    score, out = head_outputs(parts, grid_weights(parts, w01, w02))  # (G,S,H,B), (G,S,H,B,R)
+    fscore, _ = head_outputs(fparts, grid_weights(fparts, w01, w02), readout=False)
+    t = fit_threshold(fscore, fit.y, fit.weight)  # (G, S, H) refitted readout
+    res = {"s_acc_fixed": threshold_acc(score, t0.expand_as(t), batch.y, batch.weight),
+           "s_acc_refit": threshold_acc(score, t, batch.y, batch.weight),
+           "head_auc": roc_auc_rows(score, batch.y, batch.weight)}
+    if "each" in modes:
+        full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
+        r = full[None, :, None] - parts.orig[None] + out  # (G, S, H, B, R)
+        got = _model_metrics(m, r.transpose(2, 1), batch)  # (G, H, S)
+        res |= {f"each.{k}": v.transpose(2, 1) for k, v in got.items()}
+    if "all" in modes:
+        got = _model_metrics(m, parts.rest[None] + out.sum(2), batch)  # (G, S)
+        res |= {f"all.{k}": v[..., None].expand_as(t) for k, v in got.items()}
+    return res
+
+
+def intervened_run(model: Model, batch: Batch, w01: float, w02: float,
+                   head: int | None = None) -> Cache:
+    """A real forward pass with head `head` (None: every head) attending by (w01, w02), EOS and
+    BOS at their measured weights: the slow reference for `attention_sweep`."""
+    with torch.no_grad():
+        c = model.run(batch)
+        e = kind_weights(model, c, batch).clone()  # (S, H, 5)
+        e[..., 0], e[..., 1], e[..., 2] = 1.0, w01, w02
+        e = torch.nan_to_num(e, nan=0.0)
+        onehot = torch.nn.functional.one_hot(c.kinds, 5).to(e.dtype)  # (S|1, B|1, K, 5)
+        override = torch.einsum("sbkt,sht->sbhk", onehot, e)  # (S, B|1, H, K)
+        own = torch.exp(c.scores - c.scores.max(-1, keepdim=True).values)  # the head's own row
+        chosen = torch.ones(e.shape[1], dtype=torch.bool) if head is None else (
+            torch.arange(e.shape[1]) == head)
+        override = torch.where(chosen[:, None], override, own)
+        return model.run(batch, attn_override=override)
+
+
+def value_swap(model: Model, batch: Batch, fit: Batch) -> list[dict]:
+    """Head i's attention with head j's value/output weights, for every ordered pair (i, j).
+
+    Rows per (seed, attn_head i, ov_head j): s_acc of the hybrid's direct score on `batch`,
+    with its threshold refitted on `fit`. i == j is the head itself.
+    """
+    m = model.to(torch.float64)
+    with torch.no_grad():
+        t = fit_threshold(torch.cat([_hybrid_scores(m, c) for _, c in run_chunks(m, fit)], -1),
+                          fit.y, fit.weight)  # (S, H, H)
+        hits = sum(threshold_acc(_hybrid_scores(m, c), t, piece.y, piece.weight)
+                   * piece.weight.sum() for piece, c in run_chunks(m, batch))
+        s_acc = (hits / batch.weight.sum()).numpy()
+    H = s_acc.shape[1]
+    return [{"seed": seed, "attn_head": i, "ov_head": j, "swapped": i != j,
+             "s_acc": float(s_acc[s, i, j])}
+            for s, seed in enumerate(model.seeds) for i in range(H) for j in range(H)]
+
+
+def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:
+    """Direct score of head i's pattern applied to head j's values. (S, H_attn, H_ov, B)."""
+    W_O, W_U = model.weights[ATTN + "W_O"], model.weights["unembed.W_U"]
+    # (S, B|1, H_ov, K): direct score of one occurrence of each slot, through head j's OV
+    per_slot = torch.einsum("sbhke,shed,sd->sbhk", c.v, W_O, W_U[..., 1] - W_U[..., 0])
+    return torch.einsum("sbik,sbjk->sijb", c.pattern, per_slot)

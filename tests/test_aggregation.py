@@ -1,0 +1,145 @@
+import pytest
+import torch
+from test_metrics import counting_model
+
+from count01 import metrics
+from count01.aggregation import (
+    aggregate,
+    combine,
+    fit_alpha,
+    head_parts,
+    logit_jacobian,
+    minimal_heads,
+    unembed,
+    uniform_alpha,
+)
+from count01.config import Config
+from count01.language import eval_set
+from count01.metrics import weighted_mean
+from count01.model import ATTN, Model
+
+SMALL = dict(n_seeds=2, eval_size=256, max_len=8, long_max_len=12, exhaustive_len=6)
+
+
+def random_model(**kw) -> Model:
+    return Model.init(Config(**SMALL | kw)).to(torch.float64)
+
+
+def cross_entropy(model: Model, fit, alpha: torch.Tensor) -> torch.Tensor:
+    base, o = head_parts(model, fit)
+    means = weighted_mean(o, fit.weight, 1)
+    keep = torch.ones_like(alpha, dtype=torch.bool)
+    logits = unembed(model, combine(base, o, means, alpha, keep))
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), fit.y.expand(len(alpha), -1),
+                                           reduction="none")
+    return (ce * fit.weight).sum(-1) / fit.weight.sum()  # (S,)
+
+
+def test_uniform_aggregation_of_identical_heads_changes_nothing():
+    model = random_model(heads=4)
+    for name, w in model.weights.items():
+        if name.startswith(ATTN) and name != ATTN + "b_O":
+            w[:] = w[:, :1].clone()  # every head a copy of head 0
+    fit = eval_set(model.cfg, "fit")
+    torch.testing.assert_close(uniform_alpha(model, fit), torch.ones(2, 4, dtype=torch.float64))
+    rows = aggregate(model, ("hard", "iid"), fit)
+    by = {(r["scheme"], r["seed"], r["set"]): r for r in rows if r["head"] == -1}
+    for (scheme, seed, name), r in by.items():
+        if scheme == "uniform":
+            learned = by["learned", seed, name]
+            assert (r["l_acc"], r["valid"], r["auc"]) == (learned["l_acc"], learned["valid"],
+                                                          learned["auc"])
+
+
+def test_uniform_alpha_equalises_the_mean_norms_and_keeps_their_sum():
+    model = random_model(heads=4)
+    fit = eval_set(model.cfg, "fit")
+    _, o = head_parts(model, fit)
+    norms = weighted_mean(o.norm(dim=-1), fit.weight, 1)
+    scaled = norms * uniform_alpha(model, fit)
+    torch.testing.assert_close(scaled, scaled[:, :1].expand(-1, 4))
+    torch.testing.assert_close(scaled.sum(-1), norms.sum(-1))
+
+
+@pytest.mark.parametrize("kw", [{}, {"layernorm": True}])
+def test_fitted_alpha_is_never_worse_than_learned_on_the_fit_split(kw):
+    model = random_model(heads=4, **kw)
+    model.weights[ATTN + "W_O"][:, 2] *= 0.2  # a head turned down: refitting can turn it up
+    fit = eval_set(model.cfg, "fit")
+    alpha = fit_alpha(model, fit)
+    learned = cross_entropy(model, fit, torch.ones_like(alpha))
+    fitted = cross_entropy(model, fit, alpha)
+    assert (fitted <= learned).all()
+    assert (fitted < learned - 1e-3).all()  # and the fit really moved
+
+
+def test_fitted_alpha_of_a_seed_does_not_depend_on_its_companions():
+    model = random_model(heads=2, n_seeds=3)
+    fit = eval_set(model.cfg, "fit")
+    together = fit_alpha(model, fit)
+    alone = fit_alpha(model.select(2), fit)
+    torch.testing.assert_close(together[2:], alone, atol=1e-12, rtol=0)
+
+
+def test_mean_ablation_of_every_head_leaves_only_the_direct_path():
+    model = random_model(heads=3)
+    fit, batch = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
+    base, o = head_parts(model, batch)
+    _, fo = head_parts(model, fit)
+    means = weighted_mean(fo, fit.weight, 1)  # (S, H, d)
+    none = torch.zeros(2, 3, dtype=torch.bool)
+    logits = unembed(model, combine(base, o, means, torch.ones(2, 3, dtype=torch.float64), none))
+    w = model.weights
+    resid = w["embed.W_E"][:, 3] + w[ATTN + "b_O"] + means.sum(1)  # e(EOS) + b_O + sum of means
+    direct = torch.einsum("sd,sdv->sv", resid, w["unembed.W_U"]) + w["unembed.b_U"]
+    torch.testing.assert_close(logits, direct[:, None].expand_as(logits), atol=1e-12, rtol=0)
+
+
+def test_aggregate_has_every_scheme_seed_and_set():
+    model = random_model(heads=2)
+    rows = aggregate(model, ("hard",), eval_set(model.cfg, "fit"))
+    schemes = {(r["scheme"], r["head"]) for r in rows}
+    assert schemes == {("learned", -1), ("uniform", -1), ("fitted", -1), ("single", 0),
+                       ("single", 1), ("leave_one_out", 0), ("leave_one_out", 1)}
+    assert len(rows) == len(schemes) * 2
+    learned = [r for r in rows if r["scheme"] == "learned"]
+    batch = eval_set(model.cfg, "hard")
+    truth = (model(batch).argmax(-1) == batch.y).double() @ batch.weight / batch.weight.sum()
+    assert [r["l_acc"] for r in learned] == pytest.approx(truth.tolist(), abs=1e-12)
+
+
+def test_minimal_heads_finds_the_one_head_that_counts():
+    model = counting_model(heads=3, others="silent", max_len=12)
+    model.weights[ATTN + "W_V"][0, 2] = model.weights[ATTN + "W_V"][0, 0]  # head 2 counts too
+    fit, batch = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
+    assert minimal_heads(model, fit, batch) == [[0]]  # smallest, then first of the ties
+    model.weights[ATTN + "W_V"][0, 0] = 0.0
+    assert minimal_heads(model, fit, batch) == [[2]]
+
+
+def test_minimal_heads_is_none_where_no_set_of_heads_reaches_the_threshold():
+    model = counting_model(heads=2, others="silent")
+    model.weights[ATTN + "W_V"][0] = 0.0  # nothing counts
+    fit, batch = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
+    assert minimal_heads(model, fit, batch) == [None]
+
+
+def test_logit_jacobian_through_layernorm_matches_autograd():
+    model = random_model(heads=3, layernorm=True)
+    base, o = head_parts(model, eval_set(model.cfg, "hard"))
+    resid = (base + o.sum(2))[None]  # (1, S, B, d)
+    tangents = o.transpose(2, 3)[None]  # (1, S, B, d, H)
+    ours = logit_jacobian(model, resid, tangents)
+    for h in range(3):
+        _, ref = torch.autograd.functional.jvp(lambda r: unembed(model, r), resid,
+                                               tangents[..., h])
+        torch.testing.assert_close(ours[..., h], ref, atol=1e-10, rtol=1e-10)
+
+
+def test_slicing_sets_into_forward_chunks_changes_no_number(monkeypatch):
+    model = random_model(heads=2, pos_embed="learned")
+    fit = eval_set(model.cfg, "fit")
+    whole = aggregate(model, ("hard",), fit)
+    monkeypatch.setattr(metrics, "CACHE_ELEMENTS", 5000)
+    for a, b in zip(whole, aggregate(model, ("hard",), fit)):
+        assert a == pytest.approx(b, abs=1e-12)

@@ -1,0 +1,146 @@
+import ast
+import inspect
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from count01 import analysis, plots
+from count01.analysis import analyze
+from count01.cli import main
+from count01.config import Config
+from count01.language import EVAL_SETS
+from count01.model import Model
+from count01.runs import save_tensors, write_json
+
+FIGURES = ("heads_table", "attention_mass", "intervention_heatmaps", "intervention_w02_0",
+           "aggregation", "value_swap")
+GRID = 3
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run directory as training writes it, with freshly initialised weights."""
+    out = tmp_path_factory.mktemp("analysis") / "run"
+    cfg = Config(n_seeds=2, heads=2, d_model=8, eval_size=256, exhaustive_len=6, max_len=8,
+                 long_max_len=12)
+    model = Model.init(cfg)
+    write_json(out / "config.json", cfg.to_dict())
+    save_tensors(out / "model.safetensors", model.weights, cfg, model.seeds, step=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def analysed(run):
+    return analyze(run, grid_size=GRID, progress=False)
+
+
+def documented_columns() -> dict[str, str]:
+    """The module docstring's entry of each file: its text up to the next file name."""
+    doc = analysis.__doc__
+    names = re.findall(r"^(\w+\.(?:csv|json))", doc, flags=re.M)
+    starts = [doc.index("\n" + n) for n in names] + [len(doc)]
+    return {n: doc[a:b] for n, a, b in zip(names, starts, starts[1:])}
+
+
+def test_analyze_writes_every_table_with_its_columns_documented(run, analysed):
+    d = run / "analysis"
+    docs = documented_columns()
+    for name in analysis.FILES:
+        assert (d / name).is_file(), name
+        assert name in docs, f"{name} is not documented in analysis.py"
+        if name.endswith(".csv"):
+            cols = pd.read_csv(d / name).columns
+            first = docs[name].split("\n")[1:3]  # the column list, right under the file name
+            listed = re.findall(r"\w+", docs[name].split("\n", 1)[0] + " ".join(first))
+            missing = [c for c in cols if c not in listed]
+            assert not missing, f"{name}: columns {missing} not listed in the docstring"
+
+
+def test_tables_have_a_row_per_unit_of_analysis(run, analysed):
+    d = run / "analysis"
+    S, H, G = 2, 2, GRID * (GRID + 1)
+    assert len(pd.read_csv(d / "model.csv")) == len(EVAL_SETS) * S
+    heads = pd.read_csv(d / "heads.csv")
+    assert len(heads) == len(EVAL_SETS) * S * H
+    inter = pd.read_csv(d / "intervention.csv")
+    assert len(inter) == 2 * G * S * H and set(inter["intervened"]) == {"each", "all"}
+    assert (inter["set"] == "hard").all() and (inter["w02"] == 0).any()
+    agg = pd.read_csv(d / "aggregation.csv")
+    assert len(agg) == (3 + 2 * H) * S * len(EVAL_SETS)
+    assert len(pd.read_csv(d / "value_swap.csv")) == len(EVAL_SETS) * S * H * H
+    assert len(pd.read_csv(d / "alpha.csv")) == S * H
+    assert len(pd.read_csv(d / "minimal_heads.csv", keep_default_na=False)) == S
+    for col in ("l_acc", "valid", "auc"):
+        assert agg[col].between(0, 1).all()
+
+
+def test_metrics_json_is_strict_json_with_a_summary_per_question(run, analysed):
+    text = (run / "analysis" / "metrics.json").read_text()
+
+    def no_nan(c):
+        raise AssertionError(f"{c} in metrics.json")
+
+    data = json.loads(text, parse_constant=no_nan)
+    assert set(data["summary"]) == {"q1_pseudo_ensemble", "q2_aggregation", "q3_attention",
+                                    "minimal_heads"}
+    assert data["seeds"] == [0, 1] and data["sweep_set"] == "hard"
+    assert len(data["grid"]["w01"]) == GRID and data["grid"]["w02"][0] == 0.0
+    assert set(data["seconds"]) >= {"heads", "intervention", "aggregation"}
+    assert analysed["summary"]["q2_aggregation"]["learned"]["l_acc"]["mean"] == pytest.approx(
+        pd.read_csv(run / "analysis" / "model.csv").query("set == 'hard'")["l_acc"].mean())
+
+
+def test_every_figure_is_written_as_png_and_svg(run, analysed):
+    figs = run / "analysis" / "figures"
+    for name in FIGURES:
+        assert (figs / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        svg = (figs / f"{name}.svg").read_text()
+        assert svg.count("<svg") == 1 and len(svg) > 5000
+    assert sorted(p.name for p in figs.iterdir()) == sorted(f"{n}.{e}" for n in FIGURES
+                                                            for e in ("png", "svg"))
+
+
+def test_figures_are_drawn_from_tables_never_from_models():
+    tree = ast.parse(inspect.getsource(plots))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "torch" not in imported and not {m for m in imported if "model" in m}
+    assert set(inspect.signature(plots.plot_all).parameters) == {"analysis_dir", "set_name"}
+
+
+def test_cli_analyze_replaces_the_analysis_and_intervene_prints_the_grid(run, analysed, capsys,
+                                                                          tmp_path):
+    run = Path(shutil.copytree(run, tmp_path / "copy"))  # leave the shared run as it is
+    (run / "analysis" / "stale.csv").write_text("x\n")
+    assert main(["analyze", str(run), "--grid-size", "2", "--no-figures", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "aggregation:" in out and "minimal heads" in out
+    assert not (run / "analysis" / "stale.csv").exists()
+    assert not [p for p in run.iterdir() if p.name.startswith(".analysis")]
+    assert len(pd.read_csv(run / "analysis" / "intervention.csv")) == 2 * 2 * 3 * 2 * 2
+    assert not (run / "analysis" / "figures").exists()
+    csv = tmp_path / "rows.csv"
+    assert main(["intervene", str(run), "--w01", "0.1,1,10", "--w02", "0,1", "--heads", "both",
+                 "--out", str(csv)]) == 0
+    table = capsys.readouterr().out
+    assert "s_acc_refit_std" in table and len(table.strip().splitlines()) == 1 + 2 * 3 * 2
+    assert len(pd.read_csv(csv)) == 2 * 3 * 2 * 2 * 2
+
+
+@pytest.mark.parametrize("args, match", [
+    (["analyze", "/nonexistent/run"], "no such run directory"),
+    (["analyze", "RUN", "--grid-size", "1"], "grid_size must be at least 2"),
+    (["analyze", "RUN", "--set", "bogus"], "unknown evaluation set"),
+    (["intervene", "RUN", "--w01", "x"], "--w01 expects comma-separated numbers"),
+    (["intervene", "RUN", "--w02", "-1"], "w02 grid must be finite weights >= 0"),
+])
+def test_bad_analysis_arguments_fail_cleanly(run, analysed, args, match, capsys):
+    args = [str(run) if a == "RUN" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err and "Traceback" not in err

@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+import torch
+from test_metrics import counting_model
+
+from count01 import metrics
+from count01.config import Config
+from count01.interventions import (
+    InterventionError,
+    attention_sweep,
+    default_grid,
+    grid_weights,
+    head_outputs,
+    intervened_run,
+    kind_parts,
+    value_swap,
+)
+from count01.language import eval_set
+from count01.metrics import evaluate_logits, head_table
+from count01.model import Model
+
+SMALL = dict(n_seeds=2, eval_size=256, max_len=8, long_max_len=12, exhaustive_len=6)
+
+
+def random_model(**kw) -> Model:
+    cfg = Config(**SMALL | kw)
+    model = Model.init(cfg).to(torch.float64)
+    if cfg.pos_embed == "learned":  # a real positional signal, so positions matter
+        model.weights["pos_embed.W_pos"] = model.weights["pos_embed.W_pos"] * 3
+    return model
+
+
+def readout(model: Model, result: torch.Tensor) -> torch.Tensor:
+    """Head outputs (S, B, H, d) in the space kind_parts works in. -> (S, H, B, R)."""
+    if model.cfg.layernorm:
+        return result.transpose(1, 2)
+    return torch.einsum("sbhd,sdv->shbv", result, model.weights["unembed.W_U"])
+
+
+def test_default_grid_is_25_log_points_and_w02_also_at_zero():
+    w01, w02 = default_grid()
+    assert len(w01) == 25 and len(w02) == 26 and w02[0] == 0.0
+    assert w01[0] == pytest.approx(1e-3) and w01[-1] == pytest.approx(1e3)
+    assert np.any(np.isclose(w01, 1.0))
+
+
+@pytest.mark.parametrize("kw", [{}, {"layernorm": True}, {"bos": False}])
+def test_intervention_at_the_measured_weights_reproduces_the_head_outputs(kw):
+    model = random_model(**kw)
+    batch = eval_set(model.cfg, "iid")
+    parts = kind_parts(model, batch)
+    score, out = head_outputs(parts, parts.weights.nan_to_num(0.0)[None])
+    torch.testing.assert_close(out[0], parts.orig, atol=1e-6, rtol=0)
+    W_U = model.weights["unembed.W_U"]
+    direct = torch.einsum("sbhd,sd->shb", model.run(batch).result, W_U[..., 1] - W_U[..., 0])
+    torch.testing.assert_close(score[0], direct, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"layernorm": True}, {"pos_embed": "learned"}])
+@pytest.mark.parametrize("w01, w02", [(3.0, 0.0), (0.01, 50.0)])
+def test_fast_sweep_matches_a_real_forward_pass_with_the_attention_overridden(kw, w01, w02):
+    model = random_model(**kw)
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    parts = kind_parts(model, batch)
+    grid = torch.tensor([w01], dtype=torch.float64), torch.tensor([w02], dtype=torch.float64)
+    _, out = head_outputs(parts, grid_weights(parts, *grid))
+    slow_all = intervened_run(model, batch, w01, w02)
+    torch.testing.assert_close(out[0], readout(model, slow_all.result), atol=1e-9, rtol=1e-9)
+    rows = attention_sweep(model, batch, fit, [w01], [w02], heads="both")
+    refs = {"all": evaluate_logits(slow_all.logits, batch)}
+    for h in range(model.cfg.heads):
+        refs[h] = evaluate_logits(intervened_run(model, batch, w01, w02, h).logits, batch)
+    for r in rows:
+        i = model.seeds.index(r["seed"])
+        ref = refs["all" if r["intervened"] == "all" else r["head"]]
+        assert r["l_acc"] == pytest.approx(ref["l_acc"][i], abs=1e-12)
+        assert r["valid"] == pytest.approx(ref["valid"][i], abs=1e-12)
+        assert r["auc"] == pytest.approx(ref["auc"][i], abs=1e-9)
+
+
+def test_sweep_at_the_measured_point_gives_the_unintervened_head_and_model():
+    model = random_model(heads=1, d_model=8)
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    heads = {r["seed"]: r for r in head_table(model, {"hard": batch}, fit)}
+    base = evaluate_logits(model(batch), batch)
+    for i, seed in enumerate(model.seeds):
+        h = heads[seed]
+        (row,) = [r for r in attention_sweep(model, batch, fit, [h["w01"]], [h["w02"]])
+                  if r["seed"] == seed]
+        assert row["s_acc_fixed"] == pytest.approx(h["s_acc"], abs=1e-12)
+        assert row["s_acc_refit"] == pytest.approx(h["s_acc"], abs=1e-12)
+        assert row["head_auc"] == pytest.approx(h["head_auc"], abs=1e-9)
+        assert row["l_acc"] == pytest.approx(base["l_acc"][i], abs=1e-12)
+
+
+def test_sweep_has_a_row_per_grid_point_seed_and_head():
+    model = random_model(heads=2)
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    rows = attention_sweep(model, batch, fit, [0.1, 1, 10], [0, 1], heads="both")
+    assert len(rows) == 2 * 3 * 2 * 2 * 2
+    for mode in ("each", "all"):
+        got = {(r["w01"], r["w02"], r["seed"], r["head"]) for r in rows if r["intervened"] == mode}
+        assert len(got) == 3 * 2 * 2 * 2
+    alls = [r for r in rows if r["intervened"] == "all"]
+    for r in alls:  # every head of a seed intervened at once: one model per (grid point, seed)
+        twin = [q for q in alls if (q["w01"], q["w02"], q["seed"]) == (r["w01"], r["w02"],
+                                                                        r["seed"])]
+        assert {q["l_acc"] for q in twin} == {r["l_acc"]}
+    with pytest.raises(InterventionError, match="heads must be"):
+        attention_sweep(model, batch, fit, [1], [1], heads="some")
+    with pytest.raises(InterventionError, match="w02 grid"):
+        attention_sweep(model, batch, fit, [1], [-1.0])
+
+
+def test_pushing_w01_to_an_extreme_breaks_the_counting_head():
+    model = counting_model()
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    rows = {r["w01"]: r for r in attention_sweep(model, batch, fit, [1.0, 1000.0], [0.0])}
+    assert rows[1.0]["s_acc_refit"] == 1.0 and rows[1.0]["l_acc"] == 1.0
+    assert rows[1000.0]["s_acc_fixed"] < 0.8 and rows[1000.0]["l_acc"] < 0.8
+
+
+def test_value_swap_follows_the_values_of_a_silent_head():
+    model = counting_model(heads=2, others="silent")  # same attention, head 1 writes nothing
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    rows = {(r["attn_head"], r["ov_head"]): r for r in value_swap(model, batch, fit)}
+    assert len(rows) == 4 and not rows[0, 0]["swapped"] and rows[0, 1]["swapped"]
+    assert rows[0, 0]["s_acc"] == 1.0 and rows[1, 0]["s_acc"] == 1.0  # values carry it
+    assert rows[0, 1]["s_acc"] < 0.9 and rows[1, 1]["s_acc"] < 0.9
+
+
+def test_value_swap_diagonal_is_the_head_itself():
+    model = random_model(heads=2)
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    heads = {(r["seed"], r["head"]): r for r in head_table(model, {"hard": batch}, fit)}
+    for r in value_swap(model, batch, fit):
+        if not r["swapped"]:
+            assert r["s_acc"] == pytest.approx(heads[r["seed"], r["attn_head"]]["s_acc"],
+                                               abs=1e-12)
+
+
+def test_the_sweep_is_deterministic_bit_for_bit():
+    model = random_model(heads=2)
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    first = attention_sweep(model, batch, fit, [0.1, 1, 10], [0, 1], heads="both")
+    assert attention_sweep(model, batch, fit, [0.1, 1, 10], [0, 1], heads="both") == first
+
+
+def test_slicing_sets_into_forward_chunks_changes_no_number(monkeypatch):
+    model = random_model(heads=2, pos_embed="learned")
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    whole = (attention_sweep(model, batch, fit, [0.1, 10], [0, 1], heads="both"),
+             value_swap(model, batch, fit))
+    monkeypatch.setattr(metrics, "CACHE_ELEMENTS", 5000)
+    sliced = (attention_sweep(model, batch, fit, [0.1, 10], [0, 1], heads="both"),
+              value_swap(model, batch, fit))
+    for rows_a, rows_b in zip(whole, sliced):
+        for a, b in zip(rows_a, rows_b):
+            assert a == pytest.approx(b, abs=1e-12)

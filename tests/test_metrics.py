@@ -1,0 +1,172 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from count01 import metrics
+from count01.config import Config
+from count01.language import eval_set, exhaustive
+from count01.metrics import (
+    attention_ratios,
+    evaluate_logits,
+    fit_threshold,
+    head_table,
+    roc_auc_rows,
+    threshold_acc,
+)
+from count01.model import Model, weight_shapes
+
+A = "blocks.0.attn."
+
+
+def counting_model(heads: int = 1, others: str = "copy", pos_embed: str = "none",
+                   **cfg) -> Model:
+    """Built from weights: every head's EOS query attends equally to each 0, 1 and EOS and not
+    at all to 2 or BOS; head 0's values are -u for 0, +u for 1, -u/2 for EOS, so its output is
+    u (n1 - n0 - 1/2) / (n0 + n1 + 1): positive iff more 1s than 0s. Other heads copy head 0
+    (others="copy") or have zero values (others="silent")."""
+    c = Config(**{"heads": heads, "d_model": 8, "d_head": 8, "n_seeds": 1, "max_len": 10,
+                  "exhaustive_len": 10, "long_max_len": 12, "eval_size": 512,
+                  "pos_embed": pos_embed} | cfg)
+    w = {k: torch.zeros((1,) + s, dtype=torch.float64) for k, s in weight_shapes(c).items()}
+    w["embed.W_E"][0] = torch.eye(5, 8, dtype=torch.float64)
+    score = {0: 0.0, 1: 0.0, 2: -1000.0, 3: 0.0, 4: -1000.0}  # per token kind
+    for h in range(heads):
+        w[A + "b_Q"][0, h, 0] = 1.0
+        for t, s in score.items():
+            w[A + "W_K"][0, h, t, 0] = s * math.sqrt(8)
+        if h == 0 or others == "copy":
+            w[A + "W_V"][0, h, 0, 5], w[A + "W_V"][0, h, 1, 5] = -1.0, 1.0
+            w[A + "W_V"][0, h, 3, 5] = -0.5
+        w[A + "W_O"][0, h, 5, 5] = 1.0
+    w["unembed.W_U"][0, 5, 0], w["unembed.W_U"][0, 5, 1] = -100.0, 100.0
+    w["unembed.b_U"][0, 2:] = -100.0
+    return Model(c, w, [0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_rows_equals_scikit_learn_with_ties_and_weights(seed):
+    g = torch.Generator().manual_seed(seed)
+    score = torch.randint(0, 6, (7, 300), generator=g).double() * 0.1  # many ties
+    score[0] = torch.randn(300, generator=g, dtype=torch.float64)  # none
+    y = torch.randint(0, 2, (300,), generator=g)
+    w = torch.rand(300, generator=g, dtype=torch.float64) * 5
+    ours = roc_auc_rows(score, y, w)
+    ref = np.array([roc_auc_score(y.numpy(), r.numpy(), sample_weight=w.numpy()) for r in score])
+    assert np.abs(ours.numpy() - ref).max() < 1e-9
+
+
+def test_roc_auc_rows_is_nan_without_both_classes():
+    assert torch.isnan(roc_auc_rows(torch.randn(2, 5), torch.ones(5, dtype=torch.long),
+                                    torch.ones(5))).all()
+
+
+def test_a_non_finite_row_gets_nan_auc_and_leaves_the_other_rows_alone():
+    g = torch.Generator().manual_seed(0)
+    score = torch.randn(3, 50, generator=g, dtype=torch.float64)
+    y, w = torch.arange(50) % 2, torch.ones(50)
+    clean = roc_auc_rows(score, y, w)
+    score[1, 7], score[2, 3] = float("nan"), float("inf")
+    dirty = roc_auc_rows(score, y, w)
+    assert float(dirty[0]) == float(clean[0]) and torch.isnan(dirty[1:]).all()
+
+
+def test_evaluate_scores_the_healthy_seeds_of_a_model_with_a_diverged_one(tiny):
+    model = Model.init(tiny, [0, 1])
+    model.weights["unembed.W_U"][1, 0, 0] = float("nan")
+    rows = {(r["set"], r["seed"]): r for r in metrics.evaluate(model, ("hard", "exhaustive"))}
+    assert all(math.isfinite(rows[s, 0]["auc"]) for s in ("hard", "exhaustive"))
+    assert all(math.isnan(rows[s, 1]["auc"]) for s in ("hard", "exhaustive"))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fitted_threshold_is_the_best_cut_of_all(seed):
+    g = torch.Generator().manual_seed(seed)
+    score = torch.randint(0, 8, (4, 60), generator=g).double()
+    y = torch.randint(0, 2, (60,), generator=g)
+    w = torch.rand(60, generator=g, dtype=torch.float64)
+    t = fit_threshold(score, y, w)
+    got = threshold_acc(score, t, y, w)
+    for r in range(4):  # brute force over every candidate threshold
+        cands = torch.cat([score[r].unique() - 0.5, score[r].unique() + 0.5])
+        best = max(float(threshold_acc(score[r:r + 1], c.view(1), y, w)) for c in cands)
+        assert float(got[r]) == pytest.approx(best, abs=1e-12)
+
+
+def test_threshold_falls_between_the_classes_it_separates():
+    score = torch.tensor([[0.0, 1.0, 1.0, 3.0]], dtype=torch.float64)
+    t = fit_threshold(score, torch.tensor([0, 0, 0, 1]), torch.ones(4, dtype=torch.float64))
+    assert float(t[0]) == 2.0
+
+
+def test_hand_built_counting_head_is_exact_on_exhaustive_strings_up_to_10():
+    model = counting_model()
+    batch = exhaustive(model.cfg, max_len=10)
+    assert evaluate_logits(model(batch), batch)["l_acc"][0] == 1.0
+    rows = head_table(model, {"exhaustive": batch})
+    (row,) = rows
+    assert row["s_acc"] == 1.0 and row["head_auc"] == 1.0 and row["probe_s_acc"] == 1.0
+    assert row["w01"] == 1.0 and row["w02"] == 0.0 and row["w_bos"] == 0.0
+    assert row["w_eos"] == 1.0 and row["mass_2"] == 0.0
+
+
+def test_hand_built_head_on_the_token_path_gives_the_same_numbers():
+    model = counting_model(pos_embed="learned", exhaustive_len=7)  # W_pos = 0
+    batch = exhaustive(model.cfg, tokens=True, max_len=7)
+    (row,) = head_table(model, {"exhaustive": batch}, fit=eval_set(model.cfg, "fit"))
+    assert row["s_acc"] == 1.0 and row["head_auc"] == 1.0
+    assert row["w01"] == pytest.approx(1.0, abs=1e-12) and row["w02"] == 0.0
+
+
+def test_token_path_ratios_agree_with_the_exact_count_path_ratios():
+    cfg = Config(heads=2, n_seeds=2, eval_size=256, max_len=8, long_max_len=12)
+    model = Model.init(cfg).to(torch.float64)
+    exact = attention_ratios(model)
+    tok = Model(cfg.replace(pos_embed="learned"),
+                model.weights | {"pos_embed.W_pos": torch.zeros(2, cfg.n_ctx, 16,
+                                                                dtype=torch.float64)},
+                model.seeds)
+    measured = attention_ratios(tok, eval_set(tok.cfg, "iid"))
+    for k in ("w01", "w02", "w_eos", "w_bos"):
+        assert exact[k].shape == (2, 2)
+        np.testing.assert_allclose(measured[k], exact[k], rtol=1e-9)
+
+
+def test_head_table_has_one_row_per_set_seed_and_head_with_unit_mass():
+    cfg = Config(heads=2, n_seeds=3, eval_size=256, max_len=8, long_max_len=12,
+                 exhaustive_len=6)
+    rows = head_table(Model.init(cfg), ("iid", "hard"))
+    assert len(rows) == 2 * 3 * 2
+    assert {(r["set"], r["seed"], r["head"]) for r in rows} == {
+        (s, k, h) for s in ("iid", "hard") for k in range(3) for h in range(2)}
+    for r in rows:
+        total = r["mass_0"] + r["mass_1"] + r["mass_2"] + r["mass_eos"] + r["mass_bos"]
+        assert total == pytest.approx(1.0, abs=1e-9)
+        assert 0.0 <= r["s_acc"] <= 1.0 and 0.0 <= r["probe_s_acc"] <= 1.0
+
+
+def test_a_head_that_writes_nothing_separates_nothing():
+    model = counting_model(heads=2, others="silent")
+    rows = {r["head"]: r for r in head_table(model, ("hard",))}
+    assert rows[0]["s_acc"] == 1.0
+    assert rows[1]["head_auc"] == 0.5  # constant score: every pair tied
+    batch = eval_set(model.cfg, "hard")
+    majority = float(max((batch.weight * (batch.y == k)).sum() for k in (0, 1)) /
+                     batch.weight.sum())
+    assert rows[1]["s_acc"] <= majority + 1e-12
+
+
+def test_slicing_a_set_into_forward_chunks_changes_no_number(monkeypatch):
+    model = Model.init(Config(heads=2, n_seeds=2, eval_size=300, max_len=8, long_max_len=12,
+                              pos_embed="learned")).to(torch.float64)
+    sets = ("iid", "hard")
+    whole = head_table(model, sets)
+    monkeypatch.setattr(metrics, "CACHE_ELEMENTS", 5000)  # slices of a few examples
+    assert len(list(metrics.run_chunks(model, eval_set(model.cfg, "iid")))) > 10
+    sliced = head_table(model, sets)
+    for a, b in zip(whole, sliced):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], abs=1e-12, rel=1e-12), k
