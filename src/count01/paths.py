@@ -1,0 +1,303 @@
+"""Training-path analysis (SPEC 5, question 4 of SPEC 1): how often a configuration reaches the
+solution, how its heads get there, and which early quantities tell a failing run apart.
+
+It reads a sweep's tables (`sweeps`), never models, and writes SWEEP_DIR/paths/. Success is the
+sweep's: final l-acc >= 0.99 on `hard`; a failure is a run that is not a success. <grid> stands
+for the sweep's grid fields (e.g. heads, init_scale), one column each.
+
+- success.csv: config_id, <grid>, n_runs, n_success, n_diverged (failures whose weights blew up
+  to NaN/inf), rate (n_success / n_runs), ci_low, ci_high (Wilson 95% interval of the rate),
+  median_steps_to_success (median over successful runs of the first checkpoint step with hard
+  l-acc >= 0.99; empty if none).
+- minimal_heads.csv: config_id, <grid>, heads (the configuration's head count), size (size of the
+  smallest head set keeping hard l-acc >= 0.99 with alpha refitted; empty = no head set does),
+  n_runs (runs with that size), fraction (of the configuration's runs).
+- early_quantities.csv: one row per (run, checkpoint before the last): config_id, <grid>, seed,
+  step, step_frac (step / steps), failed (bool), then the quantities: loss (cross-entropy on iid),
+  hard_l_acc, hard_auc, best_head_s_acc and mean_head_s_acc (max / mean over heads of s-acc on
+  hard), min_abs_log_w01 and mean_abs_log_w01 (min / mean over heads of |ln w01|: 0 is balanced
+  attention between 0s and 1s), max_log_w02 and mean_log_w02 (max / mean over heads of ln w02).
+- early_predictors.csv: scope ("all": every configuration pooled; else a config_id), step,
+  quantity, n_runs, n_failed, auc (ROC AUC of the quantity as a score for failure: the chance a
+  failing run's value exceeds a successful run's, ties 1/2), auc_best (max(auc, 1 - auc)),
+  direction ("higher" or "lower": which values signal failure). Only scopes and steps with both
+  failures and successes.
+- success_rate.png/.svg: rate and Wilson 95% interval per configuration.
+- trajectories/<config_id>.png/.svg: hard l-acc per seed, then s-acc, w01 and w02 per seed and
+  head over the checkpoints; thin lines, blue = run succeeded, red = failed.
+- minimal_heads.png/.svg: distribution of the minimal head-set size per configuration.
+- early_predictors.png/.svg: pooled auc_best of every quantity against the checkpoint step.
+- paths.json: {sweep_dir, success, n_configs, missing_configs (ids not finished), n_runs,
+  configs: [{config_id, grid, n_runs, n_success, n_diverged, rate, ci_low, ci_high,
+  median_steps_to_success, min_heads: {size or "none": n_runs}}], early_predictors: [the best
+  pooled quantity per step: {step, quantity, auc, auc_best, direction, n_runs, n_failed}],
+  figures_skipped: {name: why}, files: {name: what}}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.lines import Line2D
+
+from .metrics import roc_auc_rows
+from .runs import atomic_write, write_json
+from .sweeps import SUCCESS_L_ACC, SUCCESS_SET, load_tables, read_points
+
+matplotlib.use("Agg")  # files only, never a window
+
+Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
+              "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")
+COLORS = {True: "tab:blue", False: "tab:red"}  # run succeeded / failed
+
+
+def wilson(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial proportion k / n (nan where n = 0). Unlike k/n +- z*se,
+    it stays inside [0, 1] and is not empty at 0 or n successes, where small sweeps often are."""
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        center = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.clip(center - half, 0, 1), np.clip(center + half, 0, 1)
+
+
+def success_table(runs: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+    """One row per configuration: runs, successes, rate, Wilson 95% interval, median steps."""
+    g = runs.groupby("config_id", sort=False)
+    out = g[grid].first().reset_index() if grid else pd.DataFrame({"config_id": list(g.groups)})
+    out["n_runs"] = g.size().to_numpy()
+    out["n_success"] = g["success"].sum().astype(int).to_numpy()
+    out["n_diverged"] = g["diverged"].sum().astype(int).to_numpy()
+    out["rate"] = out["n_success"] / out["n_runs"]
+    out["ci_low"], out["ci_high"] = wilson(out["n_success"], out["n_runs"])
+    ok = runs[runs["success"]]
+    median = ok.groupby("config_id")["steps_to_success"].median()
+    out["median_steps_to_success"] = out["config_id"].map(median).astype(float)
+    return out
+
+
+def minimal_heads_table(runs: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+    """The distribution of the minimal head-set size per configuration (empty size = none)."""
+    rows = []
+    for cid, g in runs.groupby("config_id", sort=False):
+        sizes = g["min_heads"].astype("Int64")
+        for size, n in sizes.value_counts(dropna=False).sort_index().items():
+            rows.append({"config_id": cid} | {k: g[k].iloc[0] for k in grid}
+                        | {"heads": int(g["heads"].iloc[0]), "size": size, "n_runs": int(n),
+                           "fraction": n / len(g)})
+    return pd.DataFrame(rows)
+
+
+def early_quantities(tables: dict[str, pd.DataFrame], grid: list[str]) -> pd.DataFrame:
+    """Per run and checkpoint before the last: the quantities that might predict failure."""
+    keys = ["config_id", "seed", "step"]
+    h = tables["head_trajectory"].assign(
+        abs_log_w01=lambda d: np.abs(np.log(d["w01"])), log_w02=lambda d: np.log(d["w02"]))
+    heads = h.groupby(keys, sort=False).agg(
+        best_head_s_acc=("s_acc", "max"), mean_head_s_acc=("s_acc", "mean"),
+        min_abs_log_w01=("abs_log_w01", "min"), mean_abs_log_w01=("abs_log_w01", "mean"),
+        max_log_w02=("log_w02", "max"), mean_log_w02=("log_w02", "mean")).reset_index()
+    runs = tables["results"][["config_id", "seed", "steps", "success"]]
+    q = tables["trajectory"][["config_id", *grid, "seed", "step", "loss", "hard_l_acc", "hard_auc"]]
+    q = q.merge(heads, on=keys).merge(runs, on=["config_id", "seed"])
+    q = q[q["step"] < q["steps"]]
+    q.insert(3 + len(grid), "step_frac", q["step"] / q["steps"])
+    q.insert(4 + len(grid), "failed", ~q["success"])
+    return q.drop(columns=["steps", "success"]).reset_index(drop=True)
+
+
+def predictor_table(q: pd.DataFrame) -> pd.DataFrame:
+    """ROC AUC of every early quantity for failure, pooled ("all") and per configuration."""
+    rows = []
+    scopes = [("all", q)] + list(q.groupby("config_id", sort=False))
+    for scope, d in scopes:
+        for step, g in d.groupby("step"):
+            for name in QUANTITIES:
+                v = g[["failed", name]].replace([np.inf, -np.inf], np.nan).dropna()
+                n_failed = int(v["failed"].sum())
+                if n_failed == 0 or n_failed == len(v):
+                    continue
+                auc = float(roc_auc_rows(torch.tensor(v[name].to_numpy(float))[None],
+                                         torch.tensor(v["failed"].to_numpy(int)),
+                                         torch.ones(len(v), dtype=torch.float64))[0])
+                rows.append({"scope": scope, "step": int(step), "quantity": name,
+                             "n_runs": len(v), "n_failed": n_failed, "auc": auc,
+                             "auc_best": max(auc, 1 - auc),
+                             "direction": "higher" if auc >= 0.5 else "lower"})
+    cols = ["scope", "step", "quantity", "n_runs", "n_failed", "auc", "auc_best", "direction"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --- figures (from the tables above) ------------------------------------------------------------
+
+def _label(row, grid: list[str]) -> str:
+    return ", ".join(f"{k}={row[k]}" for k in grid) if grid else row["config_id"]
+
+
+def _save(fig, path: Path) -> list[Path]:
+    fig.tight_layout()
+    out = []
+    for ext in ("png", "svg"):
+        p = path.parent / f"{path.name}.{ext}"  # ids hold dots (lr=0.01): no with_suffix
+        atomic_write(p, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=120))
+        out.append(p)
+    plt.close(fig)
+    return out
+
+
+def plot_success(success: pd.DataFrame, grid: list[str], path: Path) -> list[Path]:
+    x = np.arange(len(success))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(x) + 2), 4.5))
+    err = [success["rate"] - success["ci_low"], success["ci_high"] - success["rate"]]
+    ax.errorbar(x, success["rate"], yerr=err, fmt="o", capsize=4,
+                label="success rate, Wilson 95% CI")
+    for xi, (k, n) in enumerate(zip(success["n_success"], success["n_runs"])):
+        ax.annotate(f"{k}/{n}", (xi, 1.02), ha="center", fontsize=8)
+    ax.set_xticks(x, [_label(r, grid) for _, r in success.iterrows()], rotation=30, ha="right")
+    ax.set_ylim(-0.02, 1.1)
+    ax.set_ylabel("success rate (fraction of seeds)")
+    ax.set_xlabel("configuration")
+    ax.set_title(f"How often training reaches the solution ({SUCCESS_SET} l-acc >= "
+                 f"{SUCCESS_L_ACC})")
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_trajectories(traj: pd.DataFrame, htraj: pd.DataFrame, success: dict[int, bool],
+                      title: str, path: Path) -> list[Path]:
+    """Seeds (and heads) as thin lines over checkpoints, colored by the run's final success."""
+    fig, axes = plt.subplots(4, 1, figsize=(7, 11), sharex=True)
+    for seed, g in traj.groupby("seed"):
+        axes[0].plot(g["step"], g["hard_l_acc"], color=COLORS[success[seed]], lw=0.7, alpha=0.6)
+    for (seed, _), g in htraj.groupby(["seed", "head"]):
+        for ax, col in zip(axes[1:], ("s_acc", "w01", "w02")):
+            ax.plot(g["step"], g[col], color=COLORS[success[seed]], lw=0.6, alpha=0.45)
+    axes[0].axhline(SUCCESS_L_ACC, color="gray", ls=":", lw=1)
+    axes[2].axhline(1.0, color="gray", ls=":", lw=1)
+    for ax in axes[2:]:
+        ax.set_yscale("log")
+    axes[0].set_ylabel(f"model l-acc on {SUCCESS_SET}\n(fraction, one line per seed)")
+    axes[1].set_ylabel("head s-acc on hard\n(fraction, one line per seed x head)")
+    axes[2].set_ylabel("w01: attention per 1 / per 0\n(ratio, log scale; 1 = balanced)")
+    axes[3].set_ylabel("w02: attention per 2 / per 0\n(ratio, log scale)")
+    axes[3].set_xlabel("training step")
+    n_ok = sum(success.values())
+    handles = [Line2D([], [], color=COLORS[True], label=f"run succeeded ({n_ok})"),
+               Line2D([], [], color=COLORS[False], label=f"run failed ({len(success) - n_ok})")]
+    axes[0].legend(handles=handles, loc="lower right", fontsize=8)
+    axes[0].set_title(f"Training paths: {title}")
+    return _save(fig, path)
+
+
+def plot_minimal_heads(table: pd.DataFrame, grid: list[str], path: Path) -> list[Path]:
+    configs = list(dict.fromkeys(table["config_id"]))
+    sizes = sorted(int(s) for s in table["size"].dropna().unique())
+    cats = [str(s) for s in sizes] + ["none"]
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(cats) * max(1, len(configs) / 2) + 2), 4))
+    width = 0.8 / len(configs)
+    for i, cid in enumerate(configs):
+        g = table[table["config_id"] == cid]
+        frac = dict(zip(g["size"].astype("string").fillna("none"), g["fraction"]))
+        ax.bar(np.arange(len(cats)) + (i - (len(configs) - 1) / 2) * width,
+               [frac.get(c, 0.0) for c in cats], width, label=_label(g.iloc[0], grid))
+    ax.set_xticks(np.arange(len(cats)), cats)
+    ax.set_xlabel(f"size of the smallest head set keeping {SUCCESS_SET} l-acc >= {SUCCESS_L_ACC} "
+                  "(alpha refitted; none = no set does)")
+    ax.set_ylabel("fraction of seeds")
+    ax.set_title("Minimal head sets")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_predictors(pred: pd.DataFrame, path: Path) -> list[Path]:
+    pooled = pred[pred["scope"] == "all"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, g in pooled.groupby("quantity", sort=False):
+        ax.plot(g["step"], g["auc_best"], marker="o", ms=3, label=name)
+    ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
+    ax.set_ylim(0.4, 1.02)
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("ROC AUC for failure (best direction)")
+    ax.set_title("Which early quantities predict a failed run (all configurations pooled)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+# --- the whole analysis -------------------------------------------------------------------------
+
+def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Write every table, figure and paths.json of the training-path study; return the summary."""
+    sweep_dir = Path(sweep_dir)
+    out = sweep_dir / "paths" if out is None else Path(out)
+    points = read_points(sweep_dir)
+    grid = list(points[0].grid)
+    tables = load_tables(sweep_dir)
+    runs = tables["results"]
+    success = success_table(runs, grid)
+    minimal = minimal_heads_table(runs, grid)
+    quantities = early_quantities(tables, grid)
+    pred = predictor_table(quantities)
+    csvs = {"success": success, "minimal_heads": minimal, "early_quantities": quantities,
+            "early_predictors": pred}
+    for name, df in csvs.items():
+        atomic_write(out / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
+
+    files = {f"{n}.csv": "table (columns in count01.paths)" for n in csvs}
+    skipped = {}
+    files |= {p.name: "figure" for p in plot_success(success, grid, out / "success_rate")}
+    for _, row in success.iterrows():
+        cid = row["config_id"]
+        ok = dict(zip(runs.loc[runs["config_id"] == cid, "seed"],
+                      runs.loc[runs["config_id"] == cid, "success"]))
+        paths = plot_trajectories(tables["trajectory"][tables["trajectory"]["config_id"] == cid],
+                                  tables["head_trajectory"][
+                                      tables["head_trajectory"]["config_id"] == cid],
+                                  ok, _label(row, grid), out / "trajectories" / cid)
+        files |= {f"trajectories/{p.name}": "figure" for p in paths}
+    if minimal["size"].notna().any():
+        figs = plot_minimal_heads(minimal, grid, out / "minimal_heads")
+        files |= {p.name: "figure" for p in figs}
+    else:
+        skipped["minimal_heads"] = "no run has a minimal head set"
+    if (pred["scope"] == "all").any():
+        files |= {p.name: "figure" for p in plot_predictors(pred, out / "early_predictors")}
+    else:
+        skipped["early_predictors"] = "no checkpoint step has both failed and successful runs"
+
+    pooled = pred[pred["scope"] == "all"]
+    best = pooled.loc[pooled.groupby("step")["auc_best"].idxmax()] if len(pooled) else pooled
+    configs = []
+    for _, row in success.iterrows():
+        m = minimal[minimal["config_id"] == row["config_id"]]
+        configs.append({"config_id": row["config_id"], "grid": {k: _plain(row[k]) for k in grid}}
+                       | {k: _plain(row[k]) for k in ("n_runs", "n_success", "n_diverged",
+                                                      "rate", "ci_low", "ci_high",
+                                                      "median_steps_to_success")}
+                       | {"min_heads": {("none" if pd.isna(s) else str(int(s))): int(n)
+                                        for s, n in zip(m["size"], m["n_runs"])}})
+    summary = {"sweep_dir": str(sweep_dir), "success": f"{SUCCESS_SET} l-acc >= {SUCCESS_L_ACC}",
+               "n_configs": len(success),
+               "missing_configs": [p.id for p in points if p.id not in set(success["config_id"])],
+               "n_runs": len(runs), "configs": configs,
+               "early_predictors": [{k: _plain(v) for k, v in r.items() if k != "scope"}
+                                    for r in best.to_dict("records")],
+               "figures_skipped": skipped, "files": files | {"paths.json": "this summary"}}
+    write_json(out / "paths.json", summary)
+    return summary
+
+
+def _plain(v):
+    """numpy scalars and NaN as JSON values."""
+    if isinstance(v, (np.integer, np.bool_)):
+        return v.item()
+    if isinstance(v, (float, np.floating)):
+        return None if np.isnan(v) else float(v)
+    return v

@@ -1,0 +1,150 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from count01.paths import (
+    QUANTITIES,
+    analyse,
+    minimal_heads_table,
+    predictor_table,
+    success_table,
+    wilson,
+)
+from count01.runs import write_json
+from count01.sweeps import TABLES, Sweep, run_sweep
+
+TINY = {"steps": 100, "batch_size": 64, "checkpoint_every": 25, "eval_size": 512,
+        "exhaustive_len": 6, "max_len": 8, "long_max_len": 12}
+
+
+def test_wilson_interval_matches_published_values():
+    lo, hi = wilson([0, 5, 10, 81], [10, 10, 10, 263])
+    np.testing.assert_allclose(lo, [0.0, 0.2366, 0.7225, 0.2553], atol=1e-4)
+    np.testing.assert_allclose(hi, [0.2775, 0.7634, 1.0, 0.3662], atol=1e-4)
+
+
+def test_wilson_interval_holds_the_rate_and_narrows_with_more_runs():
+    k, n = np.array([1, 10, 100]), np.array([4, 40, 400])
+    lo, hi = wilson(k, n)
+    assert np.all(lo < k / n) and np.all(k / n < hi)
+    assert np.all(np.diff(hi - lo) < 0)
+    assert np.isnan(wilson(0, 0)[0])
+
+
+def _runs(success: dict[str, list[bool]]) -> pd.DataFrame:
+    rows = []
+    for cid, flags in success.items():
+        for seed, ok in enumerate(flags):
+            rows.append({"config_id": cid, "heads": int(cid[1:]), "seed": seed, "success": ok,
+                         "diverged": False,
+                         "steps_to_success": 100.0 * (seed + 1) if ok else np.nan,
+                         "min_heads": (1 + seed % 2) if ok else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_success_table_counts_each_configuration():
+    runs = _runs({"h1": [True, False, False, True], "h4": [True, True, True]})
+    t = success_table(runs, ["heads"])
+    assert list(t["config_id"]) == ["h1", "h4"] and list(t["heads"]) == [1, 4]
+    assert list(t["n_runs"]) == [4, 3] and list(t["n_success"]) == [2, 3]
+    assert list(t["rate"]) == [0.5, 1.0]
+    assert list(t["median_steps_to_success"]) == [250.0, 200.0]  # successful runs only
+    lo, hi = wilson(2, 4)
+    assert t["ci_low"][0] == lo and t["ci_high"][0] == hi
+
+
+def test_minimal_head_table_is_a_distribution_with_none_for_no_set():
+    t = minimal_heads_table(_runs({"h2": [True, True, True, False]}), ["heads"])
+    got = {("none" if pd.isna(s) else int(s)): f for s, f in zip(t["size"], t["fraction"])}
+    assert got == {1: 0.5, 2: 0.25, "none": 0.25}
+    assert t["n_runs"].sum() == 4
+
+
+def test_a_quantity_that_separates_failures_gets_auc_one_and_noise_about_a_half():
+    rng = np.random.default_rng(0)
+    n = 200
+    failed = np.arange(n) < 50
+    q = pd.DataFrame({"config_id": "c", "seed": np.arange(n), "step": 10, "failed": failed}
+                     | {name: rng.normal(size=n) for name in QUANTITIES})
+    q["min_abs_log_w01"] = np.where(failed, 3.0, 0.1) + rng.uniform(0, 0.5, n)  # far from 1
+    q["hard_l_acc"] = np.where(failed, 0.5, 0.9)  # lower is worse
+    t = predictor_table(q).set_index(["scope", "quantity"])
+    assert t.loc[("all", "min_abs_log_w01"), "auc"] == 1.0
+    assert t.loc[("all", "min_abs_log_w01"), "direction"] == "higher"
+    assert t.loc[("all", "hard_l_acc"), "auc"] == 0.0
+    assert t.loc[("all", "hard_l_acc"), "direction"] == "lower"
+    assert t.loc[("all", "hard_l_acc"), "auc_best"] == 1.0
+    assert abs(t.loc[("all", "loss"), "auc"] - 0.5) < 0.15
+    assert t.loc[("all", "loss"), "n_failed"] == 50
+
+
+def test_no_predictor_rows_where_every_run_succeeded():
+    q = pd.DataFrame({"config_id": "c", "seed": range(4), "step": 10, "failed": False}
+                     | {name: np.arange(4.0) for name in QUANTITIES})
+    assert predictor_table(q).empty
+
+
+# --- the whole study on a tiny sweep -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """lr 1e-2 learns the tiny task, lr 1e-5 cannot in 100 steps: both outcomes occur."""
+    out = tmp_path_factory.mktemp("paths") / "sweep"
+    sweep = Sweep.from_dict({"seeds": 3, "base": TINY, "grid": {"lr": [1e-2, 1e-5]}})
+    tables = run_sweep(sweep, out, executor="inline", log=lambda msg: None)
+    return out, tables, analyse(out)
+
+
+def test_the_study_writes_every_documented_file(study):
+    out, _, summary = study
+    paths = out / "paths"
+    expected = {"success.csv", "minimal_heads.csv", "early_quantities.csv", "early_predictors.csv",
+                "success_rate.png", "success_rate.svg", "minimal_heads.png", "minimal_heads.svg",
+                "early_predictors.png", "early_predictors.svg", "paths.json"}
+    expected |= {f"trajectories/{c['config_id']}.{e}" for c in summary["configs"]
+                 for e in ("png", "svg")}
+    written = {str(p.relative_to(paths)) for p in paths.rglob("*") if p.is_file()}
+    assert written == expected == set(summary["files"])
+    for name in written:
+        assert (paths / name).stat().st_size > 1000 or name.endswith(".csv")
+    assert json.loads((paths / "paths.json").read_text()) == summary
+    assert summary["figures_skipped"] == {} and summary["missing_configs"] == []
+
+
+def test_the_study_agrees_with_the_sweep_table(study):
+    out, tables, summary = study
+    runs = tables["results"]
+    success = pd.read_csv(out / "paths" / "success.csv")
+    assert list(success.columns) == ["config_id", "lr", "n_runs", "n_success", "n_diverged",
+                                     "rate", "ci_low", "ci_high", "median_steps_to_success"]
+    for row, conf in zip(success.itertuples(), summary["configs"]):
+        mine = runs[runs["config_id"] == row.config_id]
+        assert row.n_runs == len(mine) == conf["n_runs"] == 3
+        assert row.n_success == mine["success"].sum() == conf["n_success"]
+        assert sum(conf["min_heads"].values()) == 3
+    assert success["n_success"].iloc[0] > success["n_success"].iloc[1]  # lr 1e-5 fails
+    q = pd.read_csv(out / "paths" / "early_quantities.csv")
+    assert list(q.columns) == ["config_id", "lr", "seed", "step", "step_frac", "failed",
+                               *QUANTITIES]
+    assert set(q["step"]) == {0, 25, 50, 75}  # every checkpoint before the last
+    pred = pd.read_csv(out / "paths" / "early_predictors.csv")
+    assert list(pred.columns) == ["scope", "step", "quantity", "n_runs", "n_failed", "auc",
+                                  "auc_best", "direction"]
+    assert set(pred["scope"]) <= {"all"} | set(success["config_id"])
+    assert len(summary["early_predictors"]) == pred.loc[pred["scope"] == "all", "step"].nunique()
+
+
+def test_an_unfinished_sweep_is_studied_as_far_as_it_got(study, tmp_path):
+    out, _, _ = study
+    sweep = Sweep.from_dict({"seeds": 3, "base": TINY, "grid": {"lr": [1e-2, 1e-5, 1e-3]}})
+    for name in TABLES:  # the tables of two finished configurations out of three
+        shutil.copy(out / f"{name}.parquet", tmp_path / f"{name}.parquet")
+    write_json(tmp_path / "sweep.json", {"sweep": sweep.to_dict(),
+                                         "points": [{"id": p.id, "grid": p.grid}
+                                                    for p in sweep.points()]})
+    summary = analyse(tmp_path)
+    assert summary["missing_configs"] == [sweep.points()[2].id]
+    assert summary["n_configs"] == 2 and summary["n_runs"] == 6
