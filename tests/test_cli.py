@@ -26,11 +26,21 @@ def test_train_evaluate_predict_end_to_end(run, capsys):
     assert "n0=2 n1=3 n2=2" in out and "p(EOS)" in out
 
 
-def test_every_command_has_help():
-    for cmd in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["predict", "--help"]):
-        done = subprocess.run([sys.executable, "-m", "count01"] + cmd, capture_output=True,
-                              text=True)
-        assert done.returncode == 0 and "usage" in done.stdout
+COMMANDS = ("train", "evaluate", "predict", "analyze", "intervene", "sweep", "paths", "report",
+            "reproduce", "export")
+
+
+def test_the_console_entry_point_lists_every_command():
+    done = subprocess.run([sys.executable, "-m", "count01", "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and all(c in done.stdout for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith(f"usage: count01 {command}")
 
 
 def _fails_cleanly(args, capsys, match):

@@ -55,6 +55,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         if (out / "config.json").exists():
             raise ConfigError(f"{out} already holds a run; continue it with --resume {out}, "
                               "or choose another --out")
+    if args.restarts is not None:
+        if args.restarts < 1:
+            raise ConfigError(f"--restarts must be positive, got {args.restarts}")
+        if (args.resume or args.cfg_n_seeds is not None) and cfg.n_seeds != args.restarts:
+            raise ConfigError(f"--restarts {args.restarts} trains {args.restarts} seeds, but "
+                              f"n_seeds is {cfg.n_seeds}")
+        cfg = cfg.replace(n_seeds=args.restarts)
     print(f"config: {cfg.describe()}", file=sys.stderr)
     train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
     from .metrics import format_table
@@ -62,6 +69,50 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     print(format_table(read_json(Path(out) / "metrics.json")["eval"]))
     print(f"run written to {out}", file=sys.stderr)
+    if args.restarts is not None:
+        from .sweeps import keep_best
+
+        best = keep_best(out)
+        print(f"restarts: {best['succeeded']} of {best['restarts']} seeds succeeded "
+              f"({best['success']}); best seed {best['best_seed']} (hard l-acc "
+              f"{best['best_hard_l_acc']:.4f}, loss {best['best_hard_loss']:.4g}) written to "
+              f"{best['best_dir']}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .metrics import format_table
+    from .paths import success_table
+    from .sweeps import Sweep, run_sweep
+
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be positive, got {args.workers}")
+    sweep = Sweep.from_toml(args.sweep)
+    out = args.out or Path("sweeps") / args.sweep.stem
+    tables = run_sweep(sweep, out, executor=args.executor, workers=args.workers,
+                       address=args.address, log=(lambda msg: None) if args.quiet else None)
+    print(format_table(success_table(tables["results"], list(sweep.grid)).to_dict("records")))
+    print(f"tables written to {out}: results, heads, trajectory, head_trajectory (.csv, .parquet)",
+          file=sys.stderr)
+
+
+def cmd_paths(args: argparse.Namespace) -> None:
+    from .metrics import format_table
+    from .paths import analyse
+
+    summary = analyse(args.sweep_dir, args.out)
+    cols = ("config_id", "n_runs", "n_success", "n_diverged", "rate", "ci_low", "ci_high",
+            "median_steps_to_success")
+    print(format_table([{k: c[k] for k in cols} for c in summary["configs"]]))
+    if summary["early_predictors"]:
+        print("\nbest early predictor of failure per checkpoint step (all configurations pooled):")
+        print(format_table(summary["early_predictors"]))
+    if summary["missing_configs"]:
+        print(f"{len(summary['missing_configs'])} configuration(s) not finished yet: re-run the "
+              "sweep to complete them", file=sys.stderr)
+    out = args.out or Path(args.sweep_dir) / "paths"
+    print(f"training-path study written to {out} (paths.json lists every file)", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -81,6 +132,84 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(predict(model, args.tokens))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import save_transformer_lens
+
+    done = save_transformer_lens(args.run, args.seed, args.out)
+    print(f"seed {done.seed} written to {done.out_dir} (TransformerLens state dict + config)")
+    if done.tl_model is None:
+        print("TransformerLens is not installed, so the export was not loaded back "
+              "(pip install count01[lens])", file=sys.stderr)
+    else:
+        print(f"loaded back as {type(done.tl_model).__name__}: logits at EOS match count01 "
+              f"to {done.max_logit_error:.1e} on every string up to length {done.checked_len}")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analysis import analyze, describe
+
+    summary = analyze(args.run, grid_size=args.grid_size, progress=not args.quiet,
+                      sweep_set=args.set, figures=not args.no_figures, threads=args.threads)
+    print(describe(summary))
+    print(f"analysis written to {Path(args.run) / 'analysis'}", file=sys.stderr)
+
+
+def _weights(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
+
+def cmd_intervene(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .analysis import torch_threads
+    from .interventions import attention_sweep, summarise
+    from .language import eval_set
+    from .metrics import format_table
+    from .runs import atomic_write, load
+
+    model = load(args.run)
+    w01, w02 = _weights(args.w01, "--w01"), _weights(args.w02, "--w02")
+    with torch_threads(1):  # small tensors: see analysis.analyze
+        rows = attention_sweep(model, eval_set(model.cfg, args.set), eval_set(model.cfg, "fit"),
+                               w01, w02, heads=args.heads)
+    print(format_table(summarise(rows)))
+    if args.out:
+        atomic_write(args.out, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+        print(f"{len(rows)} rows (one per grid point, seed and head) written to {args.out}",
+              file=sys.stderr)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .study import reproduce
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be positive, got {args.workers}")
+    out = args.out or Path("runs") / ("study-quick" if args.quick else "study")
+    reproduce(out, quick=args.quick, workers=args.workers, progress=not args.quiet)
+    _print_verdicts(out)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    files = build_report(args.dir, args.out)
+    _print_verdicts(files.html.parent)
+
+
+def _print_verdicts(out: Path) -> None:
+    from .runs import read_json
+
+    page = out / "report.html"
+    print(f"report written to {page} and {out / 'report.md'}")
+    summary = out / "verdicts.json"
+    if summary.exists():
+        for q, v in read_json(summary).items():
+            print(f"{q}: {v['status']}. {v['finding']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="count01", description="Train tiny attention-only transformers on "
                      "Count01 and take their attention heads apart.")
@@ -91,8 +220,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="run directory")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--restarts", type=int, metavar="K",
+                   help="train K seeds (n_seeds = K) and keep the best (highest hard l-acc, ties "
+                   "by hard loss) as a one-seed run in OUT/best; OUT/restarts.json tells how "
+                   "many succeeded")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="a grid of configurations x seeds, resumable",
+                       description="Train every configuration of a sweep file (seeds batched), "
+                       "locally or on Ray, into one tidy results table. Re-running the same "
+                       "command skips finished configurations and resumes the one in progress.")
+    p.add_argument("sweep", type=Path, help="sweep TOML: seeds = N, [base] and [grid] tables of "
+                   "Config fields (see examples/sweep.toml)")
+    p.add_argument("--out", type=Path, help="sweep directory (default sweeps/<file stem>)")
+    p.add_argument("--executor", choices=["local", "ray", "inline"], default="local",
+                   help="local: a process pool on this machine; ray: Ray (pip install "
+                   "count01[ray]); inline: one job at a time in this process (debugging)")
+    p.add_argument("--address", help="Ray cluster to join (auto or host:port); default: start a "
+                   "local Ray instance on 127.0.0.1")
+    p.add_argument("--workers", type=int, help="parallel configurations (default: CPU count)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("paths", help="training-path study of a sweep",
+                       description="Success rate with Wilson 95%% intervals, trajectories of "
+                       "per-head s-acc, w01 and w02, minimal head sets and early predictors of "
+                       "failure, as CSV tables, PNG/SVG figures and paths.json.")
+    p.add_argument("sweep_dir", type=Path, help="a directory written by count01 sweep")
+    p.add_argument("--out", type=Path, help="output directory (default SWEEP_DIR/paths)")
+    p.set_defaults(func=cmd_paths)
 
     p = sub.add_parser("evaluate", help="l-acc, valid rate, ROC AUC per evaluation set and seed")
     p.add_argument("run", type=Path, help="run directory")
@@ -103,6 +260,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("tokens", help='digits 0, 1 and 2, e.g. "0112021" (BOS/EOS are added)')
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("analyze", help="every head analysis of a run, into RUN/analysis/",
+                       description="Per-head metrics, attention ratios, the attention "
+                       "intervention grid, aggregation schemes, value swaps and minimal head "
+                       "sets on every seed of a run: tidy CSV tables, metrics.json and PNG/SVG "
+                       "figures in RUN/analysis/.")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--grid-size", type=int, default=25, metavar="N",
+                   help="N x N log grid of (w01, w02) from 1e-3 to 1e3, w02 also at 0 "
+                   "(default 25)")
+    p.add_argument("--set", default="hard", help="evaluation set of the intervention, minimal "
+                   "heads and figures (default hard)")
+    p.add_argument("--no-figures", action="store_true",
+                   help="tables and metrics.json only (faster)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: fastest for these small tensors on shared "
+                   "cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("intervene", help="set attention ratios (w01, w02) and measure",
+                       description="Replace the EOS query's attention of each head (or all heads "
+                       "at once) by w(0)=1, w(1)=w01, w(2)=w02, EOS/BOS as measured; print "
+                       "head s-acc and model l-acc, valid rate and AUC per grid point (mean "
+                       "over seeds and heads, with the spread).")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--w01", default="0.001,0.01,0.1,1,10,100,1000",
+                   help="comma-separated weights per 1 relative to a 0")
+    p.add_argument("--w02", default="0", help="comma-separated weights per 2 relative to a 0")
+    p.add_argument("--heads", choices=["each", "all", "both"], default="each",
+                   help="intervene one head at a time, all at once, or both")
+    p.add_argument("--set", default="hard", help="evaluation set (default hard)")
+    p.add_argument("--out", type=Path, help="also write every row (grid point x seed x head) "
+                   "to this CSV file")
+    p.set_defaults(func=cmd_intervene)
+
+    p = sub.add_parser("reproduce", help="the default study end to end, then the report",
+                       description="Sweep heads 1, 2, 4, 8 x 32 seeds (8 with --quick), study "
+                       "the training paths, analyse the 4-head model, and write report.html and "
+                       "report.md. Re-running the same command resumes.")
+    p.add_argument("--quick", action="store_true", help="8 seeds, 1000 steps (about a minute)")
+    p.add_argument("--out", type=Path, help="study directory (default runs/study or "
+                   "runs/study-quick)")
+    p.add_argument("--workers", type=int, help="training processes (default: the CPU count)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="rebuild report.html/.md from saved results",
+                       description="Write report.html (self-contained) and report.md for a "
+                       "study, sweep or run directory from its saved results, without training.")
+    p.add_argument("dir", type=Path, help="study, sweep or run directory")
+    p.add_argument("--out", type=Path, help="where to write the report (default: DIR)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="one seed as a TransformerLens model",
+                       description="Write one seed's weights in TransformerLens format "
+                       "(tl_state_dict.safetensors + tl_config.json) and, if TransformerLens is "
+                       "installed, load them back and check them against count01.")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--seed", type=int, help="seed number (default: the run's first seed)")
+    p.add_argument("--to", choices=["transformer-lens"], default="transformer-lens",
+                   help="target format")
+    p.add_argument("--out", type=Path,
+                   help="output directory (default RUN/transformer_lens/seed_K)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

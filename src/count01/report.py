@@ -1,0 +1,625 @@
+"""`count01 report DIR`: report.html and report.md from saved results only (never retrains).
+
+DIR is a study (`count01 reproduce`, with study.json), a sweep (sweep.json) or a single run
+(config.json). The report reads the tidy tables of `analysis` (RUN/analysis/*.csv) and of the
+sweep (results.parquet, paths/), judges each question of SPEC 1 with the rules of `verdicts`,
+and writes
+    report.html   self-contained: figures embedded as base64 PNG, inline CSS, no script, no
+                  network access of any kind
+    report.md     the same text, figures linked by relative path
+    verdicts.json the verdict and one-line finding of each question (for scripts)
+into DIR. Sections (HTML ids): summary, q1, q2, q3, q4, methods.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import platform
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pandas as pd
+
+from . import verdicts as V
+from .config import Config, Count01Error
+from .runs import atomic_write, load_config, read_json, write_json
+
+SECTIONS = ("summary", "q1", "q2", "q3", "q4", "methods")
+ANALYSIS_TABLES = ("model", "heads", "aggregation", "value_swap", "intervention",
+                   "minimal_heads", "alpha")
+PREFERRED_HEADS = 4  # in a sweep, the configuration analysed in depth if it has an analysis
+
+
+class ReportError(Count01Error):
+    pass
+
+
+# --- the document: sections of paragraphs, bullet lists, tables and figures ------------------
+
+@dataclass
+class Figure:
+    path: Path  # a PNG file
+    caption: str
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+Block = str | Table | Figure | Bullets
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+    status: str | None = None  # a verdict, shown as a badge
+
+
+# --- what was saved ----------------------------------------------------------------------------
+
+@dataclass
+class Evidence:
+    """Everything the report reads, gathered from disk."""
+
+    root: Path
+    kind: str  # "study", "sweep" or "run"
+    study: dict | None = None  # study.json
+    run_dir: Path | None = None  # the run analysed in depth
+    cfg: Config | None = None  # its config
+    analysis: dict | None = None  # RUN/analysis/metrics.json
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # RUN/analysis/*.csv
+    sweep_dir: Path | None = None
+    sweep: dict | None = None  # sweep.json
+    success: pd.DataFrame | None = None  # one row per configuration (`paths.success_table`)
+    minimal: pd.DataFrame | None = None  # minimal head-set sizes (`paths.minimal_heads_table`)
+    grid: list[str] = field(default_factory=list)  # the sweep's grid fields
+    sweep_runs: pd.DataFrame | None = None  # results: one row per (configuration, seed)
+    sweep_heads: pd.DataFrame | None = None  # heads: one row per (run, set, head)
+    train_seconds: dict[str, float] = field(default_factory=dict)  # per configuration
+
+
+def collect(root: str | Path) -> Evidence:
+    """Find the saved results of a study, sweep or run directory."""
+    root = Path(root)
+    if (root / "study.json").exists():
+        study = read_json(root / "study.json")
+        ev = Evidence(root, "study", study=study)
+        _add_sweep(ev, root / "sweep")
+        run = study.get("analysed_run")
+        _add_run(ev, root / run if run else _pick_run(ev))
+    elif (root / "sweep.json").exists():
+        ev = Evidence(root, "sweep")
+        _add_sweep(ev, root)
+        _add_run(ev, _pick_run(ev))
+    elif (root / "config.json").exists():
+        ev = Evidence(root, "run")
+        _add_run(ev, root)
+        _add_run_success(ev)
+    else:
+        raise ReportError(f"{root} is not a study, sweep or run directory (no study.json, "
+                          "sweep.json or config.json)")
+    return ev
+
+
+def _add_sweep(ev: Evidence, sweep_dir: Path) -> None:
+    from .paths import minimal_heads_table, success_table
+    from .sweeps import SweepError, load_tables
+
+    if not (sweep_dir / "sweep.json").exists():
+        return
+    ev.sweep_dir, ev.sweep = sweep_dir, read_json(sweep_dir / "sweep.json")
+    ev.grid = list(ev.sweep["sweep"]["grid"])
+    try:
+        tables = load_tables(sweep_dir)
+    except SweepError:
+        return  # no configuration finished yet
+    runs = ev.sweep_runs = tables["results"]
+    ev.sweep_heads = tables["heads"]
+    ev.success = success_table(runs, ev.grid)
+    ev.minimal = minimal_heads_table(runs, ev.grid)
+    for p in ev.sweep["points"]:
+        path = sweep_dir / "results" / f"{p['id']}.json"
+        if path.exists():
+            ev.train_seconds[p["id"]] = float(read_json(path).get("seconds", float("nan")))
+
+
+def _pick_run(ev: Evidence) -> Path | None:
+    """The sweep's analysed run: heads = 4 if analysed, else the first analysed one."""
+    if ev.sweep_dir is None:
+        return None
+    analysed = [p for p in ev.sweep["points"]
+                if (ev.sweep_dir / "runs" / p["id"] / "analysis" / "metrics.json").exists()]
+    analysed.sort(key=lambda p: p["grid"].get("heads") != PREFERRED_HEADS)
+    return ev.sweep_dir / "runs" / analysed[0]["id"] if analysed else None
+
+
+def _add_run(ev: Evidence, run: Path | None) -> None:
+    if run is None or not (run / "config.json").exists():
+        return
+    ev.run_dir, ev.cfg = run, load_config(run)
+    a = run / "analysis"
+    if (a / "metrics.json").exists():
+        ev.analysis = read_json(a / "metrics.json")
+        for name in ANALYSIS_TABLES:
+            if (a / f"{name}.csv").exists():
+                ev.tables[name] = pd.read_csv(a / f"{name}.csv")
+    if "model" not in ev.tables and (run / "metrics.json").exists():
+        ev.tables["model"] = pd.DataFrame(read_json(run / "metrics.json")["eval"])
+
+
+def _add_run_success(ev: Evidence) -> None:
+    """A lone run answers question 4 from its own seeds (one configuration)."""
+    from .paths import wilson
+
+    model = ev.tables.get("model")
+    if model is None:
+        return
+    hard = model[model["set"] == V.SET]
+    k, n = int((hard["l_acc"] >= V.SUCCESS_L_ACC).sum()), len(hard)
+    lo, hi = wilson(k, n)
+    cid = ev.root.name
+    ev.grid = ["heads"]
+    ev.success = pd.DataFrame([{"config_id": cid, "heads": ev.cfg.heads, "n_runs": n,
+                                "n_success": k, "rate": k / n if n else float("nan"),
+                                "ci_low": float(lo), "ci_high": float(hi)}])
+    mh = ev.tables.get("minimal_heads")
+    if mh is not None:
+        sizes = mh["n_heads"].where(mh["n_heads"] >= 0)
+        counts = sizes.value_counts(dropna=False).sort_index()
+        ev.minimal = pd.DataFrame([{"config_id": cid, "size": s, "n_runs": int(c)}
+                                   for s, c in counts.items()])
+
+
+# --- verdicts ------------------------------------------------------------------------------------
+
+def judge(ev: Evidence) -> dict[int, V.Verdict]:
+    t = ev.tables
+    model = t.get("model") if ev.analysis else None
+    label = "heads" if "heads" in ev.grid else (ev.grid[0] if ev.grid else "config_id")
+    return {1: V.q1(t.get("heads"), model),
+            2: V.q2(t.get("aggregation"), model),
+            3: V.q3(t.get("heads"), t.get("value_swap"), t.get("intervention"), model),
+            4: V.q4(ev.success, ev.minimal, label)}
+
+
+# --- the text ------------------------------------------------------------------------------------
+
+def _figs(ev: Evidence, names: list[tuple[str, str]]) -> list[Block]:
+    """Analysis figures by name (analysis/figures/NAME.png); a missing one is said so."""
+    if ev.analysis is None:
+        return []
+    d = ev.run_dir / "analysis" / "figures"
+    return [Figure(d / f"{n}.png", c) if (d / f"{n}.png").exists()
+            else f"(Figure `{n}.png` was not found in `{_rel(d, ev.root)}`.)" for n, c in names]
+
+
+def _path_figs(ev: Evidence) -> list[Block]:
+    if ev.sweep_dir is None:
+        return []
+    d = ev.sweep_dir / "paths"
+    out = [Figure(d / "success_rate.png", "Success rate per configuration with its Wilson 95% "
+                  "interval (success = l-acc >= 0.99 on `hard`)."),
+           Figure(d / "minimal_heads.png", "How many heads each run needs: the size of the "
+                  "smallest head set that keeps hard l-acc >= 0.99 once alpha is refitted.")]
+    if ev.success is not None and len(ev.success):
+        worst = ev.success.sort_values(["rate", "config_id"]).iloc[0]
+        out.append(Figure(d / "trajectories" / f"{worst['config_id']}.png",
+                          f"Training paths of the configuration with the lowest success rate "
+                          f"({worst['config_id']}): hard l-acc, head s-acc, w01 and w02 per "
+                          "seed over the checkpoints (blue = succeeded, red = failed)."))
+    out.append(Figure(d / "early_predictors.png", "Which early-training quantities tell a "
+                      "failing run apart (ROC AUC for failure, all configurations pooled)."))
+    if not (d / "paths.json").exists():
+        return [f"(No training-path figures: run `count01 paths {_rel(ev.sweep_dir, ev.root)}`.)"]
+    skipped = read_json(d / "paths.json").get("figures_skipped", {})
+    blocks: list[Block] = []
+    for f in out:
+        if f.path.exists():
+            blocks.append(f)
+        elif f.path.stem in skipped:
+            blocks.append(f"(No `{f.path.name}` figure: {skipped[f.path.stem]}.)")
+        else:
+            blocks.append(f"(Figure `{f.path.name}` was not found in `{_rel(d, ev.root)}`.)")
+    return blocks
+
+
+def _what_ran(ev: Evidence) -> str:
+    parts = []
+    if ev.study:
+        p = ev.study["plan"]
+        flag = " --quick" if p["mode"] == "quick" else ""
+        steps = p["base"].get("steps", Config.steps)
+        parts.append(f"the {p['mode']} study (`count01 reproduce{flag}`): heads "
+                     f"{', '.join(map(str, p['heads']))} x {p['seeds']} seeds each, {steps} "
+                     "training steps")
+        stages = ev.study.get("stages", {})
+        if stages:
+            total = sum(x["seconds"] for n, x in stages.items() if n != "report")
+            cpus = ev.study.get("versions", {}).get("cpus", "?")
+            parts.append(f"it took {total / 60:.1f} min on {cpus} CPU cores")
+    elif ev.sweep:
+        parts.append(f"the sweep in `{ev.root}` ({len(ev.sweep['points'])} configurations)")
+    if ev.cfg is not None:
+        parts.append(f"the {ev.cfg.heads}-head model analysed in depth over its "
+                     f"{ev.cfg.n_seeds} seeds (`{_rel(ev.run_dir, ev.root)}`)")
+    return "; ".join(parts) if parts else "no results"
+
+
+def _rel(path: Path | None, root: Path) -> str:
+    if path is None:
+        return "-"
+    if path == root:
+        return path.name
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def summary_section(ev: Evidence, v: dict[int, V.Verdict]) -> Section:
+    """Three findings, what they mean for model design, and the risk, in plain words."""
+    t = ev.tables
+    blocks: list[Block] = [
+        f"What was run: {_what_ran(ev)}. Each question of SPEC 1 is judged by a rule fixed in "
+        "code (`count01.verdicts`) and printed below; a claim that misses its threshold is "
+        "reported as not held.",
+        Table(["question", "verdict"], [[f"Q{q}. {v[q].title}", v[q].status] for q in v])]
+    items = [_finding_semantics(v[1]), _finding_aggregation(v[2], t),
+             _finding_mechanism(v[3]), _finding_risk(v[4], ev)]
+    labels = ["Finding 1, the semantics", "Finding 2, the syntax", "Finding 3, the mechanism",
+              "The risk, the training path"]
+    blocks.append(Bullets([f"**{label}** ({v[q].status}). {text}"
+                           for q, (label, text) in enumerate(zip(labels, items), 1)]))
+    return Section("summary", "Summary: is this approach worth investing in?", blocks)
+
+
+def _finding_semantics(v: V.Verdict) -> str:
+    if v.status == V.NOT_MEASURED:
+        return "Not measured: no head analysis was saved (run `count01 analyze RUN`)."
+    design = {V.HELD: "For model design: the heads are redundant counters, not specialised parts; "
+                      "extra heads buy robustness, and any one head can be read on its own.",
+              V.NOT_HELD: "For model design: the answer is spread across heads, so no head can "
+                          "be read, trusted or pruned on its own.",
+              V.MIXED: "For model design: some heads can be read on their own and others "
+                       "cannot, so check each head before relying on it."}[v.status]
+    return f"{v.finding} {design}"
+
+
+def _finding_aggregation(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
+    if v.status == V.NOT_MEASURED:
+        return "Not measured: no aggregation table was saved."
+    single = t["aggregation"]
+    single = single[(single["scheme"] == "single") & (single["set"] == V.SET)]
+    extra = ""
+    if len(single):
+        extra = (f" A single head with the others mean-ablated still ranks the answers (median "
+                 f"AUC {single['auc'].median():.3f}) but gives the right answer only "
+                 f"{single['l_acc'].median():.3f} of the time (median l-acc): the weight a head "
+                 "gets, not what it computes, turns its ranking into an answer.")
+    mh = t.get("minimal_heads")
+    if mh is not None and len(mh):
+        one = int((mh["n_heads"] == 1).sum())
+        extra += (f" With its weight refitted, one head alone suffices in {V.share(one, len(mh))}"
+                  " seeds.")
+    design = {V.HELD: " For model design: the head weights must be learned or fitted; averaging "
+                      "heads equally is not enough.",
+              V.NOT_HELD: " For model design: equal weighting of these heads is harmless, but "
+                          "removing or pruning heads needs the readout refitted.",
+              V.MIXED: " For model design: equal weighting is sometimes harmless and sometimes "
+                       "not; fit the head weights rather than assume."}[v.status]
+    return v.finding + extra + design
+
+
+def _finding_mechanism(v: V.Verdict) -> str:
+    if v.status == V.NOT_MEASURED:
+        return "Not measured: no head analysis was saved."
+    parts = "; ".join(f"{name}: {status}" for name, status in v.parts)
+    parts = f"Sub-claims {parts}." if parts else ""
+    design = {V.HELD: "For model design: the attention ratio is the quantity to watch or "
+                      "constrain; the value vectors matter less.",
+              V.NOT_HELD: "For model design: attention ratios alone do not explain these heads; "
+                          "look at the value/output weights too.",
+              V.MIXED: "For model design: the attention ratio matters, but not every part of the "
+                       "claimed mechanism held; see question 3."}[v.status]
+    return f"{v.finding} {parts} {design}"
+
+
+def _finding_risk(v: V.Verdict, ev: Evidence) -> str:
+    if v.status == V.NOT_MEASURED:
+        return "Not measured: no training-path results were saved (run `count01 sweep`)."
+    scope = "" if ev.kind != "run" else "This run alone is one configuration (its own seeds). "
+    design = {V.HELD: "Whether a run solves the task depends on its seed: budget several "
+                      "restarts (`count01 train --restarts K`) and check each run on `hard`.",
+              V.NOT_HELD: "At this scale no seed failed, so the training path was not a risk "
+                          "here; the default study does not vary learning rate or initialisation, "
+                          "where it may be.",
+              V.MIXED: "The training path mattered only a little here (rare failures, or "
+                       "different solutions of equal success); a few restarts are cheap "
+                       "insurance."}[v.status]
+    return f"{v.finding} {scope}{design}"
+
+
+def question_section(ev: Evidence, v: V.Verdict) -> Section:
+    blocks: list[Block] = [f"**Verdict: {v.status}.** {v.finding}", f"**Rule.** {v.rule}"]
+    if v.parts:
+        blocks.append(Table(["sub-claim", "verdict"], [[a, b] for a, b in v.parts]))
+    numbers = list(v.numbers)
+    if v.question == 1 and ev.sweep_heads is not None:
+        numbers += V.separating_heads_by_config(ev.sweep_heads, ev.sweep_runs)
+    if numbers:
+        blocks.append(Table(["quantity", "value (spread over seeds / heads)"],
+                            [[a, b] for a, b in numbers]))
+    s = f"`{V.SET}`"
+    figs = {
+        1: _figs(ev, [("heads_table", f"Every head of every seed on {s}: head AUC, s-acc and "
+                       "probe s-acc (green = 1, red = chance), attention ratios and masses.")]),
+        2: _figs(ev, [("aggregation", "l-acc, valid rate and AUC of the model under each "
+                       "aggregation scheme (mean and spread over seeds).")]),
+        3: _figs(ev, [("attention_mass", "Where each head's EOS query looks: attention mass on "
+                       "0, 1, 2, EOS and BOS."),
+                      ("intervention_w02_0", "One head intervened at w02 = 0, w01 swept: head "
+                       "s-acc (fixed and refitted readout) and model l-acc, mean with a spread "
+                       "band over seeds and heads."),
+                      ("intervention_heatmaps", "The whole (w01, w02) grid, mean over seeds "
+                       "and heads: head s-acc with the readout fixed before and refitted under "
+                       "the intervention, and model l-acc with one head or every head "
+                       "intervened; circles mark the measured (w01, w02) of each head."),
+                      ("value_swap", "s-acc of each head and of hybrids that keep a head's "
+                       "attention and take another head's value/output weights.")]),
+        4: _path_figs(ev),
+    }[v.question]
+    if not figs:
+        blocks.append("(No figure was saved for this question.)")
+    blocks += figs
+    return Section(f"q{v.question}", f"Q{v.question}. {v.title}", blocks, v.status)
+
+
+def methods_section(ev: Evidence) -> Section:
+    cfg = ev.cfg
+    b: list[Block] = []
+    if cfg is not None:
+        b.append("**Task (SPEC 2).** Strings `[BOS] x1..xn EOS` over digits 0, 1 and noise 2; "
+                 "the answer is 1 if the string holds more 1s than 0s, else 0 (ties answer 0). "
+                 f"Training lengths are uniform in {cfg.min_len}..{cfg.max_len}, P(2) = "
+                 f"{cfg.noise}, P(0) = P(1) = {(1 - cfg.noise) / 2:g}"
+                 f"{', class-balanced' if cfg.class_balanced else ''}. Evaluation sets, each "
+                 f"from its own hash stream keyed by eval_seed = {cfg.eval_seed}: `iid` "
+                 f"({cfg.eval_size} draws of the training law), `hard` (|#1 - #0| <= 1), `long` "
+                 f"(lengths {cfg.max_len + 1}..{cfg.long_max_len}), `noisy` (P(2) = "
+                 f"{cfg.noisy_noise}), `exhaustive` (every string of length 1.."
+                 f"{cfg.exhaustive_len}, exact, weighted by multinomial coefficients) and `fit` "
+                 "(an independent iid split on which thresholds, probes, means and alphas are "
+                 "fitted before scoring elsewhere). Every metric is weighted by how many strings "
+                 "an example stands for.")
+        b.append(f"**Model (SPEC 3).** One layer, attention only, {cfg.heads} heads, d_model = "
+                 f"{cfg.d_model}, d_head = {cfg.d_head_}, positional embedding {cfg.pos_embed}, "
+                 f"LayerNorm {'on' if cfg.layernorm else 'off'}, BOS {'on' if cfg.bos else 'off'}; "
+                 "logits = W_U (e(EOS) + p + sum_h o_h) + b_U at EOS. Trained with AdamW "
+                 f"(lr = {cfg.lr}, weight decay = {cfg.weight_decay}, batch {cfg.batch_size}, "
+                 f"{cfg.steps} steps, init scale {cfg.init_scale}) on the cross-entropy of the "
+                 "answer over all five output tokens; S seeds train at once as one batched "
+                 "model without interacting.")
+    b.append("**Metrics (SPEC 4).** l-acc: the argmax over the five output tokens equals the "
+             "answer. Valid rate: the argmax is 0 or 1. ROC AUC of logit(1) - logit(0). Per "
+             "head: direct score s_h = (o_h W_U)[1] - (o_h W_U)[0]; head AUC; s-acc = accuracy "
+             "of the best threshold on s_h fitted on `fit` and scored on another set (polarity "
+             "fixed: a head whose score runs against the answer scores low); probe s-acc = "
+             "held-out accuracy of a logistic regression on o_h. w01, w02: the EOS query's "
+             "attention per occurrence of a 1 (a 2) relative to a 0, exp(score(1) - score(0)) "
+             "without positional embedding.")
+    grid = ev.analysis.get("grid") if ev.analysis else None
+    grid_text = (f"w01 on {len(grid['w01'])} log-spaced values from {min(grid['w01']):g} to "
+                 f"{max(grid['w01']):g}, w02 on the same values plus 0" if grid else
+                 "log grids of w01 and w02 (w02 also at 0)")
+    b.append("**Experiments (SPEC 5).** Attention intervention: the EOS attention row of one "
+             "head (or all) is replaced by weights proportional to w(0) = 1, w(1) = w01, "
+             f"w(2) = w02, EOS and BOS at their measured values, values untouched; {grid_text}; "
+             f"measured on `{ev.analysis.get('sweep_set', V.SET) if ev.analysis else V.SET}` "
+             "with the head's threshold fixed before the intervention and refitted under it. "
+             "Aggregation: head outputs reweighted by alpha: learned (1), uniform (every head "
+             "rescaled to the same mean norm of o_h on `fit`, total kept), single head and "
+             "leave-one-out (the other heads / the head replaced by its mean on `fit`), fitted "
+             "(alpha fitted by cross-entropy on `fit`, everything else frozen). Training path: "
+             f"success = l-acc >= {V.SUCCESS_L_ACC} on `hard`, rate with a Wilson 95% interval, "
+             "trajectories from the saved checkpoints, and the smallest head set keeping hard "
+             "l-acc >= 0.99 once alpha is refitted. Value swap: a head keeps its attention "
+             "pattern and takes another head's W_V, b_V, W_O (and the reverse); s-acc refitted.")
+    b.append("**Verdict rules** (thresholds are constants in `count01/verdicts.py`):")
+    b.append(Bullets([f"Q{q}: {rule}" for q, rule in V.RULES.items()]))
+    if ev.sweep:
+        sw = ev.sweep["sweep"]
+        grid = "; ".join(f"{k} in {', '.join(map(str, x))}" for k, x in sw["grid"].items())
+        base = ", ".join(f"{k} = {x}" for k, x in sw["base"].items())
+        b.append(f"**Sweep.** Grid: {grid}; each configuration trains "
+                 f"{sw['base'].get('n_seeds', '?')} seeds as one batched run; fields shared by "
+                 f"every configuration: {base} (the rest are Config defaults).")
+    if cfg is not None:
+        b.append(f"**Seeds** of the analysed run: {cfg.seeds[0]}..{cfg.seeds[-1]} "
+                 f"({cfg.n_seeds} seeds). Full configuration of the analysed run:")
+        b.append(Table(["field", "value"], [[k, str(val)] for k, val in cfg.to_dict().items()]))
+    b.append(_versions_block(ev))
+    b.append(_time_table(ev))
+    b.append("**How to re-run.** `count01 reproduce --out DIR` (full: heads 1, 2, 4, 8 x 32 "
+             "seeds) or `count01 reproduce --quick --out DIR` (8 seeds, 1000 steps); re-running "
+             "the same command resumes and skips finished stages. `count01 report DIR` rebuilds "
+             "this report from the saved results without training. The pieces: `count01 sweep "
+             "SWEEP.toml`, `count01 paths SWEEP_DIR`, `count01 analyze RUN`.")
+    b.append(f"Report generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
+             f"from `{ev.root}`.")
+    return Section("methods", "Methods", b)
+
+
+def software_versions() -> dict[str, str]:
+    """The software and machine a study ran on, for the methods."""
+    import numpy
+    import torch
+
+    try:
+        own = version("count01")
+    except PackageNotFoundError:
+        own = "unknown (not installed)"
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "count01": own, "platform": platform.platform(),
+            "cpus": str(os.cpu_count())}
+
+
+def _versions_block(ev: Evidence) -> Block:
+    if ev.study and "versions" in ev.study:
+        got, when = ev.study["versions"], "recorded when the study ran"
+    else:
+        got, when = software_versions(), "at report time (the run did not record them)"
+    return Table(["software", f"version ({when})"], [[k, str(x)] for k, x in got.items()])
+
+
+def _time_table(ev: Evidence) -> Table:
+    rows = []
+    if ev.study:
+        stages = ev.study.get("stages", {})
+        for name, s in stages.items():
+            if name != "report":
+                rows.append([f"study stage: {name}", f"{s['seconds']:.1f} s"])
+        total = sum(s["seconds"] for n, s in stages.items() if n != "report")
+        rows.append(["study total (before the report)", f"{total:.1f} s"])
+    for cid, s in ev.train_seconds.items():
+        rows.append([f"train and evaluate {cid}", f"{s:.1f} s"])
+    if ev.analysis and "seconds" in ev.analysis:
+        rows.append(["head analysis", f"{sum(ev.analysis['seconds'].values()):.1f} s"])
+    if not rows:
+        rows.append(["(not recorded)", "-"])
+    return Table(["time taken", "wall time"], rows)
+
+
+def build_document(ev: Evidence, v: dict[int, V.Verdict]) -> tuple[str, list[Section]]:
+    sections = [summary_section(ev, v)] + [question_section(ev, v[q]) for q in (1, 2, 3, 4)]
+    return "count01 report: do attention heads compete or cooperate?", sections + [
+        methods_section(ev)]
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:60rem;
+margin:2rem auto;padding:0 1rem;line-height:1.5;color:#222}
+h1{font-size:1.6rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
+code{background:#f3f3f3;padding:0 .2rem;border-radius:3px}
+table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem}
+td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f6f6f6}figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85rem;color:#555}nav a{margin-right:.8rem}
+.badge{display:inline-block;white-space:nowrap;padding:.05rem .5rem;border-radius:.8rem;
+font-size:.85rem;color:#fff;vertical-align:middle;margin-left:.4rem}
+.held{background:#2e7d32}.did-not-hold{background:#c62828}.mixed{background:#b26a00}
+.not-measured{background:#757575}
+"""
+
+
+def _inline_html(text: str) -> str:
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge {status.replace(" ", "-")}">{html.escape(status)}</span>'
+
+
+def _status_cell(text: str) -> str:
+    for s in (V.HELD, V.NOT_HELD, V.MIXED, V.NOT_MEASURED):
+        if text == s:
+            return _badge(s)
+    return _inline_html(text)
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><nav>"
+             + "".join(f'<a href="#{s.id}">{html.escape(s.title.split(":")[0])}</a>'
+                       for s in sections) + "</nav>"]
+    for s in sections:
+        badge = _badge(s.status) if s.status else ""
+        parts.append(f'<section id="{s.id}"><h2>{html.escape(s.title)}{badge}</h2>')
+        for blk in s.blocks:
+            if isinstance(blk, str):
+                parts.append(f"<p>{_inline_html(blk)}</p>")
+            elif isinstance(blk, Bullets):
+                parts.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in blk.items)
+                             + "</ul>")
+            elif isinstance(blk, Table):
+                head = "".join(f"<th>{_inline_html(h)}</th>" for h in blk.header)
+                rows = "".join("<tr>" + "".join(f"<td>{_status_cell(c)}</td>" for c in r)
+                               + "</tr>" for r in blk.rows)
+                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            else:
+                data = base64.b64encode(blk.path.read_bytes()).decode("ascii")
+                parts.append(f'<figure><img src="data:image/png;base64,{data}" '
+                             f'alt="{html.escape(blk.caption)}"><figcaption>'
+                             f"{_inline_html(blk.caption)}</figcaption></figure>")
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(title: str, sections: list[Section], base: Path) -> str:
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += [f"## {s.title}" + (f" — *{s.status}*" if s.status else ""), ""]
+        for blk in s.blocks:
+            if isinstance(blk, str):
+                lines += [blk, ""]
+            elif isinstance(blk, Bullets):
+                lines += [f"- {i}" for i in blk.items] + [""]
+            elif isinstance(blk, Table):
+                lines.append("| " + " | ".join(map(_md_cell, blk.header)) + " |")
+                lines.append("|" + " --- |" * len(blk.header))
+                lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in blk.rows]
+                lines.append("")
+            else:
+                rel = Path(os.path.relpath(blk.path, base)).as_posix()
+                lines += [f"![{_md_cell(blk.caption)}]({rel})", "", f"*{blk.caption}*", ""]
+    return "\n".join(lines)
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    md: Path
+    json: Path  # verdicts.json: {"Q1": {"status", "finding"}, ...}
+    verdicts: dict[int, str]
+
+
+def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles:
+    """Write report.html and report.md for a study, sweep or run directory (into `out`,
+    default the directory itself) from its saved results."""
+    root = Path(root)
+    out = root if out is None else Path(out)
+    ev = collect(root)
+    v = judge(ev)
+    title, sections = build_document(ev, v)
+    page = render_html(title, sections)
+    md = render_markdown(title, sections, out)
+    atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
+    write_json(out / "verdicts.json", {f"Q{q}": {"status": x.status, "finding": x.finding}
+                                       for q, x in v.items()})
+    return ReportFiles(out / "report.html", out / "report.md", out / "verdicts.json",
+                       {q: x.status for q, x in v.items()})
+

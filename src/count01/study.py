@@ -1,0 +1,164 @@
+"""`count01 reproduce`: the default study, end to end, resumable, then the report.
+
+The study answers the four questions of SPEC 1 with one sweep and one analysis:
+    1. sweep       heads 1, 2, 4, 8 x many seeds (each head count one batched run, `sweeps`)
+    2. paths       training-path analysis of the sweep (`paths`): success rates, trajectories,
+                   minimal head sets, early predictors of failure
+    3. analysis    the default 4-head configuration of the sweep, every seed (`analysis`):
+                   head metrics, attention interventions, aggregation, value swap
+    4. report      report.html and report.md from the saved results (`report`)
+Full mode trains 32 seeds per head count for the default 3000 steps and intervenes on a 25 x 25
+grid; quick mode trains 8 seeds for 1000 steps and uses a 13 x 13 grid (every seed of the default
+config has reached hard l-acc 1.0 by step 500 in our runs, so quick mode still measures trained
+models; the report states the mode). Every head count keeps d_head = 4, the default model's head.
+
+OUT holds study.json (the plan, versions, the analysed run, and every finished stage with its
+time), sweep/ (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/
+with its analysis/), report.html, report.md and verdicts.json. A stage is recorded only once it
+has finished, so re-running the same command skips finished stages and resumes the sweep where it
+stopped; a study directory holds one plan (another plan there is refused).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import Config, Count01Error
+from .report import build_report, software_versions
+from .runs import read_json, write_json
+
+FORMAT = "count01-study/1"
+STAGES = ("sweep", "paths", "analysis", "report")
+ANALYSED_HEADS = 4  # SPEC's default model: its configuration of the sweep is analysed in depth
+BASE = {"d_head": 4}  # every head as wide as in the default model, whatever the head count
+MODES = {  # seeds per head count, intervention grid, Config fields that differ from the defaults
+    "full": {"seeds": 32, "grid_size": 25, "base": {"steps": 3000, "checkpoint_every": 250}},
+    "quick": {"seeds": 8, "grid_size": 13, "base": {"steps": 1000, "checkpoint_every": 200}},
+}
+
+
+class StudyError(Count01Error):
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a study computes: a sweep over `heads` x `seeds`, with `base` Config fields."""
+
+    mode: str
+    seeds: int
+    heads: tuple[int, ...] = (1, 2, 4, 8)
+    base: dict[str, Any] = field(default_factory=dict)
+    grid_size: int = 25  # intervention grid: grid_size log-spaced values of w01 and of w02
+
+    @property
+    def analysed_heads(self) -> int:
+        return ANALYSED_HEADS if ANALYSED_HEADS in self.heads else max(self.heads)
+
+    def sweep_dict(self) -> dict[str, Any]:
+        return {"seeds": self.seeds, "base": dict(self.base), "grid": {"heads": list(self.heads)}}
+
+    def config(self, heads: int) -> Config:
+        return Config.from_dict(self.base | {"heads": heads, "n_seeds": self.seeds},
+                                source="study plan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"heads": list(self.heads)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(**(data | {"heads": tuple(data["heads"])}))
+
+
+def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, ...] | None = None,
+              grid_size: int | None = None, **config: Any) -> Plan:
+    """The default study of a mode; the other arguments shrink or change it (tests use a tiny
+    one). `config` holds Config fields for every configuration (e.g. steps=60, eval_size=512)."""
+    mode = MODES["quick" if quick else "full"]
+    plan = Plan(mode="quick" if quick else "full",
+                seeds=mode["seeds"] if seeds is None else seeds,
+                heads=Plan.heads if heads is None else tuple(heads),
+                base=BASE | mode["base"] | config,
+                grid_size=mode["grid_size"] if grid_size is None else grid_size)
+    if plan.seeds < 1 or not plan.heads or plan.grid_size < 2:
+        raise StudyError(f"a study needs seeds >= 1, some head counts and grid_size >= 2: {plan}")
+    for h in plan.heads:
+        plan.config(h)  # every configuration is valid before anything trains
+    return plan
+
+
+def analysed_run(out: Path, plan: Plan) -> Path:
+    """The sweep's run directory of the analysed configuration."""
+    from .sweeps import Sweep
+
+    points = Sweep.from_dict(plan.sweep_dict()).points()
+    point = next(p for p in points if p.cfg.heads == plan.analysed_heads)
+    return out / "sweep" / "runs" / point.id
+
+
+def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
+    path = out / "study.json"
+    if not path.exists():
+        return {"format": FORMAT, "plan": plan.to_dict(), "stages": {}}
+    state = read_json(path)
+    if state.get("format") != FORMAT:
+        raise StudyError(f"{path} is not a count01 study")
+    if state["plan"] != plan.to_dict():
+        raise StudyError(f"{out} holds another study ({state['plan']['mode']} mode, "
+                         f"{state['plan']['seeds']} seeds, heads {state['plan']['heads']}); "
+                         "choose another --out")
+    return state
+
+
+def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,
+              workers: int | None = None, progress: bool = True,
+              log: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume) the study into `out` and write its report; return report.html's path."""
+    from .analysis import analyze
+    from .paths import analyse as analyse_paths
+    from .sweeps import Sweep, run_sweep
+
+    out = Path(out)
+    plan = plan or make_plan(quick)
+    log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if progress
+                  else (lambda msg: None))
+    state = _load_state(out, plan)
+    run_dir = analysed_run(out, plan)
+    state["versions"] = software_versions()
+    state["analysed_run"] = str(run_dir.relative_to(out))
+    write_json(out / "study.json", state)
+    log(f"study: {plan.mode} mode, heads {', '.join(map(str, plan.heads))} x {plan.seeds} seeds, "
+        f"{plan.config(plan.analysed_heads).steps} steps; writing to {out}")
+
+    steps = {
+        "sweep": lambda: run_sweep(Sweep.from_dict(plan.sweep_dict()), out / "sweep",
+                                   workers=workers, log=log),
+        "paths": lambda: analyse_paths(out / "sweep"),
+        "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
+        "report": lambda: build_report(out),
+    }
+    redo = False  # once a stage runs again, every later stage must too (its inputs changed)
+    for n, name in enumerate(STAGES, 1):
+        done = state["stages"].get(name)
+        if done and not redo and name != "report":  # the report is cheap: always rebuilt
+            log(f"[{n}/{len(STAGES)}] {name}: done earlier ({done['seconds']:.0f} s), skipped")
+            continue
+        log(f"[{n}/{len(STAGES)}] {name} ...")
+        t0 = time.perf_counter()
+        if name == "report":  # the report reads study.json: record the time so far first
+            write_json(out / "study.json", state)
+        steps[name]()
+        seconds = time.perf_counter() - t0
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        state["stages"][name] = {"seconds": seconds, "finished": now}
+        write_json(out / "study.json", state)
+        redo = True
+        log(f"[{n}/{len(STAGES)}] {name}: {seconds:.1f} s")
+    log(f"report: {out / 'report.html'} (and report.md)")
+    return out / "report.html"

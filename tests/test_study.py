@@ -1,0 +1,105 @@
+"""`count01 reproduce`: the plan of each mode, the whole study on a tiny plan (sweep, paths,
+analysis, report), resuming, and refusing to mix two studies in one directory."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from count01.cli import main
+from count01.config import Count01Error
+from count01.report import SECTIONS, build_report
+from count01.runs import read_json, write_json
+from count01.study import STAGES, StudyError, make_plan, reproduce
+
+TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,
+            eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """The whole study on a tiny plan, run once for this module."""
+    out = tmp_path_factory.mktemp("study") / "tiny"
+    reproduce(out, plan=make_plan(quick=True, **TINY), workers=2, progress=False)
+    return out
+
+
+def test_full_mode_is_heads_1_2_4_8_with_32_seeds_and_quick_mode_is_smaller():
+    full, quick = make_plan(), make_plan(quick=True)
+    assert full.heads == quick.heads == (1, 2, 4, 8)
+    assert full.seeds >= 32 and quick.seeds < full.seeds
+    assert full.config(4).steps == 3000 and quick.config(4).steps < 3000
+    assert full.analysed_heads == 4
+    assert full.config(8).d_head_ == full.config(1).d_head_ == 4  # same head, more of them
+
+
+def test_a_bad_plan_is_refused_before_anything_trains(tmp_path):
+    with pytest.raises(StudyError):
+        make_plan(seeds=0)
+    with pytest.raises(Count01Error):
+        make_plan(steps=-1)
+    assert main(["reproduce", "--quick", "--workers", "0", "--out", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_reproduce_runs_every_stage_and_writes_the_report(study):
+    state = read_json(study / "study.json")
+    assert list(state["stages"]) == list(STAGES)
+    assert all(s["seconds"] >= 0 for s in state["stages"].values())
+    run = study / state["analysed_run"]
+    assert read_json(run / "config.json")["heads"] == 4
+    assert (run / "analysis" / "metrics.json").exists()
+    assert (study / "sweep" / "results.csv").exists()
+    assert (study / "sweep" / "paths" / "paths.json").exists()
+    page = (study / "report.html").read_text()
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in page
+    assert "<script" not in page
+    assert "was not found" not in page  # every figure the report names was drawn
+    imgs = re.findall(r'<img src="([^"]+)"', page)
+    assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
+    verdicts = read_json(study / "verdicts.json")
+    assert all(verdicts[f"Q{q}"]["status"] != "not measured" for q in (1, 2, 3, 4))
+    assert "2 seeds each" in page and "quick" in page
+
+
+@pytest.mark.slow
+def test_rerunning_skips_finished_stages_and_resumes_an_unfinished_one(study):
+    state = read_json(study / "study.json")
+    before = {k: v["finished"] for k, v in state["stages"].items()}
+    del state["stages"]["analysis"]  # as if killed during the analysis
+    write_json(study / "study.json", state)
+    lines: list[str] = []
+    reproduce(study, plan=make_plan(quick=True, **TINY), workers=2, progress=False,
+              log=lines.append)
+    text = "\n".join(lines)
+    assert "sweep: done earlier" in text and "paths: done earlier" in text
+    assert "analysis: done earlier" not in text
+    after = read_json(study / "study.json")["stages"]
+    assert after["sweep"]["finished"] == before["sweep"]
+    assert after["paths"]["finished"] == before["paths"]
+    assert set(after) == set(STAGES)
+
+
+@pytest.mark.slow
+def test_another_study_in_the_same_directory_is_refused(study):
+    other = make_plan(quick=True, **(TINY | {"seeds": 3}))
+    with pytest.raises(StudyError, match="holds another study"):
+        reproduce(study, plan=other, progress=False)
+
+
+@pytest.mark.slow
+def test_report_rebuilds_from_a_study_or_its_sweep_without_training(study, tmp_path, capsys):
+    weights = sorted(study.rglob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in weights]
+    assert main(["report", str(study), "--out", str(tmp_path)]) == 0
+    assert "Q4: " in capsys.readouterr().out
+    assert (tmp_path / "report.html").exists() and (tmp_path / "report.md").exists()
+    sweep_report = build_report(study / "sweep", tmp_path / "from_sweep")
+    assert sweep_report.verdicts == {int(q[1]): v["status"] for q, v in
+                                     json.loads((study / "verdicts.json").read_text()).items()}
+    assert [p.stat().st_mtime_ns for p in weights] == stamps  # nothing was trained again
