@@ -12,7 +12,8 @@ lr 1e-2, weight decay 0) are the same for the three paths:
       TL 4.x's native unembed keeps b_U as a fixed buffer, so there (a) trains 5 fewer
       parameters.
   (b) count01's token path, one seed at a time: `model.run(batch, force_tokens=True).logits`.
-  (c) count01, 64 seeds batched on the best path (`train.loss_per_seed`, the count path).
+  (c) count01, 64 seeds batched on the best path: `train.Trainer` (count path, hand-written
+      gradient, flat AdamW) on one torch thread, exactly as `count01 train` runs it.
 
 Each timed step includes drawing its batch, as training does. Before timing, the three paths
 must agree: (a) and (b) give the same loss on the first batch, and seed 0 of (c) follows (b)'s
@@ -41,7 +42,7 @@ from count01.config import Config
 from count01.export import ExportError, to_transformer_lens
 from count01.language import training_batch
 from count01.model import Model
-from count01.train import loss_per_seed, make_optimizer
+from count01.train import Trainer, make_optimizer, one_thread
 
 CFG = Config(heads=4, d_model=16, d_head=4, pos_embed="none", bos=True, batch_size=256, lr=1e-2,
              weight_decay=0.0)
@@ -91,15 +92,11 @@ def token_step(cfg: Config, seed: int) -> Step:
 
 def batched_step(cfg: Config) -> Step:
     """(c) count01, cfg.n_seeds seeds at once, on the path `train` takes."""
-    model = Model.init(cfg)
-    opt = make_optimizer(model, cfg)
+    trainer = Trainer(cfg, Model.init(cfg))
 
     def step(t: int) -> torch.Tensor:
-        loss = loss_per_seed(model, cfg, t)  # (S,)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        return loss.detach()
+        with one_thread():
+            return trainer.step(t)
 
     return step
 
