@@ -7,6 +7,10 @@ seed-steps per second (seeds x steps / wall-clock seconds) for each and the rati
 variants are interleaved over repeats, so drift in the machine's speed hits all alike, and the
 median over repeats is reported.
 
+A second table shows what each optimisation bought, at S = 1 and S = 64 on one thread: the
+token path with autograd and torch's AdamW (what one would write first), the count path with
+autograd, and the count path with the hand-written gradient and flat AdamW (what `train` runs).
+
     python benchmarks/train_throughput.py            # full (a minute or two)
     python benchmarks/train_throughput.py --quick    # a few steps: checks that it runs (CI)
 """
@@ -22,9 +26,12 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from count01.config import Config
-from count01.train import train
+from count01.language import training_batch
+from count01.model import Model
+from count01.train import Trainer, loss_per_seed, make_optimizer, one_thread, train
 
 CFG = Config(checkpoint_every=10**9)  # the default model; nothing written to disk
 
@@ -55,6 +62,44 @@ def looped(n_seeds: int, steps: int) -> float:
     return time.perf_counter() - t0
 
 
+def autograd_step(cfg: Config, tokens: bool):
+    """One AdamW step through autograd on the token path or the count path."""
+    model = Model.init(cfg)
+    opt = make_optimizer(model, cfg)
+
+    def step(t: int) -> None:
+        if tokens:
+            batch = training_batch(cfg, model.seeds, t, tokens=True)
+            logits = model.run(batch, force_tokens=True).logits  # (S, B, V)
+            loss = F.cross_entropy(logits.transpose(1, 2), batch.y, reduction="none").mean(1)
+        else:
+            loss = loss_per_seed(model, cfg, t)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+
+    return step
+
+
+PATHS = {  # what each optimisation bought: name -> step factory
+    "token path, autograd, torch AdamW": lambda cfg: autograd_step(cfg, tokens=True),
+    "count path, autograd, torch AdamW": lambda cfg: autograd_step(cfg, tokens=False),
+    "count path, hand-written gradient, flat AdamW (train)": lambda cfg: Trainer(
+        cfg, Model.init(cfg)).step,
+}
+
+
+def path_rate(make, n_seeds: int, steps: int) -> float:
+    """Seed-steps per second of one training path, after one warm-up step."""
+    with one_thread():
+        step = make(CFG.replace(n_seeds=n_seeds))
+        step(0)
+        t0 = time.perf_counter()
+        for t in range(1, steps + 1):
+            step(t)
+        return n_seeds * steps / (time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny step counts: only checks it runs")
@@ -62,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--looped-steps", type=int,
                    help="steps per seed in the looped variant (default 50; quick: 2)")
     p.add_argument("--repeats", type=int, help="timed repeats (median reported; default 3)")
+    p.add_argument("--path-steps", type=int,
+                   help="steps per variant in the optimisation table (default 30; quick: 2)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     steps = args.steps or (3 if args.quick else 300)
     looped_steps = args.looped_steps or (2 if args.quick else 50)
     repeats = args.repeats or (1 if args.quick else 3)
+    path_steps = args.path_steps or (2 if args.quick else 30)
 
     variants = {  # name -> (seeds, steps per seed, timed function)
         "S=1 batched": (1, steps, lambda: batched(1, steps)),
@@ -94,12 +142,25 @@ def main(argv: list[str] | None = None) -> int:
               "S=8 batched / S=1 batched": rate["S=8 batched"] / rate["S=1 batched"]}
     for name, r in ratios.items():
         print(f"  {name:30s} {r:6.1f}x")
+
+    print(f"what each optimisation bought (seed-steps/s, one thread, {path_steps} steps, "
+          f"median of {repeats}):")
+    print(f"  {'path':54s} {'S=1':>8s} {'S=64':>8s}  S=64/S=1")
+    paths: dict[str, dict[int, float]] = {}
+    for name, make in PATHS.items():
+        paths[name] = {n: statistics.median(path_rate(make, n, path_steps) for _ in range(repeats))
+                       for n in (1, 64)}
+        r = paths[name]
+        print(f"  {name:54s} {r[1]:8.0f} {r[64]:8.0f}  {r[64] / r[1]:7.1f}x")
+    first, last = (paths[k] for k in (next(iter(PATHS)), list(PATHS)[-1]))
+    print(f"  all together, S=64 on the last path / S=1 on the first: {last[64] / first[1]:.0f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": str(datetime.date.today()), "cpu": cpu_name(),
                        "cores": os.cpu_count(), "torch": torch.__version__, "quick": args.quick,
                        "load_average": os.getloadavg()[0],
-                       "seed_steps_per_s": rate, "ratios": ratios, "seconds": times}, f, indent=2)
+                       "seed_steps_per_s": rate, "ratios": ratios, "paths": paths,
+                       "seconds": times}, f, indent=2)
     return 0
 
 
