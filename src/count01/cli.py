@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("paths", help="training-path study of a sweep",
-                       description="Success rate with Wilson 95%% intervals, trajectories of "
+                       description="Success rate with Wilson 95% intervals, trajectories of "
                        "per-head s-acc, w01 and w02, minimal head sets and early predictors of "
                        "failure, as CSV tables, PNG/SVG figures and paths.json.")
     p.add_argument("sweep_dir", type=Path, help="a directory written by count01 sweep")

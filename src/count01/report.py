@@ -378,8 +378,10 @@ def question_section(ev: Evidence, v: V.Verdict) -> Section:
                        "and heads: head s-acc with the readout fixed before and refitted under "
                        "the intervention, and model l-acc with one head or every head "
                        "intervened; circles mark the measured (w01, w02) of each head."),
-                      ("value_swap", "s-acc of each head and of hybrids that keep a head's "
-                       "attention and take another head's value/output weights.")]),
+                      ("value_swap", "s-acc of each head against its hybrids: its "
+                       "attention with another head's value/output weights (left), its "
+                       "values with another head's attention (right); on the diagonal, "
+                       "the swap changed nothing.")]),
         4: _path_figs(ev),
     }[v.question]
     if not figs:

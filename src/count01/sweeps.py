@@ -364,8 +364,9 @@ def _local(jobs: list[tuple[Point, Path]], workers: int):
                 try:
                     yield futures[fut], fut.result()
                 except BrokenProcessPool:
-                    raise SweepError("a sweep worker died (out of memory?); re-run the same "
-                                     "command to resume") from None
+                    raise SweepError("a sweep worker died (out of memory, killed, or it could "
+                                     "not start: a script must call run_sweep under `if __name__ "
+                                     "== '__main__':`); re-run the same command to resume") from None
                 except Exception as e:  # a job's failure is reported, the others go on
                     yield futures[fut], e
         except BaseException:
