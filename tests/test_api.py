@@ -1,5 +1,7 @@
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import count01
 
@@ -14,3 +16,11 @@ def test_importing_count01_loads_neither_pandas_nor_matplotlib_nor_sklearn():
             "print(sorted(heavy & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]"
+
+
+def test_every_name_the_readme_imports_from_count01_exists():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    names = {n.strip() for line in re.findall(r"^from count01 import (.+)$", readme, re.M)
+             for n in line.split("#")[0].split(",")}
+    assert len(names) > 10
+    assert names <= set(count01.__all__), names - set(count01.__all__)
