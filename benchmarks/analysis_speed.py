@@ -3,7 +3,8 @@
 By default it analyses a default-config run of 8 seeds (eval sets of 8192 draws, the full
 25 x 25 intervention grid). Without --run the weights are freshly initialised: timing does not
 need a trained model, and an untrained one is the slow case for the minimal-heads search (no
-small set of heads passes, so every subset is fitted).
+small set of heads passes, so every subset is fitted). Then, on the count path, the exact
+evaluation of every string of length 1..64 (quick: 12) through its count triple.
 
     python benchmarks/analysis_speed.py                 # default config, 8 seeds, full grid
     python benchmarks/analysis_speed.py --run runs/default
@@ -25,7 +26,8 @@ import torch
 
 from count01.analysis import analyze
 from count01.config import Config
-from count01.language import EVAL_SETS, eval_set
+from count01.language import EVAL_SETS, eval_set, exhaustive
+from count01.metrics import evaluate
 from count01.model import Model
 from count01.runs import load_config, save_tensors, write_json
 
@@ -77,6 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     for stage, seconds in summary["seconds"].items():
         print(f"  {stage:<20s} {seconds:7.2f}s {summary['cpu_seconds'][stage]:7.2f}s")
     print(f"  {'total':<20s} {total:7.2f}s {sum(summary['cpu_seconds'].values()):7.2f}s")
+    if not cfg.count_path:  # with positions, strings must be enumerated: no exact evaluation
+        return 0
+    exact_len = 12 if args.quick else 64
+    exact_cfg = cfg.replace(exhaustive_len=exact_len)
+    model = Model.init(exact_cfg)
+    t0 = time.perf_counter()
+    triples = len(exhaustive(exact_cfg))
+    evaluate(model, sets=("exhaustive",))
+    exact = time.perf_counter() - t0
+    print(f"exact evaluation of every string of length 1..{exact_len} ({triples} count triples): "
+          f"{exact:.2f} s for {model.n_seeds} seeds, {exact / model.n_seeds:.3f} s per seed")
     return 0
 
 
