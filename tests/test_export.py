@@ -72,6 +72,17 @@ def test_different_seeds_export_different_models(trained):
 
 
 @needs_lens
+def test_each_transformer_lens_line_gets_its_own_model_class(trained):
+    """4.x has no HookedTransformer: a TransformerBridge; the 3.x line: a HookedTransformer.
+    CI runs this file under both lines."""
+    from importlib.metadata import version
+
+    major = int(version("transformer-lens").split(".")[0])
+    tl = to_transformer_lens(trained["default"], 0)
+    assert type(tl).__name__ == ("TransformerBridge" if major >= 4 else "HookedTransformer")
+
+
+@needs_lens
 def test_export_leaves_the_global_rng_alone(trained):
     state = torch.get_rng_state()
     to_transformer_lens(trained["default"], 0)
