@@ -27,11 +27,12 @@ FIGURES = ("heads_table", "attention_mass", "intervention_heatmaps", "interventi
 
 
 def fake_tables(n_seeds: int = 4, n_heads: int = 2, s_acc=1.0, w01: float = 1.0,
-                w02: float = 0.05, uniform_l_acc: float = 1.0, swap_s_acc: float | None = None,
+                w02: float = 0.05, uniform_l_acc: float = 1.0, swap_follows: str = "attention",
                 collapse: bool = True, failed: tuple[int, ...] = ()) -> dict[str, pd.DataFrame]:
     """The CSV tables of `analysis` for a model whose properties are set by hand.
 
     s_acc: a number or a function (seed, head) -> number. failed: seeds whose hard l-acc is 0.5.
+    swap_follows: a hybrid scores as the head that gave its "attention" or its "values".
     """
     acc = s_acc if callable(s_acc) else (lambda seed, head: s_acc)
     seeds, heads = range(n_seeds), range(n_heads)
@@ -69,7 +70,7 @@ def fake_tables(n_seeds: int = 4, n_heads: int = 2, s_acc=1.0, w01: float = 1.0,
     alpha = [{"seed": i, "head": h, "mean_norm": 1.0, "alpha_learned": 1.0,
               "alpha_uniform": 1.0, "alpha_fitted": 1.0} for i in seeds for h in heads]
     swap = [{"set": "hard", "seed": i, "attn_head": a, "ov_head": b, "swapped": a != b,
-             "s_acc": acc(i, a) if a == b or swap_s_acc is None else swap_s_acc,
+             "s_acc": acc(i, a) if swap_follows == "attention" else acc(i, b),
              "head_auc": 1.0} for i in seeds for a in heads for b in heads]
     minimal = [{"seed": i, "n_heads": 1, "heads": "0", "l_acc_threshold": 0.99, "set": "hard"}
                for i in seeds]
@@ -128,13 +129,44 @@ def test_q2_holds_only_when_uniform_weighting_breaks_the_answers():
     assert verdicts_of(fake_tables(uniform_l_acc=1.0))[2] == V.NOT_HELD
 
 
+def q3_of(**kw) -> V.Verdict:
+    t = fake_tables(**kw)
+    return V.q3(t["heads"], t["value_swap"], t["intervention"], t["model"])
+
+
+def unequal(seed: int, head: int) -> float:
+    """Head 0 perfect, head 1 weaker: a value swap between them can tell which part travels."""
+    return (1.0, 0.92)[head]
+
+
 def test_q3_combines_attention_values_and_collapse():
-    assert verdicts_of(fake_tables())[3] == V.HELD
-    assert verdicts_of(fake_tables(w02=0.9, swap_s_acc=0.5, collapse=False))[3] == V.NOT_HELD
-    v = V.q3(*(fake_tables(w02=0.9)[k] for k in ("heads", "value_swap", "intervention",
-                                                   "model")))
+    assert q3_of(s_acc=unequal).status == V.HELD
+    assert q3_of(s_acc=unequal, w02=0.9, swap_follows="values",
+                 collapse=False).status == V.NOT_HELD
+    v = q3_of(s_acc=unequal, w02=0.9)
     assert v.status == V.MIXED
     assert [s for _, s in v.parts] == [V.NOT_HELD, V.HELD, V.HELD]
+
+
+def test_value_swap_holds_when_hybrids_follow_their_attention_not_their_values():
+    assert q3_of(s_acc=unequal).parts[1][1] == V.HELD
+    v = q3_of(s_acc=unequal, swap_follows="values")
+    assert v.parts[1][1] == V.NOT_HELD
+    assert "0/8 (0%)" in v.finding  # 4 seeds x 2 hybrids, none closer to its attention donor
+
+
+def test_value_swap_between_equally_good_heads_is_not_evidence_either_way():
+    v = q3_of(s_acc=1.0)  # every hybrid scores 1.0 whichever head gave what
+    assert v.parts[1][1] == V.NOT_MEASURED
+    assert "cannot tell attention from values" in v.finding
+    assert v.status == V.HELD  # judged on (a) and (c) alone
+
+
+def test_q3_collapse_reports_that_the_ranking_survives():
+    v = q3_of()
+    numbers = dict(v.numbers)
+    assert numbers["w01 = 0.001, w02 = 0: model AUC"].startswith("1.000")
+    assert any("still ranks" in d for d in v.details)
 
 
 def test_q3_collapse_needs_growing_spread():
@@ -166,6 +198,12 @@ def test_q4_rules_on_success_rates_and_minimal_solutions():
     varied = success([(32, 32)] * 4, [[1] * 30 + [2] * 2] + [[1] * 32] * 3)
     assert V.q4(*varied).status == V.MIXED
     assert V.q4(None, None).status == V.NOT_MEASURED
+
+
+def test_q4_names_the_configuration_whose_solutions_differ_in_size():
+    v = V.q4(*success([(32, 32)] * 4, [[1] * 32] * 3 + [[1] * 31 + [2]]))
+    assert "at heads = 8, 31 runs need 1 head and 1 run needs 2 heads" in v.finding
+    assert "heads = 1," not in v.finding
 
 
 def test_spread_reports_median_iqr_and_range():

@@ -65,6 +65,17 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     verdicts = read_json(study / "verdicts.json")
     assert all(verdicts[f"Q{q}"]["status"] != "not measured" for q in (1, 2, 3, 4))
     assert "2 seeds each" in page and "quick" in page
+    assert "scikit-learn" in page and "matplotlib" in page  # the versions the numbers came from
+
+
+@pytest.mark.slow
+def test_summary_gives_each_finding_in_at_most_three_sentences(study):
+    md = (study / "report.md").read_text()
+    bullets = [line for line in md.split("## Q1.")[0].splitlines() if line.startswith("- **")]
+    assert len(bullets) == 4
+    for b in bullets:
+        text = b.split("). ", 1)[1]  # after "**Finding 1, the semantics** (held)"
+        assert 1 <= len(re.split(r"(?<=\.)\s+(?=[A-Z])", text)) <= 3, b
 
 
 @pytest.mark.slow

@@ -204,16 +204,19 @@ def aggregation(agg: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
     return _save(fig, out, "aggregation")
 
 
-def value_swap(swap: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
+def value_swap(swap: pd.DataFrame, set_name: str, out: Path, gap: float = 0.05) -> list[Path]:
     """Every head's s-acc against the s-acc of its two hybrids: keeping its attention with another
     head's values, and keeping its values with another head's attention (means over partners).
-    Points on the diagonal: the swap changed nothing. Readable for 4 heads or 256."""
+    Points on the diagonal: the swap changed nothing. Readable for 4 heads or 256.
+
+    Between equally good heads a swap tells nothing, so a third panel takes the hybrids whose
+    donors differ in s-acc by more than `gap` and shows how far each lands from either donor."""
     df = swap[swap["set"] == set_name]
     own = df[~df["swapped"]].set_index(["seed", "attn_head"])["s_acc"]
     hyb = df[df["swapped"]]
     keep_attn = hyb.groupby(["seed", "attn_head"])["s_acc"].mean()
     keep_vals = hyb.groupby(["seed", "ov_head"])["s_acc"].mean().rename_axis(["seed", "attn_head"])
-    fig, axes = _figure(1, 2, figsize=(10, 4.6), sharey=True)
+    fig, axes = _figure(1, 3, figsize=(14, 4.8))
     lo = min(0.45, float(np.nanmin(df["s_acc"])) - 0.02) if len(df) else 0.45
     for ax, series, title, colour in (
             (axes[0], keep_attn, "its attention + another head's values", "#228833"),
@@ -228,6 +231,31 @@ def value_swap(swap: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
         ax.set_title(f"{title}\nmedian change {float(np.nanmedian(y - x)):+.3f}", fontsize=9)
         ax.legend(loc="lower right", fontsize=7)
     axes[0].set_ylabel("s-acc of the hybrid (fraction; threshold refitted on 'fit')")
+
+    ax = axes[2]
+    by_attn = own.reindex(list(zip(hyb["seed"], hyb["attn_head"]))).to_numpy()
+    by_vals = own.reindex(list(zip(hyb["seed"], hyb["ov_head"]))).to_numpy()
+    unequal = np.abs(by_attn - by_vals) > gap
+    d_attn = np.abs(hyb["s_acc"].to_numpy() - by_attn)[unequal]
+    d_vals = np.abs(hyb["s_acc"].to_numpy() - by_vals)[unequal]
+    top = max(float(np.max(d_attn, initial=0)), float(np.max(d_vals, initial=0)), gap) * 1.05
+    ax.plot([0, top], [0, top], color="#888888", lw=0.8, ls="--", label="as close to both")
+    ax.scatter(d_attn, d_vals, s=18, alpha=0.7, color="#4477aa",
+               label=f"one hybrid (n = {int(unequal.sum())})")
+    closer = int((d_attn < d_vals).sum())
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel("|hybrid - its attention donor| (s-acc)")
+    ax.set_ylabel("|hybrid - its value donor| (s-acc)")
+    ax.set_title(f"hybrids of heads whose s-acc differ by > {gap:g}\n"
+                 f"closer to the attention donor (above the diagonal): {closer} of "
+                 f"{int(unequal.sum())}", fontsize=9)
+    if not unequal.any():
+        ax.text(0.5, 0.5, "no two heads differ by more than this:\nthe swap cannot tell "
+                "attention from values", ha="center", va="center", transform=ax.transAxes,
+                fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     fig.suptitle(f"Value swap on '{set_name}': does s-acc follow the attention or the values?")
     return _save(fig, out, "value_swap")
 

@@ -216,11 +216,16 @@ def _path_figs(ev: Evidence) -> list[Block]:
            Figure(d / "minimal_heads.png", "How many heads each run needs: the size of the "
                   "smallest head set that keeps hard l-acc >= 0.99 once alpha is refitted.")]
     if ev.success is not None and len(ev.success):
-        worst = ev.success.sort_values(["rate", "config_id"]).iloc[0]
+        ranked = ev.success.sort_values(["rate", "config_id"])
+        worst = ranked.iloc[0]
+        tied = int((ranked["rate"] == worst["rate"]).sum())
+        which = ("the configuration with the lowest success rate" if tied == 1 else
+                 f"the first of {tied} configurations tied at the lowest success rate, "
+                 f"{worst['rate']:.2f}")
         out.append(Figure(d / "trajectories" / f"{worst['config_id']}.png",
-                          f"Training paths of the configuration with the lowest success rate "
-                          f"({worst['config_id']}): hard l-acc, head s-acc, w01 and w02 per "
-                          "seed over the checkpoints (blue = succeeded, red = failed)."))
+                          f"Training paths of {which} ({worst['config_id']}): hard l-acc, head "
+                          "s-acc, w01 and w02 per seed over the checkpoints (blue = succeeded, "
+                          "red = failed)."))
     out.append(Figure(d / "early_predictors.png", "Which early-training quantities tell a "
                       "failing run apart (ROC AUC for failure, all configurations pooled)."))
     if not (d / "paths.json").exists():
@@ -278,7 +283,7 @@ def summary_section(ev: Evidence, v: dict[int, V.Verdict]) -> Section:
         "code (`count01.verdicts`) and printed below; a claim that misses its threshold is "
         "reported as not held.",
         Table(["question", "verdict"], [[f"Q{q}. {v[q].title}", v[q].status] for q in v])]
-    items = [_finding_semantics(v[1]), _finding_aggregation(v[2], t),
+    items = [_finding_semantics(v[1], t), _finding_aggregation(v[2], t),
              _finding_mechanism(v[3]), _finding_risk(v[4], ev)]
     labels = ["Finding 1, the semantics", "Finding 2, the syntax", "Finding 3, the mechanism",
               "The risk, the training path"]
@@ -287,38 +292,47 @@ def summary_section(ev: Evidence, v: dict[int, V.Verdict]) -> Section:
     return Section("summary", "Summary: is this approach worth investing in?", blocks)
 
 
-def _finding_semantics(v: V.Verdict) -> str:
+def _hard(t: dict[str, pd.DataFrame], scheme: str) -> pd.DataFrame:
+    """Aggregation rows of one scheme on the judged set (empty without the table)."""
+    a = t.get("aggregation")
+    if a is None:
+        return pd.DataFrame(columns=["l_acc", "auc", "seed"])
+    return a[(a["scheme"] == scheme) & (a["set"] == V.SET)]
+
+
+def _finding_semantics(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
     if v.status == V.NOT_MEASURED:
         return "Not measured: no head analysis was saved (run `count01 analyze RUN`)."
-    design = {V.HELD: "For model design: the heads are redundant counters, not specialised parts; "
-                      "extra heads buy robustness, and any one head can be read on its own.",
+    loo = _hard(t, "leave_one_out")["l_acc"]
+    removal = (f"; removing any one head (mean-ablated) leaves l-acc at median "
+               f"{loo.median():.3f}, lowest {loo.min():.3f}." if len(loo) else ".")
+    design = {V.HELD: "For model design: the heads are redundant counters, each readable on its "
+                      "own" + removal,
               V.NOT_HELD: "For model design: the answer is spread across heads, so no head can "
-                          "be read, trusted or pruned on its own.",
+                          "be read, trusted or pruned on its own" + removal,
               V.MIXED: "For model design: some heads can be read on their own and others "
-                       "cannot, so check each head before relying on it."}[v.status]
+                       "cannot, so check each head before relying on it" + removal}[v.status]
     return f"{v.finding} {design}"
 
 
 def _finding_aggregation(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
     if v.status == V.NOT_MEASURED:
         return "Not measured: no aggregation table was saved."
-    single = t["aggregation"]
-    single = single[(single["scheme"] == "single") & (single["set"] == V.SET)]
+    single = _hard(t, "single")
     extra = ""
     if len(single):
         extra = (f" A single head with the others mean-ablated still ranks the answers (median "
-                 f"AUC {single['auc'].median():.3f}) but gives the right answer only "
-                 f"{single['l_acc'].median():.3f} of the time (median l-acc): the weight a head "
-                 "gets, not what it computes, turns its ranking into an answer.")
-    mh = t.get("minimal_heads")
-    if mh is not None and len(mh):
-        one = int((mh["n_heads"] == 1).sum())
-        extra += (f" With its weight refitted, one head alone suffices in {V.share(one, len(mh))}"
-                  " seeds.")
+                 f"AUC {single['auc'].median():.3f}) but answers right only "
+                 f"{single['l_acc'].median():.3f} of the time (median l-acc).")
+    whole = pd.concat([_hard(t, k) for k in ("learned", "uniform")])
+    whole = whole[whole["head"] == -1].pivot_table(index="seed", columns="scheme",
+                                                   values="l_acc")
+    cost = (whole["learned"] - whole["uniform"]).max() if len(whole) else float("nan")
     design = {V.HELD: " For model design: the head weights must be learned or fitted; averaging "
                       "heads equally is not enough.",
-              V.NOT_HELD: " For model design: equal weighting of these heads is harmless, but "
-                          "removing or pruning heads needs the readout refitted.",
+              V.NOT_HELD: f" For model design: equal weighting cost little in most seeds but up "
+                          f"to {cost:.3f} l-acc in some, and a head kept alone needs its weight "
+                          "refitted: fit the readout rather than assume it.",
               V.MIXED: " For model design: equal weighting is sometimes harmless and sometimes "
                        "not; fit the head weights rather than assume."}[v.status]
     return v.finding + extra + design
@@ -327,14 +341,14 @@ def _finding_aggregation(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
 def _finding_mechanism(v: V.Verdict) -> str:
     if v.status == V.NOT_MEASURED:
         return "Not measured: no head analysis was saved."
-    parts = "; ".join(f"{name}: {status}" for name, status in v.parts)
-    parts = f"Sub-claims {parts}." if parts else ""
+    parts = ", ".join(f"{name.split(')')[0]}) {status}" for name, status in v.parts)
+    parts = f"Sub-claims {parts} (question 3 names them)." if parts else ""
     design = {V.HELD: "For model design: the attention ratio is the quantity to watch or "
                       "constrain; the value vectors matter less.",
               V.NOT_HELD: "For model design: attention ratios alone do not explain these heads; "
                           "look at the value/output weights too.",
               V.MIXED: "For model design: the attention ratio matters, but not every part of the "
-                       "claimed mechanism held; see question 3."}[v.status]
+                       "claimed mechanism held."}[v.status]
     return f"{v.finding} {parts} {design}"
 
 
@@ -342,19 +356,25 @@ def _finding_risk(v: V.Verdict, ev: Evidence) -> str:
     if v.status == V.NOT_MEASURED:
         return "Not measured: no training-path results were saved (run `count01 sweep`)."
     scope = "" if ev.kind != "run" else "This run alone is one configuration (its own seeds). "
+    unvaried = [f for f in ("lr", "init_scale") if f not in ev.grid]
+    caveat = (f"; this study did not vary {' or '.join(unvaried)}, where the path may matter "
+              "more." if unvaried else ".")
+    failed = ev.success is not None and bool((ev.success["n_success"]
+                                              < ev.success["n_runs"]).any())
     design = {V.HELD: "Whether a run solves the task depends on its seed: budget several "
-                      "restarts (`count01 train --restarts K`) and check each run on `hard`.",
-              V.NOT_HELD: "At this scale no seed failed, so the training path was not a risk "
-                          "here; the default study does not vary learning rate or initialisation, "
-                          "where it may be.",
-              V.MIXED: "The training path mattered only a little here (rare failures, or "
-                       "different solutions of equal success); a few restarts are cheap "
-                       "insurance."}[v.status]
-    return f"{v.finding} {scope}{design}"
+                      "restarts (`count01 train --restarts K`) and check each run on `hard`",
+              V.NOT_HELD: "For model design: no restarts were needed here, but a failure "
+                          "rate up to that bound is not ruled out",
+              V.MIXED: ("For model design: failures were rare; a few restarts (`count01 train "
+                        "--restarts K`) are cheap insurance" if failed else
+                        "For model design: no restarts were needed here")
+              }[v.status]
+    return f"{v.finding} {scope}{design}{caveat}"
 
 
 def question_section(ev: Evidence, v: V.Verdict) -> Section:
-    blocks: list[Block] = [f"**Verdict: {v.status}.** {v.finding}", f"**Rule.** {v.rule}"]
+    blocks: list[Block] = [f"**Verdict: {v.status}.** {v.finding}", *v.details,
+                           f"**Rule.** {v.rule}"]
     if v.parts:
         blocks.append(Table(["sub-claim", "verdict"], [[a, b] for a, b in v.parts]))
     numbers = list(v.numbers)
@@ -380,8 +400,10 @@ def question_section(ev: Evidence, v: V.Verdict) -> Section:
                        "intervened; circles mark the measured (w01, w02) of each head."),
                       ("value_swap", "s-acc of each head against its hybrids: its "
                        "attention with another head's value/output weights (left), its "
-                       "values with another head's attention (right); on the diagonal, "
-                       "the swap changed nothing.")]),
+                       "values with another head's attention (middle); on the diagonal, "
+                       "the swap changed nothing. Right: only the hybrids of unequal heads, "
+                       "which can tell attention from values; above the diagonal, the hybrid "
+                       "scores closer to the head that gave its attention.")]),
         4: _path_figs(ev),
     }[v.question]
     if not figs:
@@ -467,16 +489,15 @@ def methods_section(ev: Evidence) -> Section:
 
 def software_versions() -> dict[str, str]:
     """The software and machine a study ran on, for the methods."""
-    import numpy
     import torch
 
-    try:
-        own = version("count01")
-    except PackageNotFoundError:
-        own = "unknown (not installed)"
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "count01": own, "platform": platform.platform(),
-            "cpus": str(os.cpu_count())}
+    got = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("count01", "numpy", "scikit-learn", "pandas", "matplotlib", "safetensors"):
+        try:
+            got[package] = version(package)
+        except PackageNotFoundError:
+            got[package] = "not installed"
+    return got | {"platform": platform.platform(), "cpus": str(os.cpu_count())}
 
 
 def _versions_block(ev: Evidence) -> Block:
@@ -496,6 +517,9 @@ def _time_table(ev: Evidence) -> Table:
                 rows.append([f"study stage: {name}", f"{s['seconds']:.1f} s"])
         total = sum(s["seconds"] for n, s in stages.items() if n != "report")
         rows.append(["study total (before the report)", f"{total:.1f} s"])
+    if ev.train_seconds:
+        rows.append(["each configuration below (the sweep's workers run them in parallel, so "
+                     "these times overlap)", ""])
     for cid, s in ev.train_seconds.items():
         rows.append([f"train and evaluate {cid}", f"{s:.1f} s"])
     if ev.analysis and "seconds" in ev.analysis:

@@ -31,7 +31,7 @@ L_ACC_DROP = 0.05
 # Q3: "balanced" = w01 within a factor W01_FACTOR of 1; "suppressed" = w02 at most W02_MAX
 W01_FACTOR = 2.0
 W02_MAX = 0.25
-VALUE_SWAP_COST = 0.05  # values are "a minor factor" if taking another head's values costs less
+VALUE_SWAP_GAP = 0.05  # a value swap is informative only between heads whose s-acc differ more
 COLLAPSE_DROP = 0.25  # "collapse": mean drops by at least this from w01 = 1 to each end of the grid
 # Q4: the training path "decides" if some configuration fails in at least this share of its seeds
 FAIL_RATE = 0.05
@@ -43,9 +43,10 @@ class Verdict:
     title: str
     status: str
     rule: str  # the rule, in words, with its thresholds
-    finding: str  # one or two sentences: what was measured, with the key number
+    finding: str  # one sentence, the key number: what the summary says
     numbers: list[tuple[str, str]] = field(default_factory=list)  # (quantity, value with spread)
     parts: list[tuple[str, str]] = field(default_factory=list)  # (sub-claim, status) if any
+    details: list[str] = field(default_factory=list)  # further sentences, in its own section
 
 
 # --- formatting of numbers with their spread ------------------------------------------------
@@ -206,9 +207,12 @@ def q2(agg: pd.DataFrame | None, model: pd.DataFrame | None) -> Verdict:
 Q3_RULE = (f"Three sub-claims, each on `{SET}` and the successful seeds. (a) Attention: a head is "
            f"balanced if 1/{W01_FACTOR:g} <= w01 <= {W01_FACTOR:g} and suppresses 2s if w02 <= "
            f"{W02_MAX}; held if >= {MOST:.0%} of the heads are both, did not hold if <= "
-           f"{FEW:.0%}. (b) Values: taking another head's value/output weights while keeping the "
-           f"attention changes s-acc by at most {VALUE_SWAP_COST} (median over swapped pairs); "
-           "held if so, else did not hold. (c) Collapse: with one head intervened at w02 = 0, the "
+           f"{FEW:.0%}. (b) Values matter less than attention: among hybrids (attention of head i, "
+           "value/output weights of head j of the same seed) whose two donors' s-acc differ by "
+           f"more than {VALUE_SWAP_GAP}, count those whose s-acc is closer to the attention "
+           f"donor's; held if >= {MOST:.0%}, did not hold if <= {FEW:.0%}, mixed otherwise; "
+           "not measured if no two heads differ that much (the swap cannot tell attention from "
+           "values when every head is equally good). (c) Collapse: with one head intervened at w02 = 0, the "
            f"model's l-acc and the head's fixed-readout s-acc drop by >= {COLLAPSE_DROP} (mean) "
            "from the grid point nearest w01 = 1 to both ends of the w01 grid, and the spread (sd "
            "over seeds and heads) of l-acc at both ends exceeds its spread at w01 = 1; held if "
@@ -223,93 +227,121 @@ def q3(heads: pd.DataFrame | None, swap: pd.DataFrame | None, inter: pd.DataFram
     if model is None or all(t is None for t in (heads, swap, inter)):
         return Verdict(3, title, NOT_MEASURED, Q3_RULE, "No head analysis was found.")
     ok = successful_seeds(model)
-    numbers, parts, sentences = [_seeds_note(model, ok)], [], []
+    numbers, parts, clauses, details = [_seeds_note(model, ok)], [], [], []
+    a_name, b_name, c_name = ("(a) balanced 0/1 attention and suppressed 2s",
+                              "(b) value vectors a minor factor",
+                              "(c) collapse with growing spread at extreme w01")
 
     if heads is not None:  # (a) measured attention ratios
         h = heads[(heads["set"] == SET) & heads["seed"].isin(ok)]
         balanced = (h["w01"] >= 1 / W01_FACTOR) & (h["w01"] <= W01_FACTOR)
         suppressed = h["w02"] <= W02_MAX
         both = int((balanced & suppressed).sum())
-        parts.append(("(a) balanced 0/1 attention and suppressed 2s",
-                      by_share(both / len(h)) if len(h) else NOT_MEASURED))
+        parts.append((a_name, by_share(both / len(h)) if len(h) else NOT_MEASURED))
         numbers += [("w01 (per-occurrence attention on a 1 relative to a 0)", spread(h["w01"])),
                     ("w02 (on a 2 relative to a 0)", spread(h["w02"])),
                     (f"heads with 1/{W01_FACTOR:g} <= w01 <= {W01_FACTOR:g}",
                      share(int(balanced.sum()), len(h))),
                     (f"heads with w02 <= {W02_MAX}", share(int(suppressed.sum()), len(h))),
                     ("heads with both", share(both, len(h)))]
-        sentences.append(f"measured w01 has median {h['w01'].median():.2f} and w02 median "
-                         f"{h['w02'].median():.2f} ({share(both, len(h))} heads balanced and "
-                         "suppressing 2s)")
+        clauses.append(f"measured w01 has median {h['w01'].median():.2f} and w02 median "
+                       f"{h['w02'].median():.2f} ({share(both, len(h))} heads balanced and "
+                       "suppressing 2s)")
     else:
-        parts.append(("(a) balanced 0/1 attention and suppressed 2s", NOT_MEASURED))
+        parts.append((a_name, NOT_MEASURED))
 
-    if swap is not None:  # (b) value swap
+    hyb = pd.DataFrame()
+    if swap is not None:  # (b) value swap: does a hybrid follow its attention or its values?
         s = swap[(swap["set"] == SET) & swap["seed"].isin(ok)]
         own = s[~s["swapped"]].set_index(["seed", "attn_head"])["s_acc"]
         hyb = s[s["swapped"]]
-        if len(hyb):
-            keep_attn = hyb["s_acc"].to_numpy() - own.loc[
-                list(zip(hyb["seed"], hyb["attn_head"]))].to_numpy()
-            keep_vals = hyb["s_acc"].to_numpy() - own.loc[
-                list(zip(hyb["seed"], hyb["ov_head"]))].to_numpy()
-            cost = float(np.median(np.abs(keep_attn)))
-            parts.append(("(b) value vectors a minor factor",
-                          HELD if cost <= VALUE_SWAP_COST else NOT_HELD))
-            numbers += [("s-acc of the heads themselves", spread(own)),
-                         ("s-acc of hybrids (attention of i, values of j)", spread(hyb["s_acc"])),
-                         ("|change| keeping the attention, taking other values",
-                          spread(np.abs(keep_attn))),
-                         ("|change| keeping the values, taking other attention",
-                          spread(np.abs(keep_vals)))]
-            sentences.append(f"swapping value/output weights between heads changes s-acc by "
-                             f"{cost:.3f} (median)")
+    if len(hyb):
+        by_attn = own.loc[list(zip(hyb["seed"], hyb["attn_head"]))].to_numpy()
+        by_vals = own.loc[list(zip(hyb["seed"], hyb["ov_head"]))].to_numpy()
+        y = hyb["s_acc"].to_numpy()
+        informative = np.abs(by_attn - by_vals) > VALUE_SWAP_GAP
+        n = int(informative.sum())
+        follows = int((informative & (np.abs(y - by_attn) < np.abs(y - by_vals))).sum())
+        follows_vals = int((informative & (np.abs(y - by_vals) < np.abs(y - by_attn))).sum())
+        parts.append((b_name, by_share(follows / n) if n else NOT_MEASURED))
+        numbers += [("s-acc of the heads themselves", spread(own)),
+                    ("s-acc of hybrids (attention of i, values of j)", spread(hyb["s_acc"])),
+                    (f"hybrids whose donors' s-acc differ by > {VALUE_SWAP_GAP}",
+                     f"{n} of {len(hyb)}, in {hyb.loc[informative, 'seed'].nunique()} seeds"),
+                    ("of those, closer to the attention donor", share(follows, n)),
+                    ("|change| keeping the attention, taking other values",
+                     spread(np.abs(y - by_attn))),
+                    ("|change| keeping the values, taking other attention",
+                     spread(np.abs(y - by_vals)))]
+        if n:
+            clauses.append(f"hybrids of heads whose s-acc differ by more than {VALUE_SWAP_GAP} "
+                           f"score closer to their attention donor in {share(follows, n)} swaps")
+            details.append(f"Value swap: of the {n} hybrids whose donors differ, {follows_vals} "
+                           "score closer to the head that gave its value/output weights than to "
+                           f"the head that gave its attention, {follows} the other way round.")
         else:
-            parts.append(("(b) value vectors a minor factor", NOT_MEASURED))
+            clauses.append(f"every head's s-acc is within {VALUE_SWAP_GAP} of the others', so "
+                           "the value swap cannot tell attention from values")
     else:
-        parts.append(("(b) value vectors a minor factor", NOT_MEASURED))
+        parts.append((b_name, NOT_MEASURED))
 
+    c = pd.DataFrame()
     if inter is not None:  # (c) collapse under intervention
         c = inter[(inter["intervened"] == "each") & inter["seed"].isin(ok)]
         c = c[c["w02"] == c["w02"].min()]
-        if len(c):
-            w = np.array(sorted(c["w01"].unique()))
-            near1 = w[np.argmin(np.abs(np.log10(w)))]
-            at = {name: c[c["w01"] == v] for name, v in
-                  (("low", w[0]), ("one", near1), ("high", w[-1]))}
-            drop = {k: {m: at["one"][m].mean() - at[k][m].mean() for m in ("l_acc", "s_acc_fixed")}
-                    for k in ("low", "high")}
-            collapse = all(d >= COLLAPSE_DROP for e in drop.values() for d in e.values())
-            sd = {k: float(at[k]["l_acc"].std(ddof=0)) for k in at}
-            grows = sd["low"] > sd["one"] and sd["high"] > sd["one"]
-            parts.append(("(c) collapse with growing spread at extreme w01",
-                          HELD if collapse and grows else NOT_HELD))
-            for k, v in (("low", w[0]), ("one", near1), ("high", w[-1])):
-                label = f"w01 = {v:.3g}, w02 = {c['w02'].min():g}"
-                numbers += [(f"{label}: model l-acc", mean_sd(at[k]["l_acc"])),
-                            (f"{label}: head s-acc, fixed readout", mean_sd(at[k]["s_acc_fixed"])),
-                            (f"{label}: head s-acc, refitted readout",
-                             mean_sd(at[k]["s_acc_refit"]))]
-            sentences.append(f"pushing one head to w01 = {w[0]:.3g} or {w[-1]:.3g} takes the "
-                             f"model's l-acc from {at['one']['l_acc'].mean():.3f} to "
-                             f"{at['low']['l_acc'].mean():.3f} and "
-                             f"{at['high']['l_acc'].mean():.3f} (sd {sd['one']:.3f} -> "
-                             f"{sd['low']:.3f}, {sd['high']:.3f})")
-            kept = [k for k in ("low", "high") if at[k]["s_acc_refit"].mean() >= S_ACC_GOOD]
-            if kept:
-                where = " and ".join(f"{w[0] if k == 'low' else w[-1]:.3g}" for k in kept)
-                sentences.append(f"yet with its readout refitted the head still separates at "
-                                 f"w01 = {where} (s-acc >= {S_ACC_GOOD}): there the collapse "
-                                 "is in how its output is read, not in what it carries")
-        else:
-            parts.append(("(c) collapse with growing spread at extreme w01", NOT_MEASURED))
+    if len(c):
+        w = np.array(sorted(c["w01"].unique()))
+        near1 = w[np.argmin(np.abs(np.log10(w)))]
+        ends = (("low", w[0]), ("one", near1), ("high", w[-1]))
+        at = {name: c[c["w01"] == v] for name, v in ends}
+        drop = {k: {m: at["one"][m].mean() - at[k][m].mean() for m in ("l_acc", "s_acc_fixed")}
+                for k in ("low", "high")}
+        collapse = all(d >= COLLAPSE_DROP for e in drop.values() for d in e.values())
+        sd = {k: float(at[k]["l_acc"].std(ddof=0)) for k in at}
+        grows = sd["low"] > sd["one"] and sd["high"] > sd["one"]
+        parts.append((c_name, HELD if collapse and grows else NOT_HELD))
+        w02 = c["w02"].min()
+        for k, v in ends:
+            label = f"w01 = {v:.3g}, w02 = {w02:g}"
+            numbers += [(f"{label}: model l-acc", mean_sd(at[k]["l_acc"])),
+                        (f"{label}: model valid rate", mean_sd(at[k]["valid"])),
+                        (f"{label}: model AUC", mean_sd(at[k]["auc"])),
+                        (f"{label}: head s-acc, fixed readout", mean_sd(at[k]["s_acc_fixed"])),
+                        (f"{label}: head s-acc, refitted readout",
+                         mean_sd(at[k]["s_acc_refit"]))]
+        mean = {k: {m: at[k][m].mean() for m in ("l_acc", "valid", "auc", "s_acc_fixed",
+                                                 "s_acc_refit")} for k in at}
+        clauses.append(f"pushing one head to w01 = {w[0]:.3g} or {w[-1]:.3g} takes the model's "
+                       f"l-acc from {mean['one']['l_acc']:.3f} to {mean['low']['l_acc']:.3f} "
+                       f"and {mean['high']['l_acc']:.3f}")
+        details.append(f"Collapse: the spread of the model's l-acc over seeds and heads goes from "
+                       f"sd {sd['one']:.3f} at w01 = {near1:.3g} to {sd['low']:.3f} and "
+                       f"{sd['high']:.3f} at the ends. There the model still ranks the strings "
+                       f"(AUC {mean['low']['auc']:.3f} and {mean['high']['auc']:.3f}) and "
+                       f"answers 0 or 1 (valid rate {mean['low']['valid']:.3f} and "
+                       f"{mean['high']['valid']:.3f}): the answers go wrong, the ranking does "
+                       "not.")
+        kept = [v for k, v in (("low", w[0]), ("high", w[-1]))
+                if mean[k]["s_acc_refit"] >= S_ACC_GOOD]
+        if kept:
+            where = " and ".join(f"{v:.3g}" for v in kept)
+            details.append(f"With its readout refitted, the intervened head still separates "
+                           f"at w01 = {where} (s-acc >= {S_ACC_GOOD}): there the collapse is in "
+                           "how its output is read, not in what it carries.")
+        if heads is not None and len(h):
+            plain = model.loc[(model["set"] == SET) & model["seed"].isin(ok), "l_acc"].mean()
+            details.append(f"The reference point is itself an intervention (w02 = {w02:g}, not "
+                           f"each head's measured w02): there the head's fixed-readout s-acc is "
+                           f"{mean['one']['s_acc_fixed']:.3f} and the model's l-acc "
+                           f"{mean['one']['l_acc']:.3f}, against {h['s_acc'].mean():.3f} and "
+                           f"{plain:.3f} (means) unintervened.")
     else:
-        parts.append(("(c) collapse with growing spread at extreme w01", NOT_MEASURED))
+        parts.append((c_name, NOT_MEASURED))
 
     status = combine([p[1] for p in parts])
-    finding = (sentences[0][0].upper() + "; ".join(sentences)[1:] + ".") if sentences else \
+    finding = (clauses[0][0].upper() + "; ".join(clauses)[1:] + ".") if clauses else \
         "Nothing was measured."
-    return Verdict(3, title, status, Q3_RULE, finding, numbers, parts)
+    return Verdict(3, title, status, Q3_RULE, finding, numbers, parts, details)
 
 
 # --- Q4: the training path ----------------------------------------------------------------------
@@ -347,7 +379,8 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
     total, ok = int(s["n_runs"].sum()), int(s["n_success"].sum())
     worst = s.loc[s["rate"].idxmin()]
     if ok == total:
-        finding = (f"All {total} runs of the {len(s)} configuration(s) succeeded; with these "
+        finding = (f"All {total} runs of the {len(s)} "
+                   f"configuration{'s' if len(s) > 1 else ''} succeeded; with these "
                    f"seed counts the true failure rate of each is below "
                    f"{1 - s['ci_low'].min():.2f} (Wilson 95% upper bound).")
     else:
@@ -355,8 +388,9 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
                    f"{worst['rate']:.2f} (95% CI {worst['ci_low']:.2f}-{worst['ci_high']:.2f}) "
                    f"at {label} = {worst.get(label, worst['config_id'])}.")
     if sizes_vary:
-        finding += (" Seeds of one configuration reached solutions of different sizes: the "
-                    "smallest head set that keeps the answers right (alpha refitted) differs.")
+        finding += (" Seeds of one configuration reached solutions of different sizes (the "
+                    "smallest head set keeping the answers right, alpha refitted): "
+                    + "; ".join(_size_mix(s, minimal, label)) + ".")
     numbers = []
     for _, r in s.iterrows():
         name = f"{label} = {r[label]}" if label in r else str(r["config_id"])
@@ -373,6 +407,21 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
     numbers.append(("minimal head-set size varies across seeds of a configuration",
                     "yes" if sizes_vary else "no"))
     return Verdict(4, title, status, Q4_RULE, finding, numbers)
+
+
+def _size_mix(success: pd.DataFrame, minimal: pd.DataFrame, label: str) -> list[str]:
+    """'at heads = 8, 31 runs need 1 head and 1 needs 2', per configuration whose sizes vary."""
+    out = []
+    for cid, m in minimal.dropna(subset=["size"]).groupby("config_id", sort=False):
+        if m["size"].nunique() < 2:
+            continue
+        row = success[success["config_id"] == cid]
+        name = f"{label} = {row[label].iloc[0]}" if label in row and len(row) else str(cid)
+        m = m.sort_values("n_runs", ascending=False)
+        out.append(f"at {name}, " + " and ".join(
+            f"{int(n)} {'run needs' if n == 1 else 'runs need'} {int(z)} "
+            f"{'head' if z == 1 else 'heads'}" for z, n in zip(m["size"], m["n_runs"])))
+    return out
 
 
 def _nan(x) -> bool:
