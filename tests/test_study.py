@@ -69,6 +69,16 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
 
 
 @pytest.mark.slow
+def test_the_study_report_renders_in_a_browser_with_every_figure(study, browser, tmp_path):
+    from test_browser import assert_renders
+
+    page = study / "report.html"
+    n = len(re.findall(r"<img ", page.read_text()))
+    assert n >= 10  # analysis figures and training-path figures
+    assert assert_renders(browser, page, tmp_path / "study.png") == n
+
+
+@pytest.mark.slow
 def test_summary_gives_each_finding_in_at_most_three_sentences(study):
     md = (study / "report.md").read_text()
     bullets = [line for line in md.split("## Q1.")[0].splitlines() if line.startswith("- **")]
