@@ -81,8 +81,9 @@ def test_fitted_alpha_of_a_seed_does_not_depend_on_its_companions():
     torch.testing.assert_close(together[2:], alone, atol=1e-12, rtol=0)
 
 
-def test_mean_ablation_of_every_head_leaves_only_the_direct_path():
-    model = random_model(heads=3)
+@pytest.mark.parametrize("pos_embed", ["none", "learned"])
+def test_mean_ablation_of_every_head_leaves_only_the_direct_path(pos_embed):
+    model = random_model(heads=3, pos_embed=pos_embed)
     fit, batch = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
     base, o = head_parts(model, batch)
     _, fo = head_parts(model, fit)
@@ -90,9 +91,13 @@ def test_mean_ablation_of_every_head_leaves_only_the_direct_path():
     none = torch.zeros(2, 3, dtype=torch.bool)
     logits = unembed(model, combine(base, o, means, torch.ones(2, 3, dtype=torch.float64), none))
     w = model.weights
-    resid = w["embed.W_E"][:, 3] + w[ATTN + "b_O"] + means.sum(1)  # e(EOS) + b_O + sum of means
-    direct = torch.einsum("sd,sdv->sv", resid, w["unembed.W_U"]) + w["unembed.b_U"]
-    torch.testing.assert_close(logits, direct[:, None].expand_as(logits), atol=1e-12, rtol=0)
+    # e(EOS) + p(EOS position) + b_O + sum of means, per seed and string
+    resid = (w["embed.W_E"][:, 3] + w[ATTN + "b_O"] + means.sum(1))[:, None]  # (S, 1, d)
+    if pos_embed == "learned":
+        resid = resid + w["pos_embed.W_pos"][:, batch.eos_pos]  # (S, B, d)
+        assert batch.eos_pos.unique().numel() > 1  # p really varies across the strings
+    direct = torch.einsum("sbd,sdv->sbv", resid, w["unembed.W_U"]) + w["unembed.b_U"][:, None]
+    torch.testing.assert_close(logits, direct.expand_as(logits), atol=1e-12, rtol=0)
 
 
 def test_aggregate_has_every_scheme_seed_and_set():

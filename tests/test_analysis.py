@@ -104,6 +104,36 @@ def test_every_figure_is_written_as_png_and_svg(run, analysed):
                                                             for e in ("png", "svg"))
 
 
+def readable_alone(fig) -> list[str]:
+    """What a figure lacks to be read without its caption: a title, named axes (a label or tick
+    labels that name the rows / columns) and a key to its colours or lines."""
+    texts = lambda labels: any(t.get_text() for t in labels)  # noqa: E731
+    axes = [ax for ax in fig.axes if ax.lines or ax.collections or ax.patches or ax.images]
+    missing = []
+    if not (fig._suptitle and fig._suptitle.get_text()) and not any(a.get_title() for a in axes):
+        missing.append("title")
+    if not any(a.get_xlabel() or texts(a.get_xticklabels()) for a in axes):
+        missing.append("x axis")
+    if not any(a.get_ylabel() or texts(a.get_yticklabels()) for a in axes):
+        missing.append("y axis")
+    colorbar = any(a.get_label() == "<colorbar>" for a in fig.axes)
+    if not (fig.legends or any(a.get_legend() for a in fig.axes) or colorbar):
+        missing.append("legend or colour bar")
+    return missing
+
+
+def test_every_figure_is_readable_alone(run, analysed, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name: drawn.setdefault(name, fig) and [])
+    plots.plot_all(run / "analysis")
+    assert set(drawn) == set(FIGURES)
+    for name, fig in drawn.items():
+        assert not readable_alone(fig), f"{name} lacks {readable_alone(fig)}"
+        for ax in fig.axes:  # units or a scale named on every labelled axis
+            for label in (ax.get_xlabel(), ax.get_ylabel()):
+                assert not label or "(" in label, f"{name}: axis '{label}' names no unit"
+
+
 def test_figures_are_drawn_from_tables_never_from_models():
     tree = ast.parse(inspect.getsource(plots))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
@@ -128,8 +158,18 @@ def test_cli_analyze_replaces_the_analysis_and_intervene_prints_the_grid(run, an
     assert main(["intervene", str(run), "--w01", "0.1,1,10", "--w02", "0,1", "--heads", "both",
                  "--out", str(csv)]) == 0
     table = capsys.readouterr().out
-    assert "s_acc_refit_std" in table and len(table.strip().splitlines()) == 1 + 2 * 3 * 2
+    assert len(table.strip().splitlines()) == 1 + 2 * 3 * 2
+    header = table.splitlines()[0].split()
+    for metric in ("s_acc_fixed", "s_acc_refit", "head_auc", "l_acc", "valid", "auc"):
+        assert metric in header and f"{metric}_std" in header  # every metric with its spread
     assert len(pd.read_csv(csv)) == 2 * 3 * 2 * 2 * 2
+    # by default the grid of SPEC 5: 25 x 25 log-spaced, w02 also at 0
+    assert main(["intervene", str(run)]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert len(rows) == 25 * 26
+    assert {r.split()[2] for r in rows} >= {"0.0000", "0.0010", "1000.0000"}
+    assert main(["intervene", str(run), "--grid-size", "3", "--w02", "0"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 3
 
 
 @pytest.mark.parametrize("args, match", [
@@ -138,6 +178,7 @@ def test_cli_analyze_replaces_the_analysis_and_intervene_prints_the_grid(run, an
     (["analyze", "RUN", "--set", "bogus"], "unknown evaluation set"),
     (["intervene", "RUN", "--w01", "x"], "--w01 expects comma-separated numbers"),
     (["intervene", "RUN", "--w02", "-1"], "w02 grid must be finite weights >= 0"),
+    (["intervene", "RUN", "--grid-size", "0"], "--grid-size must be positive"),
 ])
 def test_bad_analysis_arguments_fail_cleanly(run, analysed, args, match, capsys):
     args = [str(run) if a == "RUN" else a for a in args]

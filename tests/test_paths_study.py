@@ -114,6 +114,21 @@ def test_the_study_writes_every_documented_file(study):
     assert summary["figures_skipped"] == {} and summary["missing_configs"] == []
 
 
+def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypatch):
+    from test_analysis import readable_alone
+
+    from count01 import paths
+
+    out, _, _ = study
+    drawn = {}
+    monkeypatch.setattr(paths, "_save", lambda fig, path: drawn.setdefault(path.name, fig) and [])
+    analyse(out, tmp_path / "paths")
+    assert {"success_rate", "minimal_heads", "early_predictors"} <= set(drawn)
+    assert any(name.startswith("lr=") for name in drawn)  # a trajectory figure per configuration
+    for name, fig in drawn.items():
+        assert not readable_alone(fig), f"{name} lacks {readable_alone(fig)}"
+
+
 def test_the_study_agrees_with_the_sweep_table(study):
     out, tables, summary = study
     runs = tables["results"]

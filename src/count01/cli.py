@@ -165,13 +165,17 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from .analysis import torch_threads
-    from .interventions import attention_sweep, summarise
+    from .interventions import attention_sweep, default_grid, summarise
     from .language import eval_set
     from .metrics import format_table
     from .runs import atomic_write, load
 
+    if args.grid_size < 1:
+        raise ConfigError(f"--grid-size must be positive, got {args.grid_size}")
     model = load(args.run)
-    w01, w02 = _weights(args.w01, "--w01"), _weights(args.w02, "--w02")
+    grid01, grid02 = default_grid(args.grid_size)
+    w01 = grid01 if args.w01 is None else _weights(args.w01, "--w01")
+    w02 = grid02 if args.w02 is None else _weights(args.w02, "--w02")
     with torch_threads(1):  # small tensors: see analysis.analyze
         rows = attention_sweep(model, eval_set(model.cfg, args.set), eval_set(model.cfg, "fit"),
                                w01, w02, heads=args.heads)
@@ -286,9 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "head s-acc and model l-acc, valid rate and AUC per grid point (mean "
                        "over seeds and heads, with the spread).")
     p.add_argument("run", type=Path, help="run directory")
-    p.add_argument("--w01", default="0.001,0.01,0.1,1,10,100,1000",
-                   help="comma-separated weights per 1 relative to a 0")
-    p.add_argument("--w02", default="0", help="comma-separated weights per 2 relative to a 0")
+    p.add_argument("--grid-size", type=int, default=25, metavar="N",
+                   help="N x N log grid of (w01, w02) from 1e-3 to 1e3, w02 also at 0 "
+                   "(default 25); --w01 / --w02 replace either axis")
+    p.add_argument("--w01", help="comma-separated weights per 1 relative to a 0")
+    p.add_argument("--w02", help="comma-separated weights per 2 relative to a 0 (e.g. 0)")
     p.add_argument("--heads", choices=["each", "all", "both"], default="each",
                    help="intervene one head at a time, all at once, or both")
     p.add_argument("--set", default="hard", help="evaluation set (default hard)")

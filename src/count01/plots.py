@@ -57,6 +57,10 @@ def head_table(heads: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
     fig, ax = _figure(figsize=(10, 1.1 + 0.22 * (len(df) + 1)))
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="white")
     ax.imshow(np.ma.masked_invalid(colour), cmap=cmap, vmin=-0.3, vmax=1.3, aspect="auto")
+    # the same colours on the metric's own scale: colour (v - 0.5) * 2 on [-0.3, 1.3]
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.35, 1.15), cmap)
+    fig.colorbar(scale, ax=ax, boundaries=np.linspace(0.5, 1.0, 51), ticks=np.linspace(0.5, 1, 6),
+                 label="AUC / s-acc (fraction)", fraction=0.03, pad=0.01)
     for (r, c), v in np.ndenumerate(values):
         ax.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(cols)), cols, fontsize=8)
@@ -67,7 +71,7 @@ def head_table(heads: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
     ax.grid(which="minor", color="0.6", lw=0.5)
     ax.tick_params(which="both", length=0)
     ax.set_title(f"Per-head metrics on set '{set_name}' (thresholds and probes fitted on 'fit').\n"
-                 "AUC / s-acc / probe s-acc: fraction (green = 1, red <= 0.5); w = attention per "
+                 "AUC / s-acc / probe s-acc coloured (red <= 0.5 = chance); w = attention per "
                  "occurrence relative to a 0; mass = fraction of the EOS row", fontsize=9)
     return _save(fig, out, "heads_table")
 
