@@ -20,7 +20,9 @@ def run(tmp_path_factory):
 def test_train_evaluate_predict_end_to_end(run, capsys):
     assert main(["evaluate", str(run)]) == 0
     table = capsys.readouterr().out
-    assert "l_acc" in table and "exhaustive" in table and "noisy" in table
+    header = table.splitlines()[0].split()
+    assert {"set", "seed", "l_acc", "valid", "auc"} <= set(header)
+    assert "exhaustive" in table and "noisy" in table and "hard" in table
     assert main(["predict", str(run), "0112021"]) == 0
     out = capsys.readouterr().out
     assert "n0=2 n1=3 n2=2" in out and "p(EOS)" in out
@@ -53,6 +55,10 @@ def _fails_cleanly(args, capsys, match):
     (["train", "--heads", "0"], "heads must be positive"),
     (["train", "--d-model", "10", "--heads", "4"], "not divisible"),
     (["train", "--noise", "1.5"], "noise must be in [0, 1)"),
+    (["train", "--noise", "-0.1"], "noise must be in [0, 1)"),
+    (["train", "--batch-size", "0"], "batch_size must be positive"),
+    (["train", "--n-seeds", "-2"], "n_seeds must be positive"),
+    (["train", "--d-head", "0"], "d_head must be positive"),
     (["train", "--noise", "abc"], "noise expects float"),
     (["train", "--bogus", "3"], "unrecognized arguments"),
     (["train", "--pos-embed", "rotary"], "pos_embed must be one of"),
@@ -71,17 +77,39 @@ def test_malformed_token_strings_fail_cleanly(run, text, match, capsys):
     _fails_cleanly(["predict", str(run), text], capsys, match)
 
 
+def test_an_unknown_option_in_a_config_file_fails_cleanly(tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("heads = 4\nhedas = 2\n")
+    out = tmp_path / "never"
+    _fails_cleanly(["train", "--config", str(toml), "--out", str(out)], capsys, "unknown option")
+    assert not out.exists()
+
+
+def listing(d) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
 def test_missing_truncated_and_foreign_checkpoints_fail_cleanly(run, tmp_path, capsys):
     import shutil
+
+    import torch
+    from safetensors.torch import save_file
 
     _fails_cleanly(["evaluate", str(tmp_path / "missing")], capsys, "no such run")
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
-    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").unlink()  # a run killed before its final weights
+    before = listing(broken)
+    _fails_cleanly(["evaluate", str(broken)], capsys, "no final weights")
+    data = (run / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
     _fails_cleanly(["evaluate", str(broken)], capsys, "corrupted or truncated")
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
     _fails_cleanly(["predict", str(broken), "01"], capsys, "corrupted or truncated")
+    save_file({"x": torch.zeros(3)}, str(broken / "model.safetensors"))  # valid, not ours
+    _fails_cleanly(["evaluate", str(broken)], capsys, "not a count01 checkpoint")
+    (broken / "model.safetensors").unlink()
+    assert listing(broken) == before  # the failures wrote nothing into the run
 
 
 def test_a_config_that_does_not_match_the_checkpoint_fails_cleanly(run, tmp_path, capsys):
@@ -93,9 +121,14 @@ def test_a_config_that_does_not_match_the_checkpoint_fails_cleanly(run, tmp_path
     cfg = json.loads((other / "config.json").read_text())
     cfg["d_model"] = 8
     (other / "config.json").write_text(json.dumps(cfg))
+    before = listing(other)
     _fails_cleanly(["evaluate", str(other)], capsys, "does not match")
+    _fails_cleanly(["train", "--resume", str(other)], capsys, "does not match")
+    assert listing(other) == before
 
 
 def test_train_refuses_to_overwrite_a_run_and_resume_rejects_new_options(run, capsys):
+    before = listing(run)
     _fails_cleanly(["train", "--out", str(run)] + TINY, capsys, "already holds a run")
     _fails_cleanly(["train", "--resume", str(run), "--heads", "2"], capsys, "only --steps")
+    assert listing(run) == before

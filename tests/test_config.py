@@ -20,6 +20,10 @@ def test_default_config_is_valid_and_matches_the_spec_defaults():
     ({"lr": 0.0}, "lr must be positive"),
     ({"min_len": 40}, "min_len"),
     ({"steps": 0}, "steps must be positive"),
+    *[({name: 0}, f"{name} must be positive") for name in (
+        "max_len", "n_seeds", "batch_size", "checkpoint_every", "eval_size", "exhaustive_len")],
+    ({"d_head": -1}, "d_head must be positive"),
+    ({"noisy_noise": 1.2}, "noisy_noise must be in [0, 1)"),
 ])
 def test_bad_values_raise_one_clear_config_error(change, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):

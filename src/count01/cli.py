@@ -62,8 +62,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ConfigError(f"--restarts {args.restarts} trains {args.restarts} seeds, but "
                               f"n_seeds is {cfg.n_seeds}")
         cfg = cfg.replace(n_seeds=args.restarts)
-    print(f"config: {cfg.describe()}", file=sys.stderr)
-    train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    def announce(step: int) -> None:
+        where = f"resuming {out} at step {step}; " if args.resume else ""
+        print(f"{where}config: {cfg.describe()}", file=sys.stderr)
+
+    train(cfg, out, resume=bool(args.resume), progress=not args.quiet, on_start=announce)
     from .metrics import format_table
     from .runs import read_json
 

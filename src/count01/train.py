@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -165,11 +166,12 @@ def one_thread():
 
 
 def train(cfg: Config, out: str | Path | None = None, resume: bool = False,
-          progress: bool = True) -> Model:
+          progress: bool = True, on_start: Callable[[int], None] | None = None) -> Model:
     """Train cfg.n_seeds seeds for cfg.steps steps; with `out`, checkpoint and write a run dir.
 
     resume=True continues the run in `out` from its latest checkpoint (cfg must be its config,
-    possibly with more steps).
+    possibly with more steps). on_start(step) is called once the run is checked and set up, just
+    before the first step: a caller announces the run only when it will really train.
     """
     cfg.validate()
     out = Path(out) if out is not None else None
@@ -182,6 +184,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: bool = False,
                      model.seeds, step=0)
     trainer = Trainer(cfg, model)
     trainer.load_state(state)
+    if on_start is not None:
+        on_start(start)
 
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
