@@ -8,8 +8,9 @@ variants are interleaved over repeats, so drift in the machine's speed hits all 
 median over repeats is reported.
 
 A second table shows what each optimisation bought, at S = 1 and S = 64 on one thread: the
-token path with autograd and torch's AdamW (what one would write first), the count path with
-autograd, and the count path with the hand-written gradient and flat AdamW (what `train` runs).
+token path with full L x L causal attention, autograd and torch's AdamW (what one would write
+first), the token path computing only the EOS query's row, the count path with autograd, and
+the count path with the hand-written gradient and flat AdamW (what `train` runs).
 
     python benchmarks/train_throughput.py            # full (a minute or two)
     python benchmarks/train_throughput.py --quick    # a few steps: checks that it runs (CI)
@@ -62,15 +63,39 @@ def looped(n_seeds: int, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def autograd_step(cfg: Config, tokens: bool):
-    """One AdamW step through autograd on the token path or the count path."""
+def full_attention_logits(model: Model, tokens: torch.Tensor, eos_pos: torch.Tensor
+                          ) -> torch.Tensor:
+    """Logits at EOS the textbook way: every query position attends (causal L x L pattern),
+    then the EOS row is read off. The default model only (no positional embedding, no LN)."""
+    w, a = model.weights, "blocks.0.attn."
+    seeds = torch.arange(tokens.shape[0])[:, None, None]
+    x = w["embed.W_E"][seeds, tokens]  # (S, B, L, d)
+    q = torch.einsum("sbld,shde->sbhle", x, w[a + "W_Q"]) + w[a + "b_Q"][:, None, :, None]
+    k = torch.einsum("sbld,shde->sbhle", x, w[a + "W_K"]) + w[a + "b_K"][:, None, :, None]
+    v = torch.einsum("sbld,shde->sbhle", x, w[a + "W_V"]) + w[a + "b_V"][:, None, :, None]
+    scores = q @ k.transpose(-1, -2) / model.cfg.d_head_**0.5  # (S, B, H, L, L)
+    L = tokens.shape[-1]
+    scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
+    z = scores.softmax(-1) @ v  # (S, B, H, L, e)
+    resid = x + torch.einsum("sbhle,shed->sbld", z, w[a + "W_O"]) + w[a + "b_O"][:, None, None]
+    rows = torch.arange(tokens.shape[1])
+    at_eos = resid[seeds[..., 0], rows, eos_pos]  # (S, B, d); eos_pos (S, B)
+    return torch.einsum("sbd,sdv->sbv", at_eos, w["unembed.W_U"]) + w["unembed.b_U"][:, None]
+
+
+def autograd_step(cfg: Config, tokens: bool, full: bool = False):
+    """One AdamW step through autograd on the token path (full: every query's attention row)
+    or the count path."""
     model = Model.init(cfg)
     opt = make_optimizer(model, cfg)
 
     def step(t: int) -> None:
         if tokens:
             batch = training_batch(cfg, model.seeds, t, tokens=True)
-            logits = model.run(batch, force_tokens=True).logits  # (S, B, V)
+            if full:
+                logits = full_attention_logits(model, batch.tokens, batch.eos_pos)
+            else:
+                logits = model.run(batch, force_tokens=True).logits  # (S, B, V)
             loss = F.cross_entropy(logits.transpose(1, 2), batch.y, reduction="none").mean(1)
         else:
             loss = loss_per_seed(model, cfg, t)
@@ -82,22 +107,26 @@ def autograd_step(cfg: Config, tokens: bool):
 
 
 PATHS = {  # what each optimisation bought: name -> step factory
-    "token path, autograd, torch AdamW": lambda cfg: autograd_step(cfg, tokens=True),
+    "token path, full L x L attention, autograd, torch AdamW": lambda cfg: autograd_step(
+        cfg, tokens=True, full=True),
+    "token path, EOS row only, autograd, torch AdamW": lambda cfg: autograd_step(cfg, tokens=True),
     "count path, autograd, torch AdamW": lambda cfg: autograd_step(cfg, tokens=False),
     "count path, hand-written gradient, flat AdamW (train)": lambda cfg: Trainer(
         cfg, Model.init(cfg)).step,
 }
 
 
-def path_rate(make, n_seeds: int, steps: int) -> float:
-    """Seed-steps per second of one training path, after one warm-up step."""
+def path_rate(make, n_seeds: int, seconds: float, min_steps: int = 2) -> float:
+    """Seed-steps per second of one training path, after one warm-up step: steps run until
+    `seconds` have passed (at least min_steps), so slow paths cost no more than fast ones."""
     with one_thread():
         step = make(CFG.replace(n_seeds=n_seeds))
         step(0)
-        t0 = time.perf_counter()
-        for t in range(1, steps + 1):
+        t, t0 = 0, time.perf_counter()
+        while t < min_steps or time.perf_counter() - t0 < seconds:
+            t += 1
             step(t)
-        return n_seeds * steps / (time.perf_counter() - t0)
+        return n_seeds * t / (time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,14 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--looped-steps", type=int,
                    help="steps per seed in the looped variant (default 50; quick: 2)")
     p.add_argument("--repeats", type=int, help="timed repeats (median reported; default 3)")
-    p.add_argument("--path-steps", type=int,
-                   help="steps per variant in the optimisation table (default 30; quick: 2)")
+    p.add_argument("--path-seconds", type=float,
+                   help="seconds per variant in the optimisation table (default 3; quick: 0)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     steps = args.steps or (3 if args.quick else 300)
     looped_steps = args.looped_steps or (2 if args.quick else 50)
     repeats = args.repeats or (1 if args.quick else 3)
-    path_steps = args.path_steps or (2 if args.quick else 30)
+    path_seconds = args.path_seconds if args.path_seconds is not None else (
+        0.0 if args.quick else 3.0)
 
     variants = {  # name -> (seeds, steps per seed, timed function)
         "S=1 batched": (1, steps, lambda: batched(1, steps)),
@@ -143,15 +173,25 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in ratios.items():
         print(f"  {name:30s} {r:6.1f}x")
 
-    print(f"what each optimisation bought (seed-steps/s, one thread, {path_steps} steps, "
+    check = Model.init(CFG.replace(n_seeds=2))
+    batch = training_batch(check.cfg, check.seeds, 0, tokens=True)
+    with torch.no_grad():
+        gap = (full_attention_logits(check, batch.tokens, batch.eos_pos)
+               - check.run(batch, force_tokens=True).logits).abs().max().item()
+    print(f"check: full L x L attention and count01's EOS row give the same logits: max |gap| = "
+          f"{gap:.1e}")
+    if not gap < 1e-4:
+        raise SystemExit("the full-attention baseline computes another function")
+    print(f"what each optimisation bought (seed-steps/s, one thread, {path_seconds:g} s each, "
           f"median of {repeats}):")
-    print(f"  {'path':54s} {'S=1':>8s} {'S=64':>8s}  S=64/S=1")
+    print(f"  {'path':58s} {'S=1':>8s} {'S=64':>8s}  S=64/S=1")
     paths: dict[str, dict[int, float]] = {}
     for name, make in PATHS.items():
-        paths[name] = {n: statistics.median(path_rate(make, n, path_steps) for _ in range(repeats))
+        paths[name] = {n: statistics.median(path_rate(make, n, path_seconds)
+                                            for _ in range(repeats))
                        for n in (1, 64)}
         r = paths[name]
-        print(f"  {name:54s} {r[1]:8.0f} {r[64]:8.0f}  {r[64] / r[1]:7.1f}x")
+        print(f"  {name:58s} {r[1]:8.0f} {r[64]:8.0f}  {r[64] / r[1]:7.1f}x")
     first, last = (paths[k] for k in (next(iter(PATHS)), list(PATHS)[-1]))
     print(f"  all together, S=64 on the last path / S=1 on the first: {last[64] / first[1]:.0f}x")
     if args.json:
