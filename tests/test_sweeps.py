@@ -23,6 +23,7 @@ from count01.sweeps import (
     SweepError,
     analyse_run,
     keep_best,
+    load_tables,
     run_sweep,
 )
 from count01.train import train
@@ -266,6 +267,38 @@ def test_the_ray_executor_writes_the_same_tables_as_the_local_one(swept, tmp_pat
     by_ray = run_sweep(sweep, tmp_path / "ray", executor="ray", workers=2, log=quiet)
     for name in TABLES:
         pd.testing.assert_frame_equal(by_ray[name], tables[name])
+
+
+@pytest.mark.slow
+def test_the_ray_executor_joins_an_existing_cluster_by_address(swept, tmp_path):
+    """A Ray head started apart (as on a cluster), joined with --address host:port."""
+    pytest.importorskip("ray")
+    import socket
+    import tempfile
+
+    sweep, _, tables, spec = swept
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # a short temp dir (Ray's unix sockets live under it); token auth off on this test head
+    env = os.environ | {"RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+                        "RAY_AUTH_MODE": "disabled"}
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    subprocess.run(ray + ["start", "--head", f"--port={port}", "--num-cpus=2",
+                          "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                          "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    try:
+        done = subprocess.run([sys.executable, "-m", "count01", "sweep", str(spec), "--executor",
+                               "ray", "--address", f"127.0.0.1:{port}", "--out",
+                               str(tmp_path / "joined")], env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        subprocess.run(ray + ["stop", "--force"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Connected to Ray cluster" in done.stderr
+    joined = load_tables(tmp_path / "joined")
+    for name in TABLES:
+        pd.testing.assert_frame_equal(joined[name], tables[name])
 
 
 def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch, tmp_path, capsys):

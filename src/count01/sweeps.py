@@ -388,7 +388,11 @@ def _ray(jobs: list[tuple[Point, Path]], workers: int, address: str | None):
     SWEEP_DIR must be on storage every node sees (runs resume there; records come to the driver)."""
     ray = import_ray()
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise SweepError(f"cannot join the Ray cluster at {address}: {e} (is it running, "
+                             "and does this machine hold its auth token?)") from None
     else:
         ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False)
