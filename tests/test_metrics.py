@@ -26,7 +26,11 @@ def counting_model(heads: int = 1, others: str = "copy", pos_embed: str = "none"
     """Built from weights: every head's EOS query attends equally to each 0, 1 and EOS and not
     at all to 2 or BOS; head 0's values are -u for 0, +u for 1, -u/2 for EOS, so its output is
     u (n1 - n0 - 1/2) / (n0 + n1 + 1): positive iff more 1s than 0s. Other heads copy head 0
-    (others="copy") or have zero values (others="silent")."""
+    (others="copy") or have zero values (others="silent").
+
+    The EOS query also attends to EOS itself: a causal query always sees its own position, and
+    with n0 = n1 = 0 a row attending to nothing would be undefined. The -u/2 there breaks the
+    tie n0 = n1 towards 0, as the answer rule does."""
     c = Config(**{"heads": heads, "d_model": 8, "d_head": 8, "n_seeds": 1, "max_len": 10,
                   "exhaustive_len": 10, "long_max_len": 12, "eval_size": 512,
                   "pos_embed": pos_embed} | cfg)
