@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,7 +18,7 @@ from count01.model import Model
 from count01.runs import save_tensors, write_json
 
 FIGURES = ("heads_table", "attention_mass", "intervention_heatmaps", "intervention_w02_0",
-           "aggregation", "value_swap")
+           "aggregation", "value_swap", "attention_examples")
 GRID = 3
 
 
@@ -132,6 +133,21 @@ def test_every_figure_is_readable_alone(run, analysed, monkeypatch):
         for ax in fig.axes:  # units or a scale named on every labelled axis
             for label in (ax.get_xlabel(), ax.get_ylabel()):
                 assert not label or "(" in label, f"{name}: axis '{label}' names no unit"
+
+
+def test_attention_examples_show_the_raw_eos_row():
+    from test_metrics import counting_model
+
+    model = counting_model(heads=2)  # attends equally to each 0, 1 and EOS; never to 2 or BOS
+    rows = pd.DataFrame(analysis.attention_examples(model))
+    assert set(rows["example"]) == set(range(len(analysis.EXAMPLES)))
+    sums = rows.groupby(["seed", "example", "head"])["weight"].sum()
+    assert np.allclose(sums, 1.0)
+    first = rows[(rows["example"] == 0) & (rows["head"] == 0)]  # BOS 0 1 1 2 0 2 1 EOS
+    assert "".join(t for t in first["token"] if t in "012") == analysis.EXAMPLES[0]
+    by_kind = first.groupby("token")["weight"]
+    assert by_kind.max()["2"] < 1e-12 and by_kind.max()["BOS"] < 1e-12
+    assert np.allclose(first.loc[first["token"].isin(["0", "1", "EOS"]), "weight"], 1 / 6)
 
 
 def test_figures_are_drawn_from_tables_never_from_models():

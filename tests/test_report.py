@@ -23,7 +23,7 @@ SETS = ("iid", "hard", "exhaustive", "long", "noisy")
 GRID01 = (1e-3, 1e-1, 1.0, 10.0, 1e3)
 GRID02 = (0.0, 1e-3, 1.0, 1e3)
 FIGURES = ("heads_table", "attention_mass", "intervention_heatmaps", "intervention_w02_0",
-           "aggregation", "value_swap")
+           "aggregation", "value_swap", "attention_examples")
 
 
 def fake_tables(n_seeds: int = 4, n_heads: int = 2, s_acc=1.0, w01: float = 1.0,

@@ -39,12 +39,17 @@ value_swap.csv  set, seed, attn_head, ov_head, swapped, s_acc
                head attn_head's attention pattern with head ov_head's value/output weights
                (W_V, b_V, W_O); swapped = attn_head != ov_head (False: the head itself); s_acc
                with the threshold refitted on `fit` for the hybrid.
+attention_examples.csv  seed, example, position, token, head, weight
+               the EOS query's attention of every head on each slot of a few fixed example
+               strings (EXAMPLES; position 0 is BOS when the model has one): the raw pattern, for
+               a reader who wants to see it rather than its summaries.
 minimal_heads.csv  seed, n_heads, heads, l_acc_threshold, set
                the smallest set of heads (";"-separated ids, "" for none) keeping l-acc >=
                l_acc_threshold on `set` once alpha is refitted on `fit`; n_heads = -1 and heads
                "none" where even all heads refitted fall short.
 figures/       heads_table, attention_mass, intervention_heatmaps (s-acc and l-acc over the
-               grid), intervention_w02_0, aggregation, value_swap (.png and .svg), drawn by
+               grid), intervention_w02_0, aggregation, value_swap, attention_examples
+               (.png and .svg), drawn by
                `plots.plot_all` from the CSV files alone.
 """
 
@@ -67,7 +72,7 @@ from . import plots
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
 from .config import Count01Error
 from .interventions import default_grid, sweep_columns, value_swap
-from .language import EVAL_SETS, eval_set
+from .language import BOS, EOS, EVAL_SETS, eval_set, from_digits
 from .metrics import chunked_logits, evaluate_logits, head_table
 from .runs import load, write_json
 
@@ -78,6 +83,8 @@ class AnalysisError(Count01Error):
 
 SWEEP_SET = "hard"  # |#1 - #0| <= 1: where counting, not a rough majority, decides
 MINIMAL_THRESHOLD = 0.99
+# strings whose raw EOS attention is shown: a 1-majority with noise, a tie, a 0-majority, a short one
+EXAMPLES = ("0112021", "1100212", "20201002", "011")
 FILES = {
     "metrics.json": "summary numbers per question, settings and timings",
     "model.csv": "the trained model per set and seed: l_acc, valid, auc",
@@ -87,7 +94,29 @@ FILES = {
     "alpha.csv": "per (seed, head): mean |o_h| and the alpha of each aggregation scheme",
     "value_swap.csv": "s-acc of head i's attention with head j's values, per set and seed",
     "minimal_heads.csv": "per seed: the smallest set of heads keeping l-acc >= 0.99 (refitted)",
+    "attention_examples.csv": "the EOS query's attention per head on each slot of EXAMPLES",
 }
+
+
+def attention_examples(model) -> list[dict]:
+    """The EOS query's attention of every head of every seed on each slot of EXAMPLES."""
+    width = max(map(len, EXAMPLES))
+    digits = torch.full((len(EXAMPLES), width), -1, dtype=torch.int64)
+    for i, text in enumerate(EXAMPLES):
+        digits[i, :len(text)] = torch.tensor([int(c) for c in text])
+    batch = from_digits(digits.numpy(), model.cfg.bos)
+    with torch.no_grad():
+        pattern = model.run(batch, force_tokens=True).pattern  # (S, B, H, L)
+    names = {0: "0", 1: "1", 2: "2", EOS: "EOS", BOS: "BOS"}
+    rows = []
+    for b in range(len(EXAMPLES)):
+        slots = int(batch.eos_pos[b]) + 1
+        for i, seed in enumerate(model.seeds):
+            for h in range(model.cfg.heads):
+                rows += [{"seed": seed, "example": b, "position": k,
+                          "token": names[int(batch.tokens[b, k])], "head": h,
+                          "weight": float(pattern[i, b, h, k])} for k in range(slots)]
+    return rows
 
 
 @contextmanager
@@ -161,7 +190,7 @@ def _compute(model, fit, sets, sweep_set: str, grid_size: int, tmp: Path, pool,
     cpu: dict[str, float] = {}
     tables: dict[str, pd.DataFrame] = {}
     jobs = []
-    bar = tqdm(total=8, disable=not progress, desc="analyze", leave=False)
+    bar = tqdm(total=9, disable=not progress, desc="analyze", leave=False)
     t = time.perf_counter(), time.process_time()
 
     def done(stage: str, table: str | None = None, df: pd.DataFrame | None = None) -> None:
@@ -212,6 +241,8 @@ def _compute(model, fit, sets, sweep_set: str, grid_size: int, tmp: Path, pool,
     for name, batch in sets.items():
         swaps += [{"set": name} | r for r in value_swap(model, batch, fit)]
     done("value_swap", "value_swap", pd.DataFrame(swaps))
+
+    done("attention_examples", "attention_examples", pd.DataFrame(attention_examples(model)))
 
     for job in jobs:
         job.result()  # a figure that failed raises here

@@ -264,6 +264,34 @@ def value_swap(swap: pd.DataFrame, set_name: str, out: Path, gap: float = 0.05) 
     return _save(fig, out, "value_swap")
 
 
+def attention_examples(rows: pd.DataFrame, out: Path, n_seeds: int = 2) -> list[Path]:
+    """The raw EOS attention of every head on a few example strings, for the first seeds: one
+    panel per (seed, string), heads as rows, the string's slots as columns."""
+    seeds = sorted(rows["seed"].unique())[:n_seeds]
+    examples = sorted(rows["example"].unique())
+    n_heads = int(rows["head"].max()) + 1
+    fig, axes = _figure(len(seeds), len(examples), squeeze=False,
+                        figsize=(3.2 * len(examples) + 1.2, 0.5 + (0.35 * n_heads + 0.9) * len(seeds)))
+    image, top = None, float(rows.loc[rows["seed"].isin(seeds), "weight"].max())
+    for r, seed in enumerate(seeds):
+        for c, ex in enumerate(examples):
+            df = rows[(rows["seed"] == seed) & (rows["example"] == ex)]
+            grid = df.pivot(index="head", columns="position", values="weight")
+            tokens = df.drop_duplicates("position").sort_values("position")["token"]
+            ax = axes[r, c]
+            image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, vmax=top, aspect="auto")
+            ax.set_xticks(range(len(tokens)), list(tokens), fontsize=7)
+            ax.set_yticks(range(n_heads), [f"head {h}" for h in grid.index], fontsize=7)
+            ax.set_title(f"seed {seed}: " + "".join(t for t in tokens if t in "012"), fontsize=8)
+            if r == len(seeds) - 1:
+                ax.set_xlabel("token (slot of the string)", fontsize=8)
+    fig.colorbar(image, ax=axes, label="attention of the EOS query (fraction of the row)",
+                 fraction=0.03)
+    fig.suptitle("EOS attention per head on example strings: the same colour on 0s and 1s "
+                 "means w01 near 1, dark 2s mean w02 near 0", fontsize=9)
+    return _save(fig, out, "attention_examples")
+
+
 def _heads_figures(d: Path, set_name: str) -> list[Path]:
     heads = pd.read_csv(d / "heads.csv")
     return (head_table(heads, set_name, d / "figures")
@@ -287,6 +315,8 @@ GROUPS = {
         pd.read_csv(d / "aggregation.csv"), s, d / "figures")),
     "value_swap": (("value_swap.csv",), lambda d, s: value_swap(
         pd.read_csv(d / "value_swap.csv"), s, d / "figures")),
+    "attention_examples": (("attention_examples.csv",), lambda d, s: attention_examples(
+        pd.read_csv(d / "attention_examples.csv", dtype={"token": str}), d / "figures")),
 }
 
 

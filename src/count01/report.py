@@ -391,6 +391,9 @@ def question_section(ev: Evidence, v: V.Verdict) -> Section:
                        "aggregation scheme (mean and spread over seeds).")]),
         3: _figs(ev, [("attention_mass", "Where each head's EOS query looks: attention mass on "
                        "0, 1, 2, EOS and BOS."),
+                      ("attention_examples", "The raw attention row of each head's EOS query "
+                       "on four fixed strings, for the first seeds: every slot of the string, "
+                       "colour = share of the row."),
                       ("intervention_w02_0", "One head intervened at w02 = 0, w01 swept: head "
                        "s-acc (fixed and refitted readout) and model l-acc, mean with a spread "
                        "band over seeds and heads."),
