@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .verdicts import VALUE_SWAP_GAP, swap_donors  # noqa: E402
+
 KINDS = (("mass_0", "0"), ("mass_1", "1"), ("mass_2", "2 (noise)"), ("mass_eos", "EOS"),
          ("mass_bos", "BOS"))
 KIND_COLORS = ("#4477aa", "#ee6677", "#bbbbbb", "#228833", "#ccbb44")
@@ -208,13 +210,14 @@ def aggregation(agg: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
     return _save(fig, out, "aggregation")
 
 
-def value_swap(swap: pd.DataFrame, set_name: str, out: Path, gap: float = 0.05) -> list[Path]:
+def value_swap(swap: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
     """Every head's s-acc against the s-acc of its two hybrids: keeping its attention with another
     head's values, and keeping its values with another head's attention (means over partners).
     Points on the diagonal: the swap changed nothing. Readable for 4 heads or 256.
 
     Between equally good heads a swap tells nothing, so a third panel takes the hybrids whose
-    donors differ in s-acc by more than `gap` and shows how far each lands from either donor."""
+    donors differ in s-acc by more than VALUE_SWAP_GAP (the rule of question 3) and shows how far
+    each lands from either donor."""
     df = swap[swap["set"] == set_name]
     own = df[~df["swapped"]].set_index(["seed", "attn_head"])["s_acc"]
     hyb = df[df["swapped"]]
@@ -236,12 +239,11 @@ def value_swap(swap: pd.DataFrame, set_name: str, out: Path, gap: float = 0.05) 
         ax.legend(loc="lower right", fontsize=7)
     axes[0].set_ylabel("s-acc of the hybrid (fraction; threshold refitted on 'fit')")
 
-    ax = axes[2]
-    by_attn = own.reindex(list(zip(hyb["seed"], hyb["attn_head"]))).to_numpy()
-    by_vals = own.reindex(list(zip(hyb["seed"], hyb["ov_head"]))).to_numpy()
-    unequal = np.abs(by_attn - by_vals) > gap
-    d_attn = np.abs(hyb["s_acc"].to_numpy() - by_attn)[unequal]
-    d_vals = np.abs(hyb["s_acc"].to_numpy() - by_vals)[unequal]
+    ax, gap = axes[2], VALUE_SWAP_GAP
+    donors = swap_donors(df)
+    unequal = donors["informative"].to_numpy()
+    d_attn = (donors["s_acc"] - donors["by_attn"]).abs().to_numpy()[unequal]
+    d_vals = (donors["s_acc"] - donors["by_vals"]).abs().to_numpy()[unequal]
     top = max(float(np.max(d_attn, initial=0)), float(np.max(d_vals, initial=0)), gap) * 1.05
     ax.plot([0, top], [0, top], color="#888888", lw=0.8, ls="--", label="as close to both")
     ax.scatter(d_attn, d_vals, s=18, alpha=0.7, color="#4477aa",

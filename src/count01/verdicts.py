@@ -250,21 +250,17 @@ def q3(heads: pd.DataFrame | None, swap: pd.DataFrame | None, inter: pd.DataFram
     else:
         parts.append((a_name, NOT_MEASURED))
 
-    hyb = pd.DataFrame()
-    if swap is not None:  # (b) value swap: does a hybrid follow its attention or its values?
-        s = swap[(swap["set"] == SET) & swap["seed"].isin(ok)]
-        own = s[~s["swapped"]].set_index(["seed", "attn_head"])["s_acc"]
-        hyb = s[s["swapped"]]
-    if len(hyb):
-        by_attn = own.loc[list(zip(hyb["seed"], hyb["attn_head"]))].to_numpy()
-        by_vals = own.loc[list(zip(hyb["seed"], hyb["ov_head"]))].to_numpy()
-        y = hyb["s_acc"].to_numpy()
-        informative = np.abs(by_attn - by_vals) > VALUE_SWAP_GAP
+    # (b) value swap: does a hybrid follow its attention or its values?
+    s = None if swap is None else swap[(swap["set"] == SET) & swap["seed"].isin(ok)]
+    if s is not None and s["swapped"].any():
+        hyb = swap_donors(s)
+        by_attn, by_vals = hyb["by_attn"].to_numpy(), hyb["by_vals"].to_numpy()
+        y, informative = hyb["s_acc"].to_numpy(), hyb["informative"].to_numpy()
         n = int(informative.sum())
         follows = int((informative & (np.abs(y - by_attn) < np.abs(y - by_vals))).sum())
         follows_vals = int((informative & (np.abs(y - by_vals) < np.abs(y - by_attn))).sum())
         parts.append((b_name, by_share(follows / n) if n else NOT_MEASURED))
-        numbers += [("s-acc of the heads themselves", spread(own)),
+        numbers += [("s-acc of the heads themselves", spread(s.loc[~s["swapped"], "s_acc"])),
                     ("s-acc of hybrids (attention of i, values of j)", spread(hyb["s_acc"])),
                     (f"hybrids whose donors' s-acc differ by > {VALUE_SWAP_GAP}",
                      f"{n} of {len(hyb)}, in {hyb.loc[informative, 'seed'].nunique()} seeds"),
@@ -342,6 +338,19 @@ def q3(heads: pd.DataFrame | None, swap: pd.DataFrame | None, inter: pd.DataFram
     finding = (clauses[0][0].upper() + "; ".join(clauses)[1:] + ".") if clauses else \
         "Nothing was measured."
     return Verdict(3, title, status, Q3_RULE, finding, numbers, parts, details)
+
+
+def swap_donors(swap: pd.DataFrame) -> pd.DataFrame:
+    """The hybrids among value-swap rows of one set, each with the s-acc of the head that gave
+    its attention (by_attn) and of the head that gave its value/output weights (by_vals), and
+    `informative` where those two differ by more than VALUE_SWAP_GAP: only there can a swap
+    tell attention from values."""
+    own = swap[~swap["swapped"]].set_index(["seed", "attn_head"])["s_acc"]
+    hyb = swap[swap["swapped"]]
+    by_attn = own.reindex(list(zip(hyb["seed"], hyb["attn_head"]))).to_numpy()
+    by_vals = own.reindex(list(zip(hyb["seed"], hyb["ov_head"]))).to_numpy()
+    return hyb.assign(by_attn=by_attn, by_vals=by_vals,
+                      informative=np.abs(by_attn - by_vals) > VALUE_SWAP_GAP)
 
 
 # --- Q4: the training path ----------------------------------------------------------------------
