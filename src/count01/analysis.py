@@ -48,9 +48,8 @@ minimal_heads.csv  seed, n_heads, heads, l_acc_threshold, set
                l_acc_threshold on `set` once alpha is refitted on `fit`; n_heads = -1 and heads
                "none" where even all heads refitted fall short.
 figures/       heads_table, attention_mass, intervention_heatmaps (s-acc and l-acc over the
-               grid), intervention_w02_0, aggregation, value_swap, attention_examples
-               (.png and .svg), drawn by
-               `plots.plot_all` from the CSV files alone.
+               grid), intervention_w02_0, aggregation, value_swap, attention_examples (.png and
+               .svg), drawn by `plots.plot_all` from the CSV files alone.
 """
 
 from __future__ import annotations
@@ -64,6 +63,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -72,7 +72,7 @@ from . import plots
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
 from .config import Count01Error
 from .interventions import default_grid, sweep_columns, value_swap
-from .language import BOS, EOS, EVAL_SETS, eval_set, from_digits
+from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
 from .metrics import chunked_logits, evaluate_logits, head_table
 from .runs import load, write_json
 
@@ -98,25 +98,21 @@ FILES = {
 }
 
 
-def attention_examples(model) -> list[dict]:
-    """The EOS query's attention of every head of every seed on each slot of EXAMPLES."""
+def attention_examples(model) -> pd.DataFrame:
+    """The EOS query's attention of every head of every seed on each slot of EXAMPLES: one row
+    per (seed, example, head, position) up to the example's EOS."""
     width = max(map(len, EXAMPLES))
-    digits = torch.full((len(EXAMPLES), width), -1, dtype=torch.int64)
-    for i, text in enumerate(EXAMPLES):
-        digits[i, :len(text)] = torch.tensor([int(c) for c in text])
-    batch = from_digits(digits.numpy(), model.cfg.bos)
+    batch = from_digits(np.array([[int(c) for c in t] + [-1] * (width - len(t))
+                                  for t in EXAMPLES]), model.cfg.bos)
     with torch.no_grad():
-        pattern = model.run(batch, force_tokens=True).pattern  # (S, B, H, L)
-    names = {0: "0", 1: "1", 2: "2", EOS: "EOS", BOS: "BOS"}
-    rows = []
-    for b in range(len(EXAMPLES)):
-        slots = int(batch.eos_pos[b]) + 1
-        for i, seed in enumerate(model.seeds):
-            for h in range(model.cfg.heads):
-                rows += [{"seed": seed, "example": b, "position": k,
-                          "token": names[int(batch.tokens[b, k])], "head": h,
-                          "weight": float(pattern[i, b, h, k])} for k in range(slots)]
-    return rows
+        pattern = model.run(batch, force_tokens=True).pattern.numpy()  # (S, B, H, L)
+    i, b, h, k = np.indices(pattern.shape).reshape(4, -1)
+    keep = k <= batch.eos_pos.numpy()[b]  # the padding after EOS is not part of the string
+    names = np.empty(5, dtype=object)  # by token id
+    names[[ZERO, ONE, TWO, EOS, BOS]] = ["0", "1", "2", "EOS", "BOS"]
+    return pd.DataFrame({"seed": np.array(model.seeds)[i[keep]], "example": b[keep],
+                         "position": k[keep], "token": names[batch.tokens.numpy()[b, k][keep]],
+                         "head": h[keep], "weight": pattern.reshape(-1)[keep]})
 
 
 @contextmanager
@@ -242,7 +238,7 @@ def _compute(model, fit, sets, sweep_set: str, grid_size: int, tmp: Path, pool,
         swaps += [{"set": name} | r for r in value_swap(model, batch, fit)]
     done("value_swap", "value_swap", pd.DataFrame(swaps))
 
-    done("attention_examples", "attention_examples", pd.DataFrame(attention_examples(model)))
+    done("attention_examples", "attention_examples", attention_examples(model))
 
     for job in jobs:
         job.result()  # a figure that failed raises here

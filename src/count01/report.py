@@ -296,7 +296,7 @@ def _hard(t: dict[str, pd.DataFrame], scheme: str) -> pd.DataFrame:
     """Aggregation rows of one scheme on the judged set (empty without the table)."""
     a = t.get("aggregation")
     if a is None:
-        return pd.DataFrame(columns=["l_acc", "auc", "seed"])
+        return pd.DataFrame(columns=["scheme", "head", "seed", "set", "l_acc", "valid", "auc"])
     return a[(a["scheme"] == scheme) & (a["set"] == V.SET)]
 
 
