@@ -172,5 +172,7 @@ def test_slicing_a_set_into_forward_chunks_changes_no_number(monkeypatch):
     sliced = head_table(model, sets)
     for a, b in zip(whole, sliced):
         assert a.keys() == b.keys()
-        for k in a:
-            assert a[k] == pytest.approx(b[k], abs=1e-12, rel=1e-12), k
+        for k in a:  # approx only on numbers: pytest >= 9.2 refuses it on strings
+            same = a[k] == b[k] if isinstance(a[k], str) else a[k] == pytest.approx(b[k], abs=1e-12,
+                                                                                    rel=1e-12)
+            assert same, k

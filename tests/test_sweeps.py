@@ -252,7 +252,10 @@ def test_a_diverged_seed_is_a_failure_and_the_other_seeds_are_analysed_as_usual(
     assert bad["hard_l_acc"] is None and bad["min_heads"] is None and bad["loss"] is None
     assert ok == clean["runs"][0]
     same = [h for h in clean["heads"] if h["seed"] == 0]  # alone: last-bit differences only
-    assert got["heads"] == [pytest.approx(h, rel=1e-12) for h in same]
+    assert [{k: v for k, v in h.items() if not isinstance(v, str)} for h in got["heads"]] == [
+        pytest.approx({k: v for k, v in h.items() if not isinstance(v, str)}, rel=1e-12)
+        for h in same]  # approx only on numbers: pytest >= 9.2 refuses it on strings
+    assert [h["set"] for h in got["heads"]] == [h["set"] for h in same]
     assert got["trajectory"][:-1] == clean["trajectory"][:-1]  # earlier checkpoints untouched
     assert got["trajectory"][-1] == {"seed": 1, "step": step, "loss": None, "hard_l_acc": None,
                                      "hard_valid": None, "hard_auc": None}
