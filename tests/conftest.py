@@ -39,3 +39,28 @@ def browser(tmp_path):
         yield d
     finally:
         d.quit()
+
+
+def listing(d: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and directory (None) below d: a snapshot to compare after a refusal."""
+    d = Path(d)
+    if not d.exists():
+        return {}
+    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(d.rglob("*"))}
+
+
+def refused(args: list[str], capsys, match: str, *watched: Path) -> str:
+    """Run the CLI on a bad input: exit code 2, one to three lines on stderr holding `match`, no
+    traceback, and nothing created or changed below any of the `watched` directories."""
+    from count01.cli import main
+
+    before = [listing(w) for w in watched]
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2, f"exit {code}: {err}"
+    assert 1 <= err.count("\n") <= 3 and err.endswith("\n"), err
+    assert "Traceback" not in err and match in err, err
+    for w, b in zip(watched, before):
+        assert listing(w) == b, f"{w} changed"
+    return err

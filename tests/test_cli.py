@@ -132,3 +132,22 @@ def test_train_refuses_to_overwrite_a_run_and_resume_rejects_new_options(run, ca
     _fails_cleanly(["train", "--out", str(run)] + TINY, capsys, "already holds a run")
     _fails_cleanly(["train", "--resume", str(run), "--heads", "2"], capsys, "only --steps")
     assert listing(run) == before
+
+
+def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_with_debug(
+        run, monkeypatch, capsys):
+    import count01.metrics
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(count01.metrics, "evaluate", broken)
+    assert main(["evaluate", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "count01 evaluate: unexpected error" in err
+    assert "simulated bug" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="simulated bug"):
+        main(["evaluate", str(run), "--debug"])
+    monkeypatch.setenv("COUNT01_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="simulated bug"):
+        main(["evaluate", str(run)])

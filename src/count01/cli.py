@@ -1,19 +1,27 @@
 """The `count01` command line: parses arguments and calls the API, nothing else.
 
 Every user error (bad config value, malformed tokens, missing or corrupted checkpoint) surfaces
-as a `Count01Error` and becomes one line on stderr with exit code 2.
+as a `Count01Error` and becomes one line on stderr with exit code 2. Anything else is a bug: one
+line naming the command, exit code 1, and the traceback only with --debug or COUNT01_DEBUG=1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from .config import Config, ConfigError, Count01Error
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input: a user can fix it
+EXIT_BUG = 1  # an unexpected exception: count01 should have caught it as bad input, or it is a bug
+RESUME_HINT = {  # what a user does after Ctrl-C, per command
+    "train": "completed checkpoints are kept; count01 train --resume RUN continues",
+    "sweep": "finished configurations are kept; the same command resumes",
+    "reproduce": "finished stages are kept; the same command resumes",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -220,6 +228,8 @@ def _print_verdicts(out: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="count01", description="Train tiny attention-only transformers on "
                      "Count01 and take their attention heads apart.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an "
+                        "unexpected error (also COUNT01_DEBUG=1; accepted after any command)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train S seeds as one batched model",
@@ -338,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("COUNT01_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    command = next((a for a in argv if not a.startswith("-")), "count01")
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
@@ -345,9 +359,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"count01: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("count01: interrupted (completed checkpoints are kept; --resume continues)",
+        print(f"count01: interrupted; {RESUME_HINT.get(command, 'nothing was changed')}",
               file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not a bad input: one line, the traceback only on request
+        if debug:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"count01 {command}: unexpected error{where}: {type(e).__name__}: {e}; please report "
+              "it with the command and the output of --debug (or COUNT01_DEBUG=1)",
+              file=sys.stderr)
+        return EXIT_BUG
     return 0
 
 

@@ -19,7 +19,7 @@ import os
 import platform
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -485,7 +485,7 @@ def methods_section(ev: Evidence) -> Section:
              "the same command resumes and skips finished stages. `count01 report DIR` rebuilds "
              "this report from the saved results without training. The pieces: `count01 sweep "
              "SWEEP.toml`, `count01 paths SWEEP_DIR`, `count01 analyze RUN`.")
-    b.append(f"Report generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
+    b.append(f"Report generated {datetime.now(UTC).isoformat(timespec='seconds')} "
              f"from `{ev.root}`.")
     return Section("methods", "Methods", b)
 

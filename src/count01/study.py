@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,
             write_json(out / "study.json", state)
         steps[name]()
         seconds = time.perf_counter() - t0
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         state["stages"][name] = {"seconds": seconds, "finished": now}
         write_json(out / "study.json", state)
         redo = True

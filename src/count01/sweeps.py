@@ -62,6 +62,7 @@ import shutil
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import tomllib
 import torch
 
 from .aggregation import minimal_heads
