@@ -29,9 +29,17 @@ class _Parser(argparse.ArgumentParser):
         raise Count01Error(f"{self.prog}: {message}")
 
 
+def path(text: str) -> Path:
+    """An argparse type: a path, never the empty string (Path('') would mean the current
+    directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
 def add_config_options(p: argparse.ArgumentParser) -> None:
     """--config FILE.toml and one --flag per Config field (e.g. --heads 4 --d-model 16)."""
-    p.add_argument("--config", type=Path, help="TOML file of Config fields (sections allowed)")
+    p.add_argument("--config", type=path, help="TOML file of Config fields (sections allowed)")
     g = p.add_argument_group("config fields (override the TOML file)")
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
@@ -234,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train S seeds as one batched model",
                        description="Train cfg.n_seeds seeds at once; writes a run directory.")
-    p.add_argument("--out", type=Path, default=Path("runs/default"), help="run directory")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run")
+    p.add_argument("--out", type=path, default=Path("runs/default"), help="run directory")
+    p.add_argument("--resume", type=path, metavar="RUN", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restarts", type=int, metavar="K",
                    help="train K seeds (n_seeds = K) and keep the best (highest hard l-acc, ties "
@@ -248,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train every configuration of a sweep file (seeds batched), "
                        "locally or on Ray, into one tidy results table. Re-running the same "
                        "command skips finished configurations and resumes the one in progress.")
-    p.add_argument("sweep", type=Path, help="sweep TOML: seeds = N, [base] and [grid] tables of "
+    p.add_argument("sweep", type=path, help="sweep TOML: seeds = N, [base] and [grid] tables of "
                    "Config fields (see examples/sweep.toml)")
-    p.add_argument("--out", type=Path, help="sweep directory (default sweeps/<file stem>)")
+    p.add_argument("--out", type=path, help="sweep directory (default sweeps/<file stem>)")
     p.add_argument("--executor", choices=["local", "ray", "inline"], default="local",
                    help="local: a process pool on this machine; ray: Ray (pip install "
                    "count01[ray]); inline: one job at a time in this process (debugging)")
@@ -264,17 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Success rate with Wilson 95% intervals, trajectories of "
                        "per-head s-acc, w01 and w02, minimal head sets and early predictors of "
                        "failure, as CSV tables, PNG/SVG figures and paths.json.")
-    p.add_argument("sweep_dir", type=Path, help="a directory written by count01 sweep")
-    p.add_argument("--out", type=Path, help="output directory (default SWEEP_DIR/paths)")
+    p.add_argument("sweep_dir", type=path, help="a directory written by count01 sweep")
+    p.add_argument("--out", type=path, help="output directory (default SWEEP_DIR/paths)")
     p.set_defaults(func=cmd_paths)
 
     p = sub.add_parser("evaluate", help="l-acc, valid rate, ROC AUC per evaluation set and seed")
-    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("run", type=path, help="run directory")
     p.add_argument("--sets", help="comma-separated subset of iid,hard,exhaustive,long,noisy")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="the answer and probabilities for one string")
-    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("run", type=path, help="run directory")
     p.add_argument("tokens", help='digits 0, 1 and 2, e.g. "0112021" (BOS/EOS are added)')
     p.set_defaults(func=cmd_predict)
 
@@ -283,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "intervention grid, aggregation schemes, value swaps and minimal head "
                        "sets on every seed of a run: tidy CSV tables, metrics.json and PNG/SVG "
                        "figures in RUN/analysis/.")
-    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("run", type=path, help="run directory")
     p.add_argument("--grid-size", type=int, default=25, metavar="N",
                    help="N x N log grid of (w01, w02) from 1e-3 to 1e3, w02 also at 0 "
                    "(default 25)")
@@ -302,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "at once) by w(0)=1, w(1)=w01, w(2)=w02, EOS/BOS as measured; print "
                        "head s-acc and model l-acc, valid rate and AUC per grid point (mean "
                        "over seeds and heads, with the spread).")
-    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("run", type=path, help="run directory")
     p.add_argument("--grid-size", type=int, default=25, metavar="N",
                    help="N x N log grid of (w01, w02) from 1e-3 to 1e3, w02 also at 0 "
                    "(default 25); --w01 / --w02 replace either axis")
@@ -311,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", choices=["each", "all", "both"], default="each",
                    help="intervene one head at a time, all at once, or both")
     p.add_argument("--set", default="hard", help="evaluation set (default hard)")
-    p.add_argument("--out", type=Path, help="also write every row (grid point x seed x head) "
+    p.add_argument("--out", type=path, help="also write every row (grid point x seed x head) "
                    "to this CSV file")
     p.set_defaults(func=cmd_intervene)
 
@@ -320,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the training paths, analyse the 4-head model, and write report.html and "
                        "report.md. Re-running the same command resumes.")
     p.add_argument("--quick", action="store_true", help="8 seeds, 1000 steps (about a minute)")
-    p.add_argument("--out", type=Path, help="study directory (default runs/study or "
+    p.add_argument("--out", type=path, help="study directory (default runs/study or "
                    "runs/study-quick)")
     p.add_argument("--workers", type=int, help="training processes (default: the CPU count)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -329,19 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild report.html/.md from saved results",
                        description="Write report.html (self-contained) and report.md for a "
                        "study, sweep or run directory from its saved results, without training.")
-    p.add_argument("dir", type=Path, help="study, sweep or run directory")
-    p.add_argument("--out", type=Path, help="where to write the report (default: DIR)")
+    p.add_argument("dir", type=path, help="study, sweep or run directory")
+    p.add_argument("--out", type=path, help="where to write the report (default: DIR)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="one seed as a TransformerLens model",
                        description="Write one seed's weights in TransformerLens format "
                        "(tl_state_dict.safetensors + tl_config.json) and, if TransformerLens is "
                        "installed, load them back and check them against count01.")
-    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("run", type=path, help="run directory")
     p.add_argument("--seed", type=int, help="seed number (default: the run's first seed)")
     p.add_argument("--to", choices=["transformer-lens"], default="transformer-lens",
                    help="target format")
-    p.add_argument("--out", type=Path,
+    p.add_argument("--out", type=path,
                    help="output directory (default RUN/transformer_lens/seed_K)")
     p.set_defaults(func=cmd_export)
     return parser

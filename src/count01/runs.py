@@ -42,6 +42,29 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+def writable(path: str | Path, kind: str = "dir", what: str = "--out") -> Path:
+    """Check, before anything is computed or written, that `path` can become a directory
+    (kind="dir") or a file (kind="file"): the path is not the other kind, and its nearest existing
+    ancestor is a directory this process can create entries in (tried, then undone). A refused
+    path is one `Count01Error` line naming `what`; nothing is left behind."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise Count01Error(f"{what} {path} is a dangling symbolic link")
+    if path.exists() and (path.is_dir() != (kind == "dir")):
+        raise Count01Error(f"{what} {path} is {'a file' if kind == 'dir' else 'a directory'}; "
+                           f"expected a {'directory' if kind == 'dir' else 'file'}")
+    ancestor = path if path.exists() and kind == "dir" else path.parent
+    while not ancestor.exists() and not ancestor.is_symlink():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise Count01Error(f"{what} {path} cannot be created: {ancestor} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".count01-probe."))
+    except OSError as e:
+        raise Count01Error(f"{what} {path} cannot be written: {e.strerror or e}") from None
+    return path
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), then rename tmp onto path (atomic on POSIX)."""
     path = Path(path)
