@@ -56,3 +56,63 @@ def test_malformed_toml_is_a_config_error(tmp_path):
     path.write_text("heads = = 2\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         Config.from_toml(path)
+
+
+@pytest.mark.parametrize("field", ["lr", "init_scale", "weight_decay", "noise", "noisy_noise"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_float_values_are_refused(field, value):
+    with pytest.raises(ConfigError, match=f"{field} must be a finite number"):
+        Config().replace(**{field: value})
+
+
+@pytest.mark.parametrize("literal", ["inf", "nan", "-inf"])
+def test_non_finite_values_in_a_toml_file_are_refused(literal, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"[train]\nweight_decay = {literal}\n")
+    with pytest.raises(ConfigError, match="weight_decay must be a finite number"):
+        Config.from_toml(toml)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"eval_seed": -1}, "eval_seed must be in 0.."),
+    ({"seed": 2**64}, "seed must be in 0.."),
+    ({"seed": 2**63 - 1, "n_seeds": 2}, "seed must be in 0.."),
+    ({"seed": -1}, "seed must be in 0.."),
+])
+def test_seeds_outside_the_hash_range_are_refused(change, message):
+    with pytest.raises(ConfigError, match=message):
+        Config().replace(**change)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"eval_size": 10**12}, "eval_size"),
+    ({"batch_size": 10**9}, "batch_size"),
+    ({"long_max_len": 10**6}, "long_max_len"),
+    ({"exhaustive_len": 10**4}, "exhaustive_len"),
+    ({"heads": 100_000, "d_head": 4}, "heads"),
+    ({"d_model": 10**6}, "d_model"),
+    ({"n_seeds": 10**7}, "n_seeds"),
+])
+def test_sizes_that_cannot_fit_in_memory_are_refused_naming_the_field(change, field):
+    with pytest.raises(ConfigError, match="more than this machine's") as e:
+        Config().replace(**change)
+    assert field in str(e.value).split("goes with")[1]
+
+
+def test_the_default_and_study_configs_fit_with_room_to_spare():
+    from count01.config import MEMORY
+
+    for cfg in (Config(), Config(n_seeds=64, heads=8, d_head=4), Config(pos_embed="learned")):
+        assert sum(cfg.memory_needs().values()) < MEMORY / 8
+
+
+def test_a_key_in_two_toml_sections_is_refused(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[model]\nheads = 2\n[train]\nheads = 4\n")
+    with pytest.raises(ConfigError, match="heads given twice"):
+        Config.from_toml(toml)
+
+
+def test_a_directory_as_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        Config.from_toml(tmp_path)

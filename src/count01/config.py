@@ -8,12 +8,35 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 POS_EMBEDS = ("none", "learned", "sinusoidal")
+D_VOCAB = 5  # 0, 1, 2, EOS, BOS (language.VOCAB)
+SEED_MAX = 2**63 - 1  # seeds are hashed as uint64 and stored as int64 (JSON, Parquet)
+
+
+def _physical_memory() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float(1 << 40)
+
+
+MEMORY = _physical_memory()
+
+
+def _triples(n: int) -> float:
+    """How many count triples (n0, n1, n2) have n0 + n1 + n2 <= n."""
+    return (n + 1) * (n + 2) * (n + 3) / 6
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.3g} GB"
 
 
 class Count01Error(Exception):
@@ -73,6 +96,10 @@ class Config:
         return self.pos_embed == "none"
 
     def validate(self) -> Config:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         positive = ["max_len", "heads", "d_model", "n_seeds", "steps", "batch_size",
                     "checkpoint_every", "eval_size", "exhaustive_len"]
         for name in positive:
@@ -96,13 +123,43 @@ class Config:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.init_scale > 0:
             raise ConfigError(f"init_scale must be positive, got {self.init_scale}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for name in ("seed", "eval_seed"):  # seeds are hashed as uint64 and stored as int64
+            if not 0 <= getattr(self, name) <= SEED_MAX - (self.n_seeds if name == "seed" else 0):
+                raise ConfigError(f"{name} must be in 0..{SEED_MAX}"
+                                  + (" - n_seeds" if name == "seed" else "")
+                                  + f", got {getattr(self, name)}")
         if self.long_max_len <= self.max_len:
             raise ConfigError(f"long_max_len ({self.long_max_len}) must exceed max_len ({self.max_len})")
         if self.exhaustive_len > 14 and not self.count_path:
             raise ConfigError("exhaustive_len above 14 needs the count path (pos_embed = none)")
+        needs = self.memory_needs()
+        if sum(needs.values()) > MEMORY:
+            fields_, most = max(needs.items(), key=lambda kv: kv[1])
+            raise ConfigError(f"this config needs about {_gb(sum(needs.values()))}, more than "
+                              f"this machine's {_gb(MEMORY)} of memory; the most ({_gb(most)}) "
+                              f"goes with {fields_}")
         return self
+
+    def memory_needs(self) -> dict[str, float]:
+        """Rough peak bytes of the largest allocations a run makes, keyed by the fields that drive
+        each, so an impossible size is refused before anything is allocated. Generous (x4 for
+        temporaries and autograd) but only to an order of magnitude: it guards, it does not plan."""
+        s, h, d, dh, f32 = self.n_seeds, self.heads, self.d_model, self.d_head_, 4
+        n_pos = self.n_ctx if self.pos_embed != "none" else 0
+        params = (2 * D_VOCAB + n_pos + 4) * d + h * dh * (4 * d + 3)
+        slots = 5 if self.count_path else self.max_len + 2  # what the EOS query reads per example
+        per_slot = h * (3 * dh + 2) + d
+        long_slots = 3 if self.count_path else self.long_max_len + 2
+        exhaustive = (_triples(self.exhaustive_len) * 8 if self.count_path
+                      else 3.0 ** self.exhaustive_len * (self.exhaustive_len + 2))
+        batch = 4 * s * self.batch_size * slots * per_slot * f32
+        return {
+            "n_seeds, heads, d_model, d_head (weights, AdamW state, checkpoints)": 8 * s * params * f32,
+            "n_seeds, batch_size, heads, d_head (a training batch)": batch,
+            "eval_size (the evaluation sets)": 6 * self.eval_size * long_slots * 8 * 4,
+            "exhaustive_len (the exhaustive set)": 4 * exhaustive * 8,
+            "max_len, long_max_len (count-triple tables)": 40 * _triples(self.long_max_len) * 8,
+        }
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes).validate()
@@ -135,9 +192,15 @@ class Config:
             raise ConfigError(f"config file not found: {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
         flat: dict[str, Any] = {}
         for key, value in data.items():  # sections ([task], [model], ...) are only for reading
-            flat.update(value if isinstance(value, dict) else {key: value})
+            section = value if isinstance(value, dict) else {key: value}
+            twice = sorted(set(flat) & set(section))
+            if twice:
+                raise ConfigError(f"{path}: {', '.join(twice)} given twice (in two sections)")
+            flat.update(section)
         return cls.from_dict(flat, source=str(path))
 
     @classmethod

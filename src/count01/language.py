@@ -16,11 +16,11 @@ from math import lgamma, log
 import numpy as np
 import torch
 
+from .config import D_VOCAB as D_VOCAB  # the vocabulary's size lives beside the config's
 from .config import Config, Count01Error
 
 ZERO, ONE, TWO, EOS, BOS = 0, 1, 2, 3, 4
 VOCAB = ("0", "1", "2", "EOS", "BOS")
-D_VOCAB = 5
 PAD = ZERO  # padding after EOS; it is never attended to (causal mask at the EOS query)
 
 # stream ids: the training stream and every evaluation set draw from disjoint hash streams
