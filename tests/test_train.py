@@ -7,9 +7,10 @@ import time
 
 import pytest
 import torch
+from conftest import listing
 
 from count01.config import Config
-from count01.runs import CheckpointError, checkpoints, load, load_tensors
+from count01.runs import CheckpointError, checkpoints, load, load_tensors, save_tensors
 from count01.train import train
 
 
@@ -108,3 +109,56 @@ def test_default_config_solves_hard_for_most_seeds():
     hard = [r for r in evaluate(model, ("hard",))]
     solved = sum(r["l_acc"] == 1.0 for r in hard)
     assert solved >= 6, hard
+
+
+def test_identical_runs_write_byte_identical_weight_files(tiny, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(tiny, a, progress=False)
+    train(tiny, b, progress=False)
+    for name in ("model.safetensors", "resume.safetensors", "checkpoints/step_0000020.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_a_resumed_run_reports_the_final_loss_of_an_uninterrupted_one(tiny, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(tiny, straight, progress=False)
+    train(tiny, killed, progress=False)
+    (killed / "model.safetensors").unlink()  # killed after its last checkpoint
+    (killed / "metrics.json").unlink()
+    train(tiny, killed, resume=True, progress=False)
+    loss = [json.loads((d / "metrics.json").read_text())["final_loss"] for d in (straight, killed)]
+    assert loss[0] == loss[1] and all(x > 0 for x in loss[0])
+    train(tiny, killed, resume=True, progress=False)  # resuming a finished run changes nothing
+    assert json.loads((killed / "metrics.json").read_text())["final_loss"] == loss[0]
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda t: {k: v for k, v in t.items() if not k.startswith("optim.")}, "optimiser state"),
+    (lambda t: {k: v for k, v in t.items() if k != "optim.unembed.W_U.exp_avg"}, "optimiser state"),
+    (lambda t: t | {"optim.unembed.W_U.exp_avg": torch.zeros(3)}, "has shape"),
+    (lambda t: t | {"optim.unembed.W_U.step": torch.tensor([7.0])}, "is 7.0, but"),
+])
+def test_resume_refuses_an_incomplete_or_inconsistent_optimiser_state(damage, match, tiny,
+                                                                      tmp_path):
+    out = tmp_path / "run"
+    train(tiny.replace(steps=40), out, progress=False)
+    tensors, meta = load_tensors(out / "resume.safetensors")
+    save_tensors(out / "resume.safetensors", damage(tensors), tiny, meta["seeds"],
+                 step=meta["step"], loss=meta["loss"])
+    before = listing(out)
+    with pytest.raises(CheckpointError, match=match):
+        train(tiny, out, resume=True, progress=False)
+    assert listing(out) == before
+
+
+@pytest.mark.parametrize("meta, match", [({"step": 1.5}, "corrupted metadata"),
+                                         ({"step": 999}, "outside 1..steps"),
+                                         ({"loss": "x"}, "no loss per seed")])
+def test_resume_refuses_a_missing_or_bad_step_or_loss(meta, match, tiny, tmp_path):
+    out = tmp_path / "run"
+    train(tiny.replace(steps=40), out, progress=False)
+    tensors, saved = load_tensors(out / "resume.safetensors")
+    save_tensors(out / "resume.safetensors", tensors, tiny, saved["seeds"],
+                 **({"step": saved["step"], "loss": saved["loss"]} | meta))
+    with pytest.raises(CheckpointError, match=match):
+        train(tiny, out, resume=True, progress=False)

@@ -22,9 +22,16 @@ from .config import Config
 from .language import D_VOCAB, answer, training_batch, training_indices, triples
 from .metrics import evaluate
 from .model import Model, trainable
-from .runs import CheckpointError, load_config, load_tensors, save_tensors, write_json
-
-OPTIM = "optim."
+from .runs import (
+    OPTIM,
+    CheckpointError,
+    load_config,
+    load_tensors,
+    locked,
+    save_tensors,
+    writable,
+    write_json,
+)
 
 
 def make_optimizer(model: Model, cfg: Config) -> torch.optim.AdamW:
@@ -121,14 +128,28 @@ class Trainer:
                     f"{OPTIM}{k}.exp_avg_sq": v.clone()}
         return out
 
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        if not tensors:
-            return
+    def load_state(self, tensors: dict[str, torch.Tensor], step: int, path: Path) -> None:
+        """Restore AdamW's state saved at training step `step`; all of it must be there, with
+        every weight's shapes and a step count equal to `step`, or the resumed run would no
+        longer be the uninterrupted one."""
+        expected = {f"{OPTIM}{k}.{part}": (1,) if part == "step" else self.model.weights[k].shape
+                    for k in self.names for part in ("step", "exp_avg", "exp_avg_sq")}
+        if set(tensors) != set(expected):
+            diff = sorted(set(tensors) ^ set(expected))
+            raise CheckpointError(f"{path}: optimiser state incomplete or foreign (differs in "
+                                  f"{', '.join(diff[:3])}{' ...' if len(diff) > 3 else ''})")
+        for k, shape in expected.items():
+            if tensors[k].shape != shape:
+                raise CheckpointError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, "
+                                      f"expected {tuple(shape)}")
+            if k.endswith(".step") and tensors[k].item() != step:
+                raise CheckpointError(f"{path}: {k} is {tensors[k].item()}, but the checkpoint "
+                                      f"is at step {step}")
         for k, m, v in zip(self.names, self._views(self.exp_avg, {}).values(),
                            self._views(self.exp_avg_sq, {}).values()):
             m.copy_(tensors[f"{OPTIM}{k}.exp_avg"])
             v.copy_(tensors[f"{OPTIM}{k}.exp_avg_sq"])
-        self.t = int(tensors[f"{OPTIM}{self.names[0]}.step"].item())
+        self.t = step
 
 
 @lru_cache(maxsize=8)
@@ -174,23 +195,43 @@ def train(cfg: Config, out: str | Path | None = None, resume: bool = False,
     before the first step: a caller announces the run only when it will really train.
     """
     cfg.validate()
-    out = Path(out) if out is not None else None
-    model, start, state = Model.init(cfg), 0, {}
+    if out is None:
+        return _train(cfg, None, Model.init(cfg), 0, None, progress)
+    out = writable(out)
     if resume:
-        model, start, state = _resume(cfg, out)
-    elif out is not None:
-        write_json(out / "config.json", cfg.to_dict())
-        save_tensors(out / "checkpoints" / f"step_{0:07d}.safetensors", model.weights, cfg,
-                     model.seeds, step=0)
+        load_config(out)  # a directory without a run is refused before the lock touches it
+    elif (out / "config.json").exists():
+        raise CheckpointError(f"{out} already holds a run; continue it with --resume {out}, "
+                              "or choose another --out")
+    with locked(out, "training run"):
+        if resume:
+            model, start, resumed = _resume(cfg, out)
+        else:  # checked again under the lock: another run may have started meanwhile
+            if (out / "config.json").exists():
+                raise CheckpointError(f"{out} already holds a run")
+            model, start, resumed = Model.init(cfg), 0, None
+            write_json(out / "config.json", cfg.to_dict())
+            save_tensors(out / "checkpoints" / f"step_{0:07d}.safetensors", model.weights, cfg,
+                         model.seeds, step=0)
+        if on_start is not None:
+            on_start(start)
+        return _train(cfg, out, model, start, resumed, progress)
+
+
+def _train(cfg: Config, out: Path | None, model: Model, start: int,
+           resumed: tuple[dict[str, torch.Tensor], torch.Tensor, Path] | None,
+           progress: bool) -> Model:
+    """The training loop from step `start`; `resumed` holds the optimiser state, the last losses
+    and the file they came from."""
     trainer = Trainer(cfg, model)
-    trainer.load_state(state)
-    if on_start is not None:
-        on_start(start)
+    losses = torch.zeros(model.n_seeds)
+    if resumed is not None:
+        state, losses, path = resumed
+        trainer.load_state(state, start, path)
 
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
                desc=f"train {model.n_seeds} seeds", leave=False)
-    losses = torch.zeros(model.n_seeds)
     with one_thread():
         for step in range(start, cfg.steps):
             losses = trainer.step(step)
@@ -217,26 +258,33 @@ def _checkpoint(out: Path, cfg: Config, trainer: Trainer, step: int, losses: tor
     weights, seeds = trainer.weights(), trainer.model.seeds
     save_tensors(out / "checkpoints" / f"step_{step:07d}.safetensors", weights, cfg, seeds,
                  step=step, loss=losses.tolist())
-    save_tensors(out / "resume.safetensors", weights | trainer.state(), cfg, seeds, step=step)
+    save_tensors(out / "resume.safetensors", weights | trainer.state(), cfg, seeds, step=step,
+                 loss=losses.tolist())
 
 
-def _resume(cfg: Config, out: Path | None
-            ) -> tuple[Model, int, dict[str, torch.Tensor]]:
-    """The model, step and AdamW state of the latest checkpoint of `out`."""
-    if out is None:
-        raise CheckpointError("resume needs a run directory")
+def _resume(cfg: Config, out: Path
+            ) -> tuple[Model, int, tuple[dict[str, torch.Tensor], torch.Tensor, Path] | None]:
+    """The model, step, and (AdamW state, last losses, file) of the latest checkpoint of `out`."""
     saved = load_config(out)
     if saved.replace(steps=cfg.steps) != cfg:
         raise CheckpointError(f"{out}: config does not match the run's config.json "
                               "(only steps may change on resume)")
     path = out / "resume.safetensors"
     if not path.exists():
-        return Model.init(cfg), 0, {}  # killed before the first checkpoint: start over
+        return Model.init(cfg), 0, None  # killed before the first checkpoint: start over
     tensors, meta = load_tensors(path, cfg)
     if meta["seeds"] != cfg.seeds:
         raise CheckpointError(f"{path}: seeds {meta['seeds']} do not match the config's")
-    if meta["step"] > cfg.steps:
-        raise CheckpointError(f"{path} is at step {meta['step']}, past steps = {cfg.steps}")
+    if not 0 < meta["step"] <= cfg.steps:
+        raise CheckpointError(f"{path} is at step {meta['step']}, outside 1..steps = {cfg.steps}")
+    loss = meta.get("loss")
+    if loss is None:  # written before resume files kept it: the checkpoint of the same step has it
+        step_file = out / "checkpoints" / f"step_{meta['step']:07d}.safetensors"
+        loss = load_tensors(step_file, cfg)[1].get("loss") if step_file.exists() else None
+    if not (isinstance(loss, list) and len(loss) == cfg.n_seeds
+            and all(isinstance(x, int | float) for x in loss)):
+        raise CheckpointError(f"{path}: corrupted metadata (no loss per seed)")
     state = {k: v for k, v in tensors.items() if k.startswith(OPTIM)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIM)}
-    return Model(cfg, weights, meta["seeds"]), meta["step"], state
+    return (Model(cfg, weights, meta["seeds"]), meta["step"],
+            (state, torch.tensor(loss, dtype=torch.float32), path))
