@@ -1,9 +1,12 @@
+import json
 import subprocess
 import sys
 
 import pytest
+from conftest import refused
 
 from count01.cli import main
+from count01.runs import load, load_config
 
 TINY = ["--steps", "40", "--n-seeds", "2", "--batch-size", "64", "--checkpoint-every", "20",
         "--eval-size", "256", "--exhaustive-len", "5", "--max-len", "8", "--long-max-len", "12",
@@ -151,3 +154,85 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_with_d
     monkeypatch.setenv("COUNT01_DEBUG", "1")
     with pytest.raises(RuntimeError, match="simulated bug"):
         main(["evaluate", str(run)])
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--init-scale", "inf"], "init_scale must be a finite number"),
+    (["--weight-decay", "nan"], "weight_decay must be a finite number"),
+    (["--eval-seed", "-1"], "eval_seed must be in 0.."),
+    (["--seed", "18446744073709551616"], "seed must be in 0.."),
+    (["--eval-size", "1000000000000"], "eval_size"),
+    (["--batch-size", "1000000000"], "batch_size"),
+    (["--long-max-len", "1000000"], "long_max_len"),
+    (["--exhaustive-len", "10000"], "exhaustive_len"),
+    (["--heads", "100000", "--d-head", "4"], "heads"),
+    (["--d-model", "1000000"], "d_model"),
+    (["--n-seeds", "10000000"], "n_seeds"),
+])
+def test_bad_or_impossible_values_are_refused_before_anything_is_written(
+        args, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused(["train", "--out", "run", "--quiet"] + args, capsys, match, tmp_path)
+
+
+def test_unusable_output_paths_are_refused_before_training(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out, match in [("afile", "is a file"), ("afile/x", "not a directory"),
+                       ("/proc/x", "cannot be written"), ("dangling", "dangling symbolic link"),
+                       ("", "an empty path")]:
+        refused(["train", "--out", out] + TINY, capsys, match, tmp_path)
+
+
+def test_a_second_training_run_into_a_directory_being_written_is_refused(capsys, tmp_path):
+    from count01.runs import locked
+
+    out = tmp_path / "busy"
+    with locked(out, "training run"):  # another process's run, as far as the lock tells
+        refused(["train", "--out", out] + TINY, capsys, "another training run", tmp_path)
+
+
+def test_resume_refuses_out_and_a_directory_that_holds_no_run(run, capsys, tmp_path):
+    refused(["train", "--resume", run, "--out", tmp_path / "x"], capsys, "drop --out", tmp_path,
+            run)
+    (tmp_path / "empty").mkdir()
+    refused(["train", "--resume", tmp_path / "empty"], capsys, "holds no run", tmp_path)
+
+
+def test_predict_refuses_a_string_longer_than_the_positional_embedding(capsys, tmp_path):
+    out = tmp_path / "pos"
+    assert main(["train", "--out", str(out), "--pos-embed", "learned"] + TINY) == 0
+    capsys.readouterr()
+    assert main(["predict", str(out), "01" * 6]) == 0  # n_ctx 14: BOS, 12 digits, EOS
+    capsys.readouterr()
+    refused(["predict", out, "0" * 13], capsys, "covers 12 at most", tmp_path)
+
+
+def test_a_checkpoint_with_corrupted_metadata_or_foreign_dtypes_is_refused(run, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from count01.runs import FORMAT
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    weights = load_file(str(run / "model.safetensors"))
+    cases = [({"format": FORMAT, "model": "{not json", "seeds": "[0, 1]"}, weights, "not JSON"),
+             ({"format": FORMAT, "model": "{}"}, weights, "corrupted metadata"),
+             ({"format": FORMAT, "model": "{}", "seeds": "[0, 1]", "step": "1.5"}, weights,
+              "corrupted metadata")]
+    good_meta = {"format": FORMAT, "model": json.dumps(load_config(run).model_dict()),
+                 "seeds": "[0, 1]"}
+    cases.append((good_meta, {k: v.long() for k, v in weights.items()}, "count01 weights are float32"))
+    cases.append((good_meta | {"seeds": "[0]"}, {k: v[:1] for k, v in weights.items()}, "says [0, 1]"))
+    for meta, tensors, match in cases:
+        save_file(tensors, str(bad / "model.safetensors"), metadata=meta)
+        refused(["evaluate", bad], capsys, match, bad)
+    save_file(weights, str(bad / "model.safetensors"), metadata=good_meta)
+    assert main(["evaluate", str(bad)]) == 0
+    capsys.readouterr()
+    assert torch.equal(load(bad).weights["embed.W_E"], weights["embed.W_E"])

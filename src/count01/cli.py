@@ -17,6 +17,7 @@ from .config import Config, ConfigError, Count01Error
 
 EXIT_USAGE = 2  # bad input: a user can fix it
 EXIT_BUG = 1  # an unexpected exception: count01 should have caught it as bad input, or it is a bug
+DEFAULT_RUN = Path("runs/default")
 RESUME_HINT = {  # what a user does after Ctrl-C, per command
     "train": "completed checkpoints are kept; count01 train --resume RUN continues",
     "sweep": "finished configurations are kept; the same command resumes",
@@ -61,16 +62,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
         if args.config or set(overrides) - {"steps"}:
             raise ConfigError("--resume takes the run's own config; only --steps may change")
+        if args.out is not None:
+            raise ConfigError("--resume RUN continues RUN in place; drop --out")
         cfg = load_config(args.resume)
         if "steps" in overrides:
             cfg = Config.from_dict(cfg.to_dict() | {"steps": overrides["steps"]}, source="options")
         out = args.resume
     else:
         cfg = config_from_args(args)
-        out = args.out
-        if (out / "config.json").exists():
-            raise ConfigError(f"{out} already holds a run; continue it with --resume {out}, "
-                              "or choose another --out")
+        out = args.out or DEFAULT_RUN
     if args.restarts is not None:
         if args.restarts < 1:
             raise ConfigError(f"--restarts must be positive, got {args.restarts}")
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train S seeds as one batched model",
                        description="Train cfg.n_seeds seeds at once; writes a run directory.")
-    p.add_argument("--out", type=path, default=Path("runs/default"), help="run directory")
+    p.add_argument("--out", type=path, help=f"run directory (default {DEFAULT_RUN})")
     p.add_argument("--resume", type=path, metavar="RUN", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restarts", type=int, metavar="K",

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from .config import Count01Error
 from .language import BOS, D_VOCAB, EOS, EVAL_SETS, ONE, TWO, VOCAB, ZERO, Batch, eval_set, parse
 
 KIND_NAMES = ("0", "1", "2", "eos", "bos")  # column suffixes, in token-id order
@@ -94,6 +95,9 @@ def format_table(rows: list[dict]) -> str:
 def predict(model, text: str) -> str:
     """The answer of every seed for one string of digits, with the five output probabilities."""
     batch = parse(text, model.cfg.bos)
+    if not model.cfg.count_path and batch.tokens.shape[-1] > model.cfg.n_ctx:
+        raise Count01Error(f"the string has {len(text.strip())} digits; this model's positional "
+                           f"embedding covers {model.cfg.n_ctx - 1 - model.cfg.bos} at most")
     with torch.no_grad():
         probs = torch.softmax(model(batch)[:, 0].double(), -1)
     truth = int(batch.y[0])
