@@ -116,3 +116,20 @@ def test_a_key_in_two_toml_sections_is_refused(tmp_path):
 def test_a_directory_as_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         Config.from_toml(tmp_path)
+
+
+def test_fields_added_later_leave_the_identity_of_older_configs_unchanged():
+    from count01.config import ADDED_FIELDS
+
+    old = {k: v for k, v in Config(heads=2).to_dict().items() if k not in ADDED_FIELDS}
+    assert Config(heads=2).identity() == old  # what sweeps hashed before these fields existed
+    assert Config(heads=2, optimizer="sgd").identity() == old | {"optimizer": "sgd"}
+
+
+@pytest.mark.parametrize("change, message", [({"optimizer": "adam"}, "optimizer must be one of"),
+                                             ({"schedule": "linear"}, "schedule must be one of"),
+                                             ({"warmup": -1}, "warmup must be in 0..steps"),
+                                             ({"warmup": 4000}, "warmup must be in 0..steps")])
+def test_bad_optimiser_and_schedule_values_are_refused(change, message):
+    with pytest.raises(ConfigError, match=message):
+        Config().replace(**change)

@@ -21,7 +21,7 @@ from count01.language import (
 )
 from count01.metrics import evaluate_logits
 from count01.model import Model, trainable
-from count01.train import Trainer, loss_per_seed, make_optimizer, one_thread, train
+from count01.train import Trainer, loss_per_seed, lr_at, make_optimizer, one_thread, train
 
 SMALL = Config(n_seeds=2, batch_size=64, max_len=12, long_max_len=16, exhaustive_len=6,
                eval_size=256)
@@ -116,15 +116,20 @@ def test_training_on_the_count_path_equals_training_on_the_token_path():
     assert moved > 0.1  # the weights did travel
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("schedule, warmup", [("constant", 0), ("constant", 4), ("cosine", 5)])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_trainer_adamw_is_torch_adamw_bit_for_bit(weight_decay):
-    cfg = SMALL.replace(pos_embed="learned", weight_decay=weight_decay, steps=15)
+def test_trainer_is_the_torch_optimiser_bit_for_bit(optimizer, schedule, warmup, weight_decay):
+    cfg = SMALL.replace(pos_embed="learned", weight_decay=weight_decay, steps=15,
+                        optimizer=optimizer, schedule=schedule, warmup=warmup)
     trainer = Trainer(cfg, Model.init(cfg))
     reference = Model.init(cfg)
     opt = make_optimizer(reference, cfg)
     with one_thread():
         for step in range(cfg.steps):
             trainer.step(step)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step)
             opt.zero_grad(set_to_none=True)
             loss_per_seed(reference, cfg, step).sum().backward()
             opt.step()

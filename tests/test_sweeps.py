@@ -118,7 +118,8 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
     assert list(runs["heads"]) == [1, 1, 2, 2]
     expected = (["config_id", "min_len", "max_len", "noise", "class_balanced", "bos", "heads",
                  "d_model", "d_head", "pos_embed", "layernorm", "init_scale", "n_seeds", "steps",
-                 "batch_size", "lr", "weight_decay", "checkpoint_every", "eval_seed", "eval_size",
+                 "batch_size", "optimizer", "lr", "schedule", "warmup", "weight_decay",
+                 "checkpoint_every", "eval_seed", "eval_size",
                  "exhaustive_len", "long_max_len", "noisy_noise", "seed", "success", "diverged",
                  "steps_to_success", "loss"]
                 + [f"{s}_{k}" for s in EVAL_SETS for k in ("l_acc", "valid", "auc")]

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from conftest import listing
 
 from count01.config import Config
 from count01.runs import CheckpointError, checkpoints, load, load_tensors, save_tensors
-from count01.train import train
+from count01.train import Trainer, lr_at, train
 
 
 def test_seed_k_in_a_batch_trains_like_seed_k_alone(tiny):
@@ -162,3 +163,39 @@ def test_resume_refuses_a_missing_or_bad_step_or_loss(meta, match, tiny, tmp_pat
                  **({"step": saved["step"], "loss": saved["loss"]} | meta))
     with pytest.raises(CheckpointError, match=match):
         train(tiny, out, resume=True, progress=False)
+
+
+def test_the_schedule_warms_up_linearly_then_holds_or_decays_by_a_cosine_to_zero():
+    cfg = Config(lr=0.1, steps=12, warmup=2, schedule="cosine")
+    got = [lr_at(cfg, t) for t in range(cfg.steps)]
+    by_hand = [0.05, 0.1] + [0.05 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
+    assert got == pytest.approx(by_hand, abs=1e-15)
+    assert lr_at(cfg.replace(schedule="constant"), 7) == 0.1 and lr_at(cfg, 11) < 0.003
+
+
+@pytest.mark.parametrize("optimizer, schedule", [("sgd", "constant"), ("sgd", "cosine"),
+                                                 ("adamw", "cosine")])
+def test_every_optimiser_and_schedule_batches_and_resumes_bit_for_bit(optimizer, schedule, tiny,
+                                                                      tmp_path, monkeypatch):
+    cfg = tiny.replace(optimizer=optimizer, schedule=schedule, warmup=10, lr=0.05)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
+    for k, w in alone.weights.items():
+        torch.testing.assert_close(straight.weights[k][1:], w, atol=1e-5, rtol=0)
+    step = Trainer.step
+
+    def interrupted(self, t):  # Ctrl-C at step 35, after the checkpoint at step 20
+        if t == 35:
+            raise KeyboardInterrupt
+        return step(self, t)
+
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    resumed = train(cfg, tmp_path / "killed", resume=True, progress=False)
+    for k, w in straight.weights.items():
+        assert torch.equal(resumed.weights[k], w), k
+    if schedule == "cosine":  # steps set the schedule: a cosine run cannot be extended
+        with pytest.raises(CheckpointError, match="steps cannot change"):
+            train(cfg.replace(steps=80), tmp_path / "straight", resume=True, progress=False)

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 POS_EMBEDS = ("none", "learned", "sinusoidal")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+ADDED_FIELDS = ("optimizer", "schedule", "warmup")  # fields younger than the first sweeps
 D_VOCAB = 5  # 0, 1, 2, EOS, BOS (language.VOCAB)
 SEED_MAX = 2**63 - 1  # seeds are hashed as uint64 and stored as int64 (JSON, Parquet)
 
@@ -67,7 +70,10 @@ class Config:
     n_seeds: int = 8
     steps: int = 3000
     batch_size: int = 256
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
     lr: float = 1e-2
+    schedule: str = "constant"  # constant | cosine (to 0 at `steps`), after `warmup` linear steps
+    warmup: int = 0
     weight_decay: float = 0.0
     checkpoint_every: int = 250
     # --- evaluation (SPEC 2) ---
@@ -117,6 +123,12 @@ class Config:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.pos_embed not in POS_EMBEDS:
             raise ConfigError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {self.pos_embed!r}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got "
+                                  f"{getattr(self, name)!r}")
+        if not 0 <= self.warmup <= self.steps:
+            raise ConfigError(f"warmup must be in 0..steps ({self.steps}), got {self.warmup}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
@@ -166,6 +178,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """What names this configuration (sweep ids hash it): every field but those added since
+        the first sweeps while they hold their defaults, so older sweeps keep their ids."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in ADDED_FIELDS or v != getattr(Config, k)}
 
     def model_dict(self) -> dict[str, Any]:
         """The fields that decide the weights' shapes and meaning (checked when loading)."""

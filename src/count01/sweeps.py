@@ -193,7 +193,7 @@ class Sweep:
 
 def config_id(cfg: Config, grid: dict[str, Any]) -> str:
     """A stable, readable directory name: the grid values, then a hash of the whole config."""
-    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
     label = "_".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in grid.items())
     return re.sub(r"[^A-Za-z0-9.=_+-]", "-", label or "base") + "-" + digest
 

@@ -9,6 +9,7 @@ run reproduces an uninterrupted one bit for bit.
 from __future__ import annotations
 
 import ctypes
+import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -33,14 +34,31 @@ from .runs import (
     write_json,
 )
 
+SGD_MOMENTUM = 0.9
+MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch's names
 
-def make_optimizer(model: Model, cfg: Config) -> torch.optim.AdamW:
-    """A torch AdamW over the model's weights, for autograd code outside `train` (benchmarks).
-    `Trainer` applies the same update to one flat tensor."""
+
+def make_optimizer(model: Model, cfg: Config) -> torch.optim.Optimizer:
+    """The torch optimiser of `cfg` over the model's weights, for autograd code outside `train`
+    (benchmarks, tests); set its lr to `lr_at(cfg, step)` before each step. `Trainer` applies the
+    same update to one flat tensor."""
     params = model.parameters()
     for p in params:
         p.requires_grad_(True)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=SGD_MOMENTUM,
+                               weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def lr_at(cfg: Config, step: int) -> float:
+    """The learning rate of the update at `step` (from 0): a linear warm-up over `warmup` steps,
+    then `lr` (constant) or a cosine from `lr` down to 0 at `steps` (cosine)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / (cfg.steps - cfg.warmup)))
 
 
 def loss_per_seed(model: Model, cfg: Config, step: int) -> torch.Tensor:
@@ -53,14 +71,15 @@ def loss_per_seed(model: Model, cfg: Config, step: int) -> torch.Tensor:
 
 
 class Trainer:
-    """The training state of S seeds and one step of AdamW on it.
+    """The training state of S seeds and one optimiser step on it (AdamW, or SGD with momentum).
 
-    The trainable weights are views of one flat tensor, with AdamW's moments beside it, so an
-    update is a handful of whole-tensor ops however many weights there are (the arithmetic is
-    torch's AdamW, op for op). On the count path without LayerNorm the gradient is written by
-    hand (`Model.count_loss_grad`) and a batch is a row lookup per example in a per-triple
-    table; elsewhere autograd differentiates the model on token batches. `model`'s trainable
-    weights become views of the flat tensor, so it sees every update; `weights()` copies them.
+    The trainable weights are views of one flat tensor, with the optimiser's moments beside it,
+    so an update is a handful of whole-tensor ops however many weights there are (the arithmetic
+    is torch's AdamW or SGD, op for op: test_trainer_is_the_torch_optimiser_bit_for_bit). On the
+    count path without LayerNorm the gradient is written by hand (`Model.count_loss_grad`) and a
+    batch is a row lookup per example in a per-triple table; elsewhere autograd differentiates the
+    model on token batches. `model`'s trainable weights become views of the flat tensor, so it
+    sees every update; `weights()` copies them.
     """
 
     def __init__(self, cfg: Config, model: Model, betas=(0.9, 0.999), eps: float = 1e-8):
@@ -68,9 +87,8 @@ class Trainer:
         self.names = [k for k in model.weights if trainable(cfg, k)]
         self.flat = torch.cat([model.weights[k].detach().reshape(-1) for k in self.names])
         self._views(self.flat, model.weights)
-        self.exp_avg = torch.zeros_like(self.flat)
-        self.exp_avg_sq = torch.zeros_like(self.flat)
-        self.t = 0  # AdamW steps taken
+        self.moments = {m: torch.zeros_like(self.flat) for m in MOMENTS[cfg.optimizer]}
+        self.t = 0  # optimiser steps taken
         self.by_hand = cfg.count_path and not cfg.layernorm
         if self.by_hand:
             self.table = _triple_table(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
@@ -105,13 +123,24 @@ class Trainer:
         with torch.inference_mode(self.by_hand):  # no autograd bookkeeping per op: ~20% at S=1
             loss, grad = self.loss_grad(step)
             self.t += 1
-            lr, (beta1, beta2) = self.cfg.lr, self.betas
-            if self.cfg.weight_decay:
-                self.flat.mul_(1 - lr * self.cfg.weight_decay)
-            self.exp_avg.lerp_(grad, 1 - beta1)
-            self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = self.exp_avg_sq.sqrt().div_((1 - beta2 ** self.t) ** 0.5).add_(self.eps)
-            self.flat.addcdiv_(self.exp_avg, denom, value=-lr / (1 - beta1 ** self.t))
+            lr, decay = lr_at(self.cfg, step), self.cfg.weight_decay
+            if self.cfg.optimizer == "sgd":  # torch's SGD: coupled decay, buffer = first grad
+                if decay:
+                    grad = grad.add(self.flat, alpha=decay)
+                buf = self.moments["momentum_buffer"]
+                if self.t == 1:
+                    buf.copy_(grad)
+                else:
+                    buf.mul_(SGD_MOMENTUM).add_(grad)
+                self.flat.add_(buf, alpha=-lr)
+                return loss
+            (beta1, beta2), m, v = self.betas, self.moments["exp_avg"], self.moments["exp_avg_sq"]
+            if decay:
+                self.flat.mul_(1 - lr * decay)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = v.sqrt().div_((1 - beta2 ** self.t) ** 0.5).add_(self.eps)
+            self.flat.addcdiv_(m, denom, value=-lr / (1 - beta1 ** self.t))
         return loss
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -119,21 +148,19 @@ class Trainer:
         return {k: w.detach().clone() for k, w in self.model.weights.items()}
 
     def state(self) -> dict[str, torch.Tensor]:
-        """AdamW's state as `optim.<weight>.<step|exp_avg|exp_avg_sq>` tensors."""
-        out = {}
-        for k, m, v in zip(self.names, self._views(self.exp_avg, {}).values(),
-                           self._views(self.exp_avg_sq, {}).values()):
-            out |= {f"{OPTIM}{k}.step": torch.tensor([float(self.t)]),
-                    f"{OPTIM}{k}.exp_avg": m.clone(),
-                    f"{OPTIM}{k}.exp_avg_sq": v.clone()}
+        """The optimiser's state as `optim.<weight>.<step|moment>` tensors (torch's names)."""
+        out = {f"{OPTIM}{k}.step": torch.tensor([float(self.t)]) for k in self.names}
+        for moment, flat in self.moments.items():
+            out |= {f"{OPTIM}{k}.{moment}": v.clone() for k, v in self._views(flat, {}).items()}
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor], step: int, path: Path) -> None:
-        """Restore AdamW's state saved at training step `step`; all of it must be there, with
-        every weight's shapes and a step count equal to `step`, or the resumed run would no
+        """Restore the optimiser's state saved at training step `step`; all of it must be there,
+        with every weight's shapes and a step count equal to `step`, or the resumed run would no
         longer be the uninterrupted one."""
+        parts = ("step",) + MOMENTS[self.cfg.optimizer]
         expected = {f"{OPTIM}{k}.{part}": (1,) if part == "step" else self.model.weights[k].shape
-                    for k in self.names for part in ("step", "exp_avg", "exp_avg_sq")}
+                    for k in self.names for part in parts}
         if set(tensors) != set(expected):
             diff = sorted(set(tensors) ^ set(expected))
             raise CheckpointError(f"{path}: optimiser state incomplete or foreign (differs in "
@@ -145,10 +172,9 @@ class Trainer:
             if k.endswith(".step") and tensors[k].item() != step:
                 raise CheckpointError(f"{path}: {k} is {tensors[k].item()}, but the checkpoint "
                                       f"is at step {step}")
-        for k, m, v in zip(self.names, self._views(self.exp_avg, {}).values(),
-                           self._views(self.exp_avg_sq, {}).values()):
-            m.copy_(tensors[f"{OPTIM}{k}.exp_avg"])
-            v.copy_(tensors[f"{OPTIM}{k}.exp_avg_sq"])
+        for moment, flat in self.moments.items():
+            for k, v in self._views(flat, {}).items():
+                v.copy_(tensors[f"{OPTIM}{k}.{moment}"])
         self.t = step
 
 
@@ -269,6 +295,9 @@ def _resume(cfg: Config, out: Path
     if saved.replace(steps=cfg.steps) != cfg:
         raise CheckpointError(f"{out}: config does not match the run's config.json "
                               "(only steps may change on resume)")
+    if saved.steps != cfg.steps and cfg.schedule != "constant":
+        raise CheckpointError(f"{out}: steps cannot change on resume with schedule = "
+                              f"{cfg.schedule} (steps sets the schedule)")
     path = out / "resume.safetensors"
     if not path.exists():
         return Model.init(cfg), 0, None  # killed before the first checkpoint: start over
