@@ -120,7 +120,8 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
                  "d_model", "d_head", "pos_embed", "layernorm", "init_scale", "n_seeds", "steps",
                  "batch_size", "optimizer", "lr", "schedule", "warmup", "weight_decay",
                  "checkpoint_every", "eval_seed", "eval_size",
-                 "exhaustive_len", "long_max_len", "noisy_noise", "seed", "success", "diverged",
+                 "exhaustive_len", "long_max_len", "noisy_noise", "seed", "success", "ideal",
+                 "diverged",
                  "steps_to_success", "loss"]
                 + [f"{s}_{k}" for s in EVAL_SETS for k in ("l_acc", "valid", "auc")]
                 + ["min_heads", "min_head_set"]
@@ -129,6 +130,8 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
     assert runs.loc[runs["heads"] == 1, "h1_s_acc"].isna().all()  # no second head
     assert runs.loc[runs["heads"] == 2, "h1_s_acc"].notna().all()
     assert (runs["success"] == (runs["hard_l_acc"] >= 0.99)).all()
+    general = runs[[f"{s}_l_acc" for s in ("hard", "long", "noisy", "exhaustive")]].min(axis=1)
+    assert (runs["ideal"] == (general >= 0.99)).all() and (runs["success"] >= runs["ideal"]).all()
     assert list(runs["d_head"]) == [16, 16, 8, 8]  # resolved from d_model // heads
     n_ckpt = 600 // 100 + 1
     assert len(tables["trajectory"]) == 4 * n_ckpt
@@ -249,7 +252,7 @@ def test_a_diverged_seed_is_a_failure_and_the_other_seeds_are_analysed_as_usual(
     save_tensors(last, blown.weights, tiny, blown.seeds, step=step)
     got = analyse_run(blown, run)
     ok, bad = got["runs"]
-    assert bad["diverged"] and not bad["success"] and not ok["diverged"]
+    assert bad["diverged"] and not bad["success"] and not bad["ideal"] and not ok["diverged"]
     assert bad["hard_l_acc"] is None and bad["min_heads"] is None and bad["loss"] is None
     assert ok == clean["runs"][0]
     same = [h for h in clean["heads"] if h["seed"] == 0]  # alone: last-bit differences only

@@ -31,7 +31,8 @@ SWEEP_DIR holds
 
 Columns. Every table starts with config_id; the long tables then repeat the grid fields.
 - results: config_id, every Config field except `seed` (d_head resolved to d_model // heads when
-  unset), seed, success (hard l-acc >= 0.99), diverged (some final weight is NaN or infinite:
+  unset), seed, success (hard l-acc >= 0.99), ideal (SPEC 4's ideal solution: l-acc >= 0.99 on
+  hard, long, noisy and exhaustive), diverged (some final weight is NaN or infinite:
   training blew up; the run is a failure and its final metrics are empty), steps_to_success (the
   first checkpoint step at which hard l-acc >= 0.99, empty if none), loss (final cross-entropy on
   iid), then for each set in
@@ -101,6 +102,7 @@ from .runs import (
 from .train import train
 
 SUCCESS_SET, SUCCESS_L_ACC = "hard", 0.99  # SPEC 5: success = l-acc >= 0.99 on `hard`
+IDEAL_SETS = ("hard", "long", "noisy", "exhaustive")  # SPEC 4: the ideal solution also generalises
 HEAD_SETS = ("iid", "hard", "long", "noisy")
 TABLES = ("results", "heads", "trajectory", "head_trajectory")
 TOKEN_PATH_SEEDS = 1  # seeds evaluated at once on the token path: bounds memory (B x L x S)
@@ -262,6 +264,8 @@ def analyse_run(model: Model, run: Path) -> dict[str, list[dict]]:
         best = minimal.get(seed)
         runs.append({"seed": seed,
                      "success": ok and final_sets[f"{SUCCESS_SET}_l_acc"] >= SUCCESS_L_ACC,
+                     "ideal": ok and all(final_sets[f"{name}_l_acc"] >= SUCCESS_L_ACC
+                                         for name in IDEAL_SETS),
                      "diverged": not ok, "steps_to_success": min(reached, default=None),
                      "loss": max(mine, key=lambda r: r["step"])["loss"]} | final_sets
                     | {"min_heads": None if best is None else len(best),
