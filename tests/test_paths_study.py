@@ -8,8 +8,11 @@ import pytest
 from count01.paths import (
     QUANTITIES,
     analyse,
+    best_practice_table,
     minimal_heads_table,
     predictor_table,
+    restarts,
+    stability_table,
     success_table,
     wilson,
 )
@@ -39,7 +42,7 @@ def _runs(success: dict[str, list[bool]]) -> pd.DataFrame:
     for cid, flags in success.items():
         for seed, ok in enumerate(flags):
             rows.append({"config_id": cid, "heads": int(cid[1:]), "seed": seed, "success": ok,
-                         "diverged": False,
+                         "ideal": ok and seed % 2 == 0, "diverged": False, "steps": 1000,
                          "steps_to_success": 100.0 * (seed + 1) if ok else np.nan,
                          "min_heads": (1 + seed % 2) if ok else np.nan})
     return pd.DataFrame(rows)
@@ -54,6 +57,35 @@ def test_success_table_counts_each_configuration():
     assert list(t["median_steps_to_success"]) == [250.0, 200.0]  # successful runs only
     lo, hi = wilson(2, 4)
     assert t["ci_low"][0] == lo and t["ci_high"][0] == hi
+
+
+def test_restarts_for_a_99_percent_chance_follow_the_rate_and_its_interval():
+    assert list(restarts([1.0, 0.5, 0.1, 0.0])) == [1, 7, 44, np.inf]  # 1 - 0.5^7 >= 0.99 > 1 - 0.5^6
+    t = success_table(_runs({"h1": [True, False, False, True]}), ["heads"])
+    assert t["restarts_99"][0] == 7
+    assert t["restarts_99_low"][0] < 7 < t["restarts_99_high"][0]  # from ci_high and ci_low
+    assert list(t[["n_ideal", "ideal_rate"]].iloc[0]) == [1, 0.25]  # seed 0 only: ok, even
+
+
+def test_best_practice_puts_the_cheapest_reliable_ideal_solution_first():
+    runs = _runs({"h1": [True] * 8, "h2": [True, False] * 4, "h4": [False] * 8})
+    runs.loc[runs["config_id"] == "h1", "ideal"] = True
+    t = best_practice_table(success_table(runs, ["heads"]), runs, ["heads"])
+    assert list(t["config_id"]) == ["h1", "h2", "h4"]  # h4 never ideal: infinitely costly
+    assert t["restarts_99_ideal"][0] == restarts(wilson(8, 8)[0])[()]
+    assert t["seed_steps_99_ideal"][0] == 1000 * t["restarts_99_ideal"][0]
+    assert np.isinf(t["seed_steps_99_ideal"][2])
+
+
+def test_stability_measures_the_spread_of_heads_across_successful_seeds():
+    runs = _runs({"h1": [True, True, True, False]})
+    heads = pd.DataFrame({"config_id": "h1", "set": "hard", "seed": range(4), "head": 0,
+                          "w01": [1.0, 10.0, 100.0, 1e6], "w02": 0.01, "s_acc": [1, 0.9, 0.8, 0.1]})
+    t = stability_table(runs, heads, ["heads"])
+    row = t.iloc[0]
+    assert row["log10_w01_median"] == 1.0 and row["log10_w01_q75"] == 1.5  # failed seed left out
+    assert row["log10_w02_q25"] == row["log10_w02_q75"] == -2.0
+    assert row["min_heads_mean"] == 4 / 3 and row["min_heads_modal_share"] == 2 / 3
 
 
 def test_minimal_head_table_is_a_distribution_with_none_for_no_set():
@@ -102,6 +134,7 @@ def test_the_study_writes_every_documented_file(study):
     out, _, summary = study
     paths = out / "paths"
     expected = {"success.csv", "minimal_heads.csv", "early_quantities.csv", "early_predictors.csv",
+                "stability.csv", "best_practice.csv", "phase_diagram.png", "phase_diagram.svg",
                 "success_rate.png", "success_rate.svg", "minimal_heads.png", "minimal_heads.svg",
                 "early_predictors.png", "early_predictors.svg", "paths.json"}
     expected |= {f"trajectories/{c['config_id']}.{e}" for c in summary["configs"]
@@ -121,9 +154,10 @@ def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypat
 
     out, _, _ = study
     drawn = {}
-    monkeypatch.setattr(paths, "_save", lambda fig, path: drawn.setdefault(path.name, fig) and [])
+    monkeypatch.setattr(paths, "_save",
+                        lambda fig, path, **kw: drawn.setdefault(path.name, fig) and [])
     analyse(out, tmp_path / "paths")
-    assert {"success_rate", "minimal_heads", "early_predictors"} <= set(drawn)
+    assert {"success_rate", "minimal_heads", "early_predictors", "phase_diagram"} <= set(drawn)
     assert any(name.startswith("lr=") for name in drawn)  # a trajectory figure per configuration
     for name, fig in drawn.items():
         assert not readable_alone(fig), f"{name} lacks {readable_alone(fig)}"
@@ -134,7 +168,9 @@ def test_the_study_agrees_with_the_sweep_table(study):
     runs = tables["results"]
     success = pd.read_csv(out / "paths" / "success.csv")
     assert list(success.columns) == ["config_id", "lr", "n_runs", "n_success", "n_diverged",
-                                     "rate", "ci_low", "ci_high", "median_steps_to_success"]
+                                     "rate", "ci_low", "ci_high", "n_ideal", "ideal_rate",
+                                     "ideal_ci_low", "ideal_ci_high", "median_steps_to_success",
+                                     "restarts_99", "restarts_99_low", "restarts_99_high"]
     for row, conf in zip(success.itertuples(), summary["configs"]):
         mine = runs[runs["config_id"] == row.config_id]
         assert row.n_runs == len(mine) == conf["n_runs"] == 3

@@ -7,8 +7,18 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
 
 - success.csv: config_id, <grid>, n_runs, n_success, n_diverged (failures whose weights blew up
   to NaN/inf), rate (n_success / n_runs), ci_low, ci_high (Wilson 95% interval of the rate),
-  median_steps_to_success (median over successful runs of the first checkpoint step with hard
-  l-acc >= 0.99; empty if none).
+  n_ideal, ideal_rate, ideal_ci_low, ideal_ci_high (the same for SPEC 4's ideal solution: hard,
+  long, noisy and exhaustive l-acc >= 0.99), median_steps_to_success (median over successful
+  runs of the first checkpoint step with hard l-acc >= 0.99; empty if none), restarts_99 (runs
+  needed for a 99% chance of at least one success at this rate; inf at rate 0), restarts_99_low
+  and restarts_99_high (the same at the upper and lower end of the rate's interval).
+- stability.csv: config_id, <grid>, n_success, then over the successful runs' heads on hard the
+  quartiles (_q25, _median, _q75) of log10_w01, log10_w02 and s_acc, and min_heads_mean,
+  min_heads_sd, min_heads_modal_share (the minimal head-set size across seeds).
+- best_practice.csv: config_id, <grid>, n_runs, n_ideal, ideal_rate, ideal_ci_low,
+  ideal_ci_high, steps, restarts_99_ideal (runs for a 99% chance of one ideal run, from
+  ideal_ci_low: pessimistic), seed_steps_99_ideal (restarts_99_ideal x steps: the compute that
+  buys a reliable ideal solution), cheapest first.
 - minimal_heads.csv: config_id, <grid>, heads (the configuration's head count), size (size of the
   smallest head set keeping hard l-acc >= 0.99 with alpha refitted; empty = no head set does),
   n_runs (runs with that size), fraction (of the configuration's runs).
@@ -26,12 +36,15 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
 - trajectories/<config_id>.png/.svg: hard l-acc per seed, then s-acc, w01 and w02 per seed and
   head over the checkpoints; thin lines, blue = run succeeded, red = failed.
 - minimal_heads.png/.svg: distribution of the minimal head-set size per configuration.
+- phase_diagram.png/.svg: success and ideal rate over init_scale x lr, a panel per (optimizer,
+  heads); drawn when the sweep varies init_scale or lr.
 - early_predictors.png/.svg: pooled auc_best of every quantity against the checkpoint step.
 - paths.json: {sweep_dir, success, n_configs, missing_configs (ids not finished), n_runs,
-  configs: [{config_id, grid, n_runs, n_success, n_diverged, rate, ci_low, ci_high,
-  median_steps_to_success, min_heads: {size or "none": n_runs}}], early_predictors: [the best
-  pooled quantity per step: {step, quantity, auc, auc_best, direction, n_runs, n_failed}],
-  figures_skipped: {name: why}, files: {name: what}}.
+  configs: [{config_id, grid, n_runs, n_success, n_diverged, rate, ci_low, ci_high, n_ideal,
+  ideal_rate, ideal_ci_low, ideal_ci_high, median_steps_to_success, restarts_99 (null: no number
+  of restarts suffices), restarts_99_low, restarts_99_high, min_heads: {size or "none":
+  n_runs}}], early_predictors: [the best pooled quantity per step: {step, quantity, auc,
+  auc_best, direction, n_runs, n_failed}], figures_skipped: {name: why}, files: {name: what}}.
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ from .sweeps import SUCCESS_L_ACC, SUCCESS_SET, load_tables, read_points
 matplotlib.use("Agg")  # files only, never a window
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+RESTART_CHANCE = 0.99  # SPEC 5: restarts needed for a 99% chance of one success
 QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
               "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")
 COLORS = {True: "tab:blue", False: "tab:red"}  # run succeeded / failed
@@ -78,10 +92,64 @@ def success_table(runs: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
     out["n_diverged"] = g["diverged"].sum().astype(int).to_numpy()
     out["rate"] = out["n_success"] / out["n_runs"]
     out["ci_low"], out["ci_high"] = wilson(out["n_success"], out["n_runs"])
+    out["n_ideal"] = g["ideal"].sum().astype(int).to_numpy()
+    out["ideal_rate"] = out["n_ideal"] / out["n_runs"]
+    out["ideal_ci_low"], out["ideal_ci_high"] = wilson(out["n_ideal"], out["n_runs"])
     ok = runs[runs["success"]]
     median = ok.groupby("config_id")["steps_to_success"].median()
     out["median_steps_to_success"] = out["config_id"].map(median).astype(float)
+    # restarts for a 99% chance of one success: from the rate, and from either end of its interval
+    out["restarts_99"] = restarts(out["rate"])
+    out["restarts_99_low"], out["restarts_99_high"] = restarts(out["ci_high"]), restarts(out["ci_low"])
     return out
+
+
+def restarts(rate, chance: float = RESTART_CHANCE) -> np.ndarray:
+    """Independent runs needed for P(at least one success) >= chance at a success rate: the least
+    k with 1 - (1 - rate)^k >= chance (inf at rate 0)."""
+    rate = np.asarray(rate, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.ceil(np.log1p(-chance) / np.log1p(-np.minimum(rate, 1.0)))
+    return np.where(rate >= 1.0, 1.0, np.where(rate <= 0.0, np.inf, k))
+
+
+def stability_table(runs: pd.DataFrame, heads: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+    """How alike the seeds of a configuration are: the spread over its successful runs' heads of
+    w01, w02 and s-acc on `hard` (median and quartiles; w01 and w02 as log10, where spread is a
+    factor), and of the minimal head-set size (mean, sd, share of the commonest size)."""
+    ok = runs.loc[runs["success"], ["config_id", "seed"]]
+    h = heads[heads["set"] == SUCCESS_SET].merge(ok, on=["config_id", "seed"])
+    h = h.assign(log10_w01=np.log10(h["w01"]), log10_w02=np.log10(h["w02"].clip(lower=1e-12)))
+    rows = []
+    for cid, g in runs.groupby("config_id", sort=False):
+        mine = h[h["config_id"] == cid]
+        row = {"config_id": cid} | {k: g[k].iloc[0] for k in grid}
+        row["n_success"] = int(g["success"].sum())
+        for col in ("log10_w01", "log10_w02", "s_acc"):
+            q = mine[col].quantile([0.25, 0.5, 0.75]) if len(mine) else pd.Series([np.nan] * 3)
+            row |= {f"{col}_q25": float(q.iloc[0]), f"{col}_median": float(q.iloc[1]),
+                    f"{col}_q75": float(q.iloc[2])}
+        sizes = g.loc[g["success"], "min_heads"].dropna().astype(float)
+        row |= {"min_heads_mean": sizes.mean(), "min_heads_sd": sizes.std(ddof=0),
+                "min_heads_modal_share": (sizes.value_counts().max() / len(sizes)
+                                          if len(sizes) else np.nan)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_practice_table(success: pd.DataFrame, runs: pd.DataFrame, grid: list[str]
+                        ) -> pd.DataFrame:
+    """The configurations by what a reliable ideal solution costs: seed-steps for a 99% chance of
+    at least one ideal run, counted pessimistically (from the lower end of the ideal rate's
+    Wilson interval), cheapest first; configurations that never reached it come last."""
+    steps = runs.groupby("config_id", sort=False)["steps"].first()
+    t = success[["config_id", *grid, "n_runs", "n_ideal", "ideal_rate", "ideal_ci_low",
+                 "ideal_ci_high"]].copy()
+    t["steps"] = t["config_id"].map(steps).to_numpy()
+    t["restarts_99_ideal"] = restarts(t["ideal_ci_low"])
+    t["seed_steps_99_ideal"] = t["restarts_99_ideal"] * t["steps"]
+    return t.sort_values(["seed_steps_99_ideal", "ideal_ci_low"], ascending=[True, False],
+                         kind="stable").reset_index(drop=True)
 
 
 def minimal_heads_table(runs: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
@@ -142,8 +210,9 @@ def _label(row, grid: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in grid) if grid else row["config_id"]
 
 
-def _save(fig, path: Path) -> list[Path]:
-    fig.tight_layout()
+def _save(fig, path: Path, tight: bool = True) -> list[Path]:
+    if tight:
+        fig.tight_layout()
     out = []
     for ext in ("png", "svg"):
         p = path.parent / f"{path.name}.{ext}"  # ids hold dots (lr=0.01): no with_suffix
@@ -217,6 +286,48 @@ def plot_minimal_heads(table: pd.DataFrame, grid: list[str], path: Path) -> list
     return _save(fig, path)
 
 
+PHASE_AXES = ("init_scale", "lr")  # the phase diagram's axes; its panels: PHASE_PANELS
+PHASE_PANELS = ("optimizer", "heads")
+
+
+def phase_table(success: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The success table with every configuration's phase-diagram fields (taken from the runs,
+    so they are there whether or not the sweep varied them)."""
+    fields = runs.groupby("config_id", sort=False)[[*PHASE_AXES, *PHASE_PANELS]].first()
+    return success.drop(columns=[c for c in fields.columns if c in success.columns]).merge(
+        fields, left_on="config_id", right_index=True)
+
+
+def plot_phase(table: pd.DataFrame, path: Path) -> list[Path]:
+    """Success and ideal rate over init_scale x lr, a column of panels per (optimizer, heads);
+    cells are averaged over any other grid field and annotated with k/n."""
+    panels = table.groupby(list(PHASE_PANELS), sort=True)
+    xs, ys = sorted(table["lr"].unique()), sorted(table["init_scale"].unique())
+    fig, axes = plt.subplots(2, panels.ngroups, figsize=(3.2 * panels.ngroups + 1.5, 6.4),
+                             squeeze=False)
+    for col, ((opt, heads), g) in enumerate(panels):
+        cells = g.groupby(["init_scale", "lr"])[["n_success", "n_ideal", "n_runs"]].sum()
+        for row, (what, label) in enumerate((("n_success", "success rate"),
+                                             ("n_ideal", "ideal-solution rate"))):
+            grid = np.full((len(ys), len(xs)), np.nan)
+            ax = axes[row, col]
+            for (init, lr), c in cells.iterrows():
+                i, j = ys.index(init), xs.index(lr)
+                grid[i, j] = c[what] / c["n_runs"]
+                ax.annotate(f"{int(c[what])}/{int(c['n_runs'])}", (j, i), ha="center",
+                            va="center", fontsize=7)
+            im = ax.imshow(grid, origin="lower", cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+            ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+            ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+            ax.set_xlabel("learning rate lr")
+            ax.set_ylabel("init_scale (x 1/sqrt(fan_in))")
+            ax.set_title(f"{label}\n{opt}, heads={heads}", fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="fraction of seeds")
+    fig.suptitle("Phase diagram: where training reaches the solution (top) and the ideal "
+                 "solution (bottom)")
+    return _save(fig, path, tight=False)
+
+
 def plot_predictors(pred: pd.DataFrame, path: Path) -> list[Path]:
     pooled = pred[pred["scope"] == "all"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -246,7 +357,8 @@ def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, A
     quantities = early_quantities(tables, grid)
     pred = predictor_table(quantities)
     csvs = {"success": success, "minimal_heads": minimal, "early_quantities": quantities,
-            "early_predictors": pred}
+            "early_predictors": pred, "stability": stability_table(runs, tables["heads"], grid),
+            "best_practice": best_practice_table(success, runs, grid)}
     for name, df in csvs.items():
         atomic_write(out / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
 
@@ -267,6 +379,11 @@ def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, A
         files |= {p.name: "figure" for p in figs}
     else:
         skipped["minimal_heads"] = "no run has a minimal head set"
+    phase = phase_table(success, runs)
+    if phase["init_scale"].nunique() > 1 or phase["lr"].nunique() > 1:
+        files |= {p.name: "figure" for p in plot_phase(phase, out / "phase_diagram")}
+    else:
+        skipped["phase_diagram"] = "the sweep varies neither init_scale nor lr"
     if (pred["scope"] == "all").any():
         files |= {p.name: "figure" for p in plot_predictors(pred, out / "early_predictors")}
     else:
@@ -279,8 +396,11 @@ def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, A
         m = minimal[minimal["config_id"] == row["config_id"]]
         configs.append({"config_id": row["config_id"], "grid": {k: _plain(row[k]) for k in grid}}
                        | {k: _plain(row[k]) for k in ("n_runs", "n_success", "n_diverged",
-                                                      "rate", "ci_low", "ci_high",
-                                                      "median_steps_to_success")}
+                                                      "rate", "ci_low", "ci_high", "n_ideal",
+                                                      "ideal_rate", "ideal_ci_low",
+                                                      "ideal_ci_high", "median_steps_to_success",
+                                                      "restarts_99", "restarts_99_low",
+                                                      "restarts_99_high")}
                        | {"min_heads": {("none" if pd.isna(s) else str(int(s))): int(n)
                                         for s, n in zip(m["size"], m["n_runs"])}})
     summary = {"sweep_dir": str(sweep_dir), "success": f"{SUCCESS_SET} l-acc >= {SUCCESS_L_ACC}",
@@ -299,5 +419,5 @@ def _plain(v):
     if isinstance(v, (np.integer, np.bool_)):
         return v.item()
     if isinstance(v, (float, np.floating)):
-        return None if np.isnan(v) else float(v)
+        return None if not np.isfinite(v) else float(v)
     return v
