@@ -9,6 +9,7 @@ from count01.paths import (
     QUANTITIES,
     analyse,
     best_practice_table,
+    early_stop_table,
     minimal_heads_table,
     predictor_table,
     restarts,
@@ -77,6 +78,18 @@ def test_best_practice_puts_the_cheapest_reliable_ideal_solution_first():
     assert np.isinf(t["seed_steps_99_ideal"][2])
 
 
+def test_early_stopping_replayed_on_checkpoints_counts_stops_wrong_stops_and_savings():
+    runs = _runs({"h1": [True, True, False, False]})
+    acc = {0: [0.5, 0.55, 1.0, 1.0], 1: [0.5, 0.9, 1.0, 1.0],  # 0 stopped at 250 yet succeeded
+           2: [0.5, 0.5, 0.5, 0.5], 3: [0.5, 0.7, 0.7, 0.7]}  # 2 stopped at 250, 3 missed
+    traj = pd.DataFrame([{"config_id": "h1", "seed": s, "step": 250 * i, "hard_l_acc": a}
+                         for s, row in acc.items() for i, a in enumerate(row)])
+    t = early_stop_table(traj, runs, ["heads"]).iloc[0]
+    assert (t["n_runs"], t["n_failed"], t["n_stopped"]) == (4, 2, 2)
+    assert (t["n_wrongly_stopped"], t["n_missed"]) == (1, 1)
+    assert t["saved_fraction"] == 2 * 750 / 4000  # steps 1000: two seeds stop at step 250
+
+
 def test_stability_measures_the_spread_of_heads_across_successful_seeds():
     runs = _runs({"h1": [True, True, True, False]})
     heads = pd.DataFrame({"config_id": "h1", "set": "hard", "seed": range(4), "head": 0,
@@ -134,7 +147,8 @@ def test_the_study_writes_every_documented_file(study):
     out, _, summary = study
     paths = out / "paths"
     expected = {"success.csv", "minimal_heads.csv", "early_quantities.csv", "early_predictors.csv",
-                "stability.csv", "best_practice.csv", "phase_diagram.png", "phase_diagram.svg",
+                "stability.csv", "best_practice.csv", "early_stop.csv", "phase_diagram.png",
+                "phase_diagram.svg",
                 "success_rate.png", "success_rate.svg", "minimal_heads.png", "minimal_heads.svg",
                 "early_predictors.png", "early_predictors.svg", "paths.json"}
     expected |= {f"trajectories/{c['config_id']}.{e}" for c in summary["configs"]

@@ -15,6 +15,10 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
 - stability.csv: config_id, <grid>, n_success, then over the successful runs' heads on hard the
   quartiles (_q25, _median, _q75) of log10_w01, log10_w02 and s_acc, and min_heads_mean,
   min_heads_sd, min_heads_modal_share (the minimal head-set size across seeds).
+- early_stop.csv: config_id, <grid>, n_runs, n_failed, n_stopped (runs the early-stopping rule
+  of `train.early_stop`, replayed on the checkpoints, gives up on), n_wrongly_stopped (stopped
+  runs that went on to succeed), n_missed (failed runs it does not stop), saved_fraction (share
+  of the configuration's seed-steps after the stops).
 - best_practice.csv: config_id, <grid>, n_runs, n_ideal, ideal_rate, ideal_ci_low,
   ideal_ci_high, steps, restarts_99_ideal (runs for a 99% chance of one ideal run, from
   ideal_ci_low: pessimistic), seed_steps_99_ideal (restarts_99_ideal x steps: the compute that
@@ -44,7 +48,8 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
   ideal_rate, ideal_ci_low, ideal_ci_high, median_steps_to_success, restarts_99 (null: no number
   of restarts suffices), restarts_99_low, restarts_99_high, min_heads: {size or "none":
   n_runs}}], early_predictors: [the best pooled quantity per step: {step, quantity, auc,
-  auc_best, direction, n_runs, n_failed}], figures_skipped: {name: why}, files: {name: what}}.
+  auc_best, direction, n_runs, n_failed}], early_stop_rule (text), figures_skipped: {name: why},
+  files: {name: what}}.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from matplotlib.lines import Line2D
 from .metrics import roc_auc_rows
 from .runs import atomic_write, write_json
 from .sweeps import SUCCESS_L_ACC, SUCCESS_SET, load_tables, read_points
+from .train import EARLY_STOP_FROM, EARLY_STOP_L_ACC, early_stop
 
 matplotlib.use("Agg")  # files only, never a window
 
@@ -111,6 +117,36 @@ def restarts(rate, chance: float = RESTART_CHANCE) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         k = np.ceil(np.log1p(-chance) / np.log1p(-np.minimum(rate, 1.0)))
     return np.where(rate >= 1.0, 1.0, np.where(rate <= 0.0, np.inf, k))
+
+
+EARLY_STOP_RULE = (f"stop a seed at the first checkpoint at or after {EARLY_STOP_FROM:.0%} of its "
+                   f"steps where its {SUCCESS_SET} l-acc is at most {EARLY_STOP_L_ACC} (rule 1, "
+                   "fixed before any trajectory was looked at)")
+
+
+def early_stop_table(trajectory: pd.DataFrame, runs: pd.DataFrame, grid: list[str]
+                     ) -> pd.DataFrame:
+    """What the early-stopping rule (`train.early_stop`) would have done to the sweep's runs,
+    replayed on their checkpoints: per configuration, the runs it stops, how many of those went on
+    to succeed (wrongly stopped), the failures it misses, and the share of seed-steps it saves."""
+    t = trajectory.merge(runs[["config_id", "seed", "steps", "success"]], on=["config_id", "seed"])
+    t = t[t["hard_l_acc"].notna()]
+    hit = t[[early_stop(a, s, n) for a, s, n in zip(t["hard_l_acc"], t["step"], t["steps"])]]
+    stop = hit.groupby(["config_id", "seed"])["step"].min().rename("stop_step")
+    r = runs.merge(stop, left_on=["config_id", "seed"], right_index=True, how="left")
+    r["stopped"] = r["stop_step"].notna()
+    r["saved"] = np.where(r["stopped"], r["steps"] - r["stop_step"], 0)
+    g = r.groupby("config_id", sort=False)
+    out = g[grid].first().reset_index() if grid else pd.DataFrame({"config_id": list(g.groups)})
+    out["n_runs"] = g.size().to_numpy()
+    out["n_failed"] = (g.size() - g["success"].sum()).astype(int).to_numpy()
+    out["n_stopped"] = g["stopped"].sum().astype(int).to_numpy()
+    out["n_wrongly_stopped"] = (r["stopped"] & r["success"]).groupby(r["config_id"],
+                                                                      sort=False).sum().to_numpy()
+    out["n_missed"] = (~r["stopped"] & ~r["success"]).groupby(r["config_id"],
+                                                               sort=False).sum().to_numpy()
+    out["saved_fraction"] = (g["saved"].sum() / g["steps"].sum()).to_numpy()
+    return out
 
 
 def stability_table(runs: pd.DataFrame, heads: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
@@ -358,6 +394,7 @@ def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, A
     pred = predictor_table(quantities)
     csvs = {"success": success, "minimal_heads": minimal, "early_quantities": quantities,
             "early_predictors": pred, "stability": stability_table(runs, tables["heads"], grid),
+            "early_stop": early_stop_table(tables["trajectory"], runs, grid),
             "best_practice": best_practice_table(success, runs, grid)}
     for name, df in csvs.items():
         atomic_write(out / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
@@ -409,6 +446,7 @@ def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, A
                "n_runs": len(runs), "configs": configs,
                "early_predictors": [{k: _plain(v) for k, v in r.items() if k != "scope"}
                                     for r in best.to_dict("records")],
+               "early_stop_rule": EARLY_STOP_RULE,
                "figures_skipped": skipped, "files": files | {"paths.json": "this summary"}}
     write_json(out / "paths.json", summary)
     return summary

@@ -35,6 +35,15 @@ from .runs import (
 )
 
 SGD_MOMENTUM = 0.9
+# Early stopping (rule 1, fixed before any training trajectory was looked at): a seed is judged a
+# failure once its `hard` l-acc is still at most EARLY_STOP_L_ACC (chance is 0.5 on the
+# class-balanced `hard` set) at a checkpoint at or after EARLY_STOP_FROM of its steps.
+EARLY_STOP_L_ACC, EARLY_STOP_FROM = 0.6, 0.25
+
+
+def early_stop(hard_l_acc: float, step: int, steps: int) -> bool:
+    """Does the early-stopping rule give up on a seed with this `hard` l-acc at this step?"""
+    return step >= EARLY_STOP_FROM * steps and hard_l_acc <= EARLY_STOP_L_ACC
 MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch's names
 
 
