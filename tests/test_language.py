@@ -161,3 +161,120 @@ def test_exhaustive_weights_stay_finite_at_length_64():
 def test_malformed_strings_are_rejected(text):
     with pytest.raises(Count01Error):
         parse(text, bos=True)
+
+
+def _string_probability(s: tuple[int, ...], noise: float, p_one: float, burst_len: float) -> float:
+    """P(one string of digits) symbol by symbol: the definition the laws must agree with."""
+    digit = {0: 1 - p_one, 1: p_one}
+    if burst_len:
+        stay, enter = language.burst_chain(noise, burst_len)
+    p, prev = 1.0, None
+    for x in s:
+        to_noise = noise if not burst_len or prev is None else (stay if prev == 2 else enter)
+        p *= to_noise if x == 2 else (1 - to_noise) * digit[x]
+        prev = x
+    return p
+
+
+def _brute_force_law(max_len: int, noise: float, p_one: float, burst_len: float) -> dict:
+    import itertools
+
+    law: dict[tuple, float] = {}
+    for n in range(1, max_len + 1):
+        for s in itertools.product((0, 1, 2), repeat=n):
+            key = (s.count(0), s.count(1), s.count(2))
+            law[key] = law.get(key, 0.0) + _string_probability(s, noise, p_one, burst_len) / max_len
+    return law
+
+
+@pytest.mark.parametrize("noise, p_one, burst_len", [(0.25, 0.5, 0.0), (0.3, 0.7, 0.0),
+                                                     (0.0, 0.3, 0.0), (0.25, 0.5, 4.0),
+                                                     (0.5, 0.7, 2.0), (0.2, 0.5, 1.0)])
+def test_every_noise_condition_gives_the_exact_law_of_its_strings(noise, p_one, burst_len):
+    t, p = triple_law(1, 6, noise, False, False, p_one, burst_len)
+    expected = _brute_force_law(6, noise, p_one, burst_len)
+    got = {tuple(k): v for k, v in zip(t.tolist(), p) if v > 0}
+    assert got.keys() == {k for k, v in expected.items() if v > 0}
+    for k, v in expected.items():
+        assert got.get(k, 0.0) == pytest.approx(v, rel=1e-9, abs=1e-15), k
+
+
+def test_bursty_noise_is_placed_as_the_chain_would_place_it():
+    import itertools
+
+    noise, burst_len, counts = 0.3, 3.0, (2, 1, 3)  # n0, n1, n2
+    n = sum(counts)
+    strings = [s for s in itertools.product((0, 1, 2), repeat=n)
+               if (s.count(0), s.count(1), s.count(2)) == counts]
+    exact = np.array([_string_probability(s, noise, 0.5, burst_len) for s in strings])
+    exact /= exact.sum()
+    draws = 40_000
+    u = uniform(7, 99, 0, np.arange(draws * 2 * n)).reshape(draws, 2 * n)
+    c = np.tile(np.array(counts), (draws, 1))
+    at = language.noise_positions(c, u[:, n:], noise, burst_len)
+    tokens, _ = arrange(c, u[:, :n], bos=False, noise_at=at)
+    assert (tokens_to_counts(torch.from_numpy(tokens), torch.full((draws,), n)).numpy() == c).all()
+    index = {s: i for i, s in enumerate(strings)}
+    seen = np.bincount([index[tuple(r)] for r in tokens[:, :n].tolist()], minlength=len(strings))
+    total_variation = 0.5 * np.abs(seen / draws - exact).sum()
+    assert total_variation < 0.02, total_variation  # 60 strings, 40,000 draws: noise ~0.01
+    runs_iid = np.bincount([index[tuple(r)] for r in arrange(c, u[:, :n], bos=False)[0][:, :n]
+                            .tolist()], minlength=len(strings))
+    assert 0.5 * np.abs(runs_iid / draws - exact).sum() > 0.05  # i.i.d. placement is not this
+
+
+@pytest.mark.parametrize("change", [{"p_one": 0.7}, {"noise_pattern": "bursty", "burst_len": 3.0},
+                                    {"noise_pattern": "bursty", "p_one": 0.3, "noise": 0.5}])
+def test_every_evaluation_set_follows_the_configured_noise_condition(change):
+    cfg = Config(max_len=8, long_max_len=12, exhaustive_len=4, eval_size=4096,
+                 pos_embed="learned", **change)
+    base = Config(max_len=8, long_max_len=12, exhaustive_len=4, eval_size=4096, pos_embed="learned")
+    for name in ("iid", "hard", "long", "noisy", "fit"):
+        batch = eval_set(cfg, name)
+        c = batch.counts.double()
+        assert (tokens_to_counts(batch.tokens, batch.eos_pos) == batch.counts).all()
+        if name == "hard":
+            assert ((c[:, 1] - c[:, 0]).abs() <= 1).all()
+        if name == "iid":
+            share_one = (c[:, 1].sum() / c[:, :2].sum()).item()
+            assert share_one == pytest.approx(cfg.p_one, abs=0.03)
+            noise = (c[:, 2].sum() / c.sum()).item()
+            assert noise == pytest.approx(cfg.noise, abs=0.03)
+        if name == "noisy":
+            assert (c[:, 2].sum() / c.sum()).item() == pytest.approx(cfg.noisy_noise, abs=0.05)
+        if cfg.noise_pattern == "bursty" and name == "iid":  # runs of 2s are longer
+            def mean_run(b):
+                t = b.tokens.numpy()
+                twos = (t == 2)
+                starts = twos[:, 1:] & ~twos[:, :-1]
+                return twos.sum() / max(1, starts.sum() + twos[:, 0].sum())
+            assert mean_run(batch) > mean_run(eval_set(base, name)) + 0.5
+    assert len(eval_set(cfg, "exhaustive")) == sum(3 ** n for n in range(1, 5))  # every string
+
+
+@pytest.mark.parametrize("change, message", [({"p_one": 0.0}, "p_one must be in (0, 1)"),
+                                             ({"noise_pattern": "poisson"}, "noise_pattern must"),
+                                             ({"noise_pattern": "bursty", "burst_len": 0.5},
+                                              "burst_len must be >= 1"),
+                                             ({"noise_pattern": "bursty", "burst_len": 1.5,
+                                               "noise": 0.7}, "burst_len must be")])
+def test_bad_noise_conditions_are_refused(change, message):
+    with pytest.raises(Count01Error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Config().replace(**change)
+
+
+@pytest.mark.parametrize("change", [{"p_one": 0.7}, {"noise_pattern": "bursty", "burst_len": 3.0}])
+def test_the_count_path_equals_the_token_path_in_every_noise_condition(change):
+    from count01.metrics import evaluate_logits
+    from count01.model import Model
+
+    cfg = Config(max_len=8, long_max_len=12, exhaustive_len=4, eval_size=2048, n_seeds=2, **change)
+    model = Model.init(cfg).to(torch.float64)
+    for name in ("iid", "hard", "noisy"):
+        by_counts, by_tokens = eval_set(cfg, name), eval_set(cfg, name, tokens=True)
+        a = evaluate_logits(model(by_counts), by_counts)
+        b = evaluate_logits(model.run(by_tokens, force_tokens=True).logits, by_tokens)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-9, rtol=0, msg=f"{name} {k}")
+    batch = training_batch(cfg, model.seeds, 3, tokens=True)
+    assert torch.equal(batch.counts, training_batch(cfg, model.seeds, 3).counts)

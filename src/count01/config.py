@@ -18,7 +18,9 @@ from typing import Any
 POS_EMBEDS = ("none", "learned", "sinusoidal")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
-ADDED_FIELDS = ("optimizer", "schedule", "warmup")  # fields younger than the first sweeps
+NOISE_PATTERNS = ("iid", "bursty")
+ADDED_FIELDS = ("optimizer", "schedule", "warmup", "noise_pattern", "burst_len", "p_one")  # younger
+# than the first sweeps
 D_VOCAB = 5  # 0, 1, 2, EOS, BOS (language.VOCAB)
 SEED_MAX = 2**63 - 1  # seeds are hashed as uint64 and stored as int64 (JSON, Parquet)
 
@@ -56,6 +58,9 @@ class Config:
     min_len: int = 1
     max_len: int = 32
     noise: float = 0.25
+    noise_pattern: str = "iid"  # iid | bursty (noise in runs of mean length burst_len)
+    burst_len: float = 4.0
+    p_one: float = 0.5  # P(1) / (P(0) + P(1)) among counted digits
     class_balanced: bool = False
     bos: bool = True
     # --- model (SPEC 3) ---
@@ -121,6 +126,15 @@ class Config:
         for name in ("noise", "noisy_noise"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.noise_pattern not in NOISE_PATTERNS:
+            raise ConfigError(f"noise_pattern must be one of {', '.join(NOISE_PATTERNS)}, got "
+                              f"{self.noise_pattern!r}")
+        if not 0.0 < self.p_one < 1.0:
+            raise ConfigError(f"p_one must be in (0, 1), got {self.p_one}")
+        shortest = max(self.noise, self.noisy_noise) / (1.0 - max(self.noise, self.noisy_noise))
+        if self.noise_pattern == "bursty" and not self.burst_len >= max(1.0, shortest):
+            raise ConfigError(f"burst_len must be >= 1 and >= noise / (1 - noise) ({shortest:.3g} "
+                              f"for the larger of noise and noisy_noise), got {self.burst_len}")
         if self.pos_embed not in POS_EMBEDS:
             raise ConfigError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {self.pos_embed!r}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):

@@ -78,21 +78,56 @@ def log_multinomial(t: np.ndarray) -> np.ndarray:
     return lf[n] - lf[t[:, 0]] - lf[t[:, 1]] - lf[t[:, 2]]
 
 
+def _log(p: float, k: np.ndarray) -> np.ndarray:
+    """k * log(p), with 0 * log(0) = 0 (a kind of probability 0 that does not occur)."""
+    return np.where(k > 0, k * log(p) if p > 0 else -np.inf, 0.0)
+
+
+def burst_chain(noise: float, burst_len: float) -> tuple[float, float]:
+    """The two-state chain of bursty noise: (P(noise -> noise), P(digit -> noise)). Noise runs
+    last burst_len on average, and the chain's stationary noise rate is `noise`."""
+    stay = 1.0 - 1.0 / burst_len
+    return stay, noise / (1.0 - noise) * (1.0 - stay)
+
+
 @lru_cache(maxsize=64)
-def triple_law(min_len: int, max_len: int, noise: float, balanced: bool, hard: bool
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(triples, probabilities) of one draw: n ~ U(min..max), digits i.i.d. (P(2) = noise).
+def bursty_noise_counts(n_max: int, noise: float, burst_len: float) -> np.ndarray:
+    """log P(k noise symbols among n) when noise follows `burst_chain` from its stationary
+    state. (n_max + 1, n_max + 1), [n, k]; -inf where impossible."""
+    stay, enter = burst_chain(noise, burst_len)
+    out = np.full((n_max + 1, n_max + 1), -np.inf)
+    out[0, 0] = 0.0
+    # f[s, k]: P(the first i symbols hold k noise and symbol i is noise (s = 1) or not (s = 0))
+    f = np.zeros((2, n_max + 1))
+    f[1, 1], f[0, 0] = noise, 1.0 - noise
+    with np.errstate(divide="ignore"):
+        for i in range(1, n_max + 1):
+            out[i] = np.log(f[0] + f[1])
+            nxt = np.zeros_like(f)
+            nxt[1, 1:] = f[1, :-1] * stay + f[0, :-1] * enter
+            nxt[0] = f[1] * (1.0 - stay) + f[0] * (1.0 - enter)
+            f = nxt
+    return out
+
+
+@lru_cache(maxsize=64)
+def triple_law(min_len: int, max_len: int, noise: float, balanced: bool, hard: bool,
+               p_one: float = 0.5, burst_len: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(triples, probabilities) of one draw: n ~ U(min..max); each symbol is noise with
+    probability `noise`, independently (burst_len = 0) or in runs of mean burst_len
+    (`burst_chain`); a counted digit is 1 with probability p_one.
 
     `hard` keeps |n1 - n0| <= 1; `balanced` rescales so each answer has probability 1/2.
     """
     t = triples(min_len, max_len)
-    p01 = (1.0 - noise) / 2.0
-    logp = log_multinomial(t) - np.log(max_len - min_len + 1.0)
-    logp += (t[:, 0] + t[:, 1]) * log(p01)
-    if noise > 0:
-        logp += t[:, 2] * log(noise)
+    n, digits = t.sum(1), t[:, 0] + t[:, 1]
+    logp = -np.log(max_len - min_len + 1.0) + _log(p_one, t[:, 1]) + _log(1.0 - p_one, t[:, 0])
+    if burst_len:  # which positions are noise, then a binomial split of the digits
+        lf = np.array([lgamma(k + 1.0) for k in range(max_len + 1)])
+        logp += bursty_noise_counts(max_len, noise, burst_len)[n, t[:, 2]]
+        logp += lf[digits] - lf[t[:, 0]] - lf[t[:, 1]]
     else:
-        logp = np.where(t[:, 2] > 0, -np.inf, logp)
+        logp += log_multinomial(t) + _log(noise, t[:, 2]) + _log(1.0 - noise, digits)
     p = np.exp(logp)
     if hard:
         p = np.where(np.abs(t[:, 1] - t[:, 0]) <= 1, p, 0.0)
@@ -138,16 +173,56 @@ def draw_index(law_key: tuple, u: np.ndarray) -> np.ndarray:
     return idx
 
 
-def arrange(counts: np.ndarray, u: np.ndarray, bos: bool) -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=16)
+def _bursts_left(width: int, noise: float, burst_len: float) -> np.ndarray:
+    """P(the next r symbols hold exactly k noise | the state before them), by `burst_chain`.
+    (3, width + 1, width + 1), [state, r, k]; state 0 digit, 1 noise, 2 the start (stationary)."""
+    stay, enter = burst_chain(noise, burst_len)
+    to_noise = np.array([enter, stay, noise])
+    g = np.zeros((3, width + 1, width + 1))
+    g[:, 0, 0] = 1.0
+    for r in range(1, width + 1):
+        g[:, r, 1:] = to_noise[:, None] * g[1, r - 1, :-1]
+        g[:, r] += (1.0 - to_noise)[:, None] * g[0, r - 1]
+    return g
+
+
+def noise_positions(counts: np.ndarray, u: np.ndarray, noise: float, burst_len: float
+                    ) -> np.ndarray:
+    """Where the noise of each example sits, drawn from the bursty chain (`burst_chain`) given
+    its counts: position by position, noise with its probability given the state and the noise
+    still to place. counts (..., 3), u (..., width) -> bool (..., width)."""
+    width = u.shape[-1]
+    g = _bursts_left(width, noise, burst_len)
+    to_noise = np.array([burst_chain(noise, burst_len)[1], burst_chain(noise, burst_len)[0],
+                         noise])
+    n, left = counts.sum(-1), counts[..., 2].copy()
+    state = np.full(n.shape, 2)
+    out = np.zeros(u.shape, dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in range(width):  # a loop over positions, each over the whole batch at once
+            r = np.maximum(n - i, 1)
+            p = to_noise[state] * g[1, r - 1, np.maximum(left - 1, 0)] / g[state, r, left]
+            here = (i < n) & (left > 0) & (u[..., i] < p)
+            out[..., i] = here
+            left -= here
+            state = np.where(i < n, here.astype(np.int64), state)
+    return out
+
+
+def arrange(counts: np.ndarray, u: np.ndarray, bos: bool, noise_at: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Tokens `[BOS] x1..xn EOS` (right-padded) for count triples, in the order the uniforms give.
 
-    counts (..., 3), u (..., max_n): a uniformly random permutation of the multiset of digits.
-    Returns tokens (..., L) and the EOS position (...,).
+    counts (..., 3), u (..., max_n): a uniformly random permutation of the multiset of digits;
+    with `noise_at` (bool, like u), the noise sits there and the 0s and 1s are permuted over the
+    other positions. Returns tokens (..., L) and the EOS position (...,).
     """
     n = counts.sum(-1)
     width = u.shape[-1]
     pos = np.arange(width)
-    keys = np.where(pos < n[..., None], u, np.inf)
+    slots = pos < n[..., None] if noise_at is None else (pos < n[..., None]) & ~noise_at
+    keys = np.where(slots, u, np.inf)
     # the digit of rank r is 0, 1 or 2 by r against the counts; position order[r] gets it
     # (ties are only among the padding, which is overwritten)
     order = np.argsort(keys, axis=-1)
@@ -157,6 +232,8 @@ def arrange(counts: np.ndarray, u: np.ndarray, bos: bool) -> tuple[np.ndarray, n
     digits = np.empty_like(by_rank)
     digits.reshape(-1)[(order + rows).reshape(-1)] = by_rank.reshape(-1)
     digits = np.where(pos < n[..., None], digits, PAD)
+    if noise_at is not None:
+        digits = np.where(noise_at, TWO, digits)
     off = int(bos)
     tokens = np.full(n.shape + (width + 1 + off,), PAD, dtype=np.int64)
     if bos:
@@ -194,9 +271,24 @@ class Batch:
         return self.counts.shape[-2]
 
 
+def law(cfg: Config, name: str = "train") -> tuple:
+    """The key, for `triple_law` and `draw_index`, of the training law (name "train") or of an
+    evaluation set's law; every one follows the configured noise pattern and p_one."""
+    burst = cfg.burst_len if cfg.noise_pattern == "bursty" else 0.0
+    lengths, noise, balanced, hard = {
+        "train": ((cfg.min_len, cfg.max_len), cfg.noise, cfg.class_balanced, False),
+        "iid": ((cfg.min_len, cfg.max_len), cfg.noise, cfg.class_balanced, False),
+        "fit": ((cfg.min_len, cfg.max_len), cfg.noise, cfg.class_balanced, False),
+        "hard": ((cfg.min_len, cfg.max_len), cfg.noise, True, True),
+        "long": ((cfg.max_len + 1, cfg.long_max_len), cfg.noise, True, False),
+        "noisy": ((cfg.min_len, cfg.max_len), cfg.noisy_noise, True, False),
+    }[name]
+    return (*lengths, noise, balanced, hard, cfg.p_one, burst)
+
+
 def training_law(cfg: Config) -> tuple:
     """The key of the training law for `triple_law`, `draw_index` and `training_indices`."""
-    return (cfg.min_len, cfg.max_len, cfg.noise, cfg.class_balanced, False)
+    return law(cfg)
 
 
 def training_indices(cfg: Config, seeds: list[int], step: int) -> np.ndarray:
@@ -213,17 +305,22 @@ def training_batch(cfg: Config, seeds: list[int], step: int, tokens: bool | None
     tokens = (not cfg.count_path) if tokens is None else tokens
     s = np.asarray(seeds, dtype=np.uint64)[:, None]
     counts = triples(cfg.min_len, cfg.max_len)[training_indices(cfg, seeds, step)]
+    key = training_law(cfg)
     return _batch(counts, cfg, s[..., None], TRAIN_STREAM, 2 * step + 1, tokens, cfg.max_len,
-                  merge=False)
+                  merge=False, burst=(key[2], key[6]))
 
 
 def _batch(counts: np.ndarray, cfg: Config, seed, stream: int, step: int, tokens: bool,
-           width: int, merge: bool) -> Batch:
-    """Tokens arranged with a fixed `width` of uniforms per example, so the arrangement of
-    example b never depends on what else is in the batch."""
+           width: int, merge: bool, burst: tuple[float, float] = (0.0, 0.0)) -> Batch:
+    """Tokens arranged with a fixed `width` of uniforms per example (twice that for bursty noise,
+    `burst` = (noise, burst_len), burst_len 0 for i.i.d. noise), so the arrangement of example b
+    never depends on what else is in the batch."""
     if tokens:
-        idx = np.arange(counts.shape[-2])[:, None] * width + np.arange(width)
-        tok, eos = arrange(counts, uniform(seed, stream, step, idx), cfg.bos)
+        per = 2 * width if burst[1] else width
+        idx = np.arange(counts.shape[-2])[:, None] * per + np.arange(per)
+        u = uniform(seed, stream, step, idx)
+        noise_at = noise_positions(counts, u[..., width:], *burst) if burst[1] else None
+        tok, eos = arrange(counts, u[..., :width], cfg.bos, noise_at)
         ct = torch.from_numpy(counts)
         return Batch(ct, answer(ct), torch.ones(ct.shape[:-1], dtype=torch.float64),
                      torch.from_numpy(tok), torch.from_numpy(eos))
@@ -247,19 +344,13 @@ def eval_set(cfg: Config, name: str, tokens: bool | None = None) -> Batch:
     tokens = (not cfg.count_path) if tokens is None else tokens
     if name == "exhaustive":
         return exhaustive(cfg, tokens)
-    laws = {
-        "iid": (cfg.min_len, cfg.max_len, cfg.noise, cfg.class_balanced, False),
-        "fit": (cfg.min_len, cfg.max_len, cfg.noise, cfg.class_balanced, False),
-        "hard": (cfg.min_len, cfg.max_len, cfg.noise, True, True),
-        "long": (cfg.max_len + 1, cfg.long_max_len, cfg.noise, True, False),
-        "noisy": (cfg.min_len, cfg.max_len, cfg.noisy_noise, True, False),
-    }
-    if name not in laws:
+    if name not in EVAL_STREAMS:
         raise Count01Error(f"unknown evaluation set {name!r}; choose from {', '.join(EVAL_SETS)}")
-    stream = EVAL_STREAMS[name]
+    key, stream = law(cfg, name), EVAL_STREAMS[name]
     u = uniform(cfg.eval_seed, stream, 0, np.arange(cfg.eval_size))
-    counts = triples(*laws[name][:2])[draw_index(laws[name], u)]
-    return _batch(counts, cfg, cfg.eval_seed, stream, 1, tokens, laws[name][1], merge=True)
+    counts = triples(*key[:2])[draw_index(key, u)]
+    return _batch(counts, cfg, cfg.eval_seed, stream, 1, tokens, key[1], merge=True,
+                  burst=(key[2], key[6]))
 
 
 def exhaustive(cfg: Config, tokens: bool = False, max_len: int | None = None) -> Batch:
