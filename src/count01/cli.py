@@ -54,7 +54,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .runs import load_config
+    from .runs import load_config, writable
     from .train import train
 
     if args.resume:
@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out = args.resume
     else:
         cfg = config_from_args(args)
-        out = args.out
+        out = writable(args.out)
         if (out / "config.json").exists():
             raise ConfigError(f"{out} already holds a run; continue it with --resume {out}, "
                               "or choose another --out")
@@ -101,6 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from .metrics import format_table
     from .paths import success_table
+    from .runs import writable
     from .sweeps import Sweep, run_sweep
 
     if args.address and args.executor != "ray":
@@ -108,7 +109,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be positive, got {args.workers}")
     sweep = Sweep.from_toml(args.sweep)
-    out = args.out or Path("sweeps") / args.sweep.stem
+    out = writable(args.out or Path("sweeps") / args.sweep.stem)
     tables = run_sweep(sweep, out, executor=args.executor, workers=args.workers,
                        address=args.address, log=(lambda msg: None) if args.quiet else None)
     print(format_table(success_table(tables["results"], list(sweep.grid)).to_dict("records")))
@@ -119,8 +120,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_paths(args: argparse.Namespace) -> None:
     from .metrics import format_table
     from .paths import analyse
+    from .runs import writable
 
-    summary = analyse(args.sweep_dir, args.out)
+    out = writable(args.out or Path(args.sweep_dir) / "paths")
+    summary = analyse(args.sweep_dir, out)
     cols = ("config_id", "n_runs", "n_success", "n_diverged", "rate", "ci_low", "ci_high",
             "median_steps_to_success")
     print(format_table([{k: c[k] for k in cols} for c in summary["configs"]]))
@@ -130,7 +133,6 @@ def cmd_paths(args: argparse.Namespace) -> None:
     if summary["missing_configs"]:
         print(f"{len(summary['missing_configs'])} configuration(s) not finished yet: re-run the "
               "sweep to complete them", file=sys.stderr)
-    out = args.out or Path(args.sweep_dir) / "paths"
     print(f"training-path study written to {out} (paths.json lists every file)", file=sys.stderr)
 
 
@@ -153,7 +155,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import save_transformer_lens
+    from .runs import writable
 
+    if args.out:
+        writable(args.out)
     done = save_transformer_lens(args.run, args.seed, args.out)
     print(f"seed {done.seed} written to {done.out_dir} (TransformerLens state dict + config)")
     if done.tl_model is None:
@@ -187,10 +192,12 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from .interventions import attention_sweep, default_grid, summarise
     from .language import eval_set
     from .metrics import format_table
-    from .runs import atomic_write, load
+    from .runs import atomic_write, load, writable
 
     if args.grid_size < 1:
         raise ConfigError(f"--grid-size must be positive, got {args.grid_size}")
+    if args.out:
+        writable(args.out, kind="file")
     model = load(args.run)
     grid01, grid02 = default_grid(args.grid_size)
     w01 = grid01 if args.w01 is None else _weights(args.w01, "--w01")
@@ -206,18 +213,21 @@ def cmd_intervene(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .runs import writable
     from .study import reproduce
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be positive, got {args.workers}")
-    out = args.out or Path("runs") / ("study-quick" if args.quick else "study")
+    out = writable(args.out or Path("runs") / ("study-quick" if args.quick else "study"))
     reproduce(out, quick=args.quick, workers=args.workers, progress=not args.quiet)
     _print_verdicts(out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import build_report
+    from .runs import writable
 
+    writable(args.out or args.dir, what="--out" if args.out else "DIR")
     files = build_report(args.dir, args.out)
     _print_verdicts(files.html.parent)
 
