@@ -75,3 +75,13 @@ def test_intervene_refuses_an_unusable_csv_path_before_computing(here, made, bad
 
 def test_report_refuses_a_directory_argument_that_is_a_file(here, capsys):
     refused(["report", "afile"], capsys, "DIR afile is a file", here)
+
+
+# --- 2. grid values equal once converted are one configuration, refused -----------------------
+
+@pytest.mark.parametrize("axis, values", [("heads", "[2, 2.0]"), ("init_scale", "[1, 1.0]"),
+                                          ("bos", '[false, "false"]'), ("heads", "[1, 1]")])
+def test_grid_values_equal_once_converted_are_refused(here, axis, values, capsys):
+    (here / "dup.toml").write_text(SWEEP.replace("heads = [1]", f"{axis} = {values}"))
+    refused(["sweep", "dup.toml", "--executor", "inline", "--out", "dup"], capsys,
+            "the grid repeats a configuration", here)

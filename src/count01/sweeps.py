@@ -167,25 +167,30 @@ class Sweep:
                 raise SweepError(f"{source}: {name} is both in [base] and in [grid]")
             if not isinstance(values, list) or not values:
                 raise SweepError(f"{source}: grid.{name} must be a non-empty list, got {values!r}")
-            if len({json.dumps(v) for v in values}) != len(values):
-                raise SweepError(f"{source}: grid.{name} repeats a value: {values}")
         sweep = cls(base, grid)
         sweep.points(source)  # every configuration is checked before anything trains
         return sweep
 
     def points(self, source: str = "sweep") -> list[Point]:
-        """Every configuration, in grid order (the last grid field varies fastest)."""
-        out = []
+        """Every configuration, in grid order (the last grid field varies fastest). Values are
+        compared once converted to Config values, so 2 and 2.0 (or false and "false") repeat a
+        configuration: two would train into one run directory and double its rows."""
+        out: dict[str, Point] = {}
+        given: dict[str, str] = {}  # id -> the grid values as written, to name a repeat
         for combo in itertools.product(*self.grid.values()):
             values = dict(zip(self.grid, combo))
-            where = ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
+            where = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base"
             try:
                 cfg = Config.from_dict(self.base | values, source=f"{source} ({where})")
             except Count01Error as e:
                 raise SweepError(str(e)) from None
             values = {k: getattr(cfg, k) for k in values}  # coerced: 1 -> 1.0 for floats
-            out.append(Point(config_id(cfg, values), values, cfg))
-        return out
+            point = Point(config_id(cfg, values), values, cfg)
+            if point.id in out:
+                raise SweepError(f"{source}: the grid repeats a configuration: {given[point.id]} "
+                                 f"and {where} are the same once converted")
+            out[point.id], given[point.id] = point, where
+        return list(out.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {"base": self.base, "grid": self.grid}
