@@ -3,12 +3,18 @@ in one line (exit 2), with nothing half-written, and a killed command resumes cl
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import refused
 
 from count01.cli import main
+from count01.metrics import saved_eval
+from count01.runs import CheckpointError, write_json
+from count01.study import FORMAT as STUDY
+from count01.study import make_plan
 
 TINY = ["--batch-size", "64", "--eval-size", "256", "--exhaustive-len", "5", "--max-len", "8",
         "--long-max-len", "12"]
@@ -85,3 +91,83 @@ def test_grid_values_equal_once_converted_are_refused(here, axis, values, capsys
     (here / "dup.toml").write_text(SWEEP.replace("heads = [1]", f"{axis} = {values}"))
     refused(["sweep", "dup.toml", "--executor", "inline", "--out", "dup"], capsys,
             "the grid repeats a configuration", here)
+
+
+# --- 3. a crafted sweep or study directory cannot make paths or report reach outside it -------
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def _set_config_id(sweep_dir: Path, config_id: str) -> None:
+    path = sweep_dir / "results.parquet"
+    pd.read_parquet(path).assign(config_id=config_id).to_parquet(path, index=False)
+
+
+def test_paths_refuses_a_config_id_that_is_not_the_sweeps_own(here, tmp_path_factory, capsys):
+    sw = _copy(here / "sw", here / "crafted")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    _set_config_id(sw, str(elsewhere / "x"))
+    refused(["paths", "crafted"], capsys, "not a configuration of the sweep", here, elsewhere)
+
+
+def test_report_embeds_nothing_from_outside_the_directory(here, capsys):
+    sw = _copy(here / "sw", here / "crafted")
+    assert main(["paths", "crafted"]) == 0
+    capsys.readouterr()
+    (here / "secret.png").write_bytes(b"\x89PNG secret")
+    figure = sw / "paths" / "success_rate.png"
+    figure.unlink()
+    figure.symlink_to(here / "secret.png")
+    refused(["report", "crafted"], capsys, "lies outside", here)
+    figure.unlink()
+    shutil.copy(sw / "paths" / "success_rate.svg", figure)  # any file will do: only the id matters
+    _set_config_id(sw, "../../../../secret")
+    refused(["report", "crafted"], capsys, "not a configuration of the sweep", here)
+
+
+def test_a_study_whose_analysed_run_lies_outside_it_is_refused(here, capsys):
+    (here / "study").mkdir()
+    plan = make_plan(quick=True, seeds=1, heads=(1,), grid_size=2, steps=20)
+    write_json(here / "study" / "study.json", {"format": STUDY, "plan": plan.to_dict(),
+                                               "stages": {}, "analysed_run": "../good"})
+    refused(["report", "study"], capsys, "lies outside the study", here)
+
+
+# --- 4. corrupted or foreign files are one line naming the file ----------------------------------
+
+@pytest.mark.parametrize("text, match", [
+    ('{"runs": []}', "is not a sweep record"), ("[1, 2]", "is not a sweep record"),
+    ('{"config": ', "corrupted JSON")])
+def test_a_corrupted_sweep_record_is_refused_naming_it(here, text, match, capsys):
+    sw = _copy(here / "sw", here / "copy")
+    record = next((sw / "results").glob("*.json"))
+    record.write_text(text)
+    err = refused(["sweep", "sw.toml", "--out", "copy", "--executor", "inline", "--quiet"],
+                  capsys, match, here)
+    assert record.name in err and "delete it" in err
+
+
+def test_a_sweep_or_study_file_holding_a_list_is_refused(here, capsys):
+    sw = _copy(here / "sw", here / "copy")
+    (sw / "sweep.json").write_text("[]")
+    for command in (["paths", "copy"], ["report", "copy"]):
+        refused(command, capsys, "sweep.json is not a count01 sweep", here)
+    (here / "study").mkdir()
+    (here / "study" / "study.json").write_text("[]")
+    for command in (["report", "study"], ["reproduce", "--quick", "--out", "study"]):
+        refused(command, capsys, "study.json is not a count01 study", here)
+
+
+def test_a_runs_metrics_that_are_not_evaluation_rows_are_refused(here, capsys):
+    run = _copy(here / "good", here / "copy")
+    write_json(run / "metrics.json", {"steps": 20, "eval": 5})
+    refused(["report", "copy"], capsys, "metrics.json is not a run's metrics", here)
+    with pytest.raises(CheckpointError, match="not a run's metrics"):
+        saved_eval(run)
+
+
+def test_a_sweep_file_that_is_a_directory_is_refused(here, capsys):
+    (here / "adir").mkdir()
+    refused(["sweep", "adir", "--executor", "inline"], capsys, "cannot read sweep file", here)

@@ -83,10 +83,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{where}config: {cfg.describe()}", file=sys.stderr)
 
     train(cfg, out, resume=bool(args.resume), progress=not args.quiet, on_start=announce)
-    from .metrics import format_table
-    from .runs import read_json
+    from .metrics import format_table, saved_eval
 
-    print(format_table(read_json(Path(out) / "metrics.json")["eval"]))
+    print(format_table(saved_eval(out)))
     print(f"run written to {out}", file=sys.stderr)
     if args.restarts is not None:
         from .sweeps import keep_best

@@ -102,13 +102,31 @@ def analysed_run(out: Path, plan: Plan) -> Path:
     return out / "sweep" / "runs" / point.id
 
 
-def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
+def read_state(out: Path) -> dict[str, Any]:
+    """OUT/study.json, checked to be a study's: a plan, stages with their times, and the
+    analysed run as a path inside OUT."""
     path = out / "study.json"
-    if not path.exists():
-        return {"format": FORMAT, "plan": plan.to_dict(), "stages": {}}
     state = read_json(path)
-    if state.get("format") != FORMAT:
-        raise StudyError(f"{path} is not a count01 study")
+    try:
+        ok = (isinstance(state, dict) and state.get("format") == FORMAT
+              and isinstance(Plan.from_dict(state["plan"]).base, dict)
+              and all(isinstance(s["seconds"], (int, float)) for s in state["stages"].values())
+              and isinstance(state.get("analysed_run", ""), str)
+              and isinstance(state.get("versions", {}), dict))
+    except (KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise StudyError(f"{path} is not a count01 study (format, plan, stages, versions)")
+    run = out / state.get("analysed_run", "")
+    if not run.resolve().is_relative_to(out.resolve()):
+        raise StudyError(f"{path}: analysed_run {run} lies outside the study {out}")
+    return state
+
+
+def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
+    if not (out / "study.json").exists():
+        return {"format": FORMAT, "plan": plan.to_dict(), "stages": {}}
+    state = read_state(out)
     if state["plan"] != plan.to_dict():
         raise StudyError(f"{out} holds another study ({state['plan']['mode']} mode, "
                          f"{state['plan']['seeds']} seeds, heads {state['plan']['heads']}); "

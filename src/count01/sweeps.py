@@ -115,6 +115,10 @@ class SweepError(Count01Error):
     pass
 
 
+class NoResultsYet(SweepError):
+    """A sweep directory without tables: no configuration has finished."""
+
+
 # --- the sweep file and its grid -------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -140,6 +144,8 @@ class Sweep:
             raise SweepError(f"sweep file not found: {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SweepError(f"{path}: not valid TOML: {e}") from None
+        except OSError as e:  # a directory, unreadable
+            raise SweepError(f"cannot read sweep file {path}: {e.strerror or e}") from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -437,9 +443,10 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
     points = sweep.points()
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
+        # finished records are checked first: a bad one is refused before anything is written
+        todo = [(p, out / "runs" / p.id) for p in points if read_record(out, p) is None]
         write_json(out / "sweep.json", {"format": FORMAT, "sweep": sweep.to_dict(),
                                         "points": [{"id": p.id, "grid": p.grid} for p in points]})
-        todo = [(p, out / "runs" / p.id) for p in points if not _result_path(out, p).exists()]
         todo.sort(key=lambda job: _work(job[0].cfg), reverse=True)
         log(f"sweep: {len(points)} configurations x {points[0].cfg.n_seeds} seeds; "
             f"{len(points) - len(todo)} done, {len(todo)} to run ({executor}, {workers} workers)")
@@ -494,13 +501,57 @@ def _result_path(out: Path, point: Point) -> Path:
     return out / "results" / f"{point.id}.json"
 
 
-def read_points(out: str | Path) -> list[Point]:
-    """The configurations of the sweep last run in `out` (from sweep.json)."""
-    out = Path(out)
-    if not (out / "sweep.json").exists():
+def read_sweep(out: str | Path) -> Sweep:
+    """The sweep last run in `out`, from sweep.json (checked like a sweep file)."""
+    path = Path(out) / "sweep.json"
+    if not path.is_file():
         raise SweepError(f"{out} is not a sweep directory (no sweep.json); run count01 sweep first")
-    data = read_json(out / "sweep.json")
-    return Sweep.from_dict(data["sweep"], source=str(out / "sweep.json")).points()
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(
+            data.get("sweep"), dict):
+        raise SweepError(f"{path} is not a count01 sweep (no '{FORMAT}' format and sweep table)")
+    return Sweep.from_dict(data["sweep"], source=str(path))
+
+
+def read_points(out: str | Path) -> list[Point]:
+    """The configurations of the sweep last run in `out`, recomputed from its sweep, never
+    taken from the ids written in sweep.json: an id names a directory, and a recomputed one is
+    always a single safe path component (`config_id`)."""
+    return read_sweep(out).points()
+
+
+# what `collect` reads of each row of a record: a record without them is not one
+RECORD_KEYS = {"runs": ("seed", "success", "diverged"),
+               "heads": ("seed", "set", "head", "s_acc", "w01", "w02"),
+               "trajectory": ("seed", "step"), "head_trajectory": ("seed", "step", "head")}
+
+
+def read_record(out: Path, point: Point) -> dict[str, Any] | None:
+    """The finished record of `point` (results/<id>.json), None if it has none yet.
+
+    Records are written atomically, so one that does not parse or lacks what `collect` reads
+    was edited or copied in: it is refused, naming the file, rather than silently recomputed
+    (deleting it and re-running the sweep recomputes that configuration).
+    """
+    path = _result_path(out, point)
+    if not path.exists():
+        return None
+    hint = "; delete it and re-run the sweep to recompute that configuration"
+    try:
+        rec = read_json(path)
+    except Count01Error as e:
+        raise SweepError(f"{e}{hint}") from None
+    shaped = isinstance(rec, dict) and isinstance(rec.get("config"), dict) and isinstance(
+        rec.get("seconds"), (int, float)) and all(
+        isinstance(rec.get(name), list)
+        and all(isinstance(r, dict) and all(k in r for k in keys) for r in rec[name])
+        for name, keys in RECORD_KEYS.items())
+    if not shaped:
+        raise SweepError(f"{path} is not a sweep record (config, seconds, and rows of runs, "
+                         f"heads, trajectory, head_trajectory){hint}")
+    if rec["config"] != point.cfg.to_dict():
+        raise SweepError(f"{path} was written for another configuration{hint}")
+    return rec
 
 
 def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
@@ -508,12 +559,9 @@ def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
     max_heads = max(p.cfg.heads for p in points)
     for p in points:
-        path = _result_path(out, p)
-        if not path.exists():
+        rec = read_record(out, p)
+        if rec is None:
             continue
-        rec = read_json(path)
-        if rec["config"] != p.cfg.to_dict():
-            raise SweepError(f"{path} was written for another configuration")
         tag = {"config_id": p.id} | p.grid
         for name in TABLES[1:]:
             rows[name] += [tag | r for r in rec[name]]
@@ -540,13 +588,26 @@ def write_tables(out: Path, tables: dict[str, pd.DataFrame]) -> None:
 
 
 def load_tables(out: str | Path) -> dict[str, pd.DataFrame]:
-    """The sweep's tables as written (Parquet, exact dtypes)."""
+    """The sweep's tables as written (Parquet, exact dtypes). Every row's config_id must be one
+    of the sweep's own configurations (`read_points`): ids name files and directories."""
     out = Path(out)
     missing = [n for n in TABLES if not (out / f"{n}.parquet").exists()]
     if missing:
-        raise SweepError(f"{out} has no finished configuration yet (no {missing[0]}.parquet); "
+        raise NoResultsYet(f"{out} has no finished configuration yet (no {missing[0]}.parquet); "
                          "run count01 sweep first")
-    return {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
+    ids = {p.id for p in read_points(out)}
+    tables = {}
+    for name in TABLES:
+        path = out / f"{name}.parquet"
+        try:
+            tables[name] = df = pd.read_parquet(path)
+        except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+            raise SweepError(f"{path} is not a readable table: {e}") from None
+        foreign = sorted(set(df["config_id"]) - ids) if "config_id" in df else ["(none)"]
+        if foreign:
+            raise SweepError(f"{path} holds config_id {foreign[0]!r}, not a configuration of "
+                             f"the sweep in {out / 'sweep.json'}")
+    return tables
 
 
 # --- restarts: K seeds, keep the best ----------------------------------------------------------
