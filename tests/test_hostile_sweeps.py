@@ -171,3 +171,26 @@ def test_a_runs_metrics_that_are_not_evaluation_rows_are_refused(here, capsys):
 def test_a_sweep_file_that_is_a_directory_is_refused(here, capsys):
     (here / "adir").mkdir()
     refused(["sweep", "adir", "--executor", "inline"], capsys, "cannot read sweep file", here)
+
+
+# --- 6. smaller: one grid-size rule, no sweep into a run, no silent empty sweep ----------------
+
+@pytest.mark.parametrize("command", [["intervene", "good", "--out", "rows.csv"],
+                                     ["analyze", "good"]])
+def test_a_one_point_grid_is_refused_by_intervene_as_by_analyze(here, made, command, capsys):
+    refused([*command, "--grid-size", "1"], capsys, "grid_size must be at least 2", here, made)
+
+
+def test_a_sweep_into_a_run_directory_is_refused(here, capsys):
+    _copy(here / "good", here / "copy")
+    refused(["sweep", "sw.toml", "--out", "copy", "--executor", "inline"], capsys,
+            "holds a run (config.json), not a sweep", here)
+
+
+def test_an_empty_sweep_file_is_refused_and_a_base_only_one_says_what_it_runs(here, capsys):
+    (here / "empty.toml").write_text("# nothing yet\n")
+    refused(["sweep", "empty.toml", "--executor", "inline"], capsys, "empty.toml is empty", here)
+    (here / "base.toml").write_text(SWEEP.replace("[grid]\nheads = [1]\n", ""))
+    assert main(["sweep", "base.toml", "--executor", "inline", "--out", "base"]) == 0
+    assert "1 configuration (no [grid]: the [base] fields alone) x 1 seeds" in \
+        capsys.readouterr().err

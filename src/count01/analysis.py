@@ -136,15 +136,15 @@ def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,
     default because its tensors are small: on two cores shared with other work, two threads
     waiting on each other made it 2-5x slower (None: leave torch's setting).
     """
-    if grid_size < 2:
-        raise AnalysisError(f"grid_size must be at least 2, got {grid_size}")
+    grid = default_grid(grid_size)
     if threads is not None and threads < 1:
         raise AnalysisError(f"threads must be positive, got {threads}")
     with torch_threads(threads):
-        return _analyze(Path(run_dir), grid_size, progress, sweep_set, figures)
+        return _analyze(Path(run_dir), grid, progress, sweep_set, figures)
 
 
-def _analyze(run: Path, grid_size: int, progress: bool, sweep_set: str, figures: bool) -> dict:
+def _analyze(run: Path, grid: tuple[np.ndarray, np.ndarray], progress: bool, sweep_set: str,
+             figures: bool) -> dict:
     model = load(run).to(torch.float64)
     cfg = model.cfg
     fit = eval_set(cfg, "fit")
@@ -154,7 +154,7 @@ def _analyze(run: Path, grid_size: int, progress: bool, sweep_set: str, figures:
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=".analysis."))
     pool = _figure_process() if figures else None
     try:
-        summary = _compute(model, fit, sets, sweep_set, grid_size, tmp, pool, progress)
+        summary = _compute(model, fit, sets, sweep_set, grid, tmp, pool, progress)
         summary = {"run": str(run)} | summary
         write_json(tmp / "metrics.json", _clean(summary))
         _swap_in(tmp, run / "analysis")
@@ -177,8 +177,8 @@ def _figure_process() -> ProcessPoolExecutor:
     return pool
 
 
-def _compute(model, fit, sets, sweep_set: str, grid_size: int, tmp: Path, pool,
-             progress: bool) -> dict:
+def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarray], tmp: Path,
+             pool, progress: bool) -> dict:
     """Every table, written to tmp as it is done (figures submitted to `pool`), and the summary
     with the time of each stage."""
     cfg = model.cfg
@@ -212,7 +212,7 @@ def _compute(model, fit, sets, sweep_set: str, grid_size: int, tmp: Path, pool,
 
     done("heads", "heads", pd.DataFrame(head_table(model, sets, fit)))
 
-    w01, w02 = default_grid(grid_size)
+    w01, w02 = grid
     inter = pd.DataFrame(sweep_columns(model, sets[sweep_set], fit, w01, w02, heads="both"))
     inter.insert(0, "set", sweep_set)
     done("intervention", "intervention", inter)

@@ -193,12 +193,10 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from .metrics import format_table
     from .runs import atomic_write, load, writable
 
-    if args.grid_size < 1:
-        raise ConfigError(f"--grid-size must be positive, got {args.grid_size}")
+    grid01, grid02 = default_grid(args.grid_size)
     if args.out:
         writable(args.out, kind="file")
     model = load(args.run)
-    grid01, grid02 = default_grid(args.grid_size)
     w01 = grid01 if args.w01 is None else _weights(args.w01, "--w01")
     w02 = grid02 if args.w02 is None else _weights(args.w02, "--w02")
     with torch_threads(1):  # small tensors: see analysis.analyze

@@ -80,14 +80,17 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
               grid_size: int | None = None, **config: Any) -> Plan:
     """The default study of a mode; the other arguments shrink or change it (tests use a tiny
     one). `config` holds Config fields for every configuration (e.g. steps=60, eval_size=512)."""
+    from .interventions import default_grid
+
     mode = MODES["quick" if quick else "full"]
     plan = Plan(mode="quick" if quick else "full",
                 seeds=mode["seeds"] if seeds is None else seeds,
                 heads=Plan.heads if heads is None else tuple(heads),
                 base=BASE | mode["base"] | config,
                 grid_size=mode["grid_size"] if grid_size is None else grid_size)
-    if plan.seeds < 1 or not plan.heads or plan.grid_size < 2:
-        raise StudyError(f"a study needs seeds >= 1, some head counts and grid_size >= 2: {plan}")
+    if plan.seeds < 1 or not plan.heads:
+        raise StudyError(f"a study needs seeds >= 1 and some head counts: {plan}")
+    default_grid(plan.grid_size)
     for h in plan.heads:
         plan.config(h)  # every configuration is valid before anything trains
     return plan

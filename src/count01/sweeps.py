@@ -150,6 +150,11 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "sweep") -> Sweep:
+        """A sweep without [grid] is one configuration (its [base]) x seeds, and says so when it
+        runs; a sweep with nothing at all in it is refused (an empty or wrong file)."""
+        if not data:
+            raise SweepError(f"{source} is empty: give seeds = N, a [base] and a [grid] table "
+                             "(see examples/sweep.toml)")
         unknown = sorted(set(data) - {"seeds", "base", "grid"})
         if unknown:
             raise SweepError(f"{source}: unknown key(s) {', '.join(unknown)} (expected seeds, "
@@ -441,6 +446,8 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
     workers = workers or os.cpu_count() or 1
     out = Path(out).absolute()
     points = sweep.points()
+    if (out / "config.json").exists():
+        raise SweepError(f"{out} holds a run (config.json), not a sweep: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
         # finished records are checked first: a bad one is refused before anything is written
@@ -448,7 +455,9 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
         write_json(out / "sweep.json", {"format": FORMAT, "sweep": sweep.to_dict(),
                                         "points": [{"id": p.id, "grid": p.grid} for p in points]})
         todo.sort(key=lambda job: _work(job[0].cfg), reverse=True)
-        log(f"sweep: {len(points)} configurations x {points[0].cfg.n_seeds} seeds; "
+        what = (f"{len(points)} configurations" if sweep.grid else
+                "1 configuration (no [grid]: the [base] fields alone)")
+        log(f"sweep: {what} x {points[0].cfg.n_seeds} seeds; "
             f"{len(points) - len(todo)} done, {len(todo)} to run ({executor}, {workers} workers)")
         failed = []
         if todo:
