@@ -3,18 +3,26 @@ in one line (exit 2), with nothing half-written, and a killed command resumes cl
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import refused
+from test_sweeps import _alive, _children
 
+import count01
 from count01.cli import main
 from count01.metrics import saved_eval
 from count01.runs import CheckpointError, write_json
 from count01.study import FORMAT as STUDY
 from count01.study import make_plan
+from count01.sweeps import TABLES
 
 TINY = ["--batch-size", "64", "--eval-size", "256", "--exhaustive-len", "5", "--max-len", "8",
         "--long-max-len", "12"]
@@ -194,3 +202,62 @@ def test_an_empty_sweep_file_is_refused_and_a_base_only_one_says_what_it_runs(he
     assert main(["sweep", "base.toml", "--executor", "inline", "--out", "base"]) == 0
     assert "1 configuration (no [grid]: the [base] fields alone) x 1 seeds" in \
         capsys.readouterr().err
+
+
+# --- 5. a killed command leaves no process, and the next run removes what it left ---------------
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_analysis_leaves_no_worker_and_resumes_to_an_uninterrupted_one(here, how):
+    killed, straight = _copy(here / "good", here / "killed"), _copy(here / "good", here / "straight")
+    args = ["analyze", "--grid-size", "2", "--quiet"]
+    src = Path(count01.__file__).parents[1]  # this checkout's code, whatever is installed
+    proc = subprocess.Popen([sys.executable, "-m", "count01", *args, "killed"],
+                            env=os.environ | {"PYTHONPATH": str(src)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not workers and proc.poll() is None:
+            if any(killed.glob(".analysis.*")):  # the figure worker starts right after it
+                workers = [w for w in _children(proc.pid) if _alive(w)]
+            time.sleep(0.02)
+        proc.send_signal(how)
+        code = proc.wait(10)
+        assert workers, "the figure worker was never seen"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers), "the figure worker outlived its command"
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0 and not (killed / "analysis").exists(), "finished before the kill"
+    if how == signal.SIGKILL:  # no clean-up could run: the next analysis does it
+        assert any(killed.glob(".analysis.*"))
+    assert main([*args, "killed"]) == 0 and main([*args, "straight"]) == 0
+    assert not any(killed.glob(".analysis.*"))
+    names = sorted(p.name for p in (straight / "analysis").glob("*.csv"))
+    assert names == sorted(p.name for p in (killed / "analysis").glob("*.csv")) and names
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_csv(killed / "analysis" / name),
+                                      pd.read_csv(straight / "analysis" / name))
+
+
+def test_a_resumed_sweep_removes_what_a_killed_one_left(here, made):
+    sw = _copy(here / "sw", here / "copy")
+    record = next((sw / "results").glob("*.json"))
+    record.unlink()  # its configuration is unfinished again: the sweep reloads its run
+    run = sw / "runs" / record.stem
+    left = [sw / ".results.csv.k1ll3d.tmp", sw / "results" / f".{record.name}.k1ll3d.tmp",
+            run / ".resume.safetensors.k1ll3d.tmp",
+            run / "checkpoints" / ".step_0000020.safetensors.k1ll3d.tmp"]
+    for p in left:
+        p.touch()
+    assert main(["sweep", "sw.toml", "--out", "copy", "--executor", "inline", "--quiet"]) == 0
+    assert not any(p.exists() for p in left)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(pd.read_parquet(sw / f"{name}.parquet"),
+                                      pd.read_parquet(made / "sw" / f"{name}.parquet"))

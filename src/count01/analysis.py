@@ -1,9 +1,11 @@
 """`count01 analyze RUN`: every head analysis of SPEC 4 and 5 on a trained run, every seed.
 
-Writes RUN/analysis/ (built in a temporary directory, then swapped in whole, so a crash never
-leaves a half-written analysis). Thresholds, probes, means, norms and fitted alphas are always
-fitted on the `fit` split and scored on the evaluation sets. All metrics are weighted by the
-examples' weights (exact on `exhaustive`). Files and their columns:
+Writes RUN/analysis/ (built in a temporary directory RUN/.analysis.XXXX, then swapped in whole,
+so a crash never leaves a half-written analysis; the temporary directories a killed analysis
+left behind are removed by the next one, which holds RUN/.lock meanwhile). Thresholds, probes,
+means, norms and fitted alphas are always fitted on the `fit` split and scored on the evaluation
+sets. All metrics are weighted by the examples' weights (exact on `exhaustive`). Files and their
+columns:
 
 metrics.json   run, config, seeds, n_heads, sweep_set (set of the intervention), figure_set,
                grid {w01, w02}, files {name: description}, summary (per question: the numbers
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -75,6 +78,7 @@ from .interventions import default_grid, sweep_columns, value_swap
 from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
 from .metrics import chunked_logits, evaluate_logits, head_table
 from .runs import load, write_json
+from .sweeps import lock, watch_parent
 
 
 class AnalysisError(Count01Error):
@@ -151,17 +155,20 @@ def _analyze(run: Path, grid: tuple[np.ndarray, np.ndarray], progress: bool, swe
     sets = {name: eval_set(cfg, name) for name in EVAL_SETS}
     if sweep_set not in sets:
         sets[sweep_set] = eval_set(cfg, sweep_set)
-    tmp = Path(tempfile.mkdtemp(dir=run, prefix=".analysis."))
-    pool = _figure_process() if figures else None
-    try:
-        summary = _compute(model, fit, sets, sweep_set, grid, tmp, pool, progress)
-        summary = {"run": str(run)} | summary
-        write_json(tmp / "metrics.json", _clean(summary))
-        _swap_in(tmp, run / "analysis")
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with lock(run, "analysis"):
+        for left in run.glob(".analysis.*"):  # a killed analysis' temporary directories
+            shutil.rmtree(left, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=run, prefix=".analysis."))
+        pool = _figure_process() if figures else None
+        try:
+            summary = _compute(model, fit, sets, sweep_set, grid, tmp, pool, progress)
+            summary = {"run": str(run)} | summary
+            write_json(tmp / "metrics.json", _clean(summary))
+            _swap_in(tmp, run / "analysis")
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
@@ -169,10 +176,12 @@ def _figure_process() -> ProcessPoolExecutor:
     """One worker process that draws figures from each table as soon as it is written, while
     this process computes the next. Forked (where the OS can) and started at once, before this
     process runs threads: it inherits matplotlib and pandas already imported and never touches
-    torch; spawning instead would re-import the package, seconds on a small machine."""
+    torch; spawning instead would re-import the package, seconds on a small machine. It exits
+    when this process dies, even by SIGKILL (`sweeps.watch_parent`)."""
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(1, mp_context=ctx)
+    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=watch_parent,
+                               initargs=(os.getpid(),))
     pool.submit(int).result()
     return pool
 

@@ -82,6 +82,14 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def remove_leftovers(directory: str | Path) -> None:
+    """Delete the temporary files (.NAME.XXXX.tmp) that `atomic_write`s killed mid-way left in
+    `directory`. Only for a directory no other process is writing to (it holds a lock)."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

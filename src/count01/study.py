@@ -31,7 +31,7 @@ from typing import Any
 
 from .config import Config, Count01Error
 from .report import build_report, software_versions
-from .runs import read_json, write_json
+from .runs import read_json, remove_leftovers, write_json
 
 FORMAT = "count01-study/1"
 STAGES = ("sweep", "paths", "analysis", "report")
@@ -141,15 +141,25 @@ def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,
               workers: int | None = None, progress: bool = True,
               log: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) the study into `out` and write its report; return report.html's path."""
-    from .analysis import analyze
-    from .paths import analyse as analyse_paths
-    from .sweeps import Sweep, run_sweep
+    from .sweeps import lock
 
     out = Path(out)
     plan = plan or make_plan(quick)
     log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if progress
                   else (lambda msg: None))
     state = _load_state(out, plan)
+    out.mkdir(parents=True, exist_ok=True)
+    with lock(out, "study"):
+        remove_leftovers(out)  # of a killed study: its stages clean their own directories
+        return _reproduce(out, plan, state, workers, progress, log)
+
+
+def _reproduce(out: Path, plan: Plan, state: dict[str, Any], workers: int | None,
+               progress: bool, log: Callable[[str], None]) -> Path:
+    from .analysis import analyze
+    from .paths import analyse as analyse_paths
+    from .sweeps import Sweep, run_sweep
+
     run_dir = analysed_run(out, plan)
     state["versions"] = software_versions()
     state["analysed_run"] = str(run_dir.relative_to(out))

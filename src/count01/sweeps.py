@@ -95,6 +95,7 @@ from .runs import (
     load,
     load_config,
     read_json,
+    remove_leftovers,
     save_tensors,
     write_json,
 )
@@ -228,6 +229,8 @@ def run_point(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic whichever executor runs the job
     try:
+        for d in (run, run / "checkpoints"):  # a killed job's temporary files
+            remove_leftovers(d)
         if (run / "model.safetensors").exists():
             if load_config(run) != cfg:
                 raise SweepError(f"{run} holds a different configuration")
@@ -344,15 +347,21 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
 # --- executors ---------------------------------------------------------------------------------
 
 def _exit_with_parent(parent: int) -> None:
-    """A worker whose driver died (killed sweep) must not keep writing into the run directory."""
     while os.getppid() == parent:
         time.sleep(0.5)
     os._exit(1)
 
 
+def watch_parent(parent: int) -> None:
+    """A pool worker's initializer: exit as soon as process `parent` (the command that started
+    the pool) is gone, killed or not, so that no worker outlives it or keeps writing into its
+    directories (sweep workers, analysis' figure process)."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
 def _init_worker(parent: int) -> None:
     torch.set_num_threads(1)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    watch_parent(parent)
 
 
 def _inline(jobs: list[tuple[Point, Path]]):
@@ -449,7 +458,9 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
     if (out / "config.json").exists():
         raise SweepError(f"{out} holds a run (config.json), not a sweep: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    with _lock(out):
+    with lock(out, "sweep"):
+        for d in (out, out / "results"):
+            remove_leftovers(d)
         # finished records are checked first: a bad one is refused before anything is written
         todo = [(p, out / "runs" / p.id) for p in points if read_record(out, p) is None]
         write_json(out / "sweep.json", {"format": FORMAT, "sweep": sweep.to_dict(),
@@ -488,11 +499,12 @@ def _work(cfg: Config) -> tuple[int, int]:
     return cfg.heads, cfg.n_seeds * cfg.steps * width
 
 
-class _lock:
-    """One sweep at a time per directory (two would train into the same run directories)."""
+class lock:
+    """One command at a time writing a directory (`what`: "sweep", "analysis", "study"): two
+    would write the same files, and each removes what a killed predecessor left there."""
 
-    def __init__(self, out: Path):
-        self.path = out / ".lock"
+    def __init__(self, out: Path, what: str):
+        self.path, self.what = Path(out) / ".lock", what
 
     def __enter__(self):
         self.f = open(self.path, "w")
@@ -500,7 +512,7 @@ class _lock:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.f.close()
-            raise SweepError(f"another sweep is running in {self.path.parent}") from None
+            raise Count01Error(f"another {self.what} is running in {self.path.parent}") from None
 
     def __exit__(self, *exc):
         self.f.close()
