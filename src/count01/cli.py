@@ -158,8 +158,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import save_transformer_lens
     from .runs import writable
 
-    if args.out:
-        writable(args.out)
+    writable(args.out or Path(args.run) / "transformer_lens", what="--out" if args.out else "RUN")
     done = save_transformer_lens(args.run, args.seed, args.out)
     print(f"seed {done.seed} written to {done.out_dir} (TransformerLens state dict + config)")
     if done.tl_model is None:

@@ -21,7 +21,9 @@ A sweep file (TOML; see examples/sweep.toml):
 SWEEP_DIR holds
     sweep.json                 the sweep and its configurations (id, grid values), in grid order
     runs/<id>/                 a run directory per configuration (see `runs`): checkpoints, weights
-    results/<id>.json          the finished record of a configuration (written atomically)
+    results/<id>.json          the finished record of a configuration (written atomically; an
+                               edited or corrupted one is refused, see `read_record`)
+    .lock                      held while a sweep runs here (`lock`)
     results.csv, .parquet      one row per run (configuration x seed)
     heads.csv, .parquet        one row per (run, evaluation set, head) of the final weights
     trajectory.csv, .parquet   one row per (run, checkpoint)
