@@ -543,7 +543,7 @@ def read_points(out: str | Path) -> list[Point]:
     return read_sweep(out).points()
 
 
-# what `collect` reads of each row of a record: a record without them is not one
+# what `collect` reads of each row of a record (`_is_record`)
 RECORD_KEYS = {"runs": ("seed", "success", "diverged"),
                "heads": ("seed", "set", "head", "s_acc", "w01", "w02"),
                "trajectory": ("seed", "step"), "head_trajectory": ("seed", "step", "head")}
@@ -564,17 +564,22 @@ def read_record(out: Path, point: Point) -> dict[str, Any] | None:
         rec = read_json(path)
     except Count01Error as e:
         raise SweepError(f"{e}{hint}") from None
-    shaped = isinstance(rec, dict) and isinstance(rec.get("config"), dict) and isinstance(
-        rec.get("seconds"), (int, float)) and all(
-        isinstance(rec.get(name), list)
-        and all(isinstance(r, dict) and all(k in r for k in keys) for r in rec[name])
-        for name, keys in RECORD_KEYS.items())
-    if not shaped:
+    if not _is_record(rec):
         raise SweepError(f"{path} is not a sweep record (config, seconds, and rows of runs, "
                          f"heads, trajectory, head_trajectory){hint}")
     if rec["config"] != point.cfg.to_dict():
         raise SweepError(f"{path} was written for another configuration{hint}")
     return rec
+
+
+def _is_record(rec: Any) -> bool:
+    """Has `rec` what `collect` and `report` read of a record?"""
+    if not (isinstance(rec, dict) and isinstance(rec.get("config"), dict)
+            and isinstance(rec.get("seconds"), (int, float))):
+        return False
+    return all(isinstance(rec.get(name), list)
+               and all(isinstance(r, dict) and all(k in r for k in keys) for r in rec[name])
+               for name, keys in RECORD_KEYS.items())
 
 
 def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
