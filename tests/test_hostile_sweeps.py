@@ -261,3 +261,14 @@ def test_a_resumed_sweep_removes_what_a_killed_one_left(here, made):
     for name in TABLES:
         pd.testing.assert_frame_equal(pd.read_parquet(sw / f"{name}.parquet"),
                                       pd.read_parquet(made / "sw" / f"{name}.parquet"))
+
+
+def test_paths_removes_what_a_killed_paths_left(here, capsys):
+    sw = _copy(here / "sw", here / "copy")
+    left = [sw / "paths" / ".success.csv.k1ll3d.tmp",
+            sw / "paths" / "trajectories" / ".x.png.k1ll3d.tmp"]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+    assert main(["paths", "copy"]) == 0
+    assert not any(p.exists() for p in left)
