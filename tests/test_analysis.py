@@ -194,7 +194,8 @@ def test_cli_analyze_replaces_the_analysis_and_intervene_prints_the_grid(run, an
     (["analyze", "RUN", "--set", "bogus"], "unknown evaluation set"),
     (["intervene", "RUN", "--w01", "x"], "--w01 expects comma-separated numbers"),
     (["intervene", "RUN", "--w02", "-1"], "w02 grid must be finite weights >= 0"),
-    (["intervene", "RUN", "--grid-size", "0"], "--grid-size must be positive"),
+    (["intervene", "RUN", "--grid-size", "0"], "grid_size must be at least 2"),
+    (["intervene", "RUN", "--grid-size", "1"], "grid_size must be at least 2"),
 ])
 def test_bad_analysis_arguments_fail_cleanly(run, analysed, args, match, capsys):
     args = [str(run) if a == "RUN" else a for a in args]

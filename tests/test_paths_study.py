@@ -18,7 +18,7 @@ from count01.paths import (
     wilson,
 )
 from count01.runs import write_json
-from count01.sweeps import TABLES, Sweep, run_sweep
+from count01.sweeps import FORMAT, TABLES, Sweep, run_sweep
 
 TINY = {"steps": 100, "batch_size": 64, "checkpoint_every": 25, "eval_size": 512,
         "exhaustive_len": 6, "max_len": 8, "long_max_len": 12}
@@ -153,7 +153,8 @@ def test_the_study_writes_every_documented_file(study):
                 "early_predictors.png", "early_predictors.svg", "paths.json"}
     expected |= {f"trajectories/{c['config_id']}.{e}" for c in summary["configs"]
                  for e in ("png", "svg")}
-    written = {str(p.relative_to(paths)) for p in paths.rglob("*") if p.is_file()}
+    written = {str(p.relative_to(paths)) for p in paths.rglob("*")
+               if p.is_file() and p.name != ".lock"}
     assert written == expected == set(summary["files"])
     for name in written:
         assert (paths / name).stat().st_size > 1000 or name.endswith(".csv")
@@ -207,7 +208,7 @@ def test_an_unfinished_sweep_is_studied_as_far_as_it_got(study, tmp_path):
     sweep = Sweep.from_dict({"seeds": 3, "base": TINY, "grid": {"lr": [1e-2, 1e-5, 1e-3]}})
     for name in TABLES:  # the tables of two finished configurations out of three
         shutil.copy(out / f"{name}.parquet", tmp_path / f"{name}.parquet")
-    write_json(tmp_path / "sweep.json", {"sweep": sweep.to_dict(),
+    write_json(tmp_path / "sweep.json", {"format": FORMAT, "sweep": sweep.to_dict(),
                                          "points": [{"id": p.id, "grid": p.grid}
                                                     for p in sweep.points()]})
     summary = analyse(tmp_path)

@@ -94,9 +94,15 @@ def test_rerunning_skips_finished_stages_and_resumes_an_unfinished_one(study):
     before = {k: v["finished"] for k, v in state["stages"].items()}
     del state["stages"]["analysis"]  # as if killed during the analysis
     write_json(study / "study.json", state)
+    left = [study / ".study.json.k1ll3d.tmp", study / ".report.html.k1ll3d.tmp",
+            study / state["analysed_run"] / ".analysis.k1ll3d"]  # what the kill left
+    for p in left[:2]:
+        p.touch()
+    left[2].mkdir()
     lines: list[str] = []
     reproduce(study, plan=make_plan(quick=True, **TINY), workers=2, progress=False,
               log=lines.append)
+    assert not any(p.exists() for p in left)
     text = "\n".join(lines)
     assert "sweep: done earlier" in text and "paths: done earlier" in text
     assert "analysis: done earlier" not in text

@@ -1,9 +1,11 @@
 """`count01 analyze RUN`: every head analysis of SPEC 4 and 5 on a trained run, every seed.
 
-Writes RUN/analysis/ (built in a temporary directory, then swapped in whole, so a crash never
-leaves a half-written analysis). Thresholds, probes, means, norms and fitted alphas are always
-fitted on the `fit` split and scored on the evaluation sets. All metrics are weighted by the
-examples' weights (exact on `exhaustive`). Files and their columns:
+Writes RUN/analysis/ (built in a temporary directory RUN/.analysis.XXXX, then swapped in whole,
+so a crash never leaves a half-written analysis; the temporary directories a killed analysis
+left behind are removed by the next one, which holds RUN/.lock meanwhile). Thresholds, probes,
+means, norms and fitted alphas are always fitted on the `fit` split and scored on the evaluation
+sets. All metrics are weighted by the examples' weights (exact on `exhaustive`). Files and their
+columns:
 
 metrics.json   run, config, seeds, n_heads, sweep_set (set of the intervention), figure_set,
                grid {w01, w02}, files {name: description}, summary (per question: the numbers
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -74,7 +77,7 @@ from .config import Count01Error
 from .interventions import default_grid, sweep_columns, value_swap
 from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
 from .metrics import chunked_logits, evaluate_logits, head_table
-from .runs import load, write_json
+from .runs import DIR_MODE, load, locked, watch_parent, write_json
 
 
 class AnalysisError(Count01Error):
@@ -136,32 +139,36 @@ def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,
     default because its tensors are small: on two cores shared with other work, two threads
     waiting on each other made it 2-5x slower (None: leave torch's setting).
     """
-    if grid_size < 2:
-        raise AnalysisError(f"grid_size must be at least 2, got {grid_size}")
+    grid = default_grid(grid_size)
     if threads is not None and threads < 1:
         raise AnalysisError(f"threads must be positive, got {threads}")
     with torch_threads(threads):
-        return _analyze(Path(run_dir), grid_size, progress, sweep_set, figures)
+        return _analyze(Path(run_dir), grid, progress, sweep_set, figures)
 
 
-def _analyze(run: Path, grid_size: int, progress: bool, sweep_set: str, figures: bool) -> dict:
+def _analyze(run: Path, grid: tuple[np.ndarray, np.ndarray], progress: bool, sweep_set: str,
+             figures: bool) -> dict:
     model = load(run).to(torch.float64)
     cfg = model.cfg
     fit = eval_set(cfg, "fit")
     sets = {name: eval_set(cfg, name) for name in EVAL_SETS}
     if sweep_set not in sets:
         sets[sweep_set] = eval_set(cfg, sweep_set)
-    tmp = Path(tempfile.mkdtemp(dir=run, prefix=".analysis."))
-    pool = _figure_process() if figures else None
-    try:
-        summary = _compute(model, fit, sets, sweep_set, grid_size, tmp, pool, progress)
-        summary = {"run": str(run)} | summary
-        write_json(tmp / "metrics.json", _clean(summary))
-        _swap_in(tmp, run / "analysis")
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with locked(run, "analysis"):
+        for left in run.glob(".analysis.*"):  # a killed analysis' temporary directories
+            shutil.rmtree(left, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=run, prefix=".analysis."))
+        os.chmod(tmp, DIR_MODE)
+        pool = _figure_process() if figures else None
+        try:
+            summary = _compute(model, fit, sets, sweep_set, grid, tmp, pool, progress)
+            summary = {"run": str(run)} | summary
+            write_json(tmp / "metrics.json", _clean(summary))
+            _swap_in(tmp, run / "analysis")
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
@@ -169,16 +176,18 @@ def _figure_process() -> ProcessPoolExecutor:
     """One worker process that draws figures from each table as soon as it is written, while
     this process computes the next. Forked (where the OS can) and started at once, before this
     process runs threads: it inherits matplotlib and pandas already imported and never touches
-    torch; spawning instead would re-import the package, seconds on a small machine."""
+    torch; spawning instead would re-import the package, seconds on a small machine. It exits
+    when this process dies, even by SIGKILL (`runs.watch_parent`)."""
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(1, mp_context=ctx)
+    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=watch_parent,
+                               initargs=(os.getpid(),))
     pool.submit(int).result()
     return pool
 
 
-def _compute(model, fit, sets, sweep_set: str, grid_size: int, tmp: Path, pool,
-             progress: bool) -> dict:
+def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarray], tmp: Path,
+             pool, progress: bool) -> dict:
     """Every table, written to tmp as it is done (figures submitted to `pool`), and the summary
     with the time of each stage."""
     cfg = model.cfg
@@ -212,7 +221,7 @@ def _compute(model, fit, sets, sweep_set: str, grid_size: int, tmp: Path, pool,
 
     done("heads", "heads", pd.DataFrame(head_table(model, sets, fit)))
 
-    w01, w02 = default_grid(grid_size)
+    w01, w02 = grid
     inter = pd.DataFrame(sweep_columns(model, sets[sweep_set], fit, w01, w02, heads="both"))
     inter.insert(0, "set", sweep_set)
     done("intervention", "intervention", inter)

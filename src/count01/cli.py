@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from dataclasses import fields
 from pathlib import Path
 
@@ -83,10 +85,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{where}config: {cfg.describe()}", file=sys.stderr)
 
     train(cfg, out, resume=bool(args.resume), progress=not args.quiet, on_start=announce)
-    from .metrics import format_table
-    from .runs import read_json
+    from .metrics import format_table, saved_eval
 
-    print(format_table(read_json(Path(out) / "metrics.json")["eval"]))
+    print(format_table(saved_eval(out)))
     print(f"run written to {out}", file=sys.stderr)
     if args.restarts is not None:
         from .sweeps import keep_best
@@ -101,6 +102,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from .metrics import format_table
     from .paths import success_table
+    from .runs import writable
     from .sweeps import Sweep, run_sweep
 
     if args.address and args.executor != "ray":
@@ -108,7 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be positive, got {args.workers}")
     sweep = Sweep.from_toml(args.sweep)
-    out = args.out or Path("sweeps") / args.sweep.stem
+    out = writable(args.out or Path("sweeps") / args.sweep.stem)
     tables = run_sweep(sweep, out, executor=args.executor, workers=args.workers,
                        address=args.address, log=(lambda msg: None) if args.quiet else None)
     print(format_table(success_table(tables["results"], list(sweep.grid)).to_dict("records")))
@@ -119,8 +121,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_paths(args: argparse.Namespace) -> None:
     from .metrics import format_table
     from .paths import analyse
+    from .runs import writable
 
-    summary = analyse(args.sweep_dir, args.out)
+    out = writable(args.out or Path(args.sweep_dir) / "paths")
+    summary = analyse(args.sweep_dir, out)
     cols = ("config_id", "n_runs", "n_success", "n_diverged", "rate", "ci_low", "ci_high",
             "median_steps_to_success")
     print(format_table([{k: c[k] for k in cols} for c in summary["configs"]]))
@@ -130,7 +134,6 @@ def cmd_paths(args: argparse.Namespace) -> None:
     if summary["missing_configs"]:
         print(f"{len(summary['missing_configs'])} configuration(s) not finished yet: re-run the "
               "sweep to complete them", file=sys.stderr)
-    out = args.out or Path(args.sweep_dir) / "paths"
     print(f"training-path study written to {out} (paths.json lists every file)", file=sys.stderr)
 
 
@@ -153,7 +156,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import save_transformer_lens
+    from .runs import writable
 
+    writable(args.out or Path(args.run) / "transformer_lens", what="--out" if args.out else "RUN")
     done = save_transformer_lens(args.run, args.seed, args.out)
     print(f"seed {done.seed} written to {done.out_dir} (TransformerLens state dict + config)")
     if done.tl_model is None:
@@ -187,12 +192,12 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from .interventions import attention_sweep, default_grid, summarise
     from .language import eval_set
     from .metrics import format_table
-    from .runs import atomic_write, load
+    from .runs import atomic_write, load, writable
 
-    if args.grid_size < 1:
-        raise ConfigError(f"--grid-size must be positive, got {args.grid_size}")
-    model = load(args.run)
     grid01, grid02 = default_grid(args.grid_size)
+    if args.out:
+        writable(args.out, kind="file")
+    model = load(args.run)
     w01 = grid01 if args.w01 is None else _weights(args.w01, "--w01")
     w02 = grid02 if args.w02 is None else _weights(args.w02, "--w02")
     with torch_threads(1):  # small tensors: see analysis.analyze
@@ -206,18 +211,21 @@ def cmd_intervene(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .runs import writable
     from .study import reproduce
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be positive, got {args.workers}")
-    out = args.out or Path("runs") / ("study-quick" if args.quick else "study")
+    out = writable(args.out or Path("runs") / ("study-quick" if args.quick else "study"))
     reproduce(out, quick=args.quick, workers=args.workers, progress=not args.quiet)
     _print_verdicts(out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import build_report
+    from .runs import writable
 
+    writable(args.out or args.dir, what="--out" if args.out else "DIR")
     files = build_report(args.dir, args.out)
     _print_verdicts(files.html.parent)
 
@@ -355,7 +363,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does: its `finally` blocks remove temporary files and
+    stop its worker processes (Python's default would end it on the spot)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("COUNT01_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]

@@ -49,7 +49,11 @@ CHUNK_ELEMENTS = 1 << 23  # elements of the largest per-chunk tensor (G_chunk, S
 
 def default_grid(n: int = 25, lo: float = GRID_RANGE[0], hi: float = GRID_RANGE[1]
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """w01 on n log-spaced points; w02 on the same points plus 0 (no attention to 2s at all)."""
+    """w01 on n log-spaced points; w02 on the same points plus 0 (no attention to 2s at all).
+    The one rule on a grid's size, for analyze, intervene and the study alike: at least its two
+    ends (the summaries read the curve at both)."""
+    if n < 2:
+        raise InterventionError(f"grid_size must be at least 2, got {n}")
     w = np.logspace(np.log10(lo), np.log10(hi), n)
     return w, np.concatenate([[0.0], w])
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from .config import Count01Error
 from .language import BOS, D_VOCAB, EOS, EVAL_SETS, ONE, TWO, VOCAB, ZERO, Batch, eval_set, parse
+from .runs import CheckpointError, read_json
 
 KIND_NAMES = ("0", "1", "2", "eos", "bos")  # column suffixes, in token-id order
 PROBE_C, PROBE_ITER = 100.0, 2000  # weak regularisation: the probe is an upper bound
@@ -77,6 +79,19 @@ def evaluate(model, sets: tuple[str, ...] = EVAL_SETS) -> list[dict]:
             result = evaluate_logits(model(batch), batch)
             for i, seed in enumerate(model.seeds):
                 rows.append({"set": name, "seed": seed} | {k: float(v[i]) for k, v in result.items()})
+    return rows
+
+
+def saved_eval(run) -> list[dict]:
+    """The rows of `evaluate` a run saved in RUN/metrics.json, checked to be such rows."""
+    path = Path(run) / "metrics.json"
+    data = read_json(path)
+    rows = data.get("eval") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and {"set", "seed", "l_acc", "valid", "auc"} <= r.keys()
+            for r in rows):
+        raise CheckpointError(f"{path} is not a run's metrics: 'eval' must hold the rows of "
+                              "evaluate (set, seed, l_acc, valid, auc)")
     return rows
 
 

@@ -50,6 +50,7 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
   n_runs}}], early_predictors: [the best pooled quantity per step: {step, quantity, auc,
   auc_best, direction, n_runs, n_failed}], early_stop_rule (text), figures_skipped: {name: why},
   files: {name: what}}.
+- .lock: held while `analyse` writes here (it first removes what a killed one left).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ import torch
 from matplotlib.lines import Line2D
 
 from .metrics import roc_auc_rows
-from .runs import atomic_write, write_json
-from .sweeps import SUCCESS_L_ACC, SUCCESS_SET, load_tables, read_points
+from .runs import atomic_write, locked, remove_leftovers, write_json
+from .sweeps import SUCCESS_L_ACC, SUCCESS_SET, Point, load_tables, read_points
 from .train import EARLY_STOP_FROM, EARLY_STOP_L_ACC, early_stop
 
 matplotlib.use("Agg")  # files only, never a window
@@ -381,12 +382,22 @@ def plot_predictors(pred: pd.DataFrame, path: Path) -> list[Path]:
 # --- the whole analysis -------------------------------------------------------------------------
 
 def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    """Write every table, figure and paths.json of the training-path study; return the summary."""
+    """Write every table, figure and paths.json of the training-path study; return the summary.
+    One writer at a time per output directory, which first removes what a killed one left."""
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "paths" if out is None else Path(out)
     points = read_points(sweep_dir)
-    grid = list(points[0].grid)
     tables = load_tables(sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out, "paths"):
+        for d in (out, out / "trajectories"):
+            remove_leftovers(d)
+        return _write(sweep_dir, out, points, tables)
+
+
+def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd.DataFrame]
+           ) -> dict[str, Any]:
+    grid = list(points[0].grid)
     runs = tables["results"]
     success = success_table(runs, grid)
     minimal = minimal_heads_table(runs, grid)

@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from . import verdicts as V
 from .config import Config, Count01Error
 from .runs import atomic_write, load_config, read_json, write_json
+
+if TYPE_CHECKING:
+    from .sweeps import Point, Sweep
 
 SECTIONS = ("summary", "q1", "q2", "q3", "q4", "methods")
 ANALYSIS_TABLES = ("model", "heads", "aggregation", "value_swap", "intervention",
@@ -83,7 +87,8 @@ class Evidence:
     analysis: dict | None = None  # RUN/analysis/metrics.json
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # RUN/analysis/*.csv
     sweep_dir: Path | None = None
-    sweep: dict | None = None  # sweep.json
+    sweep: Sweep | None = None  # from sweep.json
+    points: list[Point] = field(default_factory=list)  # the sweep's configurations
     success: pd.DataFrame | None = None  # one row per configuration (`paths.success_table`)
     minimal: pd.DataFrame | None = None  # minimal head-set sizes (`paths.minimal_heads_table`)
     grid: list[str] = field(default_factory=list)  # the sweep's grid fields
@@ -94,9 +99,11 @@ class Evidence:
 
 def collect(root: str | Path) -> Evidence:
     """Find the saved results of a study, sweep or run directory."""
+    from .study import read_state
+
     root = Path(root)
     if (root / "study.json").exists():
-        study = read_json(root / "study.json")
+        study = read_state(root)
         ev = Evidence(root, "study", study=study)
         _add_sweep(ev, root / "sweep")
         run = study.get("analysed_run")
@@ -117,48 +124,52 @@ def collect(root: str | Path) -> Evidence:
 
 def _add_sweep(ev: Evidence, sweep_dir: Path) -> None:
     from .paths import minimal_heads_table, success_table
-    from .sweeps import SweepError, load_tables
+    from .sweeps import NoResultsYet, load_tables, read_record, read_sweep
 
     if not (sweep_dir / "sweep.json").exists():
         return
-    ev.sweep_dir, ev.sweep = sweep_dir, read_json(sweep_dir / "sweep.json")
-    ev.grid = list(ev.sweep["sweep"]["grid"])
+    ev.sweep_dir, ev.sweep = sweep_dir, read_sweep(sweep_dir)
+    ev.points, ev.grid = ev.sweep.points(), list(ev.sweep.grid)
     try:
         tables = load_tables(sweep_dir)
-    except SweepError:
-        return  # no configuration finished yet
+    except NoResultsYet:
+        return
     runs = ev.sweep_runs = tables["results"]
     ev.sweep_heads = tables["heads"]
     ev.success = success_table(runs, ev.grid)
     ev.minimal = minimal_heads_table(runs, ev.grid)
-    for p in ev.sweep["points"]:
-        path = sweep_dir / "results" / f"{p['id']}.json"
-        if path.exists():
-            ev.train_seconds[p["id"]] = float(read_json(path).get("seconds", float("nan")))
+    for p in ev.points:
+        record = read_record(sweep_dir, p)
+        if record is not None:
+            ev.train_seconds[p.id] = float(record["seconds"])
 
 
 def _pick_run(ev: Evidence) -> Path | None:
     """The sweep's analysed run: heads = 4 if analysed, else the first analysed one."""
     if ev.sweep_dir is None:
         return None
-    analysed = [p for p in ev.sweep["points"]
-                if (ev.sweep_dir / "runs" / p["id"] / "analysis" / "metrics.json").exists()]
-    analysed.sort(key=lambda p: p["grid"].get("heads") != PREFERRED_HEADS)
-    return ev.sweep_dir / "runs" / analysed[0]["id"] if analysed else None
+    analysed = [p for p in ev.points
+                if (ev.sweep_dir / "runs" / p.id / "analysis" / "metrics.json").exists()]
+    analysed.sort(key=lambda p: p.grid.get("heads") != PREFERRED_HEADS)
+    return ev.sweep_dir / "runs" / analysed[0].id if analysed else None
 
 
 def _add_run(ev: Evidence, run: Path | None) -> None:
+    from .metrics import saved_eval
+
     if run is None or not (run / "config.json").exists():
         return
     ev.run_dir, ev.cfg = run, load_config(run)
     a = run / "analysis"
     if (a / "metrics.json").exists():
         ev.analysis = read_json(a / "metrics.json")
+        if not isinstance(ev.analysis, dict):
+            raise ReportError(f"{a / 'metrics.json'} is not an analysis summary (not an object)")
         for name in ANALYSIS_TABLES:
             if (a / f"{name}.csv").exists():
                 ev.tables[name] = pd.read_csv(a / f"{name}.csv")
     if "model" not in ev.tables and (run / "metrics.json").exists():
-        ev.tables["model"] = pd.DataFrame(read_json(run / "metrics.json")["eval"])
+        ev.tables["model"] = pd.DataFrame(saved_eval(run))
 
 
 def _add_run_success(ev: Evidence) -> None:
@@ -230,7 +241,11 @@ def _path_figs(ev: Evidence) -> list[Block]:
                       "failing run apart (ROC AUC for failure, all configurations pooled)."))
     if not (d / "paths.json").exists():
         return [f"(No training-path figures: run `count01 paths {_rel(ev.sweep_dir, ev.root)}`.)"]
-    skipped = read_json(d / "paths.json").get("figures_skipped", {})
+    summary = read_json(d / "paths.json")
+    skipped = summary.get("figures_skipped") if isinstance(summary, dict) else None
+    if not isinstance(skipped, dict):
+        raise ReportError(f"{d / 'paths.json'} is not a training-path summary (no "
+                          "figures_skipped)")
     blocks: list[Block] = []
     for f in out:
         if f.path.exists():
@@ -257,7 +272,7 @@ def _what_ran(ev: Evidence) -> str:
             cpus = ev.study.get("versions", {}).get("cpus", "?")
             parts.append(f"it took {total / 60:.1f} min on {cpus} CPU cores")
     elif ev.sweep:
-        parts.append(f"the sweep in `{ev.root}` ({len(ev.sweep['points'])} configurations)")
+        parts.append(f"the sweep in `{ev.root}` ({len(ev.points)} configurations)")
     if ev.cfg is not None:
         parts.append(f"the {ev.cfg.heads}-head model analysed in depth over its "
                      f"{ev.cfg.n_seeds} seeds (`{_rel(ev.run_dir, ev.root)}`)")
@@ -468,7 +483,7 @@ def methods_section(ev: Evidence) -> Section:
     b.append("**Verdict rules** (thresholds are constants in `count01/verdicts.py`):")
     b.append(Bullets([f"Q{q}: {rule}" for q, rule in V.RULES.items()]))
     if ev.sweep:
-        sw = ev.sweep["sweep"]
+        sw = ev.sweep.to_dict()
         grid = "; ".join(f"{k} in {', '.join(map(str, x))}" for k, x in sw["grid"].items())
         base = ", ".join(f"{k} = {x}" for k, x in sw["base"].items())
         b.append(f"**Sweep.** Grid: {grid}; each configuration trains "
@@ -573,7 +588,9 @@ def _status_cell(text: str) -> str:
     return _inline_html(text)
 
 
-def render_html(title: str, sections: list[Section]) -> str:
+def render_html(title: str, sections: list[Section], root: Path) -> str:
+    """The page; a figure is embedded only if it lies inside `root`, the directory reported on
+    (a figure path resolving elsewhere, e.g. a planted link, is refused)."""
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
              f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><nav>"
@@ -594,6 +611,8 @@ def render_html(title: str, sections: list[Section]) -> str:
                                + "</tr>" for r in blk.rows)
                 parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             else:
+                if not blk.path.resolve().is_relative_to(root.resolve()):
+                    raise ReportError(f"figure {blk.path} lies outside {root}: not embedded")
                 data = base64.b64encode(blk.path.read_bytes()).decode("ascii")
                 parts.append(f'<figure><img src="data:image/png;base64,{data}" '
                              f'alt="{html.escape(blk.caption)}"><figcaption>'
@@ -643,7 +662,7 @@ def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles
     ev = collect(root)
     v = judge(ev)
     title, sections = build_document(ev, v)
-    page = render_html(title, sections)
+    page = render_html(title, sections, root)
     md = render_markdown(title, sections, out)
     atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))

@@ -16,6 +16,8 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +36,15 @@ class CheckpointError(Count01Error):
     pass
 
 
-def _file_mode() -> int:
-    """The mode open() would give a new file (mkstemp's is 0600, unreadable to collaborators)."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
-FILE_MODE = _file_mode()
+# the modes open() and mkdir() would give (mkstemp's 0600 and mkdtemp's 0700 would make results
+# unreadable to collaborators)
+FILE_MODE, DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
 
 
 def writable(path: str | Path, kind: str = "dir", what: str = "--out") -> Path:
@@ -82,6 +85,14 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_leftovers(directory: str | Path) -> None:
+    """Delete the temporary files (.NAME.XXXX.tmp) that `atomic_write`s killed mid-way left in
+    `directory`. Only for a directory no other process is writing to (it holds a lock)."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -244,3 +255,16 @@ def checkpoints(run: str | Path) -> list[tuple[int, Path]]:
     for p in sorted((Path(run) / "checkpoints").glob("step_*.safetensors")):
         found.append((int(p.stem.split("_")[1]), p))
     return found
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def watch_parent(parent: int) -> None:
+    """A pool worker's initializer: exit as soon as process `parent` (the command that started
+    the pool) is gone, killed or not, so that no worker outlives it or keeps writing into its
+    directories (sweep workers, analysis' figure process)."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()

@@ -31,7 +31,7 @@ from typing import Any
 
 from .config import Config, Count01Error
 from .report import build_report, software_versions
-from .runs import read_json, write_json
+from .runs import locked, read_json, remove_leftovers, write_json
 
 FORMAT = "count01-study/1"
 STAGES = ("sweep", "paths", "analysis", "report")
@@ -80,14 +80,17 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
               grid_size: int | None = None, **config: Any) -> Plan:
     """The default study of a mode; the other arguments shrink or change it (tests use a tiny
     one). `config` holds Config fields for every configuration (e.g. steps=60, eval_size=512)."""
+    from .interventions import default_grid
+
     mode = MODES["quick" if quick else "full"]
     plan = Plan(mode="quick" if quick else "full",
                 seeds=mode["seeds"] if seeds is None else seeds,
                 heads=Plan.heads if heads is None else tuple(heads),
                 base=BASE | mode["base"] | config,
                 grid_size=mode["grid_size"] if grid_size is None else grid_size)
-    if plan.seeds < 1 or not plan.heads or plan.grid_size < 2:
-        raise StudyError(f"a study needs seeds >= 1, some head counts and grid_size >= 2: {plan}")
+    if plan.seeds < 1 or not plan.heads:
+        raise StudyError(f"a study needs seeds >= 1 and some head counts: {plan}")
+    default_grid(plan.grid_size)
     for h in plan.heads:
         plan.config(h)  # every configuration is valid before anything trains
     return plan
@@ -102,13 +105,31 @@ def analysed_run(out: Path, plan: Plan) -> Path:
     return out / "sweep" / "runs" / point.id
 
 
-def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
+def read_state(out: Path) -> dict[str, Any]:
+    """OUT/study.json, checked to be a study's: a plan, stages with their times, and the
+    analysed run as a path inside OUT."""
     path = out / "study.json"
-    if not path.exists():
-        return {"format": FORMAT, "plan": plan.to_dict(), "stages": {}}
     state = read_json(path)
-    if state.get("format") != FORMAT:
-        raise StudyError(f"{path} is not a count01 study")
+    try:
+        ok = (isinstance(state, dict) and state.get("format") == FORMAT
+              and isinstance(Plan.from_dict(state["plan"]).base, dict)
+              and all(isinstance(s["seconds"], (int, float)) for s in state["stages"].values())
+              and isinstance(state.get("analysed_run", ""), str)
+              and isinstance(state.get("versions", {}), dict))
+    except (KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise StudyError(f"{path} is not a count01 study (format, plan, stages, versions)")
+    run = out / state.get("analysed_run", "")
+    if not run.resolve().is_relative_to(out.resolve()):
+        raise StudyError(f"{path}: analysed_run {run} lies outside the study {out}")
+    return state
+
+
+def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
+    if not (out / "study.json").exists():
+        return {"format": FORMAT, "plan": plan.to_dict(), "stages": {}}
+    state = read_state(out)
     if state["plan"] != plan.to_dict():
         raise StudyError(f"{out} holds another study ({state['plan']['mode']} mode, "
                          f"{state['plan']['seeds']} seeds, heads {state['plan']['heads']}); "
@@ -120,15 +141,24 @@ def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,
               workers: int | None = None, progress: bool = True,
               log: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) the study into `out` and write its report; return report.html's path."""
-    from .analysis import analyze
-    from .paths import analyse as analyse_paths
-    from .sweeps import Sweep, run_sweep
 
     out = Path(out)
     plan = plan or make_plan(quick)
     log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if progress
                   else (lambda msg: None))
     state = _load_state(out, plan)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out, "study"):
+        remove_leftovers(out)  # of a killed study: its stages clean their own directories
+        return _reproduce(out, plan, state, workers, progress, log)
+
+
+def _reproduce(out: Path, plan: Plan, state: dict[str, Any], workers: int | None,
+               progress: bool, log: Callable[[str], None]) -> Path:
+    from .analysis import analyze
+    from .paths import analyse as analyse_paths
+    from .sweeps import Sweep, run_sweep
+
     run_dir = analysed_run(out, plan)
     state["versions"] = software_versions()
     state["analysed_run"] = str(run_dir.relative_to(out))

@@ -21,7 +21,9 @@ A sweep file (TOML; see examples/sweep.toml):
 SWEEP_DIR holds
     sweep.json                 the sweep and its configurations (id, grid values), in grid order
     runs/<id>/                 a run directory per configuration (see `runs`): checkpoints, weights
-    results/<id>.json          the finished record of a configuration (written atomically)
+    results/<id>.json          the finished record of a configuration (written atomically; an
+                               edited or corrupted one is refused, see `read_record`)
+    .lock                      held while a sweep runs here (`lock`)
     results.csv, .parquet      one row per run (configuration x seed)
     heads.csv, .parquet        one row per (run, evaluation set, head) of the final weights
     trajectory.csv, .parquet   one row per (run, checkpoint)
@@ -53,7 +55,6 @@ Columns. Every table starts with config_id; the long tables then repeat the grid
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -61,7 +62,6 @@ import os
 import re
 import shutil
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -95,8 +95,11 @@ from .runs import (
     checkpoints,
     load,
     load_config,
+    locked,
     read_json,
+    remove_leftovers,
     save_tensors,
+    watch_parent,
     write_json,
 )
 from .train import train
@@ -115,6 +118,10 @@ HEAD_STAT_COLUMNS = ("s_acc", "head_auc", "w01", "w02")  # head_trajectory, per 
 
 class SweepError(Count01Error):
     pass
+
+
+class NoResultsYet(SweepError):
+    """A sweep directory without tables: no configuration has finished."""
 
 
 # --- the sweep file and its grid -------------------------------------------------------------
@@ -142,10 +149,17 @@ class Sweep:
             raise SweepError(f"sweep file not found: {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SweepError(f"{path}: not valid TOML: {e}") from None
+        except OSError as e:  # a directory, unreadable
+            raise SweepError(f"cannot read sweep file {path}: {e.strerror or e}") from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "sweep") -> Sweep:
+        """A sweep without [grid] is one configuration (its [base]) x seeds, and says so when it
+        runs; a sweep with nothing at all in it is refused (an empty or wrong file)."""
+        if not data:
+            raise SweepError(f"{source} is empty: give seeds = N, a [base] and a [grid] table "
+                             "(see examples/sweep.toml)")
         unknown = sorted(set(data) - {"seeds", "base", "grid"})
         if unknown:
             raise SweepError(f"{source}: unknown key(s) {', '.join(unknown)} (expected seeds, "
@@ -169,25 +183,30 @@ class Sweep:
                 raise SweepError(f"{source}: {name} is both in [base] and in [grid]")
             if not isinstance(values, list) or not values:
                 raise SweepError(f"{source}: grid.{name} must be a non-empty list, got {values!r}")
-            if len({json.dumps(v) for v in values}) != len(values):
-                raise SweepError(f"{source}: grid.{name} repeats a value: {values}")
         sweep = cls(base, grid)
         sweep.points(source)  # every configuration is checked before anything trains
         return sweep
 
     def points(self, source: str = "sweep") -> list[Point]:
-        """Every configuration, in grid order (the last grid field varies fastest)."""
-        out = []
+        """Every configuration, in grid order (the last grid field varies fastest). Values are
+        compared once converted to Config values, so 2 and 2.0 (or false and "false") repeat a
+        configuration: two would train into one run directory and double its rows."""
+        out: dict[str, Point] = {}
+        given: dict[str, str] = {}  # id -> the grid values as written, to name a repeat
         for combo in itertools.product(*self.grid.values()):
             values = dict(zip(self.grid, combo))
-            where = ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
+            where = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base"
             try:
                 cfg = Config.from_dict(self.base | values, source=f"{source} ({where})")
             except Count01Error as e:
                 raise SweepError(str(e)) from None
             values = {k: getattr(cfg, k) for k in values}  # coerced: 1 -> 1.0 for floats
-            out.append(Point(config_id(cfg, values), values, cfg))
-        return out
+            point = Point(config_id(cfg, values), values, cfg)
+            if point.id in out:
+                raise SweepError(f"{source}: the grid repeats a configuration: {given[point.id]} "
+                                 f"and {where} are the same once converted")
+            out[point.id], given[point.id] = point, where
+        return list(out.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {"base": self.base, "grid": self.grid}
@@ -214,6 +233,8 @@ def run_point(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic whichever executor runs the job
     try:
+        for d in (run, run / "checkpoints"):  # a killed job's temporary files
+            remove_leftovers(d)
         if (run / "model.safetensors").exists():
             if load_config(run) != cfg:
                 raise SweepError(f"{run} holds a different configuration")
@@ -331,16 +352,9 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
 
 # --- executors ---------------------------------------------------------------------------------
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose driver died (killed sweep) must not keep writing into the run directory."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
 def _init_worker(parent: int) -> None:
     torch.set_num_threads(1)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    watch_parent(parent)
 
 
 def _inline(jobs: list[tuple[Point, Path]]):
@@ -434,13 +448,20 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
     workers = workers or os.cpu_count() or 1
     out = Path(out).absolute()
     points = sweep.points()
+    if (out / "config.json").exists():
+        raise SweepError(f"{out} holds a run (config.json), not a sweep: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    with _lock(out):
+    with locked(out, "sweep"):
+        for d in (out, out / "results"):
+            remove_leftovers(d)
+        # finished records are checked first: a bad one is refused before anything is written
+        todo = [(p, out / "runs" / p.id) for p in points if read_record(out, p) is None]
         write_json(out / "sweep.json", {"format": FORMAT, "sweep": sweep.to_dict(),
                                         "points": [{"id": p.id, "grid": p.grid} for p in points]})
-        todo = [(p, out / "runs" / p.id) for p in points if not _result_path(out, p).exists()]
         todo.sort(key=lambda job: _work(job[0].cfg), reverse=True)
-        log(f"sweep: {len(points)} configurations x {points[0].cfg.n_seeds} seeds; "
+        what = (f"{len(points)} configurations" if sweep.grid else
+                "1 configuration (no [grid]: the [base] fields alone)")
+        log(f"sweep: {what} x {points[0].cfg.n_seeds} seeds; "
             f"{len(points) - len(todo)} done, {len(todo)} to run ({executor}, {workers} workers)")
         failed = []
         if todo:
@@ -471,35 +492,66 @@ def _work(cfg: Config) -> tuple[int, int]:
     return cfg.heads, cfg.n_seeds * cfg.steps * width
 
 
-class _lock:
-    """One sweep at a time per directory (two would train into the same run directories)."""
-
-    def __init__(self, out: Path):
-        self.path = out / ".lock"
-
-    def __enter__(self):
-        self.f = open(self.path, "w")
-        try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.f.close()
-            raise SweepError(f"another sweep is running in {self.path.parent}") from None
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def _result_path(out: Path, point: Point) -> Path:
     return out / "results" / f"{point.id}.json"
 
 
-def read_points(out: str | Path) -> list[Point]:
-    """The configurations of the sweep last run in `out` (from sweep.json)."""
-    out = Path(out)
-    if not (out / "sweep.json").exists():
+def read_sweep(out: str | Path) -> Sweep:
+    """The sweep last run in `out`, from sweep.json (checked like a sweep file)."""
+    path = Path(out) / "sweep.json"
+    if not path.is_file():
         raise SweepError(f"{out} is not a sweep directory (no sweep.json); run count01 sweep first")
-    data = read_json(out / "sweep.json")
-    return Sweep.from_dict(data["sweep"], source=str(out / "sweep.json")).points()
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(
+            data.get("sweep"), dict):
+        raise SweepError(f"{path} is not a count01 sweep (no '{FORMAT}' format and sweep table)")
+    return Sweep.from_dict(data["sweep"], source=str(path))
+
+
+def read_points(out: str | Path) -> list[Point]:
+    """The configurations of the sweep last run in `out`, recomputed from its sweep, never
+    taken from the ids written in sweep.json: an id names a directory, and a recomputed one is
+    always a single safe path component (`config_id`)."""
+    return read_sweep(out).points()
+
+
+# what `collect` reads of each row of a record (`_is_record`)
+RECORD_KEYS = {"runs": ("seed", "success", "diverged"),
+               "heads": ("seed", "set", "head", "s_acc", "w01", "w02"),
+               "trajectory": ("seed", "step"), "head_trajectory": ("seed", "step", "head")}
+
+
+def read_record(out: Path, point: Point) -> dict[str, Any] | None:
+    """The finished record of `point` (results/<id>.json), None if it has none yet.
+
+    Records are written atomically, so one that does not parse or lacks what `collect` reads
+    was edited or copied in: it is refused, naming the file, rather than silently recomputed
+    (deleting it and re-running the sweep recomputes that configuration).
+    """
+    path = _result_path(out, point)
+    if not path.exists():
+        return None
+    hint = "; delete it and re-run the sweep to recompute that configuration"
+    try:
+        rec = read_json(path)
+    except Count01Error as e:
+        raise SweepError(f"{e}{hint}") from None
+    if not _is_record(rec):
+        raise SweepError(f"{path} is not a sweep record (config, seconds, and rows of runs, "
+                         f"heads, trajectory, head_trajectory){hint}")
+    if rec["config"] != point.cfg.to_dict():
+        raise SweepError(f"{path} was written for another configuration{hint}")
+    return rec
+
+
+def _is_record(rec: Any) -> bool:
+    """Has `rec` what `collect` and `report` read of a record?"""
+    if not (isinstance(rec, dict) and isinstance(rec.get("config"), dict)
+            and isinstance(rec.get("seconds"), (int, float))):
+        return False
+    return all(isinstance(rec.get(name), list)
+               and all(isinstance(r, dict) and all(k in r for k in keys) for r in rec[name])
+               for name, keys in RECORD_KEYS.items())
 
 
 def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
@@ -507,12 +559,9 @@ def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
     max_heads = max(p.cfg.heads for p in points)
     for p in points:
-        path = _result_path(out, p)
-        if not path.exists():
+        rec = read_record(out, p)
+        if rec is None:
             continue
-        rec = read_json(path)
-        if rec["config"] != p.cfg.to_dict():
-            raise SweepError(f"{path} was written for another configuration")
         tag = {"config_id": p.id} | p.grid
         for name in TABLES[1:]:
             rows[name] += [tag | r for r in rec[name]]
@@ -539,13 +588,26 @@ def write_tables(out: Path, tables: dict[str, pd.DataFrame]) -> None:
 
 
 def load_tables(out: str | Path) -> dict[str, pd.DataFrame]:
-    """The sweep's tables as written (Parquet, exact dtypes)."""
+    """The sweep's tables as written (Parquet, exact dtypes). Every row's config_id must be one
+    of the sweep's own configurations (`read_points`): ids name files and directories."""
     out = Path(out)
     missing = [n for n in TABLES if not (out / f"{n}.parquet").exists()]
     if missing:
-        raise SweepError(f"{out} has no finished configuration yet (no {missing[0]}.parquet); "
+        raise NoResultsYet(f"{out} has no finished configuration yet (no {missing[0]}.parquet); "
                          "run count01 sweep first")
-    return {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
+    ids = {p.id for p in read_points(out)}
+    tables = {}
+    for name in TABLES:
+        path = out / f"{name}.parquet"
+        try:
+            tables[name] = df = pd.read_parquet(path)
+        except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+            raise SweepError(f"{path} is not a readable table: {e}") from None
+        foreign = sorted(set(df["config_id"]) - ids) if "config_id" in df else ["(none)"]
+        if foreign:
+            raise SweepError(f"{path} holds config_id {foreign[0]!r}, not a configuration of "
+                             f"the sweep in {out / 'sweep.json'}")
+    return tables
 
 
 # --- restarts: K seeds, keep the best ----------------------------------------------------------

@@ -29,6 +29,7 @@ from .runs import (
     load_config,
     load_tensors,
     locked,
+    remove_leftovers,
     save_tensors,
     writable,
     write_json,
@@ -240,6 +241,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: bool = False,
                               "or choose another --out")
     with locked(out, "training run"):
         if resume:
+            for d in (out, out / "checkpoints"):  # what a killed run's writes left
+                remove_leftovers(d)
             model, start, resumed = _resume(cfg, out)
         else:  # checked again under the lock: another run may have started meanwhile
             if (out / "config.json").exists():
