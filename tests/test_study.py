@@ -16,7 +16,8 @@ from count01.runs import read_json, write_json
 from count01.study import STAGES, StudyError, make_plan, reproduce
 
 TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,
-            eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12)
+            eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12, path_seeds=2,
+            path_grid={"lr": [1e-2, 1e-5]})
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,10 @@ def test_full_mode_is_heads_1_2_4_8_with_32_seeds_and_quick_mode_is_smaller():
     assert full.config(4).steps == 3000 and quick.config(4).steps < 3000
     assert full.analysed_heads == 4
     assert full.config(8).d_head_ == full.config(1).d_head_ == 4  # same head, more of them
+    grid = full.path_grid  # question 4 as the issue asks it: at least these, 32 seeds each
+    assert {0.3, 1, 3, 10} <= set(grid["init_scale"]) and {1e-3, 1e-2, 1e-1} <= set(grid["lr"])
+    assert set(grid["optimizer"]) == {"adamw", "sgd"} and {1, 4} <= set(grid["heads"])
+    assert full.path_seeds >= 32 and quick.path_seeds < full.path_seeds
 
 
 def test_a_bad_plan_is_refused_before_anything_trains(tmp_path):
@@ -55,6 +60,7 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     assert (run / "analysis" / "metrics.json").exists()
     assert (study / "sweep" / "results.csv").exists()
     assert (study / "sweep" / "paths" / "paths.json").exists()
+    assert read_json(study / "training_path" / "paths" / "paths.json")["n_runs"] == 2 * 2
     page = (study / "report.html").read_text()
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in page

@@ -1,20 +1,26 @@
 """`count01 reproduce`: the default study, end to end, resumable, then the report.
 
-The study answers the four questions of SPEC 1 with one sweep and one analysis:
-    1. sweep       heads 1, 2, 4, 8 x many seeds (each head count one batched run, `sweeps`)
-    2. paths       training-path analysis of the sweep (`paths`): success rates, trajectories,
-                   minimal head sets, early predictors of failure
-    3. analysis    the default 4-head configuration of the sweep, every seed (`analysis`):
-                   head metrics, attention interventions, aggregation, value swap
-    4. report      report.html and report.md from the saved results (`report`)
+The study answers the questions of SPEC 1 with two sweeps and one analysis:
+    1. sweep          heads 1, 2, 4, 8 x many seeds (each head count one batched run, `sweeps`)
+    2. training_path  the training-path grid of question 4 (`PATH_GRIDS`): head count x
+                      optimiser x init_scale x learning rate, many seeds each
+    3. paths          training-path analysis of both sweeps (`paths`): success and ideal rates,
+                      phase diagrams, trajectories, minimal head sets, early predictors, restarts
+    4. analysis       the default 4-head configuration of the sweep, every seed (`analysis`):
+                      head metrics, attention interventions, aggregation, value swap
+    5. report         report.html and report.md from the saved results (`report`)
 Full mode trains 32 seeds per head count for the default 3000 steps and intervenes on a 25 x 25
 grid; quick mode trains 8 seeds for 1000 steps and uses a 13 x 13 grid (every seed of the default
 config has reached hard l-acc 1.0 by step 500 in our runs, so quick mode still measures trained
 models; the report states the mode). Every head count keeps d_head = 4, the default model's head.
+The training-path grid was sized before it was run to meet failing and succeeding
+configurations: an exploratory run of the full grid (32 seeds, 1500 steps) on 2026-11-30 found
+rates from 0/32 (init_scale 10, and SGD at lr 1e-3 from init_scale 0.3) to 32/32.
 
 OUT holds study.json (the plan, versions, the analysed run, and every finished stage with its
 time), sweep/ (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/
-with its analysis/), report.html, report.md and verdicts.json. A stage is recorded only once it
+with its analysis/), training_path/ (the grid's sweep directory, with its paths/), report.html,
+report.md and verdicts.json. A stage is recorded only once it
 has finished, so re-running the same command skips finished stages and resumes the sweep where it
 stopped; a study directory holds one plan (another plan there is refused).
 """
@@ -34,12 +40,19 @@ from .report import build_report, software_versions
 from .runs import locked, read_json, remove_leftovers, write_json
 
 FORMAT = "count01-study/1"
-STAGES = ("sweep", "paths", "analysis", "report")
+STAGES = ("sweep", "training_path", "paths", "analysis", "report")
 ANALYSED_HEADS = 4  # SPEC's default model: its configuration of the sweep is analysed in depth
 BASE = {"d_head": 4}  # every head as wide as in the default model, whatever the head count
 MODES = {  # seeds per head count, intervention grid, Config fields that differ from the defaults
     "full": {"seeds": 32, "grid_size": 25, "base": {"steps": 3000, "checkpoint_every": 250}},
     "quick": {"seeds": 8, "grid_size": 13, "base": {"steps": 1000, "checkpoint_every": 200}},
+}
+PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config fields, grid
+    "full": {"seeds": 32, "base": {"steps": 1500, "checkpoint_every": 250},
+             "grid": {"heads": [1, 4], "optimizer": ["adamw", "sgd"],
+                      "init_scale": [0.3, 1.0, 3.0, 10.0], "lr": [1e-3, 1e-2, 1e-1]}},
+    "quick": {"seeds": 8, "base": {"steps": 1000, "checkpoint_every": 250},
+              "grid": {"heads": [4], "init_scale": [0.3, 10.0], "lr": [1e-2, 1e-1]}},
 }
 
 
@@ -56,6 +69,9 @@ class Plan:
     heads: tuple[int, ...] = (1, 2, 4, 8)
     base: dict[str, Any] = field(default_factory=dict)
     grid_size: int = 25  # intervention grid: grid_size log-spaced values of w01 and of w02
+    path_seeds: int = 32  # question 4's training-path grid: seeds per configuration,
+    path_base: dict[str, Any] = field(default_factory=dict)  # its Config fields
+    path_grid: dict[str, list] = field(default_factory=dict)  # and its grid
 
     @property
     def analysed_heads(self) -> int:
@@ -63,6 +79,10 @@ class Plan:
 
     def sweep_dict(self) -> dict[str, Any]:
         return {"seeds": self.seeds, "base": dict(self.base), "grid": {"heads": list(self.heads)}}
+
+    def path_sweep_dict(self) -> dict[str, Any]:
+        return {"seeds": self.path_seeds, "base": dict(self.path_base),
+                "grid": {k: list(v) for k, v in self.path_grid.items()}}
 
     def config(self, heads: int) -> Config:
         return Config.from_dict(self.base | {"heads": heads, "n_seeds": self.seeds},
@@ -77,22 +97,29 @@ class Plan:
 
 
 def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, ...] | None = None,
-              grid_size: int | None = None, **config: Any) -> Plan:
+              grid_size: int | None = None, path_seeds: int | None = None,
+              path_grid: dict[str, list] | None = None, **config: Any) -> Plan:
     """The default study of a mode; the other arguments shrink or change it (tests use a tiny
-    one). `config` holds Config fields for every configuration (e.g. steps=60, eval_size=512)."""
+    one). `config` holds Config fields for every configuration of both sweeps (e.g. steps=60,
+    eval_size=512)."""
     from .interventions import default_grid
+    from .sweeps import Sweep
 
-    mode = MODES["quick" if quick else "full"]
-    plan = Plan(mode="quick" if quick else "full",
-                seeds=mode["seeds"] if seeds is None else seeds,
+    name = "quick" if quick else "full"
+    mode, path = MODES[name], PATH_GRIDS[name]
+    plan = Plan(mode=name, seeds=mode["seeds"] if seeds is None else seeds,
                 heads=Plan.heads if heads is None else tuple(heads),
                 base=BASE | mode["base"] | config,
-                grid_size=mode["grid_size"] if grid_size is None else grid_size)
-    if plan.seeds < 1 or not plan.heads:
+                grid_size=mode["grid_size"] if grid_size is None else grid_size,
+                path_seeds=path["seeds"] if path_seeds is None else path_seeds,
+                path_base=BASE | path["base"] | config,
+                path_grid=path["grid"] if path_grid is None else path_grid)
+    if plan.seeds < 1 or not plan.heads or plan.path_seeds < 1:
         raise StudyError(f"a study needs seeds >= 1 and some head counts: {plan}")
     default_grid(plan.grid_size)
     for h in plan.heads:
         plan.config(h)  # every configuration is valid before anything trains
+    Sweep.from_dict(plan.path_sweep_dict(), source="study plan (training path)")
     return plan
 
 
@@ -163,13 +190,17 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], workers: int | None
     state["versions"] = software_versions()
     state["analysed_run"] = str(run_dir.relative_to(out))
     write_json(out / "study.json", state)
+    n_paths = len(Sweep.from_dict(plan.path_sweep_dict()).points())
     log(f"study: {plan.mode} mode, heads {', '.join(map(str, plan.heads))} x {plan.seeds} seeds, "
-        f"{plan.config(plan.analysed_heads).steps} steps; writing to {out}")
+        f"{plan.config(plan.analysed_heads).steps} steps; training-path grid of {n_paths} "
+        f"configurations x {plan.path_seeds} seeds; writing to {out}")
 
     steps = {
         "sweep": lambda: run_sweep(Sweep.from_dict(plan.sweep_dict()), out / "sweep",
                                    workers=workers, log=log),
-        "paths": lambda: analyse_paths(out / "sweep"),
+        "training_path": lambda: run_sweep(Sweep.from_dict(plan.path_sweep_dict()),
+                                           out / "training_path", workers=workers, log=log),
+        "paths": lambda: (analyse_paths(out / "sweep"), analyse_paths(out / "training_path")),
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "report": lambda: build_report(out),
     }
