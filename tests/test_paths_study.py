@@ -214,3 +214,13 @@ def test_an_unfinished_sweep_is_studied_as_far_as_it_got(study, tmp_path):
     summary = analyse(tmp_path)
     assert summary["missing_configs"] == [sweep.points()[2].id]
     assert summary["n_configs"] == 2 and summary["n_runs"] == 6
+
+
+def test_trajectories_with_ratios_of_zero_and_infinity_still_draw(tmp_path):
+    from count01.paths import plot_trajectories
+
+    traj = pd.DataFrame({"seed": [0, 0], "step": [0, 10], "hard_l_acc": [0.5, 0.5]})
+    htraj = pd.DataFrame({"seed": 0, "head": 0, "step": [0, 10], "s_acc": [0.5, 0.5],
+                          "w01": [1.0, np.inf], "w02": [0.0, 1.0]})
+    files = plot_trajectories(traj, htraj, {0: False}, "extreme", tmp_path / "t")
+    assert all(p.stat().st_size > 1000 for p in files)

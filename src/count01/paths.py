@@ -77,6 +77,7 @@ RESTART_CHANCE = 0.99  # SPEC 5: restarts needed for a 99% chance of one success
 QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
               "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")
 COLORS = {True: "tab:blue", False: "tab:red"}  # run succeeded / failed
+RATIO_RANGE = (1e-12, 1e12)  # attention ratios drawn on log axes: 0 and inf at these edges
 
 
 def wilson(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +157,8 @@ def stability_table(runs: pd.DataFrame, heads: pd.DataFrame, grid: list[str]) ->
     factor), and of the minimal head-set size (mean, sd, share of the commonest size)."""
     ok = runs.loc[runs["success"], ["config_id", "seed"]]
     h = heads[heads["set"] == SUCCESS_SET].merge(ok, on=["config_id", "seed"])
-    h = h.assign(log10_w01=np.log10(h["w01"]), log10_w02=np.log10(h["w02"].clip(lower=1e-12)))
+    with np.errstate(divide="ignore"):  # a ratio of 0 is -inf: the quartiles take it as it is
+        h = h.assign(log10_w01=np.log10(h["w01"]), log10_w02=np.log10(h["w02"]))
     rows = []
     for cid, g in runs.groupby("config_id", sort=False):
         mine = h[h["config_id"] == cid]
@@ -204,8 +206,9 @@ def minimal_heads_table(runs: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
 def early_quantities(tables: dict[str, pd.DataFrame], grid: list[str]) -> pd.DataFrame:
     """Per run and checkpoint before the last: the quantities that might predict failure."""
     keys = ["config_id", "seed", "step"]
-    h = tables["head_trajectory"].assign(
-        abs_log_w01=lambda d: np.abs(np.log(d["w01"])), log_w02=lambda d: np.log(d["w02"]))
+    with np.errstate(divide="ignore"):  # a ratio of 0 is -inf; predictor_table drops it
+        h = tables["head_trajectory"].assign(
+            abs_log_w01=lambda d: np.abs(np.log(d["w01"])), log_w02=lambda d: np.log(d["w02"]))
     heads = h.groupby(keys, sort=False).agg(
         best_head_s_acc=("s_acc", "max"), mean_head_s_acc=("s_acc", "mean"),
         min_abs_log_w01=("abs_log_w01", "min"), mean_abs_log_w01=("abs_log_w01", "mean"),
@@ -285,7 +288,8 @@ def plot_trajectories(traj: pd.DataFrame, htraj: pd.DataFrame, success: dict[int
         axes[0].plot(g["step"], g["hard_l_acc"], color=COLORS[success[seed]], lw=0.7, alpha=0.6)
     for (seed, _), g in htraj.groupby(["seed", "head"]):
         for ax, col in zip(axes[1:], ("s_acc", "w01", "w02")):
-            ax.plot(g["step"], g[col], color=COLORS[success[seed]], lw=0.6, alpha=0.45)
+            v = g[col] if col == "s_acc" else g[col].clip(*RATIO_RANGE)  # 0 and inf at the edges
+            ax.plot(g["step"], v, color=COLORS[success[seed]], lw=0.6, alpha=0.45)
     axes[0].axhline(SUCCESS_L_ACC, color="gray", ls=":", lw=1)
     axes[2].axhline(1.0, color="gray", ls=":", lw=1)
     for ax in axes[2:]:
@@ -294,7 +298,8 @@ def plot_trajectories(traj: pd.DataFrame, htraj: pd.DataFrame, success: dict[int
     axes[1].set_ylabel("head s-acc on hard\n(fraction, one line per seed x head)")
     axes[2].set_ylabel("w01: attention per 1 / per 0\n(ratio, log scale; 1 = balanced)")
     axes[3].set_ylabel("w02: attention per 2 / per 0\n(ratio, log scale)")
-    axes[3].set_xlabel("training step")
+    axes[3].set_xlabel("training step (ratios beyond 1e-12..1e12, 0 and inf included, drawn at "
+                       "the edges)")
     n_ok = sum(success.values())
     handles = [Line2D([], [], color=COLORS[True], label=f"run succeeded ({n_ok})"),
                Line2D([], [], color=COLORS[False], label=f"run failed ({len(success) - n_ok})")]
