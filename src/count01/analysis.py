@@ -28,6 +28,11 @@ intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refi
                the same for all heads of a seed). s_acc_fixed: the head's threshold fitted before
                the intervention; s_acc_refit: refitted on `fit` under it; head_auc: of s_h under
                it; l_acc, valid, auc: of the whole model under the intervention.
+ideal_intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit,
+               head_auc, l_acc, valid, auc
+               as intervention.csv, for an ideal counter with as many heads (`controls.ideal`,
+               one seed, seed 0), one head intervened, w02 = 0, on the same set and w01 grid: the
+               reference question 3 compares the model's collapse with.
 aggregation.csv  scheme, head, seed, set, l_acc, valid, auc
                scheme in learned (alpha = 1), uniform (every head at the same mean norm of o_h,
                total kept), single (only `head` kept, the others mean-ablated), leave_one_out
@@ -71,6 +76,7 @@ from tqdm.auto import tqdm
 from . import plots
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
 from .config import Count01Error
+from .controls import ideal_intervention
 from .interventions import default_grid, sweep_columns, value_swap
 from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
 from .metrics import chunked_logits, evaluate_logits, head_table
@@ -90,6 +96,7 @@ FILES = {
     "model.csv": "the trained model per set and seed: l_acc, valid, auc",
     "heads.csv": "per (set, seed, head): head AUC, s-acc, probe s-acc, attention ratios, mass",
     "intervention.csv": "attention intervention per grid point (w01, w02), seed and head",
+    "ideal_intervention.csv": "the same intervention (w02 = 0) on an ideal counter",
     "aggregation.csv": "l_acc, valid, auc per aggregation scheme, head, seed and set",
     "alpha.csv": "per (seed, head): mean |o_h| and the alpha of each aggregation scheme",
     "value_swap.csv": "s-acc of head i's attention with head j's values, per set and seed",
@@ -216,6 +223,10 @@ def _compute(model, fit, sets, sweep_set: str, grid_size: int, tmp: Path, pool,
     inter = pd.DataFrame(sweep_columns(model, sets[sweep_set], fit, w01, w02, heads="both"))
     inter.insert(0, "set", sweep_set)
     done("intervention", "intervention", inter)
+    ideal = ideal_intervention(cfg, sets[sweep_set], fit, w01)
+    ideal.insert(0, "set", sweep_set)
+    tables["ideal_intervention"] = ideal
+    ideal.to_csv(tmp / "ideal_intervention.csv", index=False)
 
     fitted = fit_alpha(model, fit)
     norms, uniform = mean_norms(model, fit), uniform_alpha(model, fit)
