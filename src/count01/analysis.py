@@ -40,10 +40,11 @@ aggregation.csv  scheme, head, seed, set, l_acc, valid, auc
                head = -1 for schemes of the whole model.
 alpha.csv      seed, head, mean_norm, alpha_learned, alpha_uniform, alpha_fitted
                mean_norm: weighted mean |o_h| on `fit`; the alpha of each scheme.
-value_swap.csv  set, seed, attn_head, ov_head, swapped, s_acc
+value_swap.csv  set, seed, attn_head, ov_head, swapped, s_acc, l_acc
                head attn_head's attention pattern with head ov_head's value/output weights
                (W_V, b_V, W_O); swapped = attn_head != ov_head (False: the head itself); s_acc
-               with the threshold refitted on `fit` for the hybrid.
+               with the threshold refitted on `fit` for the hybrid; l_acc of the whole model
+               with the hybrid in place of head attn_head (scale included, readout not refitted).
 attention_examples.csv  seed, example, position, token, head, weight
                the EOS query's attention of every head on each slot of a few fixed example
                strings (EXAMPLES; position 0 is BOS when the model has one): the raw pattern, for
