@@ -387,6 +387,17 @@ def _controls_text(controls: dict) -> str:
     return text if controls["positive"] != controls["negative"] else text + ": not evidence"
 
 
+def _verdict_of_version(v: V.Verdict, version: int) -> str:
+    """'mixed ((a) mixed, (b) held, (c) held)': the verdict of one rule version here."""
+    if version == v.rule_version:
+        status, parts = v.status, [s for _, s in v.parts]
+    else:
+        status, parts = v.previous.get(version, V.NOT_MEASURED), v.previous_parts.get(version)
+    if not parts:
+        return status
+    return f"{status} (" + ", ".join(f"({k[1]}) {s}" for k, s in zip(V.Q3_PARTS, parts)) + ")"
+
+
 def question_section(ev: Evidence, v: V.Verdict) -> Section:
     blocks: list[Block] = [f"**Verdict: {v.status}** (rule version {v.rule_version}). "
                            f"{v.finding}", *v.details, f"**Rule.** {v.rule}"]
@@ -406,8 +417,7 @@ def question_section(ev: Evidence, v: V.Verdict) -> Section:
     blocks.append(Table(
         ["version", "when", "after results were seen", "what it changed", "verdict here"],
         [[str(n), when, {True: "yes", False: "no", None: "not recorded"}[seen], what,
-          v.previous.get(n, V.NOT_MEASURED) if n < v.rule_version else v.status]
-         for n, when, seen, what in V.HISTORY[v.question]]))
+          _verdict_of_version(v, n)] for n, when, seen, what in V.HISTORY[v.question]]))
     numbers = list(v.numbers)
     if v.question == 1 and ev.sweep_heads is not None:
         numbers += V.separating_heads_by_config(ev.sweep_heads, ev.sweep_runs)

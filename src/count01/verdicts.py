@@ -98,6 +98,7 @@ class Verdict:
     parts: list[tuple[str, str]] = field(default_factory=list)  # (sub-claim, status) if any
     details: list[str] = field(default_factory=list)  # further sentences, in its own section
     previous: dict[int, str] = field(default_factory=dict)  # older rule version -> its status
+    previous_parts: dict[int, list[str]] = field(default_factory=dict)  # and its sub-claims'
     controls: dict = field(default_factory=dict)  # {"positive": status, "negative": status}
     sensitivity: str = ""  # "robust" or where the verdict flips
     part_sensitivity: dict[str, str] = field(default_factory=dict)  # Q3: sub-claim key -> text
@@ -370,7 +371,8 @@ def q3(heads: pd.DataFrame | None, swap: pd.DataFrame | None, inter: pd.DataFram
         "Nothing was measured."
     return Verdict(3, Q3_TITLE, combine([s for _, s in parts]), Q3_RULE, finding,
                    out["numbers"], parts, out["details"],
-                   previous={1: combine(old1), 2: combine(old2)})
+                   previous={1: combine(old1), 2: combine(old2)},
+                   previous_parts={1: old1, 2: old2})
 
 
 def _q3a(heads, swap, inter, model, ideal, ok, t, out) -> tuple[str, dict[int, str]]:
@@ -415,7 +417,7 @@ def _q3b(heads, swap, inter, model, ideal, ok, t, out) -> tuple[str, dict[int, s
         ("s-acc of the heads themselves", spread(s.loc[~s["swapped"], "s_acc"])),
         ("s-acc of hybrids (attention of i, values of j)", spread(hyb["s_acc"])),
         (f"hybrids whose donors' s-acc differ by > {t['value_swap_gap']:g}",
-         f"{n} of {len(hyb)}, in {seeds} seeds"),
+         f"{n} of {len(hyb)}, in {seeds} seed{'s' if seeds != 1 else ''}"),
         ("(b) of those, closer to the attention donor: the deciding share",
          share_ci(follows, n)),
         ("|change| keeping the attention, taking other values", spread(np.abs(y - by_attn))),
