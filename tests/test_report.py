@@ -294,7 +294,10 @@ def test_spread_reports_median_iqr_and_range():
 # --- the report -----------------------------------------------------------------------------------
 
 @pytest.fixture
-def run(tmp_path) -> Path:
+def run(tmp_path, monkeypatch) -> Path:
+    """A hand-made run; its reports vary thresholds on 5 points, not 17 (the rendering is what
+    these tests check; the sensitivity tests above use the full grid)."""
+    monkeypatch.setattr(V, "FACTORS", np.geomspace(0.5, 2.0, 5))
     return fake_run(tmp_path / "run", uniform_l_acc=1.0)
 
 
