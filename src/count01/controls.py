@@ -118,6 +118,8 @@ RULE_CONTROLS = {
     "3b": ("bos", "silent"),
     "3c": ("bos_anchored", "ideal"),
 }
+# question 4: failures per configuration of the positive and negative control, of RUNS runs each
+Q4_FAILURES, RUNS = ((20, 0), (0, 0)), 100
 READS = {"1": ("heads",), "2": ("aggregation",), "3a": ("heads",), "3b": ("value_swap",),
          "3c": ("intervention", "ideal_intervention")}  # rule -> the tables it judges by
 
@@ -162,7 +164,7 @@ def control_tables(name: str) -> dict[str, pd.DataFrame]:
     return t
 
 
-def training_paths(failures: tuple[int, ...], runs: int = 100) -> Evidence:
+def training_paths(failures: tuple[int, ...], runs: int = RUNS) -> Evidence:
     """Question 4's control: success and minimal-head tables of configurations of `runs` runs
     with these numbers of failures (every success needs one head). Question 4 is about training,
     which no hand-built model has, so its controls are tables whose answers are known."""
@@ -182,4 +184,4 @@ def rule_controls() -> dict[str, tuple[Evidence, Evidence]]:
     """rule -> (positive, negative) control evidence, for `verdicts.judge`."""
     out = {k: tuple(Evidence(control_tables(name)) for name in pair)
            for k, pair in RULE_CONTROLS.items()}
-    return out | {"4": (training_paths((20, 0)), training_paths((0, 0)))}
+    return out | {"4": tuple(training_paths(f) for f in Q4_FAILURES)}

@@ -506,17 +506,18 @@ def methods_section(ev: Evidence) -> Section:
              "trajectories from the saved checkpoints, and the smallest head set keeping hard "
              "l-acc >= 0.99 once alpha is refitted. Value swap: a head keeps its attention "
              "pattern and takes another head's W_V, b_V, W_O (and the reverse); s-acc refitted.")
-    from .controls import RULE_CONTROLS
+    from .controls import Q4_FAILURES, RULE_CONTROLS, RUNS, SEEDS
 
     b.append("**Verdict rules** (thresholds are constants in `count01/verdicts.py`; each rule "
              "is versioned, its history in the question's section):")
     b.append(Bullets([f"Q{q} (version {V.VERSIONS[q]}): {rule}" for q, rule in V.RULES.items()]))
-    b.append("**Controls** (`count01/controls.py`, models written from weights, 16 seeds that "
-             "differ only in the scale of their values; question 4's controls are training-path "
-             "tables of 100 runs per configuration): " + "; ".join(
+    b.append(f"**Controls** (`count01/controls.py`, models written from weights, {SEEDS} seeds "
+             "that differ only in the scale of their values; question 4's controls are "
+             f"training-path tables of {RUNS} runs per configuration): " + "; ".join(
                  f"rule {k}: positive `{p}`, negative `{n}`"
-                 for k, (p, n) in RULE_CONTROLS.items()) + "; rule 4: positive 20 of 100 runs "
-             "failing in one configuration, negative none failing in two.")
+                 for k, (p, n) in RULE_CONTROLS.items()) + "; rule 4: failures per configuration "
+             + ", ".join(f"{side} {f}" for side, f in zip(("positive", "negative"), Q4_FAILURES))
+             + ".")
     if ev.sweep:
         sw = ev.sweep["sweep"]
         grid = "; ".join(f"{k} in {', '.join(map(str, x))}" for k, x in sw["grid"].items())
@@ -683,7 +684,7 @@ def _sensitivity_figure(v: dict[int, V.Verdict], out: Path) -> Path | None:
     """sensitivity.csv (every rule's status per varied threshold) and its figure, in `out`."""
     from .plots import sensitivity
 
-    tables = [x.flips for x in v.values() if x.flips is not None]
+    tables = [x.sensitivity_table for x in v.values() if x.sensitivity_table is not None]
     if not tables:
         return None
     table = pd.concat(tables, ignore_index=True)

@@ -102,7 +102,7 @@ class Verdict:
     controls: dict = field(default_factory=dict)  # {"positive": status, "negative": status}
     sensitivity: str = ""  # "robust" or where the verdict flips
     part_sensitivity: dict[str, str] = field(default_factory=dict)  # Q3: sub-claim key -> text
-    flips: pd.DataFrame | None = None  # (rule, threshold, factor, value, status) per grid point
+    sensitivity_table: pd.DataFrame | None = None  # (rule, threshold, factor, value, status)
 
     @property
     def rule_version(self) -> int:
@@ -738,7 +738,7 @@ def judge(e: Evidence, controls: Mapping[str, tuple[Evidence, Evidence]] | None 
         rules = [q] + (list(Q3_PARTS) if q == "3" else [])
         seen: dict = {}
         got = {r: sensitivity(r, e, seen) for r in rules}
-        v.flips = pd.concat([table for _, table in got.values()], ignore_index=True)
+        v.sensitivity_table = pd.concat([table for _, table in got.values()], ignore_index=True)
         v.sensitivity = got[q][0]
         v.part_sensitivity = {r: text for r, (text, _) in got.items() if r != q}
     for v in out:
