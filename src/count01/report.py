@@ -3,7 +3,9 @@
 DIR is a study (`count01 reproduce`, with study.json), a sweep (sweep.json) or a single run
 (config.json). The report reads the tidy tables of `analysis` (RUN/analysis/*.csv) and of the
 sweep (results.parquet, paths/), judges each question of SPEC 1 with the rules of `verdicts`,
-and writes
+runs each rule on the hand-built controls of `controls` (built in memory from weights, a few
+seconds: they are the same for every report and never saved) and over its thresholds, and
+writes
     report.html   self-contained: figures embedded as base64 PNG, inline CSS, no script, no
                   network access of any kind
     report.md     the same text, figures linked by relative path

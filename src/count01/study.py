@@ -14,9 +14,10 @@ models; the report states the mode). Every head count keeps d_head = 4, the defa
 
 OUT holds study.json (the plan, versions, the analysed run, and every finished stage with its
 time), sweep/ (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/
-with its analysis/), report.html, report.md and verdicts.json. A stage is recorded only once it
-has finished, so re-running the same command skips finished stages and resumes the sweep where it
-stopped; a study directory holds one plan (another plan there is refused).
+with its analysis/), report.html, report.md, verdicts.json and sensitivity.csv/.png. A stage
+is recorded only once it has finished, so re-running the same command skips finished stages and
+resumes the sweep where it stopped; a study directory holds one plan (another plan there is
+refused).
 """
 
 from __future__ import annotations
