@@ -741,14 +741,12 @@ def judge(e: Evidence, controls: Mapping[str, tuple[Evidence, Evidence]] | None 
         v.sensitivity_table = pd.concat([table for _, table in got.values()], ignore_index=True)
         v.sensitivity = got[q][0]
         v.part_sensitivity = {r: text for r, (text, _) in got.items() if r != q}
-    for v in out:
-        if controls is None:
-            break
+    for v in out if controls is not None else []:
         q = str(v.question)
-        keys = ("3a", "3b", "3c") if q == "3" else (q,)
+        keys = tuple(Q3_PARTS) if q == "3" else (q,)
         got = {k: {side: RULE_FUNCTIONS[k][1](controls[k][i], THRESHOLDS)
                    for i, side in enumerate(("positive", "negative"))} for k in keys}
-        if q == "3":
+        if q == "3":  # the question's controls combine its sub-claims' as its verdict does
             v.controls = {side: combine([got[k][side] for k in keys])
                           for side in ("positive", "negative")} | {"parts": got}
         else:
