@@ -61,6 +61,19 @@ def test_uniform_alpha_equalises_the_mean_norms_and_keeps_their_sum():
     torch.testing.assert_close(scaled.sum(-1), norms.sum(-1))
 
 
+def test_uniform_alpha_keeps_the_total_when_a_head_has_no_output():
+    model = random_model(heads=4)
+    model.weights[ATTN + "W_O"][:, 3] = 0.0  # head 3 writes nothing
+    fit = eval_set(model.cfg, "fit")
+    _, o = head_parts(model, fit)
+    norms = weighted_mean(o.norm(dim=-1), fit.weight, 1)
+    alpha = uniform_alpha(model, fit)
+    scaled = norms * alpha
+    assert (alpha[:, 3] == 0).all()
+    torch.testing.assert_close(scaled[:, :3], scaled[:, :1].expand(-1, 3))
+    torch.testing.assert_close(scaled.sum(-1), norms.sum(-1))
+
+
 @pytest.mark.parametrize("kw", [{}, {"layernorm": True}])
 def test_fitted_alpha_is_never_worse_than_learned_on_the_fit_split(kw):
     model = random_model(heads=4, **kw)

@@ -32,4 +32,4 @@ def test_report_renders_with_every_image_and_section(browser, tmp_path):
     from test_report import FIGURES, fake_run
 
     page = build_report(fake_run(tmp_path / "run")).html
-    assert assert_renders(browser, page, tmp_path / "report.png") == len(FIGURES)
+    assert assert_renders(browser, page, tmp_path / "report.png") == len(FIGURES) + 1  # sensitivity

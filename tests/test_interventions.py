@@ -127,6 +127,21 @@ def test_value_swap_follows_the_values_of_a_silent_head():
     assert len(rows) == 4 and not rows[0, 0]["swapped"] and rows[0, 1]["swapped"]
     assert rows[0, 0]["s_acc"] == 1.0 and rows[1, 0]["s_acc"] == 1.0  # values carry it
     assert rows[0, 1]["s_acc"] < 0.9 and rows[1, 1]["s_acc"] < 0.9
+    # in the model: the counter given silent values leaves nothing that counts
+    assert rows[0, 1]["l_acc"] < 0.6 and rows[1, 0]["l_acc"] == rows[0, 0]["l_acc"] == 1.0
+
+
+@pytest.mark.parametrize("pos_embed", ["none", "learned"])
+def test_value_swap_l_acc_of_a_head_with_itself_is_the_model_s(pos_embed):
+    model = random_model(heads=3, pos_embed=pos_embed)
+    batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    own = metrics.evaluate_logits(metrics.chunked_logits(model, batch), batch)["l_acc"]
+    rows = value_swap(model, batch, fit)
+    for r in rows:
+        if not r["swapped"]:
+            assert r["l_acc"] == pytest.approx(float(own[model.seeds.index(r["seed"])]),
+                                               abs=1e-12)
+    assert len({round(r["l_acc"], 9) for r in rows}) > 1  # the swaps do change the answers
 
 
 def test_value_swap_diagonal_is_the_head_itself():

@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from count01 import metrics
 from count01.config import Config
+from count01.controls import COUNTER, SILENT, build
 from count01.language import eval_set, exhaustive
 from count01.metrics import (
     attention_ratios,
@@ -16,38 +17,17 @@ from count01.metrics import (
     roc_auc_rows,
     threshold_acc,
 )
-from count01.model import Model, weight_shapes
+from count01.model import Model
 
 A = "blocks.0.attn."
 
 
-def counting_model(heads: int = 1, others: str = "copy", pos_embed: str = "none",
-                   **cfg) -> Model:
-    """Built from weights: every head's EOS query attends equally to each 0, 1 and EOS and not
-    at all to 2 or BOS; head 0's values are -u for 0, +u for 1, -u/2 for EOS, so its output is
-    u (n1 - n0 - 1/2) / (n0 + n1 + 1): positive iff more 1s than 0s. Other heads copy head 0
-    (others="copy") or have zero values (others="silent").
-
-    The EOS query also attends to EOS itself: a causal query always sees its own position, and
-    with n0 = n1 = 0 a row attending to nothing would be undefined. The -u/2 there breaks the
-    tie n0 = n1 towards 0, as the answer rule does."""
-    c = Config(**{"heads": heads, "d_model": 8, "d_head": 8, "n_seeds": 1, "max_len": 10,
-                  "exhaustive_len": 10, "long_max_len": 12, "eval_size": 512,
-                  "pos_embed": pos_embed} | cfg)
-    w = {k: torch.zeros((1,) + s, dtype=torch.float64) for k, s in weight_shapes(c).items()}
-    w["embed.W_E"][0] = torch.eye(5, 8, dtype=torch.float64)
-    score = {0: 0.0, 1: 0.0, 2: -1000.0, 3: 0.0, 4: -1000.0}  # per token kind
-    for h in range(heads):
-        w[A + "b_Q"][0, h, 0] = 1.0
-        for t, s in score.items():
-            w[A + "W_K"][0, h, t, 0] = s * math.sqrt(8)
-        if h == 0 or others == "copy":
-            w[A + "W_V"][0, h, 0, 5], w[A + "W_V"][0, h, 1, 5] = -1.0, 1.0
-            w[A + "W_V"][0, h, 3, 5] = -0.5
-        w[A + "W_O"][0, h, 5, 5] = 1.0
-    w["unembed.W_U"][0, 5, 0], w["unembed.W_U"][0, 5, 1] = -100.0, 100.0
-    w["unembed.b_U"][0, 2:] = -100.0
-    return Model(c, w, [0])
+def counting_model(heads: int = 1, others: str = "copy", **cfg) -> Model:
+    """One seed of `controls`' ideal counter as head 0; the other heads copy it (others="copy")
+    or attend alike but write nothing (others="silent"). Small evaluation sets."""
+    rest = COUNTER if others == "copy" else SILENT
+    small = {"max_len": 10, "exhaustive_len": 10, "long_max_len": 12, "eval_size": 512}
+    return build([COUNTER] + [rest] * (heads - 1), seeds=1, **small | cfg)
 
 
 @pytest.mark.parametrize("seed", range(5))

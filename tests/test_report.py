@@ -26,13 +26,15 @@ FIGURES = ("heads_table", "attention_mass", "intervention_heatmaps", "interventi
            "aggregation", "value_swap", "attention_examples")
 
 
-def fake_tables(n_seeds: int = 4, n_heads: int = 2, s_acc=1.0, w01: float = 1.0,
+def fake_tables(n_seeds: int = 16, n_heads: int = 2, s_acc=1.0, w01: float = 1.0,
                 w02: float = 0.05, uniform_l_acc: float = 1.0, swap_follows: str = "attention",
-                collapse: bool = True, failed: tuple[int, ...] = ()) -> dict[str, pd.DataFrame]:
+                collapse: str = "beyond", failed: tuple[int, ...] = ()) -> dict[str, pd.DataFrame]:
     """The CSV tables of `analysis` for a model whose properties are set by hand.
 
     s_acc: a number or a function (seed, head) -> number. failed: seeds whose hard l-acc is 0.5.
     swap_follows: a hybrid scores as the head that gave its "attention" or its "values".
+    collapse: away from w01 = 1 the model's l-acc falls "beyond" the ideal counter's (to about
+    0.1), as far as the "ideal" counter's (0.5), or not at all ("none").
     """
     acc = s_acc if callable(s_acc) else (lambda seed, head: s_acc)
     seeds, heads = range(n_seeds), range(n_heads)
@@ -49,13 +51,18 @@ def fake_tables(n_seeds: int = 4, n_heads: int = 2, s_acc=1.0, w01: float = 1.0,
             for b in GRID02:
                 for i in seeds:
                     for h in heads:
-                        off = collapse and a != 1.0
+                        off = collapse != "none" and a != 1.0
+                        low = {"beyond": 0.1, "ideal": 0.5, "none": 1.0}[collapse]
                         inter.append({"set": "hard", "intervened": mode, "w01": a, "w02": b,
                                       "seed": i, "head": h,
                                       "s_acc_fixed": 0.5 if off else 1.0,
                                       "s_acc_refit": 0.5 if off else 1.0, "head_auc": 1.0,
-                                      "l_acc": 0.5 + 0.1 * ((i + h) % 3) if off else 1.0,
+                                      "l_acc": low + 0.02 * ((i + h) % 3) if off else 1.0,
                                       "valid": 1.0, "auc": 1.0})
+    ideal = [{"set": "hard", "intervened": "each", "w01": a, "w02": 0.0, "seed": 0, "head": h,
+              "s_acc_fixed": 1.0 if a == 1.0 else 0.5, "s_acc_refit": 1.0, "head_auc": 1.0,
+              "l_acc": 1.0 if a == 1.0 else 0.5, "valid": 1.0, "auc": 1.0}
+             for a in GRID01 for h in heads]
     agg = []
     for s in ("iid", "hard"):
         for i in seeds:
@@ -77,7 +84,7 @@ def fake_tables(n_seeds: int = 4, n_heads: int = 2, s_acc=1.0, w01: float = 1.0,
     return {"model": pd.DataFrame(model), "heads": pd.DataFrame(head_rows),
             "intervention": pd.DataFrame(inter), "aggregation": pd.DataFrame(agg),
             "alpha": pd.DataFrame(alpha), "value_swap": pd.DataFrame(swap),
-            "minimal_heads": pd.DataFrame(minimal)}
+            "minimal_heads": pd.DataFrame(minimal), "ideal_intervention": pd.DataFrame(ideal)}
 
 
 def fake_run(run: Path, **kw) -> Path:
@@ -105,16 +112,40 @@ def verdicts_of(tables: dict[str, pd.DataFrame]) -> dict[int, str]:
     t = tables
     return {1: V.q1(t["heads"], t["model"]).status,
             2: V.q2(t["aggregation"], t["model"]).status,
-            3: V.q3(t["heads"], t["value_swap"], t["intervention"], t["model"]).status}
+            3: q3_of_tables(t).status}
 
 
 # --- the rules ------------------------------------------------------------------------------------
 
+def q3_of_tables(t: dict[str, pd.DataFrame]) -> V.Verdict:
+    return V.q3(t["heads"], t["value_swap"], t["intervention"], t["model"],
+                t["ideal_intervention"])
+
+
+def q3_of(**kw) -> V.Verdict:
+    return q3_of_tables(fake_tables(**kw))
+
+
+def q1_of(**kw) -> V.Verdict:
+    t = fake_tables(**kw)
+    return V.q1(t["heads"], t["model"])
+
+
 def test_q1_holds_when_every_head_separates_and_fails_when_none_does():
-    assert V.q1(*(fake_tables(s_acc=1.0)[k] for k in ("heads", "model"))).status == V.HELD
-    assert V.q1(*(fake_tables(s_acc=0.6)[k] for k in ("heads", "model"))).status == V.NOT_HELD
-    half = fake_tables(s_acc=lambda seed, head: 1.0 if head == 0 else 0.6)
-    assert V.q1(half["heads"], half["model"]).status == V.MIXED
+    assert q1_of(s_acc=1.0).status == V.HELD
+    assert q1_of(s_acc=0.6).status == V.NOT_HELD
+    assert q1_of(s_acc=lambda seed, head: 1.0 if head == 0 else 0.6,
+                 n_heads=2, n_seeds=40).status == V.MIXED
+
+
+def test_q1_is_inconclusive_on_too_few_heads_or_a_share_whose_interval_straddles():
+    few = q1_of(n_seeds=3)  # 6 heads, all separating: below the minimum of 8
+    assert few.status == V.INCONCLUSIVE and few.previous == {1: V.HELD}
+    eight = q1_of(n_seeds=4)  # 8 of 8: Wilson 95% lower end 0.68 < 0.75
+    assert eight.status == V.INCONCLUSIVE
+    assert "Wilson 95% CI 0.68-1.00" in dict(eight.numbers)[
+        "heads with s-acc >= 0.9 (hard), the deciding share"]
+    assert q1_of(n_seeds=6).status == V.HELD  # 12 of 12: lower end 0.76
 
 
 def test_q1_judges_only_seeds_that_succeeded_and_names_the_others():
@@ -127,11 +158,7 @@ def test_q1_judges_only_seeds_that_succeeded_and_names_the_others():
 def test_q2_holds_only_when_uniform_weighting_breaks_the_answers():
     assert verdicts_of(fake_tables(uniform_l_acc=0.7))[2] == V.HELD
     assert verdicts_of(fake_tables(uniform_l_acc=1.0))[2] == V.NOT_HELD
-
-
-def q3_of(**kw) -> V.Verdict:
-    t = fake_tables(**kw)
-    return V.q3(t["heads"], t["value_swap"], t["intervention"], t["model"])
+    assert verdicts_of(fake_tables(uniform_l_acc=1.0, n_seeds=8))[2] == V.INCONCLUSIVE
 
 
 def unequal(seed: int, head: int) -> float:
@@ -142,38 +169,54 @@ def unequal(seed: int, head: int) -> float:
 def test_q3_combines_attention_values_and_collapse():
     assert q3_of(s_acc=unequal).status == V.HELD
     assert q3_of(s_acc=unequal, w02=0.9, swap_follows="values",
-                 collapse=False).status == V.NOT_HELD
+                 collapse="ideal").status == V.NOT_HELD
     v = q3_of(s_acc=unequal, w02=0.9)
     assert v.status == V.MIXED
     assert [s for _, s in v.parts] == [V.NOT_HELD, V.HELD, V.HELD]
+
+
+def test_q3_is_inconclusive_when_a_part_cannot_be_decided_and_the_others_agree():
+    v = q3_of(s_acc=lambda seed, head: 0.92 if (seed, head) == (0, 1) else 1.0)
+    assert [s for _, s in v.parts] == [V.HELD, V.INCONCLUSIVE, V.HELD]  # one seed of hybrids
+    assert v.status == V.INCONCLUSIVE
 
 
 def test_value_swap_holds_when_hybrids_follow_their_attention_not_their_values():
     assert q3_of(s_acc=unequal).parts[1][1] == V.HELD
     v = q3_of(s_acc=unequal, swap_follows="values")
     assert v.parts[1][1] == V.NOT_HELD
-    assert "0/8 (0%)" in v.finding  # 4 seeds x 2 hybrids, none closer to its attention donor
+    assert "0/32 (0%)" in v.finding  # 16 seeds x 2 hybrids, none closer to its attention donor
 
 
-def test_value_swap_between_equally_good_heads_is_not_evidence_either_way():
+def test_value_swap_between_equally_good_heads_is_inconclusive():
     v = q3_of(s_acc=1.0)  # every hybrid scores 1.0 whichever head gave what
-    assert v.parts[1][1] == V.NOT_MEASURED
+    assert v.parts[1][1] == V.INCONCLUSIVE
     assert "cannot tell attention from values" in v.finding
-    assert v.status == V.HELD  # judged on (a) and (c) alone
+    assert v.previous[2] == V.HELD  # version 2 judged on (a) and (c) alone
+
+
+def test_value_swap_of_version_1_is_kept_for_the_history():
+    v = q3_of(s_acc=unequal, swap_follows="values")  # values travel: |change| 0.08 > 0.05
+    assert v.previous[1] == V.MIXED and v.parts[1][1] == V.NOT_HELD
+
+
+def test_q3_collapse_is_judged_against_the_ideal_counter():
+    assert q3_of(collapse="beyond").parts[2][1] == V.HELD
+    assert q3_of(collapse="ideal").parts[2][1] == V.NOT_HELD  # what an ideal counter does too
+    assert q3_of(collapse="none").parts[2][1] == V.NOT_HELD
+    t = fake_tables()
+    del t["ideal_intervention"]
+    v = V.q3(t["heads"], t["value_swap"], t["intervention"], t["model"])
+    assert v.parts[2][1] == V.NOT_MEASURED
 
 
 def test_q3_collapse_reports_that_the_ranking_survives():
     v = q3_of()
     numbers = dict(v.numbers)
     assert numbers["w01 = 0.001, w02 = 0: model AUC"].startswith("1.000")
+    assert numbers["w01 = 0.001, w02 = 0: ideal counter, model l-acc / head s-acc (fixed)"] == \
+        "0.500 / 0.500"
     assert any("still ranks" in d for d in v.details)
-
-
-def test_q3_collapse_needs_growing_spread():
-    t = fake_tables()
-    t["intervention"]["l_acc"] = np.where(t["intervention"]["w01"] == 1.0, 1.0, 0.5)  # no spread
-    v = V.q3(t["heads"], t["value_swap"], t["intervention"], t["model"])
-    assert dict(v.parts)["(c) collapse with growing spread at extreme w01"] == V.NOT_HELD
 
 
 def success(rates: list[tuple[int, int]], sizes: list[list[int]] | None = None):
@@ -191,19 +234,56 @@ def success(rates: list[tuple[int, int]], sizes: list[list[int]] | None = None):
 
 
 def test_q4_rules_on_success_rates_and_minimal_solutions():
-    all_ok, same = success([(32, 32)] * 4, [[1] * 32] * 4)
+    all_ok, same = success([(100, 100)] * 4, [[1] * 100] * 4)
     assert V.q4(all_ok, same).status == V.NOT_HELD
-    assert V.q4(*success([(28, 32), (32, 32), (32, 32), (32, 32)])).status == V.HELD
-    assert V.q4(*success([(31, 32), (32, 32), (32, 32), (32, 32)])).status == V.MIXED
-    varied = success([(32, 32)] * 4, [[1] * 30 + [2] * 2] + [[1] * 32] * 3)
+    assert V.q4(*success([(20, 32), (32, 32), (32, 32), (32, 32)])).status == V.HELD
+    varied = success([(100, 100)] * 4, [[1] * 98 + [2] * 2] + [[1] * 100] * 3)
     assert V.q4(*varied).status == V.MIXED
     assert V.q4(None, None).status == V.NOT_MEASURED
+
+
+def test_q4_without_failures_in_few_seeds_is_inconclusive():
+    v = V.q4(*success([(8, 8)] * 4, [[1] * 8] * 4))  # a failure rate up to 0.32 not excluded
+    assert v.status == V.INCONCLUSIVE and v.previous == {1: V.NOT_HELD}
+    assert "below 0.32" in v.finding
+    assert V.q4(*success([(31, 32), (32, 32), (32, 32), (32, 32)])).status == V.INCONCLUSIVE
 
 
 def test_q4_names_the_configuration_whose_solutions_differ_in_size():
     v = V.q4(*success([(32, 32)] * 4, [[1] * 32] * 3 + [[1] * 31 + [2]]))
     assert "at heads = 8, 31 runs need 1 head and 1 run needs 2 heads" in v.finding
     assert "heads = 1," not in v.finding
+
+
+def test_by_evidence_decides_only_when_the_interval_clears_the_threshold():
+    assert V.by_evidence(12, 12, 8) == V.HELD
+    assert V.by_evidence(11, 12, 8) == V.INCONCLUSIVE  # 0.92, lower end 0.65
+    assert V.by_evidence(0, 14, 8) == V.NOT_HELD
+    assert V.by_evidence(0, 7, 8) == V.INCONCLUSIVE
+    assert V.by_evidence(50, 100, 8) == V.MIXED
+    assert V.by_evidence(0, 0, 8) == V.NOT_MEASURED
+
+
+def test_combine_counts_inconclusive_parts_only_when_the_decided_ones_agree():
+    assert V.combine([V.HELD, V.INCONCLUSIVE]) == V.INCONCLUSIVE
+    assert V.combine([V.HELD, V.NOT_HELD, V.INCONCLUSIVE]) == V.MIXED
+    assert V.combine([V.HELD, V.NOT_MEASURED]) == V.HELD
+
+
+def test_sensitivity_finds_the_flip_where_a_threshold_crosses_the_data():
+    t = fake_tables(w02=0.3)  # suppression fails at w02_max = 0.25, holds from 0.3 up
+    text, table = V.sensitivity("3a", V.Evidence(t))
+    assert text.startswith("flips: held at w02_max = 0.3")
+    assert set(table["threshold"]) == {"success_l_acc", "w01_factor", "w02_max", "most", "few"}
+    flip = table[(table["threshold"] == "w02_max") & (table["status"] == V.HELD)]
+    assert flip["value"].min() >= 0.3
+    assert V.sensitivity("1", V.Evidence(fake_tables(n_seeds=40)))[0] == "robust"
+
+
+def test_every_rule_has_a_history_ending_at_its_version():
+    for q, history in V.HISTORY.items():
+        assert [h[0] for h in history] == list(range(1, V.VERSIONS[q] + 1))
+    assert V.HISTORY[3][1][2] is True and "38bdcc5" in V.HISTORY[3][1][1]
 
 
 def test_spread_reports_median_iqr_and_range():
@@ -214,7 +294,10 @@ def test_spread_reports_median_iqr_and_range():
 # --- the report -----------------------------------------------------------------------------------
 
 @pytest.fixture
-def run(tmp_path) -> Path:
+def run(tmp_path, monkeypatch) -> Path:
+    """A hand-made run; its reports vary thresholds on 5 points, not 17 (the rendering is what
+    these tests check; the sensitivity tests above use the full grid)."""
+    monkeypatch.setattr(V, "FACTORS", np.geomspace(0.5, 2.0, 5))
     return fake_run(tmp_path / "run", uniform_l_acc=1.0)
 
 
@@ -224,7 +307,7 @@ def test_report_html_is_self_contained(run):
     assert "<script" not in page and "<link" not in page
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert len(srcs) == len(FIGURES)
+    assert len(srcs) == len(FIGURES) + 1  # and the threshold sensitivity
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -235,10 +318,47 @@ def test_report_has_every_section_with_its_verdict(run):
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in page
     got = json.loads((run / "verdicts.json").read_text())
-    assert list(got) == ["Q1", "Q2", "Q3", "Q4"]
-    for q, v in got.items():
-        assert v["status"] in (V.HELD, V.NOT_HELD, V.MIXED, V.NOT_MEASURED)
-        assert f'id="q{q[1]}"><h2>' in page
+    assert [v["question"] for v in got] == [1, 2, 3, 4]
+    for v in got:
+        assert v["status"] in V.STATUSES
+        assert v["rule_version"] == V.VERSIONS[v["question"]]
+        assert set(v["controls"]) >= {"positive", "negative"} and "sensitivity" in v
+        assert f'id="q{v["question"]}"><h2>' in page
+    assert got[3]["status"] == V.NOT_MEASURED  # a lone run has no training path
+
+
+def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hold(run):
+    build_report(run)
+    for v in json.loads((run / "verdicts.json").read_text()):
+        assert v["controls"]["positive"] == V.HELD, v["question"]
+        assert v["controls"]["negative"] == V.NOT_HELD, v["question"]
+        assert v["evidence"] is True
+        for part in v.get("parts", {}).values():
+            assert (part["controls"]["positive"], part["controls"]["negative"]) == (
+                V.HELD, V.NOT_HELD)
+    md = (run / "report.md").read_text()
+    assert "controls: positive held, negative did not hold" not in md  # the table says it
+    assert "positive held, negative did not hold" in md
+
+
+def test_a_rule_whose_controls_agree_is_marked_not_evidence(run, monkeypatch):
+    from count01 import controls
+
+    real = controls.rule_controls()
+    same = dict(real) | {"1": (real["1"][0], real["1"][0])}  # the ideal counter twice
+    monkeypatch.setattr(controls, "rule_controls", lambda: same)
+    build_report(run)
+    q1 = json.loads((run / "verdicts.json").read_text())[0]
+    assert q1["controls"] == {"positive": V.HELD, "negative": V.HELD}
+    assert q1["evidence"] is False
+    assert "positive held, negative held: not evidence" in (run / "report.md").read_text()
+
+
+def test_report_lists_each_rule_version_with_its_verdict_under_the_old_rule(run):
+    md = build_report(run).md.read_text()
+    q3 = md.split("## Q3.")[1].split("## Q4.")[0]
+    assert "**Rule history.**" in q3 and "38bdcc5" in q3
+    assert "rule version 3" in q3
 
 
 def test_report_says_when_a_claim_did_not_hold(run):
@@ -252,7 +372,7 @@ def test_report_says_when_a_claim_did_not_hold(run):
 def test_report_md_links_figures_that_exist(run):
     md = build_report(run).md.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == len(FIGURES)
+    assert len(links) == len(FIGURES) + 1  # and the threshold sensitivity
     assert all((run / link).exists() for link in links)
 
 
@@ -276,8 +396,7 @@ def test_report_of_a_run_without_analysis_marks_questions_not_measured(tmp_path)
     write_json(run / "metrics.json", {"eval": [{"set": "hard", "seed": s, "l_acc": 1.0,
                                                 "valid": 1.0, "auc": 1.0} for s in (0, 1)]})
     files = build_report(run)
-    assert files.verdicts[1] == files.verdicts[2] == files.verdicts[3] == V.NOT_MEASURED
-    assert files.verdicts[4] != V.NOT_MEASURED  # the run's own seeds still give a success rate
+    assert set(files.verdicts.values()) == {V.NOT_MEASURED}
 
 
 def test_report_of_a_directory_without_results_is_one_clear_error(tmp_path, capsys):

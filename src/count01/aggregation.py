@@ -3,7 +3,8 @@
     resid = e(EOS) + p + b_O + sum over kept heads of alpha_h o_h + sum over the others of mean(o_h)
 
 Schemes: learned (alpha = 1); uniform (alpha_h = mean_k n_k / n_h with n_h the mean norm of o_h
-on `fit`: every head rescaled to the same mean contribution norm, the total kept); single (only
+on `fit` and the mean over heads with output: every head rescaled to the same mean contribution
+norm, the total kept); single (only
 head h kept, alpha 1, the others mean-ablated); leave_one_out (head h mean-ablated); fitted
 (alpha fitted to the answer by cross-entropy on `fit`, everything else frozen). Means and norms
 are weighted means over `fit`, so every scheme is fixed before it is scored on another set.
@@ -198,10 +199,13 @@ def mean_norms(model: Model, fit: Batch) -> torch.Tensor:
 
 
 def uniform_alpha(model: Model, fit: Batch) -> torch.Tensor:
-    """alpha_h = mean_k n_k / n_h: every head at the same mean contribution norm, the sum of the
-    norms unchanged. A head with zero output stays at 0. (S, H)."""
+    """alpha_h = (sum_k n_k / m) / n_h over the m heads with output: each at the same mean
+    contribution norm, the sum of the norms unchanged. A head with zero output has nothing to
+    scale and stays at 0; averaging over it too would shrink the total. (S, H)."""
     n = mean_norms(model, fit)
-    return torch.where(n > 0, n.mean(-1, keepdim=True) / n.clamp(min=1e-300), 0.0)
+    alive = n > 0
+    target = n.sum(-1, keepdim=True) / alive.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(alive, target / n.clamp(min=1e-300), 0.0)
 
 
 def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None) -> list[dict]:

@@ -30,6 +30,11 @@ intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refi
                the same for all heads of a seed). s_acc_fixed: the head's threshold fitted before
                the intervention; s_acc_refit: refitted on `fit` under it; head_auc: of s_h under
                it; l_acc, valid, auc: of the whole model under the intervention.
+ideal_intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit,
+               head_auc, l_acc, valid, auc
+               as intervention.csv, for an ideal counter with as many heads (`controls.ideal`,
+               one seed, seed 0), one head intervened, w02 = 0, on the same set and w01 grid: the
+               reference question 3 compares the model's collapse with.
 aggregation.csv  scheme, head, seed, set, l_acc, valid, auc
                scheme in learned (alpha = 1), uniform (every head at the same mean norm of o_h,
                total kept), single (only `head` kept, the others mean-ablated), leave_one_out
@@ -37,10 +42,11 @@ aggregation.csv  scheme, head, seed, set, l_acc, valid, auc
                head = -1 for schemes of the whole model.
 alpha.csv      seed, head, mean_norm, alpha_learned, alpha_uniform, alpha_fitted
                mean_norm: weighted mean |o_h| on `fit`; the alpha of each scheme.
-value_swap.csv  set, seed, attn_head, ov_head, swapped, s_acc
+value_swap.csv  set, seed, attn_head, ov_head, swapped, s_acc, l_acc
                head attn_head's attention pattern with head ov_head's value/output weights
                (W_V, b_V, W_O); swapped = attn_head != ov_head (False: the head itself); s_acc
-               with the threshold refitted on `fit` for the hybrid.
+               with the threshold refitted on `fit` for the hybrid; l_acc of the whole model
+               with the hybrid in place of head attn_head (scale included, readout not refitted).
 attention_examples.csv  seed, example, position, token, head, weight
                the EOS query's attention of every head on each slot of a few fixed example
                strings (EXAMPLES; position 0 is BOS when the model has one): the raw pattern, for
@@ -74,6 +80,7 @@ from tqdm.auto import tqdm
 from . import plots
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
 from .config import Count01Error
+from .controls import ideal_intervention
 from .interventions import default_grid, sweep_columns, value_swap
 from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
 from .metrics import chunked_logits, evaluate_logits, head_table
@@ -93,6 +100,7 @@ FILES = {
     "model.csv": "the trained model per set and seed: l_acc, valid, auc",
     "heads.csv": "per (set, seed, head): head AUC, s-acc, probe s-acc, attention ratios, mass",
     "intervention.csv": "attention intervention per grid point (w01, w02), seed and head",
+    "ideal_intervention.csv": "the same intervention (w02 = 0) on an ideal counter",
     "aggregation.csv": "l_acc, valid, auc per aggregation scheme, head, seed and set",
     "alpha.csv": "per (seed, head): mean |o_h| and the alpha of each aggregation scheme",
     "value_swap.csv": "s-acc of head i's attention with head j's values, per set and seed",
@@ -225,6 +233,10 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
     inter = pd.DataFrame(sweep_columns(model, sets[sweep_set], fit, w01, w02, heads="both"))
     inter.insert(0, "set", sweep_set)
     done("intervention", "intervention", inter)
+    ideal = ideal_intervention(cfg, sets[sweep_set], fit, w01)
+    ideal.insert(0, "set", sweep_set)
+    tables["ideal_intervention"] = ideal
+    ideal.to_csv(tmp / "ideal_intervention.csv", index=False)
 
     fitted = fit_alpha(model, fit)
     norms, uniform = mean_norms(model, fit), uniform_alpha(model, fit)

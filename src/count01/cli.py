@@ -237,8 +237,8 @@ def _print_verdicts(out: Path) -> None:
     print(f"report written to {page} and {out / 'report.md'}")
     summary = out / "verdicts.json"
     if summary.exists():
-        for q, v in read_json(summary).items():
-            print(f"{q}: {v['status']}. {v['finding']}")
+        for v in read_json(summary):
+            print(f"Q{v['question']}: {v['status']}. {v['finding']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -260,19 +260,37 @@ def value_swap(model: Model, batch: Batch, fit: Batch) -> list[dict]:
     """Head i's attention with head j's value/output weights, for every ordered pair (i, j).
 
     Rows per (seed, attn_head i, ov_head j): s_acc of the hybrid's direct score on `batch`,
-    with its threshold refitted on `fit`. i == j is the head itself.
+    with its threshold refitted on `fit`, and l_acc of the whole model with the hybrid in place
+    of head i (s-acc refits the readout, so it cannot see a change of scale; l-acc can). i == j
+    is the head itself.
     """
     m = model.to(torch.float64)
     with torch.no_grad():
         t = fit_threshold(torch.cat([_hybrid_scores(m, c) for _, c in run_chunks(m, fit)], -1),
                           fit.y, fit.weight)  # (S, H, H)
-        hits = sum(threshold_acc(_hybrid_scores(m, c), t, piece.y, piece.weight)
-                   * piece.weight.sum() for piece, c in run_chunks(m, batch))
+        hits, right = 0.0, 0.0
+        for piece, c in run_chunks(m, batch):
+            hits = hits + threshold_acc(_hybrid_scores(m, c), t, piece.y, piece.weight) \
+                * piece.weight.sum()
+            right = right + _hybrid_hits(m, c, piece)
         s_acc = (hits / batch.weight.sum()).numpy()
+        l_acc = (right / batch.weight.sum()).numpy()
     H = s_acc.shape[1]
     return [{"seed": seed, "attn_head": i, "ov_head": j, "swapped": i != j,
-             "s_acc": float(s_acc[s, i, j])}
+             "s_acc": float(s_acc[s, i, j]), "l_acc": float(l_acc[s, i, j])}
             for s, seed in enumerate(model.seeds) for i in range(H) for j in range(H)]
+
+
+def _hybrid_hits(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
+    """Weighted count of right answers of the model with head i replaced by the hybrid
+    (attention of i, value/output weights of j). (S, H_attn, H_ov)."""
+    W_O = model.weights[ATTN + "W_O"]
+    hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, c.v.expand(
+        -1, c.pattern.shape[1], -1, -1, -1), W_O)  # (H, H, S, B, d)
+    resid = c.resid - c.result.permute(2, 0, 1, 3)  # (H, S, B, d): head i taken out
+    pred = unembed(model, resid[:, None] + hybrid).argmax(-1)  # (H, H, S, B)
+    hit = (pred == piece.y).to(torch.float64) * piece.weight.to(torch.float64)
+    return hit.sum(-1).permute(2, 0, 1)
 
 
 def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:

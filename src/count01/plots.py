@@ -294,6 +294,36 @@ def attention_examples(rows: pd.DataFrame, out: Path, n_seeds: int = 2) -> list[
     return _save(fig, out, "attention_examples")
 
 
+STATUS_COLORS = {"held": "#2e7d32", "did not hold": "#c62828", "mixed": "#b26a00",
+                 "inconclusive": "#5e35b1", "not measured": "#757575"}
+
+
+def sensitivity(table: pd.DataFrame, out: Path) -> Path:
+    """Each rule's verdict with one threshold varied at a time (rows: rule and threshold;
+    columns: the factor on the default), from a `verdicts.sensitivity` table. Returns the PNG."""
+    rows = list(dict.fromkeys(zip(table["rule"], table["threshold"])))
+    factors = np.sort(table["factor"].unique())
+    status = table.set_index(["rule", "threshold", "factor"])["status"]
+    names = list(STATUS_COLORS)
+    codes = np.array([[names.index(status[r, t, f]) for f in factors] for r, t in rows])
+    fig, ax = _figure(figsize=(8, 1.2 + 0.24 * len(rows)))
+    cmap = matplotlib.colors.ListedColormap(list(STATUS_COLORS.values()))
+    ax.imshow(codes, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto")
+    ticks = [i for i, f in enumerate(factors) if np.isclose(np.log2(f) * 4, round(np.log2(f) * 4))]
+    ax.set_xticks(ticks, [f"x{factors[i]:.2g}" for i in ticks], fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"rule {r}: {t}" for r, t in rows], fontsize=8)
+    ax.axvline(int(np.argmin(np.abs(np.log(factors)))), color="white", lw=1.5)
+    ax.set_xlabel("factor on the threshold's default (white line: the rule as written)")
+    ax.set_ylabel("rule (question or sub-claim) and threshold varied")
+    handles = [matplotlib.patches.Patch(color=c, label=n) for n, c in STATUS_COLORS.items()]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
+              title="verdict", title_fontsize=8)
+    ax.set_title("Threshold sensitivity: each verdict with one threshold varied, the others "
+                 "at their defaults", fontsize=9)
+    _save(fig, out, "sensitivity")
+    return out / "sensitivity.png"
+
+
 def _heads_figures(d: Path, set_name: str) -> list[Path]:
     heads = pd.read_csv(d / "heads.csv")
     return (head_table(heads, set_name, d / "figures")

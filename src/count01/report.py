@@ -3,12 +3,20 @@
 DIR is a study (`count01 reproduce`, with study.json), a sweep (sweep.json) or a single run
 (config.json). The report reads the tidy tables of `analysis` (RUN/analysis/*.csv) and of the
 sweep (results.parquet, paths/), judges each question of SPEC 1 with the rules of `verdicts`,
-and writes
+runs each rule on the hand-built controls of `controls` (built in memory from weights, a few
+seconds: they are the same for every report and never saved) and over its thresholds, and
+writes
     report.html   self-contained: figures embedded as base64 PNG, inline CSS, no script, no
                   network access of any kind
     report.md     the same text, figures linked by relative path
-    verdicts.json the verdict and one-line finding of each question (for scripts)
-into DIR. Sections (HTML ids): summary, q1, q2, q3, q4, methods.
+    verdicts.json a list, one object per question: question, title, status, rule_version,
+                  controls {positive, negative} (and parts for question 3), evidence (false when
+                  both controls get the same verdict), sensitivity, finding, numbers,
+                  previous_versions {version: status} (for scripts)
+    sensitivity.csv, sensitivity.png  each rule's verdict with each threshold varied
+into DIR. Sections (HTML ids): summary, q1, q2, q3, q4, methods. A lone run is judged like a
+study's analysed run; its question 4 is not measured (one configuration has no training path to
+compare).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
 
 SECTIONS = ("summary", "q1", "q2", "q3", "q4", "methods")
 ANALYSIS_TABLES = ("model", "heads", "aggregation", "value_swap", "intervention",
-                   "minimal_heads", "alpha")
+                   "minimal_heads", "alpha", "ideal_intervention")
 PREFERRED_HEADS = 4  # in a sweep, the configuration analysed in depth if it has an analysis
 
 
@@ -115,7 +123,6 @@ def collect(root: str | Path) -> Evidence:
     elif (root / "config.json").exists():
         ev = Evidence(root, "run")
         _add_run(ev, root)
-        _add_run_success(ev)
     else:
         raise ReportError(f"{root} is not a study, sweep or run directory (no study.json, "
                           "sweep.json or config.json)")
@@ -172,39 +179,16 @@ def _add_run(ev: Evidence, run: Path | None) -> None:
         ev.tables["model"] = pd.DataFrame(saved_eval(run))
 
 
-def _add_run_success(ev: Evidence) -> None:
-    """A lone run answers question 4 from its own seeds (one configuration)."""
-    from .paths import wilson
-
-    model = ev.tables.get("model")
-    if model is None:
-        return
-    hard = model[model["set"] == V.SET]
-    k, n = int((hard["l_acc"] >= V.SUCCESS_L_ACC).sum()), len(hard)
-    lo, hi = wilson(k, n)
-    cid = ev.root.name
-    ev.grid = ["heads"]
-    ev.success = pd.DataFrame([{"config_id": cid, "heads": ev.cfg.heads, "n_runs": n,
-                                "n_success": k, "rate": k / n if n else float("nan"),
-                                "ci_low": float(lo), "ci_high": float(hi)}])
-    mh = ev.tables.get("minimal_heads")
-    if mh is not None:
-        sizes = mh["n_heads"].where(mh["n_heads"] >= 0)
-        counts = sizes.value_counts(dropna=False).sort_index()
-        ev.minimal = pd.DataFrame([{"config_id": cid, "size": s, "n_runs": int(c)}
-                                   for s, c in counts.items()])
-
-
 # --- verdicts ------------------------------------------------------------------------------------
 
 def judge(ev: Evidence) -> dict[int, V.Verdict]:
-    t = ev.tables
-    model = t.get("model") if ev.analysis else None
+    """Every question's verdict, with its controls (`count01.controls`) and sensitivity."""
+    from .controls import rule_controls  # builds models: torch only when a report is judged
+
+    tables = dict(ev.tables) if ev.analysis else {}
     label = "heads" if "heads" in ev.grid else (ev.grid[0] if ev.grid else "config_id")
-    return {1: V.q1(t.get("heads"), model),
-            2: V.q2(t.get("aggregation"), model),
-            3: V.q3(t.get("heads"), t.get("value_swap"), t.get("intervention"), model),
-            4: V.q4(ev.success, ev.minimal, label)}
+    got = V.judge(V.Evidence(tables, ev.success, ev.minimal, label), rule_controls())
+    return {v.question: v for v in got}
 
 
 # --- the text ------------------------------------------------------------------------------------
@@ -290,14 +274,25 @@ def _rel(path: Path | None, root: Path) -> str:
         return str(path)
 
 
-def summary_section(ev: Evidence, v: dict[int, V.Verdict]) -> Section:
+def summary_section(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: Path | None = None
+                    ) -> Section:
     """Three findings, what they mean for model design, and the risk, in plain words."""
     t = ev.tables
     blocks: list[Block] = [
-        f"What was run: {_what_ran(ev)}. Each question of SPEC 1 is judged by a rule fixed in "
-        "code (`count01.verdicts`) and printed below; a claim that misses its threshold is "
-        "reported as not held.",
-        Table(["question", "verdict"], [[f"Q{q}. {v[q].title}", v[q].status] for q in v])]
+        f"What was run: {_what_ran(ev)}. Each question of SPEC 1 is judged by a versioned rule "
+        "in code (`count01.verdicts`), printed below; a claim that misses its threshold is "
+        "reported as not held, and one resting on too few units, or on a share whose 95% "
+        "interval straddles the threshold, as inconclusive. Each rule also judges a hand-built "
+        "model that has the property (positive control) and one that lacks it (negative); a "
+        "rule that gives both the same verdict is not evidence. Sensitivity: the verdict with "
+        f"{V.SENSITIVITY_RANGE}, the other thresholds fixed.",
+        Table(["question", "verdict", "controls", "threshold sensitivity"],
+              [[f"Q{q}. {x.title}", x.status, _controls_text(x.controls), x.sensitivity]
+               for q, x in v.items()])]
+    if sensitivity_figure is not None:
+        blocks.append(Figure(sensitivity_figure, "Where each verdict flips: every rule (and "
+                             "each sub-claim of question 3) with one threshold varied at a time, "
+                             "x = the factor applied to the default (1 = the rule as written)."))
     items = [_finding_semantics(v[1], t), _finding_aggregation(v[2], t),
              _finding_mechanism(v[3]), _finding_risk(v[4], ev)]
     labels = ["Finding 1, the semantics", "Finding 2, the syntax", "Finding 3, the mechanism",
@@ -326,7 +321,10 @@ def _finding_semantics(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
               V.NOT_HELD: "For model design: the answer is spread across heads, so no head can "
                           "be read, trusted or pruned on its own" + removal,
               V.MIXED: "For model design: some heads can be read on their own and others "
-                       "cannot, so check each head before relying on it" + removal}[v.status]
+                       "cannot, so check each head before relying on it" + removal,
+              V.INCONCLUSIVE: "For model design: too few heads, or a share too close to its "
+                              "threshold, to say; measure more seeds before relying on a single "
+                              "head" + removal}[v.status]
     return f"{v.finding} {design}"
 
 
@@ -342,14 +340,20 @@ def _finding_aggregation(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
     whole = pd.concat([_hard(t, k) for k in ("learned", "uniform")])
     whole = whole[whole["head"] == -1].pivot_table(index="seed", columns="scheme",
                                                    values="l_acc")
-    cost = (whole["learned"] - whole["uniform"]).max() if len(whole) else float("nan")
+    lost = whole["learned"] - whole["uniform"] if len(whole) else pd.Series(dtype=float)
+    cost = lost.max() if len(lost) else float("nan")
+    costly = int((lost > V.L_ACC_DROP).sum())
+    worst = (f"{cost:.3f} l-acc in the worst seed ({costly} of {len(lost)} seed"
+             f"{'s' if len(lost) != 1 else ''} lose more than {V.L_ACC_DROP})")
     design = {V.HELD: " For model design: the head weights must be learned or fitted; averaging "
                       "heads equally is not enough.",
-              V.NOT_HELD: f" For model design: equal weighting cost little in most seeds but up "
-                          f"to {cost:.3f} l-acc in some, and a head kept alone needs its weight "
-                          "refitted: fit the readout rather than assume it.",
+              V.NOT_HELD: f" For model design: equal weighting cost little in most seeds but "
+                          f"{worst}, and a head kept alone needs its weight refitted: fit the "
+                          "readout rather than assume it.",
               V.MIXED: " For model design: equal weighting is sometimes harmless and sometimes "
-                       "not; fit the head weights rather than assume."}[v.status]
+                       "not; fit the head weights rather than assume.",
+              V.INCONCLUSIVE: f" For model design: too few seeds to say; equal weighting cost "
+                              f"{worst}, so fit the readout rather than assume it."}[v.status]
     return v.finding + extra + design
 
 
@@ -363,7 +367,9 @@ def _finding_mechanism(v: V.Verdict) -> str:
               V.NOT_HELD: "For model design: attention ratios alone do not explain these heads; "
                           "look at the value/output weights too.",
               V.MIXED: "For model design: the attention ratio matters, but not every part of the "
-                       "claimed mechanism held."}[v.status]
+                       "claimed mechanism held.",
+              V.INCONCLUSIVE: "For model design: the parts that could be decided agree, but not "
+                              "every part could be; do not rely on the mechanism yet."}[v.status]
     return f"{v.finding} {parts} {design}"
 
 
@@ -382,16 +388,53 @@ def _finding_risk(v: V.Verdict, ev: Evidence) -> str:
                           "rate up to that bound is not ruled out",
               V.MIXED: ("For model design: failures were rare; a few restarts (`count01 train "
                         "--restarts K`) are cheap insurance" if failed else
-                        "For model design: no restarts were needed here")
+                        "For model design: no restarts were needed here"),
+              V.INCONCLUSIVE: ("For model design: too few seeds to bound the failure rate below "
+                               f"{V.FAIL_RATE:.0%}; a few restarts (`count01 train --restarts K`) "
+                               "are cheap insurance")
               }[v.status]
     return f"{v.finding} {scope}{design}{caveat}"
 
 
+def _controls_text(controls: dict) -> str:
+    """'positive held, negative did not hold', and 'not evidence' when the two agree."""
+    if not controls:
+        return "not run"
+    text = f"positive {controls['positive']}, negative {controls['negative']}"
+    return text if controls["positive"] != controls["negative"] else text + ": not evidence"
+
+
+def _verdict_of_version(v: V.Verdict, version: int) -> str:
+    """'mixed ((a) mixed, (b) held, (c) held)': the verdict of one rule version here."""
+    if version == v.rule_version:
+        status, parts = v.status, [s for _, s in v.parts]
+    else:
+        status, parts = v.previous.get(version, V.NOT_MEASURED), v.previous_parts.get(version)
+    if not parts:
+        return status
+    return f"{status} (" + ", ".join(f"({k[1]}) {s}" for k, s in zip(V.Q3_PARTS, parts)) + ")"
+
+
 def question_section(ev: Evidence, v: V.Verdict) -> Section:
-    blocks: list[Block] = [f"**Verdict: {v.status}.** {v.finding}", *v.details,
-                           f"**Rule.** {v.rule}"]
+    blocks: list[Block] = [f"**Verdict: {v.status}** (rule version {v.rule_version}). "
+                           f"{v.finding}", *v.details, f"**Rule.** {v.rule}"]
+    blocks.append(f"**Controls** (hand-built models of `count01.controls`): "
+                  f"{_controls_text(v.controls)}." + ("" if v.evidence else " The rule gives the model "
+                                             "that has the property and the one that lacks it "
+                                             "the same verdict, so its verdict is not evidence."))
+    blocks.append(f"**Threshold sensitivity** ({V.SENSITIVITY_RANGE}): {v.sensitivity}.")
     if v.parts:
-        blocks.append(Table(["sub-claim", "verdict"], [[a, b] for a, b in v.parts]))
+        parts = v.controls.get("parts", {})
+        blocks.append(Table(["sub-claim", "verdict", "controls", "threshold sensitivity"],
+                            [[a, b, _controls_text(parts.get(k, {})),
+                              v.part_sensitivity.get(k, "")]
+                             for (a, b), k in zip(v.parts, V.Q3_PARTS)]))
+    blocks.append("**Rule history.** Every version of this rule and its verdict on these same "
+                  "tables; a version made after results were seen is marked so.")
+    blocks.append(Table(
+        ["version", "when", "after results were seen", "what it changed", "verdict here"],
+        [[str(n), when, {True: "yes", False: "no", None: "not recorded"}[seen], what,
+          _verdict_of_version(v, n)] for n, when, seen, what in V.HISTORY[v.question]]))
     numbers = list(v.numbers)
     if v.question == 1 and ev.sweep_heads is not None:
         numbers += V.separating_heads_by_config(ev.sweep_heads, ev.sweep_runs)
@@ -480,8 +523,18 @@ def methods_section(ev: Evidence) -> Section:
              "trajectories from the saved checkpoints, and the smallest head set keeping hard "
              "l-acc >= 0.99 once alpha is refitted. Value swap: a head keeps its attention "
              "pattern and takes another head's W_V, b_V, W_O (and the reverse); s-acc refitted.")
-    b.append("**Verdict rules** (thresholds are constants in `count01/verdicts.py`):")
-    b.append(Bullets([f"Q{q}: {rule}" for q, rule in V.RULES.items()]))
+    from .controls import Q4_FAILURES, RULE_CONTROLS, RUNS, SEEDS
+
+    b.append("**Verdict rules** (thresholds are constants in `count01/verdicts.py`; each rule "
+             "is versioned, its history in the question's section):")
+    b.append(Bullets([f"Q{q} (version {V.VERSIONS[q]}): {rule}" for q, rule in V.RULES.items()]))
+    b.append(f"**Controls** (`count01/controls.py`, models written from weights, {SEEDS} seeds "
+             "that differ only in the scale of their values; question 4's controls are "
+             f"training-path tables of {RUNS} runs per configuration): " + "; ".join(
+                 f"rule {k}: positive `{p}`, negative `{n}`"
+                 for k, (p, n) in RULE_CONTROLS.items()) + "; rule 4: failures per configuration "
+             + ", ".join(f"{side} {f}" for side, f in zip(("positive", "negative"), Q4_FAILURES))
+             + ".")
     if ev.sweep:
         sw = ev.sweep.to_dict()
         grid = "; ".join(f"{k} in {', '.join(map(str, x))}" for k, x in sw["grid"].items())
@@ -547,8 +600,10 @@ def _time_table(ev: Evidence) -> Table:
     return Table(["time taken", "wall time"], rows)
 
 
-def build_document(ev: Evidence, v: dict[int, V.Verdict]) -> tuple[str, list[Section]]:
-    sections = [summary_section(ev, v)] + [question_section(ev, v[q]) for q in (1, 2, 3, 4)]
+def build_document(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: Path | None = None
+                   ) -> tuple[str, list[Section]]:
+    sections = [summary_section(ev, v, sensitivity_figure)] + [
+        question_section(ev, v[q]) for q in (1, 2, 3, 4)]
     return "count01 report: do attention heads compete or cooperate?", sections + [
         methods_section(ev)]
 
@@ -567,7 +622,7 @@ figcaption{font-size:.85rem;color:#555}nav a{margin-right:.8rem}
 .badge{display:inline-block;white-space:nowrap;padding:.05rem .5rem;border-radius:.8rem;
 font-size:.85rem;color:#fff;vertical-align:middle;margin-left:.4rem}
 .held{background:#2e7d32}.did-not-hold{background:#c62828}.mixed{background:#b26a00}
-.not-measured{background:#757575}
+.not-measured{background:#757575}.inconclusive{background:#5e35b1}
 """
 
 
@@ -582,15 +637,15 @@ def _badge(status: str) -> str:
 
 
 def _status_cell(text: str) -> str:
-    for s in (V.HELD, V.NOT_HELD, V.MIXED, V.NOT_MEASURED):
+    for s in V.STATUSES:
         if text == s:
             return _badge(s)
     return _inline_html(text)
 
 
-def render_html(title: str, sections: list[Section], root: Path) -> str:
-    """The page; a figure is embedded only if it lies inside `root`, the directory reported on
-    (a figure path resolving elsewhere, e.g. a planted link, is refused)."""
+def render_html(title: str, sections: list[Section]) -> str:
+    """The page, figures embedded (`build_report` checks first that each lies inside the directory
+    reported on or the report's own: a planted link to elsewhere is refused)."""
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
              f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><nav>"
@@ -611,8 +666,6 @@ def render_html(title: str, sections: list[Section], root: Path) -> str:
                                + "</tr>" for r in blk.rows)
                 parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             else:
-                if not blk.path.resolve().is_relative_to(root.resolve()):
-                    raise ReportError(f"figure {blk.path} lies outside {root}: not embedded")
                 data = base64.b64encode(blk.path.read_bytes()).decode("ascii")
                 parts.append(f'<figure><img src="data:image/png;base64,{data}" '
                              f'alt="{html.escape(blk.caption)}"><figcaption>'
@@ -646,11 +699,17 @@ def render_markdown(title: str, sections: list[Section], base: Path) -> str:
     return "\n".join(lines)
 
 
+def _sensitivity_table(v: dict[int, V.Verdict]) -> pd.DataFrame | None:
+    """Every rule's status per varied threshold (sensitivity.csv), None if no rule varies one."""
+    tables = [x.sensitivity_table for x in v.values() if x.sensitivity_table is not None]
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
 @dataclass
 class ReportFiles:
     html: Path
     md: Path
-    json: Path  # verdicts.json: {"Q1": {"status", "finding"}, ...}
+    json: Path  # verdicts.json: [{"question", "status", "rule_version", "controls", ...}, ...]
     verdicts: dict[int, str]
 
 
@@ -659,15 +718,25 @@ def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles
     default the directory itself) from its saved results."""
     root = Path(root)
     out = root if out is None else Path(out)
+    from .plots import sensitivity
+
     ev = collect(root)
     v = judge(ev)
-    title, sections = build_document(ev, v)
-    page = render_html(title, sections, root)
+    table = _sensitivity_table(v)
+    title, sections = build_document(ev, v, None if table is None else out / "sensitivity.png")
+    outside = [b.path for s in sections for b in s.blocks if isinstance(b, Figure)
+               and not any(b.path.resolve().is_relative_to(d.resolve()) for d in (root, out))]
+    if outside:  # checked before anything is written
+        raise ReportError(f"figure {outside[0]} lies outside {root}: not embedded")
+    if table is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "sensitivity.csv", lambda tmp: table.to_csv(tmp, index=False))
+        sensitivity(table, out)
+    page = render_html(title, sections)
     md = render_markdown(title, sections, out)
     atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
-    write_json(out / "verdicts.json", {f"Q{q}": {"status": x.status, "finding": x.finding}
-                                       for q, x in v.items()})
+    write_json(out / "verdicts.json", [x.to_json() for x in v.values()])
     return ReportFiles(out / "report.html", out / "report.md", out / "verdicts.json",
                        {q: x.status for q, x in v.items()})
 

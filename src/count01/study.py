@@ -20,9 +20,9 @@ rates from 0/32 (init_scale 10, and SGD at lr 1e-3 from init_scale 0.3) to 32/32
 OUT holds study.json (the plan, versions, the analysed run, and every finished stage with its
 time), sweep/ (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/
 with its analysis/), training_path/ (the grid's sweep directory, with its paths/), report.html,
-report.md and verdicts.json. A stage is recorded only once it
-has finished, so re-running the same command skips finished stages and resumes the sweep where it
-stopped; a study directory holds one plan (another plan there is refused).
+report.md, verdicts.json and sensitivity.csv/.png. A stage is recorded only once it has finished,
+so re-running the same command skips finished stages and resumes the sweep where it stopped; a
+study directory holds one plan (another plan there is refused).
 """
 
 from __future__ import annotations

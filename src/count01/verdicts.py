@@ -1,28 +1,36 @@
-"""Verdicts on the four questions of SPEC 1, by rules written down before any run was looked at.
+"""Verdicts on the four questions of SPEC 1, by versioned rules that can fail (SPEC 6).
 
 Each rule reads saved tidy tables (the CSV files of `analysis` and `paths`) and returns a
-`Verdict`: "held", "did not hold" or "mixed" (or "not measured" when a table is missing), the
-rule in words (the report prints it next to the verdict), and the numbers it rests on with their
-spread over seeds. The tool measures; it does not confirm: every threshold below is a constant
-here, printed in the report, and a claim that misses it is reported as not held.
+`Verdict`: "held", "did not hold", "mixed", "inconclusive" (too few informative units, or a
+Wilson 95% interval on the deciding share that straddles its threshold) or "not measured" (a
+table is missing); the rule in words; and the numbers it rests on with their spread. Every
+threshold is an entry of THRESHOLDS, printed in the report and varied by `sensitivity`.
+
+`judge` runs each rule on the trained model's tables, on the hand-built controls of
+`count01.controls` (a rule whose positive and negative control get the same verdict is not
+evidence) and over its thresholds. Rules carry a version; HISTORY says what each version changed
+and whether the change was made after results were seen, and each verdict keeps what the older
+versions say on the same tables.
 
 Questions 1 to 3 are about models that learned the task, so they are judged on the seeds that
-succeeded (hard l-acc >= 0.99); the failed seeds are counted and named in the numbers.
+succeeded (hard l-acc >= SUCCESS_L_ACC); the failed seeds are counted and named in the numbers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-HELD, NOT_HELD, MIXED, NOT_MEASURED = "held", "did not hold", "mixed", "not measured"
+HELD, NOT_HELD, MIXED = "held", "did not hold", "mixed"
+INCONCLUSIVE, NOT_MEASURED = "inconclusive", "not measured"
+STATUSES = (HELD, NOT_HELD, MIXED, INCONCLUSIVE, NOT_MEASURED)
 SET = "hard"  # |#1 - #0| <= 1: every rule is judged where counting, not a rough majority, decides
 SUCCESS_L_ACC = 0.99  # SPEC 5: a run succeeded if its l-acc on `hard` is >= 0.99
-MOST, FEW = 0.75, 0.25  # share of heads / seeds above which a claim held, below which it did not
-
+MOST, FEW = 0.75, 0.25  # share of units above which a claim held, below which it did not
 # Q1: a head "separates" if its s-acc on hard is at least this
 S_ACC_GOOD = 0.9
 # Q2: uniform weighting "still ranks well" / "answers worse" / learned-or-fitted "gets it right"
@@ -32,9 +40,51 @@ L_ACC_DROP = 0.05
 W01_FACTOR = 2.0
 W02_MAX = 0.25
 VALUE_SWAP_GAP = 0.05  # a value swap is informative only between heads whose s-acc differ more
-COLLAPSE_DROP = 0.25  # "collapse": mean drops by at least this from w01 = 1 to each end of the grid
-# Q4: the training path "decides" if some configuration fails in at least this share of its seeds
+COLLAPSE_BEYOND = 0.1  # a head's collapse exceeds the ideal counter's by at least this l-acc
+# Q4: the training path "decides" if some configuration fails in more than this share of seeds
 FAIL_RATE = 0.05
+
+THRESHOLDS: dict[str, float] = {
+    "success_l_acc": SUCCESS_L_ACC, "most": MOST, "few": FEW, "s_acc_good": S_ACC_GOOD,
+    "auc_good": AUC_GOOD, "l_acc_drop": L_ACC_DROP, "w01_factor": W01_FACTOR,
+    "w02_max": W02_MAX, "value_swap_gap": VALUE_SWAP_GAP, "collapse_beyond": COLLAPSE_BEYOND,
+    "fail_rate": FAIL_RATE}
+# how `sensitivity` varies each threshold by a factor f in FACTORS: "from_one" scales its
+# distance from 1 (accuracies, the share MOST), "log" scales its logarithm, "scale" itself
+VARIED = {"success_l_acc": "from_one", "most": "from_one", "s_acc_good": "from_one",
+          "auc_good": "from_one", "w01_factor": "log"}
+FACTORS = np.geomspace(0.5, 2.0, 17)
+SENSITIVITY_RANGE = ("each threshold x0.5 to x2 in 17 log-spaced steps (of its distance from 1 "
+                     "for accuracies, AUC and the share 'most'; of its logarithm for w01_factor)")
+# the fewest informative units a rule decides on
+MIN_UNITS = {"1": 8, "2": 8, "3a": 8, "3b": 8, "3c": 8, "4": 8}
+MIN_SWAP_SEEDS = 3  # informative hybrids must come from at least this many seeds
+
+# question -> versions: (version, when, changed after results were seen (None: not recorded),
+# what this version changed)
+HISTORY: dict[int, list[tuple[int, str, bool | None, str]]] = {
+    1: [(1, "commit 39e0da1", None, "first version: share of heads with s-acc >= 0.9"),
+        (2, "issue #13", True, "inconclusive below 8 heads or when the share's Wilson 95% "
+         "interval straddles its threshold")],
+    2: [(1, "commit 39e0da1", None, "first version: share of seeds supporting the claim"),
+        (2, "issue #13", True, "inconclusive below 8 seeds or when the share's Wilson 95% "
+         "interval straddles its threshold")],
+    3: [(1, "commit 39e0da1", None, "first version; (b) held if the median |s-acc change| of a "
+         "head given another head's values is <= 0.05"),
+        (2, "commit 38bdcc5, after the full study's results were known", True, "(b) counts "
+         "hybrids of heads whose s-acc differ by > 0.05 that score closer to their attention "
+         "donor"),
+        (3, "issue #13", True, "inconclusive below 8 units (8 informative hybrids from 3 seeds "
+         "for (b)) or when a share's Wilson 95% interval straddles its threshold; (c) compares "
+         "each head's drop in model l-acc from w01 near 1 to either end of the grid with an "
+         "ideal counter's under the same intervention (was: a drop of >= 0.25 in l-acc and "
+         "fixed-readout s-acc at both ends and a growing spread, with no reference)")],
+    4: [(1, "commit 39e0da1", None, "first version: held if some configuration fails in >= 5% "
+         "of its seeds, did not hold if every seed succeeded"),
+        (2, "issue #13", True, "a failure rate decides only if its Wilson 95% interval is clear "
+         "of 5%; inconclusive below 8 runs per configuration")],
+}
+VERSIONS = {q: h[-1][0] for q, h in HISTORY.items()}
 
 
 @dataclass
@@ -47,6 +97,36 @@ class Verdict:
     numbers: list[tuple[str, str]] = field(default_factory=list)  # (quantity, value with spread)
     parts: list[tuple[str, str]] = field(default_factory=list)  # (sub-claim, status) if any
     details: list[str] = field(default_factory=list)  # further sentences, in its own section
+    previous: dict[int, str] = field(default_factory=dict)  # older rule version -> its status
+    previous_parts: dict[int, list[str]] = field(default_factory=dict)  # and its sub-claims'
+    controls: dict = field(default_factory=dict)  # {"positive": status, "negative": status}
+    sensitivity: str = ""  # "robust" or where the verdict flips
+    part_sensitivity: dict[str, str] = field(default_factory=dict)  # Q3: sub-claim key -> text
+    sensitivity_table: pd.DataFrame | None = None  # (rule, threshold, factor, value, status)
+
+    @property
+    def rule_version(self) -> int:
+        return VERSIONS[self.question]
+
+    @property
+    def evidence(self) -> bool:
+        """False when the rule gives its positive and negative control the same verdict."""
+        return not self.controls or self.controls["positive"] != self.controls["negative"]
+
+    def to_json(self) -> dict:
+        """One entry of verdicts.json."""
+        out = {"question": self.question, "title": self.title, "status": self.status,
+               "rule_version": self.rule_version, "controls": self.controls,
+               "evidence": self.evidence, "sensitivity": self.sensitivity,
+               "finding": self.finding, "numbers": dict(self.numbers),
+               "previous_versions": {str(k): s for k, s in self.previous.items()}}
+        if self.parts:
+            controls = self.controls.get("parts", {})
+            out["parts"] = {key: {"name": name, "status": status,
+                                  "controls": controls.get(key, {}),
+                                  "sensitivity": self.part_sensitivity.get(key, "")}
+                            for key, (name, status) in zip(Q3_PARTS, self.parts)}
+        return out
 
 
 # --- formatting of numbers with their spread ------------------------------------------------
@@ -74,31 +154,62 @@ def share(k: int, n: int) -> str:
     return f"{k}/{n} ({100 * k / n:.0f}%)" if n else "0/0"
 
 
-def by_share(frac: float) -> str:
-    """The status of a claim that holds for a share `frac` of heads or seeds."""
-    if frac >= MOST:
+def share_ci(k: int, n: int) -> str:
+    """k/n (p%), Wilson 95% CI lo-hi."""
+    if not n:
+        return "0/0"
+    lo, hi = wilson(k, n)
+    return f"{share(k, n)}, Wilson 95% CI {float(lo):.2f}-{float(hi):.2f}"
+
+
+def wilson(k, n):
+    from .paths import wilson as interval
+
+    return interval(k, n)
+
+
+def by_share(frac: float, t: Mapping[str, float] = THRESHOLDS) -> str:
+    """The status of a claim that holds for a share `frac` of units, before the evidence check."""
+    if frac >= t["most"]:
         return HELD
-    if frac <= FEW:
+    if frac <= t["few"]:
         return NOT_HELD
     return MIXED
+
+
+def by_evidence(k: int, n: int, minimum: int, t: Mapping[str, float] = THRESHOLDS) -> str:
+    """The status of a claim that holds for k of n units: `by_share`, unless there are fewer
+    than `minimum` units or the Wilson 95% interval of k/n straddles the threshold that decided
+    (for mixed, either threshold): then inconclusive."""
+    if n == 0:
+        return NOT_MEASURED
+    raw = by_share(k / n, t)
+    lo, hi = (float(x) for x in wilson(k, n))
+    straddles = {HELD: lo < t["most"], NOT_HELD: hi > t["few"],
+                 MIXED: lo < t["few"] or hi > t["most"]}[raw]
+    return INCONCLUSIVE if n < minimum or straddles else raw
 
 
 def combine(statuses: list[str]) -> str:
-    """Held if every sub-claim held, did not hold if none did, mixed otherwise."""
+    """Held if every sub-claim held, did not hold if none did, mixed if decided sub-claims
+    disagree, inconclusive if the decided ones agree but some could not be decided."""
     measured = [s for s in statuses if s != NOT_MEASURED]
     if not measured:
         return NOT_MEASURED
-    if all(s == HELD for s in measured):
-        return HELD
-    if all(s == NOT_HELD for s in measured):
-        return NOT_HELD
+    decided = [s for s in measured if s != INCONCLUSIVE]
+    if not decided:
+        return INCONCLUSIVE
+    if all(s == HELD for s in decided):
+        return HELD if len(decided) == len(measured) else INCONCLUSIVE
+    if all(s == NOT_HELD for s in decided):
+        return NOT_HELD if len(decided) == len(measured) else INCONCLUSIVE
     return MIXED
 
 
-def successful_seeds(model: pd.DataFrame) -> list[int]:
-    """Seeds whose l-acc on `hard` reaches SUCCESS_L_ACC (model.csv rows: set, seed, l_acc)."""
+def successful_seeds(model: pd.DataFrame, t: Mapping[str, float] = THRESHOLDS) -> list[int]:
+    """Seeds whose l-acc on `hard` reaches success_l_acc (model.csv rows: set, seed, l_acc)."""
     hard = model[model["set"] == SET]
-    return sorted(int(s) for s in hard.loc[hard["l_acc"] >= SUCCESS_L_ACC, "seed"])
+    return sorted(int(s) for s in hard.loc[hard["l_acc"] >= t["success_l_acc"], "seed"])
 
 
 def _seeds_note(model: pd.DataFrame, ok: list[int]) -> tuple[str, str]:
@@ -108,30 +219,37 @@ def _seeds_note(model: pd.DataFrame, ok: list[int]) -> tuple[str, str]:
     return ("seeds judged", text + (f"; left out (failed): {failed}" if failed else ""))
 
 
+def _evidence_rule(unit: str, key: str) -> str:
+    return (f"Inconclusive with fewer than {MIN_UNITS[key]} {unit}, or when the Wilson 95% "
+            "interval of the share straddles the threshold that decided.")
+
+
 # --- Q1: pseudo-ensemble on the semantics ---------------------------------------------------
 
 Q1_RULE = (f"On `{SET}`, count the heads (every head of every successful seed) whose s-acc is "
            f">= {S_ACC_GOOD}. Held if that share is >= {MOST:.0%}, did not hold if <= {FEW:.0%}, "
-           "mixed otherwise.")
+           "mixed otherwise. " + _evidence_rule("heads", "1"))
+Q1_TITLE = "Pseudo-ensemble on the semantics: does each head alone separate the answers?"
 
 
-def q1(heads: pd.DataFrame | None, model: pd.DataFrame | None) -> Verdict:
-    title = "Pseudo-ensemble on the semantics: does each head alone separate the answers?"
+def q1(heads: pd.DataFrame | None, model: pd.DataFrame | None,
+       t: Mapping[str, float] = THRESHOLDS) -> Verdict:
     if heads is None or model is None:
-        return Verdict(1, title, NOT_MEASURED, Q1_RULE, "No head analysis was found.")
-    ok = successful_seeds(model)
+        return Verdict(1, Q1_TITLE, NOT_MEASURED, Q1_RULE, "No head analysis was found.")
+    ok = successful_seeds(model, t)
     h = heads[(heads["set"] == SET) & heads["seed"].isin(ok)]
     if h.empty:
-        return Verdict(1, title, NOT_MEASURED, Q1_RULE, "No seed succeeded, so no trained head "
-                       "could be judged.", [_seeds_note(model, ok)])
-    good = int((h["s_acc"] >= S_ACC_GOOD).sum())
-    status = by_share(good / len(h))
-    per_seed = h.groupby("seed")["s_acc"].apply(lambda s: (s >= S_ACC_GOOD).mean())
+        return Verdict(1, Q1_TITLE, NOT_MEASURED, Q1_RULE, "No seed succeeded, so no trained "
+                       "head could be judged.", [_seeds_note(model, ok)])
+    good = int((h["s_acc"] >= t["s_acc_good"]).sum())
+    status = by_evidence(good, len(h), MIN_UNITS["1"], t)
+    per_seed = h.groupby("seed")["s_acc"].apply(lambda s: (s >= t["s_acc_good"]).mean())
     finding = (f"{share(good, len(h))} of the heads separate the answers alone on `{SET}` "
-               f"(s-acc >= {S_ACC_GOOD}); median head s-acc {h['s_acc'].median():.3f}, "
+               f"(s-acc >= {t['s_acc_good']:g}); median head s-acc {h['s_acc'].median():.3f}, "
                f"median head AUC {h['head_auc'].median():.3f}.")
     numbers = [_seeds_note(model, ok),
-               (f"heads with s-acc >= {S_ACC_GOOD} ({SET})", share(good, len(h))),
+               (f"heads with s-acc >= {t['s_acc_good']:g} ({SET}), the deciding share",
+                share_ci(good, len(h))),
                (f"head s-acc ({SET})", spread(h["s_acc"])),
                (f"head AUC ({SET})", spread(h["head_auc"])),
                (f"probe s-acc ({SET})", spread(h["probe_s_acc"])),
@@ -140,7 +258,8 @@ def q1(heads: pd.DataFrame | None, model: pd.DataFrame | None) -> Verdict:
         other = heads[(heads["set"] == name) & heads["seed"].isin(ok)]
         if len(other):
             numbers.append((f"head s-acc ({name})", spread(other["s_acc"])))
-    return Verdict(1, title, status, Q1_RULE, finding, numbers)
+    return Verdict(1, Q1_TITLE, status, Q1_RULE, finding, numbers,
+                   previous={1: by_share(good / len(h), t)})
 
 
 def separating_heads_by_config(heads: pd.DataFrame, runs: pd.DataFrame
@@ -163,35 +282,36 @@ Q2_RULE = (f"On `{SET}`, a successful seed supports the claim if with uniform we
            f"model still ranks well (AUC >= {AUC_GOOD}) but answers worse (l-acc at least "
            f"{L_ACC_DROP} below learned), while learned or fitted alpha reach l-acc >= "
            f"{SUCCESS_L_ACC}. Held if >= {MOST:.0%} of the seeds support it, did not hold if "
-           f"<= {FEW:.0%}, mixed otherwise.")
+           f"<= {FEW:.0%}, mixed otherwise. " + _evidence_rule("successful seeds", "2"))
+Q2_TITLE = ("Non-uniform aggregation for the syntax: do equally weighted heads rank well but "
+            "answer wrongly, and a learned or fitted weighting fix it?")
 
 
-def q2(agg: pd.DataFrame | None, model: pd.DataFrame | None) -> Verdict:
-    title = ("Non-uniform aggregation for the syntax: do equally weighted heads rank well but "
-             "answer wrongly, and a learned or fitted weighting fix it?")
+def q2(agg: pd.DataFrame | None, model: pd.DataFrame | None,
+       t: Mapping[str, float] = THRESHOLDS) -> Verdict:
     if agg is None or model is None:
-        return Verdict(2, title, NOT_MEASURED, Q2_RULE, "No aggregation table was found.")
-    ok = successful_seeds(model)
+        return Verdict(2, Q2_TITLE, NOT_MEASURED, Q2_RULE, "No aggregation table was found.")
+    ok = successful_seeds(model, t)
     a = agg[(agg["set"] == SET) & agg["seed"].isin(ok)]
     if a.empty:
-        return Verdict(2, title, NOT_MEASURED, Q2_RULE, "No seed succeeded.",
+        return Verdict(2, Q2_TITLE, NOT_MEASURED, Q2_RULE, "No seed succeeded.",
                        [_seeds_note(model, ok)])
     whole = a[a["head"] == -1].pivot_table(index="seed", columns="scheme",
                                            values=["l_acc", "valid", "auc"])
     learned, uniform, fitted = (whole[("l_acc", s)] for s in ("learned", "uniform", "fitted"))
-    support = ((whole[("auc", "uniform")] >= AUC_GOOD) & (uniform <= learned - L_ACC_DROP)
-               & (np.maximum(learned, fitted) >= SUCCESS_L_ACC))
-    status = by_share(float(support.mean()))
-    single = a[a["scheme"] == "single"]
-    finding = (f"{share(int(support.sum()), len(support))} seeds lose l-acc under uniform "
-               f"weighting while still ranking well: uniform l-acc {uniform.median():.3f} "
-               f"(median; lowest {uniform.min():.3f}) against learned {learned.median():.3f} "
-               f"and fitted {fitted.median():.3f}.")
-    numbers = [_seeds_note(model, ok),
-               ("seeds supporting the claim", share(int(support.sum()), len(support)))]
+    support = ((whole[("auc", "uniform")] >= t["auc_good"])
+               & (uniform <= learned - t["l_acc_drop"])
+               & (np.maximum(learned, fitted) >= t["success_l_acc"]))
+    k, n = int(support.sum()), len(support)
+    finding = (f"{share(k, n)} seeds lose l-acc under uniform weighting while still ranking "
+               f"well: uniform l-acc {uniform.median():.3f} (median; lowest {uniform.min():.3f}) "
+               f"against learned {learned.median():.3f} and fitted {fitted.median():.3f}.")
+    numbers = [_seeds_note(model, ok), ("seeds supporting the claim, the deciding share",
+                                        share_ci(k, n))]
     for scheme in ("learned", "uniform", "fitted"):
         for col in ("l_acc", "valid", "auc"):
             numbers.append((f"{scheme}: {col.replace('_', '-')}", spread(whole[(col, scheme)])))
+    single = a[a["scheme"] == "single"]
     if len(single):
         numbers += [("single head (others mean-ablated): l-acc", spread(single["l_acc"])),
                     ("single head: valid rate", spread(single["valid"])),
@@ -199,199 +319,270 @@ def q2(agg: pd.DataFrame | None, model: pd.DataFrame | None) -> Verdict:
     loo = a[a["scheme"] == "leave_one_out"]
     if len(loo):
         numbers.append(("leave one head out: l-acc", spread(loo["l_acc"])))
-    return Verdict(2, title, status, Q2_RULE, finding, numbers)
+    return Verdict(2, Q2_TITLE, by_evidence(k, n, MIN_UNITS["2"], t), Q2_RULE, finding,
+                   numbers, previous={1: by_share(k / n, t)})
 
 
 # --- Q3: attention as the mechanism -----------------------------------------------------------
 
+Q3_PARTS = {"3a": "(a) balanced 0/1 attention and suppressed 2s",
+            "3b": "(b) value vectors a minor factor",
+            "3c": "(c) collapse beyond an ideal counter's at an extreme w01"}
 Q3_RULE = (f"Three sub-claims, each on `{SET}` and the successful seeds. (a) Attention: a head is "
            f"balanced if 1/{W01_FACTOR:g} <= w01 <= {W01_FACTOR:g} and suppresses 2s if w02 <= "
            f"{W02_MAX}; held if >= {MOST:.0%} of the heads are both, did not hold if <= "
-           f"{FEW:.0%}. (b) Values matter less than attention: among hybrids (attention of head i, "
-           "value/output weights of head j of the same seed) whose two donors' s-acc differ by "
-           f"more than {VALUE_SWAP_GAP}, count those whose s-acc is closer to the attention "
-           f"donor's; held if >= {MOST:.0%}, did not hold if <= {FEW:.0%}, mixed otherwise; "
-           "not measured if no two heads differ that much (the swap cannot tell attention from "
-           "values when every head is equally good). (c) Collapse: with one head intervened at w02 = 0, the "
-           f"model's l-acc and the head's fixed-readout s-acc drop by >= {COLLAPSE_DROP} (mean) "
-           "from the grid point nearest w01 = 1 to both ends of the w01 grid, and the spread (sd "
-           "over seeds and heads) of l-acc at both ends exceeds its spread at w01 = 1; held if "
-           "both, else did not hold. Question 3 held if all three held, did not hold if none "
-           "did, mixed otherwise.")
+           f"{FEW:.0%}; at least {MIN_UNITS['3a']} heads. (b) Values matter less than "
+           "attention: among hybrids (attention of head i, value/output weights of head j of the "
+           f"same seed) whose two donors' s-acc differ by more than {VALUE_SWAP_GAP} (the "
+           "informative ones: the swap cannot tell attention from values between equally good "
+           "heads), count those whose s-acc is closer to the attention donor's; held if >= "
+           f"{MOST:.0%}, did not hold if <= {FEW:.0%}, mixed otherwise; at least "
+           f"{MIN_UNITS['3b']} informative hybrids from {MIN_SWAP_SEEDS} seeds. (c) Collapse: "
+           "with one head intervened at w02 = 0, a head's drop is the model's l-acc at the grid "
+           "point nearest w01 = 1 minus its l-acc at an end of the w01 grid; the same "
+           "intervention on an ideal counter with as many heads (`count01.controls`) gives the "
+           f"reference drop; a head collapses beyond the ideal if at either end its drop exceeds "
+           f"the reference's by >= {COLLAPSE_BEYOND}; held if >= {MOST:.0%} of the heads do, did "
+           f"not hold if <= {FEW:.0%}; at least {MIN_UNITS['3c']} heads. Each sub-claim is "
+           "inconclusive with fewer units or when the Wilson 95% interval of its share straddles "
+           "the threshold that decided. Question 3 held if all three held, did not hold if none "
+           "did, mixed if decided sub-claims disagree, inconclusive otherwise.")
+Q3_TITLE = ("Success through attention: balanced 0/1 attention, suppressed 2s, values minor; and "
+            "collapse when the ratio is pushed to an extreme?")
+OLD_COLLAPSE_DROP = 0.25  # (c) of versions 1 and 2: the drop from w01 near 1 to both ends
 
 
 def q3(heads: pd.DataFrame | None, swap: pd.DataFrame | None, inter: pd.DataFrame | None,
-       model: pd.DataFrame | None) -> Verdict:
-    title = ("Success through attention: balanced 0/1 attention, suppressed 2s, values minor; and "
-             "collapse when the ratio is pushed to an extreme?")
-    if model is None or all(t is None for t in (heads, swap, inter)):
-        return Verdict(3, title, NOT_MEASURED, Q3_RULE, "No head analysis was found.")
-    ok = successful_seeds(model)
-    numbers, parts, clauses, details = [_seeds_note(model, ok)], [], [], []
-    a_name, b_name, c_name = ("(a) balanced 0/1 attention and suppressed 2s",
-                              "(b) value vectors a minor factor",
-                              "(c) collapse with growing spread at extreme w01")
-
-    if heads is not None:  # (a) measured attention ratios
-        h = heads[(heads["set"] == SET) & heads["seed"].isin(ok)]
-        balanced = (h["w01"] >= 1 / W01_FACTOR) & (h["w01"] <= W01_FACTOR)
-        suppressed = h["w02"] <= W02_MAX
-        both = int((balanced & suppressed).sum())
-        parts.append((a_name, by_share(both / len(h)) if len(h) else NOT_MEASURED))
-        numbers += [("w01 (per-occurrence attention on a 1 relative to a 0)", spread(h["w01"])),
-                    ("w02 (on a 2 relative to a 0)", spread(h["w02"])),
-                    (f"heads with 1/{W01_FACTOR:g} <= w01 <= {W01_FACTOR:g}",
-                     share(int(balanced.sum()), len(h))),
-                    (f"heads with w02 <= {W02_MAX}", share(int(suppressed.sum()), len(h))),
-                    ("heads with both", share(both, len(h)))]
-        clauses.append(f"measured w01 has median {h['w01'].median():.2f} and w02 median "
-                       f"{h['w02'].median():.2f} ({share(both, len(h))} heads balanced and "
-                       "suppressing 2s)")
-    else:
-        parts.append((a_name, NOT_MEASURED))
-
-    # (b) value swap: does a hybrid follow its attention or its values?
-    s = None if swap is None else swap[(swap["set"] == SET) & swap["seed"].isin(ok)]
-    if s is not None and s["swapped"].any():
-        hyb = swap_donors(s)
-        by_attn, by_vals = hyb["by_attn"].to_numpy(), hyb["by_vals"].to_numpy()
-        y, informative = hyb["s_acc"].to_numpy(), hyb["informative"].to_numpy()
-        n = int(informative.sum())
-        follows = int((informative & (np.abs(y - by_attn) < np.abs(y - by_vals))).sum())
-        follows_vals = int((informative & (np.abs(y - by_vals) < np.abs(y - by_attn))).sum())
-        parts.append((b_name, by_share(follows / n) if n else NOT_MEASURED))
-        numbers += [("s-acc of the heads themselves", spread(s.loc[~s["swapped"], "s_acc"])),
-                    ("s-acc of hybrids (attention of i, values of j)", spread(hyb["s_acc"])),
-                    (f"hybrids whose donors' s-acc differ by > {VALUE_SWAP_GAP}",
-                     f"{n} of {len(hyb)}, in {hyb.loc[informative, 'seed'].nunique()} seeds"),
-                    ("of those, closer to the attention donor", share(follows, n)),
-                    ("|change| keeping the attention, taking other values",
-                     spread(np.abs(y - by_attn))),
-                    ("|change| keeping the values, taking other attention",
-                     spread(np.abs(y - by_vals)))]
-        if n:
-            clauses.append(f"hybrids of heads whose s-acc differ by more than {VALUE_SWAP_GAP} "
-                           f"score closer to their attention donor in {share(follows, n)} swaps")
-            details.append(f"Value swap: of the {n} hybrids whose donors differ, {follows_vals} "
-                           "score closer to the head that gave its value/output weights than to "
-                           f"the head that gave its attention, {follows} the other way round.")
-        else:
-            clauses.append(f"every head's s-acc is within {VALUE_SWAP_GAP} of the others', so "
-                           "the value swap cannot tell attention from values")
-    else:
-        parts.append((b_name, NOT_MEASURED))
-
-    c = pd.DataFrame()
-    if inter is not None:  # (c) collapse under intervention
-        c = inter[(inter["intervened"] == "each") & inter["seed"].isin(ok)]
-        c = c[c["w02"] == c["w02"].min()]
-    if len(c):
-        w = np.array(sorted(c["w01"].unique()))
-        near1 = w[np.argmin(np.abs(np.log10(w)))]
-        ends = (("low", w[0]), ("one", near1), ("high", w[-1]))
-        at = {name: c[c["w01"] == v] for name, v in ends}
-        drop = {k: {m: at["one"][m].mean() - at[k][m].mean() for m in ("l_acc", "s_acc_fixed")}
-                for k in ("low", "high")}
-        collapse = all(d >= COLLAPSE_DROP for e in drop.values() for d in e.values())
-        sd = {k: float(at[k]["l_acc"].std(ddof=0)) for k in at}
-        grows = sd["low"] > sd["one"] and sd["high"] > sd["one"]
-        parts.append((c_name, HELD if collapse and grows else NOT_HELD))
-        w02 = c["w02"].min()
-        for k, v in ends:
-            label = f"w01 = {v:.3g}, w02 = {w02:g}"
-            numbers += [(f"{label}: model l-acc", mean_sd(at[k]["l_acc"])),
-                        (f"{label}: model valid rate", mean_sd(at[k]["valid"])),
-                        (f"{label}: model AUC", mean_sd(at[k]["auc"])),
-                        (f"{label}: head s-acc, fixed readout", mean_sd(at[k]["s_acc_fixed"])),
-                        (f"{label}: head s-acc, refitted readout",
-                         mean_sd(at[k]["s_acc_refit"]))]
-        mean = {k: {m: at[k][m].mean() for m in ("l_acc", "valid", "auc", "s_acc_fixed",
-                                                 "s_acc_refit")} for k in at}
-        clauses.append(f"pushing one head to w01 = {w[0]:.3g} or {w[-1]:.3g} takes the model's "
-                       f"l-acc from {mean['one']['l_acc']:.3f} to {mean['low']['l_acc']:.3f} "
-                       f"and {mean['high']['l_acc']:.3f}")
-        details.append(f"Collapse: the spread of the model's l-acc over seeds and heads goes from "
-                       f"sd {sd['one']:.3f} at w01 = {near1:.3g} to {sd['low']:.3f} and "
-                       f"{sd['high']:.3f} at the ends. There the model still ranks the strings "
-                       f"(AUC {mean['low']['auc']:.3f} and {mean['high']['auc']:.3f}) and "
-                       f"answers 0 or 1 (valid rate {mean['low']['valid']:.3f} and "
-                       f"{mean['high']['valid']:.3f}): the answers go wrong, the ranking does "
-                       "not.")
-        kept = [v for k, v in (("low", w[0]), ("high", w[-1]))
-                if mean[k]["s_acc_refit"] >= S_ACC_GOOD]
-        if kept:
-            where = " and ".join(f"{v:.3g}" for v in kept)
-            details.append(f"With its readout refitted, the intervened head still separates "
-                           f"at w01 = {where} (s-acc >= {S_ACC_GOOD}): there the collapse is in "
-                           "how its output is read, not in what it carries.")
-        if heads is not None and len(h):
-            plain = model.loc[(model["set"] == SET) & model["seed"].isin(ok), "l_acc"].mean()
-            details.append(f"The reference point is itself an intervention (w02 = {w02:g}, not "
-                           f"each head's measured w02): there the head's fixed-readout s-acc is "
-                           f"{mean['one']['s_acc_fixed']:.3f} and the model's l-acc "
-                           f"{mean['one']['l_acc']:.3f}, against {h['s_acc'].mean():.3f} and "
-                           f"{plain:.3f} (means) unintervened.")
-    else:
-        parts.append((c_name, NOT_MEASURED))
-
-    status = combine([p[1] for p in parts])
+       model: pd.DataFrame | None, ideal: pd.DataFrame | None = None,
+       t: Mapping[str, float] = THRESHOLDS) -> Verdict:
+    """ideal: the intervention table of an ideal counter (`controls.ideal_intervention`)."""
+    if model is None or all(x is None for x in (heads, swap, inter)):
+        return Verdict(3, Q3_TITLE, NOT_MEASURED, Q3_RULE, "No head analysis was found.")
+    ok = successful_seeds(model, t)
+    out = {"numbers": [_seeds_note(model, ok)], "clauses": [], "details": []}
+    parts, old1, old2 = [], [], []
+    for key, part in (("3a", _q3a), ("3b", _q3b), ("3c", _q3c)):
+        status, before = part(heads, swap, inter, model, ideal, ok, t, out)
+        parts.append((Q3_PARTS[key], status))
+        old1.append(before[1])
+        old2.append(before[2])
+    clauses = out["clauses"]
     finding = (clauses[0][0].upper() + "; ".join(clauses)[1:] + ".") if clauses else \
         "Nothing was measured."
-    return Verdict(3, title, status, Q3_RULE, finding, numbers, parts, details)
+    return Verdict(3, Q3_TITLE, combine([s for _, s in parts]), Q3_RULE, finding,
+                   out["numbers"], parts, out["details"],
+                   previous={1: combine(old1), 2: combine(old2)},
+                   previous_parts={1: old1, 2: old2})
 
 
-def swap_donors(swap: pd.DataFrame) -> pd.DataFrame:
+def _q3a(heads, swap, inter, model, ideal, ok, t, out) -> tuple[str, dict[int, str]]:
+    """(a) measured attention ratios: (status, {older version: its status})."""
+    h = None if heads is None else heads[(heads["set"] == SET) & heads["seed"].isin(ok)]
+    if h is None or h.empty:
+        return NOT_MEASURED, {1: NOT_MEASURED, 2: NOT_MEASURED}
+    f = t["w01_factor"]
+    balanced = (h["w01"] >= 1 / f) & (h["w01"] <= f)
+    suppressed = h["w02"] <= t["w02_max"]
+    both = int((balanced & suppressed).sum())
+    out["numbers"] += [
+        ("w01 (per-occurrence attention on a 1 relative to a 0)", spread(h["w01"])),
+        ("w02 (on a 2 relative to a 0)", spread(h["w02"])),
+        (f"heads with 1/{f:g} <= w01 <= {f:g}", share(int(balanced.sum()), len(h))),
+        (f"heads with w02 <= {t['w02_max']:g}", share(int(suppressed.sum()), len(h))),
+        ("(a) heads with both, the deciding share", share_ci(both, len(h)))]
+    out["clauses"].append(f"measured w01 has median {h['w01'].median():.2f} and w02 median "
+                          f"{h['w02'].median():.3f} ({share(both, len(h))} heads balanced and "
+                          "suppressing 2s)")
+    raw = by_share(both / len(h), t)
+    return by_evidence(both, len(h), MIN_UNITS["3a"], t), {1: raw, 2: raw}
+
+
+def _q3b(heads, swap, inter, model, ideal, ok, t, out) -> tuple[str, dict[int, str]]:
+    """(b) value swap: does a hybrid follow its attention or its values?"""
+    s = None if swap is None else swap[(swap["set"] == SET) & swap["seed"].isin(ok)]
+    if s is None or not s["swapped"].any():
+        return NOT_MEASURED, {1: NOT_MEASURED, 2: NOT_MEASURED}
+    hyb = swap_donors(s, t["value_swap_gap"])
+    by_attn, by_vals = hyb["by_attn"].to_numpy(), hyb["by_vals"].to_numpy()
+    y, informative = hyb["s_acc"].to_numpy(), hyb["informative"].to_numpy()
+    n = int(informative.sum())
+    seeds = hyb.loc[informative, "seed"].nunique()
+    follows = int((informative & (np.abs(y - by_attn) < np.abs(y - by_vals))).sum())
+    follows_vals = int((informative & (np.abs(y - by_vals) < np.abs(y - by_attn))).sum())
+    status = by_evidence(follows, n, MIN_UNITS["3b"], t) if n else INCONCLUSIVE
+    if seeds < MIN_SWAP_SEEDS:
+        status = INCONCLUSIVE
+    v1 = HELD if np.median(np.abs(y - by_attn)) <= 0.05 else NOT_HELD
+    out["numbers"] += [
+        ("s-acc of the heads themselves", spread(s.loc[~s["swapped"], "s_acc"])),
+        ("s-acc of hybrids (attention of i, values of j)", spread(hyb["s_acc"])),
+        (f"hybrids whose donors' s-acc differ by > {t['value_swap_gap']:g}",
+         f"{n} of {len(hyb)}, in {seeds} seed{'s' if seeds != 1 else ''}"),
+        ("(b) of those, closer to the attention donor: the deciding share",
+         share_ci(follows, n)),
+        ("|change| keeping the attention, taking other values", spread(np.abs(y - by_attn))),
+        ("|change| keeping the values, taking other attention", spread(np.abs(y - by_vals)))]
+    if "l_acc" in s:  # scale-aware: the whole model with the hybrid in place of head i
+        own = s.loc[~s["swapped"], "l_acc"]
+        out["numbers"] += [("model l-acc, unswapped", spread(own)),
+                           ("model l-acc with a hybrid in place of its attention donor",
+                            spread(hyb["l_acc"]))]
+        out["details"].append(
+            f"Value swap, scale included: with a hybrid in place of the head that gave its "
+            f"attention, the model's l-acc is {hyb['l_acc'].median():.3f} (median; lowest "
+            f"{hyb['l_acc'].min():.3f}) against {own.median():.3f} unswapped; s-acc, which "
+            "refits the readout, cannot see a change of scale, l-acc can.")
+    if n:
+        out["clauses"].append(f"hybrids of heads whose s-acc differ by more than "
+                              f"{t['value_swap_gap']:g} score closer to their attention donor in "
+                              f"{share(follows, n)} swaps ({seeds} seed{'s' if seeds != 1 else ''})")
+        out["details"].append(f"Value swap: of the {n} hybrids whose donors differ, "
+                              f"{follows_vals} score closer to the head that gave its "
+                              "value/output weights than to the head that gave its attention, "
+                              f"{follows} the other way round; they come from {seeds} "
+                              f"seed{'s' if seeds != 1 else ''}.")
+    else:
+        out["clauses"].append(f"every head's s-acc is within {t['value_swap_gap']:g} of the "
+                              "others', so the value swap cannot tell attention from values")
+    return status, {1: v1, 2: by_share(follows / n, t) if n else NOT_MEASURED}
+
+
+def _q3c(heads, swap, inter, model, ideal, ok, t, out) -> tuple[str, dict[int, str]]:
+    """(c) collapse under the intervention, against an ideal counter's."""
+    c = pd.DataFrame()
+    if inter is not None:
+        c = inter[(inter["intervened"] == "each") & inter["seed"].isin(ok)]
+        c = c[c["w02"] == c["w02"].min()]
+    if c.empty:
+        return NOT_MEASURED, {1: NOT_MEASURED, 2: NOT_MEASURED}
+    w = np.array(sorted(c["w01"].unique()))
+    near1 = w[np.argmin(np.abs(np.log10(w)))]
+    ends = {"low": w[0], "one": near1, "high": w[-1]}
+    at = {k: c[c["w01"] == v].set_index(["seed", "head"]) for k, v in ends.items()}
+    cols = ("l_acc", "valid", "auc", "s_acc_fixed", "s_acc_refit")
+    mean = {k: {m: at[k][m].mean() for m in cols} for k in at}
+    old = {m: min(mean["one"][m] - mean[e][m] for e in ("low", "high"))
+           for m in ("l_acc", "s_acc_fixed")}
+    sd = {k: float(at[k]["l_acc"].std(ddof=0)) for k in at}
+    v12 = HELD if (min(old.values()) >= OLD_COLLAPSE_DROP and sd["low"] > sd["one"]
+                   and sd["high"] > sd["one"]) else NOT_HELD
+    w02 = c["w02"].min()
+    ref = None
+    if ideal is not None and len(ideal):
+        ideal = ideal[ideal["w02"] == 0.0]
+        ref = {k: ideal.loc[np.isclose(ideal["w01"], v), ["l_acc", "s_acc_fixed"]].mean()
+               for k, v in ends.items()}
+    for k, v in ends.items():
+        label = f"w01 = {v:.3g}, w02 = {w02:g}"
+        out["numbers"] += [(f"{label}: model l-acc", mean_sd(at[k]["l_acc"])),
+                           (f"{label}: model valid rate", mean_sd(at[k]["valid"])),
+                           (f"{label}: model AUC", mean_sd(at[k]["auc"])),
+                           (f"{label}: head s-acc, fixed readout", mean_sd(at[k]["s_acc_fixed"])),
+                           (f"{label}: head s-acc, refitted readout",
+                            mean_sd(at[k]["s_acc_refit"]))]
+        if ref is not None:
+            out["numbers"].append((f"{label}: ideal counter, model l-acc / head s-acc (fixed)",
+                                   f"{ref[k]['l_acc']:.3f} / {ref[k]['s_acc_fixed']:.3f}"))
+    out["clauses"].append(f"pushing one head to w01 = {w[0]:.3g} or {w[-1]:.3g} takes the "
+                          f"model's l-acc from {mean['one']['l_acc']:.3f} to "
+                          f"{mean['low']['l_acc']:.3f} and {mean['high']['l_acc']:.3f}" +
+                          (f" (an ideal counter's: {ref['one']['l_acc']:.3f} to "
+                           f"{ref['low']['l_acc']:.3f} and {ref['high']['l_acc']:.3f})"
+                           if ref is not None else ""))
+    out["details"].append(
+        f"Collapse: the spread of the model's l-acc over seeds and heads goes from sd "
+        f"{sd['one']:.3f} at w01 = {near1:.3g} to {sd['low']:.3f} and {sd['high']:.3f} at the "
+        f"ends. There the model still ranks the strings (AUC {mean['low']['auc']:.3f} and "
+        f"{mean['high']['auc']:.3f}) and answers 0 or 1 (valid rate {mean['low']['valid']:.3f} "
+        f"and {mean['high']['valid']:.3f}).")
+    if ref is None:
+        out["details"].append("No ideal counter's intervention was saved (run `count01 analyze` "
+                              "again), so the collapse cannot be compared with it.")
+        return NOT_MEASURED, {1: v12, 2: v12}
+    drop = {e: at["one"]["l_acc"] - at[e]["l_acc"] for e in ("low", "high")}
+    excess = pd.concat({e: d - (ref["one"]["l_acc"] - ref[e]["l_acc"]) for e, d in drop.items()},
+                       axis=1).max(axis=1)
+    k = int((excess >= t["collapse_beyond"]).sum())
+    out["numbers"].append(("(c) heads whose drop exceeds the ideal counter's by >= "
+                           f"{t['collapse_beyond']:g} at an end: the deciding share",
+                           share_ci(k, len(excess))))
+    if heads is not None:
+        h = heads[(heads["set"] == SET) & heads["seed"].isin(ok)]
+        plain = model.loc[(model["set"] == SET) & model["seed"].isin(ok), "l_acc"].mean()
+        out["details"].append(
+            f"The reference point is itself an intervention (w02 = {w02:g}, not each head's "
+            f"measured w02): there the head's fixed-readout s-acc is "
+            f"{mean['one']['s_acc_fixed']:.3f} and the model's l-acc {mean['one']['l_acc']:.3f}, "
+            f"against {h['s_acc'].mean():.3f} and {plain:.3f} (means) unintervened.")
+    return by_evidence(k, len(excess), MIN_UNITS["3c"], t), {1: v12, 2: v12}
+
+
+def swap_donors(swap: pd.DataFrame, gap: float = VALUE_SWAP_GAP) -> pd.DataFrame:
     """The hybrids among value-swap rows of one set, each with the s-acc of the head that gave
     its attention (by_attn) and of the head that gave its value/output weights (by_vals), and
-    `informative` where those two differ by more than VALUE_SWAP_GAP: only there can a swap
-    tell attention from values."""
+    `informative` where those two differ by more than `gap`: only there can a swap tell
+    attention from values."""
     own = swap[~swap["swapped"]].set_index(["seed", "attn_head"])["s_acc"]
     hyb = swap[swap["swapped"]]
     by_attn = own.reindex(list(zip(hyb["seed"], hyb["attn_head"]))).to_numpy()
     by_vals = own.reindex(list(zip(hyb["seed"], hyb["ov_head"]))).to_numpy()
     return hyb.assign(by_attn=by_attn, by_vals=by_vals,
-                      informative=np.abs(by_attn - by_vals) > VALUE_SWAP_GAP)
+                      informative=np.abs(by_attn - by_vals) > gap)
 
 
 # --- Q4: the training path ----------------------------------------------------------------------
 
-Q4_RULE = (f"Per configuration, success = l-acc >= {SUCCESS_L_ACC} on `{SET}`, with a Wilson 95% "
-           "interval. Held (the path decides) if some configuration fails in at least "
-           f"{FAIL_RATE:.0%} of its seeds, or the intervals of the best and the worst "
-           "configuration do not overlap. Did not hold if every seed of every configuration "
-           "succeeded and, within each configuration, every successful seed needs the same "
-           "number of heads (minimal head set). Mixed otherwise (rare failures, or the same "
-           "success but different minimal solutions).")
+Q4_RULE = (f"Per configuration, success = l-acc >= {SUCCESS_L_ACC} on `{SET}`, and the failure "
+           "rate with its Wilson 95% interval. Held (the path decides) if some configuration of "
+           f"at least {MIN_UNITS['4']} runs fails in more than {FAIL_RATE:.0%} of its seeds "
+           "(the interval's lower end above it), or the success intervals of the best and the "
+           "worst configuration do not overlap. Did not hold if every configuration's failure "
+           f"rate is below {FAIL_RATE:.0%} (the interval's upper end below it) and, within each "
+           "configuration, every successful seed needs the same number of heads (minimal head "
+           "set); mixed if so but the number of heads varies. Inconclusive otherwise: a "
+           f"configuration with fewer than {MIN_UNITS['4']} runs, or a failure interval that "
+           f"straddles {FAIL_RATE:.0%}.")
+Q4_TITLE = ("The training path: how often does training reach the solution, and does it depend "
+            "on the seed and the number of heads?")
 
 
-def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = "heads"
-       ) -> Verdict:
+def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = "heads",
+       t: Mapping[str, float] = THRESHOLDS) -> Verdict:
     """success: config rows (n_runs, n_success, rate, ci_low, ci_high, <label>); minimal: rows
     (config_id, size, n_runs) of minimal head-set sizes (size NaN = none)."""
-    title = ("The training path: how often does training reach the solution, and does it depend "
-             "on the seed and the number of heads?")
     if success is None or success.empty:
-        return Verdict(4, title, NOT_MEASURED, Q4_RULE, "No training-path results were found.")
+        return Verdict(4, Q4_TITLE, NOT_MEASURED, Q4_RULE, "No training-path results were "
+                       "found.")
     s = success.sort_values(label) if label in success else success
     fail = 1 - s["rate"]
+    n = s["n_runs"].to_numpy()
+    fail_lo, fail_hi = (np.asarray(x, dtype=float) for x in
+                        wilson(n - s["n_success"].to_numpy(), n))
     differ = bool(s["ci_high"].min() < s["ci_low"].max())
     sizes_vary = False
     if minimal is not None and len(minimal):
         known = minimal.dropna(subset=["size"])
         sizes_vary = bool((known.groupby("config_id")["size"].nunique() > 1).any())
-    if (fail >= FAIL_RATE).any() or differ:
+    enough = n >= MIN_UNITS["4"]
+    if (enough & (fail_lo > t["fail_rate"])).any() or (differ and enough.all()):
         status = HELD
-    elif (fail == 0).all() and not sizes_vary:
-        status = NOT_HELD
+    elif not enough.all() or (fail_hi >= t["fail_rate"]).any():
+        status = INCONCLUSIVE
     else:
-        status = MIXED
+        status = MIXED if sizes_vary else NOT_HELD
+    if (fail >= t["fail_rate"]).any() or differ:  # version 1
+        v1 = HELD
+    elif (fail == 0).all() and not sizes_vary:
+        v1 = NOT_HELD
+    else:
+        v1 = MIXED
     total, ok = int(s["n_runs"].sum()), int(s["n_success"].sum())
     worst = s.loc[s["rate"].idxmin()]
     if ok == total:
         finding = (f"All {total} runs of the {len(s)} "
                    f"configuration{'s' if len(s) > 1 else ''} succeeded; with these "
-                   f"seed counts the true failure rate of each is below "
-                   f"{1 - s['ci_low'].min():.2f} (Wilson 95% upper bound).")
+                   f"seed counts the true failure rate of each is only known to be below "
+                   f"{fail_hi.max():.2f} (Wilson 95% upper bound).")
     else:
         finding = (f"{share(ok, total)} runs succeeded overall; the lowest rate is "
                    f"{worst['rate']:.2f} (95% CI {worst['ci_low']:.2f}-{worst['ci_high']:.2f}) "
@@ -401,21 +592,22 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
                     "smallest head set keeping the answers right, alpha refitted): "
                     + "; ".join(_size_mix(s, minimal, label)) + ".")
     numbers = []
-    for _, r in s.iterrows():
+    for (_, r), lo, hi in zip(s.iterrows(), fail_lo, fail_hi):
         name = f"{label} = {r[label]}" if label in r else str(r["config_id"])
         text = (f"{int(r['n_success'])}/{int(r['n_runs'])} succeeded, rate {r['rate']:.3f} "
-                f"(Wilson 95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f})")
+                f"(Wilson 95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}); failure rate "
+                f"{lo:.3f}-{hi:.3f} (Wilson 95%)")
         if minimal is not None and len(minimal):
             m = minimal[minimal["config_id"] == r["config_id"]]
-            dist = ", ".join(f"{'none' if _nan(z) else int(z)} heads: {int(n)}"
-                             for z, n in zip(m["size"], m["n_runs"]))
+            dist = ", ".join(f"{'none' if _nan(z) else int(z)} heads: {int(c)}"
+                             for z, c in zip(m["size"], m["n_runs"]))
             text += f"; minimal head set sizes: {dist}"
         numbers.append((name, text))
     numbers.append(("rates differ between configurations (intervals disjoint)",
                     "yes" if differ else "no"))
     numbers.append(("minimal head-set size varies across seeds of a configuration",
                     "yes" if sizes_vary else "no"))
-    return Verdict(4, title, status, Q4_RULE, finding, numbers)
+    return Verdict(4, Q4_TITLE, status, Q4_RULE, finding, numbers, previous={1: v1})
 
 
 def _size_mix(success: pd.DataFrame, minimal: pd.DataFrame, label: str) -> list[str]:
@@ -438,3 +630,125 @@ def _nan(x) -> bool:
 
 
 RULES = {1: Q1_RULE, 2: Q2_RULE, 3: Q3_RULE, 4: Q4_RULE}
+
+
+# --- controls, sensitivity, and every verdict at once ----------------------------------------
+
+@dataclass
+class Evidence:
+    """What the rules read: the tables of `analysis` (model, heads, aggregation, value_swap,
+    intervention, ideal_intervention) and the training path's success and minimal tables."""
+
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    success: pd.DataFrame | None = None
+    minimal: pd.DataFrame | None = None
+    label: str = "heads"
+
+
+def _run_q3(e: Evidence, t: Mapping[str, float]) -> Verdict:
+    g = e.tables.get
+    return q3(g("heads"), g("value_swap"), g("intervention"), g("model"),
+              g("ideal_intervention"), t)
+
+
+def _q3_part(key: str) -> Callable[[Evidence, Mapping[str, float]], str]:
+    """The status of sub-claim `key` of question 3 alone (sensitivity runs it many times)."""
+    part = {"3a": _q3a, "3b": _q3b, "3c": _q3c}[key]
+
+    def status(e: Evidence, t: Mapping[str, float]) -> str:
+        g = e.tables.get
+        if g("model") is None:
+            return NOT_MEASURED
+        scratch = {"numbers": [], "clauses": [], "details": []}
+        return part(g("heads"), g("value_swap"), g("intervention"), g("model"),
+                    g("ideal_intervention"), successful_seeds(g("model"), t), t, scratch)[0]
+    return status
+
+
+# rule -> (the thresholds it reads, its status on evidence under thresholds t)
+RULE_FUNCTIONS: dict[str, tuple[tuple[str, ...], Callable[[Evidence, Mapping], str]]] = {
+    "1": (("success_l_acc", "s_acc_good", "most", "few"),
+          lambda e, t: q1(e.tables.get("heads"), e.tables.get("model"), t).status),
+    "2": (("success_l_acc", "auc_good", "l_acc_drop", "most", "few"),
+          lambda e, t: q2(e.tables.get("aggregation"), e.tables.get("model"), t).status),
+    "3": (("success_l_acc", "w01_factor", "w02_max", "value_swap_gap", "collapse_beyond",
+           "most", "few"), lambda e, t: combine([_q3_part(k)(e, t) for k in Q3_PARTS])),
+    "3a": (("success_l_acc", "w01_factor", "w02_max", "most", "few"), _q3_part("3a")),
+    "3b": (("success_l_acc", "value_swap_gap", "most", "few"), _q3_part("3b")),
+    "3c": (("success_l_acc", "collapse_beyond", "most", "few"), _q3_part("3c")),
+    "4": (("fail_rate",), lambda e, t: q4(e.success, e.minimal, e.label, t).status),
+}
+
+
+def varied(name: str, factor: float) -> float:
+    """Threshold `name` varied by `factor` (see VARIED)."""
+    x = THRESHOLDS[name]
+    how = VARIED.get(name, "scale")
+    if how == "from_one":
+        return 1 - (1 - x) * factor
+    return x ** factor if how == "log" else x * factor
+
+
+def _status(rule: str, e: Evidence, t: Mapping[str, float], seen: dict) -> str:
+    """The rule's status under thresholds t, remembered in `seen` by the thresholds it reads
+    (question 3 from its sub-claims, so each is judged once per setting)."""
+    if rule == "3":
+        return combine([_status(k, e, t, seen) for k in Q3_PARTS])
+    names, status_of = RULE_FUNCTIONS[rule]
+    key = (rule, *(t[n] for n in names))
+    if key not in seen:
+        seen[key] = status_of(e, t)
+    return seen[key]
+
+
+def sensitivity(rule: str, e: Evidence, seen: dict | None = None) -> tuple[str, pd.DataFrame]:
+    """The rule's status with each of its thresholds varied over FACTORS, the others at their
+    defaults: "robust" or where it flips, and the table (rule, threshold, factor, value,
+    status). seen: statuses already judged on `e` (see `_status`)."""
+    seen = {} if seen is None else seen
+    names = RULE_FUNCTIONS[rule][0]
+    base = _status(rule, e, THRESHOLDS, seen)
+    rows = [{"rule": rule, "threshold": name, "factor": float(f), "value": varied(name, f),
+             "status": _status(rule, e, THRESHOLDS | {name: varied(name, f)}, seen)}
+            for name in names for f in FACTORS]
+    table = pd.DataFrame(rows)
+    flips = []
+    for name, g in table.groupby("threshold", sort=False):
+        for side in (g[g["factor"] < 1].iloc[::-1], g[g["factor"] > 1]):
+            other = side[side["status"] != base]
+            if len(other):
+                r = other.iloc[0]
+                flips.append(f"{r['status']} at {name} = {r['value']:.4g} "
+                             f"(x{r['factor']:.2f}; default {THRESHOLDS[name]:g})")
+    return ("robust" if not flips else "flips: " + "; ".join(flips)), table
+
+
+def judge(e: Evidence, controls: Mapping[str, tuple[Evidence, Evidence]] | None = None
+          ) -> list[Verdict]:
+    """Every question's verdict on `e`, with its controls (rule -> (positive, negative)
+    evidence) and its sensitivity to each threshold."""
+    t = e.tables.get
+    out = [q1(t("heads"), t("model")), q2(t("aggregation"), t("model")), _run_q3(e, THRESHOLDS),
+           q4(e.success, e.minimal, e.label)]
+    for v in out:
+        q = str(v.question)
+        if v.status == NOT_MEASURED:
+            v.sensitivity = "not measured"
+            continue
+        rules = [q] + (list(Q3_PARTS) if q == "3" else [])
+        seen: dict = {}
+        got = {r: sensitivity(r, e, seen) for r in rules}
+        v.sensitivity_table = pd.concat([table for _, table in got.values()], ignore_index=True)
+        v.sensitivity = got[q][0]
+        v.part_sensitivity = {r: text for r, (text, _) in got.items() if r != q}
+    for v in out if controls is not None else []:
+        q = str(v.question)
+        keys = tuple(Q3_PARTS) if q == "3" else (q,)
+        got = {k: {side: RULE_FUNCTIONS[k][1](controls[k][i], THRESHOLDS)
+                   for i, side in enumerate(("positive", "negative"))} for k in keys}
+        if q == "3":  # the question's controls combine its sub-claims' as its verdict does
+            v.controls = {side: combine([got[k][side] for k in keys])
+                          for side in ("positive", "negative")} | {"parts": got}
+        else:
+            v.controls = got[q]
+    return out

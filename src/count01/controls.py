@@ -1,0 +1,187 @@
+"""Hand-built models whose answers are known (SPEC 6): the controls every verdict rule runs on.
+
+Each model is written from weights, never trained. Every head is a `Head`: the log attention
+weight of the EOS query per token kind (a kind left out is never attended) and what one
+occurrence of each kind writes on two residual channels, the answer channel (read out as
+logit(1) - logit(0)) and the invalid channel (read out as logit(EOS)). Without positional
+embedding the EOS query sees every token of a kind alike, so these numbers are the head.
+
+The library (`LIBRARY`):
+    ideal          two identical ideal counters: attend equally to 0, 1 and EOS, never to 2 or BOS;
+                   write -1 for a 0, +1 for a 1, -1/2 for EOS, so the output is
+                   (n1 - n0 - 1/2) / (n0 + n1 + 1): positive iff more 1s than 0s
+    split          two heads that each see one digit kind (0s, resp. 1s, and EOS): neither
+                   counts alone, their sum does
+    bos            an ideal counter and a head with its values that attends only to BOS (whose
+                   value is zero): the same values, attention that cannot count
+    silent         an ideal counter and a head with its attention but zero values
+    noise_valued   counters with w02 = 1 whose noise tokens have zero value: they count without
+                   suppressing 2s
+    bos_bias       an ideal counter and a BOS-only head pushing, weakly, towards the answer EOS:
+                   harmless as learned, invalid answers once heads are rescaled to equal norms
+    bos_anchored   a counter that parks most attention on BOS, whose 0s and 1s also push
+                   towards EOS while BOS pulls back: pushed to a high w01, the 1s outweigh BOS
+                   and it answers EOS (an ideal counter still answers 0 or 1 there)
+Seeds of a control differ only in the scale of their values (1 + seed / 10), so norms vary and
+answers do not. `RULE_CONTROLS` names, per rule, the control that has the property (positive)
+and the one that lacks it (negative); `control_tables` computes the tables `analysis` would
+save, on a small evaluation config, for the rules to read. Question 4's controls are training-path
+tables with known failure counts (`training_paths`): no hand-built model has a training path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Config
+from .language import BOS, EOS, ONE, TWO, ZERO, eval_set
+from .model import ATTN, Model, weight_shapes
+from .verdicts import Evidence
+
+NEVER = -1000.0  # log attention weight of a kind a head ignores
+ANSWER, INVALID = 5, 6  # residual channels (dims 0-4 hold the one-hot token embedding)
+GAIN = 100.0  # logit per unit on a channel
+SEEDS = 16  # enough units for every rule's minimum
+SET_CONFIG = {"max_len": 16, "long_max_len": 20, "exhaustive_len": 8, "eval_size": 1024}
+W01_GRID = np.logspace(-3, 3, 7)  # the intervention's w01 grid for controls (w02 = 0)
+
+
+@dataclass(frozen=True)
+class Head:
+    attend: dict[int, float]  # token kind -> log attention weight of the EOS query
+    answer: dict[int, float]  # token kind -> value on the answer channel
+    invalid: dict[int, float] = field(default_factory=dict)  # -> value on the invalid channel
+
+
+COUNTER = Head({ZERO: 0.0, ONE: 0.0, EOS: 0.0}, {ZERO: -1.0, ONE: 1.0, EOS: -0.5})
+SILENT = Head(COUNTER.attend, {})
+# a causal query always sees its own EOS, and attention is measured relative to it: a BOS-only
+# head gives EOS a weight of e^-20 of BOS's rather than none
+BOS_ONLY = Head({BOS: 0.0, EOS: -20.0}, COUNTER.answer)
+ZEROS_ONLY = Head({ZERO: 0.0, EOS: 0.0}, {ZERO: -1.0, EOS: -0.01})  # -0.01: ties answer 0
+ONES_ONLY = Head({ONE: 0.0, EOS: 0.0}, {ONE: 1.0, EOS: -0.01})
+NOISE_VALUED = Head(COUNTER.attend | {TWO: 0.0}, COUNTER.answer)
+BOS_BIAS = Head(BOS_ONLY.attend, {}, {BOS: 0.005})
+BOS_ANCHORED = Head(COUNTER.attend | {BOS: math.log(10.0)}, COUNTER.answer,
+                    {ZERO: 2.0, ONE: 2.0, BOS: -10.0})
+
+
+def build(heads: list[Head], seeds: int = SEEDS, eos_bias: float = -GAIN, **cfg) -> Model:
+    """A model of these heads (d_model = d_head = 8, no positional embedding) with `seeds`
+    seeds; `eos_bias` is b_U of the answer EOS (the other invalid tokens get -GAIN)."""
+    c = Config(**{"heads": len(heads), "d_model": 8, "d_head": 8, "n_seeds": seeds,
+                  "pos_embed": "none"} | cfg)
+    w = {k: torch.zeros((seeds,) + s, dtype=torch.float64) for k, s in weight_shapes(c).items()}
+    w["embed.W_E"][:] = torch.eye(5, 8, dtype=torch.float64)
+    for h, head in enumerate(heads):
+        w[ATTN + "b_Q"][:, h, 0] = 1.0
+        for t in range(5):  # scores are divided by sqrt(d_head)
+            w[ATTN + "W_K"][:, h, t, 0] = head.attend.get(t, NEVER) * math.sqrt(8)
+        for channel, values in ((ANSWER, head.answer), (INVALID, head.invalid)):
+            for t, v in values.items():
+                w[ATTN + "W_V"][:, h, t, channel] = v
+            w[ATTN + "W_O"][:, h, channel, channel] = 1.0
+    w[ATTN + "W_V"] *= (1 + torch.arange(seeds, dtype=torch.float64) / 10).view(-1, 1, 1, 1)
+    w["unembed.W_U"][:, ANSWER, ZERO], w["unembed.W_U"][:, ANSWER, ONE] = -GAIN, GAIN
+    w["unembed.W_U"][:, INVALID, EOS] = GAIN
+    w["unembed.b_U"][:, TWO:] = -GAIN
+    w["unembed.b_U"][:, EOS] = eos_bias
+    return Model(c, w, list(range(seeds)))
+
+
+def ideal(heads: int = 4, seeds: int = SEEDS, **cfg) -> Model:
+    """`heads` identical ideal counters."""
+    return build([COUNTER] * heads, seeds, **cfg)
+
+
+LIBRARY = {
+    "ideal": lambda **cfg: ideal(2, **cfg),
+    "split": lambda **cfg: build([ZEROS_ONLY, ONES_ONLY], **cfg),
+    "bos": lambda **cfg: build([COUNTER, BOS_ONLY], **cfg),
+    "silent": lambda **cfg: build([COUNTER, SILENT], **cfg),
+    "noise_valued": lambda **cfg: build([NOISE_VALUED] * 2, **cfg),
+    "bos_bias": lambda **cfg: build([COUNTER, BOS_BIAS], eos_bias=0.0, **cfg),
+    "bos_anchored": lambda **cfg: build([BOS_ANCHORED], eos_bias=0.0, **cfg),
+}
+
+# rule -> (positive control: has the property, negative control: lacks it)
+RULE_CONTROLS = {
+    "1": ("ideal", "split"),
+    "2": ("bos_bias", "ideal"),
+    "3a": ("ideal", "noise_valued"),
+    "3b": ("bos", "silent"),
+    "3c": ("bos_anchored", "ideal"),
+}
+# question 4: failures per configuration of the positive and negative control, of RUNS runs each
+Q4_FAILURES, RUNS = ((20, 0), (0, 0)), 100
+READS = {"1": ("heads",), "2": ("aggregation",), "3a": ("heads",), "3b": ("value_swap",),
+         "3c": ("intervention", "ideal_intervention")}  # rule -> the tables it judges by
+
+
+def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
+    """The intervention table (intervened = each, w02 = 0) of an ideal counter with cfg.heads
+    heads on `batch`: the reference a trained model's collapse is compared with (question 3)."""
+    from .interventions import sweep_columns
+
+    model = ideal(cfg.heads, seeds=1, **{k: getattr(cfg, k) for k in
+                                         ("min_len", "max_len", "noise", "bos")})
+    cols = sweep_columns(model, batch, fit, np.asarray(w01_grid), [0.0], heads="each")
+    return pd.DataFrame(cols)
+
+
+@cache
+def control_tables(name: str) -> dict[str, pd.DataFrame]:
+    """For control `name`, on `hard`: the model table and the tables `analysis` saves that the
+    rules it controls read (READS; the intervention with w02 = 0 only)."""
+    from .aggregation import aggregate
+    from .interventions import sweep_columns, value_swap
+    from .metrics import chunked_logits, evaluate_logits, head_table
+
+    model = LIBRARY[name](**SET_CONFIG)
+    fit, hard = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
+    with torch.no_grad():
+        got = evaluate_logits(chunked_logits(model, hard), hard)
+    t = {"model": pd.DataFrame([{"set": "hard", "seed": s} | {k: float(v[i]) for k, v in
+                                                              got.items()}
+                                for i, s in enumerate(model.seeds)])}
+    make = {
+        "heads": lambda: pd.DataFrame(head_table(model, {"hard": hard}, fit)),
+        "aggregation": lambda: pd.DataFrame(aggregate(model, {"hard": hard}, fit)),
+        "value_swap": lambda: pd.DataFrame([{"set": "hard"} | r
+                                            for r in value_swap(model, hard, fit)]),
+        "intervention": lambda: pd.DataFrame(sweep_columns(
+            model, hard, fit, W01_GRID, [0.0], heads="each")).assign(set="hard"),
+        "ideal_intervention": lambda: ideal_intervention(model.cfg, hard, fit, W01_GRID)}
+    for table in {x for rule, pair in RULE_CONTROLS.items() if name in pair
+                  for x in READS[rule]}:
+        t[table] = make[table]()
+    return t
+
+
+def training_paths(failures: tuple[int, ...], runs: int = RUNS) -> Evidence:
+    """Question 4's control: success and minimal-head tables of configurations of `runs` runs
+    with these numbers of failures (every success needs one head). Question 4 is about training,
+    which no hand-built model has, so its controls are tables whose answers are known."""
+    from .verdicts import wilson
+
+    rows, minimal = [], []
+    for h, f in enumerate(failures, 1):
+        lo, hi = wilson(runs - f, runs)
+        rows.append({"config_id": f"heads={h}", "heads": h, "n_runs": runs,
+                     "n_success": runs - f, "rate": (runs - f) / runs, "ci_low": float(lo),
+                     "ci_high": float(hi)})
+        minimal.append({"config_id": f"heads={h}", "size": 1.0, "n_runs": runs - f})
+    return Evidence(success=pd.DataFrame(rows), minimal=pd.DataFrame(minimal))
+
+
+def rule_controls() -> dict[str, tuple[Evidence, Evidence]]:
+    """rule -> (positive, negative) control evidence, for `verdicts.judge`."""
+    out = {k: tuple(Evidence(control_tables(name)) for name in pair)
+           for k, pair in RULE_CONTROLS.items()}
+    return out | {"4": tuple(training_paths(f) for f in Q4_FAILURES)}

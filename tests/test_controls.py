@@ -1,0 +1,53 @@
+"""The hand-built controls: each model has the property it is built for, and every verdict rule
+tells its positive control from its negative one."""
+
+import pytest
+
+from count01 import controls as C
+from count01 import verdicts as V
+from count01.language import eval_set
+from count01.metrics import head_table
+
+
+@pytest.mark.parametrize("name", list(C.LIBRARY))
+def test_every_control_answers_every_hard_string_right(name):
+    model = C.control_tables(name)["model"]
+    assert (model["l_acc"] == 1.0).all() and len(model) == C.SEEDS
+
+
+def test_ideal_counter_heads_each_separate_with_balanced_attention_and_no_noise():
+    h = C.control_tables("ideal")["heads"]
+    assert (h["s_acc"] == 1.0).all() and (h["w01"] == 1.0).all() and (h["w02"] == 0.0).all()
+
+
+def test_split_heads_each_see_one_digit_kind_and_count_only_together():
+    h = C.control_tables("split")["heads"].groupby("head")
+    assert (h["s_acc"].max() < 0.7).all()  # neither head alone
+    assert (h["mass_1"].max()[0], h["mass_0"].max()[1]) == (0.0, 0.0)
+
+
+def test_the_noise_valued_counter_attends_to_2s_as_to_0s():
+    h = C.control_tables("noise_valued")["heads"]
+    assert h["w02"].to_list() == pytest.approx([1.0] * len(h)) and (h["s_acc"] == 1.0).all()
+
+
+def test_the_bos_head_attends_only_to_bos():
+    bos = C.build([C.BOS_ONLY], seeds=1, **C.SET_CONFIG)
+    (row,) = head_table(bos, {"hard": eval_set(bos.cfg, "hard")})
+    assert row["mass_bos"] > 1 - 1e-6
+
+
+@pytest.mark.parametrize("rule", list(C.RULE_CONTROLS) + ["4"])
+def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hold(rule):
+    positive, negative = C.rule_controls()[rule]
+    status = V.RULE_FUNCTIONS[rule][1]
+    assert status(positive, V.THRESHOLDS) == V.HELD
+    assert status(negative, V.THRESHOLDS) == V.NOT_HELD
+
+
+def test_the_ideal_counter_collapses_as_much_as_itself_and_the_anchored_one_beyond():
+    ideal = C.control_tables("bos_anchored")["ideal_intervention"]
+    anchored = C.control_tables("bos_anchored")["intervention"]
+    top = anchored["w01"].max()
+    assert anchored.loc[anchored["w01"] == top, "valid"].max() < 0.2  # answers EOS
+    assert ideal.loc[ideal["w01"] == top, "valid"].min() == 1.0
