@@ -244,9 +244,21 @@ def test_q4_rules_on_success_rates_and_minimal_solutions():
 
 def test_q4_without_failures_in_few_seeds_is_inconclusive():
     v = V.q4(*success([(8, 8)] * 4, [[1] * 8] * 4))  # a failure rate up to 0.32 not excluded
-    assert v.status == V.INCONCLUSIVE and v.previous == {1: V.NOT_HELD}
+    assert v.status == V.INCONCLUSIVE and v.previous == {1: V.NOT_HELD, 2: V.INCONCLUSIVE}
     assert "below 0.32" in v.finding
     assert V.q4(*success([(31, 32), (32, 32), (32, 32), (32, 32)])).status == V.INCONCLUSIVE
+
+
+def test_q4_holds_when_configurations_miss_the_ideal_solution_and_names_the_regimes():
+    table, minimal = success([(32, 32)] * 4, [[1] * 32] * 4)
+    table["n_ideal"] = [32, 32, 32, 16]  # every run succeeds; one head count rarely generalises
+    v = V.q4(table, minimal)
+    assert v.status == V.HELD and v.previous[2] == V.INCONCLUSIVE  # success alone: cannot tell
+    regimes = " ".join(v.details)
+    assert "1 of 4 configurations fail or miss" in regimes and "heads = 8" in regimes
+    assert "3 reach it in most seeds" in regimes
+    table["n_ideal"] = 32
+    assert V.q4(table, minimal).status == V.INCONCLUSIVE  # 32 seeds cannot bound 5%
 
 
 def test_q4_names_the_configuration_whose_solutions_differ_in_size():

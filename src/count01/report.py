@@ -32,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from . import verdicts as V
@@ -97,9 +98,13 @@ class Evidence:
     sweep_dir: Path | None = None
     sweep: Sweep | None = None  # from sweep.json
     points: list[Point] = field(default_factory=list)  # the sweep's configurations
+    # question 4 reads the sweep whose training paths it judges: a study's training-path grid,
+    # else the sweep itself
+    path_dir: Path | None = None
     success: pd.DataFrame | None = None  # one row per configuration (`paths.success_table`)
     minimal: pd.DataFrame | None = None  # minimal head-set sizes (`paths.minimal_heads_table`)
-    grid: list[str] = field(default_factory=list)  # the sweep's grid fields
+    grid: list[str] = field(default_factory=list)  # that sweep's grid fields
+    path_tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # its paths/*.csv
     sweep_runs: pd.DataFrame | None = None  # results: one row per (configuration, seed)
     sweep_heads: pd.DataFrame | None = None  # heads: one row per (run, set, head)
     train_seconds: dict[str, float] = field(default_factory=dict)  # per configuration
@@ -114,6 +119,8 @@ def collect(root: str | Path) -> Evidence:
         study = read_state(root)
         ev = Evidence(root, "study", study=study)
         _add_sweep(ev, root / "sweep")
+        if (root / "training_path" / "sweep.json").exists():
+            _add_paths(ev, root / "training_path")
         run = study.get("analysed_run")
         _add_run(ev, root / run if run else _pick_run(ev))
     elif (root / "sweep.json").exists():
@@ -130,25 +137,45 @@ def collect(root: str | Path) -> Evidence:
 
 
 def _add_sweep(ev: Evidence, sweep_dir: Path) -> None:
-    from .paths import minimal_heads_table, success_table
     from .sweeps import NoResultsYet, load_tables, read_record, read_sweep
 
     if not (sweep_dir / "sweep.json").exists():
         return
     ev.sweep_dir, ev.sweep = sweep_dir, read_sweep(sweep_dir)
-    ev.points, ev.grid = ev.sweep.points(), list(ev.sweep.grid)
+    ev.points = ev.sweep.points()
     try:
         tables = load_tables(sweep_dir)
     except NoResultsYet:
         return
-    runs = ev.sweep_runs = tables["results"]
+    ev.sweep_runs = tables["results"]
     ev.sweep_heads = tables["heads"]
-    ev.success = success_table(runs, ev.grid)
-    ev.minimal = minimal_heads_table(runs, ev.grid)
+    _add_paths(ev, sweep_dir, tables)
     for p in ev.points:
         record = read_record(sweep_dir, p)
         if record is not None:
             ev.train_seconds[p.id] = float(record["seconds"])
+
+
+def _add_paths(ev: Evidence, sweep_dir: Path, tables: dict[str, pd.DataFrame] | None = None
+               ) -> None:
+    """Question 4's evidence from one sweep: success and minimal-head tables, labelled by the
+    grid (one column `configuration` when the grid has several fields), and its paths tables."""
+    from .paths import minimal_heads_table, success_table
+    from .sweeps import NoResultsYet, load_tables, read_sweep
+
+    grid = list(read_sweep(sweep_dir).grid)
+    try:
+        runs = (tables or load_tables(sweep_dir))["results"]
+    except NoResultsYet:
+        return
+    ev.path_dir, ev.grid = sweep_dir, grid
+    ev.success, ev.minimal = success_table(runs, grid), minimal_heads_table(runs, grid)
+    if len(grid) > 1:
+        ev.success.insert(1, "configuration", [", ".join(f"{k}={r[k]:g}" if isinstance(
+            r[k], float) else f"{k}={r[k]}" for k in grid) for _, r in ev.success.iterrows()])
+    for name in ("best_practice", "early_stop"):
+        if (sweep_dir / "paths" / f"{name}.csv").exists():
+            ev.path_tables[name] = pd.read_csv(sweep_dir / "paths" / f"{name}.csv")
 
 
 def _pick_run(ev: Evidence) -> Path | None:
@@ -186,7 +213,7 @@ def judge(ev: Evidence) -> dict[int, V.Verdict]:
     from .controls import rule_controls  # builds models: torch only when a report is judged
 
     tables = dict(ev.tables) if ev.analysis else {}
-    label = "heads" if "heads" in ev.grid else (ev.grid[0] if ev.grid else "config_id")
+    label = "configuration" if len(ev.grid) > 1 else (ev.grid[0] if ev.grid else "config_id")
     got = V.judge(V.Evidence(tables, ev.success, ev.minimal, label), rule_controls())
     return {v.question: v for v in got}
 
@@ -203,10 +230,13 @@ def _figs(ev: Evidence, names: list[tuple[str, str]]) -> list[Block]:
 
 
 def _path_figs(ev: Evidence) -> list[Block]:
-    if ev.sweep_dir is None:
+    if ev.path_dir is None:
         return []
-    d = ev.sweep_dir / "paths"
-    out = [Figure(d / "success_rate.png", "Success rate per configuration with its Wilson 95% "
+    d = ev.path_dir / "paths"
+    out = [Figure(d / "phase_diagram.png", "Phase diagram: the share of seeds that reach the "
+                  "solution (top) and the ideal solution (bottom) over init_scale x learning "
+                  "rate, a column per optimiser and head count; each cell k/n seeds."),
+           Figure(d / "success_rate.png", "Success rate per configuration with its Wilson 95% "
                   "interval (success = l-acc >= 0.99 on `hard`)."),
            Figure(d / "minimal_heads.png", "How many heads each run needs: the size of the "
                   "smallest head set that keeps hard l-acc >= 0.99 once alpha is refitted.")]
@@ -224,13 +254,13 @@ def _path_figs(ev: Evidence) -> list[Block]:
     out.append(Figure(d / "early_predictors.png", "Which early-training quantities tell a "
                       "failing run apart (ROC AUC for failure, all configurations pooled)."))
     if not (d / "paths.json").exists():
-        return [f"(No training-path figures: run `count01 paths {_rel(ev.sweep_dir, ev.root)}`.)"]
+        return [f"(No training-path figures: run `count01 paths {_rel(ev.path_dir, ev.root)}`.)"]
     summary = read_json(d / "paths.json")
     skipped = summary.get("figures_skipped") if isinstance(summary, dict) else None
     if not isinstance(skipped, dict):
         raise ReportError(f"{d / 'paths.json'} is not a training-path summary (no "
                           "figures_skipped)")
-    blocks: list[Block] = []
+    blocks: list[Block] = _path_tables(ev)
     for f in out:
         if f.path.exists():
             blocks.append(f)
@@ -239,6 +269,41 @@ def _path_figs(ev: Evidence) -> list[Block]:
         else:
             blocks.append(f"(Figure `{f.path.name}` was not found in `{_rel(d, ev.root)}`.)")
     return blocks
+
+
+def _path_tables(ev: Evidence) -> list[Block]:
+    """Best practice (the cheapest reliable ideal solutions) and what early stopping would do,
+    from the paths tables."""
+    from .paths import EARLY_STOP_RULE
+
+    out: list[Block] = []
+    best, stop = ev.path_tables.get("best_practice"), ev.path_tables.get("early_stop")
+    if best is not None and len(best):
+        top = best.head(5)
+        out.append("**Best practice** (`best_practice.csv`): the configurations that buy a 99% "
+                   "chance of one ideal solution (l-acc >= 0.99 on hard, long, noisy and "
+                   "exhaustive) for the fewest seed-steps, counting restarts from the lower end "
+                   "of the ideal rate's Wilson 95% interval:")
+        out.append(Table(["configuration", "ideal runs", "ideal rate (95% CI)", "restarts",
+                          "seed-steps"],
+                         [[", ".join(f"{k}={r[k]}" for k in ev.grid) or str(r["config_id"]),
+                           f"{int(r['n_ideal'])}/{int(r['n_runs'])}",
+                           f"{r['ideal_rate']:.2f} ({r['ideal_ci_low']:.2f}-"
+                           f"{r['ideal_ci_high']:.2f})",
+                           "never" if not np.isfinite(r["restarts_99_ideal"])
+                           else f"{int(r['restarts_99_ideal'])}",
+                           "never" if not np.isfinite(r["seed_steps_99_ideal"])
+                           else f"{int(r['seed_steps_99_ideal']):,}"]
+                          for _, r in top.iterrows()]))
+    if stop is not None and len(stop):
+        n, failed, stopped = (int(stop[k].sum()) for k in ("n_runs", "n_failed", "n_stopped"))
+        wrong, missed = int(stop["n_wrongly_stopped"].sum()), int(stop["n_missed"].sum())
+        saved = float((stop["saved_fraction"] * stop["n_runs"]).sum() / max(n, 1))
+        out.append(f"**Early stopping** (replayed on the checkpoints; {EARLY_STOP_RULE}): it "
+                   f"would stop {stopped} of {n} runs, {stopped - wrong} of the {failed} that "
+                   f"failed and {wrong} that went on to succeed (wrongly stopped), miss {missed} "
+                   f"failures, and save {saved:.0%} of the seed-steps.")
+    return out
 
 
 def _what_ran(ev: Evidence) -> str:
@@ -382,8 +447,9 @@ def _finding_risk(v: V.Verdict, ev: Evidence) -> str:
               "more." if unvaried else ".")
     failed = ev.success is not None and bool((ev.success["n_success"]
                                               < ev.success["n_runs"]).any())
-    design = {V.HELD: "Whether a run solves the task depends on its seed: budget several "
-                      "restarts (`count01 train --restarts K`) and check each run on `hard`",
+    design = {V.HELD: "For model design: the training path decides; take a configuration "
+                      "from the best-practice table below (or the most reliable one measured) "
+                      "and budget its restarts (`count01 train --restarts K`)",
               V.NOT_HELD: "For model design: no restarts were needed here, but a failure "
                           "rate up to that bound is not ruled out",
               V.MIXED: ("For model design: failures were rare; a few restarts (`count01 train "
