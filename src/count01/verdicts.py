@@ -604,7 +604,7 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
         v1 = NOT_HELD
     else:
         v1 = MIXED
-    names = [f"{label} = {r[label]}" if label in r else str(r["config_id"])
+    names = [_config_name(r[label], label) if label in r else str(r["config_id"])
              for _, r in s.iterrows()]
     total, good, best = int(n.sum()), int(ok.sum()), int(ideal.sum())
     details = []
@@ -659,6 +659,12 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
                    previous={1: v1, 2: v2})
 
 
+def _config_name(value, label: str) -> str:
+    """'heads = 4', or the configuration's own label ('heads=4, lr=0.01') for a grid of several
+    fields."""
+    return str(value) if label == "configuration" else f"{label} = {value}"
+
+
 def _size_mix(success: pd.DataFrame, minimal: pd.DataFrame, label: str) -> list[str]:
     """'at heads = 8, 31 runs need 1 head and 1 needs 2', per configuration whose sizes vary."""
     out = []
@@ -666,7 +672,8 @@ def _size_mix(success: pd.DataFrame, minimal: pd.DataFrame, label: str) -> list[
         if m["size"].nunique() < 2:
             continue
         row = success[success["config_id"] == cid]
-        name = f"{label} = {row[label].iloc[0]}" if label in row and len(row) else str(cid)
+        name = (_config_name(row[label].iloc[0], label) if label in row and len(row)
+                else str(cid))
         m = m.sort_values("n_runs", ascending=False)
         out.append(f"at {name}, " + " and ".join(
             f"{int(n)} {'run needs' if n == 1 else 'runs need'} {int(z)} "
