@@ -645,7 +645,8 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
                      f"{miss_ci[1, i]:.3f}")
         if minimal is not None and len(minimal):
             m = minimal[minimal["config_id"] == r["config_id"]]
-            dist = ", ".join(f"{'none' if _nan(z) else int(z)} heads: {int(c)}"
+            dist = ", ".join(f"{'no set' if _nan(z) else f'{int(z)} head' + 's' * (z != 1)}: "
+                             f"{int(c)}"
                              for z, c in zip(m["size"], m["n_runs"]))
             text += f"; minimal head set sizes: {dist}"
         numbers.append((names[i], text))
