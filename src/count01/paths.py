@@ -345,8 +345,8 @@ def plot_phase(table: pd.DataFrame, path: Path) -> list[Path]:
     cells are averaged over any other grid field and annotated with k/n."""
     panels = table.groupby(list(PHASE_PANELS), sort=True)
     xs, ys = sorted(table["lr"].unique()), sorted(table["init_scale"].unique())
-    fig, axes = plt.subplots(2, panels.ngroups, figsize=(3.2 * panels.ngroups + 1.5, 6.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(2, panels.ngroups, figsize=(3.2 * panels.ngroups + 2.5, 7.5),
+                             squeeze=False, layout="constrained")
     for col, ((opt, heads), g) in enumerate(panels):
         cells = g.groupby(["init_scale", "lr"])[["n_success", "n_ideal", "n_runs"]].sum()
         for row, (what, label) in enumerate((("n_success", "success rate"),
@@ -365,7 +365,7 @@ def plot_phase(table: pd.DataFrame, path: Path) -> list[Path]:
             ax.set_ylabel("init_scale (x 1/sqrt(fan_in))")
             ax.set_title(f"{label}\n{opt}, heads={heads}", fontsize=9)
     fig.colorbar(im, ax=axes, shrink=0.8, label="fraction of seeds")
-    fig.suptitle("Phase diagram: where training reaches the solution (top) and the ideal "
+    fig.suptitle("Phase diagram: where training reaches\nthe solution (top) and the ideal "
                  "solution (bottom)")
     return _save(fig, path, tight=False)
 
