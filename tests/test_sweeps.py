@@ -120,7 +120,7 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
                  "class_balanced", "bos", "heads",
                  "d_model", "d_head", "pos_embed", "layernorm", "init_scale", "n_seeds", "steps",
                  "batch_size", "optimizer", "lr", "schedule", "warmup", "weight_decay",
-                 "checkpoint_every", "eval_seed", "eval_size",
+                 "checkpoint_every", "early_stop", "eval_seed", "eval_size",
                  "exhaustive_len", "long_max_len", "noisy_noise", "seed", "success", "ideal",
                  "diverged",
                  "steps_to_success", "loss"]
@@ -346,6 +346,18 @@ def test_restarts_keep_the_best_seed_as_a_run_of_its_own(tmp_path, capsys):
     for k, w in best.weights.items():
         assert torch.equal(w[0], full.weights[k][summary["best_seed"]])
     assert main(["evaluate", str(out / "best"), "--sets", "hard"]) == 0
+
+
+def test_restarts_with_early_stopping_report_the_seeds_given_up(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["train", "--restarts", "4", "--early-stop", "true", "--init-scale", "3", "--out",
+            str(out)] + TRAIN
+    assert main(args) == 0
+    summary = json.loads((out / "restarts.json").read_text())
+    stopped = [s["seed"] for s in summary["seeds"] if s["stopped_at"] is not None]
+    assert summary["stopped_early"] == len(stopped) >= 1
+    assert summary["best_seed"] not in stopped
+    assert f"{len(stopped)} given up early" in capsys.readouterr().out
 
 
 def test_restarts_and_a_different_n_seeds_conflict(tmp_path, capsys):

@@ -199,3 +199,41 @@ def test_every_optimiser_and_schedule_batches_and_resumes_bit_for_bit(optimizer,
     if schedule == "cosine":  # steps set the schedule: a cosine run cannot be extended
         with pytest.raises(CheckpointError, match="steps cannot change"):
             train(cfg.replace(steps=80), tmp_path / "straight", resume=True, progress=False)
+
+
+def test_early_stopping_gives_up_on_failing_seeds_and_trains_the_others_on(tiny, tmp_path,
+                                                                           monkeypatch):
+    cfg = tiny.replace(n_seeds=4, init_scale=3.0, early_stop=True)  # seed 0 is at chance
+    model = train(cfg, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == {"0": 20}
+    at_stop = load_tensors(tmp_path / "run" / "checkpoints" / "step_0000020.safetensors")[0]
+    for k, w in model.weights.items():
+        assert torch.equal(w[0], at_stop[k][0]), k  # frozen where it was given up
+    alone = train(cfg.replace(seed=1, n_seeds=1, early_stop=False), progress=False)
+    for k, w in alone.weights.items():  # the others train on as they would alone
+        torch.testing.assert_close(model.weights[k][1:2], w, atol=1e-5, rtol=0)
+    step = Trainer.step
+
+    def interrupted(self, t):  # Ctrl-C at step 35, after the stop and the checkpoint at 20
+        if t == 35:
+            raise KeyboardInterrupt
+        return step(self, t)
+
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    resumed = train(cfg, tmp_path / "killed", resume=True, progress=False)
+    for k, w in model.weights.items():
+        assert torch.equal(resumed.weights[k], w), k
+    assert (json.loads((tmp_path / "killed" / "metrics.json").read_text())["final_loss"]
+            == json.loads((tmp_path / "run" / "metrics.json").read_text())["final_loss"])
+
+
+def test_when_early_stopping_gives_up_on_every_seed_training_ends_there(tiny, tmp_path):
+    cfg = tiny.replace(lr=1e-5, early_stop=True)
+    model = train(cfg, tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stopped"] == {"0": 20, "1": 20} and model.n_seeds == 2
+    assert [s for s, _ in checkpoints(tmp_path / "run")] == [0, 20]
+    assert train(cfg, tmp_path / "run", resume=True, progress=False).n_seeds == 2

@@ -93,8 +93,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         from .sweeps import keep_best
 
         best = keep_best(out)
+        early = (f", {best['stopped_early']} given up early (--early-stop)"
+                 if cfg.early_stop else "")
         print(f"restarts: {best['succeeded']} of {best['restarts']} seeds succeeded "
-              f"({best['success']}); best seed {best['best_seed']} (hard l-acc "
+              f"({best['success']}){early}; best seed {best['best_seed']} (hard l-acc "
               f"{best['best_hard_l_acc']:.4f}, loss {best['best_hard_loss']:.4g}) written to "
               f"{best['best_dir']}")
 

@@ -19,8 +19,8 @@ POS_EMBEDS = ("none", "learned", "sinusoidal")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 NOISE_PATTERNS = ("iid", "bursty")
-ADDED_FIELDS = ("optimizer", "schedule", "warmup", "noise_pattern", "burst_len", "p_one")  # younger
-# than the first sweeps
+ADDED_FIELDS = ("optimizer", "schedule", "warmup", "noise_pattern", "burst_len", "p_one",
+                "early_stop")  # younger than the first sweeps
 D_VOCAB = 5  # 0, 1, 2, EOS, BOS (language.VOCAB)
 SEED_MAX = 2**63 - 1  # seeds are hashed as uint64 and stored as int64 (JSON, Parquet)
 
@@ -81,6 +81,7 @@ class Config:
     warmup: int = 0
     weight_decay: float = 0.0
     checkpoint_every: int = 250
+    early_stop: bool = False  # give up on seeds that train.early_stop judges failing
     # --- evaluation (SPEC 2) ---
     eval_seed: int = 1_000_003
     eval_size: int = 8192

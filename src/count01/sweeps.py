@@ -639,11 +639,14 @@ def keep_best(run: str | Path) -> dict[str, Any]:
     write_json(run / "best" / "metrics.json", {"steps": cfg.steps, "eval": evaluate(one)})
     save_tensors(run / "best" / "model.safetensors", one.weights, best_cfg, one.seeds,
                  step=cfg.steps)
+    stopped = read_json(run / "metrics.json").get("stopped", {}) if cfg.early_stop else {}
     summary = {"restarts": model.n_seeds, "succeeded": int(sum(a >= SUCCESS_L_ACC for a in acc)),
+               "stopped_early": len(stopped),
                "success": f"{SUCCESS_SET} l-acc >= {SUCCESS_L_ACC}", "best_seed": seed,
                "best_dir": str(run / "best"), "best_hard_l_acc": acc[best],
                "best_hard_loss": loss[best],
                "seeds": [{"seed": s, "hard_l_acc": acc[i], "hard_loss": loss[i],
-                          "success": acc[i] >= SUCCESS_L_ACC} for i, s in enumerate(model.seeds)]}
+                          "success": acc[i] >= SUCCESS_L_ACC, "stopped_at": stopped.get(str(s))}
+                         for i, s in enumerate(model.seeds)]}
     write_json(run / "restarts.json", summary)
     return summary

@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Config
-from .language import D_VOCAB, answer, training_batch, training_indices, triples
-from .metrics import evaluate
+from .language import D_VOCAB, answer, eval_set, training_batch, training_indices, triples
+from .metrics import chunked_logits, evaluate, l_acc
 from .model import Model, trainable
 from .runs import (
     OPTIM,
@@ -153,6 +153,16 @@ class Trainer:
             self.flat.addcdiv_(m, denom, value=-lr / (1 - beta1 ** self.t))
         return loss
 
+    def keep(self, index: list[int]) -> Trainer:
+        """The trainer of the seeds at these positions only, optimiser state and all."""
+        new = Trainer(self.cfg, self.model.select(index), self.betas, self.eps)
+        for moment, flat in self.moments.items():
+            mine = new._views(new.moments[moment], {})
+            for k, v in self._views(flat, {}).items():
+                mine[k].copy_(v[index])
+        new.t = self.t
+        return new
+
     def weights(self) -> dict[str, torch.Tensor]:
         """A copy of every weight, each with storage of its own (safetensors needs that)."""
         return {k: w.detach().clone() for k, w in self.model.weights.items()}
@@ -256,53 +266,87 @@ def train(cfg: Config, out: str | Path | None = None, resume: bool = False,
         return _train(cfg, out, model, start, resumed, progress)
 
 
-def _train(cfg: Config, out: Path | None, model: Model, start: int,
-           resumed: tuple[dict[str, torch.Tensor], torch.Tensor, Path] | None,
+Resumed = tuple[dict[str, torch.Tensor], torch.Tensor, Path, dict[int, int]]
+
+
+def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Resumed | None,
            progress: bool) -> Model:
-    """The training loop from step `start`; `resumed` holds the optimiser state, the last losses
-    and the file they came from."""
-    trainer = Trainer(cfg, model)
-    losses = torch.zeros(model.n_seeds)
+    """The training loop from step `start`; `resumed` holds the optimiser state, the last losses,
+    the file they came from and the seeds early stopping gave up on (seed -> step).
+
+    With `early_stop`, each checkpoint first asks `early_stop` of every training seed; a seed it
+    gives up on leaves the batch (its weights stay as they were), so the others train on alone."""
+    losses, stopped = torch.zeros(model.n_seeds), {}
     if resumed is not None:
-        state, losses, path = resumed
+        state, losses, path, stopped = resumed
+    weights = {k: w.detach().clone() for k, w in model.weights.items()}  # every seed's
+    active = [i for i, s in enumerate(model.seeds) if s not in stopped]
+    trainer = Trainer(cfg, model.select(active)) if active else None
+    if resumed is not None and trainer is not None:
         trainer.load_state(state, start, path)
+    hard = eval_set(cfg, "hard") if cfg.early_stop else None
 
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
                desc=f"train {model.n_seeds} seeds", leave=False)
     with one_thread():
         for step in range(start, cfg.steps):
-            losses = trainer.step(step)
+            if trainer is None:  # early stopping gave up on every seed
+                break
+            losses[active] = trainer.step(step)
             done = step + 1
-            if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                _checkpoint(out, cfg, trainer, done, losses)
             if done % 50 == 0 or done == cfg.steps:
                 bar.update(done - bar.n)
                 bar.set_postfix(loss=f"{losses.mean().item():.4f}")
+            if done % cfg.checkpoint_every and done != cfg.steps:
+                continue
+            for k, w in trainer.model.weights.items():
+                weights[k][active] = w.detach()
+            if hard is not None and done < cfg.steps:
+                with torch.no_grad():
+                    acc = l_acc(chunked_logits(trainer.model, hard), hard.y, hard.weight)
+                keep = [j for j, a in enumerate(acc.tolist()) if not early_stop(a, done, cfg.steps)]
+                stopped |= {model.seeds[active[j]]: done for j in range(len(active))
+                            if j not in keep}
+                if len(keep) < len(active):
+                    active = [active[j] for j in keep]
+                    trainer = trainer.keep(keep) if keep else None
+            if out is not None:
+                _checkpoint(out, cfg, model.seeds, weights, trainer, done, losses, stopped)
     bar.close()
-    model = Model(cfg, trainer.weights(), model.seeds)
+    if trainer is not None:
+        for k, w in trainer.model.weights.items():
+            weights[k][active] = w.detach()
+    model = Model(cfg, weights, model.seeds)
     if out is not None:
         seconds = time.perf_counter() - t0
         with one_thread():
             rows = evaluate(model)
-        write_json(out / "metrics.json", {"steps": cfg.steps, "train_seconds_this_session": seconds,
-                                          "final_loss": losses.tolist(), "eval": rows})
+        summary = {"steps": cfg.steps, "train_seconds_this_session": seconds,
+                   "final_loss": losses.tolist(), "eval": rows}
+        if cfg.early_stop:
+            summary["stopped"] = {str(seed): at for seed, at in sorted(stopped.items())}
+        write_json(out / "metrics.json", summary)
         save_tensors(out / "model.safetensors", model.weights, cfg, model.seeds, step=cfg.steps)
     return model
 
 
-def _checkpoint(out: Path, cfg: Config, trainer: Trainer, step: int, losses: torch.Tensor
-                ) -> None:
-    weights, seeds = trainer.weights(), trainer.model.seeds
-    save_tensors(out / "checkpoints" / f"step_{step:07d}.safetensors", weights, cfg, seeds,
-                 step=step, loss=losses.tolist())
-    save_tensors(out / "resume.safetensors", weights | trainer.state(), cfg, seeds, step=step,
-                 loss=losses.tolist())
+def _checkpoint(out: Path, cfg: Config, seeds: list[int], weights: dict[str, torch.Tensor],
+                trainer: Trainer | None, step: int, losses: torch.Tensor,
+                stopped: dict[int, int]) -> None:
+    """Every seed's weights at `step`, and for --resume also the optimiser state of the seeds
+    still training and the seeds early stopping gave up on."""
+    meta = {"step": step, "loss": losses.tolist()}
+    if cfg.early_stop:
+        meta["stopped"] = sorted([seed, at] for seed, at in stopped.items())
+    state = trainer.state() if trainer is not None else {}
+    save_tensors(out / "checkpoints" / f"step_{step:07d}.safetensors", weights, cfg, seeds, **meta)
+    save_tensors(out / "resume.safetensors", weights | state, cfg, seeds, **meta)
 
 
-def _resume(cfg: Config, out: Path
-            ) -> tuple[Model, int, tuple[dict[str, torch.Tensor], torch.Tensor, Path] | None]:
-    """The model, step, and (AdamW state, last losses, file) of the latest checkpoint of `out`."""
+def _resume(cfg: Config, out: Path) -> tuple[Model, int, Resumed | None]:
+    """The model, step, and (optimiser state, last losses, file, stopped seeds) of the latest
+    checkpoint of `out`."""
     saved = load_config(out)
     if saved.replace(steps=cfg.steps) != cfg:
         raise CheckpointError(f"{out}: config does not match the run's config.json "
@@ -325,7 +369,12 @@ def _resume(cfg: Config, out: Path
     if not (isinstance(loss, list) and len(loss) == cfg.n_seeds
             and all(isinstance(x, int | float) for x in loss)):
         raise CheckpointError(f"{path}: corrupted metadata (no loss per seed)")
+    stopped = meta.get("stopped", [])
+    if not (isinstance(stopped, list) and all(
+            isinstance(x, list) and len(x) == 2 and x[0] in cfg.seeds and isinstance(x[1], int)
+            for x in stopped)):
+        raise CheckpointError(f"{path}: corrupted metadata (stopped must list [seed, step] pairs)")
     state = {k: v for k, v in tensors.items() if k.startswith(OPTIM)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIM)}
     return (Model(cfg, weights, meta["seeds"]), meta["step"],
-            (state, torch.tensor(loss, dtype=torch.float32), path))
+            (state, torch.tensor(loss, dtype=torch.float32), path, dict(map(tuple, stopped))))
