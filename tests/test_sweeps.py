@@ -374,3 +374,19 @@ def test_keep_best_prefers_accuracy_then_loss(tmp_path, tiny):
     assert summary["best_hard_l_acc"] == max(accs)
     tied = [s for s in summary["seeds"] if s["hard_l_acc"] == max(accs)]
     assert summary["best_hard_loss"] == min(s["hard_loss"] for s in tied)
+
+
+def test_a_record_written_before_a_field_was_added_still_counts(swept):
+    from count01.config import ADDED_FIELDS
+    from count01.sweeps import read_record
+
+    sweep, out, tables, _ = swept
+    point = sweep.points()[0]
+    path = out / "results" / f"{point.id}.json"
+    rec = json.loads(path.read_text())
+    older = rec | {"config": {k: v for k, v in rec["config"].items() if k not in ADDED_FIELDS}}
+    path.write_text(json.dumps(older))
+    try:
+        assert read_record(out, point)["runs"] == rec["runs"]
+    finally:
+        path.write_text(json.dumps(rec))

@@ -539,7 +539,11 @@ def read_record(out: Path, point: Point) -> dict[str, Any] | None:
     if not _is_record(rec):
         raise SweepError(f"{path} is not a sweep record (config, seconds, and rows of runs, "
                          f"heads, trajectory, head_trajectory){hint}")
-    if rec["config"] != point.cfg.to_dict():
+    try:  # read as a Config: a record from before a field was added holds its default
+        same = Config.from_dict(rec["config"], source=str(path)) == point.cfg
+    except Count01Error:
+        same = False
+    if not same:
         raise SweepError(f"{path} was written for another configuration{hint}")
     return rec
 
