@@ -424,3 +424,11 @@ def test_cli_report_prints_every_verdict(run, capsys):
     out = capsys.readouterr().out
     assert "report.html" in out
     assert all(f"Q{q}: " in out for q in (1, 2, 3, 4))
+
+
+def test_q4_numbers_name_minimal_head_set_sizes_from_a_saved_table():
+    table, minimal = success([(8, 8), (0, 8)], [[1] * 7 + [2], []])
+    minimal = pd.concat([minimal, pd.DataFrame([{"config_id": "heads=2", "size": np.nan,
+                                                 "n_runs": 8}])]).astype({"size": "Float64"})
+    text = dict(V.q4(table, minimal).numbers)
+    assert "1 head: 7, 2 heads: 1" in text["heads = 1"] and "no set: 8" in text["heads = 2"]

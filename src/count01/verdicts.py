@@ -645,9 +645,8 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
                      f"{miss_ci[1, i]:.3f}")
         if minimal is not None and len(minimal):
             m = minimal[minimal["config_id"] == r["config_id"]]
-            dist = ", ".join(f"{'no set' if _nan(z) else f'{int(z)} head' + 's' * (z != 1)}: "
-                             f"{int(c)}"
-                             for z, c in zip(m["size"], m["n_runs"]))
+            dist = ", ".join(("no set" if _nan(z) else f"{int(z)} head{'s' * (int(z) != 1)}")
+                             + f": {int(c)}" for z, c in zip(m["size"], m["n_runs"]))
             text += f"; minimal head set sizes: {dist}"
         numbers.append((names[i], text))
     numbers.append(("success rates differ between configurations (intervals disjoint)",
