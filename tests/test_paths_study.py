@@ -224,3 +224,20 @@ def test_trajectories_with_ratios_of_zero_and_infinity_still_draw(tmp_path):
                           "w01": [1.0, np.inf], "w02": [0.0, 1.0]})
     files = plot_trajectories(traj, htraj, {0: False}, "extreme", tmp_path / "t")
     assert all(p.stat().st_size > 1000 for p in files)
+
+
+def test_figures_of_many_configurations_are_rows_and_readable_alone(monkeypatch, tmp_path):
+    from test_analysis import readable_alone
+
+    from count01 import paths
+
+    runs = _runs({f"h{i}": [True, i % 3 == 0, False] for i in range(1, 21)})
+    drawn = {}
+    monkeypatch.setattr(paths, "_save", lambda fig, path, **kw: drawn.setdefault(path.name, fig)
+                        and [])
+    paths.plot_success(success_table(runs, ["heads"]), ["heads"], tmp_path / "success_rate")
+    paths.plot_minimal_heads(minimal_heads_table(runs, ["heads"]), ["heads"],
+                             tmp_path / "minimal_heads")
+    for name, fig in drawn.items():
+        assert not readable_alone(fig), f"{name} lacks {readable_alone(fig)}"
+        assert fig.get_size_inches()[0] <= 8  # rows, not a 20-column strip

@@ -263,21 +263,37 @@ def _save(fig, path: Path, tight: bool = True) -> list[Path]:
 
 
 def plot_success(success: pd.DataFrame, grid: list[str], path: Path) -> list[Path]:
-    x = np.arange(len(success))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(x) + 2), 4.5))
+    """Rate and interval per configuration: columns for a few configurations, rows (one per
+    configuration, the labels readable) for many."""
+    pos = np.arange(len(success))
+    labels = [_label(r, grid) for _, r in success.iterrows()]
     err = [success["rate"] - success["ci_low"], success["ci_high"] - success["rate"]]
-    ax.errorbar(x, success["rate"], yerr=err, fmt="o", capsize=4,
-                label="success rate, Wilson 95% CI")
-    for xi, (k, n) in enumerate(zip(success["n_success"], success["n_runs"])):
-        ax.annotate(f"{k}/{n}", (xi, 1.02), ha="center", fontsize=8)
-    ax.set_xticks(x, [_label(r, grid) for _, r in success.iterrows()], rotation=30, ha="right")
-    ax.set_ylim(-0.02, 1.1)
-    ax.set_ylabel("success rate (fraction of seeds)")
-    ax.set_xlabel("configuration")
-    ax.set_title(f"How often training reaches the solution ({SUCCESS_SET} l-acc >= "
+    many = len(pos) > 12
+    if many:
+        fig, ax = plt.subplots(figsize=(7, 0.22 * len(pos) + 1.8), layout="constrained")
+        ax.errorbar(success["rate"], pos, xerr=err, fmt="o", ms=3, capsize=2,
+                    label="success rate, Wilson 95% CI")
+        for p, (k, n) in zip(pos, zip(success["n_success"], success["n_runs"])):
+            ax.annotate(f"{k}/{n}", (1.03, p), va="center", fontsize=6)
+        ax.set_yticks(pos, labels, fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlim(-0.02, 1.15)
+        ax.set_xlabel("success rate (fraction of seeds)")
+        ax.set_ylabel("configuration")
+    else:
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pos) + 2), 4.5))
+        ax.errorbar(pos, success["rate"], yerr=err, fmt="o", capsize=4,
+                    label="success rate, Wilson 95% CI")
+        for p, (k, n) in zip(pos, zip(success["n_success"], success["n_runs"])):
+            ax.annotate(f"{k}/{n}", (p, 1.02), ha="center", fontsize=8)
+        ax.set_xticks(pos, labels, rotation=30, ha="right")
+        ax.set_ylim(-0.02, 1.1)
+        ax.set_ylabel("success rate (fraction of seeds)")
+        ax.set_xlabel("configuration")
+    ax.set_title(f"How often training reaches the solution\n({SUCCESS_SET} l-acc >= "
                  f"{SUCCESS_L_ACC})")
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, tight=not many)
 
 
 def plot_trajectories(traj: pd.DataFrame, htraj: pd.DataFrame, success: dict[int, bool],
@@ -312,6 +328,8 @@ def plot_minimal_heads(table: pd.DataFrame, grid: list[str], path: Path) -> list
     configs = list(dict.fromkeys(table["config_id"]))
     sizes = sorted(int(s) for s in table["size"].dropna().unique())
     cats = [str(s) for s in sizes] + ["none"]
+    if len(configs) > 8:  # bars with a legend of every configuration stop being readable
+        return _plot_minimal_heads_grid(table, grid, configs, cats, path)
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(cats) * max(1, len(configs) / 2) + 2), 4))
     width = 0.8 / len(configs)
     for i, cid in enumerate(configs):
@@ -367,6 +385,28 @@ def plot_phase(table: pd.DataFrame, path: Path) -> list[Path]:
     fig.colorbar(im, ax=axes, shrink=0.8, label="fraction of seeds")
     fig.suptitle("Phase diagram: where training reaches\nthe solution (top) and the ideal "
                  "solution (bottom)")
+    return _save(fig, path, tight=False)
+
+
+def _plot_minimal_heads_grid(table: pd.DataFrame, grid: list[str], configs: list[str],
+                             cats: list[str], path: Path) -> list[Path]:
+    """The minimal head-set sizes as a configuration x size heat map (many configurations)."""
+    frac = np.zeros((len(configs), len(cats)))
+    labels = []
+    for i, cid in enumerate(configs):
+        g = table[table["config_id"] == cid]
+        got = dict(zip(g["size"].astype("string").fillna("none"), g["fraction"]))
+        frac[i] = [got.get(c, 0.0) for c in cats]
+        labels.append(_label(g.iloc[0], grid))
+    fig, ax = plt.subplots(figsize=(7, 0.22 * len(configs) + 1.8), layout="constrained")
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(np.arange(len(cats)), cats)
+    ax.set_yticks(np.arange(len(configs)), labels, fontsize=6)
+    ax.set_xlabel(f"size of the smallest head set keeping {SUCCESS_SET} l-acc >= {SUCCESS_L_ACC} "
+                  "(alpha refitted; none = no set does)", fontsize=8)
+    ax.set_ylabel("configuration")
+    ax.set_title("Minimal head sets")
+    fig.colorbar(im, ax=ax, label="fraction of seeds")
     return _save(fig, path, tight=False)
 
 

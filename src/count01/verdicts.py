@@ -632,9 +632,11 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
                        "below 50%, the intervals' upper ends below it)"
                        + (f": {'; '.join(reliable)}." if reliable else "."))
     if sizes_vary:
+        mix = _size_mix(s, minimal, label)
+        more = f"; and {len(mix) - 2} more configurations (see the numbers)" if len(mix) > 2 else ""
         finding += (" Seeds of one configuration reached solutions of different sizes (the "
                     "smallest head set keeping the answers right, alpha refitted): "
-                    + "; ".join(_size_mix(s, minimal, label)) + ".")
+                    + "; ".join(mix[:2]) + more + ".")
     numbers = []
     for i, (_, r) in enumerate(s.iterrows()):
         text = (f"{int(ok[i])}/{int(n[i])} succeeded, rate {r['rate']:.3f} (Wilson 95% CI "
