@@ -43,6 +43,7 @@ VALUE_SWAP_GAP = 0.05  # a value swap is informative only between heads whose s-
 COLLAPSE_BEYOND = 0.1  # a head's collapse exceeds the ideal counter's by at least this l-acc
 # Q4: the training path "decides" if some configuration fails in more than this share of seeds
 FAIL_RATE = 0.05
+REGIME_NAMES = 6  # configurations named per regime of the training path (the numbers list all)
 
 THRESHOLDS: dict[str, float] = {
     "success_l_acc": SUCCESS_L_ACC, "most": MOST, "few": FEW, "s_acc_good": S_ACC_GOOD,
@@ -620,17 +621,20 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
                    f"ideal solution; the lowest success rate is {ok[worst] / n[worst]:.2f} "
                    f"(95% CI {s['ci_low'].iloc[worst]:.2f}-{s['ci_high'].iloc[worst]:.2f}) at "
                    f"{names[worst]}.")
-        failing = [nm for nm, lo in zip(names, np.maximum(fail_ci[0], miss_ci[0]))
-                   if lo > t["fail_rate"]]
-        reliable = [nm for nm, hi in zip(names, np.maximum(fail_ci[1], miss_ci[1]))
-                    if hi < 0.5]
-        details.append(f"**Regimes.** {len(failing)} of {len(s)} configurations fail or miss "
-                       f"the ideal solution in more than {t['fail_rate']:.0%} of their seeds "
-                       "(the Wilson 95% interval's lower end above it)"
-                       + (f": {'; '.join(failing)}" if failing else "")
-                       + f". {len(reliable)} reach it in most seeds (failure and miss rates "
-                       "below 50%, the intervals' upper ends below it)"
-                       + (f": {'; '.join(reliable)}." if reliable else "."))
+        bad_lo, bad_hi = np.maximum(fail_ci[0], miss_ci[0]), np.maximum(fail_ci[1], miss_ci[1])
+        regimes = [("mostly fail or miss the ideal solution (the bad rate's interval above 50%)",
+                    [nm for nm, lo in zip(names, bad_lo) if lo > 0.5]),
+                   ("mostly reach the ideal solution (below 50%)",
+                    [nm for nm, hi in zip(names, bad_hi) if hi < 0.5]),
+                   ("are in between or too close to tell (the interval holds 50%)",
+                    [nm for nm, lo, hi in zip(names, bad_lo, bad_hi) if lo <= 0.5 <= hi])]
+        details.append(f"**Regimes** (bad = failed, or missed the ideal solution; "
+                       f"{int((bad_lo > t['fail_rate']).sum())} of {len(s)} configurations are "
+                       f"bad in more than {t['fail_rate']:.0%} of their seeds, 95% sure). "
+                       + " ".join(f"{len(group)} {text}" + (": " + "; ".join(group[:REGIME_NAMES])
+                                  + (f"; and {len(group) - REGIME_NAMES} more" if len(group)
+                                     > REGIME_NAMES else "") if group else "") + "."
+                                  for text, group in regimes))
     if sizes_vary:
         mix = _size_mix(s, minimal, label)
         more = f"; and {len(mix) - 2} more configurations (see the numbers)" if len(mix) > 2 else ""
