@@ -161,3 +161,17 @@ def test_slicing_sets_into_forward_chunks_changes_no_number(monkeypatch):
     monkeypatch.setattr(metrics, "CACHE_ELEMENTS", 5000)
     for a, b in zip(whole, aggregate(model, ("hard",), fit)):
         assert a == pytest.approx(b, abs=1e-12)
+
+
+@pytest.mark.parametrize("name, labour", [("ideal", "pseudo-ensemble"), ("split", "divided"),
+                                          ("bos", "mixed"), ("silent", "mixed")])
+def test_the_division_of_labour_of_hand_built_models_is_the_one_they_were_built_with(name,
+                                                                                    labour):
+    from count01.aggregation import division_of_labour
+    from count01.controls import LIBRARY, SET_CONFIG
+
+    model = LIBRARY[name](seeds=2, **SET_CONFIG)
+    fit, hard = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
+    minimal = minimal_heads(model, fit, hard)
+    assert division_of_labour(model, fit, hard, minimal) == [labour, labour]
+    assert division_of_labour(model, fit, hard, [None, minimal[1]])[0] == "unsolved"

@@ -125,7 +125,7 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
                  "diverged",
                  "steps_to_success", "loss"]
                 + [f"{s}_{k}" for s in EVAL_SETS for k in ("l_acc", "valid", "auc")]
-                + ["min_heads", "min_head_set"]
+                + ["min_heads", "min_head_set", "labour"]
                 + [f"h{h}_{k}" for h in range(2) for k in ("s_acc", "w01", "w02")])
     assert list(runs.columns) == expected
     assert runs.loc[runs["heads"] == 1, "h1_s_acc"].isna().all()  # no second head

@@ -229,6 +229,30 @@ def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None
     return rows
 
 
+def _subset_l_acc(m: Model, fit: Batch, batch: Batch, subsets: list[tuple[int, ...]], parts
+                  ) -> torch.Tensor:
+    """l-acc on `batch` of each head subset (the others mean-ablated, alpha refitted on `fit`),
+    every seed at once, in slices that bound memory. (M, S)."""
+    fbase, fo, means = parts
+    S, H = fo.shape[0], fo.shape[2]
+    step = max(1, CHUNK_ELEMENTS // (S * max(len(fit), len(batch)) * 5 * max(H, 1)))
+    out = []
+    for a in range(0, len(subsets), step):
+        chunk = subsets[a:a + step]
+        keep = torch.zeros(len(chunk), S, H, dtype=torch.bool)
+        for j, heads in enumerate(chunk):
+            keep[j, :, list(heads)] = True
+        alpha = _fit(m, fbase, fo, means, keep, fit)
+        out.append(scheme_metrics(m, batch, means, alpha, keep, auc=False)["l_acc"])
+    return torch.cat(out)
+
+
+def _parts(model: Model, fit: Batch):
+    m = model.to(torch.float64)
+    fbase, fo = head_parts(m, fit)
+    return m, (fbase, fo, weighted_mean(fo, fit.weight, 1))
+
+
 def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = 0.99
                   ) -> list[list[int] | None]:
     """Per seed, the smallest set of heads that keeps l-acc >= threshold on `batch` once alpha
@@ -237,30 +261,31 @@ def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = 0.9
     smallest size, the one with the highest l-acc (then the first in lexicographic order).
     None for a seed where not even all heads refitted reach the threshold.
     """
-    m = model.to(torch.float64)
-    fbase, fo = head_parts(m, fit)
-    means = weighted_mean(fo, fit.weight, 1)
-    S, H = fo.shape[0], fo.shape[2]
+    m, parts = _parts(model, fit)
+    S, H = parts[1].shape[0], parts[1].shape[2]
     found: list[list[int] | None] = [None] * S
-    step = max(1, CHUNK_ELEMENTS // (S * max(len(fit), len(batch)) * 5 * max(H, 1)))
     for k in range(H + 1):
         subsets = list(combinations(range(H), k))
-        best = torch.full((S,), -1.0, dtype=torch.float64)
-        pick = [None] * S
-        for a in range(0, len(subsets), step):
-            chunk = subsets[a:a + step]
-            keep = torch.zeros(len(chunk), S, H, dtype=torch.bool)
-            for j, heads in enumerate(chunk):
-                keep[j, :, list(heads)] = True
-            alpha = _fit(m, fbase, fo, means, keep, fit)
-            acc = scheme_metrics(m, batch, means, alpha, keep, auc=False)["l_acc"]  # (M, S)
-            for i in range(S):
-                j = int(acc[:, i].argmax())
-                if acc[j, i] >= threshold and acc[j, i] > best[i]:
-                    best[i], pick[i] = acc[j, i], list(chunk[j])
+        acc = _subset_l_acc(m, fit, batch, subsets, parts)  # (M, S)
         for i in range(S):
-            if found[i] is None and pick[i] is not None:
-                found[i] = pick[i]
+            j = int(acc[:, i].argmax())
+            if found[i] is None and acc[j, i] >= threshold:
+                found[i] = list(subsets[j])
         if all(f is not None for f in found):
             break
     return found
+
+
+LABOURS = ("pseudo-ensemble", "divided", "mixed", "unsolved")
+
+
+def division_of_labour(model: Model, fit: Batch, batch: Batch, minimal: list[list[int] | None],
+                       threshold: float = 0.99) -> list[str]:
+    """Per seed (SPEC 4): "pseudo-ensemble" if every head alone (others mean-ablated, alpha
+    refitted) keeps l-acc >= threshold on `batch`; "divided" if the minimal head set has two or
+    more heads; "mixed" otherwise; "unsolved" if no head set reaches it."""
+    m, parts = _parts(model, fit)
+    H = parts[1].shape[2]
+    alone = _subset_l_acc(m, fit, batch, [(h,) for h in range(H)], parts) >= threshold  # (H, S)
+    return ["unsolved" if best is None else "pseudo-ensemble" if bool(alone[:, i].all())
+            else "divided" if len(best) >= 2 else "mixed" for i, best in enumerate(minimal)]

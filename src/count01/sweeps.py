@@ -40,9 +40,11 @@ Columns. Every table starts with config_id; the long tables then repeat the grid
   iid), then for each set in
   iid, hard, exhaustive, long, noisy: <set>_l_acc, <set>_valid, <set>_auc; min_heads (the size of
   the smallest head set that keeps hard l-acc >= 0.99 with alpha refitted, empty if none),
-  min_head_set (its heads as a JSON list, e.g. "[0, 2]"); then h<k>_s_acc, h<k>_w01, h<k>_w02 for
-  k < the sweep's largest head count (head k on `hard`; empty where the configuration has fewer
-  heads). The long heads table holds the same numbers with every other head statistic.
+  min_head_set (its heads as a JSON list, e.g. "[0, 2]"), labour (SPEC 4's division of labour:
+  pseudo-ensemble, divided, mixed or unsolved, `aggregation.division_of_labour`, on hard); then
+  h<k>_s_acc, h<k>_w01, h<k>_w02 for k < the sweep's largest head count (head k on `hard`;
+  empty where the configuration has fewer heads). The long heads table holds the same numbers
+  with every other head statistic.
 - heads: config_id, grid fields, set (iid, hard, long, noisy; not exhaustive, which on the token
   path is 3^12 strings), seed, head, then every column of `metrics.head_table`: head_auc, s_acc,
   s_threshold, probe_s_acc, w01, w02, w_eos, w_bos, mass_0, mass_1, mass_2, mass_eos, mass_bos.
@@ -73,7 +75,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .aggregation import minimal_heads
+from .aggregation import division_of_labour, minimal_heads
 from .config import Config, Count01Error
 from .language import EVAL_SETS, ONE, TWO, eval_set
 from .metrics import (
@@ -267,13 +269,15 @@ def analyse_run(model: Model, run: Path) -> dict[str, list[dict]]:
     finite = finite_seeds(model)
     healthy = model.select([i for i, ok in enumerate(finite) if ok])
     final = {name: eval_set(cfg, name) for name in HEAD_SETS}
-    evals, heads, minimal = [], [], {}
+    evals, heads, minimal, labour = [], [], {}, {}
     if healthy.n_seeds:
         for part in seed_chunks(healthy):
             evals += evaluate(part)
             heads += head_table(part, final, fit=sets["fit"])
-            minimal |= dict(zip(part.seeds, minimal_heads(part, sets["fit"], sets["hard"],
-                                                          threshold=SUCCESS_L_ACC)))
+            sets_ = minimal_heads(part, sets["fit"], sets["hard"], threshold=SUCCESS_L_ACC)
+            minimal |= dict(zip(part.seeds, sets_))
+            labour |= dict(zip(part.seeds, division_of_labour(
+                part, sets["fit"], sets["hard"], sets_, threshold=SUCCESS_L_ACC)))
     empty = {f"{name}_{k}": None for name in EVAL_SETS for k in ("l_acc", "valid", "auc")}
     runs = []
     for seed, ok in zip(model.seeds, finite):
@@ -290,7 +294,8 @@ def analyse_run(model: Model, run: Path) -> dict[str, list[dict]]:
                      "diverged": not ok, "steps_to_success": min(reached, default=None),
                      "loss": max(mine, key=lambda r: r["step"])["loss"]} | final_sets
                     | {"min_heads": None if best is None else len(best),
-                       "min_head_set": None if best is None else json.dumps(best)})
+                       "min_head_set": None if best is None else json.dumps(best),
+                       "labour": labour.get(seed)})
     return {"runs": runs, "heads": heads, "trajectory": trajectory,
             "head_trajectory": head_trajectory}
 
