@@ -10,6 +10,7 @@ from count01.paths import (
     analyse,
     best_practice_table,
     early_stop_table,
+    labour_table,
     minimal_heads_table,
     predictor_table,
     restarts,
@@ -90,6 +91,15 @@ def test_early_stopping_replayed_on_checkpoints_counts_stops_wrong_stops_and_sav
     assert t["saved_fraction"] == 2 * 750 / 4000  # steps 1000: two seeds stop at step 250
 
 
+def test_the_labour_table_counts_each_class_and_its_share_among_solved_runs():
+    runs = pd.DataFrame({"config_id": "c", "heads": 4, "seed": range(6),
+                         "labour": ["pseudo-ensemble"] * 3 + ["divided", "mixed", "unsolved"]})
+    t = labour_table(runs, ["heads"]).iloc[0]
+    assert (t["n_pseudo_ensemble"], t["n_divided"], t["n_mixed"], t["n_unsolved"]) == (3, 1, 1, 1)
+    assert t["n_solved"] == 5 and t["pseudo_ensemble_share"] == 0.6
+    assert (t["divided_ci_low"], t["divided_ci_high"]) == tuple(float(x) for x in wilson(1, 5))
+
+
 def test_stability_measures_the_spread_of_heads_across_successful_seeds():
     runs = _runs({"h1": [True, True, True, False]})
     heads = pd.DataFrame({"config_id": "h1", "set": "hard", "seed": range(4), "head": 0,
@@ -148,7 +158,7 @@ def test_the_study_writes_every_documented_file(study):
     paths = out / "paths"
     expected = {"success.csv", "minimal_heads.csv", "early_quantities.csv", "early_predictors.csv",
                 "stability.csv", "best_practice.csv", "early_stop.csv", "phase_diagram.png",
-                "phase_diagram.svg",
+                "phase_diagram.svg", "labour.csv", "labour.png", "labour.svg",
                 "success_rate.png", "success_rate.svg", "minimal_heads.png", "minimal_heads.svg",
                 "early_predictors.png", "early_predictors.svg", "paths.json"}
     expected |= {f"trajectories/{c['config_id']}.{e}" for c in summary["configs"]
@@ -172,7 +182,8 @@ def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypat
     monkeypatch.setattr(paths, "_save",
                         lambda fig, path, **kw: drawn.setdefault(path.name, fig) and [])
     analyse(out, tmp_path / "paths")
-    assert {"success_rate", "minimal_heads", "early_predictors", "phase_diagram"} <= set(drawn)
+    assert {"success_rate", "minimal_heads", "early_predictors", "phase_diagram",
+            "labour"} <= set(drawn)
     assert any(name.startswith("lr=") for name in drawn)  # a trajectory figure per configuration
     for name, fig in drawn.items():
         assert not readable_alone(fig), f"{name} lacks {readable_alone(fig)}"

@@ -19,6 +19,10 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
   of `train.early_stop`, replayed on the checkpoints, gives up on), n_wrongly_stopped (stopped
   runs that went on to succeed), n_missed (failed runs it does not stop), saved_fraction (share
   of the configuration's seed-steps after the stops).
+- labour.csv: config_id, <grid>, n_runs, n_pseudo_ensemble, n_divided, n_mixed, n_unsolved (the
+  runs of each division of labour, SPEC 4), n_solved, then pseudo_ensemble_share and
+  divided_share among the solved runs with their Wilson 95% interval (_ci_low, _ci_high); for
+  sweeps whose results hold the labour column.
 - best_practice.csv: config_id, <grid>, n_runs, n_ideal, ideal_rate, ideal_ci_low,
   ideal_ci_high, steps, restarts_99_ideal (runs for a 99% chance of one ideal run, from
   ideal_ci_low: pessimistic), seed_steps_99_ideal (restarts_99_ideal x steps: the compute that
@@ -40,6 +44,7 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
 - trajectories/<config_id>.png/.svg: hard l-acc per seed, then s-acc, w01 and w02 per seed and
   head over the checkpoints; thin lines, blue = run succeeded, red = failed.
 - minimal_heads.png/.svg: distribution of the minimal head-set size per configuration.
+- labour.png/.svg: each configuration's runs by division of labour (with labour.csv).
 - phase_diagram.png/.svg: success and ideal rate over init_scale x lr, a panel per (optimizer,
   heads); drawn when the sweep varies init_scale or lr.
 - early_predictors.png/.svg: pooled auc_best of every quantity against the checkpoint step.
@@ -65,6 +70,7 @@ import pandas as pd
 import torch
 from matplotlib.lines import Line2D
 
+from .aggregation import LABOURS
 from .metrics import roc_auc_rows
 from .runs import atomic_write, locked, remove_leftovers, write_json
 from .sweeps import SUCCESS_L_ACC, SUCCESS_SET, Point, load_tables, read_points
@@ -148,6 +154,23 @@ def early_stop_table(trajectory: pd.DataFrame, runs: pd.DataFrame, grid: list[st
     out["n_missed"] = (~r["stopped"] & ~r["success"]).groupby(r["config_id"],
                                                                sort=False).sum().to_numpy()
     out["saved_fraction"] = (g["saved"].sum() / g["steps"].sum()).to_numpy()
+    return out
+
+
+def labour_table(runs: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+    """Per configuration, how its runs divide the labour between heads (SPEC 4): the count of
+    each class of `aggregation.LABOURS`, and the share of pseudo-ensembles and of divided seeds
+    among the solved ones with Wilson 95% intervals."""
+    g = runs.groupby("config_id", sort=False)
+    out = g[grid].first().reset_index() if grid else pd.DataFrame({"config_id": list(g.groups)})
+    out["n_runs"] = g.size().to_numpy()
+    for name in LABOURS:
+        out[f"n_{name.replace('-', '_')}"] = g["labour"].apply(
+            lambda x, name=name: int((x == name).sum())).to_numpy()
+    out["n_solved"] = out["n_runs"] - out["n_unsolved"]
+    for name in ("pseudo_ensemble", "divided"):
+        out[f"{name}_share"] = out[f"n_{name}"] / out["n_solved"]
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = wilson(out[f"n_{name}"], out["n_solved"])
     return out
 
 
@@ -410,6 +433,29 @@ def _plot_minimal_heads_grid(table: pd.DataFrame, grid: list[str], configs: list
     return _save(fig, path, tight=False)
 
 
+LABOUR_COLORS = {"pseudo-ensemble": "tab:blue", "divided": "tab:orange", "mixed": "tab:green",
+                 "unsolved": "tab:gray"}
+
+
+def plot_labour(table: pd.DataFrame, grid: list[str], path: Path) -> list[Path]:
+    """Each configuration's runs by division of labour, one stacked row per configuration."""
+    labels = [_label(r, grid) for _, r in table.iterrows()]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(table) + 1.8), layout="constrained")
+    left = np.zeros(len(table))
+    for name in LABOURS:
+        frac = (table[f"n_{name.replace('-', '_')}"] / table["n_runs"]).to_numpy()
+        ax.barh(np.arange(len(table)), frac, left=left, color=LABOUR_COLORS[name], label=name)
+        left += frac
+    ax.set_yticks(np.arange(len(table)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of seeds")
+    ax.set_ylabel("configuration")
+    ax.set_title("Division of labour between heads (SPEC 4), per configuration")
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.06))
+    return _save(fig, path, tight=False)
+
+
 def plot_predictors(pred: pd.DataFrame, path: Path) -> list[Path]:
     pooled = pred[pred["scope"] == "all"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -451,6 +497,7 @@ def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd
     csvs = {"success": success, "minimal_heads": minimal, "early_quantities": quantities,
             "early_predictors": pred, "stability": stability_table(runs, tables["heads"], grid),
             "early_stop": early_stop_table(tables["trajectory"], runs, grid),
+            **({"labour": labour_table(runs, grid)} if "labour" in runs else {}),
             "best_practice": best_practice_table(success, runs, grid)}
     for name, df in csvs.items():
         atomic_write(out / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
@@ -472,6 +519,8 @@ def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd
         files |= {p.name: "figure" for p in figs}
     else:
         skipped["minimal_heads"] = "no run has a minimal head set"
+    if "labour" in csvs:
+        files |= {p.name: "figure" for p in plot_labour(csvs["labour"], grid, out / "labour")}
     phase = phase_table(success, runs)
     if phase["init_scale"].nunique() > 1 or phase["lr"].nunique() > 1:
         files |= {p.name: "figure" for p in plot_phase(phase, out / "phase_diagram")}
