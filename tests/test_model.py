@@ -74,3 +74,69 @@ def test_causal_mask_ignores_padding_after_eos():
     changed[after] = 2
     out = m(type(batch)(batch.counts, batch.y, batch.weight, changed, batch.eos_pos))
     torch.testing.assert_close(out, m(batch))
+
+
+def textbook(model: Model, tokens: torch.Tensor, eos: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference forward written out: every query position attends (causal L x L pattern)
+    to x = W_E[tokens] + W_pos, then the EOS row is read off. tokens (B, L), eos (B,)."""
+    w, a = model.weights, "blocks.0.attn."
+    L = tokens.shape[-1]
+    x = w["embed.W_E"][:, tokens]  # (S, B, L, d)
+    if "pos_embed.W_pos" in w:
+        x = x + w["pos_embed.W_pos"][:, None, :L]
+    q = torch.einsum("sbld,shde->sbhle", x, w[a + "W_Q"]) + w[a + "b_Q"][:, None, :, None]
+    k = torch.einsum("sbld,shde->sbhle", x, w[a + "W_K"]) + w[a + "b_K"][:, None, :, None]
+    v = torch.einsum("sbld,shde->sbhle", x, w[a + "W_V"]) + w[a + "b_V"][:, None, :, None]
+    scores = q @ k.transpose(-1, -2) / model.cfg.d_head_**0.5  # (S, B, H, L, L)
+    scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
+    pattern = scores.softmax(-1)
+    z = pattern @ v  # (S, B, H, L, e)
+    result = torch.einsum("sbhle,shed->sbhld", z, w[a + "W_O"])
+    resid = x + result.sum(2) + w[a + "b_O"][:, None, None]
+    rows = torch.arange(tokens.shape[0])
+    resid_eos = resid[:, rows, eos]  # (S, B, d)
+    logits = torch.einsum("sbd,sdv->sbv", resid_eos, w["unembed.W_U"]) + w["unembed.b_U"][:, None]
+    # (split advanced indices put the example axis first)
+    return {"logits": logits, "pattern": pattern[:, rows, :, eos].transpose(0, 1),
+            "result": result[:, rows, :, eos].transpose(0, 1)}
+
+
+def random_model(cfg, dtype=torch.float64) -> Model:
+    """Random weights, every bias nonzero (b_K too: the forward must not assume it is 0)."""
+    m = Model.init(cfg, [3, 4]).to(dtype)
+    gen = torch.Generator().manual_seed(7)
+    m.weights = {k: w + 0.3 * torch.randn(w.shape, generator=gen, dtype=dtype)
+                 if k != "pos_embed.W_pos" or cfg.pos_embed == "learned" else w
+                 for k, w in m.weights.items()}
+    return m
+
+
+POSITION_OPTIONS = [(p, bos) for p in ("learned", "sinusoidal") for bos in (True, False)]
+
+
+@pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)
+def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos):
+    """Model.pos_loss_grad and the position path's logits, pattern and head outputs against the
+    full L x L forward and autograd, float64, random weights."""
+    from count01.language import training_batch
+    from count01.model import trainable
+
+    cfg = Config(pos_embed=pos_embed, bos=bos, heads=3, d_model=12, d_head=5, batch_size=40,
+                 max_len=9, long_max_len=12, noise=0.3)
+    m = random_model(cfg)
+    batch = training_batch(cfg, [3], 5, tokens=True)
+    tokens, eos = batch.tokens[0], batch.eos_pos[0]
+    names = [k for k in m.weights if trainable(cfg, k)]
+    leaves = {k: m.weights[k].clone().requires_grad_() for k in names}
+    ref = textbook(Model(cfg, m.weights | leaves, m.seeds), tokens, eos)
+    ce = torch.nn.functional.cross_entropy(ref["logits"].transpose(1, 2),
+                                           batch.y.expand(2, -1), reduction="none").mean(1)
+    want = torch.autograd.grad(ce.sum(), [leaves[k] for k in names])
+    loss, grads = m.pos_loss_grad(tokens, eos, batch.y[0])
+    torch.testing.assert_close(loss, ce.detach(), atol=1e-10, rtol=0)
+    for k, g in zip(names, want):
+        torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
+    cache = m.run(type(batch)(batch.counts[0], batch.y[0], batch.weight[0], tokens, eos))
+    for k in ("logits", "pattern", "result"):
+        torch.testing.assert_close(getattr(cache, k), ref[k].detach(), atol=1e-10, rtol=0,
+                                   msg=k)

@@ -177,7 +177,9 @@ class Model:
             return self._count_logits(batch)
         if self.cfg.layernorm:
             return self.run(batch).logits
-        return self._token_logits(batch)
+        if batch.tokens is None:
+            raise ValueError("this model has a positional embedding: it needs token batches")
+        return self._pos_forward(batch.tokens, batch.eos_pos)[-1]
 
     def _qkv(self, h_eos: torch.Tensor, h: torch.Tensor):
         """Queries (S, B', H, e), keys and values (S, B', H, K, e), scores (S, B', H, K)."""
@@ -295,44 +297,149 @@ class Model:
                  "unembed.W_U": dW_U, "unembed.b_U": dc0}
         return loss, grads
 
-    # --- the token path ---------------------------------------------------------------------
+    # --- the position path: one layer with a positional embedding, no LayerNorm ---------------
 
-    def _token_logits(self, batch: Batch) -> torch.Tensor:
-        """Logits on the token path without LayerNorm. Keys and values are affine in
-        x_j = W_E[tok_j] + W_pos[j], so the EOS query's scores split into a part per kind and a
-        part per position, and z = (sum_j a_j x_j) W_V + b_V: no (B, L, H, d_head) tensor."""
+    def pos_tables(self, L: int) -> dict[str, torch.Tensor]:
+        """What the EOS query computes on strings of width L, before seeing any example.
+
+        x_j = W_E[t_j] + W_pos[j] and b_K = 0 in the score's use (it shifts a row equally), so
+        with the query at position p: score(j) = tok[p, t_j] + pos[p, j] and the value read into
+        the logits is r_E[t_j] + r_P[j] + b_V W_O W_U (W_U folded in: 5 logits, not d_model). The
+        query depends on p alone, so every table is per (p, token) or (p, j): (S, L, H, 5) and
+        (S, L, H, L). A and Bt are exp of the scores, each shifted by its row's maximum (<= 1,
+        no overflow); Bt is 0 after p (the causal mask)."""
         w = self.weights
-        W_E = w["embed.W_E"]
-        S, _, d = W_E.shape
-        H, e = self.cfg.heads, self.cfg.d_head_
-        tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
-        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
-        tokens, eos = tokens.expand(S, -1, -1), eos.expand(S, -1)
-        L = tokens.shape[-1]
-        x_eos = W_E[:, EOS, None].expand(-1, eos.shape[1], -1)  # (S, B, d)
-        pos = None
-        if self.cfg.pos_embed != "none":
-            if L > self.cfg.n_ctx:
-                raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
-            pos = w["pos_embed.W_pos"][:, :L]  # (S, L, d)
-            x_eos = x_eos + torch.gather(pos, 1, eos[..., None].expand(-1, -1, d))
-        W_Q, W_K = w[ATTN + "W_Q"], w[ATTN + "W_K"]
-        q = (x_eos[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(e))
-        k_kind = W_E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
-        kind_scores = q @ k_kind.transpose(2, 3)  # (S, H, B, 5)
-        tok = tokens[:, None].expand(-1, H, -1, -1)  # (S, H, B, L)
-        scores = torch.gather(kind_scores, 3, tok)
-        if pos is not None:
-            scores = scores + q @ (pos[:, None] @ W_K).transpose(2, 3)  # (S, H, B, L)
-        after = torch.arange(L) > eos[:, None, :, None]  # causal mask at the EOS query
-        pattern = torch.softmax(scores.masked_fill(after, -math.inf), -1)
-        mass = torch.zeros_like(kind_scores).scatter_add_(3, tok, pattern)  # (S, H, B, 5)
-        xbar = mass @ W_E[:, None]  # (S, H, B, d) attention-weighted mean input
-        if pos is not None:
-            xbar = xbar + pattern @ pos[:, None]
-        z = xbar @ w[ATTN + "W_V"] + w[ATTN + "b_V"][:, :, None]  # (S, H, B, e)
-        out = (z @ w[ATTN + "W_O"]).sum(1)  # (S, B, d)
-        return self.unembed(x_eos + out + w[ATTN + "b_O"][:, None])
+        E, P = w["embed.W_E"], w["pos_embed.W_pos"][:, :L]  # (S, 5, d), (S, L, d)
+        if L > self.cfg.n_ctx:
+            raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
+        W_Q, W_K, W_V = w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]
+        W_O, W_U = w[ATTN + "W_O"], w["unembed.W_U"]
+        e = self.cfg.d_head_
+        xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input, EOS at position p
+        q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(e))  # (S,H,L,e)
+        kE = E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
+        kP = P[:, None] @ W_K  # (S, H, L, e)
+        tok = (q @ kE.transpose(2, 3)).transpose(1, 2)  # (S, L, H, 5)
+        pos = (q @ kP.transpose(2, 3)).transpose(1, 2)  # (S, L, H, L): [p, h, j]
+        after = torch.ones(L, L, dtype=torch.bool).triu(1)[:, None]  # (p, 1, j): j > p
+        pos = pos.masked_fill(after, -math.inf)
+        M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
+        vE, vP = E[:, None] @ W_V, P[:, None] @ W_V  # (S, H, 5, e), (S, H, L, e)
+        rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
+        xo = E[:, EOS, None] + P + w[ATTN + "b_O"][:, None]  # (S, L, d) residual at EOS, no heads
+        return {"xq": xq, "q": q, "kE": kE, "kP": kP, "tok": tok, "pos": pos, "M": M,
+                "vE": vE, "vP": vP, "rE": vE @ M, "rP": vP @ M, "xo": xo,
+                "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
+                "A": torch.exp(tok - tok.amax(-1, keepdim=True)).contiguous(),
+                "Bt": torch.exp(pos - pos.amax(-1, keepdim=True)).contiguous()}
+
+    def pos_pattern(self, t: dict[str, torch.Tensor], tokens: torch.Tensor, eos: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The EOS query's pattern (S, B, H, L) on tokens (S, B, L) with EOS at eos (S, B), from
+        the tables: exp(score) = A[p, t_j] Bt[p, j], two row lookups and a product per position.
+        Also the row index s L + p of each example (S*B,) and the token index (S, B, H, L).
+
+        The shifts make every factor <= 1; if an example's largest product would underflow (its
+        sum below FLOAT_MIN * 1e8, only for extreme weights), the rows are redone in the log
+        domain, shifted by each example's own maximum, as torch.softmax does."""
+        S, B, L = tokens.shape
+        H = self.cfg.heads
+        rows = (torch.arange(S)[:, None] * L + eos).view(-1)
+        tok = tokens[:, :, None].expand(S, B, H, L)
+        A = t["A"].view(S * L, H * 5).index_select(0, rows).view(S, B, H, 5)
+        u = torch.gather(A, 3, tok)
+        u.mul_(t["Bt"].view(S * L, H * L).index_select(0, rows).view(S, B, H, L))
+        D = u.sum(-1, keepdim=True)
+        if D.min() < torch.finfo(D.dtype).tiny * 1e8:
+            lt = t["tok"].reshape(S * L, H * 5).index_select(0, rows).view(S, B, H, 5)
+            ls = torch.gather(lt, 3, tok) + t["pos"].reshape(S * L, H * L).index_select(
+                0, rows).view(S, B, H, L)
+            u = torch.softmax(ls, -1)
+            D = torch.ones_like(D)
+        return u.div_(D), rows, tok
+
+    def _pos_forward(self, tokens: torch.Tensor, eos: torch.Tensor):
+        """Tables, pattern (S, B, H, L), mass on each kind (S, B, H, 5), rows and logits."""
+        S = self.n_seeds
+        tokens = (tokens if tokens.dim() == 3 else tokens[None]).expand(S, -1, -1)
+        eos = (eos if eos.dim() == 2 else eos[None]).expand(S, -1)
+        B, L = tokens.shape[1:]
+        H, V = self.cfg.heads, D_VOCAB
+        t = self.pos_tables(L)
+        a, rows, tok = self.pos_pattern(t, tokens, eos)
+        mass = torch.zeros(S, B, H, 5, dtype=a.dtype).scatter_add_(3, tok, a)
+        logits = t["c0"].reshape(S * L, V).index_select(0, rows).view(S, B, V)
+        logits = torch.baddbmm(logits, a.view(S, B, H * L), t["rP"].reshape(S, H * L, V))
+        logits = torch.baddbmm(logits, mass.view(S, B, H * 5), t["rE"].reshape(S, H * 5, V))
+        return t, a, mass, rows, tok, logits
+
+    def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean cross-entropy per seed (S,) and its gradient for every trainable weight, by hand,
+        on the position path (tokens (S, B, L), EOS positions (S, B), answers y (S, B)).
+
+        Per example only the pattern (H L numbers) and the logits are formed; everything else
+        is a table per seed (`pos_tables`), differentiated once per step. Held to the textbook
+        full L x L forward and autograd by tests/test_model.py::
+        test_position_path_matches_the_textbook_forward_and_autograd."""
+        w = self.weights
+        E, P, W_U = w["embed.W_E"], w["pos_embed.W_pos"], w["unembed.W_U"]
+        W_Q, W_K, W_V, W_O = (w[ATTN + k] for k in ("W_Q", "W_K", "W_V", "W_O"))
+        S, _, d = E.shape
+        H, e, V = self.cfg.heads, self.cfg.d_head_, D_VOCAB
+        t, a, mass, rows, tok, logits = self._pos_forward(tokens, eos)
+        B, L = a.shape[1], a.shape[3]
+        target = torch.nn.functional.one_hot(y.expand(S, -1), V).to(logits.dtype)
+        logp = torch.log_softmax(logits, -1)
+        loss = (logp * target).sum(-1).mean(1).neg_()
+        g = logp.exp_().sub_(target).mul_(1.0 / B)  # (S, B, V) dloss / dlogits
+        # --- per example
+        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(0, rows, g.view(S * B, V))
+        drP = torch.bmm(a.view(S, B, H * L).transpose(1, 2), g).view(S, H, L, V)
+        drE = torch.bmm(mass.view(S, B, H * 5).transpose(1, 2), g).view(S, H, 5, V)
+        da = torch.bmm(g, t["rP"].reshape(S, H * L, V).transpose(1, 2)).view(S, B, H, L)
+        dmass = torch.bmm(g, t["rE"].reshape(S, H * 5, V).transpose(1, 2)).view(S, B, H, 5)
+        ds = da.add_(torch.gather(dmass, 3, tok)).mul_(a)  # softmax backward: a (da - a.da)
+        ds.addcmul_(a, ds.sum(-1, keepdim=True), value=-1.0)
+        dpos = torch.zeros(S * L, H * L, dtype=g.dtype).index_add_(0, rows, ds.view(S * B, H * L))
+        dtok = torch.zeros(S, B, H, 5, dtype=g.dtype).scatter_add_(3, tok, ds)
+        dtok = torch.zeros(S * L, H * 5, dtype=g.dtype).index_add_(0, rows, dtok.view(S * B, -1))
+        # --- per table: scores
+        dtok = dtok.view(S, L, H, 5).transpose(1, 2)  # (S, H, L, 5)
+        dpos = dpos.view(S, L, H, L).transpose(1, 2)  # (S, H, L(p), L(j))
+        q = t["q"]
+        dq = (dtok @ t["kE"] + dpos @ t["kP"]) * (1.0 / math.sqrt(e))  # d loss / d q_raw
+        dkE = dtok.transpose(2, 3) @ q  # (S, H, 5, e)
+        dkP = dpos.transpose(2, 3) @ q  # (S, H, L, e)
+        Pl = P[:, :L]
+        dW_Q = t["xq"][:, None].transpose(2, 3) @ dq
+        dxq = (dq @ W_Q.transpose(2, 3)).sum(1)  # (S, L, d)
+        dW_K = E[:, None].transpose(2, 3) @ dkE + Pl[:, None].transpose(2, 3) @ dkP
+        dE = (dkE @ W_K.transpose(2, 3)).sum(1)  # (S, 5, d)
+        dP = (dkP @ W_K.transpose(2, 3)).sum(1)  # (S, L, d)
+        # --- per table: values and logits
+        dc0 = dc0.view(S, L, V)
+        drb = dc0.sum(1)[:, None, None]  # (S, 1, 1, V)
+        M = t["M"]
+        dM = (t["vE"].transpose(2, 3) @ drE + t["vP"].transpose(2, 3) @ drP
+              + w[ATTN + "b_V"][..., None] * drb)  # (S, H, e, V)
+        dvE, dvP = drE @ M.transpose(2, 3), drP @ M.transpose(2, 3)
+        dW_V = E[:, None].transpose(2, 3) @ dvE + Pl[:, None].transpose(2, 3) @ dvP
+        dE += (dvE @ W_V.transpose(2, 3)).sum(1)
+        dP += (dvP @ W_V.transpose(2, 3)).sum(1)
+        dxo = dc0 @ W_U.transpose(1, 2)  # (S, L, d)
+        dW_U = (W_O.transpose(2, 3) @ dM).sum(1) + t["xo"].transpose(1, 2) @ dc0
+        dx = dxq + dxo  # both enter as W_E[EOS] + W_pos[p]
+        dP += dx
+        dE[:, EOS] += dx.sum(1)
+        dW_pos = torch.zeros_like(P)
+        dW_pos[:, :L] = dP
+        grads = {"embed.W_E": dE, "pos_embed.W_pos": dW_pos,
+                 ATTN + "W_Q": dW_Q, ATTN + "W_K": dW_K, ATTN + "W_V": dW_V,
+                 ATTN + "W_O": dM @ W_U[:, None].transpose(2, 3),
+                 ATTN + "b_Q": dq.sum(2), ATTN + "b_V": (drb @ M.transpose(2, 3)).squeeze(2),
+                 ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
+        return loss, grads
 
     def run(self, batch: Batch, force_tokens: bool = False,
             attn_override: torch.Tensor | None = None) -> Cache:

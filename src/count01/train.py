@@ -64,8 +64,8 @@ class Trainer:
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self.t = 0  # AdamW steps taken
-        self.by_hand = cfg.count_path and not cfg.layernorm
-        if self.by_hand:
+        self.by_hand = not cfg.layernorm
+        if self.by_hand and cfg.count_path:
             self.table = _triple_table(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
             _keep_freed_memory()
 
@@ -82,6 +82,10 @@ class Trainer:
     def loss_grad(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each seed's loss on its batch at `step` (S,) and the flat gradient of their sum."""
         seeds = self.model.seeds
+        if self.by_hand and not self.cfg.count_path:
+            batch = training_batch(self.cfg, seeds, step)
+            loss, grads = self.model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
+            return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand:
             idx = torch.from_numpy(training_indices(self.cfg, seeds, step)).view(-1)
             rows = self.table.index_select(1, idx).view(2, D_VOCAB, len(seeds), -1)
