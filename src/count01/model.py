@@ -179,7 +179,7 @@ class Model:
             return self.run(batch).logits
         if batch.tokens is None:
             raise ValueError("this model has a positional embedding: it needs token batches")
-        return self._pos_forward(batch.tokens, batch.eos_pos)[-1]
+        return self._pos_forward(batch.tokens, batch.eos_pos)["logits"]
 
     def _qkv(self, h_eos: torch.Tensor, h: torch.Tensor):
         """Queries (S, B', H, e), keys and values (S, B', H, K, e), scores (S, B', H, K)."""
@@ -300,29 +300,28 @@ class Model:
     # --- the position path: one layer with a positional embedding, no LayerNorm ---------------
 
     def pos_tables(self, L: int) -> dict[str, torch.Tensor]:
-        """What the EOS query computes on strings of width L, before seeing any example.
+        """What the EOS query computes on strings of width L before it sees an example.
 
-        x_j = W_E[t_j] + W_pos[j] and b_K = 0 in the score's use (it shifts a row equally), so
-        with the query at position p: score(j) = tok[p, t_j] + pos[p, j] and the value read into
-        the logits is r_E[t_j] + r_P[j] + b_V W_O W_U (W_U folded in: 5 logits, not d_model). The
-        query depends on p alone, so every table is per (p, token) or (p, j): (S, L, H, 5) and
-        (S, L, H, L). A and Bt are exp of the scores, each shifted by its row's maximum (<= 1,
-        no overflow); Bt is 0 after p (the causal mask)."""
+        x_j = W_E[t_j] + W_pos[j], so with EOS (the query) at position p the score of position j
+        splits as tok[p, t_j] + pos[p, j] (b_K adds the same to a whole row), and the value read
+        into the logits as r_E[t_j] + r_P[j] + b_V W_O W_U (W_U folded in: 5 logits, not d_model
+        numbers). The query depends on p alone, so every table is per (p, token) or (p, j):
+        tok, A (S, H, L, 5) and pos, Bt (S, H, L, L). A and Bt are exp of the scores shifted by
+        their row's maximum (every factor <= 1: no overflow); Bt is 0 after p (the causal mask).
+        """
         w = self.weights
-        E, P = w["embed.W_E"], w["pos_embed.W_pos"][:, :L]  # (S, 5, d), (S, L, d)
         if L > self.cfg.n_ctx:
             raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
+        E, P = w["embed.W_E"], w["pos_embed.W_pos"][:, :L]  # (S, 5, d), (S, L, d)
         W_Q, W_K, W_V = w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]
         W_O, W_U = w[ATTN + "W_O"], w["unembed.W_U"]
-        e = self.cfg.d_head_
-        xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input, EOS at position p
-        q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(e))  # (S,H,L,e)
+        xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input with EOS at position p
+        q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(self.cfg.d_head_))
         kE = E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
         kP = P[:, None] @ W_K  # (S, H, L, e)
-        tok = (q @ kE.transpose(2, 3)).transpose(1, 2)  # (S, L, H, 5)
-        pos = (q @ kP.transpose(2, 3)).transpose(1, 2)  # (S, L, H, L): [p, h, j]
-        after = torch.ones(L, L, dtype=torch.bool).triu(1)[:, None]  # (p, 1, j): j > p
-        pos = pos.masked_fill(after, -math.inf)
+        tok = q @ kE.transpose(2, 3)  # (S, H, L, 5) [p, t]
+        pos = (q @ kP.transpose(2, 3)).masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1),
+                                                   -math.inf)  # (S, H, L, L) [p, j]
         M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
         vE, vP = E[:, None] @ W_V, P[:, None] @ W_V  # (S, H, 5, e), (S, H, L, e)
         rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
@@ -330,95 +329,96 @@ class Model:
         return {"xq": xq, "q": q, "kE": kE, "kP": kP, "tok": tok, "pos": pos, "M": M,
                 "vE": vE, "vP": vP, "rE": vE @ M, "rP": vP @ M, "xo": xo,
                 "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
-                "A": torch.exp(tok - tok.amax(-1, keepdim=True)).contiguous(),
-                "Bt": torch.exp(pos - pos.amax(-1, keepdim=True)).contiguous()}
+                "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
+                "Bt": torch.exp(pos - pos.amax(-1, keepdim=True))}
 
-    def pos_pattern(self, t: dict[str, torch.Tensor], tokens: torch.Tensor, eos: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The EOS query's pattern (S, B, H, L) on tokens (S, B, L) with EOS at eos (S, B), from
-        the tables: exp(score) = A[p, t_j] Bt[p, j], two row lookups and a product per position.
-        Also the row index s L + p of each example (S*B,) and the token index (S, B, H, L).
+    def pos_pattern(self, t: dict[str, torch.Tensor], tokens: torch.Tensor, eos: torch.Tensor):
+        """exp(score) of the EOS query on tokens (S, B, L) with EOS at eos (S, B), from the
+        tables: A[p, t_j] Bt[p, j], two row lookups and a product per position.
 
-        The shifts make every factor <= 1; if an example's largest product would underflow (its
-        sum below FLOAT_MIN * 1e8, only for extreme weights), the rows are redone in the log
-        domain, shifted by each example's own maximum, as torch.softmax does."""
+        Returns u (S, H, B, L), its sum per kind (S, H, B, 5) and per row D (S, H, B, 1) (so
+        the pattern is u / D), the table row index (s H + h) L + p (S*H*B,) and the token
+        index (S, H, B, L). Should an example's largest product underflow (D below FLOAT_MIN
+        * 1e8: only for extreme weights), the rows are redone in the log domain, shifted by
+        each row's own maximum (torch.softmax), and D is 1."""
         S, B, L = tokens.shape
         H = self.cfg.heads
-        rows = (torch.arange(S)[:, None] * L + eos).view(-1)
-        tok = tokens[:, :, None].expand(S, B, H, L)
-        A = t["A"].view(S * L, H * 5).index_select(0, rows).view(S, B, H, 5)
-        u = torch.gather(A, 3, tok)
-        u.mul_(t["Bt"].view(S * L, H * L).index_select(0, rows).view(S, B, H, L))
-        D = u.sum(-1, keepdim=True)
+        rows = (torch.arange(S * H).view(S, H, 1) * L + eos[:, None]).view(-1)
+        tok = tokens[:, None].expand(S, H, B, L).contiguous()  # gather is 2x faster so
+        u = torch.gather(_rows(t["A"], rows, (S, H, B, 5)), 3, tok)
+        u.mul_(_rows(t["Bt"], rows, (S, H, B, L)))
+        mass = torch.zeros(S, H, B, 5, dtype=u.dtype).scatter_add_(3, tok, u)
+        D = mass.sum(-1, keepdim=True)
         if D.min() < torch.finfo(D.dtype).tiny * 1e8:
-            lt = t["tok"].reshape(S * L, H * 5).index_select(0, rows).view(S, B, H, 5)
-            ls = torch.gather(lt, 3, tok) + t["pos"].reshape(S * L, H * L).index_select(
-                0, rows).view(S, B, H, L)
-            u = torch.softmax(ls, -1)
+            ls = torch.gather(_rows(t["tok"], rows, (S, H, B, 5)), 3, tok)
+            u = torch.softmax(ls + _rows(t["pos"], rows, (S, H, B, L)), -1)
+            mass = torch.zeros_like(mass).scatter_add_(3, tok, u)
             D = torch.ones_like(D)
-        return u.div_(D), rows, tok
+        return u, mass, D, rows, tok
 
-    def _pos_forward(self, tokens: torch.Tensor, eos: torch.Tensor):
-        """Tables, pattern (S, B, H, L), mass on each kind (S, B, H, 5), rows and logits."""
+    def _pos_forward(self, tokens: torch.Tensor, eos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The position path's forward: tables, u, mass, D, rows, tok (`pos_pattern`), each
+        head's share of the logits zl = (u r_P + mass r_E) / D (S, H, B, V), logits (S, B, V)."""
         S = self.n_seeds
         tokens = (tokens if tokens.dim() == 3 else tokens[None]).expand(S, -1, -1)
         eos = (eos if eos.dim() == 2 else eos[None]).expand(S, -1)
         B, L = tokens.shape[1:]
-        H, V = self.cfg.heads, D_VOCAB
         t = self.pos_tables(L)
-        a, rows, tok = self.pos_pattern(t, tokens, eos)
-        mass = torch.zeros(S, B, H, 5, dtype=a.dtype).scatter_add_(3, tok, a)
-        logits = t["c0"].reshape(S * L, V).index_select(0, rows).view(S, B, V)
-        logits = torch.baddbmm(logits, a.view(S, B, H * L), t["rP"].reshape(S, H * L, V))
-        logits = torch.baddbmm(logits, mass.view(S, B, H * 5), t["rE"].reshape(S, H * 5, V))
-        return t, a, mass, rows, tok, logits
+        u, mass, D, rows, tok = self.pos_pattern(t, tokens, eos)
+        zl = torch.baddbmm((mass @ t["rE"]).view(-1, B, D_VOCAB), u.view(-1, B, L),
+                           t["rP"].view(-1, L, D_VOCAB)).view(S, -1, B, D_VOCAB).div_(D)
+        rows0 = (torch.arange(S)[:, None] * L + eos).view(-1)
+        logits = _rows(t["c0"], rows0, (S, B, D_VOCAB)) + zl.sum(1)
+        return {"t": t, "u": u, "mass": mass, "D": D, "rows": rows, "tok": tok, "rows0": rows0,
+                "zl": zl, "logits": logits}
 
     def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean cross-entropy per seed (S,) and its gradient for every trainable weight, by hand,
-        on the position path (tokens (S, B, L), EOS positions (S, B), answers y (S, B)).
+        on the position path: tokens (S, B, L), EOS positions (S, B), answers y (S, B).
 
-        Per example only the pattern (H L numbers) and the logits are formed; everything else
-        is a table per seed (`pos_tables`), differentiated once per step. Held to the textbook
-        full L x L forward and autograd by tests/test_model.py::
-        test_position_path_matches_the_textbook_forward_and_autograd."""
+        Per example only exp(score) (H L numbers), five sums of it per head and the logits are
+        formed; the rest are tables per seed (`pos_tables`), differentiated once per step.
+        Autograd would record a hundred ops per step; this is what the Trainer runs with a
+        positional embedding. Held to the textbook full L x L forward and to autograd by
+        tests/test_model.py::test_position_path_matches_the_textbook_forward_and_autograd."""
         w = self.weights
         E, P, W_U = w["embed.W_E"], w["pos_embed.W_pos"], w["unembed.W_U"]
         W_Q, W_K, W_V, W_O = (w[ATTN + k] for k in ("W_Q", "W_K", "W_V", "W_O"))
-        S, _, d = E.shape
-        H, e, V = self.cfg.heads, self.cfg.d_head_, D_VOCAB
-        t, a, mass, rows, tok, logits = self._pos_forward(tokens, eos)
-        B, L = a.shape[1], a.shape[3]
-        target = torch.nn.functional.one_hot(y.expand(S, -1), V).to(logits.dtype)
-        logp = torch.log_softmax(logits, -1)
+        S, H, V = E.shape[0], self.cfg.heads, D_VOCAB
+        f = self._pos_forward(tokens, eos)
+        t, u, mass, rows, tok = f["t"], f["u"], f["mass"], f["rows"], f["tok"]
+        B, L = u.shape[2:]
+        target = torch.nn.functional.one_hot(y.expand(S, -1), V).to(u.dtype)
+        logp = torch.log_softmax(f["logits"], -1)
         loss = (logp * target).sum(-1).mean(1).neg_()
         g = logp.exp_().sub_(target).mul_(1.0 / B)  # (S, B, V) dloss / dlogits
-        # --- per example
-        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(0, rows, g.view(S * B, V))
-        drP = torch.bmm(a.view(S, B, H * L).transpose(1, 2), g).view(S, H, L, V)
-        drE = torch.bmm(mass.view(S, B, H * 5).transpose(1, 2), g).view(S, H, 5, V)
-        da = torch.bmm(g, t["rP"].reshape(S, H * L, V).transpose(1, 2)).view(S, B, H, L)
-        dmass = torch.bmm(g, t["rE"].reshape(S, H * 5, V).transpose(1, 2)).view(S, B, H, 5)
-        ds = da.add_(torch.gather(dmass, 3, tok)).mul_(a)  # softmax backward: a (da - a.da)
-        ds.addcmul_(a, ds.sum(-1, keepdim=True), value=-1.0)
-        dpos = torch.zeros(S * L, H * L, dtype=g.dtype).index_add_(0, rows, ds.view(S * B, H * L))
-        dtok = torch.zeros(S, B, H, 5, dtype=g.dtype).scatter_add_(3, tok, ds)
-        dtok = torch.zeros(S * L, H * 5, dtype=g.dtype).index_add_(0, rows, dtok.view(S * B, -1))
-        # --- per table: scores
-        dtok = dtok.view(S, L, H, 5).transpose(1, 2)  # (S, H, L, 5)
-        dpos = dpos.view(S, L, H, L).transpose(1, 2)  # (S, H, L(p), L(j))
-        q = t["q"]
-        dq = (dtok @ t["kE"] + dpos @ t["kP"]) * (1.0 / math.sqrt(e))  # d loss / d q_raw
-        dkE = dtok.transpose(2, 3) @ q  # (S, H, 5, e)
-        dkP = dpos.transpose(2, 3) @ q  # (S, H, L, e)
+        # --- per example. Head h's share is (u r_P + mass r_E) / D: with gh = g / D,
+        # d/du_j = gh . (r_E[t_j] + r_P[j]) - gh . zl, and d/dscore_j = u_j d/du_j.
+        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(0, f["rows0"], g.view(S * B, V))
+        gh = g[:, None] / f["D"]  # (S, H, B, V)
+        drP = torch.bmm(gh.view(-1, B, V).transpose(1, 2), u.view(-1, B, L))  # (S*H, V, L)
+        drE = mass.transpose(2, 3) @ gh  # (S, H, 5, V)
+        ds = torch.bmm(gh.view(-1, B, V), t["rP"].view(-1, L, V).transpose(1, 2)).view(S, H, B, L)
+        per_kind = gh @ t["rE"].transpose(2, 3) - (gh * f["zl"]).sum(-1, keepdim=True)
+        ds.add_(torch.gather(per_kind, 3, tok)).mul_(u)  # (S, H, B, L) d loss / d score
+        dpos = torch.zeros(S * H * L, L, dtype=g.dtype).index_add_(0, rows, ds.view(-1, L))
+        dtok = torch.zeros(S, H, B, 5, dtype=g.dtype).scatter_add_(3, tok, ds)
+        dtok = torch.zeros(S * H * L, 5, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, 5))
+        # --- per table: scores tok = q kE^T, pos = q kP^T
+        dtok, dpos = dtok.view(S, H, L, 5), dpos.view(S, H, L, L)
+        q, e = t["q"], self.cfg.d_head_
+        dq = (dtok @ t["kE"] + dpos @ t["kP"]) * (1.0 / math.sqrt(e))  # d loss / d (x W_Q + b_Q)
+        dkE, dkP = dtok.transpose(2, 3) @ q, dpos.transpose(2, 3) @ q  # (S, H, 5|L, e)
         Pl = P[:, :L]
         dW_Q = t["xq"][:, None].transpose(2, 3) @ dq
         dxq = (dq @ W_Q.transpose(2, 3)).sum(1)  # (S, L, d)
         dW_K = E[:, None].transpose(2, 3) @ dkE + Pl[:, None].transpose(2, 3) @ dkP
         dE = (dkE @ W_K.transpose(2, 3)).sum(1)  # (S, 5, d)
         dP = (dkP @ W_K.transpose(2, 3)).sum(1)  # (S, L, d)
-        # --- per table: values and logits
+        # --- per table: values r = v M, M = W_O W_U, and c0 = xo W_U + b_U + b_V M
         dc0 = dc0.view(S, L, V)
+        drP = drP.view(S, H, V, L).transpose(2, 3)  # (S, H, L, V)
         drb = dc0.sum(1)[:, None, None]  # (S, 1, 1, V)
         M = t["M"]
         dM = (t["vE"].transpose(2, 3) @ drE + t["vP"].transpose(2, 3) @ drP
@@ -472,6 +472,12 @@ class Model:
         w = self.weights
         return (torch.einsum("sbd,sdv->sbv", self._ln(resid, "ln_final"), w["unembed.W_U"])
                 + w["unembed.b_U"][:, None])
+
+
+def _rows(table: torch.Tensor, rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Row rows[i] of a table seen as rows of its last axis, for every i, viewed as `shape`: an
+    embedding lookup (several times faster than index_select or indexing for these rows)."""
+    return torch.nn.functional.embedding(rows, table.reshape(-1, shape[-1])).view(shape)
 
 
 __all__ = ["Model", "Cache", "weight_shapes", "init_weights", "BOS", "EOS"]
