@@ -140,3 +140,23 @@ def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos)
     for k in ("logits", "pattern", "result"):
         torch.testing.assert_close(getattr(cache, k), ref[k].detach(), atol=1e-10, rtol=0,
                                    msg=k)
+
+
+@pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)
+def test_position_paths_run_matches_the_reference_slots_forward(pos_embed, bos):
+    """Model.run on the position path (from the tables) against the reference forward over
+    slots (the same Model.run with an attention override of exp(score)), every Cache field."""
+    cfg = Config(pos_embed=pos_embed, bos=bos, heads=3, d_model=12, d_head=5, eval_size=50,
+                 max_len=9, long_max_len=12)
+    m = random_model(cfg)
+    batch = eval_set(cfg, "long")
+    fast = m.run(batch)
+    own = torch.exp(fast.scores - fast.scores.max(-1, keepdim=True).values)
+    ref = m.run(batch, attn_override=own)  # the slots forward, this pattern
+    for k in ("pattern", "scores", "z", "result", "resid", "logits"):
+        torch.testing.assert_close(getattr(fast, k), getattr(ref, k), atol=1e-10, rtol=0,
+                                   msg=k)
+    mult = ref.mult[..., None, :, None]
+    torch.testing.assert_close(fast.v * mult, ref.v.expand_as(fast.v) * mult, atol=1e-10,
+                               rtol=0)
+    assert torch.equal(fast.kinds, ref.kinds) and torch.equal(fast.mult, ref.mult)

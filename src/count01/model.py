@@ -320,13 +320,14 @@ class Model:
         kE = E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
         kP = P[:, None] @ W_K  # (S, H, L, e)
         tok = q @ kE.transpose(2, 3)  # (S, H, L, 5) [p, t]
-        pos = (q @ kP.transpose(2, 3)).masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1),
-                                                   -math.inf)  # (S, H, L, L) [p, j]
+        pos_all = q @ kP.transpose(2, 3)  # (S, H, L, L) [p, j]
+        pos = pos_all.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
         M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
         vE, vP = E[:, None] @ W_V, P[:, None] @ W_V  # (S, H, 5, e), (S, H, L, e)
         rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
         xo = E[:, EOS, None] + P + w[ATTN + "b_O"][:, None]  # (S, L, d) residual at EOS, no heads
         return {"xq": xq, "q": q, "kE": kE, "kP": kP, "tok": tok, "pos": pos, "M": M,
+                "pos_all": pos_all,
                 "vE": vE, "vP": vP, "rE": vE @ M, "rP": vP @ M, "xo": xo,
                 "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
                 "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
@@ -441,6 +442,30 @@ class Model:
                  ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
         return loss, grads
 
+    def _pos_run(self, batch: Batch) -> Cache:
+        """`run` on the position path, from the tables: no (B, L, d_model) tensor and no
+        product with a weight matrix per position. Held to the textbook forward by
+        tests/test_model.py::test_position_path_matches_the_textbook_forward_and_autograd."""
+        w = self.weights
+        f = self._pos_forward(batch.tokens, batch.eos_pos)
+        t, u, mass, D, tok = f["t"], f["u"], f["mass"], f["D"], f["tok"]
+        S, H, B, L = u.shape
+        b_V = w[ATTN + "b_V"][:, :, None]  # (S, H, 1, e)
+        z = (mass @ t["vE"] + u @ t["vP"]) / D + b_V  # (S, H, B, e): sum_j a_j v_j
+        result = torch.einsum("shbe,shed->sbhd", z, w[ATTN + "W_O"])
+        x_eos = _rows(t["xq"], f["rows0"], (S, B, w["embed.W_E"].shape[-1]))
+        resid = x_eos + result.sum(2) + w[ATTN + "b_O"][:, None]
+        scores = (torch.gather(_rows(t["tok"], f["rows"], (S, H, B, 5)), 3, tok)
+                  + _rows(t["pos_all"], f["rows"], (S, H, B, L)))
+        v = torch.gather(t["vE"][:, :, None].expand(S, H, B, 5, -1), 3,
+                         tok[..., None].expand(-1, -1, -1, -1, b_V.shape[-1]))
+        v = v + t["vP"][:, :, None] + b_V[:, :, None]  # (S, H, B, L, e)
+        tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
+        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+        mult = (torch.arange(L) <= eos[..., None]).to(u.dtype)
+        return Cache((u / D).transpose(1, 2), tokens, mult, scores.transpose(1, 2),
+                     v.transpose(1, 2), z.transpose(1, 2), result, resid, self.unembed(resid))
+
     def run(self, batch: Batch, force_tokens: bool = False,
             attn_override: torch.Tensor | None = None) -> Cache:
         """Forward pass at EOS with everything the analyses read.
@@ -448,6 +473,9 @@ class Model:
         attn_override (S, B or 1, H, K), if given, replaces exp(score) per occurrence: the
         pattern becomes mult * override / sum (the intervention of SPEC 5).
         """
+        if (attn_override is None and self.cfg.pos_embed != "none" and not self.cfg.layernorm
+                and batch.tokens is not None):
+            return self._pos_run(batch)
         x_eos, x, mult, kinds = self.slots(batch, force_tokens)
         w = self.weights
         v, scores = self._qkv(self._ln(x_eos, "blocks.0.ln1"), self._ln(x, "blocks.0.ln1"))
