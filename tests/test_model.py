@@ -144,8 +144,9 @@ def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos)
 
 @pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)
 def test_position_paths_run_matches_the_reference_slots_forward(pos_embed, bos):
-    """Model.run on the position path (from the tables) against the reference forward over
-    slots (the same Model.run with an attention override of exp(score)), every Cache field."""
+    """Model.run on the position path (a PosCache, from the tables) against the reference
+    forward over slots (Model.run with an attention override of exp(score)): every field,
+    the mass per kind and each slot's value read out through W_O."""
     cfg = Config(pos_embed=pos_embed, bos=bos, heads=3, d_model=12, d_head=5, eval_size=50,
                  max_len=9, long_max_len=12)
     m = random_model(cfg)
@@ -159,4 +160,8 @@ def test_position_paths_run_matches_the_reference_slots_forward(pos_embed, bos):
     mult = ref.mult[..., None, :, None]
     torch.testing.assert_close(fast.v * mult, ref.v.expand_as(fast.v) * mult, atol=1e-10,
                                rtol=0)
+    torch.testing.assert_close(fast.mass(), ref.mass(), atol=1e-10, rtol=0)
+    W_O, r = m.weights["blocks.0.attn.W_O"], m.weights["unembed.W_U"][..., 1]
+    torch.testing.assert_close(fast.slot_readout(W_O, r) * ref.mult[:, :, None],
+                               ref.slot_readout(W_O, r) * ref.mult[:, :, None], atol=1e-10, rtol=0)
     assert torch.equal(fast.kinds, ref.kinds) and torch.equal(fast.mult, ref.mult)

@@ -98,6 +98,65 @@ class Cache:
         onehot = torch.nn.functional.one_hot(self.kinds, D_VOCAB).to(self.pattern.dtype)
         return self.pattern @ onehot
 
+    def slot_readout(self, W_O: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Each slot's value through each head's W_O (S, H, e, d), read along r (S, d): the
+        direct score one occurrence would add at full attention. (S, B|1, H, K)."""
+        return torch.einsum("sbhke,shed,sd->sbhk", self.v, W_O, r)
+
+
+class PosCache:
+    """The Cache of the position path (same fields and methods), from the tables of
+    `Model.pos_tables`: z, head outputs, residual and logits are computed at once; the
+    per-position tensors (pattern, scores, values) only when an analysis reads them, and
+    `mass` and `slot_readout` need no per-position product with a weight matrix."""
+
+    def __init__(self, model: Model, batch: Batch):
+        w = model.weights
+        f = model._pos_forward(batch.tokens, batch.eos_pos)
+        self._f, self._t = f, f["t"]
+        t, u, D = f["t"], f["u"], f["D"]
+        S, H, B, L = u.shape
+        b_V = w[ATTN + "b_V"][:, :, None]  # (S, H, 1, e)
+        z = (f["mass"] @ t["vE"] + u @ t["vP"]) / D + b_V  # (S, H, B, e): sum_j a_j v_j
+        self.z = z.transpose(1, 2)
+        self.result = torch.einsum("shbe,shed->sbhd", z, w[ATTN + "W_O"])
+        x_eos = _rows(t["xq"], f["rows0"], (S, B, w["embed.W_E"].shape[-1]))
+        self.resid = x_eos + self.result.sum(2) + w[ATTN + "b_O"][:, None]
+        self.logits = model.unembed(self.resid)
+        self.kinds = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
+        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+        self.mult = (torch.arange(L) <= eos[..., None]).to(u.dtype)
+        self._b_V = b_V
+
+    @property
+    def pattern(self) -> torch.Tensor:  # (S, B, H, L)
+        return (self._f["u"] / self._f["D"]).transpose(1, 2)
+
+    @property
+    def scores(self) -> torch.Tensor:  # (S, B, H, L) tok[p, t_j] + pos[p, j]
+        S, H, B, L = self._f["u"].shape
+        tok = torch.gather(_rows(self._t["tok"], self._f["rows"], (S, H, B, 5)), 3,
+                           self._f["tok"])
+        return (tok + _rows(self._t["pos_all"], self._f["rows"], (S, H, B, L))).transpose(1, 2)
+
+    @property
+    def v(self) -> torch.Tensor:  # (S, B, H, L, e) W_E[t_j] W_V + W_pos[j] W_V + b_V
+        tok, vE = self._f["tok"], self._t["vE"]
+        e = vE.shape[-1]
+        v = torch.gather(vE[:, :, None].expand(-1, -1, tok.shape[2], -1, -1), 3,
+                         tok[..., None].expand(-1, -1, -1, -1, e))
+        return (v + self._t["vP"][:, :, None] + self._b_V[:, :, None]).transpose(1, 2)
+
+    def mass(self) -> torch.Tensor:
+        return (self._f["mass"] / self._f["D"]).transpose(1, 2)
+
+    def slot_readout(self, W_O: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        o = W_O @ r[:, None, :, None]  # (S, H, e, 1)
+        kind = (self._t["vE"] + self._b_V) @ o  # (S, H, 5, 1)
+        S, H, B, L = self._f["u"].shape
+        per = torch.gather(kind[:, :, None, :, 0].expand(-1, -1, B, -1), 3, self._f["tok"])
+        return (per + (self._t["vP"] @ o)[:, :, None, :, 0]).transpose(1, 2)
+
 
 class Model:
     """S seeds of one config, as one batched model. `weights` maps TL names to (S, ...) tensors."""
@@ -442,29 +501,10 @@ class Model:
                  ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
         return loss, grads
 
-    def _pos_run(self, batch: Batch) -> Cache:
-        """`run` on the position path, from the tables: no (B, L, d_model) tensor and no
-        product with a weight matrix per position. Held to the textbook forward by
-        tests/test_model.py::test_position_path_matches_the_textbook_forward_and_autograd."""
-        w = self.weights
-        f = self._pos_forward(batch.tokens, batch.eos_pos)
-        t, u, mass, D, tok = f["t"], f["u"], f["mass"], f["D"], f["tok"]
-        S, H, B, L = u.shape
-        b_V = w[ATTN + "b_V"][:, :, None]  # (S, H, 1, e)
-        z = (mass @ t["vE"] + u @ t["vP"]) / D + b_V  # (S, H, B, e): sum_j a_j v_j
-        result = torch.einsum("shbe,shed->sbhd", z, w[ATTN + "W_O"])
-        x_eos = _rows(t["xq"], f["rows0"], (S, B, w["embed.W_E"].shape[-1]))
-        resid = x_eos + result.sum(2) + w[ATTN + "b_O"][:, None]
-        scores = (torch.gather(_rows(t["tok"], f["rows"], (S, H, B, 5)), 3, tok)
-                  + _rows(t["pos_all"], f["rows"], (S, H, B, L)))
-        v = torch.gather(t["vE"][:, :, None].expand(S, H, B, 5, -1), 3,
-                         tok[..., None].expand(-1, -1, -1, -1, b_V.shape[-1]))
-        v = v + t["vP"][:, :, None] + b_V[:, :, None]  # (S, H, B, L, e)
-        tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
-        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
-        mult = (torch.arange(L) <= eos[..., None]).to(u.dtype)
-        return Cache((u / D).transpose(1, 2), tokens, mult, scores.transpose(1, 2),
-                     v.transpose(1, 2), z.transpose(1, 2), result, resid, self.unembed(resid))
+    def _pos_run(self, batch: Batch) -> PosCache:
+        """`run` on the position path: a PosCache, from the tables. Held to the slots forward
+        by tests/test_model.py::test_position_paths_run_matches_the_reference_slots_forward."""
+        return PosCache(self, batch)
 
     def run(self, batch: Batch, force_tokens: bool = False,
             attn_override: torch.Tensor | None = None) -> Cache:
@@ -508,4 +548,4 @@ def _rows(table: torch.Tensor, rows: torch.Tensor, shape: tuple[int, ...]) -> to
     return torch.nn.functional.embedding(rows, table.reshape(-1, shape[-1])).view(shape)
 
 
-__all__ = ["Model", "Cache", "weight_shapes", "init_weights", "BOS", "EOS"]
+__all__ = ["Model", "Cache", "PosCache", "weight_shapes", "init_weights", "BOS", "EOS"]
