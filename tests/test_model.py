@@ -132,10 +132,11 @@ def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos)
     ce = torch.nn.functional.cross_entropy(ref["logits"].transpose(1, 2),
                                            batch.y.expand(2, -1), reduction="none").mean(1)
     want = torch.autograd.grad(ce.sum(), [leaves[k] for k in names])
-    loss, grads = m.pos_loss_grad(tokens, eos, batch.y[0])
-    torch.testing.assert_close(loss, ce.detach(), atol=1e-10, rtol=0)
-    for k, g in zip(names, want):
-        torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
+    for buckets in (1, 3):  # examples in one run, or sorted by length in three
+        loss, grads = m.pos_loss_grad(tokens, eos, batch.y[0], buckets=buckets)
+        torch.testing.assert_close(loss, ce.detach(), atol=1e-10, rtol=0)
+        for k, g in zip(names, want):
+            torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
     cache = m.run(type(batch)(batch.counts[0], batch.y[0], batch.weight[0], tokens, eos))
     for k in ("logits", "pattern", "result"):
         torch.testing.assert_close(getattr(cache, k), ref[k].detach(), atol=1e-10, rtol=0,
