@@ -50,9 +50,10 @@ class Trainer:
 
     The trainable weights are views of one flat tensor, with AdamW's moments beside it, so an
     update is a handful of whole-tensor ops however many weights there are (the arithmetic is
-    torch's AdamW, op for op). On the count path without LayerNorm the gradient is written by
-    hand (`Model.count_loss_grad`) and a batch is a row lookup per example in a per-triple
-    table; elsewhere autograd differentiates the model on token batches. `model`'s trainable
+    torch's AdamW, op for op). Without LayerNorm the gradient is written by hand: on the count
+    path (`Model.count_loss_grad`) a batch is a row lookup per example in a per-triple table;
+    with a positional embedding (`Model.pos_loss_grad`, the position path) it is a token batch.
+    With LayerNorm autograd differentiates the model on token batches. `model`'s trainable
     weights become views of the flat tensor, so it sees every update; `weights()` copies them.
     """
 
@@ -67,6 +68,7 @@ class Trainer:
         self.by_hand = not cfg.layernorm
         if self.by_hand and cfg.count_path:
             self.table = _triple_table(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
+        if self.by_hand:
             _keep_freed_memory()
 
     def _views(self, flat: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -148,7 +150,8 @@ def _triple_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -> 
 def _keep_freed_memory() -> None:
     """Let glibc keep 64 MB of freed heap at the top instead of returning it to the OS: a step
     frees a few MB of temporaries, and faulting those pages back in at the next step cost about
-    a quarter of the step at S = 64 (~950 page faults per step). A no-op without glibc."""
+    a quarter of the step at S = 64 (~950 page faults per step) on the count path, 6% on the
+    position path. A no-op without glibc."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(-2, 64 << 20)  # M_TOP_PAD
     except (OSError, AttributeError):
