@@ -97,7 +97,8 @@ def textbook(model: Model, tokens: torch.Tensor, eos: torch.Tensor) -> dict[str,
     resid_eos = resid[:, rows, eos]  # (S, B, d)
     logits = torch.einsum("sbd,sdv->sbv", resid_eos, w["unembed.W_U"]) + w["unembed.b_U"][:, None]
     # (split advanced indices put the example axis first)
-    return {"logits": logits, "pattern": pattern[:, rows, :, eos].transpose(0, 1),
+    every = torch.einsum("sbld,sdv->sblv", resid, w["unembed.W_U"]) + w["unembed.b_U"][:, None, None]
+    return {"logits": logits, "every_row": every, "pattern": pattern[:, rows, :, eos].transpose(0, 1),
             "result": result[:, rows, :, eos].transpose(0, 1)}
 
 
@@ -166,3 +167,27 @@ def test_position_paths_run_matches_the_reference_slots_forward(pos_embed, bos):
     torch.testing.assert_close(fast.slot_readout(W_O, r) * ref.mult[:, :, None],
                                ref.slot_readout(W_O, r) * ref.mult[:, :, None], atol=1e-10, rtol=0)
     assert torch.equal(fast.kinds, ref.kinds) and torch.equal(fast.mult, ref.mult)
+
+
+@pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)
+def test_every_query_row_matches_the_textbook_forward(pos_embed, bos):
+    """Model.causal_logits (every query row, from the tables) against the textbook full L x L
+    forward: logits at every position, and the gradient of a loss on all of them, float64."""
+    from count01.model import trainable
+
+    cfg = Config(pos_embed=pos_embed, bos=bos, heads=3, d_model=12, d_head=5, eval_size=40,
+                 max_len=9, long_max_len=12)
+    m = random_model(cfg)
+    batch = eval_set(cfg, "iid")
+    names = [k for k in m.weights if trainable(cfg, k)]
+    got, want = [], []
+    for forward, out in ((lambda mm: mm.causal_logits(batch.tokens), got),
+                         (lambda mm: textbook(mm, batch.tokens, batch.eos_pos)["every_row"], want)):
+        leaves = {k: m.weights[k].clone().requires_grad_() for k in names}
+        logits = forward(Model(cfg, m.weights | leaves, m.seeds))  # (S, B, L, V)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 2),
+                                                 batch.tokens.roll(-1, 1).expand(2, -1, -1)
+                                                 .flatten())
+        out += [logits.detach()] + list(torch.autograd.grad(loss, list(leaves.values())))
+    for k, a, b in zip(["logits"] + names, got, want):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=k)

@@ -6,6 +6,16 @@ there and nowhere else. The keys the EOS query sees are "slots": on the count pa
 embedding) the five token kinds with their multiplicities (n0, n1, n2, EOS = 1, BOS = 0 or 1); on
 the token path, the L positions with multiplicity 1 up to EOS and 0 after. Attention over slots
 with multiplicity m is softmax(score + log m), which is exactly attention over the tokens.
+
+With a positional embedding and no LayerNorm, the position path (`pos_tables`, `pos_loss_grad`,
+`PosCache`) computes the same function without any per-position product with a weight matrix:
+inputs are W_E[t_j] + W_pos[j], so the EOS query's score of position j is tok[p, t_j] +
+pos[p, j] (p the EOS position) and the value it reads into the logits is r_E[t_j] + r_P[j],
+tables per seed of (L, 5) and (L, L) entries per head; per example there remain two row lookups
+and a product per position and head. LayerNorm stays on the reference forward (`run` over
+slots): ln1 normalises W_E[t] + W_pos[j] as a whole, so keys and values are functions of the
+pair (t, j), not a token part plus a position part, and ln_final acts on the residual after the
+heads, so W_U cannot be folded into the values.
 """
 
 from __future__ import annotations
@@ -541,6 +551,53 @@ class Model:
                  ATTN + "b_Q": dq.sum(2), ATTN + "b_V": (drb @ M.transpose(2, 3)).squeeze(2),
                  ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
         return loss, grads
+
+    def causal_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits at every position (S, B, L, d_vocab) of tokens (B, L) or (S, B, L): every query
+        row of the causal attention, for training on every position (SPEC 2's `lm_loss`).
+
+        The position path for all rows: with q_i and k_j each a token part plus a position
+        part, score(i, j) = TT[t_i, t_j] + TP[t_i, j] + PT[i, t_j] + PP[i, j], tables of (5, 5),
+        (5, L), (L, 5) and (L, L) per head; the value read into the logits is r_E[t_j] + r_P[j]
+        as on the EOS row. Per example: a row lookup, a gather and two sums per (i, j) and head,
+        no product with a weight matrix. One layer with a positional embedding, no LayerNorm;
+        autograd differentiates it. Held to the textbook full L x L forward and its autograd
+        gradient by tests/test_model.py::test_every_query_row_matches_the_textbook_forward."""
+        if self.cfg.layernorm or self.cfg.pos_embed == "none":
+            raise ValueError("causal_logits needs a positional embedding and no LayerNorm")
+        w = self.weights
+        E = w["embed.W_E"]
+        S, H, e, V = E.shape[0], self.cfg.heads, self.cfg.d_head_, D_VOCAB
+        tokens = (tokens if tokens.dim() == 3 else tokens[None]).expand(S, -1, -1)
+        B, L = tokens.shape[1:]
+        if L > self.cfg.n_ctx:
+            raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
+        P = w["pos_embed.W_pos"][:, :L]
+        W_Q, W_K, W_V = w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]
+        scale = 1.0 / math.sqrt(e)
+        qE = (E[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * scale  # (S, H, 5, e)
+        qP = (P[:, None] @ W_Q) * scale  # (S, H, L, e)
+        kE = E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
+        kP = P[:, None] @ W_K  # (S, H, L, e)
+        TT, TP = qE @ kE.transpose(2, 3), qE @ kP.transpose(2, 3)  # (S, H, 5, 5), (S, H, 5, L)
+        PT, PP = qP @ kE.transpose(2, 3), qP @ kP.transpose(2, 3)  # (S, H, L, 5), (S, H, L, L)
+        ti = tokens[:, None]  # (S, 1, B, L): the query's token
+        seeds, heads = torch.arange(S).view(S, 1, 1, 1), torch.arange(H).view(1, H, 1, 1)
+        # per query i: its row over key kinds (PT[i] + TT[t_i]) and over key positions
+        by_kind = PT[:, :, None] + TT[seeds, heads, ti]  # (S, H, B, L, 5)
+        by_pos = PP[:, :, None] + TP[seeds, heads, ti]  # (S, H, B, L, L)
+        tj = tokens[:, None, :, None, :].expand(S, H, B, L, L)  # the key's token
+        scores = by_pos + torch.gather(by_kind, 4, tj)
+        scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
+        a = torch.softmax(scores, -1)  # (S, H, B, L(i), L(j))
+        M = w[ATTN + "W_O"] @ w["unembed.W_U"][:, None]  # (S, H, e, V)
+        rE = (E[:, None] @ W_V + w[ATTN + "b_V"][:, :, None]) @ M  # (S, H, 5, V); sum_j a = 1
+        rP = (P[:, None] @ W_V) @ M  # (S, H, L, V)
+        mass = torch.zeros(S, H, B, L, 5, dtype=a.dtype).scatter_add(4, tj, a)
+        heads_out = (mass.flatten(2, 3) @ rE + a.flatten(2, 3) @ rP).view(S, H, B, L, V).sum(1)
+        x = E[torch.arange(S).view(S, 1, 1), tokens] + P[:, None]  # (S, B, L, d)
+        base = (x + w[ATTN + "b_O"][:, None, None]) @ w["unembed.W_U"][:, None]
+        return base + w["unembed.b_U"][:, None, None] + heads_out
 
     def _pos_run(self, batch: Batch) -> PosCache:
         """`run` on the position path: a PosCache, from the tables. Held to the slots forward
