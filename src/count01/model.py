@@ -386,18 +386,20 @@ class Model:
         W_O, W_U = w[ATTN + "W_O"], w["unembed.W_U"]
         xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input with EOS at position p
         q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(self.cfg.d_head_))
-        kE = E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
-        kP = P[:, None] @ W_K  # (S, H, L, e)
-        tok = q @ kE.transpose(2, 3)  # (S, H, L, 5) [p, t]
-        pos_all = q @ kP.transpose(2, 3)  # (S, H, L, L) [p, j]
+        X = torch.cat([E, P], 1)[:, None]  # (S, 1, 5 + L, d): token rows, then position rows
+        k = X @ W_K  # (S, H, 5 + L, e), one product for both parts
+        k = torch.cat([k[:, :, :5] + w[ATTN + "b_K"][:, :, None], k[:, :, 5:]], 2)
+        scores = q @ k.transpose(2, 3)  # (S, H, L, 5 + L) [p, t] then [p, j]
+        tok, pos_all = scores[..., :5], scores[..., 5:]
         pos = pos_all.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
         M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
-        vE, vP = E[:, None] @ W_V, P[:, None] @ W_V  # (S, H, 5, e), (S, H, L, e)
+        v = X @ W_V  # (S, H, 5 + L, e)
+        r = v @ M  # (S, H, 5 + L, V)
         rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
         xo = E[:, EOS, None] + P + w[ATTN + "b_O"][:, None]  # (S, L, d) residual at EOS, no heads
-        return {"xq": xq, "q": q, "kE": kE, "kP": kP, "tok": tok, "pos": pos, "M": M,
-                "pos_all": pos_all,
-                "vE": vE, "vP": vP, "rE": vE @ M, "rP": vP @ M, "xo": xo,
+        return {"X": X, "xq": xq, "q": q, "k": k, "tok": tok, "pos": pos, "pos_all": pos_all,
+                "M": M, "v": v, "vE": v[:, :, :5], "vP": v[:, :, 5:], "rE": r[:, :, :5],
+                "rP": r[:, :, 5:], "xo": xo,
                 "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
                 "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
                 "Bt": torch.exp(pos - pos.amax(-1, keepdim=True))}
@@ -519,25 +521,25 @@ class Model:
             d["pos"][:, :, :n, :n] += dk["pos"]
         loss /= B
         dc0, drP, drE, dtok, dpos = d["c0"], d["rP"], d["rE"], d["tok"], d["pos"]
-        # --- per table: scores tok = q kE^T, pos = q kP^T
+        # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens)
         q, e = t["q"], self.cfg.d_head_
-        dq = (dtok @ t["kE"] + dpos @ t["kP"]) * (1.0 / math.sqrt(e))  # d loss / d (x W_Q + b_Q)
-        dkE, dkP = dtok.transpose(2, 3) @ q, dpos.transpose(2, 3) @ q  # (S, H, 5|L, e)
-        Pl = P[:, :L]
+        dscores = torch.cat([dtok, dpos], -1)  # (S, H, L, 5 + L)
+        dq = (dscores @ t["k"]) * (1.0 / math.sqrt(e))  # d loss / d (x W_Q + b_Q)
+        dk = dscores.transpose(2, 3) @ q  # (S, H, 5 + L, e)
+        X = t["X"]  # (S, 1, 5 + L, d)
         dW_Q = t["xq"][:, None].transpose(2, 3) @ dq
         dxq = (dq @ W_Q.transpose(2, 3)).sum(1)  # (S, L, d)
-        dW_K = E[:, None].transpose(2, 3) @ dkE + Pl[:, None].transpose(2, 3) @ dkP
-        dE = (dkE @ W_K.transpose(2, 3)).sum(1)  # (S, 5, d)
-        dP = (dkP @ W_K.transpose(2, 3)).sum(1)  # (S, L, d)
-        # --- per table: values r = v M, M = W_O W_U, and c0 = xo W_U + b_U + b_V M
+        # --- per table: values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U
+        # + b_V M
         drb = dc0.sum(1)[:, None, None]  # (S, 1, 1, V)
         M = t["M"]
-        dM = (t["vE"].transpose(2, 3) @ drE + t["vP"].transpose(2, 3) @ drP
-              + w[ATTN + "b_V"][..., None] * drb)  # (S, H, e, V)
-        dvE, dvP = drE @ M.transpose(2, 3), drP @ M.transpose(2, 3)
-        dW_V = E[:, None].transpose(2, 3) @ dvE + Pl[:, None].transpose(2, 3) @ dvP
-        dE += (dvE @ W_V.transpose(2, 3)).sum(1)
-        dP += (dvP @ W_V.transpose(2, 3)).sum(1)
+        dr = torch.cat([drE, drP], 2)  # (S, H, 5 + L, V)
+        dM = t["v"].transpose(2, 3) @ dr + w[ATTN + "b_V"][..., None] * drb  # (S, H, e, V)
+        dv = dr @ M.transpose(2, 3)  # (S, H, 5 + L, e)
+        XT = X.transpose(2, 3)
+        dW_K, dW_V = XT @ dk, XT @ dv
+        dX = (dk @ W_K.transpose(2, 3) + dv @ W_V.transpose(2, 3)).sum(1)  # (S, 5 + L, d)
+        dE, dP = dX[:, :5], dX[:, 5:]
         dxo = dc0 @ W_U.transpose(1, 2)  # (S, L, d)
         dW_U = (W_O.transpose(2, 3) @ dM).sum(1) + t["xo"].transpose(1, 2) @ dc0
         dx = dxq + dxo  # both enter as W_E[EOS] + W_pos[p]
