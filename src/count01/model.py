@@ -616,6 +616,12 @@ class Model:
         if (attn_override is None and self.cfg.pos_embed != "none" and not self.cfg.layernorm
                 and batch.tokens is not None):
             return self._pos_run(batch)
+        return self.reference_run(batch, force_tokens, attn_override)
+
+    def reference_run(self, batch: Batch, force_tokens: bool = False,
+                      attn_override: torch.Tensor | None = None) -> Cache:
+        """`run` over slots, keys and values computed from each slot's input: the reference
+        forward every option shares (LayerNorm and the interventions' attn_override use it)."""
         x_eos, x, mult, kinds = self.slots(batch, force_tokens)
         w = self.weights
         v, scores = self._qkv(self._ln(x_eos, "blocks.0.ln1"), self._ln(x, "blocks.0.ln1"))
