@@ -1,11 +1,12 @@
 """The one-layer attention-only transformer of SPEC 3, S seeds at once, read at the EOS position.
 
 Weights carry TransformerLens names and shapes with a leading seed axis: `blocks.0.attn.W_Q` is
-(S, H, d_model, d_head). Only the EOS query's attention row is ever computed: the answer is read
-there and nowhere else. The keys the EOS query sees are "slots": on the count path (no positional
-embedding) the five token kinds with their multiplicities (n0, n1, n2, EOS = 1, BOS = 0 or 1); on
-the token path, the L positions with multiplicity 1 up to EOS and 0 after. Attention over slots
-with multiplicity m is softmax(score + log m), which is exactly attention over the tokens.
+(S, H, d_model, d_head). Only the EOS query's attention row is computed (the answer is read
+there and nowhere else), except by `causal_logits`, every row, for a later `lm_loss`. The keys
+the EOS query sees are "slots": on the count path (no positional embedding) the five token kinds
+with their multiplicities (n0, n1, n2, EOS = 1, BOS = 0 or 1); on the token path, the L positions
+with multiplicity 1 up to EOS and 0 after. Attention over slots with multiplicity m is
+softmax(score + log m), which is exactly attention over the tokens.
 
 With a positional embedding and no LayerNorm, the position path (`pos_tables`, `pos_loss_grad`,
 `PosCache`) computes the same function without any per-position product with a weight matrix:
