@@ -117,8 +117,8 @@ POSITION_OPTIONS = [(p, bos) for p in ("learned", "sinusoidal") for bos in (True
 
 @pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)
 def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos):
-    """Model.pos_loss_grad and the position path's logits, pattern and head outputs against the
-    full L x L forward and autograd, float64, random weights."""
+    """Model.pos_loss_grad, and the position path's logits (Model.__call__, Model.run), pattern
+    and head outputs, against the full L x L forward and autograd, float64, random weights."""
     from count01.language import training_batch
     from count01.model import trainable
 
@@ -138,10 +138,12 @@ def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos)
         torch.testing.assert_close(loss, ce.detach(), atol=1e-10, rtol=0)
         for k, g in zip(names, want):
             torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
-    cache = m.run(type(batch)(batch.counts[0], batch.y[0], batch.weight[0], tokens, eos))
+    one = type(batch)(batch.counts[0], batch.y[0], batch.weight[0], tokens, eos)
+    cache = m.run(one)
     for k in ("logits", "pattern", "result"):
         torch.testing.assert_close(getattr(cache, k), ref[k].detach(), atol=1e-10, rtol=0,
                                    msg=k)
+    torch.testing.assert_close(m(one), ref["logits"].detach(), atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)

@@ -119,7 +119,9 @@ class PosCache:
     """The Cache of the position path (same fields and methods), from the tables of
     `Model.pos_tables`: z, head outputs, residual and logits are computed at once; the
     per-position tensors (pattern, scores, values) only when an analysis reads them, and
-    `mass` and `slot_readout` need no per-position product with a weight matrix."""
+    `mass` and `slot_readout` need no per-position product with a weight matrix. Held to the
+    reference forward by tests/test_model.py::
+    test_position_paths_run_matches_the_reference_slots_forward."""
 
     def __init__(self, model: Model, batch: Batch):
         w = model.weights
