@@ -193,3 +193,37 @@ def test_every_query_row_matches_the_textbook_forward(pos_embed, bos):
         out += [logits.detach()] + list(torch.autograd.grad(loss, list(leaves.values())))
     for k, a, b in zip(["logits"] + names, got, want):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=k)
+
+
+def test_position_path_redoes_underflowing_rows_in_the_log_domain():
+    """Scores hundreds apart: A[p, t_j] Bt[p, j] underflows for some example (every factor is
+    shifted by its own table row's maximum, not the example's), and those rows are redone in the
+    log domain; logits and gradients still match the textbook forward (float32 here, where the
+    shift-by-row-maximum products underflow at score gaps near 70)."""
+    from count01.language import training_batch
+    from count01.model import trainable
+
+    cfg = Config(pos_embed="learned", heads=2, d_model=8, batch_size=64, max_len=9,
+                 long_max_len=12)
+    m = random_model(cfg, torch.float32)
+    for k in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K"):
+        m.weights[k] = m.weights[k] * 12.0
+    batch = training_batch(cfg, [3], 1, tokens=True)
+    tokens, eos = batch.tokens[0].expand(2, -1, -1), batch.eos_pos[0].expand(2, -1)
+    t = m.pos_tables(tokens.shape[-1])
+    rows = (torch.arange(2 * cfg.heads).view(2, cfg.heads, 1) * tokens.shape[-1]
+            + eos[:, None]).view(-1)
+    A = t["A"].reshape(-1, 5)[rows].view(2, cfg.heads, -1, 5)
+    Bt = t["Bt"].reshape(-1, tokens.shape[-1])[rows].view(2, cfg.heads, -1, tokens.shape[-1])
+    product = torch.gather(A, 3, tokens[:, None].expand(-1, cfg.heads, -1, -1)) * Bt
+    assert product.sum(-1).min() < torch.finfo(torch.float32).tiny * 1e8  # the case at hand
+    names = [k for k in m.weights if trainable(cfg, k)]
+    leaves = {k: m.weights[k].double().clone().requires_grad_() for k in names}
+    ref = textbook(Model(cfg, m.to(torch.float64).weights | leaves, m.seeds), tokens[0], eos[0])
+    ce = torch.nn.functional.cross_entropy(ref["logits"].transpose(1, 2),
+                                           batch.y.expand(2, -1), reduction="none").mean(1)
+    want = torch.autograd.grad(ce.sum(), [leaves[k] for k in names])
+    loss, grads = m.pos_loss_grad(tokens[0], eos[0], batch.y[0])
+    torch.testing.assert_close(loss.double(), ce.detach(), atol=1e-4, rtol=1e-4)
+    for k, g in zip(names, want):
+        torch.testing.assert_close(grads[k].double(), g, atol=1e-4, rtol=1e-3, msg=k)
