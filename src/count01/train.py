@@ -72,7 +72,7 @@ class Trainer:
         if self.by_hand:
             _keep_freed_memory()
         self.prefetch = self.by_hand and not cfg.count_path
-        self._next: tuple[int, Future] | None = None  # (step, its token batch being made)
+        self._next: tuple[int, tuple[int, ...], Future] | None = None  # (step, seeds, batch)
 
     def _views(self, flat: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fill `out` with each trainable weight's view of a flat tensor."""
@@ -107,12 +107,13 @@ class Trainer:
         second thread (numpy releases the GIL in its array loops), so the position path's
         token arrangement, which alone costs several count-path steps at S = 64, overlaps the
         gradient. A batch is a pure function of (seeds, step): prefetching changes no number."""
+        seeds = tuple(self.model.seeds)
         ahead, self._next = self._next, None
-        batch = (ahead[1].result() if ahead is not None and ahead[0] == step
-                 else training_batch(self.cfg, self.model.seeds, step))
+        batch = (ahead[2].result() if ahead is not None and ahead[:2] == (step, seeds)
+                 else training_batch(self.cfg, list(seeds), step))
         if self.prefetch:
-            self._next = (step + 1, _prefetcher().submit(training_batch, self.cfg,
-                                                         self.model.seeds, step + 1))
+            self._next = (step + 1, seeds, _prefetcher().submit(training_batch, self.cfg,
+                                                                list(seeds), step + 1))
         return batch
 
     def step(self, step: int) -> torch.Tensor:
