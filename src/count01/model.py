@@ -148,7 +148,7 @@ class PosCache:
     @property
     def scores(self) -> torch.Tensor:  # (S, B, H, L) tok[p, t_j] + pos[p, j]
         S, H, B, L = self._f["u"].shape
-        tok = torch.gather(_rows(self._t["tok"], self._f["rows"], (S, H, B, 5)), 3,
+        tok = torch.gather(_rows(self._t["tok"], self._f["rows"], (S, H, B, D_VOCAB)), 3,
                            self._f["tok"])
         return (tok + _rows(self._t["pos_all"], self._f["rows"], (S, H, B, L))).transpose(1, 2)
 
@@ -391,9 +391,9 @@ class Model:
         q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(self.cfg.d_head_))
         X = torch.cat([E, P], 1)[:, None]  # (S, 1, 5 + L, d): token rows, then position rows
         k = X @ W_K  # (S, H, 5 + L, e), one product for both parts
-        k = torch.cat([k[:, :, :5] + w[ATTN + "b_K"][:, :, None], k[:, :, 5:]], 2)
+        k = torch.cat([k[:, :, :D_VOCAB] + w[ATTN + "b_K"][:, :, None], k[:, :, D_VOCAB:]], 2)
         scores = q @ k.transpose(2, 3)  # (S, H, L, 5 + L) [p, t] then [p, j]
-        tok, pos_all = scores[..., :5], scores[..., 5:]
+        tok, pos_all = scores[..., :D_VOCAB], scores[..., D_VOCAB:]
         pos = pos_all.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
         M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
         v = X @ W_V  # (S, H, 5 + L, e)
@@ -401,8 +401,8 @@ class Model:
         rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
         xo = E[:, EOS, None] + P + w[ATTN + "b_O"][:, None]  # (S, L, d) residual at EOS, no heads
         return {"X": X, "xq": xq, "q": q, "k": k, "tok": tok, "pos": pos, "pos_all": pos_all,
-                "M": M, "v": v, "vE": v[:, :, :5], "vP": v[:, :, 5:], "rE": r[:, :, :5],
-                "rP": r[:, :, 5:], "xo": xo,
+                "M": M, "v": v, "vE": v[:, :, :D_VOCAB], "vP": v[:, :, D_VOCAB:], "rE": r[:, :, :D_VOCAB],
+                "rP": r[:, :, D_VOCAB:], "xo": xo,
                 "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
                 "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
                 "Bt": torch.exp(pos - pos.amax(-1, keepdim=True))}
@@ -420,12 +420,12 @@ class Model:
         H = self.cfg.heads
         rows = (torch.arange(S * H).view(S, H, 1) * L + eos[:, None]).view(-1)
         tok = tokens[:, None].expand(S, H, B, L).contiguous()  # gather is 2x faster so
-        u = torch.gather(_rows(t["A"], rows, (S, H, B, 5)), 3, tok)
+        u = torch.gather(_rows(t["A"], rows, (S, H, B, D_VOCAB)), 3, tok)
         u.mul_(_rows(t["Bt"], rows, (S, H, B, L)))
-        mass = torch.zeros(S, H, B, 5, dtype=u.dtype).scatter_add_(3, tok, u)
+        mass = torch.zeros(S, H, B, D_VOCAB, dtype=u.dtype).scatter_add_(3, tok, u)
         D = mass.sum(-1, keepdim=True)
         if D.min() < torch.finfo(D.dtype).tiny * 1e8:
-            ls = torch.gather(_rows(t["tok"], rows, (S, H, B, 5)), 3, tok)
+            ls = torch.gather(_rows(t["tok"], rows, (S, H, B, D_VOCAB)), 3, tok)
             u = torch.softmax(ls + _rows(t["pos"], rows, (S, H, B, L)), -1)
             mass = torch.zeros_like(mass).scatter_add_(3, tok, u)
             D = torch.ones_like(D)
@@ -474,10 +474,10 @@ class Model:
         per_kind = gh @ t["rE"].transpose(2, 3) - (gh * f["zl"]).sum(-1, keepdim=True)
         ds.add_(torch.gather(per_kind, 3, tok)).mul_(u)  # (S, H, b, L) d loss / d score
         dpos = torch.zeros(S * H * L, L, dtype=g.dtype).index_add_(0, rows, ds.view(-1, L))
-        dtok = torch.zeros(S, H, B, 5, dtype=g.dtype).scatter_add_(3, tok, ds)
-        dtok = torch.zeros(S * H * L, 5, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, 5))
+        dtok = torch.zeros(S, H, B, D_VOCAB, dtype=g.dtype).scatter_add_(3, tok, ds)
+        dtok = torch.zeros(S * H * L, D_VOCAB, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, D_VOCAB))
         return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
-                      "rE": drE, "tok": dtok.view(S, H, L, 5), "pos": dpos.view(S, H, L, L)}
+                      "rE": drE, "tok": dtok.view(S, H, L, D_VOCAB), "pos": dpos.view(S, H, L, L)}
 
     def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor,
                       buckets: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -542,7 +542,7 @@ class Model:
         XT = X.transpose(2, 3)
         dW_K, dW_V = XT @ dk, XT @ dv
         dX = (dk @ W_K.transpose(2, 3) + dv @ W_V.transpose(2, 3)).sum(1)  # (S, 5 + L, d)
-        dE, dP = dX[:, :5], dX[:, 5:]
+        dE, dP = dX[:, :D_VOCAB], dX[:, D_VOCAB:]
         dxo = dc0 @ W_U.transpose(1, 2)  # (S, L, d)
         dW_U = (W_O.transpose(2, 3) @ dM).sum(1) + t["xo"].transpose(1, 2) @ dc0
         dx = dxq + dxo  # both enter as W_E[EOS] + W_pos[p]
@@ -598,7 +598,7 @@ class Model:
         M = w[ATTN + "W_O"] @ w["unembed.W_U"][:, None]  # (S, H, e, V)
         rE = (E[:, None] @ W_V + w[ATTN + "b_V"][:, :, None]) @ M  # (S, H, 5, V); sum_j a = 1
         rP = (P[:, None] @ W_V) @ M  # (S, H, L, V)
-        mass = torch.zeros(S, H, B, L, 5, dtype=a.dtype).scatter_add(4, tj, a)
+        mass = torch.zeros(S, H, B, L, D_VOCAB, dtype=a.dtype).scatter_add(4, tj, a)
         heads_out = (mass.flatten(2, 3) @ rE + a.flatten(2, 3) @ rP).view(S, H, B, L, V).sum(1)
         x = E[torch.arange(S).view(S, 1, 1), tokens] + P[:, None]  # (S, B, L, d)
         base = (x + w[ATTN + "b_O"][:, None, None]) @ w["unembed.W_U"][:, None]
