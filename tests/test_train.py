@@ -139,3 +139,20 @@ def test_position_path_training_is_deterministic_and_resumes_bit_for_bit(tiny, t
         assert torch.equal(a.weights[k], b.weights[k]), k
         assert torch.equal(resumed.weights[k], a.weights[k]), k
 
+
+def test_a_prefetched_batch_is_used_only_for_its_own_step_and_seeds(tiny):
+    """The position path makes the next step's batch ahead; a trainer asked for another step
+    (a resume, a skipped step) or holding other seeds gets the batch it asks for."""
+    from count01.language import training_batch
+    from count01.model import Model
+    from count01.train import Trainer
+
+    cfg = tiny.replace(pos_embed="learned")
+    trainer = Trainer(cfg, Model.init(cfg))
+    assert trainer.prefetch
+    for step in (0, 1, 5, 2):
+        got = trainer._token_batch(step)
+        assert torch.equal(got.tokens, training_batch(cfg, cfg.seeds, step).tokens)
+    trainer.model.seeds = [7, 8]  # as if the batch had changed its seeds
+    got = trainer._token_batch(3)
+    assert torch.equal(got.tokens, training_batch(cfg, [7, 8], 3).tokens)

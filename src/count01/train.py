@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -70,6 +71,8 @@ class Trainer:
             self.table = _triple_table(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
         if self.by_hand:
             _keep_freed_memory()
+        self.prefetch = self.by_hand and not cfg.count_path
+        self._next: tuple[int, tuple[int, ...], Future] | None = None  # (step, seeds, batch)
 
     def _views(self, flat: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fill `out` with each trainable weight's view of a flat tensor."""
@@ -85,7 +88,7 @@ class Trainer:
         """Each seed's loss on its batch at `step` (S,) and the flat gradient of their sum."""
         seeds = self.model.seeds
         if self.by_hand and not self.cfg.count_path:
-            batch = training_batch(self.cfg, seeds, step)
+            batch = self._token_batch(step)
             loss, grads = self.model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand:
@@ -98,6 +101,20 @@ class Trainer:
         loss = loss_per_seed(Model(self.cfg, self.model.weights | leaves, seeds), self.cfg, step)
         grads = torch.autograd.grad(loss.sum(), [leaves[k] for k in self.names])
         return loss.detach(), torch.cat([g.reshape(-1) for g in grads])
+
+    def _token_batch(self, step: int):
+        """The batch of `step`; with `prefetch`, the batch of step + 1 is made meanwhile on a
+        second thread (numpy releases the GIL in its array loops), so the position path's
+        token arrangement, which alone costs several count-path steps at S = 64, overlaps the
+        gradient. A batch is a pure function of (seeds, step): prefetching changes no number."""
+        seeds = tuple(self.model.seeds)
+        ahead, self._next = self._next, None
+        batch = (ahead[2].result() if ahead is not None and ahead[:2] == (step, seeds)
+                 else training_batch(self.cfg, list(seeds), step))
+        if self.prefetch:
+            self._next = (step + 1, seeds, _prefetcher().submit(training_batch, self.cfg,
+                                                                list(seeds), step + 1))
+        return batch
 
     def step(self, step: int) -> torch.Tensor:
         """Train on the batch of `step`; returns each seed's loss before the update. (S,)."""
@@ -135,6 +152,12 @@ class Trainer:
             m.copy_(tensors[f"{OPTIM}{k}.exp_avg"])
             v.copy_(tensors[f"{OPTIM}{k}.exp_avg_sq"])
         self.t = int(tensors[f"{OPTIM}{self.names[0]}.step"].item())
+
+
+@lru_cache(maxsize=1)
+def _prefetcher() -> ThreadPoolExecutor:
+    """One worker thread for every Trainer of the process: batches are made one at a time."""
+    return ThreadPoolExecutor(1, thread_name_prefix="count01-batches")
 
 
 @lru_cache(maxsize=8)
