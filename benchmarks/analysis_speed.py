@@ -8,7 +8,9 @@ evaluation of every string of length 1..64 (quick: 12) through its count triple.
 
     python benchmarks/analysis_speed.py                 # default config, 8 seeds, full grid
     python benchmarks/analysis_speed.py --run runs/default
-    python benchmarks/analysis_speed.py --pos-embed learned   # the token path
+    python benchmarks/analysis_speed.py --pos-embed learned   # the position path
+    python benchmarks/analysis_speed.py --seeds 4 --compare learned
+        # the count path and the position path in one run, alternated: their ratio
     python benchmarks/analysis_speed.py --quick         # tiny sizes: checks that it runs (CI)
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -48,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pos-embed", default="none", choices=["none", "learned", "sinusoidal"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (analyze's default 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
+    p.add_argument("--compare", choices=["learned", "sinusoidal"],
+                   help="analyse a count-path run and a run with this positional embedding, "
+                        "alternated --repeats times, and print the ratio of their times")
+    p.add_argument("--repeats", type=int, default=2, help="with --compare (median reported)")
     args = p.parse_args(argv)
+    if args.compare:
+        return compare(args)
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
             cfg = load_config(args.run)
@@ -90,6 +99,39 @@ def main(argv: list[str] | None = None) -> int:
     exact = time.perf_counter() - t0
     print(f"exact evaluation of every string of length 1..{exact_len} ({triples} count triples): "
           f"{exact:.2f} s for {model.n_seeds} seeds, {exact / model.n_seeds:.3f} s per seed")
+    return 0
+
+
+def compare(args) -> int:
+    """`count01 analyze` of a fresh count-path run and of the same config with a positional
+    embedding, alternated so the machine's drift hits both; medians of wall and CPU seconds."""
+    walls: dict[str, list[float]] = {"none": [], args.compare: []}
+    cpus: dict[str, list[float]] = {"none": [], args.compare: []}
+    print(f"python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch "
+          f"thread(s), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for pos in walls:
+            cfg = Config(n_seeds=args.seeds, pos_embed=pos)
+            if args.quick:
+                cfg = cfg.replace(n_seeds=2, eval_size=256, max_len=8, long_max_len=12,
+                                  exhaustive_len=6)
+            runs[pos] = make_run(cfg, Path(tmp) / pos)
+        grid = 4 if args.quick else args.grid_size
+        for _ in range(1 if args.quick else args.repeats):
+            for pos, run in runs.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                analyze(run, grid_size=grid, progress=False, threads=args.threads)
+                walls[pos].append(time.perf_counter() - t0)
+                cpus[pos].append(time.process_time() - c0)  # the figure process not counted
+    med = {k: (statistics.median(walls[k]), statistics.median(cpus[k])) for k in walls}
+    print(f"count01 analyze, {cfg.n_seeds} seeds, grid {grid} x {grid + 1}, medians of "
+          f"{len(walls['none'])}:")
+    for pos, (wall, cpu) in med.items():
+        print(f"  pos_embed={pos:<11s} wall {wall:7.2f} s   cpu (this process) {cpu:7.2f} s")
+    w_ratio = med[args.compare][0] / med["none"][0]
+    c_ratio = med[args.compare][1] / med["none"][1]
+    print(f"  {args.compare} / count path: wall {w_ratio:.1f}x, cpu {c_ratio:.1f}x")
     return 0
 
 

@@ -2,15 +2,18 @@
 
 Trains the default model (H=4, d_model=16, d_head=4, batch 256, no positional embedding, so
 the count path) for a fixed number of steps with `count01.train`, exactly as a user calls it:
-S = 1, 8 and 64 seeds batched, and 64 seeds looped one at a time (64 runs of S = 1). Prints
-seed-steps per second (seeds x steps / wall-clock seconds) for each and the ratios. The
-variants are interleaved over repeats, so drift in the machine's speed hits all alike, and the
-median over repeats is reported.
+S = 1, 8 and 64 seeds batched, and 64 seeds looped one at a time (64 runs of S = 1); then the
+same model with a learned and a sinusoidal positional embedding (the position path) at S = 1
+and 64. Prints seed-steps per second (seeds x steps / wall-clock seconds) for each and the
+ratios. The variants are interleaved over repeats, so drift in the machine's speed hits all
+alike, and the median over repeats is reported.
 
 A second table shows what each optimisation bought, at S = 1 and S = 64 on one thread: the
 token path with full L x L causal attention, autograd and torch's AdamW (what one would write
 first), the token path computing only the EOS query's row, the count path with autograd, and
-the count path with the hand-written gradient and flat AdamW (what `train` runs).
+the count path with the hand-written gradient and flat AdamW (what `train` runs); then, with a
+learned positional embedding, the position path through autograd and with its hand-written
+gradient (what `train` runs with positions).
 
     python benchmarks/train_throughput.py            # full (a minute or two)
     python benchmarks/train_throughput.py --quick    # a few steps: checks that it runs (CI)
@@ -48,10 +51,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def batched(n_seeds: int, steps: int) -> float:
+def batched(n_seeds: int, steps: int, pos_embed: str = "none") -> float:
     """Seconds to train n_seeds seeds together for `steps` steps."""
     t0 = time.perf_counter()
-    train(CFG.replace(n_seeds=n_seeds, steps=steps), progress=False)
+    train(CFG.replace(n_seeds=n_seeds, steps=steps, pos_embed=pos_embed), progress=False)
     return time.perf_counter() - t0
 
 
@@ -113,6 +116,10 @@ PATHS = {  # what each optimisation bought: name -> step factory
     "count path, autograd, torch AdamW": lambda cfg: autograd_step(cfg, tokens=False),
     "count path, hand-written gradient, flat AdamW (train)": lambda cfg: Trainer(
         cfg, Model.init(cfg)).step,
+    "learned positions: position path, autograd, torch AdamW": lambda cfg: autograd_step(
+        cfg.replace(pos_embed="learned"), tokens=False),
+    "learned positions: position path, hand-written gradient (train)": lambda cfg: Trainer(
+        cfg.replace(pos_embed="learned"), Model.init(cfg.replace(pos_embed="learned"))).step,
 }
 
 
@@ -152,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         "S=64 batched": (64, steps, lambda: batched(64, steps)),
         "S=64 looped one by one": (64, looped_steps, lambda: looped(64, looped_steps)),
     }
+    for pos in ("learned", "sinusoidal"):
+        for n in (1, 64):
+            variants[f"S={n} batched, {pos} pos"] = (
+                n, steps, lambda n=n, pos=pos: batched(n, steps, pos))
     batched(2, 3)  # warm-up: imports, caches, first allocations
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
@@ -166,12 +177,16 @@ def main(argv: list[str] | None = None) -> int:
           f" pos_embed={CFG.pos_embed} (count path); {steps} steps per batched run, "
           f"{looped_steps} per looped seed")
     for name, r in rate.items():
-        print(f"  {name:24s} {r:10.0f} seed-steps/s   ({statistics.median(times[name]):.2f} s)")
+        print(f"  {name:30s} {r:10.0f} seed-steps/s   ({statistics.median(times[name]):.2f} s)")
     ratios = {"S=64 batched / S=64 looped": rate["S=64 batched"] / rate["S=64 looped one by one"],
               "S=64 batched / S=1 batched": rate["S=64 batched"] / rate["S=1 batched"],
               "S=8 batched / S=1 batched": rate["S=8 batched"] / rate["S=1 batched"]}
+    for pos in ("learned", "sinusoidal"):  # the position path's cost against the count path's
+        for n in (1, 64):
+            ratios[f"count path / {pos} pos, S={n}"] = (
+                rate[f"S={n} batched"] / rate[f"S={n} batched, {pos} pos"])
     for name, r in ratios.items():
-        print(f"  {name:30s} {r:6.1f}x")
+        print(f"  {name:34s} {r:6.1f}x")
 
     check = Model.init(CFG.replace(n_seeds=2))
     batch = training_batch(check.cfg, check.seeds, 0, tokens=True)
@@ -184,15 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the full-attention baseline computes another function")
     print(f"what each optimisation bought (seed-steps/s, one thread, {path_seconds:g} s each, "
           f"median of {repeats}):")
-    print(f"  {'path':58s} {'S=1':>8s} {'S=64':>8s}  S=64/S=1")
+    print(f"  {'path':66s} {'S=1':>8s} {'S=64':>8s}  S=64/S=1")
     paths: dict[str, dict[int, float]] = {}
     for name, make in PATHS.items():
         paths[name] = {n: statistics.median(path_rate(make, n, path_seconds)
                                             for _ in range(repeats))
                        for n in (1, 64)}
         r = paths[name]
-        print(f"  {name:58s} {r[1]:8.0f} {r[64]:8.0f}  {r[64] / r[1]:7.1f}x")
-    first, last = (paths[k] for k in (next(iter(PATHS)), list(PATHS)[-1]))
+        print(f"  {name:66s} {r[1]:8.0f} {r[64]:8.0f}  {r[64] / r[1]:7.1f}x")
+    first, last = (paths[k] for k in (next(iter(PATHS)), list(PATHS)[3]))
     print(f"  all together, S=64 on the last path / S=1 on the first: {last[64] / first[1]:.0f}x")
     if args.json:
         with open(args.json, "w") as f:

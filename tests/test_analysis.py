@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from count01 import analysis, plots
 from count01.analysis import analyze
@@ -202,3 +203,27 @@ def test_bad_analysis_arguments_fail_cleanly(run, analysed, args, match, capsys)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and match in err and "Traceback" not in err
+
+
+def test_analysis_on_the_position_path_equals_analysis_through_the_reference_forward(
+        tmp_path, monkeypatch):
+    """Every table of `count01 analyze` on a learned-position run is the same (to 1e-9) whether
+    the model runs the position path (PosCache) or the reference forward over slots."""
+    cfg = Config(pos_embed="learned", n_seeds=2, heads=2, d_model=8, eval_size=256,
+                 exhaustive_len=5, max_len=8, long_max_len=12)
+    model = Model.init(cfg)
+    gen = np.random.default_rng(0)
+    weights = {k: w + 0.2 * torch.from_numpy(gen.standard_normal(w.shape)).float()
+               for k, w in model.weights.items()}
+    out = tmp_path / "run"
+    write_json(out / "config.json", cfg.to_dict())
+    save_tensors(out / "model.safetensors", weights, cfg, model.seeds, step=0)
+    tables = ("model", "heads", "intervention", "aggregation", "alpha", "value_swap",
+              "minimal_heads", "attention_examples")
+    analyze(out, grid_size=GRID, progress=False, figures=False)
+    fast = {t: pd.read_csv(out / "analysis" / f"{t}.csv") for t in tables}
+    monkeypatch.setattr(Model, "_pos_run", lambda self, batch: self.reference_run(batch))
+    analyze(out, grid_size=GRID, progress=False, figures=False)
+    for t in tables:
+        pd.testing.assert_frame_equal(fast[t], pd.read_csv(out / "analysis" / f"{t}.csv"),
+                                      check_exact=False, rtol=1e-9, atol=1e-9, obj=t)

@@ -237,3 +237,51 @@ def test_when_early_stopping_gives_up_on_every_seed_training_ends_there(tiny, tm
     assert metrics["stopped"] == {"0": 20, "1": 20} and model.n_seeds == 2
     assert [s for s, _ in checkpoints(tmp_path / "run")] == [0, 20]
     assert train(cfg, tmp_path / "run", resume=True, progress=False).n_seeds == 2
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
+def test_position_path_gradient_by_hand_equals_autograds(tiny, pos_embed):
+    """The Trainer's hand-written gradient on the position path against autograd through the
+    model's forward, in float64 on one training batch."""
+    from count01.model import Model
+    from count01.train import Trainer, loss_per_seed
+
+    cfg = tiny.replace(pos_embed=pos_embed)
+    model = Model.init(cfg).to(torch.float64)
+    trainer = Trainer(cfg, model)
+    assert trainer.by_hand
+    loss, grad = trainer.loss_grad(3)
+    leaves = {k: model.weights[k].detach().clone().requires_grad_() for k in trainer.names}
+    want = loss_per_seed(Model(cfg, model.weights | leaves, model.seeds), cfg, 3)
+    flat = torch.cat([g.reshape(-1) for g in torch.autograd.grad(want.sum(), list(leaves.values()))])
+    torch.testing.assert_close(loss, want.detach(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad, flat, atol=1e-12, rtol=1e-10)
+
+
+def test_position_path_training_is_deterministic_and_resumes_bit_for_bit(tiny, tmp_path):
+    cfg = tiny.replace(pos_embed="learned")
+    out = tmp_path / "run"
+    train(cfg.replace(steps=40), out, progress=False)
+    resumed = train(cfg, out, resume=True, progress=False)
+    a, b = train(cfg, progress=False), train(cfg, progress=False)
+    for k in a.weights:
+        assert torch.equal(a.weights[k], b.weights[k]), k
+        assert torch.equal(resumed.weights[k], a.weights[k]), k
+
+
+def test_a_prefetched_batch_is_used_only_for_its_own_step_and_seeds(tiny):
+    """The position path makes the next step's batch ahead; a trainer asked for another step
+    (a resume, a skipped step) or holding other seeds gets the batch it asks for."""
+    from count01.language import training_batch
+    from count01.model import Model
+    from count01.train import Trainer
+
+    cfg = tiny.replace(pos_embed="learned")
+    trainer = Trainer(cfg, Model.init(cfg))
+    assert trainer.prefetch
+    for step in (0, 1, 5, 2):
+        got = trainer._token_batch(step)
+        assert torch.equal(got.tokens, training_batch(cfg, cfg.seeds, step).tokens)
+    trainer.model.seeds = [7, 8]  # as if the batch had changed its seeds
+    got = trainer._token_batch(3)
+    assert torch.equal(got.tokens, training_batch(cfg, [7, 8], 3).tokens)

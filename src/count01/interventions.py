@@ -297,5 +297,5 @@ def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:
     """Direct score of head i's pattern applied to head j's values. (S, H_attn, H_ov, B)."""
     W_O, W_U = model.weights[ATTN + "W_O"], model.weights["unembed.W_U"]
     # (S, B|1, H_ov, K): direct score of one occurrence of each slot, through head j's OV
-    per_slot = torch.einsum("sbhke,shed,sd->sbhk", c.v, W_O, W_U[..., 1] - W_U[..., 0])
+    per_slot = c.slot_readout(W_O, W_U[..., 1] - W_U[..., 0])
     return torch.einsum("sbik,sbjk->sijb", c.pattern, per_slot)

@@ -1,11 +1,22 @@
 """The one-layer attention-only transformer of SPEC 3, S seeds at once, read at the EOS position.
 
 Weights carry TransformerLens names and shapes with a leading seed axis: `blocks.0.attn.W_Q` is
-(S, H, d_model, d_head). Only the EOS query's attention row is ever computed: the answer is read
-there and nowhere else. The keys the EOS query sees are "slots": on the count path (no positional
-embedding) the five token kinds with their multiplicities (n0, n1, n2, EOS = 1, BOS = 0 or 1); on
-the token path, the L positions with multiplicity 1 up to EOS and 0 after. Attention over slots
-with multiplicity m is softmax(score + log m), which is exactly attention over the tokens.
+(S, H, d_model, d_head). Only the EOS query's attention row is computed (the answer is read
+there and nowhere else), except by `causal_logits`, every row, for a later `lm_loss`. The keys
+the EOS query sees are "slots": on the count path (no positional embedding) the five token kinds
+with their multiplicities (n0, n1, n2, EOS = 1, BOS = 0 or 1); on the token path, the L positions
+with multiplicity 1 up to EOS and 0 after. Attention over slots with multiplicity m is
+softmax(score + log m), which is exactly attention over the tokens.
+
+With a positional embedding and no LayerNorm, the position path (`pos_tables`, `pos_loss_grad`,
+`PosCache`) computes the same function without any per-position product with a weight matrix:
+inputs are W_E[t_j] + W_pos[j], so the EOS query's score of position j is tok[p, t_j] +
+pos[p, j] (p the EOS position) and the value it reads into the logits is r_E[t_j] + r_P[j],
+tables per seed of (L, 5) and (L, L) entries per head; per example there remain two row lookups
+and a product per position and head. LayerNorm stays on the reference forward (`run` over
+slots): ln1 normalises W_E[t] + W_pos[j] as a whole, so keys and values are functions of the
+pair (t, j), not a token part plus a position part, and ln_final acts on the residual after the
+heads, so W_U cannot be folded into the values.
 """
 
 from __future__ import annotations
@@ -98,6 +109,67 @@ class Cache:
         onehot = torch.nn.functional.one_hot(self.kinds, D_VOCAB).to(self.pattern.dtype)
         return self.pattern @ onehot
 
+    def slot_readout(self, W_O: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Each slot's value through each head's W_O (S, H, e, d), read along r (S, d): the
+        direct score one occurrence would add at full attention. (S, B|1, H, K)."""
+        return torch.einsum("sbhke,shed,sd->sbhk", self.v, W_O, r)
+
+
+class PosCache:
+    """The Cache of the position path (same fields and methods), from the tables of
+    `Model.pos_tables`: z, head outputs, residual and logits are computed at once; the
+    per-position tensors (pattern, scores, values) only when an analysis reads them, and
+    `mass` and `slot_readout` need no per-position product with a weight matrix. Held to the
+    reference forward by tests/test_model.py::
+    test_position_paths_run_matches_the_reference_slots_forward."""
+
+    def __init__(self, model: Model, batch: Batch):
+        w = model.weights
+        f = model._pos_forward(batch.tokens, batch.eos_pos)
+        self._f, self._t = f, f["t"]
+        t, u, D = f["t"], f["u"], f["D"]
+        S, H, B, L = u.shape
+        b_V = w[ATTN + "b_V"][:, :, None]  # (S, H, 1, e)
+        z = (f["mass"] @ t["vE"] + u @ t["vP"]) / D + b_V  # (S, H, B, e): sum_j a_j v_j
+        self.z = z.transpose(1, 2)
+        self.result = torch.einsum("shbe,shed->sbhd", z, w[ATTN + "W_O"])
+        x_eos = _rows(t["xq"], f["rows0"], (S, B, w["embed.W_E"].shape[-1]))
+        self.resid = x_eos + self.result.sum(2) + w[ATTN + "b_O"][:, None]
+        self.logits = model.unembed(self.resid)
+        self.kinds = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
+        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+        self.mult = (torch.arange(L) <= eos[..., None]).to(u.dtype)
+        self._b_V = b_V
+
+    @property
+    def pattern(self) -> torch.Tensor:  # (S, B, H, L)
+        return (self._f["u"] / self._f["D"]).transpose(1, 2)
+
+    @property
+    def scores(self) -> torch.Tensor:  # (S, B, H, L) tok[p, t_j] + pos[p, j]
+        S, H, B, L = self._f["u"].shape
+        tok = torch.gather(_rows(self._t["tok"], self._f["rows"], (S, H, B, D_VOCAB)), 3,
+                           self._f["tok"])
+        return (tok + _rows(self._t["pos_all"], self._f["rows"], (S, H, B, L))).transpose(1, 2)
+
+    @property
+    def v(self) -> torch.Tensor:  # (S, B, H, L, e) W_E[t_j] W_V + W_pos[j] W_V + b_V
+        tok, vE = self._f["tok"], self._t["vE"]
+        e = vE.shape[-1]
+        v = torch.gather(vE[:, :, None].expand(-1, -1, tok.shape[2], -1, -1), 3,
+                         tok[..., None].expand(-1, -1, -1, -1, e))
+        return (v + self._t["vP"][:, :, None] + self._b_V[:, :, None]).transpose(1, 2)
+
+    def mass(self) -> torch.Tensor:
+        return (self._f["mass"] / self._f["D"]).transpose(1, 2)
+
+    def slot_readout(self, W_O: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        o = W_O @ r[:, None, :, None]  # (S, H, e, 1)
+        kind = (self._t["vE"] + self._b_V) @ o  # (S, H, 5, 1)
+        S, H, B, L = self._f["u"].shape
+        per = torch.gather(kind[:, :, None, :, 0].expand(-1, -1, B, -1), 3, self._f["tok"])
+        return (per + (self._t["vP"] @ o)[:, :, None, :, 0]).transpose(1, 2)
+
 
 class Model:
     """S seeds of one config, as one batched model. `weights` maps TL names to (S, ...) tensors."""
@@ -177,7 +249,9 @@ class Model:
             return self._count_logits(batch)
         if self.cfg.layernorm:
             return self.run(batch).logits
-        return self._token_logits(batch)
+        if batch.tokens is None:
+            raise ValueError("this model has a positional embedding: it needs token batches")
+        return self._pos_forward(batch.tokens, batch.eos_pos)["logits"]
 
     def _qkv(self, h_eos: torch.Tensor, h: torch.Tensor):
         """Queries (S, B', H, e), keys and values (S, B', H, K, e), scores (S, B', H, K)."""
@@ -295,44 +369,245 @@ class Model:
                  "unembed.W_U": dW_U, "unembed.b_U": dc0}
         return loss, grads
 
-    # --- the token path ---------------------------------------------------------------------
+    # --- the position path: one layer with a positional embedding, no LayerNorm ---------------
 
-    def _token_logits(self, batch: Batch) -> torch.Tensor:
-        """Logits on the token path without LayerNorm. Keys and values are affine in
-        x_j = W_E[tok_j] + W_pos[j], so the EOS query's scores split into a part per kind and a
-        part per position, and z = (sum_j a_j x_j) W_V + b_V: no (B, L, H, d_head) tensor."""
+    def pos_tables(self, L: int) -> dict[str, torch.Tensor]:
+        """What the EOS query computes on strings of width L before it sees an example.
+
+        x_j = W_E[t_j] + W_pos[j], so with EOS (the query) at position p the score of position j
+        splits as tok[p, t_j] + pos[p, j] (b_K adds the same to a whole row), and the value read
+        into the logits as r_E[t_j] + r_P[j] + b_V W_O W_U (W_U folded in: 5 logits, not d_model
+        numbers). The query depends on p alone, so every table is per (p, token) or (p, j):
+        tok, A (S, H, L, 5) and pos, Bt (S, H, L, L). A and Bt are exp of the scores shifted by
+        their row's maximum (every factor <= 1: no overflow); Bt is 0 after p (the causal mask).
+        """
         w = self.weights
-        W_E = w["embed.W_E"]
-        S, _, d = W_E.shape
-        H, e = self.cfg.heads, self.cfg.d_head_
-        tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
-        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
-        tokens, eos = tokens.expand(S, -1, -1), eos.expand(S, -1)
-        L = tokens.shape[-1]
-        x_eos = W_E[:, EOS, None].expand(-1, eos.shape[1], -1)  # (S, B, d)
-        pos = None
-        if self.cfg.pos_embed != "none":
-            if L > self.cfg.n_ctx:
-                raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
-            pos = w["pos_embed.W_pos"][:, :L]  # (S, L, d)
-            x_eos = x_eos + torch.gather(pos, 1, eos[..., None].expand(-1, -1, d))
-        W_Q, W_K = w[ATTN + "W_Q"], w[ATTN + "W_K"]
-        q = (x_eos[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(e))
-        k_kind = W_E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
-        kind_scores = q @ k_kind.transpose(2, 3)  # (S, H, B, 5)
-        tok = tokens[:, None].expand(-1, H, -1, -1)  # (S, H, B, L)
-        scores = torch.gather(kind_scores, 3, tok)
-        if pos is not None:
-            scores = scores + q @ (pos[:, None] @ W_K).transpose(2, 3)  # (S, H, B, L)
-        after = torch.arange(L) > eos[:, None, :, None]  # causal mask at the EOS query
-        pattern = torch.softmax(scores.masked_fill(after, -math.inf), -1)
-        mass = torch.zeros_like(kind_scores).scatter_add_(3, tok, pattern)  # (S, H, B, 5)
-        xbar = mass @ W_E[:, None]  # (S, H, B, d) attention-weighted mean input
-        if pos is not None:
-            xbar = xbar + pattern @ pos[:, None]
-        z = xbar @ w[ATTN + "W_V"] + w[ATTN + "b_V"][:, :, None]  # (S, H, B, e)
-        out = (z @ w[ATTN + "W_O"]).sum(1)  # (S, B, d)
-        return self.unembed(x_eos + out + w[ATTN + "b_O"][:, None])
+        if L > self.cfg.n_ctx:
+            raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
+        E, P = w["embed.W_E"], w["pos_embed.W_pos"][:, :L]  # (S, 5, d), (S, L, d)
+        W_Q, W_K, W_V = w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]
+        W_O, W_U = w[ATTN + "W_O"], w["unembed.W_U"]
+        xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input with EOS at position p
+        q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(self.cfg.d_head_))
+        X = torch.cat([E, P], 1)[:, None]  # (S, 1, 5 + L, d): token rows, then position rows
+        k = X @ W_K  # (S, H, 5 + L, e), one product for both parts
+        k = torch.cat([k[:, :, :D_VOCAB] + w[ATTN + "b_K"][:, :, None], k[:, :, D_VOCAB:]], 2)
+        scores = q @ k.transpose(2, 3)  # (S, H, L, 5 + L) [p, t] then [p, j]
+        tok, pos_all = scores[..., :D_VOCAB], scores[..., D_VOCAB:]
+        pos = pos_all.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
+        M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
+        v = X @ W_V  # (S, H, 5 + L, e)
+        r = v @ M  # (S, H, 5 + L, V)
+        rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
+        xo = E[:, EOS, None] + P + w[ATTN + "b_O"][:, None]  # (S, L, d) residual at EOS, no heads
+        return {"X": X, "xq": xq, "q": q, "k": k, "tok": tok, "pos": pos, "pos_all": pos_all,
+                "M": M, "v": v, "vE": v[:, :, :D_VOCAB], "vP": v[:, :, D_VOCAB:], "rE": r[:, :, :D_VOCAB],
+                "rP": r[:, :, D_VOCAB:], "xo": xo,
+                "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
+                "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
+                "Bt": torch.exp(pos - pos.amax(-1, keepdim=True))}
+
+    def pos_pattern(self, t: dict[str, torch.Tensor], tokens: torch.Tensor, eos: torch.Tensor):
+        """exp(score) of the EOS query on tokens (S, B, L) with EOS at eos (S, B), from the
+        tables: A[p, t_j] Bt[p, j], two row lookups and a product per position.
+
+        Returns u (S, H, B, L), its sum per kind (S, H, B, 5) and per row D (S, H, B, 1) (so
+        the pattern is u / D), the table row index (s H + h) L + p (S*H*B,) and the token
+        index (S, H, B, L). Should an example's largest product underflow (D below FLOAT_MIN
+        * 1e8: only for extreme weights), the rows are redone in the log domain, shifted by
+        each row's own maximum (torch.softmax), and D is 1."""
+        S, B, L = tokens.shape
+        H = self.cfg.heads
+        rows = (torch.arange(S * H).view(S, H, 1) * L + eos[:, None]).view(-1)
+        tok = tokens[:, None].expand(S, H, B, L).contiguous()  # gather is 2x faster so
+        u = torch.gather(_rows(t["A"], rows, (S, H, B, D_VOCAB)), 3, tok)
+        u.mul_(_rows(t["Bt"], rows, (S, H, B, L)))
+        mass = torch.zeros(S, H, B, D_VOCAB, dtype=u.dtype).scatter_add_(3, tok, u)
+        D = mass.sum(-1, keepdim=True)
+        if D.min() < torch.finfo(D.dtype).tiny * 1e8:
+            ls = torch.gather(_rows(t["tok"], rows, (S, H, B, D_VOCAB)), 3, tok)
+            u = torch.softmax(ls + _rows(t["pos"], rows, (S, H, B, L)), -1)
+            mass = torch.zeros_like(mass).scatter_add_(3, tok, u)
+            D = torch.ones_like(D)
+        return u, mass, D, rows, tok
+
+    def _pos_forward(self, tokens: torch.Tensor, eos: torch.Tensor,
+                     t: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The position path's forward: tables t, u, mass, D, rows, tok (`pos_pattern`), each
+        head's share of the logits zl = (u r_P + mass r_E) / D (S, H, B, V), logits (S, B, V)."""
+        S = self.n_seeds
+        tokens = (tokens if tokens.dim() == 3 else tokens[None]).expand(S, -1, -1)
+        eos = (eos if eos.dim() == 2 else eos[None]).expand(S, -1)
+        B, L = tokens.shape[1:]
+        t = self.pos_tables(L) if t is None else t
+        u, mass, D, rows, tok = self.pos_pattern(t, tokens, eos)
+        zl = torch.baddbmm((mass @ t["rE"]).view(-1, B, D_VOCAB), u.view(-1, B, L),
+                           t["rP"].reshape(-1, L, D_VOCAB)).view(S, -1, B, D_VOCAB).div_(D)
+        rows0 = (torch.arange(S)[:, None] * L + eos).view(-1)
+        logits = _rows(t["c0"], rows0, (S, B, D_VOCAB)) + zl.sum(1)
+        return {"t": t, "u": u, "mass": mass, "D": D, "rows": rows, "tok": tok, "rows0": rows0,
+                "zl": zl, "logits": logits}
+
+    def _pos_examples_grad(self, t: dict[str, torch.Tensor], tokens: torch.Tensor,
+                           eos: torch.Tensor, y: torch.Tensor, scale: float):
+        """Per-example part of `pos_loss_grad` on tokens (S, b, L) of width L <= the tables':
+        the summed cross-entropy (S,) and the gradients of scale * that sum with respect to the
+        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions."""
+        S, B, L = tokens.shape
+        H, V = self.cfg.heads, D_VOCAB
+        cut = {"A": t["A"][:, :, :L], "Bt": t["Bt"][:, :, :L, :L], "tok": t["tok"][:, :, :L],
+               "pos": t["pos"][:, :, :L, :L], "rP": t["rP"][:, :, :L], "rE": t["rE"],
+               "c0": t["c0"][:, :L]}
+        f = self._pos_forward(tokens, eos, {k: v.contiguous() for k, v in cut.items()})
+        t, u, mass, rows, tok = f["t"], f["u"], f["mass"], f["rows"], f["tok"]
+        target = torch.nn.functional.one_hot(y, V).to(u.dtype)
+        logp = torch.log_softmax(f["logits"], -1)
+        loss = (logp * target).sum(-1).sum(1).neg_()
+        g = logp.exp_().sub_(target).mul_(scale)  # (S, b, V) d loss / d logits
+        # Head h's share is (u r_P + mass r_E) / D: with gh = g / D,
+        # d/du_j = gh . (r_E[t_j] + r_P[j]) - gh . zl, and d/dscore_j = u_j d/du_j.
+        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(0, f["rows0"], g.view(S * B, V))
+        gh = g[:, None] / f["D"]  # (S, H, b, V)
+        drP = torch.bmm(gh.view(-1, B, V).transpose(1, 2), u.view(-1, B, L))  # (S*H, V, L)
+        drE = mass.transpose(2, 3) @ gh  # (S, H, 5, V)
+        ds = torch.bmm(gh.view(-1, B, V), t["rP"].view(-1, L, V).transpose(1, 2)).view(S, H, B, L)
+        per_kind = gh @ t["rE"].transpose(2, 3) - (gh * f["zl"]).sum(-1, keepdim=True)
+        ds.add_(torch.gather(per_kind, 3, tok)).mul_(u)  # (S, H, b, L) d loss / d score
+        dpos = torch.zeros(S * H * L, L, dtype=g.dtype).index_add_(0, rows, ds.view(-1, L))
+        dtok = torch.zeros(S, H, B, D_VOCAB, dtype=g.dtype).scatter_add_(3, tok, ds)
+        dtok = torch.zeros(S * H * L, D_VOCAB, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, D_VOCAB))
+        return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
+                      "rE": drE, "tok": dtok.view(S, H, L, D_VOCAB), "pos": dpos.view(S, H, L, L)}
+
+    def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor,
+                      buckets: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean cross-entropy per seed (S,) and its gradient for every trainable weight, by hand,
+        on the position path: tokens (S, B, L), EOS positions (S, B), answers y (S, B).
+
+        Per example only exp(score) (H L numbers), five sums of it per head and the logits are
+        formed; the rest are tables per seed (`pos_tables`), differentiated once per step.
+        Each seed's examples are sorted by length and cut into `buckets` runs of similar
+        length, each computed only up to its longest EOS (the positions after EOS are half of
+        a batch). By default 4 runs where the per-example tensors (S, H, B, L) hold a million
+        numbers or more (measured 35% faster at S = 64), else 1 (the ops' fixed costs win).
+        Autograd would record a hundred ops per step; this is what the Trainer runs with a
+        positional embedding. Held to the textbook full L x L forward and to autograd by
+        tests/test_model.py::test_position_path_matches_the_textbook_forward_and_autograd."""
+        w = self.weights
+        E, P, W_U = w["embed.W_E"], w["pos_embed.W_pos"], w["unembed.W_U"]
+        W_Q, W_K, W_V, W_O = (w[ATTN + k] for k in ("W_Q", "W_K", "W_V", "W_O"))
+        S = E.shape[0]
+        tokens = (tokens if tokens.dim() == 3 else tokens[None]).expand(S, -1, -1)
+        eos = (eos if eos.dim() == 2 else eos[None]).expand(S, -1)
+        y = (y if y.dim() == 2 else y[None]).expand(S, -1)
+        B, L = tokens.shape[1:]
+        t = self.pos_tables(L)
+        order = torch.argsort(eos, dim=1, stable=True)
+        tokens = tokens.gather(1, order[..., None].expand(-1, -1, L))
+        eos, y = eos.gather(1, order), y.gather(1, order)
+        loss = torch.zeros(S, dtype=E.dtype)
+        d = {"c0": torch.zeros_like(t["c0"]), "rP": torch.zeros_like(t["rP"]),
+             "rE": torch.zeros_like(t["rE"]), "tok": torch.zeros_like(t["tok"]),
+             "pos": torch.zeros_like(t["pos"])}
+        if buckets is None:
+            buckets = 4 if S * self.cfg.heads * B * L >= 1 << 20 else 1
+        cuts = torch.linspace(0, B, max(1, min(buckets, B)) + 1).round().long().tolist()
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            n = int(eos[:, a:b].max()) + 1  # positions this run needs
+            got, dk = self._pos_examples_grad(t, tokens[:, a:b, :n], eos[:, a:b], y[:, a:b],
+                                              1.0 / B)
+            loss += got
+            d["c0"][:, :n] += dk["c0"]
+            d["rP"][:, :, :n] += dk["rP"]
+            d["rE"] += dk["rE"]
+            d["tok"][:, :, :n] += dk["tok"]
+            d["pos"][:, :, :n, :n] += dk["pos"]
+        loss /= B
+        dc0, drP, drE, dtok, dpos = d["c0"], d["rP"], d["rE"], d["tok"], d["pos"]
+        # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens)
+        q, e = t["q"], self.cfg.d_head_
+        dscores = torch.cat([dtok, dpos], -1)  # (S, H, L, 5 + L)
+        dq = (dscores @ t["k"]) * (1.0 / math.sqrt(e))  # d loss / d (x W_Q + b_Q)
+        dk = dscores.transpose(2, 3) @ q  # (S, H, 5 + L, e)
+        X = t["X"]  # (S, 1, 5 + L, d)
+        dW_Q = t["xq"][:, None].transpose(2, 3) @ dq
+        dxq = (dq @ W_Q.transpose(2, 3)).sum(1)  # (S, L, d)
+        # --- per table: values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U
+        # + b_V M
+        drb = dc0.sum(1)[:, None, None]  # (S, 1, 1, V)
+        M = t["M"]
+        dr = torch.cat([drE, drP], 2)  # (S, H, 5 + L, V)
+        dM = t["v"].transpose(2, 3) @ dr + w[ATTN + "b_V"][..., None] * drb  # (S, H, e, V)
+        dv = dr @ M.transpose(2, 3)  # (S, H, 5 + L, e)
+        XT = X.transpose(2, 3)
+        dW_K, dW_V = XT @ dk, XT @ dv
+        dX = (dk @ W_K.transpose(2, 3) + dv @ W_V.transpose(2, 3)).sum(1)  # (S, 5 + L, d)
+        dE, dP = dX[:, :D_VOCAB], dX[:, D_VOCAB:]
+        dxo = dc0 @ W_U.transpose(1, 2)  # (S, L, d)
+        dW_U = (W_O.transpose(2, 3) @ dM).sum(1) + t["xo"].transpose(1, 2) @ dc0
+        dx = dxq + dxo  # both enter as W_E[EOS] + W_pos[p]
+        dP += dx
+        dE[:, EOS] += dx.sum(1)
+        dW_pos = torch.zeros_like(P)
+        dW_pos[:, :L] = dP
+        grads = {"embed.W_E": dE, "pos_embed.W_pos": dW_pos,
+                 ATTN + "W_Q": dW_Q, ATTN + "W_K": dW_K, ATTN + "W_V": dW_V,
+                 ATTN + "W_O": dM @ W_U[:, None].transpose(2, 3),
+                 ATTN + "b_Q": dq.sum(2), ATTN + "b_V": (drb @ M.transpose(2, 3)).squeeze(2),
+                 ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
+        return loss, grads
+
+    def causal_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits at every position (S, B, L, d_vocab) of tokens (B, L) or (S, B, L): every query
+        row of the causal attention, for training on every position (SPEC 2's `lm_loss`).
+
+        The position path for all rows: with q_i and k_j each a token part plus a position
+        part, score(i, j) = TT[t_i, t_j] + TP[t_i, j] + PT[i, t_j] + PP[i, j], tables of (5, 5),
+        (5, L), (L, 5) and (L, L) per head; the value read into the logits is r_E[t_j] + r_P[j]
+        as on the EOS row. Per example: a row lookup, a gather and two sums per (i, j) and head,
+        no product with a weight matrix. One layer with a positional embedding, no LayerNorm;
+        autograd differentiates it. Held to the textbook full L x L forward and its autograd
+        gradient by tests/test_model.py::test_every_query_row_matches_the_textbook_forward."""
+        if self.cfg.layernorm or self.cfg.pos_embed == "none":
+            raise ValueError("causal_logits needs a positional embedding and no LayerNorm")
+        w = self.weights
+        E = w["embed.W_E"]
+        S, H, e, V = E.shape[0], self.cfg.heads, self.cfg.d_head_, D_VOCAB
+        tokens = (tokens if tokens.dim() == 3 else tokens[None]).expand(S, -1, -1)
+        B, L = tokens.shape[1:]
+        if L > self.cfg.n_ctx:
+            raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
+        P = w["pos_embed.W_pos"][:, :L]
+        W_Q, W_K, W_V = w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]
+        scale = 1.0 / math.sqrt(e)
+        qE = (E[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * scale  # (S, H, 5, e)
+        qP = (P[:, None] @ W_Q) * scale  # (S, H, L, e)
+        kE = E[:, None] @ W_K + w[ATTN + "b_K"][:, :, None]  # (S, H, 5, e)
+        kP = P[:, None] @ W_K  # (S, H, L, e)
+        TT, TP = qE @ kE.transpose(2, 3), qE @ kP.transpose(2, 3)  # (S, H, 5, 5), (S, H, 5, L)
+        PT, PP = qP @ kE.transpose(2, 3), qP @ kP.transpose(2, 3)  # (S, H, L, 5), (S, H, L, L)
+        ti = tokens[:, None]  # (S, 1, B, L): the query's token
+        seeds, heads = torch.arange(S).view(S, 1, 1, 1), torch.arange(H).view(1, H, 1, 1)
+        # per query i: its row over key kinds (PT[i] + TT[t_i]) and over key positions
+        by_kind = PT[:, :, None] + TT[seeds, heads, ti]  # (S, H, B, L, 5)
+        by_pos = PP[:, :, None] + TP[seeds, heads, ti]  # (S, H, B, L, L)
+        tj = tokens[:, None, :, None, :].expand(S, H, B, L, L)  # the key's token
+        scores = by_pos + torch.gather(by_kind, 4, tj)
+        scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
+        a = torch.softmax(scores, -1)  # (S, H, B, L(i), L(j))
+        M = w[ATTN + "W_O"] @ w["unembed.W_U"][:, None]  # (S, H, e, V)
+        rE = (E[:, None] @ W_V + w[ATTN + "b_V"][:, :, None]) @ M  # (S, H, 5, V); sum_j a = 1
+        rP = (P[:, None] @ W_V) @ M  # (S, H, L, V)
+        mass = torch.zeros(S, H, B, L, D_VOCAB, dtype=a.dtype).scatter_add(4, tj, a)
+        heads_out = (mass.flatten(2, 3) @ rE + a.flatten(2, 3) @ rP).view(S, H, B, L, V).sum(1)
+        x = E[torch.arange(S).view(S, 1, 1), tokens] + P[:, None]  # (S, B, L, d)
+        base = (x + w[ATTN + "b_O"][:, None, None]) @ w["unembed.W_U"][:, None]
+        return base + w["unembed.b_U"][:, None, None] + heads_out
+
+    def _pos_run(self, batch: Batch) -> PosCache:
+        """`run` on the position path: a PosCache, from the tables. Held to the slots forward
+        by tests/test_model.py::test_position_paths_run_matches_the_reference_slots_forward."""
+        return PosCache(self, batch)
 
     def run(self, batch: Batch, force_tokens: bool = False,
             attn_override: torch.Tensor | None = None) -> Cache:
@@ -341,6 +616,15 @@ class Model:
         attn_override (S, B or 1, H, K), if given, replaces exp(score) per occurrence: the
         pattern becomes mult * override / sum (the intervention of SPEC 5).
         """
+        if (attn_override is None and self.cfg.pos_embed != "none" and not self.cfg.layernorm
+                and batch.tokens is not None):
+            return self._pos_run(batch)
+        return self.reference_run(batch, force_tokens, attn_override)
+
+    def reference_run(self, batch: Batch, force_tokens: bool = False,
+                      attn_override: torch.Tensor | None = None) -> Cache:
+        """`run` over slots, keys and values computed from each slot's input: the reference
+        forward every option shares (LayerNorm and the interventions' attn_override use it)."""
         x_eos, x, mult, kinds = self.slots(batch, force_tokens)
         w = self.weights
         v, scores = self._qkv(self._ln(x_eos, "blocks.0.ln1"), self._ln(x, "blocks.0.ln1"))
@@ -367,4 +651,10 @@ class Model:
                 + w["unembed.b_U"][:, None])
 
 
-__all__ = ["Model", "Cache", "weight_shapes", "init_weights", "BOS", "EOS"]
+def _rows(table: torch.Tensor, rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Row rows[i] of a table seen as rows of its last axis, for every i, viewed as `shape`: an
+    embedding lookup (several times faster than index_select or indexing for these rows)."""
+    return torch.nn.functional.embedding(rows, table.reshape(-1, shape[-1])).view(shape)
+
+
+__all__ = ["Model", "Cache", "PosCache", "weight_shapes", "init_weights", "BOS", "EOS"]

@@ -12,6 +12,7 @@ import ctypes
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -85,11 +86,12 @@ class Trainer:
 
     The trainable weights are views of one flat tensor, with the optimiser's moments beside it,
     so an update is a handful of whole-tensor ops however many weights there are (the arithmetic
-    is torch's AdamW or SGD, op for op: test_trainer_is_the_torch_optimiser_bit_for_bit). On the
-    count path without LayerNorm the gradient is written by hand (`Model.count_loss_grad`) and a
-    batch is a row lookup per example in a per-triple table; elsewhere autograd differentiates the
-    model on token batches. `model`'s trainable weights become views of the flat tensor, so it
-    sees every update; `weights()` copies them.
+    is torch's AdamW or SGD, op for op: test_trainer_is_the_torch_optimiser_bit_for_bit). Without
+    LayerNorm the gradient is written by hand: on the count path (`Model.count_loss_grad`) a batch
+    is a row lookup per example in a per-triple table; with a positional embedding
+    (`Model.pos_loss_grad`, the position path) it is a token batch. With LayerNorm autograd
+    differentiates the model on token batches. `model`'s trainable weights become views of the
+    flat tensor, so it sees every update; `weights()` copies them.
     """
 
     def __init__(self, cfg: Config, model: Model, betas=(0.9, 0.999), eps: float = 1e-8):
@@ -99,10 +101,13 @@ class Trainer:
         self._views(self.flat, model.weights)
         self.moments = {m: torch.zeros_like(self.flat) for m in MOMENTS[cfg.optimizer]}
         self.t = 0  # optimiser steps taken
-        self.by_hand = cfg.count_path and not cfg.layernorm
-        if self.by_hand:
+        self.by_hand = not cfg.layernorm
+        if self.by_hand and cfg.count_path:
             self.table = _triple_table(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
+        if self.by_hand:
             _keep_freed_memory()
+        self.prefetch = self.by_hand and not cfg.count_path
+        self._next: tuple[int, tuple[int, ...], Future] | None = None  # (step, seeds, batch)
 
     def _views(self, flat: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fill `out` with each trainable weight's view of a flat tensor."""
@@ -117,6 +122,10 @@ class Trainer:
     def loss_grad(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each seed's loss on its batch at `step` (S,) and the flat gradient of their sum."""
         seeds = self.model.seeds
+        if self.by_hand and not self.cfg.count_path:
+            batch = self._token_batch(step)
+            loss, grads = self.model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
+            return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand:
             idx = torch.from_numpy(training_indices(self.cfg, seeds, step)).view(-1)
             rows = self.table.index_select(1, idx).view(2, D_VOCAB, len(seeds), -1)
@@ -127,6 +136,20 @@ class Trainer:
         loss = loss_per_seed(Model(self.cfg, self.model.weights | leaves, seeds), self.cfg, step)
         grads = torch.autograd.grad(loss.sum(), [leaves[k] for k in self.names])
         return loss.detach(), torch.cat([g.reshape(-1) for g in grads])
+
+    def _token_batch(self, step: int):
+        """The batch of `step`; with `prefetch`, the batch of step + 1 is made meanwhile on a
+        second thread (numpy releases the GIL in its array loops), so the position path's
+        token arrangement, which alone costs several count-path steps at S = 64, overlaps the
+        gradient. A batch is a pure function of (seeds, step): prefetching changes no number."""
+        seeds = tuple(self.model.seeds)
+        ahead, self._next = self._next, None
+        batch = (ahead[2].result() if ahead is not None and ahead[:2] == (step, seeds)
+                 else training_batch(self.cfg, list(seeds), step))
+        if self.prefetch:
+            self._next = (step + 1, seeds, _prefetcher().submit(training_batch, self.cfg,
+                                                                list(seeds), step + 1))
+        return batch
 
     def step(self, step: int) -> torch.Tensor:
         """Train on the batch of `step`; returns each seed's loss before the update. (S,)."""
@@ -198,6 +221,12 @@ class Trainer:
         self.t = step
 
 
+@lru_cache(maxsize=1)
+def _prefetcher() -> ThreadPoolExecutor:
+    """One worker thread for every Trainer of the process: batches are made one at a time."""
+    return ThreadPoolExecutor(1, thread_name_prefix="count01-batches")
+
+
 @lru_cache(maxsize=8)
 def _triple_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -> torch.Tensor:
     """Per count triple of the training law: the multiplicities of 0, 1, 2, EOS and BOS, then
@@ -211,7 +240,8 @@ def _triple_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -> 
 def _keep_freed_memory() -> None:
     """Let glibc keep 64 MB of freed heap at the top instead of returning it to the OS: a step
     frees a few MB of temporaries, and faulting those pages back in at the next step cost about
-    a quarter of the step at S = 64 (~950 page faults per step). A no-op without glibc."""
+    a quarter of the step at S = 64 (~950 page faults per step) on the count path, 6% on the
+    position path. A no-op without glibc."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(-2, 64 << 20)  # M_TOP_PAD
     except (OSError, AttributeError):
