@@ -37,7 +37,7 @@ def test_the_bos_head_attends_only_to_bos():
     assert row["mass_bos"] > 1 - 1e-6
 
 
-@pytest.mark.parametrize("rule", list(C.RULE_CONTROLS) + ["4"])
+@pytest.mark.parametrize("rule", list(C.RULE_CONTROLS) + ["4", "5"])
 def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hold(rule):
     positive, negative = C.rule_controls()[rule]
     status = V.RULE_FUNCTIONS[rule][1]

@@ -331,7 +331,7 @@ def test_report_has_every_section_with_its_verdict(run):
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in page
     got = json.loads((run / "verdicts.json").read_text())
-    assert [v["question"] for v in got] == [1, 2, 3, 4]
+    assert [v["question"] for v in got] == [1, 2, 3, 4, 5]
     for v in got:
         assert v["status"] in V.STATUSES
         assert v["rule_version"] == V.VERSIONS[v["question"]]
@@ -433,3 +433,27 @@ def test_q4_numbers_name_minimal_head_set_sizes_from_a_saved_table():
                                                  "n_runs": 8}])]).astype({"size": "Float64"})
     text = dict(V.q4(table, minimal).numbers)
     assert "1 head: 7, 2 heads: 1" in text["heads = 1"] and "no set: 8" in text["heads = 2"]
+
+
+def labour(rows: list[tuple[int, int, int, int]]) -> pd.DataFrame:
+    """Noise conditions with (pseudo-ensemble, divided, mixed, unsolved) seeds each."""
+    return pd.DataFrame([{"config_id": f"noise={i}", "configuration": f"noise={i}",
+                          "n_runs": sum(r), "n_pseudo_ensemble": r[0], "n_divided": r[1],
+                          "n_mixed": r[2], "n_unsolved": r[3]} for i, r in enumerate(rows)])
+
+
+def test_q5_holds_when_the_division_of_labour_differs_between_noise_conditions():
+    v = V.q5(labour([(30, 2, 0, 0), (8, 24, 0, 0)]))
+    assert v.status == V.HELD
+    assert "pseudo-ensemble share runs from 8/32 at noise=1 to 30/32 at noise=0" in v.finding
+
+
+def test_q5_does_not_hold_when_one_class_dominates_every_condition():
+    assert V.q5(labour([(32, 0, 0, 0), (31, 0, 1, 0), (30, 1, 0, 1)])).status == V.NOT_HELD
+
+
+@pytest.mark.parametrize("rows", [[(6, 0, 0, 0), (7, 0, 0, 0)],  # too few seeds
+                                  [(20, 12, 0, 0), (18, 14, 0, 0)],  # overlapping, not dominant
+                                  [(32, 0, 0, 0)]])  # one condition
+def test_q5_is_inconclusive_on_thin_or_undecided_evidence(rows):
+    assert V.q5(labour(rows)).status == V.INCONCLUSIVE

@@ -17,7 +17,7 @@ from count01.study import STAGES, StudyError, make_plan, reproduce
 
 TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,
             eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12, path_seeds=2,
-            path_grid={"lr": [1e-2, 1e-5]})
+            path_grid={"lr": [1e-2, 1e-5]}, noise_grid={"noise": [0.25, 0.5]})
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,11 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     assert (study / "sweep" / "results.csv").exists()
     assert (study / "sweep" / "paths" / "paths.json").exists()
     assert read_json(study / "training_path" / "paths" / "paths.json")["n_runs"] == 2 * 2
+    labour = (study / "noise" / "paths" / "labour.csv").read_text().splitlines()
+    assert len(labour) == 1 + 2  # a row per noise condition
+    q5 = read_json(study / "verdicts.json")[4]
+    assert q5["question"] == 5 and q5["status"] == "inconclusive"  # 2 seeds per condition
+    assert q5["controls"] == {"positive": "held", "negative": "did not hold"}
     page = (study / "report.html").read_text()
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in page
@@ -69,7 +74,7 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     imgs = re.findall(r'<img src="([^"]+)"', page)
     assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
     verdicts = read_json(study / "verdicts.json")
-    assert [v["question"] for v in verdicts] == [1, 2, 3, 4]
+    assert [v["question"] for v in verdicts] == [1, 2, 3, 4, 5]
     assert all(v["status"] != "not measured" for v in verdicts)
     assert "2 seeds each" in page and "quick" in page
     assert "scikit-learn" in page and "matplotlib" in page  # the versions the numbers came from
@@ -89,7 +94,7 @@ def test_the_study_report_renders_in_a_browser_with_every_figure(study, browser,
 def test_summary_gives_each_finding_in_at_most_three_sentences(study):
     md = (study / "report.md").read_text()
     bullets = [line for line in md.split("## Q1.")[0].splitlines() if line.startswith("- **")]
-    assert len(bullets) == 4
+    assert len(bullets) == 5
     for b in bullets:
         text = b.split("). ", 1)[1]  # after "**Finding 1, the semantics** (held)"
         assert 1 <= len(re.split(r"(?<=\.)\s+(?=[A-Z])", text)) <= 3, b
@@ -134,6 +139,9 @@ def test_report_rebuilds_from_a_study_or_its_sweep_without_training(study, tmp_p
     assert "Q4: " in capsys.readouterr().out
     assert (tmp_path / "report.html").exists() and (tmp_path / "report.md").exists()
     sweep_report = build_report(study / "sweep", tmp_path / "from_sweep")
-    assert sweep_report.verdicts == {v["question"]: v["status"] for v in
-                                     json.loads((study / "verdicts.json").read_text())}
+    study_verdicts = {v["question"]: v["status"] for v in
+                      json.loads((study / "verdicts.json").read_text())}
+    for q in (1, 2, 3):  # the same analysed run; questions 4 and 5 read the study's own sweeps
+        assert sweep_report.verdicts[q] == study_verdicts[q]
+    assert sweep_report.verdicts[5] == "not measured"
     assert [p.stat().st_mtime_ns for p in weights] == stamps  # nothing was trained again

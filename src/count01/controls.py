@@ -180,8 +180,25 @@ def training_paths(failures: tuple[int, ...], runs: int = RUNS) -> Evidence:
     return Evidence(success=pd.DataFrame(rows), minimal=pd.DataFrame(minimal))
 
 
+def noise_benchmark(labours: tuple[str, ...], runs: int = RUNS) -> Evidence:
+    """Question 5's control: labour tables of noise conditions whose `runs` seeds all divide the
+    labour as given, one condition per entry. Like question 4's, it is about training, which no
+    hand-built model has, so its controls are tables whose answers are known."""
+    from .aggregation import LABOURS
+
+    rows = [{"config_id": f"noise={i}", "configuration": f"noise={i}", "n_runs": runs}
+            | {f"n_{name.replace('-', '_')}": runs * (name == labour) for name in LABOURS}
+            for i, labour in enumerate(labours)]
+    return Evidence(labour=pd.DataFrame(rows))
+
+
+# question 5: the labour of every seed per condition, positive (it changes) and negative control
+Q5_LABOURS = (("pseudo-ensemble", "divided"), ("pseudo-ensemble", "pseudo-ensemble"))
+
+
 def rule_controls() -> dict[str, tuple[Evidence, Evidence]]:
     """rule -> (positive, negative) control evidence, for `verdicts.judge`."""
     out = {k: tuple(Evidence(control_tables(name)) for name in pair)
            for k, pair in RULE_CONTROLS.items()}
-    return out | {"4": tuple(training_paths(f) for f in Q4_FAILURES)}
+    return out | {"4": tuple(training_paths(f) for f in Q4_FAILURES),
+                  "5": tuple(noise_benchmark(labours) for labours in Q5_LABOURS)}

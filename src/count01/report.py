@@ -42,7 +42,7 @@ from .runs import atomic_write, load_config, read_json, write_json
 if TYPE_CHECKING:
     from .sweeps import Point, Sweep
 
-SECTIONS = ("summary", "q1", "q2", "q3", "q4", "methods")
+SECTIONS = ("summary", "q1", "q2", "q3", "q4", "q5", "methods")
 ANALYSIS_TABLES = ("model", "heads", "aggregation", "value_swap", "intervention",
                    "minimal_heads", "alpha", "ideal_intervention")
 PREFERRED_HEADS = 4  # in a sweep, the configuration analysed in depth if it has an analysis
@@ -105,6 +105,8 @@ class Evidence:
     minimal: pd.DataFrame | None = None  # minimal head-set sizes (`paths.minimal_heads_table`)
     grid: list[str] = field(default_factory=list)  # that sweep's grid fields
     path_tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # its paths/*.csv
+    noise_dir: Path | None = None  # a study's noise benchmark (question 5), with its paths/
+    labour: pd.DataFrame | None = None  # its paths/labour.csv, one row per noise condition
     sweep_runs: pd.DataFrame | None = None  # results: one row per (configuration, seed)
     sweep_heads: pd.DataFrame | None = None  # heads: one row per (run, set, head)
     train_seconds: dict[str, float] = field(default_factory=dict)  # per configuration
@@ -121,6 +123,8 @@ def collect(root: str | Path) -> Evidence:
         _add_sweep(ev, root / "sweep")
         if (root / "training_path" / "sweep.json").exists():
             _add_paths(ev, root / "training_path")
+        if (root / "noise" / "paths" / "labour.csv").exists():
+            _add_noise(ev, root / "noise")
         run = study.get("analysed_run")
         _add_run(ev, root / run if run else _pick_run(ev))
     elif (root / "sweep.json").exists():
@@ -178,6 +182,17 @@ def _add_paths(ev: Evidence, sweep_dir: Path, tables: dict[str, pd.DataFrame] | 
             ev.path_tables[name] = pd.read_csv(sweep_dir / "paths" / f"{name}.csv")
 
 
+def _add_noise(ev: Evidence, noise_dir: Path) -> None:
+    """Question 5's evidence: the noise benchmark's labour table, labelled by its grid."""
+    from .sweeps import read_sweep
+
+    grid = list(read_sweep(noise_dir).grid)
+    labour = pd.read_csv(noise_dir / "paths" / "labour.csv")
+    labour.insert(1, "configuration", [", ".join(f"{k}={r[k]}" for k in grid)
+                                       for _, r in labour.iterrows()])
+    ev.noise_dir, ev.labour = noise_dir, labour
+
+
 def _pick_run(ev: Evidence) -> Path | None:
     """The sweep's analysed run: heads = 4 if analysed, else the first analysed one."""
     if ev.sweep_dir is None:
@@ -214,7 +229,7 @@ def judge(ev: Evidence) -> dict[int, V.Verdict]:
 
     tables = dict(ev.tables) if ev.analysis else {}
     label = "configuration" if len(ev.grid) > 1 else (ev.grid[0] if ev.grid else "config_id")
-    got = V.judge(V.Evidence(tables, ev.success, ev.minimal, label), rule_controls())
+    got = V.judge(V.Evidence(tables, ev.success, ev.minimal, label, ev.labour), rule_controls())
     return {v.question: v for v in got}
 
 
@@ -269,6 +284,17 @@ def _path_figs(ev: Evidence) -> list[Block]:
         else:
             blocks.append(f"(Figure `{f.path.name}` was not found in `{_rel(d, ev.root)}`.)")
     return blocks
+
+
+def _noise_figs(ev: Evidence) -> list[Block]:
+    if ev.noise_dir is None:
+        return []
+    d = ev.noise_dir / "paths"
+    return [Figure(d / "labour.png", "How the heads divide the labour under each noise "
+                   "condition: the share of seeds that are pseudo-ensembles (each head alone "
+                   "suffices), divided (the minimal head set has two or more heads), mixed, or "
+                   "unsolved.")] if (d / "labour.png").exists() else [
+        f"(Figure `labour.png` was not found in `{_rel(d, ev.root)}`.)"]
 
 
 def _path_tables(ev: Evidence) -> list[Block]:
@@ -359,9 +385,9 @@ def summary_section(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: P
                              "each sub-claim of question 3) with one threshold varied at a time, "
                              "x = the factor applied to the default (1 = the rule as written)."))
     items = [_finding_semantics(v[1], t), _finding_aggregation(v[2], t),
-             _finding_mechanism(v[3]), _finding_risk(v[4], ev)]
+             _finding_mechanism(v[3]), _finding_risk(v[4], ev), _finding_noise(v[5])]
     labels = ["Finding 1, the semantics", "Finding 2, the syntax", "Finding 3, the mechanism",
-              "The risk, the training path"]
+              "The risk, the training path", "Finding 5, other noise"]
     blocks.append(Bullets([f"**{label}** ({v[q].status}). {text}"
                            for q, (label, text) in enumerate(zip(labels, items), 1)]))
     return Section("summary", "Summary: is this approach worth investing in?", blocks)
@@ -436,6 +462,18 @@ def _finding_mechanism(v: V.Verdict) -> str:
               V.INCONCLUSIVE: "For model design: the parts that could be decided agree, but not "
                               "every part could be; do not rely on the mechanism yet."}[v.status]
     return f"{v.finding} {parts} {design}"
+
+
+def _finding_noise(v: V.Verdict) -> str:
+    if v.status == V.NOT_MEASURED:
+        return "Not measured: no noise benchmark was saved (a study's `noise/` sweep)."
+    design = {V.HELD: "For model design: how the heads share the count depends on the noise the "
+                      "model is trained on; re-check it for the noise you expect",
+              V.NOT_HELD: "For model design: the heads share the count the same way under every "
+                          "noise condition measured",
+              V.INCONCLUSIVE: "For model design: too few seeds per condition, or shares too close "
+                              "to their threshold, to say whether the noise changes it"}[v.status]
+    return f"{v.finding} {design}."
 
 
 def _finding_risk(v: V.Verdict, ev: Evidence) -> str:
@@ -532,6 +570,7 @@ def question_section(ev: Evidence, v: V.Verdict) -> Section:
                        "which can tell attention from values; above the diagonal, the hybrid "
                        "scores closer to the head that gave its attention.")]),
         4: _path_figs(ev),
+        5: _noise_figs(ev),
     }[v.question]
     if not figs:
         blocks.append("(No figure was saved for this question.)")
@@ -589,7 +628,7 @@ def methods_section(ev: Evidence) -> Section:
              "trajectories from the saved checkpoints, and the smallest head set keeping hard "
              "l-acc >= 0.99 once alpha is refitted. Value swap: a head keeps its attention "
              "pattern and takes another head's W_V, b_V, W_O (and the reverse); s-acc refitted.")
-    from .controls import Q4_FAILURES, RULE_CONTROLS, RUNS, SEEDS
+    from .controls import Q4_FAILURES, Q5_LABOURS, RULE_CONTROLS, RUNS, SEEDS
 
     b.append("**Verdict rules** (thresholds are constants in `count01/verdicts.py`; each rule "
              "is versioned, its history in the question's section):")
@@ -600,7 +639,9 @@ def methods_section(ev: Evidence) -> Section:
                  f"rule {k}: positive `{p}`, negative `{n}`"
                  for k, (p, n) in RULE_CONTROLS.items()) + "; rule 4: failures per configuration "
              + ", ".join(f"{side} {f}" for side, f in zip(("positive", "negative"), Q4_FAILURES))
-             + ".")
+             + "; rule 5: every seed's labour per noise condition, "
+             + ", ".join(f"{side} {' / '.join(x)}" for side, x in zip(("positive", "negative"),
+                                                                      Q5_LABOURS)) + ".")
     if ev.sweep:
         sw = ev.sweep.to_dict()
         grid = "; ".join(f"{k} in {', '.join(map(str, x))}" for k, x in sw["grid"].items())
@@ -669,7 +710,7 @@ def _time_table(ev: Evidence) -> Table:
 def build_document(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: Path | None = None
                    ) -> tuple[str, list[Section]]:
     sections = [summary_section(ev, v, sensitivity_figure)] + [
-        question_section(ev, v[q]) for q in (1, 2, 3, 4)]
+        question_section(ev, v[q]) for q in sorted(v)]
     return "count01 report: do attention heads compete or cooperate?", sections + [
         methods_section(ev)]
 

@@ -4,11 +4,13 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
     1. sweep          heads 1, 2, 4, 8 x many seeds (each head count one batched run, `sweeps`)
     2. training_path  the training-path grid of question 4 (`PATH_GRIDS`): head count x
                       optimiser x init_scale x learning rate, many seeds each
-    3. paths          training-path analysis of both sweeps (`paths`): success and ideal rates,
-                      phase diagrams, trajectories, minimal head sets, early predictors, restarts
-    4. analysis       the default 4-head configuration of the sweep, every seed (`analysis`):
+    3. noise          question 5's noise benchmark (`NOISE_GRIDS`): the analysed configuration
+                      under noise rates x noise patterns x p_one, many seeds each
+    4. paths          training-path analysis of every sweep (`paths`): success and ideal rates,
+                      phase diagrams, trajectories, minimal head sets, the division of labour
+    5. analysis       the default 4-head configuration of the sweep, every seed (`analysis`):
                       head metrics, attention interventions, aggregation, value swap
-    5. report         report.html and report.md from the saved results (`report`)
+    6. report         report.html and report.md from the saved results (`report`)
 Full mode trains 32 seeds per head count for the default 3000 steps and intervenes on a 25 x 25
 grid; quick mode trains 8 seeds for 1000 steps and uses a 13 x 13 grid (every seed of the default
 config has reached hard l-acc 1.0 by step 500 in our runs, so quick mode still measures trained
@@ -19,10 +21,11 @@ rates from 0/32 (init_scale 10, and SGD at lr 1e-3 from init_scale 0.3) to 32/32
 
 OUT holds study.json (the plan, versions, the analysed run, and every finished stage with its
 time), sweep/ (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/
-with its analysis/), training_path/ (the grid's sweep directory, with its paths/), report.html,
-report.md, verdicts.json and sensitivity.csv/.png. A stage is recorded only once it has finished,
-so re-running the same command skips finished stages and resumes the sweep where it stopped; a
-study directory holds one plan (another plan there is refused).
+with its analysis/), training_path/ and noise/ (the sweep directories of questions 4 and 5, with
+their paths/), report.html, report.md, verdicts.json and sensitivity.csv/.png. A stage is
+recorded only once it has finished, so re-running the same command skips finished stages and
+resumes the sweep where it stopped; a study directory holds one plan (another plan there is
+refused).
 """
 
 from __future__ import annotations
@@ -40,12 +43,16 @@ from .report import build_report, software_versions
 from .runs import locked, read_json, remove_leftovers, write_json
 
 FORMAT = "count01-study/1"
-STAGES = ("sweep", "training_path", "paths", "analysis", "report")
+STAGES = ("sweep", "training_path", "noise", "paths", "analysis", "report")
 ANALYSED_HEADS = 4  # SPEC's default model: its configuration of the sweep is analysed in depth
 BASE = {"d_head": 4}  # every head as wide as in the default model, whatever the head count
 MODES = {  # seeds per head count, intervention grid, Config fields that differ from the defaults
     "full": {"seeds": 32, "grid_size": 25, "base": {"steps": 3000, "checkpoint_every": 250}},
     "quick": {"seeds": 8, "grid_size": 13, "base": {"steps": 1000, "checkpoint_every": 200}},
+}
+NOISE_GRIDS = {  # question 5's noise conditions (SPEC 2), for the analysed head count
+    "full": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"], "p_one": [0.5, 0.7]},
+    "quick": {"noise": [0.25, 0.5], "noise_pattern": ["iid", "bursty"]},
 }
 PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config fields, grid
     "full": {"seeds": 32, "base": {"steps": 1500, "checkpoint_every": 250},
@@ -72,6 +79,7 @@ class Plan:
     path_seeds: int = 32  # question 4's training-path grid: seeds per configuration,
     path_base: dict[str, Any] = field(default_factory=dict)  # its Config fields
     path_grid: dict[str, list] = field(default_factory=dict)  # and its grid
+    noise_grid: dict[str, list] = field(default_factory=dict)  # question 5's noise conditions
 
     @property
     def analysed_heads(self) -> int:
@@ -83,6 +91,11 @@ class Plan:
     def path_sweep_dict(self) -> dict[str, Any]:
         return {"seeds": self.path_seeds, "base": dict(self.path_base),
                 "grid": {k: list(v) for k, v in self.path_grid.items()}}
+
+    def noise_sweep_dict(self) -> dict[str, Any]:
+        """The analysed configuration (its seeds and Config fields) under every noise condition."""
+        return {"seeds": self.seeds, "base": dict(self.base) | {"heads": self.analysed_heads},
+                "grid": {k: list(v) for k, v in self.noise_grid.items()}}
 
     def config(self, heads: int) -> Config:
         return Config.from_dict(self.base | {"heads": heads, "n_seeds": self.seeds},
@@ -98,7 +111,8 @@ class Plan:
 
 def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, ...] | None = None,
               grid_size: int | None = None, path_seeds: int | None = None,
-              path_grid: dict[str, list] | None = None, **config: Any) -> Plan:
+              path_grid: dict[str, list] | None = None, noise_grid: dict[str, list] | None = None,
+              **config: Any) -> Plan:
     """The default study of a mode; the other arguments shrink or change it (tests use a tiny
     one). `config` holds Config fields for every configuration of both sweeps (e.g. steps=60,
     eval_size=512)."""
@@ -113,13 +127,15 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
                 grid_size=mode["grid_size"] if grid_size is None else grid_size,
                 path_seeds=path["seeds"] if path_seeds is None else path_seeds,
                 path_base=BASE | path["base"] | config,
-                path_grid=path["grid"] if path_grid is None else path_grid)
+                path_grid=path["grid"] if path_grid is None else path_grid,
+                noise_grid=NOISE_GRIDS[name] if noise_grid is None else noise_grid)
     if plan.seeds < 1 or not plan.heads or plan.path_seeds < 1:
         raise StudyError(f"a study needs seeds >= 1 and some head counts: {plan}")
     default_grid(plan.grid_size)
     for h in plan.heads:
         plan.config(h)  # every configuration is valid before anything trains
     Sweep.from_dict(plan.path_sweep_dict(), source="study plan (training path)")
+    Sweep.from_dict(plan.noise_sweep_dict(), source="study plan (noise benchmark)")
     return plan
 
 
@@ -200,7 +216,9 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], workers: int | None
                                    workers=workers, log=log),
         "training_path": lambda: run_sweep(Sweep.from_dict(plan.path_sweep_dict()),
                                            out / "training_path", workers=workers, log=log),
-        "paths": lambda: (analyse_paths(out / "sweep"), analyse_paths(out / "training_path")),
+        "noise": lambda: run_sweep(Sweep.from_dict(plan.noise_sweep_dict()), out / "noise",
+                                   workers=workers, log=log),
+        "paths": lambda: [analyse_paths(out / d) for d in ("sweep", "training_path", "noise")],
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "report": lambda: build_report(out),
     }

@@ -58,7 +58,7 @@ FACTORS = np.geomspace(0.5, 2.0, 17)
 SENSITIVITY_RANGE = ("each threshold x0.5 to x2 in 17 log-spaced steps (of its distance from 1 "
                      "for accuracies, AUC and the share 'most'; of its logarithm for w01_factor)")
 # the fewest informative units a rule decides on
-MIN_UNITS = {"1": 8, "2": 8, "3a": 8, "3b": 8, "3c": 8, "4": 8}
+MIN_UNITS = {"1": 8, "2": 8, "3a": 8, "3b": 8, "3c": 8, "4": 8, "5": 8}
 MIN_SWAP_SEEDS = 3  # informative hybrids must come from at least this many seeds
 
 # question -> versions: (version, when, changed after results were seen (None: not recorded),
@@ -88,6 +88,9 @@ HISTORY: dict[int, list[tuple[int, str, bool | None, str]]] = {
          "missing the ideal solution (SPEC 4) counts like failing: held also if some "
          "configuration misses it in more than 5% of its seeds, or the ideal rates of the best "
          "and the worst configuration have disjoint intervals; the regimes are named")],
+    5: [(1, "issue #15, before the noise benchmark was run", False, "first version: the "
+         "shares of pseudo-ensemble and of divided seeds per noise condition, with Wilson 95% "
+         "intervals")],
 }
 VERSIONS = {q: h[-1][0] for q, h in HISTORY.items()}
 
@@ -691,7 +694,58 @@ def _nan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x)) or pd.isna(x)
 
 
-RULES = {1: Q1_RULE, 2: Q2_RULE, 3: Q3_RULE, 4: Q4_RULE}
+# --- Q5: the division of labour under other noise conditions -------------------------------------
+
+LABOUR_SHARES = ("pseudo_ensemble", "divided")  # the classes whose shares the rule compares
+Q5_RULE = ("Per noise condition, the solved seeds (some head set, alpha refitted, keeps "
+           f"l-acc >= {SUCCESS_L_ACC} on `{SET}`) are classed by SPEC 4's division of labour: "
+           "pseudo-ensemble (each head alone suffices), divided (the minimal head set has >= 2 "
+           "heads) or mixed; the shares of pseudo-ensemble and of divided seeds get Wilson 95% "
+           "intervals. Held (the division of labour changes with the noise condition) if, for "
+           "either share, the intervals of two conditions do not overlap. Did not hold if one "
+           f"class holds >= {MOST:.0%} of the solved seeds in every condition (every interval's "
+           "lower end at or above it). Inconclusive otherwise, or with fewer than "
+           f"{MIN_UNITS['5']} solved seeds in a condition or fewer than two conditions.")
+Q5_TITLE = ("The division of labour under other noise conditions: do the heads keep sharing the "
+            "count, or do they start to specialise?")
+
+
+def q5(labour: pd.DataFrame | None, label: str = "configuration",
+       t: Mapping[str, float] = THRESHOLDS) -> Verdict:
+    """labour: one row per noise condition (`paths.labour_table`: n_pseudo_ensemble,
+    n_divided, n_mixed, n_unsolved, n_runs and the condition's <label>)."""
+    if labour is None or labour.empty:
+        return Verdict(5, Q5_TITLE, NOT_MEASURED, Q5_RULE, "No noise benchmark was found.")
+    names = [_config_name(r[label], label) if label in r else str(r["config_id"])
+             for _, r in labour.iterrows()]
+    solved = (labour["n_runs"] - labour["n_unsolved"]).to_numpy()
+    counts = {c: labour[f"n_{c}"].to_numpy() for c in (*LABOUR_SHARES, "mixed")}
+    ci = {c: np.stack([np.asarray(x, dtype=float) for x in wilson(counts[c], solved)])
+          for c in counts}
+    enough = len(labour) >= 2 and bool((solved >= MIN_UNITS["5"]).all())
+    changes = [c for c in LABOUR_SHARES if ci[c][1].min() < ci[c][0].max()]
+    steady = [c for c in counts if (ci[c][0] >= t["most"]).all()]
+    status = (HELD if enough and changes else NOT_HELD if enough and steady else INCONCLUSIVE)
+    share_of = {c: counts[c].sum() / max(solved.sum(), 1) for c in counts}
+    finding = (f"Over {len(labour)} noise conditions, {int(solved.sum())} of "
+               f"{int(labour['n_runs'].sum())} seeds were solved: "
+               + ", ".join(f"{share_of[c]:.0%} {c.replace('_', '-')}" for c in counts) + ".")
+    if changes:
+        c = changes[0]
+        lo, hi = int(np.argmin(counts[c] / np.maximum(solved, 1))), int(
+            np.argmax(counts[c] / np.maximum(solved, 1)))
+        finding += (f" The {c.replace('_', '-')} share runs from {counts[c][lo]}/{solved[lo]} "
+                    f"at {names[lo]} to {counts[c][hi]}/{solved[hi]} at {names[hi]}.")
+    numbers = [(nm, f"{int(solved[i])} solved of {int(labour['n_runs'].iloc[i])}: "
+                + ", ".join(f"{c.replace('_', '-')} {int(counts[c][i])} ({ci[c][0, i]:.2f}-"
+                            f"{ci[c][1, i]:.2f})" for c in counts))
+               for i, nm in enumerate(names)]
+    numbers.append(("shares that differ between conditions (intervals disjoint)",
+                    ", ".join(c.replace("_", "-") for c in changes) or "none"))
+    return Verdict(5, Q5_TITLE, status, Q5_RULE, finding, numbers)
+
+
+RULES = {1: Q1_RULE, 2: Q2_RULE, 3: Q3_RULE, 4: Q4_RULE, 5: Q5_RULE}
 
 
 # --- controls, sensitivity, and every verdict at once ----------------------------------------
@@ -705,6 +759,8 @@ class Evidence:
     success: pd.DataFrame | None = None
     minimal: pd.DataFrame | None = None
     label: str = "heads"
+    labour: pd.DataFrame | None = None  # the noise benchmark's `paths.labour_table`
+    labour_label: str = "configuration"
 
 
 def _run_q3(e: Evidence, t: Mapping[str, float]) -> Verdict:
@@ -739,6 +795,7 @@ RULE_FUNCTIONS: dict[str, tuple[tuple[str, ...], Callable[[Evidence, Mapping], s
     "3b": (("success_l_acc", "value_swap_gap", "most", "few"), _q3_part("3b")),
     "3c": (("success_l_acc", "collapse_beyond", "most", "few"), _q3_part("3c")),
     "4": (("fail_rate",), lambda e, t: q4(e.success, e.minimal, e.label, t).status),
+    "5": (("most",), lambda e, t: q5(e.labour, e.labour_label, t).status),
 }
 
 
@@ -791,7 +848,7 @@ def judge(e: Evidence, controls: Mapping[str, tuple[Evidence, Evidence]] | None 
     evidence) and its sensitivity to each threshold."""
     t = e.tables.get
     out = [q1(t("heads"), t("model")), q2(t("aggregation"), t("model")), _run_q3(e, THRESHOLDS),
-           q4(e.success, e.minimal, e.label)]
+           q4(e.success, e.minimal, e.label), q5(e.labour, e.labour_label)]
     for v in out:
         q = str(v.question)
         if v.status == NOT_MEASURED:
