@@ -341,6 +341,12 @@ def _what_ran(ev: Evidence) -> str:
         parts.append(f"the {p['mode']} study (`count01 reproduce{flag}`): heads "
                      f"{', '.join(map(str, p['heads']))} x {p['seeds']} seeds each, {steps} "
                      "training steps")
+        for name, grid, seeds in (("a training-path grid", p.get("path_grid"),
+                                   p.get("path_seeds")),
+                                  ("a noise benchmark", p.get("noise_grid"), p["seeds"])):
+            if grid:
+                sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+                parts.append(f"{name} of {sizes} x {seeds} seeds")
         stages = ev.study.get("stages", {})
         if stages:
             total = sum(x["seconds"] for n, x in stages.items() if n != "report")

@@ -1,4 +1,4 @@
-"""Verdicts on the four questions of SPEC 1, by versioned rules that can fail (SPEC 6).
+"""Verdicts on the questions of SPEC 1 (1 to 5), by versioned rules that can fail (SPEC 6).
 
 Each rule reads saved tidy tables (the CSV files of `analysis` and `paths`) and returns a
 `Verdict`: "held", "did not hold", "mixed", "inconclusive" (too few informative units, or a
