@@ -125,7 +125,7 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
                  "diverged",
                  "steps_to_success", "loss"]
                 + [f"{s}_{k}" for s in EVAL_SETS for k in ("l_acc", "valid", "auc")]
-                + ["min_heads", "min_head_set", "labour"]
+                + ["min_heads", "min_head_set", "labour", "stopped_at"]
                 + [f"h{h}_{k}" for h in range(2) for k in ("s_acc", "w01", "w02")])
     assert list(runs.columns) == expected
     assert runs.loc[runs["heads"] == 1, "h1_s_acc"].isna().all()  # no second head
@@ -390,3 +390,13 @@ def test_a_record_written_before_a_field_was_added_still_counts(swept):
         assert read_record(out, point)["runs"] == rec["runs"]
     finally:
         path.write_text(json.dumps(rec))
+
+
+def test_a_sweep_with_early_stopping_says_where_each_seed_was_given_up(tmp_path):
+    sweep = Sweep.from_dict({"seeds": 4, "base": {"steps": 60, "batch_size": 64,
+                                                  "checkpoint_every": 20, "eval_size": 512,
+                                                  "exhaustive_len": 6, "max_len": 8,
+                                                  "long_max_len": 12, "init_scale": 3.0,
+                                                  "early_stop": True}})
+    runs = run_sweep(sweep, tmp_path / "sw", executor="inline", log=lambda m: None)["results"]
+    assert runs["stopped_at"].tolist()[0] == 20 and runs["stopped_at"].isna().sum() == 3

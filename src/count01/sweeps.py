@@ -41,7 +41,8 @@ Columns. Every table starts with config_id; the long tables then repeat the grid
   iid, hard, exhaustive, long, noisy: <set>_l_acc, <set>_valid, <set>_auc; min_heads (the size of
   the smallest head set that keeps hard l-acc >= 0.99 with alpha refitted, empty if none),
   min_head_set (its heads as a JSON list, e.g. "[0, 2]"), labour (SPEC 4's division of labour:
-  pseudo-ensemble, divided, mixed or unsolved, `aggregation.division_of_labour`, on hard); then
+  pseudo-ensemble, divided, mixed or unsolved, `aggregation.division_of_labour`, on hard),
+  stopped_at (with early_stop: the step at which training gave up on the seed, else empty); then
   h<k>_s_acc, h<k>_w01, h<k>_w02 for k < the sweep's largest head count (head k on `hard`;
   empty where the configuration has fewer heads). The long heads table holds the same numbers
   with every other head statistic.
@@ -279,6 +280,7 @@ def analyse_run(model: Model, run: Path) -> dict[str, list[dict]]:
             labour |= dict(zip(part.seeds, division_of_labour(
                 part, sets["fit"], sets["hard"], sets_, threshold=SUCCESS_L_ACC)))
     empty = {f"{name}_{k}": None for name in EVAL_SETS for k in ("l_acc", "valid", "auc")}
+    stopped = read_json(run / "metrics.json").get("stopped", {}) if cfg.early_stop else {}
     runs = []
     for seed, ok in zip(model.seeds, finite):
         mine = [r for r in trajectory if r["seed"] == seed]
@@ -295,7 +297,7 @@ def analyse_run(model: Model, run: Path) -> dict[str, list[dict]]:
                      "loss": max(mine, key=lambda r: r["step"])["loss"]} | final_sets
                     | {"min_heads": None if best is None else len(best),
                        "min_head_set": None if best is None else json.dumps(best),
-                       "labour": labour.get(seed)})
+                       "labour": labour.get(seed), "stopped_at": stopped.get(str(seed))})
     return {"runs": runs, "heads": heads, "trajectory": trajectory,
             "head_trajectory": head_trajectory}
 
@@ -585,7 +587,11 @@ def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
             heads = {f"h{h}_{k}": wide.get(r["seed"], {}).get(f"h{h}_{k}", np.nan)
                      for h in range(max_heads) for k in ("s_acc", "w01", "w02")}
             rows["results"].append({"config_id": p.id} | fields | r | heads)
-    return {name: pd.DataFrame(r) for name, r in rows.items()}
+    tables = {name: pd.DataFrame(r) for name, r in rows.items()}
+    if len(tables["results"]):  # steps, empty where none: float, so CSV and Parquet agree
+        tables["results"] = tables["results"].astype({"steps_to_success": float,
+                                                      "stopped_at": float})
+    return tables
 
 
 def write_tables(out: Path, tables: dict[str, pd.DataFrame]) -> None:
