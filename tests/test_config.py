@@ -124,6 +124,8 @@ def test_fields_added_later_leave_the_identity_of_older_configs_unchanged():
     old = {k: v for k, v in Config(heads=2).to_dict().items() if k not in ADDED_FIELDS}
     assert Config(heads=2).identity() == old  # what sweeps hashed before these fields existed
     assert Config(heads=2, optimizer="sgd").identity() == old | {"optimizer": "sgd"}
+    assert Config(heads=2, burst_len=9.0).identity() == old  # unused under i.i.d. noise
+    assert Config(heads=2, noise_pattern="bursty", burst_len=3.0).identity()["burst_len"] == 3.0
 
 
 @pytest.mark.parametrize("change, message", [({"optimizer": "adam"}, "optimizer must be one of"),

@@ -82,7 +82,8 @@ def test_best_practice_puts_the_cheapest_reliable_ideal_solution_first():
 def test_early_stopping_replayed_on_checkpoints_counts_stops_wrong_stops_and_savings():
     runs = _runs({"h1": [True, True, False, False]})
     acc = {0: [0.5, 0.55, 1.0, 1.0], 1: [0.5, 0.9, 1.0, 1.0],  # 0 stopped at 250 yet succeeded
-           2: [0.5, 0.5, 0.5, 0.5], 3: [0.5, 0.7, 0.7, 0.7]}  # 2 stopped at 250, 3 missed
+           2: [0.5, 0.5, 0.5, 0.5], 3: [0.5, 0.7, 0.7, 0.7, 0.5]}  # 2 stopped at 250, 3 missed:
+    # its chance-level l-acc at the last step (1000) stops nothing, as in training
     traj = pd.DataFrame([{"config_id": "h1", "seed": s, "step": 250 * i, "hard_l_acc": a}
                          for s, row in acc.items() for i, a in enumerate(row)])
     t = early_stop_table(traj, runs, ["heads"]).iloc[0]

@@ -400,3 +400,21 @@ def test_a_sweep_with_early_stopping_says_where_each_seed_was_given_up(tmp_path)
                                                   "early_stop": True}})
     runs = run_sweep(sweep, tmp_path / "sw", executor="inline", log=lambda m: None)["results"]
     assert runs["stopped_at"].tolist()[0] == 20 and runs["stopped_at"].isna().sum() == 3
+
+
+def test_records_written_before_the_new_columns_still_make_the_tables(swept, tmp_path):
+    import shutil
+
+    from count01.sweeps import collect
+
+    sweep, out, tables, _ = swept
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for path in (old / "results").glob("*.json"):
+        rec = json.loads(path.read_text())
+        rec["runs"] = [{k: v for k, v in r.items() if k not in ("ideal", "labour", "stopped_at")}
+                       for r in rec["runs"]]
+        path.write_text(json.dumps(rec))
+    got = collect(old, sweep.points())["results"]
+    assert list(got.columns) == list(tables["results"].columns)
+    assert (got["ideal"] == tables["results"]["ideal"]).all() and got["labour"].isna().all()

@@ -68,6 +68,8 @@ def test_extending_a_finished_run_equals_training_longer_at_once(tiny, tmp_path)
     straight = train(tiny, progress=False)
     for k in straight.weights:
         assert torch.equal(resumed.weights[k], straight.weights[k])
+    assert json.loads((out / "config.json").read_text())["steps"] == tiny.steps  # now this long
+    train(tiny, out, resume=True, progress=False)  # a plain resume of the longer run is fine
 
 
 def test_resume_refuses_a_different_config(tiny, tmp_path):

@@ -196,9 +196,11 @@ class Config:
 
     def identity(self) -> dict[str, Any]:
         """What names this configuration (sweep ids hash it): every field but those added since
-        the first sweeps while they hold their defaults, so older sweeps keep their ids."""
+        the first sweeps while they hold their defaults, so older sweeps keep their ids, and
+        burst_len under i.i.d. noise, where it changes nothing."""
         return {k: v for k, v in self.to_dict().items()
-                if k not in ADDED_FIELDS or v != getattr(Config, k)}
+                if (k not in ADDED_FIELDS or v != getattr(Config, k))
+                and not (k == "burst_len" and self.noise_pattern != "bursty")}  # unused then
 
     def model_dict(self) -> dict[str, Any]:
         """The fields that decide the weights' shapes and meaning (checked when loading)."""

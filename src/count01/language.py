@@ -194,8 +194,8 @@ def noise_positions(counts: np.ndarray, u: np.ndarray, noise: float, burst_len: 
     still to place. counts (..., 3), u (..., width) -> bool (..., width)."""
     width = u.shape[-1]
     g = _bursts_left(width, noise, burst_len)
-    to_noise = np.array([burst_chain(noise, burst_len)[1], burst_chain(noise, burst_len)[0],
-                         noise])
+    stay, enter = burst_chain(noise, burst_len)
+    to_noise = np.array([enter, stay, noise])  # P(noise next | digit, noise, the start)
     n, left = counts.sum(-1), counts[..., 2].copy()
     state = np.full(n.shape, 2)
     out = np.zeros(u.shape, dtype=bool)

@@ -138,7 +138,7 @@ def early_stop_table(trajectory: pd.DataFrame, runs: pd.DataFrame, grid: list[st
     replayed on their checkpoints: per configuration, the runs it stops, how many of those went on
     to succeed (wrongly stopped), the failures it misses, and the share of seed-steps it saves."""
     t = trajectory.merge(runs[["config_id", "seed", "steps", "success"]], on=["config_id", "seed"])
-    t = t[t["hard_l_acc"].notna()]
+    t = t[t["hard_l_acc"].notna() & (t["step"] < t["steps"])]  # as training: never at the end
     hit = t[[early_stop(a, s, n) for a, s, n in zip(t["hard_l_acc"], t["step"], t["steps"])]]
     stop = hit.groupby(["config_id", "seed"])["step"].min().rename("stop_step")
     r = runs.merge(stop, left_on=["config_id", "seed"], right_index=True, how="left")

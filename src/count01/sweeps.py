@@ -586,12 +586,25 @@ def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
         for r in rec["runs"]:
             heads = {f"h{h}_{k}": wide.get(r["seed"], {}).get(f"h{h}_{k}", np.nan)
                      for h in range(max_heads) for k in ("s_acc", "w01", "w02")}
-            rows["results"].append({"config_id": p.id} | fields | r | heads)
+            rows["results"].append({"config_id": p.id} | fields | _with_new_columns(r) | heads)
     tables = {name: pd.DataFrame(r) for name, r in rows.items()}
     if len(tables["results"]):  # steps, empty where none: float, so CSV and Parquet agree
         tables["results"] = tables["results"].astype({"steps_to_success": float,
                                                       "stopped_at": float})
     return tables
+
+
+def _with_new_columns(run: dict[str, Any]) -> dict[str, Any]:
+    """A run row of a record written before a column was added: ideal recomputed from its
+    per-set l-acc, the labour and the early stop unknown (empty)."""
+    if "ideal" in run:
+        return run
+    ideal = run["success"] and all((run.get(f"{name}_l_acc") or 0.0) >= SUCCESS_L_ACC
+                                   for name in IDEAL_SETS)
+    items = list(run.items())
+    at = list(run).index("success") + 1  # the columns keep their order: ideal after success
+    return dict(items[:at] + [("ideal", ideal)] + items[at:]) | {"labour": None,
+                                                                 "stopped_at": None}
 
 
 def write_tables(out: Path, tables: dict[str, pd.DataFrame]) -> None:

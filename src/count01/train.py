@@ -314,6 +314,8 @@ def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Res
     trainer = Trainer(cfg, model.select(active)) if active else None
     if resumed is not None and trainer is not None:
         trainer.load_state(state, start, path)
+    if resumed is not None and load_config(out).steps != cfg.steps:  # checked: now this long
+        write_json(out / "config.json", cfg.to_dict())
     hard = eval_set(cfg, "hard") if cfg.early_stop else None
 
     t0 = time.perf_counter()
