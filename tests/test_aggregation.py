@@ -167,11 +167,12 @@ def test_slicing_sets_into_forward_chunks_changes_no_number(monkeypatch):
                                           ("bos", "mixed"), ("silent", "mixed")])
 def test_the_division_of_labour_of_hand_built_models_is_the_one_they_were_built_with(name,
                                                                                     labour):
-    from count01.aggregation import division_of_labour
+    from count01.aggregation import head_sets
     from count01.controls import LIBRARY, SET_CONFIG
 
     model = LIBRARY[name](seeds=2, **SET_CONFIG)
     fit, hard = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
-    minimal = minimal_heads(model, fit, hard)
-    assert division_of_labour(model, fit, hard, minimal) == [labour, labour]
-    assert division_of_labour(model, fit, hard, [None, minimal[1]])[0] == "unsolved"
+    found, kinds = head_sets(model, fit, hard)
+    assert kinds == [labour, labour] and found == minimal_heads(model, fit, hard)
+    _, never = head_sets(model, fit, hard, threshold=1.01)  # no head set can reach it
+    assert never == ["unsolved", "unsolved"]

@@ -261,31 +261,34 @@ def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = 0.9
     smallest size, the one with the highest l-acc (then the first in lexicographic order).
     None for a seed where not even all heads refitted reach the threshold.
     """
-    m, parts = _parts(model, fit)
-    S, H = parts[1].shape[0], parts[1].shape[2]
-    found: list[list[int] | None] = [None] * S
-    for k in range(H + 1):
-        subsets = list(combinations(range(H), k))
-        acc = _subset_l_acc(m, fit, batch, subsets, parts)  # (M, S)
-        for i in range(S):
-            j = int(acc[:, i].argmax())
-            if found[i] is None and acc[j, i] >= threshold:
-                found[i] = list(subsets[j])
-        if all(f is not None for f in found):
-            break
-    return found
+    return head_sets(model, fit, batch, threshold)[0]
 
 
 LABOURS = ("pseudo-ensemble", "divided", "mixed", "unsolved")
 
 
-def division_of_labour(model: Model, fit: Batch, batch: Batch, minimal: list[list[int] | None],
-                       threshold: float = 0.99) -> list[str]:
-    """Per seed (SPEC 4): "pseudo-ensemble" if every head alone (others mean-ablated, alpha
-    refitted) keeps l-acc >= threshold on `batch`; "divided" if the minimal head set has two or
-    more heads; "mixed" otherwise; "unsolved" if no head set reaches it."""
+def head_sets(model: Model, fit: Batch, batch: Batch, threshold: float = 0.99
+              ) -> tuple[list[list[int] | None], list[str]]:
+    """Per seed, the minimal head set (`minimal_heads`) and the division of labour (SPEC 4):
+    "pseudo-ensemble" if every head alone (others mean-ablated, alpha refitted) keeps l-acc >=
+    threshold on `batch`; "divided" if the minimal head set has two or more heads; "mixed"
+    otherwise; "unsolved" if no head set reaches it. One search serves both: the single heads are
+    always fitted."""
     m, parts = _parts(model, fit)
-    H = parts[1].shape[2]
-    alone = _subset_l_acc(m, fit, batch, [(h,) for h in range(H)], parts) >= threshold  # (H, S)
-    return ["unsolved" if best is None else "pseudo-ensemble" if bool(alone[:, i].all())
-            else "divided" if len(best) >= 2 else "mixed" for i, best in enumerate(minimal)]
+    S, H = parts[1].shape[0], parts[1].shape[2]
+    found: list[list[int] | None] = [None] * S
+    alone = torch.zeros(max(H, 1), S, dtype=torch.bool)
+    for k in range(H + 1):
+        subsets = list(combinations(range(H), k))
+        acc = _subset_l_acc(m, fit, batch, subsets, parts)  # (M, S)
+        if k == 1:
+            alone = acc >= threshold
+        for i in range(S):
+            j = int(acc[:, i].argmax())
+            if found[i] is None and acc[j, i] >= threshold:
+                found[i] = list(subsets[j])
+        if k >= 1 and all(f is not None for f in found):
+            break
+    labour = ["unsolved" if best is None else "pseudo-ensemble" if bool(alone[:, i].all())
+              else "divided" if len(best) >= 2 else "mixed" for i, best in enumerate(found)]
+    return found, labour

@@ -97,10 +97,17 @@ def wilson(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(center - half, 0, 1), np.clip(center + half, 0, 1)
 
 
+def _per_config(runs: pd.DataFrame, grid: list[str]):
+    """The runs grouped by configuration, in sweep order, and a frame of each one's config_id and
+    grid values for the per-configuration columns to join."""
+    g = runs.groupby("config_id", sort=False)
+    return g, (g[grid].first().reset_index() if grid
+               else pd.DataFrame({"config_id": list(g.groups)}))
+
+
 def success_table(runs: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
     """One row per configuration: runs, successes, rate, Wilson 95% interval, median steps."""
-    g = runs.groupby("config_id", sort=False)
-    out = g[grid].first().reset_index() if grid else pd.DataFrame({"config_id": list(g.groups)})
+    g, out = _per_config(runs, grid)
     out["n_runs"] = g.size().to_numpy()
     out["n_success"] = g["success"].sum().astype(int).to_numpy()
     out["n_diverged"] = g["diverged"].sum().astype(int).to_numpy()
@@ -144,8 +151,7 @@ def early_stop_table(trajectory: pd.DataFrame, runs: pd.DataFrame, grid: list[st
     r = runs.merge(stop, left_on=["config_id", "seed"], right_index=True, how="left")
     r["stopped"] = r["stop_step"].notna()
     r["saved"] = np.where(r["stopped"], r["steps"] - r["stop_step"], 0)
-    g = r.groupby("config_id", sort=False)
-    out = g[grid].first().reset_index() if grid else pd.DataFrame({"config_id": list(g.groups)})
+    g, out = _per_config(r, grid)
     out["n_runs"] = g.size().to_numpy()
     out["n_failed"] = (g.size() - g["success"].sum()).astype(int).to_numpy()
     out["n_stopped"] = g["stopped"].sum().astype(int).to_numpy()
@@ -161,8 +167,7 @@ def labour_table(runs: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
     """Per configuration, how its runs divide the labour between heads (SPEC 4): the count of
     each class of `aggregation.LABOURS`, and the share of pseudo-ensembles and of divided seeds
     among the solved ones with Wilson 95% intervals."""
-    g = runs.groupby("config_id", sort=False)
-    out = g[grid].first().reset_index() if grid else pd.DataFrame({"config_id": list(g.groups)})
+    g, out = _per_config(runs, grid)
     out["n_runs"] = g.size().to_numpy()
     for name in LABOURS:
         out[f"n_{name.replace('-', '_')}"] = g["labour"].apply(

@@ -41,7 +41,7 @@ Columns. Every table starts with config_id; the long tables then repeat the grid
   iid, hard, exhaustive, long, noisy: <set>_l_acc, <set>_valid, <set>_auc; min_heads (the size of
   the smallest head set that keeps hard l-acc >= 0.99 with alpha refitted, empty if none),
   min_head_set (its heads as a JSON list, e.g. "[0, 2]"), labour (SPEC 4's division of labour:
-  pseudo-ensemble, divided, mixed or unsolved, `aggregation.division_of_labour`, on hard),
+  pseudo-ensemble, divided, mixed or unsolved, `aggregation.head_sets`, on hard),
   stopped_at (with early_stop: the step at which training gave up on the seed, else empty); then
   h<k>_s_acc, h<k>_w01, h<k>_w02 for k < the sweep's largest head count (head k on `hard`;
   empty where the configuration has fewer heads). The long heads table holds the same numbers
@@ -76,7 +76,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .aggregation import division_of_labour, minimal_heads
+from .aggregation import head_sets
 from .config import Config, Count01Error
 from .language import EVAL_SETS, ONE, TWO, eval_set
 from .metrics import (
@@ -275,10 +275,9 @@ def analyse_run(model: Model, run: Path) -> dict[str, list[dict]]:
         for part in seed_chunks(healthy):
             evals += evaluate(part)
             heads += head_table(part, final, fit=sets["fit"])
-            sets_ = minimal_heads(part, sets["fit"], sets["hard"], threshold=SUCCESS_L_ACC)
-            minimal |= dict(zip(part.seeds, sets_))
-            labour |= dict(zip(part.seeds, division_of_labour(
-                part, sets["fit"], sets["hard"], sets_, threshold=SUCCESS_L_ACC)))
+            found, kinds = head_sets(part, sets["fit"], sets["hard"], threshold=SUCCESS_L_ACC)
+            minimal |= dict(zip(part.seeds, found))
+            labour |= dict(zip(part.seeds, kinds))
     empty = {f"{name}_{k}": None for name in EVAL_SETS for k in ("l_acc", "valid", "auc")}
     stopped = read_json(run / "metrics.json").get("stopped", {}) if cfg.early_stop else {}
     runs = []
