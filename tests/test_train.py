@@ -175,6 +175,22 @@ def test_the_schedule_warms_up_linearly_then_holds_or_decays_by_a_cosine_to_zero
     assert lr_at(cfg.replace(schedule="constant"), 7) == 0.1 and lr_at(cfg, 11) < 0.003
 
 
+def interrupted_then_resumed(cfg: Config, out, monkeypatch, at: int = 35):
+    """Train into `out`, Ctrl-C at step `at` (after the last checkpoint before it), resume."""
+    step = Trainer.step
+
+    def interrupted(self, t):
+        if t == at:
+            raise KeyboardInterrupt
+        return step(self, t)
+
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=False)
+    monkeypatch.undo()
+    return train(cfg, out, resume=True, progress=False)
+
+
 @pytest.mark.parametrize("optimizer, schedule", [("sgd", "constant"), ("sgd", "cosine"),
                                                  ("adamw", "cosine")])
 def test_every_optimiser_and_schedule_batches_and_resumes_bit_for_bit(optimizer, schedule, tiny,
@@ -184,18 +200,7 @@ def test_every_optimiser_and_schedule_batches_and_resumes_bit_for_bit(optimizer,
     alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
     for k, w in alone.weights.items():
         torch.testing.assert_close(straight.weights[k][1:], w, atol=1e-5, rtol=0)
-    step = Trainer.step
-
-    def interrupted(self, t):  # Ctrl-C at step 35, after the checkpoint at step 20
-        if t == 35:
-            raise KeyboardInterrupt
-        return step(self, t)
-
-    monkeypatch.setattr(Trainer, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "killed", progress=False)
-    monkeypatch.undo()
-    resumed = train(cfg, tmp_path / "killed", resume=True, progress=False)
+    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
     for k, w in straight.weights.items():
         assert torch.equal(resumed.weights[k], w), k
     if schedule == "cosine":  # steps set the schedule: a cosine run cannot be extended
@@ -214,18 +219,7 @@ def test_early_stopping_gives_up_on_failing_seeds_and_trains_the_others_on(tiny,
     alone = train(cfg.replace(seed=1, n_seeds=1, early_stop=False), progress=False)
     for k, w in alone.weights.items():  # the others train on as they would alone
         torch.testing.assert_close(model.weights[k][1:2], w, atol=1e-5, rtol=0)
-    step = Trainer.step
-
-    def interrupted(self, t):  # Ctrl-C at step 35, after the stop and the checkpoint at 20
-        if t == 35:
-            raise KeyboardInterrupt
-        return step(self, t)
-
-    monkeypatch.setattr(Trainer, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "killed", progress=False)
-    monkeypatch.undo()
-    resumed = train(cfg, tmp_path / "killed", resume=True, progress=False)
+    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
     for k, w in model.weights.items():
         assert torch.equal(resumed.weights[k], w), k
     assert (json.loads((tmp_path / "killed" / "metrics.json").read_text())["final_loss"]
