@@ -145,3 +145,41 @@ def test_report_rebuilds_from_a_study_or_its_sweep_without_training(study, tmp_p
         assert sweep_report.verdicts[q] == study_verdicts[q]
     assert sweep_report.verdicts[5] == "not measured"
     assert [p.stat().st_mtime_ns for p in weights] == stamps  # nothing was trained again
+
+
+def test_the_wide_scope_holds_spec_5s_grids_with_more_seeds():
+    wide, full = make_plan(scope="wide"), make_plan()
+    grid = wide.path_grid
+    assert set(grid["heads"]) == {1, 2, 4, 8} and set(grid["schedule"]) == {"constant", "cosine"}
+    assert len(grid["weight_decay"]) > 1 and set(grid["pos_embed"]) >= {"none", "learned"}
+    assert set(full.path_grid["init_scale"]) <= set(grid["init_scale"])
+    assert set(full.path_grid["lr"]) <= set(grid["lr"])
+    assert wide.path_seeds > full.path_seeds and wide.seeds > full.seeds and wide.mode == "wide"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--quick", "--scope", "wide"], "--quick is --scope quick"),
+    (["--scope", "huge"], "invalid choice"),
+    (["--address", "auto"], "--address needs --executor ray"),
+])
+def test_bad_scope_and_executor_options_are_refused(args, match, tmp_path, capsys, monkeypatch):
+    from conftest import refused
+
+    monkeypatch.chdir(tmp_path)
+    refused(["reproduce", "--out", "s"] + args, capsys, match, tmp_path)
+
+
+def test_reproduce_trains_every_sweep_on_the_executor_it_is_given(tmp_path, monkeypatch):
+    from count01 import sweeps
+
+    seen = []
+
+    def record(sweep, out, **kw):
+        seen.append((Path(out).name, kw["executor"], kw["address"], kw["workers"]))
+        raise KeyboardInterrupt  # stop after the first stage
+
+    monkeypatch.setattr(sweeps, "run_sweep", record)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(tmp_path / "s", plan=make_plan(quick=True, **TINY), workers=3,
+                  progress=False, executor="inline", address=None)
+    assert seen == [("sweep", "inline", None, 3)]

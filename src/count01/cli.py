@@ -218,8 +218,15 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be positive, got {args.workers}")
-    out = writable(args.out or Path("runs") / ("study-quick" if args.quick else "study"))
-    reproduce(out, quick=args.quick, workers=args.workers, progress=not args.quiet)
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    if args.quick and args.scope not in (None, "quick"):
+        raise ConfigError(f"--quick is --scope quick; it cannot go with --scope {args.scope}")
+    scope = "quick" if args.quick else (args.scope or "full")
+    default = {"quick": "study-quick", "full": "study", "wide": "study-wide"}[scope]
+    out = writable(args.out or Path("runs") / default)
+    reproduce(out, scope=scope, workers=args.workers, progress=not args.quiet,
+              executor=args.executor, address=args.address)
     _print_verdicts(out)
 
 
@@ -337,9 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sweep heads 1, 2, 4, 8 x 32 seeds (8 with --quick), study "
                        "the training paths, analyse the 4-head model, and write report.html and "
                        "report.md. Re-running the same command resumes.")
-    p.add_argument("--quick", action="store_true", help="8 seeds, 1000 steps (about a minute)")
-    p.add_argument("--out", type=path, help="study directory (default runs/study or "
-                   "runs/study-quick)")
+    p.add_argument("--quick", action="store_true", help="8 seeds, 1000 steps (about a minute); "
+                   "the same as --scope quick")
+    p.add_argument("--scope", choices=["quick", "full", "wide"], help="full (the default: every "
+                   "question decided, minutes), quick (a smoke test) or wide (SPEC 5's full grids: "
+                   "schedules, weight decay, positional embeddings, heads 1, 2, 4, 8, 64 seeds; "
+                   "hours on 2 cores, for a Ray cluster; resumable)")
+    p.add_argument("--executor", choices=["local", "ray", "inline"], default="local",
+                   help="where the sweeps train (see count01 sweep)")
+    p.add_argument("--address", help="Ray cluster to join (with --executor ray)")
+    p.add_argument("--out", type=path, help="study directory (default runs/study, "
+                   "runs/study-quick or runs/study-wide)")
     p.add_argument("--workers", type=int, help="training processes (default: the CPU count)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_reproduce)

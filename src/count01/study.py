@@ -49,10 +49,13 @@ BASE = {"d_head": 4}  # every head as wide as in the default model, whatever the
 MODES = {  # seeds per head count, intervention grid, Config fields that differ from the defaults
     "full": {"seeds": 32, "grid_size": 25, "base": {"steps": 3000, "checkpoint_every": 250}},
     "quick": {"seeds": 8, "grid_size": 13, "base": {"steps": 1000, "checkpoint_every": 200}},
+    "wide": {"seeds": 64, "grid_size": 25, "base": {"steps": 3000, "checkpoint_every": 250}},
 }
+SCOPES = tuple(MODES)  # SPEC 7: quick (a smoke test), full (the default), wide (SPEC 5's grids)
 NOISE_GRIDS = {  # question 5's noise conditions (SPEC 2), for the analysed head count
     "full": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"], "p_one": [0.5, 0.7]},
     "quick": {"noise": [0.25, 0.5], "noise_pattern": ["iid", "bursty"]},
+    "wide": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"], "p_one": [0.5, 0.7]},
 }
 PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config fields, grid
     "full": {"seeds": 32, "base": {"steps": 1500, "checkpoint_every": 250},
@@ -60,6 +63,13 @@ PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config field
                       "init_scale": [0.3, 1.0, 3.0, 10.0], "lr": [1e-3, 1e-2, 1e-1]}},
     "quick": {"seeds": 8, "base": {"steps": 1000, "checkpoint_every": 250},
               "grid": {"heads": [4], "init_scale": [0.3, 10.0], "lr": [1e-2, 1e-1]}},
+    # SPEC 5's full grid: hours on 2 cores (the position path is ~15x a count-path step),
+    # minutes on a Ray cluster (count01 reproduce --scope wide --executor ray --address ...)
+    "wide": {"seeds": 64, "base": {"steps": 3000, "checkpoint_every": 250},
+             "grid": {"heads": [1, 2, 4, 8], "optimizer": ["adamw", "sgd"],
+                      "schedule": ["constant", "cosine"], "weight_decay": [0.0, 0.01],
+                      "pos_embed": ["none", "learned"], "init_scale": [0.3, 1.0, 3.0, 10.0],
+                      "lr": [1e-3, 1e-2, 1e-1]}},
 }
 
 
@@ -110,6 +120,7 @@ class Plan:
 
 
 def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, ...] | None = None,
+              scope: str | None = None,
               grid_size: int | None = None, path_seeds: int | None = None,
               path_grid: dict[str, list] | None = None, noise_grid: dict[str, list] | None = None,
               **config: Any) -> Plan:
@@ -119,7 +130,10 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
     from .interventions import default_grid
     from .sweeps import Sweep
 
-    name = "quick" if quick else "full"
+    name = scope or ("quick" if quick else "full")
+    if name not in SCOPES or (quick and name != "quick"):
+        raise StudyError(f"scope must be one of {', '.join(SCOPES)} (--quick is scope quick), "
+                         f"got {name!r}")
     mode, path = MODES[name], PATH_GRIDS[name]
     plan = Plan(mode=name, seeds=mode["seeds"] if seeds is None else seeds,
                 heads=Plan.heads if heads is None else tuple(heads),
@@ -182,22 +196,29 @@ def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
 
 def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,
               workers: int | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> Path:
-    """Run (or resume) the study into `out` and write its report; return report.html's path."""
+              log: Callable[[str], None] | None = None, scope: str | None = None,
+              executor: str = "local", address: str | None = None) -> Path:
+    """Run (or resume) the study into `out` and write its report; return report.html's path.
+    Its sweeps run on `executor` (local, ray: a cluster at `address` or a local instance)."""
 
     out = Path(out)
-    plan = plan or make_plan(quick)
+    plan = plan or make_plan(quick, scope=scope)
+    if executor == "ray":
+        from .sweeps import import_ray
+
+        import_ray()  # fail before anything is written
     log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if progress
                   else (lambda msg: None))
     state = _load_state(out, plan)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out, "study"):
         remove_leftovers(out)  # of a killed study: its stages clean their own directories
-        return _reproduce(out, plan, state, workers, progress, log)
+        return _reproduce(out, plan, state, progress, log,
+                          {"workers": workers, "executor": executor, "address": address})
 
 
-def _reproduce(out: Path, plan: Plan, state: dict[str, Any], workers: int | None,
-               progress: bool, log: Callable[[str], None]) -> Path:
+def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
+               log: Callable[[str], None], run: dict[str, Any]) -> Path:
     from .analysis import analyze
     from .paths import analyse as analyse_paths
     from .sweeps import Sweep, run_sweep
@@ -212,12 +233,12 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], workers: int | None
         f"configurations x {plan.path_seeds} seeds; writing to {out}")
 
     steps = {
-        "sweep": lambda: run_sweep(Sweep.from_dict(plan.sweep_dict()), out / "sweep",
-                                   workers=workers, log=log),
+        "sweep": lambda: run_sweep(Sweep.from_dict(plan.sweep_dict()), out / "sweep", log=log,
+                                   **run),
         "training_path": lambda: run_sweep(Sweep.from_dict(plan.path_sweep_dict()),
-                                           out / "training_path", workers=workers, log=log),
+                                           out / "training_path", log=log, **run),
         "noise": lambda: run_sweep(Sweep.from_dict(plan.noise_sweep_dict()), out / "noise",
-                                   workers=workers, log=log),
+                                   log=log, **run),
         "paths": lambda: [analyse_paths(out / d) for d in ("sweep", "training_path", "noise")],
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "report": lambda: build_report(out),
