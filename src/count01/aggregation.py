@@ -25,6 +25,7 @@ from itertools import combinations
 
 import torch
 
+from .criteria import SUCCESS_L_ACC
 from .language import Batch
 from .metrics import as_batches, roc_auc_rows, run_chunks, weighted_mean
 from .model import Model
@@ -253,7 +254,7 @@ def _parts(model: Model, fit: Batch):
     return m, (fbase, fo, weighted_mean(fo, fit.weight, 1))
 
 
-def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = 0.99
+def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC
                   ) -> list[list[int] | None]:
     """Per seed, the smallest set of heads that keeps l-acc >= threshold on `batch` once alpha
     is refitted on `fit` (the other heads mean-ablated). Exhaustive by size, 0 heads first, all
@@ -267,7 +268,7 @@ def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = 0.9
 LABOURS = ("pseudo-ensemble", "divided", "mixed", "unsolved")
 
 
-def head_sets(model: Model, fit: Batch, batch: Batch, threshold: float = 0.99
+def head_sets(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC
               ) -> tuple[list[list[int] | None], list[str]]:
     """Per seed, the minimal head set (`minimal_heads`) and the division of labour (SPEC 4):
     "pseudo-ensemble" if every head alone (others mean-ablated, alpha refitted) keeps l-acc >=

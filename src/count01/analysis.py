@@ -81,6 +81,7 @@ from . import plots
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
 from .config import Count01Error
 from .controls import ideal_intervention
+from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .interventions import default_grid, sweep_columns, value_swap
 from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
 from .metrics import chunked_logits, evaluate_logits, head_table
@@ -91,8 +92,6 @@ class AnalysisError(Count01Error):
     pass
 
 
-SWEEP_SET = "hard"  # |#1 - #0| <= 1: where counting, not a rough majority, decides
-MINIMAL_THRESHOLD = 0.99
 # strings whose raw EOS attention is shown: a 1-majority with noise, a tie, a 0-majority, a short one
 EXAMPLES = ("0112021", "1100212", "20201002", "011")
 FILES = {
@@ -139,7 +138,7 @@ def torch_threads(n: int | None):
 
 
 def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,
-            sweep_set: str = SWEEP_SET, figures: bool = True, threads: int | None = 1) -> dict:
+            sweep_set: str = SUCCESS_SET, figures: bool = True, threads: int | None = 1) -> dict:
     """Run every analysis on a run directory and write RUN/analysis/. Returns metrics.json.
 
     figures=False skips the figures (tables and metrics.json only); `plots.plot_all` can draw
@@ -247,11 +246,11 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
     tables["alpha"].to_csv(tmp / "alpha.csv", index=False)
     done("aggregation", "aggregation", pd.DataFrame(aggregate(model, sets, fit, fitted)))
 
-    found = minimal_heads(model, fit, sets[sweep_set], MINIMAL_THRESHOLD)
+    found = minimal_heads(model, fit, sets[sweep_set], SUCCESS_L_ACC)
     done("minimal_heads", "minimal_heads", pd.DataFrame([
         {"seed": seed, "n_heads": -1 if f is None else len(f),
          "heads": "none" if f is None else ";".join(map(str, f)),
-         "l_acc_threshold": MINIMAL_THRESHOLD, "set": sweep_set}
+         "l_acc_threshold": SUCCESS_L_ACC, "set": sweep_set}
         for seed, f in zip(model.seeds, found)]))
 
     swaps = []
@@ -348,7 +347,7 @@ def summarise(tables: dict[str, pd.DataFrame], sweep_set: str) -> dict:
                          "mean_abs_change_keeping_values": float(abs(same_vals).mean())
                          if len(hyb) else None}}
     mh = tables["minimal_heads"]
-    minimal = {"threshold": MINIMAL_THRESHOLD, "set": sweep_set,
+    minimal = {"threshold": SUCCESS_L_ACC, "set": sweep_set,
                "n_heads": dict(zip(map(str, mh["seed"]), map(int, mh["n_heads"]))),
                "heads": dict(zip(map(str, mh["seed"]), mh["heads"]))}
     return {"q1_pseudo_ensemble": q1, "q2_aggregation": q2, "q3_attention": q3,

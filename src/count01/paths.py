@@ -71,15 +71,21 @@ import torch
 from matplotlib.lines import Line2D
 
 from .aggregation import LABOURS
+from .criteria import (
+    EARLY_STOP_FROM,
+    EARLY_STOP_L_ACC,
+    RESTART_CHANCE,
+    SUCCESS_L_ACC,
+    SUCCESS_SET,
+)
 from .metrics import roc_auc_rows
 from .runs import atomic_write, locked, remove_leftovers, write_json
-from .sweeps import SUCCESS_L_ACC, SUCCESS_SET, Point, load_tables, read_points
-from .train import EARLY_STOP_FROM, EARLY_STOP_L_ACC, early_stop
+from .sweeps import Point, load_tables, read_points
+from .train import early_stop
 
 matplotlib.use("Agg")  # files only, never a window
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
-RESTART_CHANCE = 0.99  # SPEC 5: restarts needed for a 99% chance of one success
 QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
               "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")
 COLORS = {True: "tab:blue", False: "tab:red"}  # run succeeded / failed

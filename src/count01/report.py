@@ -37,6 +37,7 @@ import pandas as pd
 
 from . import verdicts as V
 from .config import Config, Count01Error
+from .criteria import IDEAL_SETS, RESTART_CHANCE, SUCCESS_L_ACC, SUCCESS_SET
 from .runs import atomic_write, load_config, read_json, write_json
 
 if TYPE_CHECKING:
@@ -252,9 +253,10 @@ def _path_figs(ev: Evidence) -> list[Block]:
                   "solution (top) and the ideal solution (bottom) over init_scale x learning "
                   "rate, a column per optimiser and head count; each cell k/n seeds."),
            Figure(d / "success_rate.png", "Success rate per configuration with its Wilson 95% "
-                  "interval (success = l-acc >= 0.99 on `hard`)."),
+                  f"interval (success = l-acc >= {SUCCESS_L_ACC} on `{SUCCESS_SET}`)."),
            Figure(d / "minimal_heads.png", "How many heads each run needs: the size of the "
-                  "smallest head set that keeps hard l-acc >= 0.99 once alpha is refitted.")]
+                  f"smallest head set that keeps {SUCCESS_SET} l-acc >= {SUCCESS_L_ACC} once "
+                  "alpha is refitted.")]
     if ev.success is not None and len(ev.success):
         ranked = ev.success.sort_values(["rate", "config_id"])
         worst = ranked.iloc[0]
@@ -306,10 +308,10 @@ def _path_tables(ev: Evidence) -> list[Block]:
     best, stop = ev.path_tables.get("best_practice"), ev.path_tables.get("early_stop")
     if best is not None and len(best):
         top = best.head(5)
-        out.append("**Best practice** (`best_practice.csv`): the configurations that buy a 99% "
-                   "chance of one ideal solution (l-acc >= 0.99 on hard, long, noisy and "
-                   "exhaustive) for the fewest seed-steps, counting restarts from the lower end "
-                   "of the ideal rate's Wilson 95% interval:")
+        out.append("**Best practice** (`best_practice.csv`): the configurations that buy a "
+                   f"{RESTART_CHANCE:.0%} chance of one ideal solution (l-acc >= {SUCCESS_L_ACC} "
+                   f"on {', '.join(IDEAL_SETS)}) for the fewest seed-steps, counting restarts "
+                   "from the lower end of the ideal rate's Wilson 95% interval:")
         out.append(Table(["configuration", "ideal runs", "ideal rate (95% CI)", "restarts",
                           "seed-steps"],
                          [[", ".join(f"{k}={r[k]}" for k in ev.grid) or str(r["config_id"]),
@@ -630,10 +632,11 @@ def methods_section(ev: Evidence) -> Section:
              "rescaled to the same mean norm of o_h on `fit`, total kept), single head and "
              "leave-one-out (the other heads / the head replaced by its mean on `fit`), fitted "
              "(alpha fitted by cross-entropy on `fit`, everything else frozen). Training path: "
-             f"success = l-acc >= {V.SUCCESS_L_ACC} on `hard`, rate with a Wilson 95% interval, "
-             "trajectories from the saved checkpoints, and the smallest head set keeping hard "
-             "l-acc >= 0.99 once alpha is refitted. Value swap: a head keeps its attention "
-             "pattern and takes another head's W_V, b_V, W_O (and the reverse); s-acc refitted.")
+             f"success = l-acc >= {SUCCESS_L_ACC} on `{SUCCESS_SET}`, rate with a Wilson 95% "
+             "interval, trajectories from the saved checkpoints, and the smallest head set "
+             f"keeping {SUCCESS_SET} l-acc >= {SUCCESS_L_ACC} once alpha is refitted. Value "
+             "swap: a head keeps its attention pattern and takes another head's W_V, b_V, W_O "
+             "(and the reverse); s-acc refitted.")
     from .controls import Q4_FAILURES, Q5_LABOURS, RULE_CONTROLS, RUNS, SEEDS
 
     b.append("**Verdict rules** (thresholds are constants in `count01/verdicts.py`; each rule "

@@ -78,6 +78,7 @@ import torch
 
 from .aggregation import head_sets
 from .config import Config, Count01Error
+from .criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
 from .language import EVAL_SETS, ONE, TWO, eval_set
 from .metrics import (
     direct_scores,
@@ -107,8 +108,6 @@ from .runs import (
 )
 from .train import train
 
-SUCCESS_SET, SUCCESS_L_ACC = "hard", 0.99  # SPEC 5: success = l-acc >= 0.99 on `hard`
-IDEAL_SETS = ("hard", "long", "noisy", "exhaustive")  # SPEC 4: the ideal solution also generalises
 HEAD_SETS = ("iid", "hard", "long", "noisy")
 TABLES = ("results", "heads", "trajectory", "head_trajectory")
 TOKEN_PATH_SEEDS = 1  # seeds evaluated at once on the token path: bounds memory (B x L x S)

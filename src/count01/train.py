@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Config
+from .criteria import EARLY_STOP_FROM, EARLY_STOP_L_ACC, SUCCESS_SET
 from .language import D_VOCAB, answer, eval_set, training_batch, training_indices, triples
 from .metrics import chunked_logits, evaluate, l_acc
 from .model import Model, trainable
@@ -37,10 +38,6 @@ from .runs import (
 )
 
 SGD_MOMENTUM = 0.9
-# Early stopping (rule 1, fixed before any training trajectory was looked at): a seed is judged a
-# failure once its `hard` l-acc is still at most EARLY_STOP_L_ACC (chance is 0.5 on the
-# class-balanced `hard` set) at a checkpoint at or after EARLY_STOP_FROM of its steps.
-EARLY_STOP_L_ACC, EARLY_STOP_FROM = 0.6, 0.25
 
 
 def early_stop(hard_l_acc: float, step: int, steps: int) -> bool:
@@ -316,7 +313,7 @@ def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Res
         trainer.load_state(state, start, path)
     if resumed is not None and load_config(out).steps != cfg.steps:  # checked: now this long
         write_json(out / "config.json", cfg.to_dict())
-    hard = eval_set(cfg, "hard") if cfg.early_stop else None
+    hard = eval_set(cfg, SUCCESS_SET) if cfg.early_stop else None
 
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .criteria import SUCCESS_L_ACC, SUCCESS_SET
+
 HELD, NOT_HELD, MIXED = "held", "did not hold", "mixed"
 INCONCLUSIVE, NOT_MEASURED = "inconclusive", "not measured"
 STATUSES = (HELD, NOT_HELD, MIXED, INCONCLUSIVE, NOT_MEASURED)
-SET = "hard"  # |#1 - #0| <= 1: every rule is judged where counting, not a rough majority, decides
-SUCCESS_L_ACC = 0.99  # SPEC 5: a run succeeded if its l-acc on `hard` is >= 0.99
+SET = SUCCESS_SET  # every rule is judged where counting, not a rough majority, decides
 MOST, FEW = 0.75, 0.25  # share of units above which a claim held, below which it did not
 # Q1: a head "separates" if its s-acc on hard is at least this
 S_ACC_GOOD = 0.9
