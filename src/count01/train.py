@@ -38,12 +38,12 @@ from .runs import (
 )
 
 SGD_MOMENTUM = 0.9
+MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch's names
 
 
 def early_stop(hard_l_acc: float, step: int, steps: int) -> bool:
     """Does the early-stopping rule give up on a seed with this `hard` l-acc at this step?"""
     return step >= EARLY_STOP_FROM * steps and hard_l_acc <= EARLY_STOP_L_ACC
-MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch's names
 
 
 def make_optimizer(model: Model, cfg: Config) -> torch.optim.Optimizer:
@@ -343,10 +343,7 @@ def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Res
             if out is not None:
                 _checkpoint(out, cfg, model.seeds, weights, trainer, done, losses, stopped)
     bar.close()
-    if trainer is not None:
-        for k, w in trainer.model.weights.items():
-            weights[k][active] = w.detach()
-    model = Model(cfg, weights, model.seeds)
+    model = Model(cfg, weights, model.seeds)  # gathered at the last step, a checkpoint step
     if out is not None:
         seconds = time.perf_counter() - t0
         with one_thread():
