@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import refused
-from test_sweeps import _alive, _children
+from test_sweeps import _alive, _all_exit, _children
 
 import count01
 from count01.cli import main
@@ -224,14 +224,9 @@ def test_a_killed_analysis_leaves_no_worker_and_resumes_to_an_uninterrupted_one(
         proc.send_signal(how)
         code = proc.wait(10)
         assert workers, "the figure worker was never seen"
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(w) for w in workers):
-            time.sleep(0.05)
-        assert not any(_alive(w) for w in workers), "the figure worker outlived its command"
+        assert _all_exit(workers, 5), "the figure worker outlived its command"
     finally:
-        for w in workers:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+        _all_exit(workers, 0)
         if proc.poll() is None:
             proc.kill()
     assert code != 0 and not (killed / "analysis").exists(), "finished before the kill"

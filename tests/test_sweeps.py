@@ -210,6 +210,18 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _all_exit(pids: list[int], seconds: float) -> bool:
+    """Wait up to `seconds` for these processes to exit; kill the survivors. True if none
+    survived."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    survivors = [p for p in pids if _alive(p)]
+    for p in survivors:
+        os.kill(p, signal.SIGKILL)
+    return not survivors
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(swept, tmp_path):
     _, _, straight, spec = swept
@@ -229,14 +241,9 @@ def test_a_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(swept, tmp_
         proc.send_signal(signal.SIGKILL)  # the driver only: its workers must notice and stop
         proc.wait()
         assert workers, "the sweep's workers were never seen"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(w) for w in workers):
-            time.sleep(0.1)
-        assert not any(_alive(w) for w in workers), "workers outlived their killed driver"
+        assert _all_exit(workers, 15), "workers outlived their killed driver"
     finally:
-        for w in workers:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+        _all_exit(workers, 0)
     assert len(list((killed / "results").glob("*.json"))) < 2, "finished before the kill"
     resumed = run_sweep(Sweep.from_toml(spec), killed, executor="inline", log=quiet)
     for name in TABLES:
