@@ -79,7 +79,7 @@ from .criteria import (
     SUCCESS_SET,
 )
 from .metrics import roc_auc_rows
-from .runs import atomic_write, locked, remove_leftovers, write_json
+from .runs import atomic_write, json_safe, locked, remove_leftovers, write_json
 from .sweeps import Point, load_tables, read_points
 from .train import early_stop
 
@@ -564,14 +564,11 @@ def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd
                                     for r in best.to_dict("records")],
                "early_stop_rule": EARLY_STOP_RULE,
                "figures_skipped": skipped, "files": files | {"paths.json": "this summary"}}
+    summary = json_safe(summary)  # returned as written: NaN as None
     write_json(out / "paths.json", summary)
     return summary
 
 
 def _plain(v):
-    """numpy scalars and NaN as JSON values."""
-    if isinstance(v, (np.integer, np.bool_)):
-        return v.item()
-    if isinstance(v, (float, np.floating)):
-        return None if not np.isfinite(v) else float(v)
-    return v
+    """numpy scalars as JSON values (write_json turns NaN into null)."""
+    return v.item() if isinstance(v, (np.integer, np.bool_, np.floating)) else v
