@@ -80,27 +80,16 @@ from .criteria import (
 )
 from .metrics import roc_auc_rows
 from .runs import atomic_write, json_safe, locked, remove_leftovers, write_json
+from .stats import wilson
 from .sweeps import Point, load_tables, read_points
 from .train import early_stop
 
 matplotlib.use("Agg")  # files only, never a window
 
-Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
               "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")
 COLORS = {True: "tab:blue", False: "tab:red"}  # run succeeded / failed
 RATIO_RANGE = (1e-12, 1e12)  # attention ratios drawn on log axes: 0 and inf at these edges
-
-
-def wilson(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion k / n (nan where n = 0). Unlike k/n +- z*se,
-    it stays inside [0, 1] and is not empty at 0 or n successes, where small sweeps often are."""
-    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        center = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return np.clip(center - half, 0, 1), np.clip(center + half, 0, 1)
 
 
 def _per_config(runs: pd.DataFrame, grid: list[str]):

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
+from .stats import wilson
 
 HELD, NOT_HELD, MIXED = "held", "did not hold", "mixed"
 INCONCLUSIVE, NOT_MEASURED = "inconclusive", "not measured"
@@ -169,12 +170,6 @@ def share_ci(k: int, n: int) -> str:
         return "0/0"
     lo, hi = wilson(k, n)
     return f"{share(k, n)}, Wilson 95% CI {float(lo):.2f}-{float(hi):.2f}"
-
-
-def wilson(k, n):
-    from .paths import wilson as interval
-
-    return interval(k, n)
 
 
 def by_share(frac: float, t: Mapping[str, float] = THRESHOLDS) -> str:
