@@ -7,7 +7,7 @@ import pytest
 
 from count01.paths import (
     QUANTITIES,
-    analyse,
+    analyze_paths,
     best_practice_table,
     early_stop_table,
     labour_table,
@@ -137,7 +137,7 @@ def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("paths") / "sweep"
     sweep = Sweep.from_dict({"seeds": 3, "base": TINY, "grid": {"lr": [1e-2, 1e-5]}})
     tables = run_sweep(sweep, out, executor="inline", log=lambda msg: None)
-    return out, tables, analyse(out)
+    return out, tables, analyze_paths(out)
 
 
 def test_the_study_writes_every_documented_file(study):
@@ -168,7 +168,7 @@ def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypat
     drawn = {}
     monkeypatch.setattr(paths, "_save",
                         lambda fig, path, **kw: drawn.setdefault(path.name, fig) and [])
-    analyse(out, tmp_path / "paths")
+    analyze_paths(out, tmp_path / "paths")
     assert {"success_rate", "minimal_heads", "early_predictors", "phase_diagram",
             "labour"} <= set(drawn)
     assert any(name.startswith("lr=") for name in drawn)  # a trajectory figure per configuration
@@ -209,7 +209,7 @@ def test_an_unfinished_sweep_is_studied_as_far_as_it_got(study, tmp_path):
     write_json(tmp_path / "sweep.json", {"format": FORMAT, "sweep": sweep.to_dict(),
                                          "points": [{"id": p.id, "grid": p.grid}
                                                     for p in sweep.points()]})
-    summary = analyse(tmp_path)
+    summary = analyze_paths(tmp_path)
     assert summary["missing_configs"] == [sweep.points()[2].id]
     assert summary["n_configs"] == 2 and summary["n_runs"] == 6
 

@@ -122,11 +122,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_paths(args: argparse.Namespace) -> None:
     from .metrics import format_table
-    from .paths import analyse
+    from .paths import analyze_paths
     from .runs import writable
 
     out = writable(args.out or Path(args.sweep_dir) / "paths")
-    summary = analyse(args.sweep_dir, out)
+    summary = analyze_paths(args.sweep_dir, out)
     cols = ("config_id", "n_runs", "n_success", "n_diverged", "rate", "ci_low", "ci_high",
             "median_steps_to_success")
     print(format_table([{k: c[k] for k in cols} for c in summary["configs"]]))
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="the default study end to end, then the report",
                        description="Sweep heads 1, 2, 4, 8 x 32 seeds (8 with --quick), study "
-                       "the training paths, analyse the 4-head model, and write report.html and "
+                       "the training paths, analyze the 4-head model, and write report.html and "
                        "report.md. Re-running the same command resumes.")
     p.add_argument("--quick", action="store_true", help="8 seeds, 1000 steps (about a minute); "
                    "the same as --scope quick")

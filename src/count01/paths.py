@@ -55,7 +55,7 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
   n_runs}}], early_predictors: [the best pooled quantity per step: {step, quantity, auc,
   auc_best, direction, n_runs, n_failed}], early_stop_rule (text), figures_skipped: {name: why},
   files: {name: what}}.
-- .lock: held while `analyse` writes here (it first removes what a killed one left).
+- .lock: held while `analyze_paths` writes here (it first removes what a killed one left).
 """
 
 from __future__ import annotations
@@ -472,7 +472,7 @@ def plot_predictors(pred: pd.DataFrame, path: Path) -> list[Path]:
 
 # --- the whole analysis -------------------------------------------------------------------------
 
-def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def analyze_paths(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Write every table, figure and paths.json of the training-path study; return the summary.
     One writer at a time per output directory, which first removes what a killed one left."""
     sweep_dir = Path(sweep_dir)
