@@ -154,33 +154,32 @@ def _add_sweep(ev: Evidence, sweep_dir: Path) -> None:
         return
     ev.sweep_runs = tables["results"]
     ev.sweep_heads = tables["heads"]
-    _add_paths(ev, sweep_dir, tables)
+    _add_paths(ev, sweep_dir)
     for p in ev.points:
         record = read_record(sweep_dir, p)
         if record is not None:
             ev.train_seconds[p.id] = float(record["seconds"])
 
 
-def _add_paths(ev: Evidence, sweep_dir: Path, tables: dict[str, pd.DataFrame] | None = None
-               ) -> None:
-    """Question 4's evidence from one sweep: success and minimal-head tables, labelled by the
-    grid (one column `configuration` when the grid has several fields), and its paths tables."""
-    from .paths import minimal_heads_table, success_table
-    from .sweeps import NoResultsYet, load_tables, read_sweep
+def _add_paths(ev: Evidence, sweep_dir: Path) -> None:
+    """Question 4's evidence from one sweep: the tables `count01 paths` wrote in its paths/
+    (success, minimal heads, best practice, early stopping), labelled by the grid (one column
+    `configuration` when the grid has several fields). The report computes none of them."""
+    from .sweeps import read_sweep
 
-    grid = list(read_sweep(sweep_dir).grid)
-    try:
-        runs = (tables or load_tables(sweep_dir))["results"]
-    except NoResultsYet:
+    tables = sweep_dir / "paths"
+    if not (tables / "success.csv").exists():
         return
+    grid = list(read_sweep(sweep_dir).grid)
     ev.path_dir, ev.grid = sweep_dir, grid
-    ev.success, ev.minimal = success_table(runs, grid), minimal_heads_table(runs, grid)
+    ev.success = pd.read_csv(tables / "success.csv")
+    ev.minimal = pd.read_csv(tables / "minimal_heads.csv")
     if len(grid) > 1:
         ev.success.insert(1, "configuration", [", ".join(f"{k}={r[k]:g}" if isinstance(
             r[k], float) else f"{k}={r[k]}" for k in grid) for _, r in ev.success.iterrows()])
     for name in ("best_practice", "early_stop"):
-        if (sweep_dir / "paths" / f"{name}.csv").exists():
-            ev.path_tables[name] = pd.read_csv(sweep_dir / "paths" / f"{name}.csv")
+        if (tables / f"{name}.csv").exists():
+            ev.path_tables[name] = pd.read_csv(tables / f"{name}.csv")
 
 
 def _add_noise(ev: Evidence, noise_dir: Path) -> None:

@@ -572,8 +572,8 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
     where the sweep measured the ideal solution); minimal: rows (config_id, size, n_runs) of
     minimal head-set sizes (size NaN = none)."""
     if success is None or success.empty:
-        return Verdict(4, Q4_TITLE, NOT_MEASURED, Q4_RULE, "No training-path results were "
-                       "found.")
+        return Verdict(4, Q4_TITLE, NOT_MEASURED, Q4_RULE, "No training-path tables were found "
+                       "(`count01 paths SWEEP_DIR` writes them from a sweep's results).")
     s = success.sort_values(label) if label in success else success
     n, ok = s["n_runs"].to_numpy(), s["n_success"].to_numpy()
     ideal = s["n_ideal"].to_numpy() if "n_ideal" in s else ok
