@@ -194,6 +194,10 @@ def test_export_then_import_gives_the_same_analysis(exported, tmp_path):
         theirs = pd.read_csv(tmp_path / "run" / "analysis" / f"{table}.csv", dtype=str)
         assert len(theirs) > 0
         pd.testing.assert_frame_equal(theirs, ours, check_exact=True, obj=table)
+    # and the report says where the model came from instead of how count01 trained it
+    assert main(["report", str(tmp_path / "run")]) == 0
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "Imported from TransformerLens" in text and "Trained with" not in text
 
 
 # --- refusals: one line, exit 2, nothing written ----------------------------------------------

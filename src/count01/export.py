@@ -13,6 +13,14 @@ that through
 
 and 3.x through `HookedTransformer(HookedTransformerConfig.from_dict(...))`. TransformerLens
 is an optional, heavy extra (`count01[lens]`): it is imported only inside these functions.
+
+Import is the inverse, and needs no TransformerLens: a one-layer attention-only TL checkpoint on
+this vocabulary (these two files, or a state dict in safetensors or a weights-only .pt/.pth with
+its TL config) becomes a one-seed count01 run. Every TL setting that changes the function is
+checked, and one count01 does not compute is refused by name; HookedTransformer's buffers (the
+causal mask, IGNORE) are checked and dropped; an all-zero position table is `pos_embed none`
+(the same model). An export carries its run's config, so export-then-import gives back the run's
+seed exactly.
 """
 
 from __future__ import annotations

@@ -95,6 +95,7 @@ class Evidence:
     run_dir: Path | None = None  # the run analysed in depth
     cfg: Config | None = None  # its config
     analysis: dict | None = None  # RUN/analysis/metrics.json
+    imported: dict | None = None  # where an imported run came from (RUN/metrics.json)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # RUN/analysis/*.csv
     sweep_dir: Path | None = None
     sweep: Sweep | None = None  # from sweep.json
@@ -217,8 +218,12 @@ def _add_run(ev: Evidence, run: Path | None) -> None:
         for name in ANALYSIS_TABLES:
             if (a / f"{name}.csv").exists():
                 ev.tables[name] = pd.read_csv(a / f"{name}.csv")
-    if "model" not in ev.tables and (run / "metrics.json").exists():
-        ev.tables["model"] = pd.DataFrame(saved_eval(run))
+    if (run / "metrics.json").exists():
+        if "model" not in ev.tables:
+            ev.tables["model"] = pd.DataFrame(saved_eval(run))
+        saved = read_json(run / "metrics.json")
+        origin = saved.get("imported") if isinstance(saved, dict) else None
+        ev.imported = origin if isinstance(origin, dict) else None
 
 
 # --- verdicts ------------------------------------------------------------------------------------
@@ -605,11 +610,14 @@ def methods_section(ev: Evidence) -> Section:
         b.append(f"**Model (SPEC 3).** One layer, attention only, {cfg.heads} heads, d_model = "
                  f"{cfg.d_model}, d_head = {cfg.d_head_}, positional embedding {cfg.pos_embed}, "
                  f"LayerNorm {'on' if cfg.layernorm else 'off'}, BOS {'on' if cfg.bos else 'off'}; "
-                 "logits = W_U (e(EOS) + p + sum_h o_h) + b_U at EOS. Trained with AdamW "
-                 f"(lr = {cfg.lr}, weight decay = {cfg.weight_decay}, batch {cfg.batch_size}, "
-                 f"{cfg.steps} steps, init scale {cfg.init_scale}) on the cross-entropy of the "
-                 "answer over all five output tokens; S seeds train at once as one batched "
-                 "model without interacting.")
+                 "logits = W_U (e(EOS) + p + sum_h o_h) + b_U at EOS. "
+                 + (f"Imported from TransformerLens (`{ev.imported.get('state_dict')}`), not "
+                    "trained by count01: the training fields of its configuration say nothing "
+                    "of how it was trained." if ev.imported else
+                    f"Trained with AdamW (lr = {cfg.lr}, weight decay = {cfg.weight_decay}, "
+                    f"batch {cfg.batch_size}, {cfg.steps} steps, init scale {cfg.init_scale}) on "
+                    "the cross-entropy of the answer over all five output tokens; S seeds train "
+                    "at once as one batched model without interacting."))
     b.append("**Metrics (SPEC 4).** l-acc: the argmax over the five output tokens equals the "
              "answer. Valid rate: the argmax is 0 or 1. ROC AUC of logit(1) - logit(0). Per "
              "head: direct score s_h = (o_h W_U)[1] - (o_h W_U)[0]; head AUC; s-acc = accuracy "
