@@ -22,6 +22,7 @@ _LAZY = {
     "Sweep": "sweeps", "run_sweep": "sweeps", "load_tables": "sweeps",
     "analyze_paths": "paths", "reproduce": "study", "build_report": "report",
     "to_transformer_lens": "export", "save_transformer_lens": "export",
+    "import_transformer_lens": "export",
 }
 
 
