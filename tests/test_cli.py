@@ -169,6 +169,10 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_with_d
     (["--heads", "100000", "--d-head", "4"], "heads"),
     (["--d-model", "1000000"], "d_model"),
     (["--n-seeds", "10000000"], "n_seeds"),
+    (["--framing", "poem"], "framing must be one of classify, sentence"),
+    (["--lm-loss", "true"], "lm_loss needs framing = sentence"),
+    (["--lm-loss", "maybe", "--framing", "sentence"], "lm_loss expects bool"),
+    (["--framing", "sentence", "--lm-loss", "true", "--layernorm", "true"], "lm_loss with layernorm"),
 ])
 def test_bad_or_impossible_values_are_refused_before_anything_is_written(
         args, match, capsys, tmp_path, monkeypatch):
