@@ -275,11 +275,14 @@ def test_a_prefetched_batch_is_used_only_for_its_own_step_and_seeds(tiny):
     cfg = tiny.replace(pos_embed="learned")
     trainer = Trainer(cfg, Model.init(cfg))
     assert trainer.prefetch
+    def make(seeds, t):
+        return training_batch(cfg, seeds, t)
+
     for step in (0, 1, 5, 2):
-        got = trainer._token_batch(step)
+        got = trainer._ahead(step, make)
         assert torch.equal(got.tokens, training_batch(cfg, cfg.seeds, step).tokens)
     trainer.model.seeds = [7, 8]  # as if the batch had changed its seeds
-    got = trainer._token_batch(3)
+    got = trainer._ahead(3, make)
     assert torch.equal(got.tokens, training_batch(cfg, [7, 8], 3).tokens)
 
 

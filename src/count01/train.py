@@ -136,11 +136,20 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
     def onehot(t: torch.Tensor) -> torch.Tensor:
         return columns(torch.nn.functional.one_hot(t, D_VOCAB))
 
+    # the string rows that exist first (positions before EOS), cut where the seed with the most
+    # ends: the positions after EOS are half of a padded batch
+    ok = ok.flatten(1)
+    n = int(ok.sum(1).max())
+    keep = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, :n]  # (S, n)
+
+    def rows(x: torch.Tensor) -> torch.Tensor:  # (S, 5, B * L') -> (S, 5, n)
+        return x.gather(2, keep[:, None].expand(-1, D_VOCAB, -1))
+
     mult = torch.cat([batch.mult(cfg.bos, dtype).transpose(1, 2),
-                      end.mult(cfg.bos, dtype).transpose(1, 2), columns(smult)], -1)
-    query = torch.cat([eos.expand(S, -1, B), y, onehot(sq)], -1)
-    target = torch.cat([y, eos.expand(S, -1, B), onehot(starget)], -1)
-    ok = ok.flatten(1).to(dtype)
+                      end.mult(cfg.bos, dtype).transpose(1, 2), rows(columns(smult))], -1)
+    query = torch.cat([eos.expand(S, -1, B), y, rows(onehot(sq))], -1)
+    target = torch.cat([y, eos.expand(S, -1, B), rows(onehot(starget))], -1)
+    ok = ok.gather(1, keep).to(dtype)
     weight = torch.cat([torch.full((S, 2 * B), 1.0 / (3 * B), dtype=dtype),
                         ok / (3 * ok.sum(1, keepdim=True))], -1)
     return mult, query, target, weight
@@ -174,7 +183,7 @@ class Trainer:
             self.table = make(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
         if self.by_hand:
             _keep_freed_memory()
-        self.prefetch = self.by_hand and not cfg.count_path
+        self.prefetch = self.by_hand and (not cfg.count_path or cfg.lm_loss)
         self._next: tuple[int, tuple[int, ...], Future] | None = None  # (step, seeds, batch)
 
     def _views(self, flat: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -191,11 +200,12 @@ class Trainer:
         """Each seed's loss on its batch at `step` (S,) and the flat gradient of their sum."""
         seeds = self.model.seeds
         if self.by_hand and self.sentence:
-            rows = sentence_rows(self.cfg, seeds, step, self.flat.dtype, self.table)
+            rows = self._ahead(step, lambda s, t: sentence_rows(self.cfg, s, t, self.flat.dtype,
+                                                                self.table))
             loss, grads = self.model.count_rows_loss_grad(*rows)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and not self.cfg.count_path:
-            batch = self._token_batch(step)
+            batch = self._ahead(step, lambda s, t: training_batch(self.cfg, s, t))
             loss, grads = self.model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand:
@@ -209,18 +219,18 @@ class Trainer:
         grads = torch.autograd.grad(loss.sum(), [leaves[k] for k in self.names])
         return loss.detach(), torch.cat([g.reshape(-1) for g in grads])
 
-    def _token_batch(self, step: int):
-        """The batch of `step`; with `prefetch`, the batch of step + 1 is made meanwhile on a
-        second thread (numpy releases the GIL in its array loops), so the position path's
-        token arrangement, which alone costs several count-path steps at S = 64, overlaps the
-        gradient. A batch is a pure function of (seeds, step): prefetching changes no number."""
+    def _ahead(self, step: int, make: Callable[[list[int], int], object]):
+        """make(seeds, step), the batch of `step`; with `prefetch`, the batch of step + 1 is
+        made meanwhile on a second thread (numpy and torch release the GIL in their loops), so
+        the token arrangement (the position path's, and the string rows of `lm_loss`), which
+        alone costs several count-path steps at S = 64, overlaps the gradient. A batch is a
+        pure function of (seeds, step): prefetching changes no number."""
         seeds = tuple(self.model.seeds)
         ahead, self._next = self._next, None
         batch = (ahead[2].result() if ahead is not None and ahead[:2] == (step, seeds)
-                 else training_batch(self.cfg, list(seeds), step))
+                 else make(list(seeds), step))
         if self.prefetch:
-            self._next = (step + 1, seeds, _prefetcher().submit(training_batch, self.cfg,
-                                                                list(seeds), step + 1))
+            self._next = (step + 1, seeds, _prefetcher().submit(make, list(seeds), step + 1))
         return batch
 
     def step(self, step: int) -> torch.Tensor:
