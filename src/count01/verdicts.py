@@ -940,8 +940,6 @@ def judge(e: Evidence, controls: Mapping[str, tuple[Evidence, Evidence]] | None 
         v.part_sensitivity = {r: text for r, (text, _) in got.items() if r != q}
     for v in judged if controls is not None else []:
         q = rule_key(v)
-        if q not in controls:
-            continue
         keys = tuple(Q3_PARTS) if q == "3" else (q,)
         got = {k: {side: RULE_FUNCTIONS[k][1](controls[k][i], THRESHOLDS)
                    for i, side in enumerate(("positive", "negative"))} for k in keys}
