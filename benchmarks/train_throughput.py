@@ -7,8 +7,8 @@ same model with a learned and a sinusoidal positional embedding (the position pa
 and 64; and in the `sentence` framing (SPEC 2; the count path, two queries per example) at
 S = 64, without lm_loss (the issue's target: within 2x of `classify`) and with it (every string
 position a query, a tenth of the steps). Prints seed-steps per second (seeds x steps /
-wall-clock seconds) for each and the ratios. The variants are interleaved over repeats, so drift in the machine's speed hits all
-alike, and the median over repeats is reported.
+wall-clock seconds) for each and the ratios. The variants are interleaved over repeats, so
+drift in the machine's speed hits all alike, and the median over repeats is reported.
 
 A second table shows what each optimisation bought, at S = 1 and S = 64 on one thread: the
 token path with full L x L causal attention, autograd and torch's AdamW (what one would write
