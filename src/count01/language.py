@@ -281,7 +281,7 @@ class Batch:
         also sees itself). (..., B, 5)."""
         counts = self.counts.to(dtype)
         if self.query is not None:
-            counts = counts + torch.nn.functional.one_hot(self.query, 3).to(dtype)
+            counts = counts + torch.nn.functional.one_hot(self.query, counts.shape[-1]).to(dtype)
         ones = torch.ones(counts.shape[:-1] + (1,), dtype=dtype)
         return torch.cat([counts, ones, ones * float(bos)], -1)
 

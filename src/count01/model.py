@@ -401,10 +401,10 @@ class Model:
         xo = W_E + w[ATTN + "b_O"][:, None]  # (S, K, d) a query's residual before the heads
         c0 = xo @ W_U + w["unembed.b_U"][:, None]  # (S, K, V)
         # --- per row: the query's row of a, the pattern P = m a / D, the logits
-        a_row = torch.bmm(a.transpose(2, 3).reshape(S, H * K, K), query).view(S, H, K, R)
-        ma = a_row * mult[:, None]
-        inv = ma.sum(2).reciprocal_()  # (S, H, R) 1 / D, D >= 1
-        P = ma * inv[:, :, None]
+        P = torch.bmm(a.transpose(2, 3).reshape(S, H * K, K), query).view(S, H, K, R)
+        P.mul_(mult[:, None])  # m a of the query's row
+        inv = P.sum(2).reciprocal_()  # (S, H, R) 1 / D, D >= 1
+        P.mul_(inv[:, :, None])
         logits = torch.bmm(c0.transpose(1, 2), query) + torch.bmm(
             r.reshape(S, H * K, V).transpose(1, 2), P.view(S, H * K, R))
         logp = torch.log_softmax(logits, 1)  # (S, V, R)
@@ -414,7 +414,7 @@ class Model:
         dr = torch.bmm(P.view(S, H * K, R), g.transpose(1, 2)).view(S, H, K, V)
         dc0 = torch.bmm(query, g.transpose(1, 2))  # (S, K, V)
         # P_k = m_k a_k / D: d/da_k = (m_k / D) (dP_k - sum_j P_j dP_j)
-        da_row = (dP - (P * dP).sum(2, keepdim=True)) * mult[:, None] * inv[:, :, None]
+        da_row = dP.sub_((P * dP).sum(2, keepdim=True)).mul_(mult[:, None]).mul_(inv[:, :, None])
         da = torch.bmm(da_row.view(S, H * K, R), query.transpose(1, 2))  # (S, H*K(key), K(q))
         ds = da.view(S, H, K, K).transpose(2, 3) * a  # d loss / d score, a = exp(s - s_own)
         ds.diagonal(dim1=2, dim2=3).sub_(ds.sum(-1))

@@ -183,7 +183,7 @@ class Trainer:
             self.table = make(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
         if self.by_hand:
             _keep_freed_memory()
-        self.prefetch = self.by_hand and (not cfg.count_path or cfg.lm_loss)
+        self.prefetch = self.by_hand and (not cfg.count_path or self.sentence)
         self._next: tuple[int, tuple[int, ...], Future] | None = None  # (step, seeds, batch)
 
     def _views(self, flat: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -223,8 +223,9 @@ class Trainer:
         """make(seeds, step), the batch of `step`; with `prefetch`, the batch of step + 1 is
         made meanwhile on a second thread (numpy and torch release the GIL in their loops), so
         the token arrangement (the position path's, and the string rows of `lm_loss`), which
-        alone costs several count-path steps at S = 64, overlaps the gradient. A batch is a
-        pure function of (seeds, step): prefetching changes no number."""
+        alone costs several count-path steps at S = 64, and the sentence framing's rows overlap
+        the gradient. A batch is a pure function of (seeds, step): prefetching changes no
+        number."""
         seeds = tuple(self.model.seeds)
         ahead, self._next = self._next, None
         batch = (ahead[2].result() if ahead is not None and ahead[:2] == (step, seeds)
