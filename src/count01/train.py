@@ -163,8 +163,10 @@ class Trainer:
     is torch's AdamW or SGD, op for op: test_trainer_is_the_torch_optimiser_bit_for_bit). Without
     LayerNorm the gradient is written by hand: on the count path (`Model.count_loss_grad`) a batch
     is a row lookup per example in a per-triple table; with a positional embedding
-    (`Model.pos_loss_grad`, the position path) it is a token batch. With LayerNorm autograd
-    differentiates the model on token batches. `model`'s trainable weights become views of the
+    (`Model.pos_loss_grad`, the position path) it is a token batch. In the `sentence` framing
+    the count path's gradient is `Model.count_rows_loss_grad` (rows of `sentence_rows`). With
+    LayerNorm, and with positions in `sentence`, autograd differentiates the model on token
+    batches. `model`'s trainable weights become views of the
     flat tensor, so it sees every update; `weights()` copies them.
     """
 
