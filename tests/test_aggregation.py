@@ -176,3 +176,38 @@ def test_the_division_of_labour_of_hand_built_models_is_the_one_they_were_built_
     assert kinds == [labour, labour] and found == minimal_heads(model, fit, hard)
     _, never = head_sets(model, fit, hard, threshold=1.01)  # no head set can reach it
     assert never == ["unsolved", "unsolved"]
+
+
+def sentence_cross_entropy(model: Model, fit, alpha: torch.Tensor) -> torch.Tensor:
+    """The mean of the answer's and the ending's cross-entropy with heads reweighted by alpha
+    at both queries, written out from the two queries' head outputs. (S,)."""
+    from count01.language import at_end
+
+    return (cross_entropy(model, fit, alpha) + cross_entropy(model, at_end(fit), alpha)) / 2
+
+
+@pytest.mark.parametrize("pos_embed", ["none", "learned"])
+def test_in_the_sentence_framing_alpha_fits_the_answer_and_the_ending_together(pos_embed):
+    """Fitted alpha minimises the mean of both cross-entropies (the gradient of that objective
+    plus the ridge vanishes there), every scheme reports end and sentence accuracy, and the
+    learned scheme's are the model's own."""
+    from count01.aggregation import RIDGE
+
+    model = random_model(heads=3, pos_embed=pos_embed, framing="sentence")
+    model.weights[ATTN + "W_O"][:, 2] *= 0.2
+    fit = eval_set(model.cfg, "fit")
+    alpha = fit_alpha(model, fit)
+    free = alpha.clone().requires_grad_()
+    grad, = torch.autograd.grad(sentence_cross_entropy(model, fit, free).sum(), free)
+    torch.testing.assert_close(grad + RIDGE * (alpha - 1), torch.zeros_like(alpha), atol=1e-8,
+                               rtol=0)
+    assert (sentence_cross_entropy(model, fit, alpha)
+            < sentence_cross_entropy(model, fit, torch.ones_like(alpha)) - 1e-3).all()
+    rows = aggregate(model, ("hard",), fit, fitted=alpha)
+    assert {"end", "sentence"} <= set(rows[0])
+    own = metrics.set_metrics(model, eval_set(model.cfg, "hard"))
+    for r in rows:
+        if r["scheme"] == "learned":
+            i = model.seeds.index(r["seed"])
+            assert (r["end"], r["sentence"]) == pytest.approx((own["end"][i], own["sentence"][i]),
+                                                             abs=1e-12)

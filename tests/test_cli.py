@@ -169,6 +169,10 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_with_d
     (["--heads", "100000", "--d-head", "4"], "heads"),
     (["--d-model", "1000000"], "d_model"),
     (["--n-seeds", "10000000"], "n_seeds"),
+    (["--framing", "poem"], "framing must be one of classify, sentence"),
+    (["--lm-loss", "true"], "lm_loss needs framing = sentence"),
+    (["--lm-loss", "maybe", "--framing", "sentence"], "lm_loss expects bool"),
+    (["--framing", "sentence", "--lm-loss", "true", "--layernorm", "true"], "lm_loss with layernorm"),
 ])
 def test_bad_or_impossible_values_are_refused_before_anything_is_written(
         args, match, capsys, tmp_path, monkeypatch):
@@ -236,3 +240,18 @@ def test_a_checkpoint_with_corrupted_metadata_or_foreign_dtypes_is_refused(run, 
     assert main(["evaluate", str(bad)]) == 0
     capsys.readouterr()
     assert torch.equal(load(bad).weights["embed.W_E"], weights["embed.W_E"])
+
+
+def test_the_sentence_framing_evaluates_and_predicts_the_ending(capsys, tmp_path):
+    out = tmp_path / "sentence"
+    assert main(["train", "--out", str(out), "--framing", "sentence", "--lm-loss", "true"]
+                + TINY) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header == ["set", "seed", "l_acc", "valid", "auc", "end", "sentence"]
+    assert main(["predict", str(out), "0112021"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["seed", "answer", "truth", "ends"]
+    assert all(row.split()[3] in ("yes", "no", "-") for row in lines[2:])
+    assert load_config(out).framing == "sentence" and load_config(out).lm_loss

@@ -126,6 +126,9 @@ def test_fields_added_later_leave_the_identity_of_older_configs_unchanged():
     assert Config(heads=2, optimizer="sgd").identity() == old | {"optimizer": "sgd"}
     assert Config(heads=2, burst_len=9.0).identity() == old  # unused under i.i.d. noise
     assert Config(heads=2, noise_pattern="bursty", burst_len=3.0).identity()["burst_len"] == 3.0
+    sentence = Config(heads=2, framing="sentence", lm_loss=True)
+    assert sentence.identity() == old | {"framing": "sentence", "lm_loss": True}
+    assert sentence.n_ctx == Config(heads=2).n_ctx + 2  # ... EOS y EOS
 
 
 @pytest.mark.parametrize("change, message", [({"optimizer": "adam"}, "optimizer must be one of"),

@@ -1,6 +1,7 @@
 """The hand-built controls: each model has the property it is built for, and every verdict rule
 tells its positive control from its negative one."""
 
+import pandas as pd
 import pytest
 
 from count01 import controls as C
@@ -11,7 +12,8 @@ from count01.metrics import head_table
 
 @pytest.mark.parametrize("name", list(C.LIBRARY))
 def test_every_control_answers_every_hard_string_right(name):
-    model = C.control_tables(name)["model"]
+    tables = C.control_tables(name)
+    model = tables["model" if "model" in tables else V.SENTENCE + "model"]
     assert (model["l_acc"] == 1.0).all() and len(model) == C.SEEDS
 
 
@@ -51,3 +53,28 @@ def test_the_ideal_counter_collapses_as_much_as_itself_and_the_anchored_one_beyo
     top = anchored["w01"].max()
     assert anchored.loc[anchored["w01"] == top, "valid"].max() < 0.2  # answers EOS
     assert ideal.loc[ideal["w01"] == top, "valid"].min() == 1.0
+
+
+def test_the_sentence_controls_end_the_sentence_or_never_do_on_every_set():
+    """sentence_counter answers and then ends every sentence; never_ends answers but never
+    ends; ending_bias ends as learned, and stops ending once its heads are rescaled to equal
+    norms (uniform), while still answering and ranking right."""
+    from count01.aggregation import aggregate
+    from count01.metrics import set_metrics
+
+    for name, ends in (("sentence_counter", 1.0), ("never_ends", 0.0), ("ending_bias", 1.0)):
+        model = C.LIBRARY[name](**C.SET_CONFIG)
+        for s in ("hard", "iid", "long", "exhaustive"):
+            got = set_metrics(model, eval_set(model.cfg, s))
+            assert (got["l_acc"] == 1.0).all() and (got["end"] == ends).all(), (name, s)
+            assert (got["sentence"] == ends).all()
+        if name == "never_ends":  # no weighting makes it end: no support for question 2 either
+            fit, hard = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
+            agg = pd.DataFrame(aggregate(model, {"hard": hard}, fit))
+            assert (agg["sentence"] == 0.0).all()
+            table = pd.DataFrame([{"set": "hard", "seed": s, "l_acc": 1.0} for s in model.seeds])
+            assert V.q2_sentence(agg, table).status == V.NOT_HELD
+    agg = C.control_tables("ending_bias")[V.SENTENCE + "aggregation"]
+    uniform = agg[agg["scheme"] == "uniform"]
+    assert (uniform["end"] == 0.0).all() and (uniform["l_acc"] == 1.0).all()
+    assert (uniform["auc"] == 1.0).all()

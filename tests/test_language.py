@@ -278,3 +278,54 @@ def test_the_count_path_equals_the_token_path_in_every_noise_condition(change):
             torch.testing.assert_close(a[k], b[k], atol=1e-9, rtol=0, msg=f"{name} {k}")
     batch = training_batch(cfg, model.seeds, 3, tokens=True)
     assert torch.equal(batch.counts, training_batch(cfg, model.seeds, 3).counts)
+
+
+def test_sentence_tokens_and_their_queries_by_brute_force_on_short_strings():
+    """Every string up to length 4 as a sentence `[BOS] x EOS y EOS`, its ending's query (the
+    answer fed after the first EOS, seeing what comes before it and itself) and its `lm_loss`
+    rows, against a count written out per string."""
+    from count01.language import at_end, string_rows
+
+    for bos in (True, False):
+        cfg = Config(bos=bos, framing="sentence", exhaustive_len=4)
+        batch = language.exhaustive(cfg, tokens=True)
+        end = at_end(batch)
+        rows = string_rows(batch.tokens, batch.eos_pos)
+        for b in range(len(batch)):
+            toks = batch.tokens[b].tolist()
+            p = int(batch.eos_pos[b])
+            x = toks[int(bos):p]
+            y = int(x.count(1) > x.count(0))
+            assert toks[:p + 3] == [4] * bos + x + [3, y, 3]  # BOS x EOS y EOS
+            assert batch.y[b] == y and end.y[b] == 3 and end.query[b] == y
+            seen = toks[:p + 2]  # the ending's query at p + 1 sees itself
+            want = [seen.count(k) for k in range(5)]
+            assert end.mult(bos, torch.float64)[b].tolist() == want
+            assert batch.mult(bos, torch.float64)[b].tolist() == [toks[:p + 1].count(k)
+                                                                  for k in range(5)]
+            assert end.tokens[b, p + 1] == y
+            mult, q, target, ok = (r[b] for r in rows)
+            for i in range(mult.shape[0]):
+                assert bool(ok[i]) == (i < p)
+                if i < p:
+                    assert mult[i].tolist() == [toks[:i + 1].count(k) for k in range(5)]
+                    assert (int(q[i]), int(target[i])) == (toks[i], toks[i + 1])
+        fed = at_end(batch, torch.ones_like(batch.y))  # a fed answer replaces the true one
+        assert (fed.tokens[torch.arange(len(batch)), batch.eos_pos + 1] == 1).all()
+
+
+def test_sentence_batches_keep_the_classify_strings_and_counts():
+    cfg = Config(max_len=8, long_max_len=12, eval_size=64)
+    sent = cfg.replace(framing="sentence")
+    a = training_batch(cfg, [0, 1], 3, tokens=True)
+    b = training_batch(sent, [0, 1], 3, tokens=True)
+    assert torch.equal(a.counts, b.counts) and torch.equal(a.eos_pos, b.eos_pos)
+    upto = torch.arange(a.tokens.shape[-1]) <= a.eos_pos[..., None]  # the string and EOS
+    assert torch.equal(torch.where(upto, b.tokens[..., :a.tokens.shape[-1]], -1),
+                       torch.where(upto, a.tokens, -1))
+    assert b.tokens.shape[-1] == a.tokens.shape[-1] + 2
+    for name in ("iid", "long"):
+        e = language.eval_set(sent, name, tokens=True)
+        assert torch.equal(e.counts, language.eval_set(cfg, name, tokens=True).counts)
+    assert language.parse("0112", True, as_sentence=True).tokens.tolist() == [[4, 0, 1, 1, 2, 3,
+                                                                               1, 3]]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from count01.config import Config
-from count01.language import D_VOCAB, eval_set
+from count01.language import D_VOCAB, eval_set, training_batch
 from count01.model import Model, init_weights, weight_shapes
 
 TL_NAMES = {"embed.W_E", "blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V",
@@ -227,3 +227,82 @@ def test_position_path_redoes_underflowing_rows_in_the_log_domain():
     torch.testing.assert_close(loss.double(), ce.detach(), atol=1e-4, rtol=1e-4)
     for k, g in zip(names, want):
         torch.testing.assert_close(grads[k].double(), g, atol=1e-4, rtol=1e-3, msg=k)
+
+
+def sentence_loss(every: torch.Tensor, tokens: torch.Tensor, eos: torch.Tensor,
+                  lm: bool) -> torch.Tensor:
+    """The sentence framing's loss per seed written out from every row's logits (S, B, L, V):
+    the mean of the answer's, the ending's and (lm) the string's mean cross-entropies."""
+    from count01.language import answer, tokens_to_counts
+
+    rows = torch.arange(tokens.shape[0])
+    y = answer(tokens_to_counts(tokens, eos))
+
+    def ce(logits, target):  # (S, B, V), (B,) -> (S, B)
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2),
+                                                 target.expand(logits.shape[0], -1),
+                                                 reduction="none")
+
+    parts = [ce(every[:, rows, eos], y).mean(1), ce(every[:, rows, eos + 1], torch.full_like(y, 3))
+             .mean(1)]
+    if lm:
+        per = [ce(every[:, b, :int(eos[b])], tokens[b, 1:int(eos[b]) + 1]) for b in rows]
+        parts.append(torch.cat(per, 1).mean(1))
+    return torch.stack(parts).mean(0)
+
+
+@pytest.mark.parametrize("bos,lm", [(True, True), (False, True), (True, False)])
+def test_count_rows_loss_grad_matches_autograd_through_every_query_row(bos, lm):
+    """Model.count_rows_loss_grad on the sentence framing's rows (answers, endings and with
+    lm_loss every string position) against autograd through the textbook L x L forward,
+    float64, random weights, every bias nonzero."""
+    from count01.model import trainable
+    from count01.train import _sentence_table, sentence_rows
+
+    cfg = Config(bos=bos, heads=3, d_model=12, d_head=5, batch_size=24, max_len=9,
+                 long_max_len=12, noise=0.3, framing="sentence", lm_loss=lm)
+    m = random_model(cfg)
+    table = _sentence_table(cfg.min_len, cfg.max_len, bos, torch.float64)
+    rows = [r.expand(2, *r.shape[1:]) for r in sentence_rows(cfg, [3], 5, torch.float64, table)]
+    loss, grads = m.count_rows_loss_grad(*rows)
+    batch = training_batch(cfg, [3], 5, tokens=True)
+    names = [k for k in m.weights if trainable(cfg, k)]
+    leaves = {k: m.weights[k].clone().requires_grad_() for k in names}
+    every = textbook(Model(cfg, m.weights | leaves, m.seeds), batch.tokens[0],
+                     batch.eos_pos[0])["every_row"]
+    want = sentence_loss(every, batch.tokens[0], batch.eos_pos[0], lm)
+    torch.testing.assert_close(loss, want.detach(), atol=1e-10, rtol=0)
+    assert set(grads) == set(names)
+    for k, g in zip(names, torch.autograd.grad(want.sum(), [leaves[k] for k in names])):
+        torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
+
+
+@pytest.mark.parametrize("pos_embed", ["none", "learned"])
+def test_the_ending_query_equals_the_textbook_row_after_the_first_eos(pos_embed):
+    """Logits and head outputs at the answer y (the `sentence` ending, `at_end`): the count path
+    (no positions) and the token path (positions) against row eos + 1 of the textbook forward;
+    with the true answer fed and with the other one."""
+    from count01.language import at_end
+    from count01.train import loss_per_seed
+
+    cfg = Config(pos_embed=pos_embed, heads=3, d_model=12, d_head=5, eval_size=60, max_len=9,
+                 long_max_len=12, framing="sentence", lm_loss=pos_embed != "none")
+    m = random_model(cfg)
+    batch = eval_set(cfg, "iid", tokens=True)
+    rows = torch.arange(len(batch))
+    for fed in (batch.y, 1 - batch.y):
+        end = at_end(batch, fed)
+        ref = textbook(m, end.tokens, batch.eos_pos)
+        want = ref["every_row"][:, rows, batch.eos_pos + 1]
+        counts = type(batch)(batch.counts, end.y, batch.weight, query=fed)
+        for b in ([end, counts] if pos_embed == "none" else [end]):
+            torch.testing.assert_close(m(b), want, atol=1e-10, rtol=0)
+        torch.testing.assert_close(m(batch), ref["logits"], atol=1e-10, rtol=0)
+    if pos_embed != "none":  # autograd's sentence loss (the Trainer's path with positions)
+        train_batch = training_batch(cfg, m.seeds, 2)
+        per_seed = [sentence_loss(textbook(m.select(i), train_batch.tokens[i],
+                                           train_batch.eos_pos[i])["every_row"],
+                                  train_batch.tokens[i], train_batch.eos_pos[i], True)
+                    for i in range(2)]
+        torch.testing.assert_close(loss_per_seed(m, cfg, 2), torch.cat(per_seed), atol=1e-10,
+                                   rtol=0)

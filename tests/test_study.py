@@ -18,7 +18,7 @@ from count01.study import STAGES, StudyError, make_plan, reproduce
 
 TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,
             eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12, path_seeds=2,
-            path_grid={"lr": [1e-2, 1e-5]}, noise_grid={"noise": [0.25, 0.5]})
+            path_grid={"lr": [1e-2, 1e-5]}, noise_grid={"noise": [0.25, 0.5]}, sentence_seeds=2)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,10 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     assert (study / "sweep" / "results.csv").exists()
     assert (study / "sweep" / "paths" / "paths.json").exists()
     assert read_json(study / "training_path" / "paths" / "paths.json")["n_runs"] == 2 * 2
+    sentence = study / "sentence"  # question 2 in the sentence framing, trained with lm_loss
+    assert read_json(sentence / "config.json")["framing"] == "sentence"
+    header = (sentence / "analysis" / "aggregation.csv").read_text().splitlines()[0]
+    assert header.endswith(",end,sentence")
     labour = (study / "noise" / "paths" / "labour.csv").read_text().splitlines()
     assert len(labour) == 1 + 2  # a row per noise condition
     q5 = read_json(study / "verdicts.json")[4]
@@ -95,7 +99,8 @@ def test_the_study_report_renders_in_a_browser_with_every_figure(study, browser,
 def test_summary_gives_each_finding_in_at_most_three_sentences(study):
     md = (study / "report.md").read_text()
     bullets = [line for line in md.split("## Q1.")[0].splitlines() if line.startswith("- **")]
-    assert len(bullets) == 5
+    assert len(bullets) == 6  # question 2 in both framings
+    assert "Finding 2, the syntax in the sentence framing" in bullets[2]
     for b in bullets:
         text = b.split("). ", 1)[1]  # after "**Finding 1, the semantics** (held)"
         assert 1 <= len(re.split(r"(?<=\.)\s+(?=[A-Z])", text)) <= 3, b

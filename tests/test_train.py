@@ -275,9 +275,33 @@ def test_a_prefetched_batch_is_used_only_for_its_own_step_and_seeds(tiny):
     cfg = tiny.replace(pos_embed="learned")
     trainer = Trainer(cfg, Model.init(cfg))
     assert trainer.prefetch
+    def make(seeds, t):
+        return training_batch(cfg, seeds, t)
+
     for step in (0, 1, 5, 2):
-        got = trainer._token_batch(step)
+        got = trainer._ahead(step, make)
         assert torch.equal(got.tokens, training_batch(cfg, cfg.seeds, step).tokens)
     trainer.model.seeds = [7, 8]  # as if the batch had changed its seeds
-    got = trainer._token_batch(3)
+    got = trainer._ahead(3, make)
     assert torch.equal(got.tokens, training_batch(cfg, [7, 8], 3).tokens)
+
+
+@pytest.mark.parametrize("change", [{}, {"lm_loss": True},
+                                    {"pos_embed": "learned", "lm_loss": True}])
+def test_the_sentence_framing_trains_batches_and_resumes_bit_for_bit(change, tiny, tmp_path,
+                                                                     monkeypatch):
+    """By hand on the count path (with and without lm_loss), autograd on the position path:
+    the loss falls, a seed trains as it would alone, and a resumed run is the straight one."""
+    cfg = tiny.replace(framing="sentence", **change)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
+    for k, w in alone.weights.items():
+        torch.testing.assert_close(straight.weights[k][1:], w, atol=1e-5, rtol=0)
+    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
+    for k, w in straight.weights.items():
+        assert torch.equal(resumed.weights[k], w), k
+    from count01.model import Model
+
+    first = Trainer(cfg, Model.init(cfg)).loss_grad(0)[0]
+    final = json.loads((tmp_path / "straight" / "metrics.json").read_text())["final_loss"]
+    assert max(final) < first.min().item()

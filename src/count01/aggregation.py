@@ -9,6 +9,13 @@ head h kept, alpha 1, the others mean-ablated); leave_one_out (head h mean-ablat
 (alpha fitted to the answer by cross-entropy on `fit`, everything else frozen). Means and norms
 are weighted means over `fit`, so every scheme is fixed before it is scored on another set.
 
+In the `sentence` framing the same alpha reweights the heads at both queries, the answer's (the
+first EOS) and the ending's (the answer y fed after it, `at_end`), each with the heads' means at
+its own query; schemes are scored on answer l-acc, valid rate and AUC and on end and sentence
+accuracy; fitted alpha minimises the mean of the answer's and the ending's cross-entropies on
+`fit` (rows of both queries, half the weight each); uniform alpha equalises the heads' norms
+at the answer, where the study's aggregation acts.
+
 The fitted objective is the weighted mean cross-entropy of the answer plus a tiny ridge
 (RIDGE / 2) |alpha - 1|^2: where the heads separate the fit set perfectly, cross-entropy alone
 falls forever as alpha grows, and the ridge makes the optimum finite and unique; it is zero at
@@ -26,7 +33,7 @@ from itertools import combinations
 import torch
 
 from .criteria import SUCCESS_L_ACC
-from .language import Batch
+from .language import EOS, Batch, at_end
 from .metrics import as_batches, roc_auc_rows, run_chunks, weighted_mean
 from .model import Model
 
@@ -45,11 +52,14 @@ def head_parts(model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scheme_metrics(model: Model, batch: Batch, means: torch.Tensor, alpha: torch.Tensor,
-                   keep: torch.Tensor, auc: bool = True) -> dict[str, torch.Tensor]:
+                   keep: torch.Tensor, auc: bool = True, end_means: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
     """l-acc, valid rate (and AUC) on `batch` of the model with heads reweighted by alpha
-    (M, S, H), the heads not kept (M, S, H) mean-ablated. Each (M, S); run in slices."""
+    (M, S, H), the heads not kept (M, S, H) mean-ablated. Each (M, S); run in slices. With
+    `end_means` (the heads' means at the `sentence` ending) also end and sentence accuracy,
+    the same alpha and mask at the ending."""
     w = batch.weight.to(torch.float64)
-    hits, valid, scores = 0.0, 0.0, []
+    hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, []
     with torch.no_grad():
         for piece, c in run_chunks(model, batch):
             resid = combine(c.resid - c.result.sum(2), c.result, means, alpha, keep)
@@ -60,9 +70,17 @@ def scheme_metrics(model: Model, batch: Batch, means: torch.Tensor, alpha: torch
             valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
             if auc:
                 scores.append(logits[..., 1] - logits[..., 0])
+            if end_means is not None:
+                e = model.run(at_end(piece))
+                end = unembed(model, combine(e.resid - e.result.sum(2), e.result, end_means,
+                                             alpha, keep)).argmax(-1) == EOS
+                ends = ends + (end.to(pw.dtype) * pw).sum(-1)
+                whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
     out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
     if auc:
         out["auc"] = roc_auc_rows(torch.cat(scores, -1), batch.y, batch.weight)
+    if end_means is not None:
+        out |= {"end": ends / w.sum(), "sentence": whole / w.sum()}
     return out
 
 
@@ -77,10 +95,13 @@ def unembed(model: Model, resid: torch.Tensor) -> torch.Tensor:
 def combine(base: torch.Tensor, o: torch.Tensor, means: torch.Tensor, alpha: torch.Tensor,
             keep: torch.Tensor) -> torch.Tensor:
     """Residual (..., S, B, d) with kept heads scaled by alpha (..., S, H) and the others
-    replaced by their mean (S, H, d); keep (..., S|1, H) bool."""
+    replaced by their mean (S, H, d), or by a mean per example (S, B, H, d: rows of two queries
+    with means of their own); keep (..., S|1, H) bool."""
     kept = torch.einsum("...sh,sbhd->...sbd", alpha * keep, o)
-    ablated = torch.einsum("...sh,shd->...sd", (~keep).to(o.dtype).expand_as(alpha), means)
-    return base + kept + ablated[..., None, :]
+    off = (~keep).to(o.dtype).expand_as(alpha)
+    if means.dim() == 4:
+        return base + kept + torch.einsum("...sh,sbhd->...sbd", off, means)
+    return base + kept + torch.einsum("...sh,shd->...sd", off, means)[..., None, :]
 
 
 def logit_jacobian(model: Model, resid: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
@@ -98,10 +119,42 @@ def logit_jacobian(model: Model, resid: torch.Tensor, tangents: torch.Tensor) ->
     return torch.einsum("msbdh,sdv->msbvh", dn * gain, W_U)
 
 
-def _fit(model: Model, base, o, means, keep: torch.Tensor, fit: Batch) -> torch.Tensor:
-    """Fitted alpha (M, S, H) for masks keep (M, S, H); alpha 0 where a head is not kept."""
-    w = (fit.weight / fit.weight.sum()).to(o.dtype)  # (B,)
-    target = torch.nn.functional.one_hot(fit.y, 5).to(o.dtype)  # (B, V)
+def fit_rows(model: Model, fit: Batch):
+    """What alpha is fitted on: base (S, R, d), head outputs o (S, R, H, d), the heads' means
+    (S, H, d) or per row (S, R, H, d), the targets (R,) and row weights (R,). In `classify` the
+    rows are the answers of `fit`; in `sentence` the answers and then the endings, each query
+    with its own means and half the weight."""
+    m = model.to(torch.float64)
+    base, o = head_parts(m, fit)
+    means = weighted_mean(o, fit.weight, 1)
+    if model.cfg.framing == "classify":
+        return base, o, means, fit.y, fit.weight
+    end = at_end(fit)
+    ebase, eo = head_parts(m, end)
+    emeans = weighted_mean(eo, fit.weight, 1)
+    B = len(fit)
+    rows = torch.cat([means[:, None].expand(-1, B, -1, -1), emeans[:, None].expand(-1, B, -1, -1)],
+                     1)
+    return (torch.cat([base, ebase], 1), torch.cat([o, eo], 1), rows,
+            torch.cat([fit.y, end.y]), torch.cat([fit.weight, fit.weight]))
+
+
+def head_means(model: Model, fit: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The heads' weighted means on `fit` (S, H, d) at the answer and, in `sentence`, at the
+    ending (else None): what mean ablation puts in a head's place at each query."""
+    m = model.to(torch.float64)
+    means = weighted_mean(head_parts(m, fit)[1], fit.weight, 1)
+    if model.cfg.framing == "classify":
+        return means, None
+    return means, weighted_mean(head_parts(m, at_end(fit))[1], fit.weight, 1)
+
+
+def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
+         weight: torch.Tensor) -> torch.Tensor:
+    """Fitted alpha (M, S, H) for masks keep (M, S, H) on the rows of `fit_rows`; alpha 0
+    where a head is not kept."""
+    w = (weight / weight.sum()).to(o.dtype)  # (R,)
+    target = torch.nn.functional.one_hot(y, 5).to(o.dtype)  # (R, V)
     eye = torch.eye(keep.shape[-1], dtype=o.dtype)
     free = keep.to(o.dtype)
     start = free.clone()
@@ -165,17 +218,16 @@ def _fit(model: Model, base, o, means, keep: torch.Tensor, fit: Batch) -> torch.
 
 
 def fit_alpha(model: Model, fit: Batch, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """alpha (S, H) minimising the answer's cross-entropy on `fit`, everything else frozen.
+    """alpha (S, H) minimising the answer's cross-entropy on `fit` (in `sentence`, the mean of
+    the answer's and the ending's), everything else frozen.
 
     mask (H,) or (S, H) bool: the heads that keep their output (the others are mean-ablated
     and get alpha 0). Starts at the learned alpha = 1, so it never ends worse than learned.
     """
-    m = model.to(torch.float64)
-    base, o = head_parts(m, fit)
-    means = weighted_mean(o, fit.weight, 1)  # (S, H, d)
+    base, o, means, y, weight = fit_rows(model, fit)
     S, H = o.shape[0], o.shape[2]
     keep = torch.ones(S, H, dtype=torch.bool) if mask is None else mask.expand(S, H).bool()
-    return _fit(m, base, o, means, keep[None], fit)[0]
+    return _fit(model.to(torch.float64), base, o, means, keep[None], y, weight)[0]
 
 
 def schemes(model: Model, fit: Batch, fitted: torch.Tensor | None = None
@@ -210,7 +262,8 @@ def uniform_alpha(model: Model, fit: Batch) -> torch.Tensor:
 
 
 def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None) -> list[dict]:
-    """Tidy rows (scheme, head, seed, set, l_acc, valid, auc) for every scheme and set.
+    """Tidy rows (scheme, head, seed, set, l_acc, valid, auc; in `sentence` also end and
+    sentence) for every scheme and set.
 
     sets: names or name -> Batch. fitted: a precomputed fit_alpha(model, fit), to reuse.
     """
@@ -218,11 +271,11 @@ def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None
     plan = schemes(m, fit, fitted)
     alpha = torch.stack([a for _, _, a, _ in plan])  # (M, S, H)
     keep = torch.stack([k for _, _, _, k in plan])
-    _, fo = head_parts(m, fit)
-    means = weighted_mean(fo, fit.weight, 1)
+    means, end_means = head_means(m, fit)
     rows = []
     for name, batch in as_batches(model.cfg, sets).items():
-        got = {k: v.numpy() for k, v in scheme_metrics(m, batch, means, alpha, keep).items()}
+        got = {k: v.numpy() for k, v in scheme_metrics(m, batch, means, alpha, keep,
+                                                       end_means=end_means).items()}
         for j, (scheme, head, _, _) in enumerate(plan):
             for i, seed in enumerate(model.seeds):
                 rows.append({"scheme": scheme, "head": head, "seed": seed, "set": name}
@@ -234,24 +287,23 @@ def _subset_l_acc(m: Model, fit: Batch, batch: Batch, subsets: list[tuple[int, .
                   ) -> torch.Tensor:
     """l-acc on `batch` of each head subset (the others mean-ablated, alpha refitted on `fit`),
     every seed at once, in slices that bound memory. (M, S)."""
-    fbase, fo, means = parts
+    (fbase, fo, rows, y, weight), means = parts
     S, H = fo.shape[0], fo.shape[2]
-    step = max(1, CHUNK_ELEMENTS // (S * max(len(fit), len(batch)) * 5 * max(H, 1)))
+    step = max(1, CHUNK_ELEMENTS // (S * max(fo.shape[1], len(batch)) * 5 * max(H, 1)))
     out = []
     for a in range(0, len(subsets), step):
         chunk = subsets[a:a + step]
         keep = torch.zeros(len(chunk), S, H, dtype=torch.bool)
         for j, heads in enumerate(chunk):
             keep[j, :, list(heads)] = True
-        alpha = _fit(m, fbase, fo, means, keep, fit)
+        alpha = _fit(m, fbase, fo, rows, keep, y, weight)
         out.append(scheme_metrics(m, batch, means, alpha, keep, auc=False)["l_acc"])
     return torch.cat(out)
 
 
 def _parts(model: Model, fit: Batch):
     m = model.to(torch.float64)
-    fbase, fo = head_parts(m, fit)
-    return m, (fbase, fo, weighted_mean(fo, fit.weight, 1))
+    return m, (fit_rows(m, fit), head_means(m, fit)[0])
 
 
 def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC
@@ -276,7 +328,7 @@ def head_sets(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS
     otherwise; "unsolved" if no head set reaches it. One search serves both: the single heads are
     always fitted."""
     m, parts = _parts(model, fit)
-    S, H = parts[1].shape[0], parts[1].shape[2]
+    S, H = parts[0][1].shape[0], parts[0][1].shape[2]
     found: list[list[int] | None] = [None] * S
     alone = torch.zeros(max(H, 1), S, dtype=torch.bool)
     for k in range(H + 1):

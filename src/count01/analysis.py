@@ -84,7 +84,7 @@ from .controls import ideal_intervention
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .interventions import default_grid, sweep_columns, value_swap
 from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
-from .metrics import chunked_logits, evaluate_logits, head_table
+from .metrics import head_table, set_metrics
 from .runs import DIR_MODE, load, locked, watch_parent, write_json
 
 
@@ -221,7 +221,7 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
     rows = []
     with torch.no_grad():
         for name, batch in sets.items():
-            got = evaluate_logits(chunked_logits(model, batch), batch)
+            got = set_metrics(model, batch)
             rows += [{"set": name, "seed": seed} | {k: float(v[i]) for k, v in got.items()}
                      for i, seed in enumerate(model.seeds)]
     done("model", "model", pd.DataFrame(rows))

@@ -19,8 +19,9 @@ POS_EMBEDS = ("none", "learned", "sinusoidal")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 NOISE_PATTERNS = ("iid", "bursty")
+FRAMINGS = ("classify", "sentence")
 ADDED_FIELDS = ("optimizer", "schedule", "warmup", "noise_pattern", "burst_len", "p_one",
-                "early_stop")  # younger than the first sweeps
+                "early_stop", "framing", "lm_loss")  # younger than the first sweeps
 D_VOCAB = 5  # 0, 1, 2, EOS, BOS (language.VOCAB)
 SEED_MAX = 2**63 - 1  # seeds are hashed as uint64 and stored as int64 (JSON, Parquet)
 
@@ -63,6 +64,8 @@ class Config:
     p_one: float = 0.5  # P(1) / (P(0) + P(1)) among counted digits
     class_balanced: bool = False
     bos: bool = True
+    framing: str = "classify"  # classify: [BOS] x EOS | sentence: [BOS] x EOS y EOS (SPEC 2)
+    lm_loss: bool = False  # sentence only: also train the next token at every string position
     # --- model (SPEC 3) ---
     heads: int = 4
     d_model: int = 16
@@ -95,8 +98,10 @@ class Config:
 
     @property
     def n_ctx(self) -> int:
-        """Positions a positional embedding must cover: BOS + the longest `long` string + EOS."""
-        return max(self.long_max_len, self.exhaustive_len, self.max_len) + 2
+        """Positions a positional embedding must cover: BOS + the longest `long` string + EOS,
+        and in the `sentence` framing the answer y and the closing EOS."""
+        longest = max(self.long_max_len, self.exhaustive_len, self.max_len)
+        return longest + 2 + 2 * (self.framing == "sentence")
 
     @property
     def seeds(self) -> list[int]:
@@ -136,6 +141,13 @@ class Config:
         if self.noise_pattern == "bursty" and not self.burst_len >= max(1.0, shortest):
             raise ConfigError(f"burst_len must be >= 1 and >= noise / (1 - noise) ({shortest:.3g} "
                               f"for the larger of noise and noisy_noise), got {self.burst_len}")
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}")
+        if self.lm_loss and self.framing != "sentence":
+            raise ConfigError("lm_loss needs framing = sentence (classify has no string to model)")
+        if self.framing == "sentence" and self.layernorm and self.lm_loss:
+            raise ConfigError("lm_loss with layernorm is not built: every query row of a "
+                              "LayerNorm model has no fast path (use layernorm = false)")
         if self.pos_embed not in POS_EMBEDS:
             raise ConfigError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {self.pos_embed!r}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
@@ -179,7 +191,8 @@ class Config:
         long_slots = 3 if self.count_path else self.long_max_len + 2
         exhaustive = (_triples(self.exhaustive_len) * 8 if self.count_path
                       else 3.0 ** self.exhaustive_len * (self.exhaustive_len + 2))
-        batch = 4 * s * self.batch_size * slots * per_slot * f32
+        rows = (self.max_len + 3 if self.lm_loss else 2) if self.framing == "sentence" else 1
+        batch = 4 * s * self.batch_size * rows * slots * per_slot * f32  # rows: queries trained
         return {
             "n_seeds, heads, d_model, d_head (weights, AdamW state, checkpoints)": 8 * s * params * f32,
             "n_seeds, batch_size, heads, d_head (a training batch)": batch,

@@ -22,6 +22,15 @@ The library (`LIBRARY`):
     bos_anchored   a counter that parks most attention on BOS, whose 0s and 1s also push
                    towards EOS while BOS pulls back: pushed to a high w01, the 1s outweigh BOS
                    and it answers EOS (an ideal counter still answers 0 or 1 there)
+In the `sentence` framing (SPEC 2) the query at the answer y attends as the EOS query does (the
+query is a bias alone) and also sees y; a model that ends the sentence carries an END feature
+in the embeddings of the digits 0 and 1, read out as a large logit(EOS) (`END_GAIN`), so fed an
+answer it predicts EOS:
+    sentence_counter  two identical ideal counters that end the sentence
+    never_ends        the same counters without the END feature: they answer, never end
+    ending_bias       a loud counter (values x LOUD) that ends the sentence, and a BOS-only head
+                      writing a little against the ending: harmless as learned, the sentence
+                      left open once heads are rescaled to equal norms (the loud head's)
 Seeds of a control differ only in the scale of their values (1 + seed / 10), so norms vary and
 answers do not. `RULE_CONTROLS` names, per rule, the control that has the property (positive)
 and the one that lacks it (negative); `control_tables` computes the tables `analysis` would
@@ -46,11 +55,14 @@ from .stats import wilson
 from .verdicts import Evidence
 
 NEVER = -1000.0  # log attention weight of a kind a head ignores
-ANSWER, INVALID = 5, 6  # residual channels (dims 0-4 hold the one-hot token embedding)
+ANSWER, INVALID, END = 5, 6, 7  # residual channels (dims 0-4 hold the one-hot token embedding)
 GAIN = 100.0  # logit per unit on a channel
+END_GAIN = 1e5  # logit(EOS) per unit on the END channel: above any answer logit at y
+LOUD = 30.0  # ending_bias's counter: values and norm x LOUD, answer readout unchanged
 SEEDS = 16  # enough units for every rule's minimum
 SET_CONFIG = {"max_len": 16, "long_max_len": 20, "exhaustive_len": 8, "eval_size": 1024}
 W01_GRID = np.logspace(-3, 3, 7)  # the intervention's w01 grid for controls (w02 = 0)
+SENTENCE = {"framing": "sentence"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,7 @@ class Head:
     attend: dict[int, float]  # token kind -> log attention weight of the EOS query
     answer: dict[int, float]  # token kind -> value on the answer channel
     invalid: dict[int, float] = field(default_factory=dict)  # -> value on the invalid channel
+    end: dict[int, float] = field(default_factory=dict)  # -> value on the END channel
 
 
 COUNTER = Head({ZERO: 0.0, ONE: 0.0, EOS: 0.0}, {ZERO: -1.0, ONE: 1.0, EOS: -0.5})
@@ -71,11 +84,15 @@ NOISE_VALUED = Head(COUNTER.attend | {TWO: 0.0}, COUNTER.answer)
 BOS_BIAS = Head(BOS_ONLY.attend, {}, {BOS: 0.005})
 BOS_ANCHORED = Head(COUNTER.attend | {BOS: math.log(10.0)}, COUNTER.answer,
                     {ZERO: 2.0, ONE: 2.0, BOS: -10.0})
+LOUD_COUNTER = Head(COUNTER.attend, {t: LOUD * v for t, v in COUNTER.answer.items()})
+AGAINST_END = Head(BOS_ONLY.attend, {}, {}, {BOS: -0.01})
 
 
-def build(heads: list[Head], seeds: int = SEEDS, eos_bias: float = -GAIN, **cfg) -> Model:
+def build(heads: list[Head], seeds: int = SEEDS, eos_bias: float = -GAIN, ends: bool = False,
+          **cfg) -> Model:
     """A model of these heads (d_model = d_head = 8, no positional embedding) with `seeds`
-    seeds; `eos_bias` is b_U of the answer EOS (the other invalid tokens get -GAIN)."""
+    seeds; `eos_bias` is b_U of the answer EOS (the other invalid tokens get -GAIN); `ends`:
+    the digits 0 and 1 carry the END feature (the sentence framing's ending)."""
     c = Config(**{"heads": len(heads), "d_model": 8, "d_head": 8, "n_seeds": seeds,
                   "pos_embed": "none"} | cfg)
     w = {k: torch.zeros((seeds,) + s, dtype=torch.float64) for k, s in weight_shapes(c).items()}
@@ -84,13 +101,17 @@ def build(heads: list[Head], seeds: int = SEEDS, eos_bias: float = -GAIN, **cfg)
         w[ATTN + "b_Q"][:, h, 0] = 1.0
         for t in range(5):  # scores are divided by sqrt(d_head)
             w[ATTN + "W_K"][:, h, t, 0] = head.attend.get(t, NEVER) * math.sqrt(8)
-        for channel, values in ((ANSWER, head.answer), (INVALID, head.invalid)):
+        for channel, values in ((ANSWER, head.answer), (INVALID, head.invalid),
+                                (END, head.end)):
             for t, v in values.items():
                 w[ATTN + "W_V"][:, h, t, channel] = v
             w[ATTN + "W_O"][:, h, channel, channel] = 1.0
     w[ATTN + "W_V"] *= (1 + torch.arange(seeds, dtype=torch.float64) / 10).view(-1, 1, 1, 1)
     w["unembed.W_U"][:, ANSWER, ZERO], w["unembed.W_U"][:, ANSWER, ONE] = -GAIN, GAIN
     w["unembed.W_U"][:, INVALID, EOS] = GAIN
+    w["unembed.W_U"][:, END, EOS] = END_GAIN
+    if ends:
+        w["embed.W_E"][:, ZERO, END] = w["embed.W_E"][:, ONE, END] = 1.0
     w["unembed.b_U"][:, TWO:] = -GAIN
     w["unembed.b_U"][:, EOS] = eos_bias
     return Model(c, w, list(range(seeds)))
@@ -109,20 +130,26 @@ LIBRARY = {
     "noise_valued": lambda **cfg: build([NOISE_VALUED] * 2, **cfg),
     "bos_bias": lambda **cfg: build([COUNTER, BOS_BIAS], eos_bias=0.0, **cfg),
     "bos_anchored": lambda **cfg: build([BOS_ANCHORED], eos_bias=0.0, **cfg),
+    "sentence_counter": lambda **cfg: build([COUNTER] * 2, ends=True, **cfg | SENTENCE),
+    "never_ends": lambda **cfg: build([COUNTER] * 2, **cfg | SENTENCE),
+    "ending_bias": lambda **cfg: build([LOUD_COUNTER, AGAINST_END], ends=True,
+                                       **cfg | SENTENCE),
 }
 
 # rule -> (positive control: has the property, negative control: lacks it)
 RULE_CONTROLS = {
     "1": ("ideal", "split"),
     "2": ("bos_bias", "ideal"),
+    "2s": ("ending_bias", "sentence_counter"),
     "3a": ("ideal", "noise_valued"),
     "3b": ("bos", "silent"),
     "3c": ("bos_anchored", "ideal"),
 }
 # question 4: failures per configuration of the positive and negative control, of RUNS runs each
 Q4_FAILURES, RUNS = ((20, 0), (0, 0)), 100
-READS = {"1": ("heads",), "2": ("aggregation",), "3a": ("heads",), "3b": ("value_swap",),
-         "3c": ("intervention", "ideal_intervention")}  # rule -> the tables it judges by
+# rule -> the tables it judges by
+READS = {"1": ("heads",), "2": ("aggregation",), "2s": ("aggregation",), "3a": ("heads",),
+         "3b": ("value_swap",), "3c": ("intervention", "ideal_intervention")}
 
 
 def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
@@ -139,15 +166,17 @@ def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
 @cache
 def control_tables(name: str) -> dict[str, pd.DataFrame]:
     """For control `name`, on `hard`: the model table and the tables `analysis` saves that the
-    rules it controls read (READS; the intervention with w02 = 0 only)."""
+    rules it controls read (READS; the intervention with w02 = 0 only); a sentence-framing
+    control's tables are named as the study names its sentence run's (verdicts.SENTENCE)."""
     from .aggregation import aggregate
     from .interventions import sweep_columns, value_swap
-    from .metrics import chunked_logits, evaluate_logits, head_table
+    from .metrics import head_table, set_metrics
+    from .verdicts import SENTENCE as PREFIX
 
     model = LIBRARY[name](**SET_CONFIG)
     fit, hard = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
     with torch.no_grad():
-        got = evaluate_logits(chunked_logits(model, hard), hard)
+        got = set_metrics(model, hard)
     t = {"model": pd.DataFrame([{"set": "hard", "seed": s} | {k: float(v[i]) for k, v in
                                                               got.items()}
                                 for i, s in enumerate(model.seeds)])}
@@ -162,6 +191,8 @@ def control_tables(name: str) -> dict[str, pd.DataFrame]:
     for table in {x for rule, pair in RULE_CONTROLS.items() if name in pair
                   for x in READS[rule]}:
         t[table] = make[table]()
+    if model.cfg.framing == "sentence":
+        return {PREFIX + k: v for k, v in t.items()}
     return t
 
 

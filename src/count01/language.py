@@ -254,21 +254,70 @@ def tokens_to_counts(tokens: torch.Tensor, eos_pos: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class Batch:
-    """Examples at the EOS query. `counts` always; `tokens` only where order matters.
+    """Examples at one query: the answer's (the first EOS), or with `query` set the ending's.
+    `counts` always; `tokens` only where order matters.
 
     A batch with a leading seed axis (S, B, ...) is a training batch (each seed its own data);
     evaluation sets have no seed axis and carry a weight per example (duplicates merged, or the
     number of strings sharing a count triple for the exact `exhaustive` set).
+
+    `query` (the `sentence` framing's ending, `at_end`): the query is the answer token fed after
+    the first EOS, one position after it in `tokens`, and also sees itself; `y` is then the
+    token it must predict, EOS.
     """
 
     counts: torch.Tensor  # (..., B, 3) int64
-    y: torch.Tensor  # (..., B) int64
+    y: torch.Tensor  # (..., B) int64: the token the query must predict
     weight: torch.Tensor  # (..., B) float64, sums to the number of examples represented
     tokens: torch.Tensor | None = None  # (..., B, L) int64
-    eos_pos: torch.Tensor | None = None  # (..., B) int64
+    eos_pos: torch.Tensor | None = None  # (..., B) int64: the first EOS
+    query: torch.Tensor | None = None  # (..., B) int64: the fed answer; None: the query is EOS
 
     def __len__(self) -> int:
         return self.counts.shape[-2]
+
+    def mult(self, bos: bool, dtype: torch.dtype) -> torch.Tensor:
+        """Multiplicities of the kinds 0, 1, 2, EOS, BOS the query sees (the ending's query
+        also sees itself). (..., B, 5)."""
+        counts = self.counts.to(dtype)
+        if self.query is not None:
+            counts = counts + torch.nn.functional.one_hot(self.query, counts.shape[-1]).to(dtype)
+        ones = torch.ones(counts.shape[:-1] + (1,), dtype=dtype)
+        return torch.cat([counts, ones, ones * float(bos)], -1)
+
+
+def sentence(tokens: np.ndarray, eos_pos: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The `sentence` framing's tokens `[BOS] x1..xn EOS y EOS` from `[BOS] x1..xn EOS`: two
+    positions wider, the answer y and the closing EOS after the first EOS. (..., L + 2)."""
+    out = np.concatenate([tokens, np.full(tokens.shape[:-1] + (2,), PAD, dtype=tokens.dtype)], -1)
+    np.put_along_axis(out, eos_pos[..., None] + 1, y[..., None], axis=-1)
+    np.put_along_axis(out, eos_pos[..., None] + 2, EOS, axis=-1)
+    return out
+
+
+def at_end(batch: Batch, fed: torch.Tensor | None = None) -> Batch:
+    """The ending's query of a `sentence` batch: the answer `fed` (default the true y, each
+    (..., B) in 0..2) sits one position after the first EOS and must be followed by EOS. Token
+    batches must hold sentences (`sentence`); the fed answer replaces the one there."""
+    fed = batch.y if fed is None else fed
+    tokens = batch.tokens
+    if tokens is not None:
+        tokens = tokens.clone().scatter_(-1, batch.eos_pos[..., None] + 1, fed[..., None])
+    return Batch(batch.counts, torch.full_like(fed, EOS), batch.weight, tokens, batch.eos_pos,
+                 fed)
+
+
+def string_rows(tokens: torch.Tensor, eos_pos: torch.Tensor):
+    """The queries of `lm_loss`: every position i before the first EOS predicts token i + 1 (the
+    next digit, or the first EOS after xn); its query token is token i and it sees tokens 0..i.
+
+    tokens (..., B, L). Returns the multiplicities of the kinds 0, 1, 2, EOS, BOS each row's
+    query sees (..., B, L', 5), the query kinds and the targets (..., B, L') and whether the row
+    is one (..., B, L'), with L' = max(eos_pos) (rows at or after EOS are not)."""
+    width = int(eos_pos.max())
+    q = tokens[..., :width]
+    mult = torch.nn.functional.one_hot(q, D_VOCAB).cumsum(-2)  # no EOS before the first
+    return mult, q, tokens[..., 1:width + 1], torch.arange(width) < eos_pos[..., None]
 
 
 def law(cfg: Config, name: str = "train") -> tuple:
@@ -321,6 +370,8 @@ def _batch(counts: np.ndarray, cfg: Config, seed, stream: int, step: int, tokens
         u = uniform(seed, stream, step, idx)
         noise_at = noise_positions(counts, u[..., width:], *burst) if burst[1] else None
         tok, eos = arrange(counts, u[..., :width], cfg.bos, noise_at)
+        if cfg.framing == "sentence":
+            tok = sentence(tok, eos, answer(torch.from_numpy(counts)).numpy())
         ct = torch.from_numpy(counts)
         return Batch(ct, answer(ct), torch.ones(ct.shape[:-1], dtype=torch.float64),
                      torch.from_numpy(tok), torch.from_numpy(eos))
@@ -372,11 +423,12 @@ def exhaustive(cfg: Config, tokens: bool = False, max_len: int | None = None) ->
         digits = (codes[:, None] // 3 ** np.arange(n)[::-1]) % 3
         rows.append(np.pad(digits, ((0, 0), (0, max_len - n)), constant_values=-1))
     digits = np.concatenate(rows)
-    return from_digits(digits, cfg.bos)
+    return from_digits(digits, cfg.bos, cfg.framing == "sentence")
 
 
-def from_digits(digits: np.ndarray, bos: bool) -> Batch:
-    """Token batch from digit rows (-1 pads the end of shorter rows)."""
+def from_digits(digits: np.ndarray, bos: bool, as_sentence: bool = False) -> Batch:
+    """Token batch from digit rows (-1 pads the end of shorter rows); with `as_sentence`, the
+    `sentence` framing's tokens (the true answer and the closing EOS after the first EOS)."""
     n = (digits >= 0).sum(1)
     off = int(bos)
     tokens = np.full((len(digits), digits.shape[1] + 1 + off), PAD, dtype=np.int64)
@@ -386,10 +438,12 @@ def from_digits(digits: np.ndarray, bos: bool) -> Batch:
     np.put_along_axis(tokens, (n + off)[:, None], EOS, axis=1)
     tok, eos = torch.from_numpy(tokens), torch.from_numpy(n + off)
     counts = tokens_to_counts(tok, eos)
+    if as_sentence:
+        tok = torch.from_numpy(sentence(tokens, n + off, answer(counts).numpy()))
     return Batch(counts, answer(counts), torch.ones(len(digits), dtype=torch.float64), tok, eos)
 
 
-def parse(text: str, bos: bool) -> Batch:
+def parse(text: str, bos: bool, as_sentence: bool = False) -> Batch:
     """A user's string of digits 0/1/2, e.g. "0112021", as a one-example token batch."""
     text = text.strip()
     if not text:
@@ -397,4 +451,4 @@ def parse(text: str, bos: bool) -> Batch:
     bad = sorted(set(text) - set("012"))
     if bad:
         raise Count01Error(f"invalid token(s) {''.join(bad)!r} in {text!r}: only digits 0, 1, 2")
-    return from_digits(np.array([[int(c) for c in text]]), bos)
+    return from_digits(np.array([[int(c) for c in text]]), bos, as_sentence)

@@ -1,4 +1,5 @@
-"""Metrics at the EOS position (SPEC 4), weighted by how many strings each example stands for.
+"""Metrics at the EOS position (SPEC 4), weighted by how many strings each example stands for;
+in the `sentence` framing also at the answer y (end and sentence accuracy, SPEC 2).
 
 Every metric takes plain tensors and returns plain numbers, so the same code scores a sampled set
 (weights 1, duplicates merged) and the exact `exhaustive` set (multinomial weights).
@@ -28,7 +29,20 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .config import Count01Error
-from .language import BOS, D_VOCAB, EOS, EVAL_SETS, ONE, TWO, VOCAB, ZERO, Batch, eval_set, parse
+from .language import (
+    BOS,
+    D_VOCAB,
+    EOS,
+    EVAL_SETS,
+    ONE,
+    TWO,
+    VOCAB,
+    ZERO,
+    Batch,
+    at_end,
+    eval_set,
+    parse,
+)
 from .runs import CheckpointError, read_json
 
 KIND_NAMES = ("0", "1", "2", "eos", "bos")  # column suffixes, in token-id order
@@ -54,11 +68,39 @@ def score(logits: torch.Tensor) -> torch.Tensor:
     return logits[..., ONE] - logits[..., ZERO]
 
 
-def evaluate_logits(logits: torch.Tensor, batch: Batch) -> dict[str, np.ndarray]:
-    """l-acc, valid rate and ROC AUC per seed of logits (S, B, V) on one evaluation set."""
-    return {"l_acc": l_acc(logits, batch.y, batch.weight).double().numpy(),
-            "valid": valid_rate(logits, batch.weight).double().numpy(),
-            "auc": roc_auc_rows(score(logits), batch.y, batch.weight).numpy()}
+def end_acc(end: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """End accuracy: argmax at the answer y (fed as the true answer) is EOS. end (..., B, V)."""
+    hit = (end.argmax(-1) == EOS).to(weight.dtype)
+    return (hit * weight).sum(-1) / weight.sum()
+
+
+def sentence_acc(logits: torch.Tensor, end: torch.Tensor, y: torch.Tensor,
+                 weight: torch.Tensor) -> torch.Tensor:
+    """Sentence accuracy (greedy): the predicted answer is y and the model then predicts EOS
+    after it. Where the prediction is y, the model's own answer is the true one, so the ending
+    read with y fed (`end`) is the greedy one. logits, end (..., B, V) -> (...)."""
+    hit = ((logits.argmax(-1) == y) & (end.argmax(-1) == EOS)).to(weight.dtype)
+    return (hit * weight).sum(-1) / weight.sum()
+
+
+def evaluate_logits(logits: torch.Tensor, batch: Batch, end: torch.Tensor | None = None
+                    ) -> dict[str, np.ndarray]:
+    """l-acc, valid rate and ROC AUC per seed of logits (S, B, V) on one evaluation set; with
+    the logits at the answer y (`end`, the `sentence` framing), end and sentence accuracy."""
+    out = {"l_acc": l_acc(logits, batch.y, batch.weight).double().numpy(),
+           "valid": valid_rate(logits, batch.weight).double().numpy(),
+           "auc": roc_auc_rows(score(logits), batch.y, batch.weight).numpy()}
+    if end is not None:
+        out["end"] = end_acc(end, batch.weight).double().numpy()
+        out["sentence"] = sentence_acc(logits, end, batch.y, batch.weight).double().numpy()
+    return out
+
+
+def set_metrics(model, batch: Batch) -> dict[str, np.ndarray]:
+    """`evaluate_logits` of a model on one set, in slices; in the `sentence` framing with the
+    ending read at the true answer."""
+    end = (chunked_logits(model, at_end(batch)) if model.cfg.framing == "sentence" else None)
+    return evaluate_logits(chunked_logits(model, batch), batch, end)
 
 
 def logit_metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
@@ -71,12 +113,13 @@ def logit_metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]
 
 
 def evaluate(model, sets: tuple[str, ...] = EVAL_SETS) -> list[dict]:
-    """Tidy rows (set, seed, l_acc, valid, auc) of a model on the evaluation sets of SPEC 2."""
+    """Tidy rows (set, seed, l_acc, valid, auc; in `sentence` also end, sentence) of a model on
+    the evaluation sets of SPEC 2."""
     rows = []
     with torch.no_grad():
         for name in sets:
             batch = eval_set(model.cfg, name)
-            result = evaluate_logits(model(batch), batch)
+            result = set_metrics(model, batch)
             for i, seed in enumerate(model.seeds):
                 rows.append({"set": name, "seed": seed} | {k: float(v[i]) for k, v in result.items()})
     return rows
@@ -108,17 +151,26 @@ def format_table(rows: list[dict]) -> str:
 
 
 def predict(model, text: str) -> str:
-    """The answer of every seed for one string of digits, with the five output probabilities."""
-    batch = parse(text, model.cfg.bos)
+    """The answer of every seed for one string of digits, with the five output probabilities;
+    in the `sentence` framing also whether the model, fed its own answer, then ends the sentence
+    ("-" when its answer is not a digit 0 or 1)."""
+    sentence = model.cfg.framing == "sentence"
+    batch = parse(text, model.cfg.bos, sentence)
     if not model.cfg.count_path and batch.tokens.shape[-1] > model.cfg.n_ctx:
         raise Count01Error(f"the string has {len(text.strip())} digits; this model's positional "
-                           f"embedding covers {model.cfg.n_ctx - 1 - model.cfg.bos} at most")
+                           f"embedding covers {model.cfg.n_ctx - 1 - model.cfg.bos - 2 * sentence}"
+                           " at most")
     with torch.no_grad():
         probs = torch.softmax(model(batch)[:, 0].double(), -1)
+        ends = [model(at_end(batch, torch.tensor([y])))[:, 0].argmax(-1) == EOS
+                for y in (ZERO, ONE)] if sentence else []
     truth = int(batch.y[0])
     rows = []
     for i, seed in enumerate(model.seeds):
-        row = {"seed": seed, "answer": VOCAB[int(probs[i].argmax())], "truth": str(truth)}
+        pred = int(probs[i].argmax())
+        row = {"seed": seed, "answer": VOCAB[pred], "truth": str(truth)}
+        if sentence:
+            row["ends"] = ("yes" if ends[pred][i] else "no") if pred <= ONE else "-"
         rows.append(row | {f"p({t})": float(probs[i, j]) for j, t in enumerate(VOCAB)})
     n = batch.counts[0].tolist()
     return f"{text.strip()}: n0={n[0]} n1={n[1]} n2={n[2]}\n" + format_table(rows)
@@ -221,8 +273,9 @@ def threshold_acc(score: torch.Tensor, t: torch.Tensor, y: torch.Tensor, weight:
 
 def sub_batch(batch: Batch, a: int, b: int) -> Batch:
     """Examples a..b-1 of an evaluation set (no seed axis)."""
-    cut = None if batch.tokens is None else (batch.tokens[a:b], batch.eos_pos[a:b])
-    return Batch(batch.counts[a:b], batch.y[a:b], batch.weight[a:b], *(cut or ()))
+    cut = (None, None) if batch.tokens is None else (batch.tokens[a:b], batch.eos_pos[a:b])
+    query = None if batch.query is None else batch.query[a:b]
+    return Batch(batch.counts[a:b], batch.y[a:b], batch.weight[a:b], *cut, query)
 
 
 def run_chunks(model, batch: Batch):
@@ -240,7 +293,7 @@ def run_chunks(model, batch: Batch):
 
 def chunked_logits(model, batch: Batch) -> torch.Tensor:
     """model(batch) in slices: logits (S, B, V) without a whole-set cache in memory."""
-    if model.cfg.count_path:
+    if model.cfg.count_path and batch.query is None:
         return model(batch)  # the count path never builds a per-token cache
     return torch.cat([c.logits for _, c in run_chunks(model, batch)], 1)
 

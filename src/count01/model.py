@@ -215,23 +215,26 @@ class Model:
         return x * w.view(shape) + b.view(shape)
 
     def slots(self, batch: Batch, force_tokens: bool = False):
-        """Residual inputs of the slots the EOS query sees.
+        """Residual inputs of the slots the query sees (EOS, or the `sentence` ending's fed
+        answer when batch.query is set).
 
-        Returns x_eos (S, B or 1, d), x (S, B or 1, K, d), mult (S or 1, B, K) and
+        Returns x_eos (S, B or 1, d) the query's, x (S, B or 1, K, d), mult (S or 1, B, K) and
         kinds (S or 1, B or 1, K), the token id of each slot.
         """
         W_E = self.weights["embed.W_E"]
         S = W_E.shape[0]
         if self.cfg.count_path and not force_tokens:
-            counts = batch.counts.to(W_E.dtype)
-            counts = counts if counts.dim() == 3 else counts[None]
-            ones = torch.ones(counts.shape[:-1] + (1,), dtype=W_E.dtype)
-            mult = torch.cat([counts, ones, ones * float(self.cfg.bos)], -1)  # kinds 0,1,2,EOS,BOS
-            return W_E[:, None, EOS], W_E[:, None], mult, torch.arange(5).view(1, 1, 5)
+            if batch.query is None:
+                x_q = W_E[:, None, EOS]
+            else:  # the ending's query: the fed answer's embedding, per example
+                query = batch.query if batch.query.dim() == 2 else batch.query[None]
+                x_q = W_E[torch.arange(S)[:, None], query.expand(S, -1)]
+            return x_q, W_E[:, None], self._mult(batch), torch.arange(5).view(1, 1, 5)
         if batch.tokens is None:
             raise ValueError("this model has a positional embedding: it needs token batches")
         tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
         eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+        eos = eos + (batch.query is not None)  # the query's position: EOS, or the fed answer
         L = tokens.shape[-1]
         x = W_E[torch.arange(S).view(S, 1, 1), tokens]  # (S, B, L, d)
         if self.cfg.pos_embed != "none":
@@ -244,7 +247,9 @@ class Model:
         return x_eos, x, mult, tokens
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        """Logits at the EOS position. (S, B, d_vocab)."""
+        """Logits at the EOS position, or at the `sentence` ending with batch.query. (S, B, V)."""
+        if batch.query is not None:  # the ending's query: the reference forward over slots
+            return self.reference_run(batch).logits
         if self.cfg.count_path:
             return self._count_logits(batch)
         if self.cfg.layernorm:
@@ -265,11 +270,9 @@ class Model:
     # --- the count path: every key and value exists once per token kind ----------------------
 
     def _mult(self, batch: Batch) -> torch.Tensor:
-        """Multiplicities of the kinds 0, 1, 2, EOS, BOS in each string. (S or 1, B, 5)."""
-        counts = batch.counts.to(self.weights["embed.W_E"].dtype)
-        counts = counts if counts.dim() == 3 else counts[None]
-        ones = torch.ones(counts.shape[:-1] + (1,), dtype=counts.dtype)
-        return torch.cat([counts, ones, ones * float(self.cfg.bos)], -1)
+        """Multiplicities of the kinds 0, 1, 2, EOS, BOS the query sees. (S or 1, B, 5)."""
+        mult = batch.mult(self.cfg.bos, self.weights["embed.W_E"].dtype)
+        return mult if mult.dim() == 3 else mult[None]
 
     def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_Q, W_K, W_V side by side (S, d, H*3*e) and their biases (S, 1, H*3*e): the queries,
@@ -367,6 +370,70 @@ class Model:
                  ATTN + "W_O": torch.bmm(dM, W_U.transpose(1, 2)).view(S, H, e, d),
                  ATTN + "b_Q": dq, ATTN + "b_V": dv.sum(2), ATTN + "b_O": dxo,
                  "unembed.W_U": dW_U, "unembed.b_U": dc0}
+        return loss, grads
+
+    def count_rows_loss_grad(self, mult: torch.Tensor, query: torch.Tensor, target: torch.Tensor,
+                             weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`count_loss_grad` for queries of any kind (the `sentence` framing): the weighted sum
+        of cross-entropies per seed (S,) and its gradient for every trainable weight, by hand.
+
+        A row is one query: mult (S, K, R) the multiplicities of the kinds it sees, query
+        (S, K, R) the one-hot kind of its own token, target (S, V, R) one-hot, weight (S, R).
+        Without a positional embedding a query of kind t attends with a_t = exp(s(t, .) -
+        s(t, t)) per occurrence (its own kind is always there, so the sum is >= 1), and its
+        residual is W_E[t] + b_O + the heads: per kind of query one row of tables, per row
+        the pattern P (H*K numbers, selected by one matmul with the one-hot query) and the
+        logits. Held to autograd through the textbook forward by tests/test_model.py::
+        test_count_rows_loss_grad_matches_autograd_through_every_query_row."""
+        w = self.weights
+        W_E, W_O, W_U = w["embed.W_E"], w[ATTN + "W_O"], w["unembed.W_U"]
+        S, K, d = W_E.shape
+        R, V = mult.shape[2], W_U.shape[-1]
+        H, e = self.cfg.heads, self.cfg.d_head_
+        scale = 1.0 / math.sqrt(e)
+        W_qkv, b_qkv = self._fused_qkv()
+        qkv = torch.baddbmm(b_qkv, W_E, W_qkv).view(S, K, H, 3, e)
+        q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]  # (S, K, H, e)
+        scores = torch.einsum("sqhe,skhe->shqk", q, k) * scale  # (S, H, query kind, key kind)
+        a = torch.exp(scores - scores.diagonal(dim1=2, dim2=3)[..., None])  # (S, H, K, K)
+        M = torch.bmm(W_O.view(S, H * e, d), W_U).view(S, H, e, V)  # value -> logit map
+        r = v.transpose(1, 2) @ M  # (S, H, K, V)
+        xo = W_E + w[ATTN + "b_O"][:, None]  # (S, K, d) a query's residual before the heads
+        c0 = xo @ W_U + w["unembed.b_U"][:, None]  # (S, K, V)
+        # --- per row: the query's row of a, the pattern P = m a / D, the logits
+        P = torch.bmm(a.transpose(2, 3).reshape(S, H * K, K), query).view(S, H, K, R)
+        P.mul_(mult[:, None])  # m a of the query's row
+        inv = P.sum(2).reciprocal_()  # (S, H, R) 1 / D, D >= 1
+        P.mul_(inv[:, :, None])
+        logits = torch.bmm(c0.transpose(1, 2), query) + torch.bmm(
+            r.reshape(S, H * K, V).transpose(1, 2), P.view(S, H * K, R))
+        logp = torch.log_softmax(logits, 1)  # (S, V, R)
+        loss = ((logp * target).sum(1) * weight).sum(1).neg_()
+        g = logp.exp_().sub_(target).mul_(weight[:, None])  # d loss / d logits
+        dP = torch.bmm(r.reshape(S, H * K, V), g).view(S, H, K, R)
+        dr = torch.bmm(P.view(S, H * K, R), g.transpose(1, 2)).view(S, H, K, V)
+        dc0 = torch.bmm(query, g.transpose(1, 2))  # (S, K, V)
+        # P_k = m_k a_k / D: d/da_k = (m_k / D) (dP_k - sum_j P_j dP_j)
+        da_row = dP.sub_((P * dP).sum(2, keepdim=True)).mul_(mult[:, None]).mul_(inv[:, :, None])
+        da = torch.bmm(da_row.view(S, H * K, R), query.transpose(1, 2))  # (S, H*K(key), K(q))
+        ds = da.view(S, H, K, K).transpose(2, 3) * a  # d loss / d score, a = exp(s - s_own)
+        ds.diagonal(dim1=2, dim2=3).sub_(ds.sum(-1))
+        ds = ds * scale
+        dq = torch.einsum("shqk,skhe->sqhe", ds, k)
+        dk = torch.einsum("shqk,sqhe->skhe", ds, q)
+        dv = (dr @ M.transpose(2, 3)).transpose(1, 2)  # (S, K, H, e)
+        dM = v.permute(0, 2, 3, 1) @ dr  # (S, H, e, V)
+        dqkv = torch.stack([dq, dk, dv], 3).reshape(S, K, H * 3 * e)
+        dW_qkv = torch.bmm(W_E.transpose(1, 2), dqkv).view(S, d, H, 3, e).permute(0, 2, 1, 3, 4)
+        db_qkv = dqkv.sum(1).view(S, H, 3, e)
+        dxo = torch.bmm(dc0, W_U.transpose(1, 2))  # (S, K, d)
+        dW_U = torch.baddbmm(torch.bmm(xo.transpose(1, 2), dc0),
+                             W_O.view(S, H * e, d).transpose(1, 2), dM.reshape(S, H * e, V))
+        grads = {"embed.W_E": torch.bmm(dqkv, W_qkv.transpose(1, 2)) + dxo,
+                 ATTN + "W_Q": dW_qkv[..., 0, :], ATTN + "W_K": dW_qkv[..., 1, :],
+                 ATTN + "W_V": dW_qkv[..., 2, :], ATTN + "W_O": dM @ W_U[:, None].transpose(2, 3),
+                 ATTN + "b_Q": db_qkv[..., 0, :], ATTN + "b_V": db_qkv[..., 2, :],
+                 ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
         return loss, grads
 
     # --- the position path: one layer with a positional embedding, no LayerNorm ---------------
@@ -617,7 +684,7 @@ class Model:
         pattern becomes mult * override / sum (the intervention of SPEC 5).
         """
         if (attn_override is None and self.cfg.pos_embed != "none" and not self.cfg.layernorm
-                and batch.tokens is not None):
+                and batch.tokens is not None and batch.query is None):
             return self._pos_run(batch)
         return self.reference_run(batch, force_tokens, attn_override)
 

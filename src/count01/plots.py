@@ -191,22 +191,27 @@ def intervention_curve(inter: pd.DataFrame, heads: pd.DataFrame | None, out: Pat
 
 
 def aggregation(agg: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
-    """l-acc, valid rate and AUC of each aggregation scheme; bars = mean, whiskers = min..max."""
+    """l-acc, valid rate and AUC of each aggregation scheme (in the sentence framing also end
+    and sentence accuracy); bars = mean, whiskers = min..max."""
     df = agg[agg["set"] == set_name]
     schemes = [s for s in SCHEMES if s in set(df["scheme"])]
     fig, ax = _figure(figsize=(9, 4.5))
     x = np.arange(len(schemes))
-    for k, (value, colour) in enumerate((("l_acc", "#4477aa"), ("valid", "#ccbb44"),
-                                         ("auc", "#228833"))):
+    bars = [b for b in (("l_acc", "#4477aa"), ("valid", "#ccbb44"), ("auc", "#228833"),
+                        ("end", "#ee6677"), ("sentence", "#aa3377")) if b[0] in df]
+    width = 0.8 / len(bars)
+    for k, (value, colour) in enumerate(bars):
         stats = df.groupby("scheme")[value].agg(["mean", "min", "max"]).loc[schemes]
         err = np.stack([stats["mean"] - stats["min"], stats["max"] - stats["mean"]])
-        ax.bar(x + (k - 1) * 0.27, stats["mean"], 0.27, yerr=err, capsize=2, color=colour,
-               label={"l_acc": "l-acc", "valid": "valid rate", "auc": "ROC AUC"}[value])
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, stats["mean"], width, yerr=err,
+               capsize=2, color=colour,
+               label={"l_acc": "l-acc", "valid": "valid rate", "auc": "ROC AUC",
+                      "end": "end accuracy", "sentence": "sentence accuracy"}[value])
     ax.set_xticks(x, [SCHEME_LABELS[s] for s in schemes], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("fraction (mean over seeds and heads; whiskers min..max)")
     ax.set_title(f"Aggregation of head outputs on '{set_name}'")
-    fig.legend(ncol=3, loc="outside lower center", fontsize=8)
+    fig.legend(ncol=len(bars), loc="outside lower center", fontsize=8)
     return _save(fig, out, "aggregation")
 
 

@@ -108,6 +108,7 @@ class Evidence:
     grid: list[str] = field(default_factory=list)  # that sweep's grid fields
     path_tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # its paths/*.csv
     noise_dir: Path | None = None  # a study's noise benchmark (question 5), with its paths/
+    sentence_dir: Path | None = None  # a study's sentence-framing run (question 2), analysed
     labour: pd.DataFrame | None = None  # its paths/labour.csv, one row per noise condition
     sweep_runs: pd.DataFrame | None = None  # results: one row per (configuration, seed)
     sweep_heads: pd.DataFrame | None = None  # heads: one row per (run, set, head)
@@ -129,6 +130,7 @@ def collect(root: str | Path) -> Evidence:
             _add_noise(ev, root / "noise")
         run = study.get("analysed_run")
         _add_run(ev, root / run if run else _pick_run(ev))
+        _add_sentence(ev, root / "sentence")
     elif (root / "sweep.json").exists():
         ev = Evidence(root, "sweep")
         _add_sweep(ev, root)
@@ -224,6 +226,17 @@ def _add_run(ev: Evidence, run: Path | None) -> None:
         saved = read_json(run / "metrics.json")
         origin = saved.get("imported") if isinstance(saved, dict) else None
         ev.imported = origin if isinstance(origin, dict) else None
+
+
+def _add_sentence(ev: Evidence, run: Path) -> None:
+    """The sentence-framing run's model and aggregation tables, as verdicts.SENTENCE + name."""
+    a = run / "analysis"
+    if not (a / "metrics.json").exists():
+        return
+    ev.sentence_dir = run
+    for name in ("model", "aggregation"):
+        if (a / f"{name}.csv").exists():
+            ev.tables[V.SENTENCE + name] = pd.read_csv(a / f"{name}.csv")
 
 
 # --- verdicts ------------------------------------------------------------------------------------
@@ -390,19 +403,31 @@ def summary_section(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: P
         "rule that gives both the same verdict is not evidence. Sensitivity: the verdict with "
         f"{V.SENSITIVITY_RANGE}, the other thresholds fixed.",
         Table(["question", "verdict", "controls", "threshold sensitivity"],
-              [[f"Q{q}. {x.title}", x.status, _controls_text(x.controls), x.sensitivity]
-               for q, x in v.items()])]
+              [row for q, x in v.items() for row in _summary_rows(q, x)])]
     if sensitivity_figure is not None:
         blocks.append(Figure(sensitivity_figure, "Where each verdict flips: every rule (and "
                              "each sub-claim of question 3) with one threshold varied at a time, "
                              "x = the factor applied to the default (1 = the rule as written)."))
-    items = [_finding_semantics(v[1], t), _finding_aggregation(v[2], t),
-             _finding_mechanism(v[3]), _finding_risk(v[4], ev), _finding_noise(v[5])]
-    labels = ["Finding 1, the semantics", "Finding 2, the syntax", "Finding 3, the mechanism",
-              "The risk, the training path", "Finding 5, other noise"]
-    blocks.append(Bullets([f"**{label}** ({v[q].status}). {text}"
-                           for q, (label, text) in enumerate(zip(labels, items), 1)]))
+    items = [(v[1].status, "Finding 1, the semantics", _finding_semantics(v[1], t)),
+             (v[2].status, "Finding 2, the syntax", _finding_aggregation(v[2], t))]
+    if v[2].sentence is not None:
+        items.append((v[2].sentence.status, "Finding 2, the syntax in the sentence framing",
+                      _finding_sentence(v[2].sentence)))
+    items += [(v[3].status, "Finding 3, the mechanism", _finding_mechanism(v[3])),
+              (v[4].status, "The risk, the training path", _finding_risk(v[4], ev)),
+              (v[5].status, "Finding 5, other noise", _finding_noise(v[5]))]
+    blocks.append(Bullets([f"**{label}** ({status}). {text}" for status, label, text in items]))
     return Section("summary", "Summary: is this approach worth investing in?", blocks)
+
+
+def _summary_rows(q: int, x: V.Verdict) -> list[list[str]]:
+    """A question's rows of the summary table: question 2 a row per framing."""
+    rows = [[f"Q{q}. {x.title}" + (" (classify framing)" if x.sentence else ""), x.status,
+             _controls_text(x.controls), x.sensitivity]]
+    if x.sentence is not None:
+        s = x.sentence
+        rows.append([f"Q{q}. {s.title}", s.status, _controls_text(s.controls), s.sensitivity])
+    return rows
 
 
 def _hard(t: dict[str, pd.DataFrame], scheme: str) -> pd.DataFrame:
@@ -458,6 +483,15 @@ def _finding_aggregation(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
               V.INCONCLUSIVE: f" For model design: too few seeds to say; equal weighting cost "
                               f"{worst}, so fit the readout rather than assume it."}[v.status]
     return v.finding + extra + design
+
+
+def _finding_sentence(v: V.Verdict) -> str:
+    """Question 2 in the sentence framing, the framing of the study's wording."""
+    where = ("This framing matches the study's wording: the syntax decides how the sentence "
+             "ends, where the classify framing only asks for a valid answer token.")
+    if v.status == V.NOT_MEASURED:
+        return f"Not measured: {v.finding} {where}"
+    return f"{v.finding} {where}"
 
 
 def _finding_mechanism(v: V.Verdict) -> str:
@@ -587,7 +621,31 @@ def question_section(ev: Evidence, v: V.Verdict) -> Section:
     if not figs:
         blocks.append("(No figure was saved for this question.)")
     blocks += figs
+    if v.sentence is not None:
+        blocks += sentence_blocks(ev, v.sentence)
     return Section(f"q{v.question}", f"Q{v.question}. {v.title}", blocks, v.status)
+
+
+def sentence_blocks(ev: Evidence, v: V.Verdict) -> list[Block]:
+    """Question 2 in the sentence framing: its verdict, rule, controls, numbers and figure,
+    after the classify framing's (the section's verdict badge is the classify one)."""
+    blocks: list[Block] = [
+        f"**In the sentence framing** (`[BOS] x EOS y EOS`; the framing that matches the "
+        f"study's wording, where the syntax decides how the sentence ends; the classify "
+        f"framing above only asks for a valid answer token): **verdict: {v.status}** (rule "
+        f"version {v.rule_version}). {v.finding}", f"**Rule.** {v.rule}",
+        f"**Controls**: {_controls_text(v.controls)}." + ("" if v.evidence else
+                                                          " Not evidence."),
+        f"**Threshold sensitivity**: {v.sensitivity}."]
+    if v.numbers:
+        blocks.append(Table(["quantity", "value (spread over seeds / heads)"],
+                            [[a, b] for a, b in v.numbers]))
+    d = None if ev.sentence_dir is None else ev.sentence_dir / "analysis" / "figures"
+    if d is not None and (d / "aggregation.png").exists():
+        blocks.append(Figure(d / "aggregation.png", "Sentence framing: answer l-acc, valid "
+                             "rate, AUC, end accuracy and sentence accuracy of the model under "
+                             "each aggregation scheme (mean and spread over seeds)."))
+    return blocks
 
 
 def methods_section(ev: Evidence) -> Section:
@@ -824,7 +882,8 @@ def render_markdown(title: str, sections: list[Section], base: Path) -> str:
 
 def _sensitivity_table(v: dict[int, V.Verdict]) -> pd.DataFrame | None:
     """Every rule's status per varied threshold (sensitivity.csv), None if no rule varies one."""
-    tables = [x.sensitivity_table for x in v.values() if x.sensitivity_table is not None]
+    every = [y for x in v.values() for y in (x, x.sentence) if y is not None]
+    tables = [x.sensitivity_table for x in every if x.sensitivity_table is not None]
     return pd.concat(tables, ignore_index=True) if tables else None
 
 

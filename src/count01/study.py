@@ -10,7 +10,11 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
                       phase diagrams, trajectories, minimal head sets, the division of labour
     5. analysis       the default 4-head configuration of the sweep, every seed (`analysis`):
                       head metrics, attention interventions, aggregation, value swap
-    6. report         report.html and report.md from the saved results (`report`)
+    6. sentence       question 2 in the sentence framing (SPEC 2, the study's wording): the
+                      analysed configuration trained on `[BOS] x EOS y EOS` with lm_loss
+                      (`SENTENCE_MODES`: fewer seeds and steps, lm_loss's rows cost ~20x a
+                      count-path step), then every analysis of it (`analysis`)
+    7. report         report.html and report.md from the saved results (`report`)
 Full mode trains 32 seeds per head count for the default 3000 steps and intervenes on a 25 x 25
 grid; quick mode trains 8 seeds for 1000 steps and uses a 13 x 13 grid (every seed of the default
 config has reached hard l-acc 1.0 by step 500 in our runs, so quick mode still measures trained
@@ -22,10 +26,10 @@ rates from 0/32 (init_scale 10, and SGD at lr 1e-3 from init_scale 0.3) to 32/32
 OUT holds study.json (the plan, versions, the analysed run, and every finished stage with its
 time), sweep/ (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/
 with its analysis/), training_path/ and noise/ (the sweep directories of questions 4 and 5, with
-their paths/), report.html, report.md, verdicts.json and sensitivity.csv/.png. A stage is
-recorded only once it has finished, so re-running the same command skips finished stages and
-resumes the sweep where it stopped; a study directory holds one plan (another plan there is
-refused).
+their paths/), sentence/ (the sentence-framing run, with its analysis/), report.html,
+report.md, verdicts.json and sensitivity.csv/.png. A stage is recorded only once it has
+finished, so re-running the same command skips finished stages and resumes the sweep where it
+stopped; a study directory holds one plan (another plan there is refused).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from .report import build_report, software_versions
 from .runs import locked, read_json, remove_leftovers, write_json
 
 FORMAT = "count01-study/1"
-STAGES = ("sweep", "training_path", "noise", "paths", "analysis", "report")
+STAGES = ("sweep", "training_path", "noise", "paths", "analysis", "sentence", "report")
 ANALYSED_HEADS = 4  # SPEC's default model: its configuration of the sweep is analysed in depth
 BASE = {"d_head": 4}  # every head as wide as in the default model, whatever the head count
 MODES = {  # seeds per head count, intervention grid, Config fields that differ from the defaults
@@ -56,6 +60,12 @@ NOISE_GRIDS = {  # question 5's noise conditions (SPEC 2), for the analysed head
     "full": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"], "p_one": [0.5, 0.7]},
     "quick": {"noise": [0.25, 0.5], "noise_pattern": ["iid", "bursty"]},
     "wide": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"], "p_one": [0.5, 0.7]},
+}
+SENTENCE_MODES = {  # question 2 in the sentence framing: seeds, Config fields, grid size; 16
+    # seeds x 1500 steps took 74 s on 2 shared cores (14 of 16 reached hard l-acc 1.0)
+    "full": {"seeds": 16, "base": {"steps": 1500, "checkpoint_every": 250}, "grid_size": 7},
+    "quick": {"seeds": 8, "base": {"steps": 300, "checkpoint_every": 100}, "grid_size": 5},
+    "wide": {"seeds": 64, "base": {"steps": 3000, "checkpoint_every": 250}, "grid_size": 25},
 }
 PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config fields, grid
     "full": {"seeds": 32, "base": {"steps": 1500, "checkpoint_every": 250},
@@ -90,6 +100,9 @@ class Plan:
     path_base: dict[str, Any] = field(default_factory=dict)  # its Config fields
     path_grid: dict[str, list] = field(default_factory=dict)  # and its grid
     noise_grid: dict[str, list] = field(default_factory=dict)  # question 5's noise conditions
+    sentence_seeds: int = 16  # question 2 in the sentence framing: seeds,
+    sentence_base: dict[str, Any] = field(default_factory=dict)  # its Config fields
+    sentence_grid_size: int = 7  # and its intervention grid
 
     @property
     def analysed_heads(self) -> int:
@@ -107,6 +120,13 @@ class Plan:
         return {"seeds": self.seeds, "base": dict(self.base) | {"heads": self.analysed_heads},
                 "grid": {k: list(v) for k, v in self.noise_grid.items()}}
 
+    def sentence_config(self) -> Config:
+        """The analysed configuration in the sentence framing, with lm_loss."""
+        return Config.from_dict(self.base | {"heads": self.analysed_heads,
+                                             "n_seeds": self.sentence_seeds,
+                                             "framing": "sentence", "lm_loss": True}
+                                | self.sentence_base, source="study plan (sentence framing)")
+
     def config(self, heads: int) -> Config:
         return Config.from_dict(self.base | {"heads": heads, "n_seeds": self.seeds},
                                 source="study plan")
@@ -123,7 +143,7 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
               scope: str | None = None,
               grid_size: int | None = None, path_seeds: int | None = None,
               path_grid: dict[str, list] | None = None, noise_grid: dict[str, list] | None = None,
-              **config: Any) -> Plan:
+              sentence_seeds: int | None = None, **config: Any) -> Plan:
     """The default study of a mode; the other arguments shrink or change it (tests use a tiny
     one). `config` holds Config fields for every configuration of both sweeps (e.g. steps=60,
     eval_size=512)."""
@@ -134,7 +154,7 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
     if name not in SCOPES or (quick and name != "quick"):
         raise StudyError(f"scope must be one of {', '.join(SCOPES)} (--quick is scope quick), "
                          f"got {name!r}")
-    mode, path = MODES[name], PATH_GRIDS[name]
+    mode, path, sentence = MODES[name], PATH_GRIDS[name], SENTENCE_MODES[name]
     plan = Plan(mode=name, seeds=mode["seeds"] if seeds is None else seeds,
                 heads=Plan.heads if heads is None else tuple(heads),
                 base=BASE | mode["base"] | config,
@@ -142,12 +162,17 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
                 path_seeds=path["seeds"] if path_seeds is None else path_seeds,
                 path_base=BASE | path["base"] | config,
                 path_grid=path["grid"] if path_grid is None else path_grid,
-                noise_grid=NOISE_GRIDS[name] if noise_grid is None else noise_grid)
-    if plan.seeds < 1 or not plan.heads or plan.path_seeds < 1:
+                noise_grid=NOISE_GRIDS[name] if noise_grid is None else noise_grid,
+                sentence_seeds=sentence["seeds"] if sentence_seeds is None else sentence_seeds,
+                sentence_base=sentence["base"] | config,
+                sentence_grid_size=min(sentence["grid_size"],
+                                       mode["grid_size"] if grid_size is None else grid_size))
+    if plan.seeds < 1 or not plan.heads or plan.path_seeds < 1 or plan.sentence_seeds < 1:
         raise StudyError(f"a study needs seeds >= 1 and some head counts: {plan}")
     default_grid(plan.grid_size)
     for h in plan.heads:
         plan.config(h)  # every configuration is valid before anything trains
+    plan.sentence_config()
     Sweep.from_dict(plan.path_sweep_dict(), source="study plan (training path)")
     Sweep.from_dict(plan.noise_sweep_dict(), source="study plan (noise benchmark)")
     return plan
@@ -241,6 +266,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                                    log=log, **run),
         "paths": lambda: [analyze_paths(out / d) for d in ("sweep", "training_path", "noise")],
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
+        "sentence": lambda: sentence_stage(out / "sentence", plan, progress),
         "report": lambda: build_report(out),
     }
     redo = False  # once a stage runs again, every later stage must too (its inputs changed)
@@ -262,3 +288,15 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
         log(f"[{n}/{len(STAGES)}] {name}: {seconds:.1f} s")
     log(f"report: {out / 'report.html'} (and report.md)")
     return out / "report.html"
+
+
+def sentence_stage(run: Path, plan: Plan, progress: bool) -> None:
+    """Question 2 in the sentence framing: train the analysed configuration in it (resuming a
+    killed training), then analyse it. A finished training (model.safetensors) is kept."""
+    from .analysis import analyze
+    from .train import train
+
+    if not (run / "model.safetensors").exists():
+        train(plan.sentence_config(), run, resume=(run / "config.json").exists(),
+              progress=progress)
+    analyze(run, grid_size=plan.sentence_grid_size, progress=progress)

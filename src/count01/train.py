@@ -1,5 +1,10 @@
 """Training: AdamW on the answer's cross-entropy at EOS, S seeds at once as one batched model.
 
+In the `sentence` framing (SPEC 2) a seed's loss is the mean of two parts, each a mean
+cross-entropy over its batch: the answer at the first EOS and the ending (EOS) at the answer y;
+with `lm_loss` a third part, the next token at every position of the string (mean over the
+seed's positions). Each part weighs the same whatever the strings' lengths.
+
 The loss is the sum over seeds of each seed's mean loss, and AdamW is elementwise, so seed k's
 gradient and update never see another seed: seed k in a batch of 64 trains as seed k alone.
 Data at step t is a pure function of (seed, t) and the AdamW state is checkpointed, so a resumed
@@ -22,7 +27,17 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .criteria import EARLY_STOP_FROM, EARLY_STOP_L_ACC, SUCCESS_SET
-from .language import D_VOCAB, answer, eval_set, training_batch, training_indices, triples
+from .language import (
+    D_VOCAB,
+    EOS,
+    answer,
+    at_end,
+    eval_set,
+    string_rows,
+    training_batch,
+    training_indices,
+    triples,
+)
 from .metrics import chunked_logits, evaluate, l_acc
 from .model import Model, trainable
 from .runs import (
@@ -72,10 +87,72 @@ def lr_at(cfg: Config, step: int) -> float:
 def loss_per_seed(model: Model, cfg: Config, step: int) -> torch.Tensor:
     """Mean cross-entropy of each seed on its batch at `step`, through autograd. (S,)."""
     batch = training_batch(cfg, model.seeds, step)
-    logits = model(batch)  # (S, B, V)
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.y.flatten(),
+    if cfg.framing == "classify":
+        return _ce(model(batch), batch.y).mean(1)
+    if cfg.lm_loss:  # every query row at once (the position path; the count path is by hand)
+        every = model.causal_logits(batch.tokens)  # (S, B, L, V)
+        eos = batch.eos_pos[..., None, None].expand(-1, -1, 1, every.shape[-1])
+        parts = [_ce(every.gather(2, eos)[:, :, 0], batch.y).mean(1),
+                 _ce(every.gather(2, eos + 1)[:, :, 0], torch.full_like(batch.y, EOS)).mean(1)]
+        _, _, target, ok = string_rows(batch.tokens, batch.eos_pos)
+        ce = _ce(every[:, :, :target.shape[-1]].flatten(1, 2), target.flatten(1))
+        ok = ok.flatten(1).to(ce.dtype)
+        return torch.stack(parts + [(ce * ok).sum(1) / ok.sum(1)]).mean(0)
+    end = at_end(batch)
+    return torch.stack([_ce(model(batch), batch.y).mean(1), _ce(model(end), end.y).mean(1)]
+                       ).mean(0)
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits (S, B, V) against targets (S, B). (S, B)."""
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(),
                                            reduction="none")
-    return ce.view(logits.shape[:2]).mean(1)
+    return ce.view(logits.shape[:2])
+
+
+def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
+                  table: torch.Tensor | None = None):
+    """The rows of `Model.count_rows_loss_grad` for the `sentence` framing at `step`: mult,
+    query, target (S, 5, R) and weight (S, R), weighted as the module says. Without lm_loss the
+    rows come from `table` (`_sentence_table`), a column per example, no tokens; with it, from
+    the token batch: its string rows after the answers and endings."""
+    S, B = len(seeds), cfg.batch_size
+    eos = torch.nn.functional.one_hot(torch.tensor(EOS), D_VOCAB).to(dtype).view(1, D_VOCAB, 1)
+    if not cfg.lm_loss:
+        idx = torch.from_numpy(training_indices(cfg, seeds, step)).view(-1)
+        cols = table.index_select(1, idx).view(3, D_VOCAB, S, B).transpose(1, 2)  # (3, S, 5, B)
+        mult, y = torch.cat([cols[0], cols[1]], -1), cols[2]
+        query = torch.cat([eos.expand(S, -1, B), y], -1)
+        target = torch.cat([y, eos.expand(S, -1, B)], -1)
+        return mult, query, target, torch.full((S, 2 * B), 0.5 / B, dtype=dtype)
+    batch = training_batch(cfg, seeds, step, tokens=True)
+    end = at_end(batch)
+    smult, sq, starget, ok = string_rows(batch.tokens, batch.eos_pos)
+    y = torch.nn.functional.one_hot(batch.y, D_VOCAB).to(dtype).transpose(1, 2)
+
+    def columns(x: torch.Tensor) -> torch.Tensor:  # (S, B, L', 5) -> (S, 5, B * L')
+        return x.flatten(1, 2).transpose(1, 2).to(dtype)
+
+    def onehot(t: torch.Tensor) -> torch.Tensor:
+        return columns(torch.nn.functional.one_hot(t, D_VOCAB))
+
+    # the string rows that exist first (positions before EOS), cut where the seed with the most
+    # ends: the positions after EOS are half of a padded batch
+    ok = ok.flatten(1)
+    n = int(ok.sum(1).max())
+    keep = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, :n]  # (S, n)
+
+    def rows(x: torch.Tensor) -> torch.Tensor:  # (S, 5, B * L') -> (S, 5, n)
+        return x.gather(2, keep[:, None].expand(-1, D_VOCAB, -1))
+
+    mult = torch.cat([batch.mult(cfg.bos, dtype).transpose(1, 2),
+                      end.mult(cfg.bos, dtype).transpose(1, 2), rows(columns(smult))], -1)
+    query = torch.cat([eos.expand(S, -1, B), y, rows(onehot(sq))], -1)
+    target = torch.cat([y, eos.expand(S, -1, B), rows(onehot(starget))], -1)
+    ok = ok.gather(1, keep).to(dtype)
+    weight = torch.cat([torch.full((S, 2 * B), 1.0 / (3 * B), dtype=dtype),
+                        ok / (3 * ok.sum(1, keepdim=True))], -1)
+    return mult, query, target, weight
 
 
 class Trainer:
@@ -86,8 +163,10 @@ class Trainer:
     is torch's AdamW or SGD, op for op: test_trainer_is_the_torch_optimiser_bit_for_bit). Without
     LayerNorm the gradient is written by hand: on the count path (`Model.count_loss_grad`) a batch
     is a row lookup per example in a per-triple table; with a positional embedding
-    (`Model.pos_loss_grad`, the position path) it is a token batch. With LayerNorm autograd
-    differentiates the model on token batches. `model`'s trainable weights become views of the
+    (`Model.pos_loss_grad`, the position path) it is a token batch. In the `sentence` framing
+    the count path's gradient is `Model.count_rows_loss_grad` (rows of `sentence_rows`). With
+    LayerNorm, and with positions in `sentence`, autograd differentiates the model on token
+    batches. `model`'s trainable weights become views of the
     flat tensor, so it sees every update; `weights()` copies them.
     """
 
@@ -98,12 +177,15 @@ class Trainer:
         self._views(self.flat, model.weights)
         self.moments = {m: torch.zeros_like(self.flat) for m in MOMENTS[cfg.optimizer]}
         self.t = 0  # optimiser steps taken
-        self.by_hand = not cfg.layernorm
+        # by hand: the count path, and the position path in `classify`; else autograd
+        self.by_hand = not cfg.layernorm and (cfg.count_path or cfg.framing == "classify")
+        self.sentence = cfg.framing == "sentence"
         if self.by_hand and cfg.count_path:
-            self.table = _triple_table(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
+            make = _sentence_table if self.sentence else _triple_table
+            self.table = make(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
         if self.by_hand:
             _keep_freed_memory()
-        self.prefetch = self.by_hand and not cfg.count_path
+        self.prefetch = self.by_hand and (not cfg.count_path or self.sentence)
         self._next: tuple[int, tuple[int, ...], Future] | None = None  # (step, seeds, batch)
 
     def _views(self, flat: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,8 +201,13 @@ class Trainer:
     def loss_grad(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each seed's loss on its batch at `step` (S,) and the flat gradient of their sum."""
         seeds = self.model.seeds
+        if self.by_hand and self.sentence:
+            rows = self._ahead(step, lambda s, t: sentence_rows(self.cfg, s, t, self.flat.dtype,
+                                                                self.table))
+            loss, grads = self.model.count_rows_loss_grad(*rows)
+            return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and not self.cfg.count_path:
-            batch = self._token_batch(step)
+            batch = self._ahead(step, lambda s, t: training_batch(self.cfg, s, t))
             loss, grads = self.model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand:
@@ -134,18 +221,19 @@ class Trainer:
         grads = torch.autograd.grad(loss.sum(), [leaves[k] for k in self.names])
         return loss.detach(), torch.cat([g.reshape(-1) for g in grads])
 
-    def _token_batch(self, step: int):
-        """The batch of `step`; with `prefetch`, the batch of step + 1 is made meanwhile on a
-        second thread (numpy releases the GIL in its array loops), so the position path's
-        token arrangement, which alone costs several count-path steps at S = 64, overlaps the
-        gradient. A batch is a pure function of (seeds, step): prefetching changes no number."""
+    def _ahead(self, step: int, make: Callable[[list[int], int], object]):
+        """make(seeds, step), the batch of `step`; with `prefetch`, the batch of step + 1 is
+        made meanwhile on a second thread (numpy and torch release the GIL in their loops), so
+        the token arrangement (the position path's, and the string rows of `lm_loss`), which
+        alone costs several count-path steps at S = 64, and the sentence framing's rows overlap
+        the gradient. A batch is a pure function of (seeds, step): prefetching changes no
+        number."""
         seeds = tuple(self.model.seeds)
         ahead, self._next = self._next, None
         batch = (ahead[2].result() if ahead is not None and ahead[:2] == (step, seeds)
-                 else training_batch(self.cfg, list(seeds), step))
+                 else make(list(seeds), step))
         if self.prefetch:
-            self._next = (step + 1, seeds, _prefetcher().submit(training_batch, self.cfg,
-                                                                list(seeds), step + 1))
+            self._next = (step + 1, seeds, _prefetcher().submit(make, list(seeds), step + 1))
         return batch
 
     def step(self, step: int) -> torch.Tensor:
@@ -232,6 +320,16 @@ def _triple_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -> 
     ones = torch.ones(1, len(t), dtype=t.dtype)
     target = torch.nn.functional.one_hot(answer(t), D_VOCAB).T
     return torch.cat([t.T, ones, ones * bos, target]).to(dtype)
+
+
+@lru_cache(maxsize=8)
+def _sentence_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Per count triple of the training law, in the `sentence` framing: the multiplicities the
+    answer's query sees, those the ending's query sees (the answer y too), then the one-hot y.
+    (15, T)."""
+    t = _triple_table(min_len, max_len, bos, dtype)
+    y = t[D_VOCAB:]
+    return torch.cat([t[:D_VOCAB], t[:D_VOCAB] + y, y])
 
 
 def _keep_freed_memory() -> None:

@@ -60,7 +60,7 @@ FACTORS = np.geomspace(0.5, 2.0, 17)
 SENSITIVITY_RANGE = ("each threshold x0.5 to x2 in 17 log-spaced steps (of its distance from 1 "
                      "for accuracies, AUC and the share 'most'; of its logarithm for w01_factor)")
 # the fewest informative units a rule decides on
-MIN_UNITS = {"1": 8, "2": 8, "3a": 8, "3b": 8, "3c": 8, "4": 8, "5": 8}
+MIN_UNITS = {"1": 8, "2": 8, "2s": 8, "3a": 8, "3b": 8, "3c": 8, "4": 8, "5": 8}
 MIN_SWAP_SEEDS = 3  # informative hybrids must come from at least this many seeds
 
 # question -> versions: (version, when, changed after results were seen (None: not recorded),
@@ -71,7 +71,12 @@ HISTORY: dict[int, list[tuple[int, str, bool | None, str]]] = {
          "interval straddles its threshold")],
     2: [(1, "commit 39e0da1", None, "first version: share of seeds supporting the claim"),
         (2, "issue #13", True, "inconclusive below 8 seeds or when the share's Wilson 95% "
-         "interval straddles its threshold")],
+         "interval straddles its threshold"),
+        (3, "issue #15, before any result of the sentence framing was seen", False, "judged "
+         "in both framings, each with its own verdict: the classify rule unchanged; in the "
+         "sentence framing (the study's wording: the syntax decides how the sentence ends) the "
+         "same rule on sentence accuracy (the answer, then EOS after it) in place of l-acc, on "
+         "a run trained in that framing")],
     3: [(1, "commit 39e0da1", None, "first version; (b) held if the median |s-acc change| of a "
          "head given another head's values is <= 0.05"),
         (2, "commit 38bdcc5, after the full study's results were known", True, "(b) counts "
@@ -113,6 +118,8 @@ class Verdict:
     sensitivity: str = ""  # "robust" or where the verdict flips
     part_sensitivity: dict[str, str] = field(default_factory=dict)  # Q3: sub-claim key -> text
     sensitivity_table: pd.DataFrame | None = None  # (rule, threshold, factor, value, status)
+    framing: str = "classify"  # question 2 is judged in both framings of SPEC 2
+    sentence: Verdict | None = None  # question 2's verdict in the sentence framing
 
     @property
     def rule_version(self) -> int:
@@ -136,6 +143,9 @@ class Verdict:
                                   "controls": controls.get(key, {}),
                                   "sensitivity": self.part_sensitivity.get(key, "")}
                             for key, (name, status) in zip(Q3_PARTS, self.parts)}
+        if self.sentence is not None:
+            out["framing"] = self.framing
+            out["sentence"] = self.sentence.to_json() | {"framing": "sentence"}
         return out
 
 
@@ -323,8 +333,63 @@ def q2(agg: pd.DataFrame | None, model: pd.DataFrame | None,
     loo = a[a["scheme"] == "leave_one_out"]
     if len(loo):
         numbers.append(("leave one head out: l-acc", spread(loo["l_acc"])))
-    return Verdict(2, Q2_TITLE, by_evidence(k, n, MIN_UNITS["2"], t), Q2_RULE, finding,
-                   numbers, previous={1: by_share(k / n, t)})
+    status = by_evidence(k, n, MIN_UNITS["2"], t)  # version 3 kept version 2's classify rule
+    return Verdict(2, Q2_TITLE, status, Q2_RULE, finding, numbers,
+                   previous={1: by_share(k / n, t), 2: status})
+
+
+SENTENCE = "sentence_"  # prefix of the sentence-framing run's tables in Evidence.tables
+Q2S_RULE = (f"The sentence framing (a run trained on `[BOS] x EOS y EOS`): on `{SET}`, a "
+            "successful seed (answer l-acc as above) supports the claim if with uniform "
+            f"weighting the model still ranks well (AUC >= {AUC_GOOD}) but gets the sentence "
+            f"wrong more often (sentence accuracy, the answer and then EOS, at least "
+            f"{L_ACC_DROP} below learned), while learned or fitted alpha (fitted to the answer "
+            f"and the ending together) reach sentence accuracy >= {SUCCESS_L_ACC}. Held if >= "
+            f"{MOST:.0%} of the seeds support it, did not hold if <= {FEW:.0%}, mixed otherwise. "
+            + _evidence_rule("successful seeds", "2s"))
+Q2S_TITLE = ("Non-uniform aggregation for the syntax, sentence framing: do equally weighted heads "
+             "rank well but end the sentence wrongly, and a learned or fitted weighting fix it?")
+
+
+def q2_sentence(agg: pd.DataFrame | None, model: pd.DataFrame | None,
+                t: Mapping[str, float] = THRESHOLDS) -> Verdict:
+    """Question 2 in the sentence framing, from the aggregation and model tables of a run
+    trained in it (with end and sentence accuracy columns)."""
+    def verdict(status, finding, numbers=()):
+        return Verdict(2, Q2S_TITLE, status, Q2S_RULE, finding, list(numbers),
+                       framing="sentence")
+
+    if agg is None or model is None or "sentence" not in agg:
+        return verdict(NOT_MEASURED, "No run was trained and analysed in the sentence framing.")
+    ok = successful_seeds(model, t)
+    a = agg[(agg["set"] == SET) & agg["seed"].isin(ok)]
+    if a.empty:
+        return verdict(NOT_MEASURED, "No seed of the sentence-framing run succeeded.",
+                       [_seeds_note(model, ok)])
+    whole = a[a["head"] == -1].pivot_table(index="seed", columns="scheme",
+                                           values=["sentence", "end", "l_acc", "valid", "auc"])
+    learned, uniform, fitted = (whole[("sentence", s)] for s in ("learned", "uniform", "fitted"))
+    support = ((whole[("auc", "uniform")] >= t["auc_good"])
+               & (uniform <= learned - t["l_acc_drop"])
+               & (np.maximum(learned, fitted) >= t["success_l_acc"]))
+    k, n = int(support.sum()), len(support)
+    finding = (f"{share(k, n)} seeds lose sentence accuracy under uniform weighting while still "
+               f"ranking well: uniform sentence accuracy {uniform.median():.3f} (median; lowest "
+               f"{uniform.min():.3f}, end accuracy {whole[('end', 'uniform')].median():.3f}) "
+               f"against learned {learned.median():.3f} and fitted {fitted.median():.3f}.")
+    numbers = [_seeds_note(model, ok), ("seeds supporting the claim, the deciding share",
+                                        share_ci(k, n))]
+    for scheme in ("learned", "uniform", "fitted"):
+        for col in ("sentence", "end", "l_acc", "valid", "auc"):
+            numbers.append((f"{scheme}: {col.replace('_', '-')}", spread(whole[(col, scheme)])))
+    single = a[a["scheme"] == "single"]
+    if len(single):
+        numbers += [("single head (others mean-ablated): sentence accuracy",
+                     spread(single["sentence"])),
+                    ("single head: end accuracy", spread(single["end"]))]
+    v = verdict(by_evidence(k, n, MIN_UNITS["2s"], t), finding, numbers)
+    v.previous = {1: "no rule", 2: "no rule"}  # versions before 3 judged classify only
+    return v
 
 
 # --- Q3: attention as the mechanism -----------------------------------------------------------
@@ -742,7 +807,7 @@ def q5(labour: pd.DataFrame | None, label: str = "configuration",
     return Verdict(5, Q5_TITLE, status, Q5_RULE, finding, numbers)
 
 
-RULES = {1: Q1_RULE, 2: Q2_RULE, 3: Q3_RULE, 4: Q4_RULE, 5: Q5_RULE}
+RULES = {1: Q1_RULE, 2: Q2_RULE + " " + Q2S_RULE, 3: Q3_RULE, 4: Q4_RULE, 5: Q5_RULE}
 
 
 # --- controls, sensitivity, and every verdict at once ----------------------------------------
@@ -786,6 +851,9 @@ RULE_FUNCTIONS: dict[str, tuple[tuple[str, ...], Callable[[Evidence, Mapping], s
           lambda e, t: q1(e.tables.get("heads"), e.tables.get("model"), t).status),
     "2": (("success_l_acc", "auc_good", "l_acc_drop", "most", "few"),
           lambda e, t: q2(e.tables.get("aggregation"), e.tables.get("model"), t).status),
+    "2s": (("success_l_acc", "auc_good", "l_acc_drop", "most", "few"),
+           lambda e, t: q2_sentence(e.tables.get(SENTENCE + "aggregation"),
+                                    e.tables.get(SENTENCE + "model"), t).status),
     "3": (("success_l_acc", "w01_factor", "w02_max", "value_swap_gap", "collapse_beyond",
            "most", "few"), lambda e, t: combine([_q3_part(k)(e, t) for k in Q3_PARTS])),
     "3a": (("success_l_acc", "w01_factor", "w02_max", "most", "few"), _q3_part("3a")),
@@ -839,6 +907,12 @@ def sensitivity(rule: str, e: Evidence, seen: dict | None = None) -> tuple[str, 
     return ("robust" if not flips else "flips: " + "; ".join(flips)), table
 
 
+def rule_key(v: Verdict) -> str:
+    """The key of a verdict's rule in RULE_FUNCTIONS: its question, "2s" for question 2 in the
+    sentence framing."""
+    return "2s" if v.framing == "sentence" else str(v.question)
+
+
 def judge(e: Evidence, controls: Mapping[str, tuple[Evidence, Evidence]] | None = None
           ) -> list[Verdict]:
     """Every question's verdict on `e`, with its controls (rule -> (positive, negative)
@@ -846,8 +920,10 @@ def judge(e: Evidence, controls: Mapping[str, tuple[Evidence, Evidence]] | None 
     t = e.tables.get
     out = [q1(t("heads"), t("model")), q2(t("aggregation"), t("model")), _run_q3(e, THRESHOLDS),
            q4(e.success, e.minimal, e.label), q5(e.labour, e.labour_label)]
-    for v in out:
-        q = str(v.question)
+    out[1].sentence = q2_sentence(t(SENTENCE + "aggregation"), t(SENTENCE + "model"))
+    judged = out + [out[1].sentence]
+    for v in judged:
+        q = rule_key(v)
         if v.status == NOT_MEASURED:
             v.sensitivity = "not measured"
             continue
@@ -857,8 +933,8 @@ def judge(e: Evidence, controls: Mapping[str, tuple[Evidence, Evidence]] | None 
         v.sensitivity_table = pd.concat([table for _, table in got.values()], ignore_index=True)
         v.sensitivity = got[q][0]
         v.part_sensitivity = {r: text for r, (text, _) in got.items() if r != q}
-    for v in out if controls is not None else []:
-        q = str(v.question)
+    for v in judged if controls is not None else []:
+        q = rule_key(v)
         keys = tuple(Q3_PARTS) if q == "3" else (q,)
         got = {k: {side: RULE_FUNCTIONS[k][1](controls[k][i], THRESHOLDS)
                    for i, side in enumerate(("positive", "negative"))} for k in keys}
