@@ -55,6 +55,10 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     state = read_json(study / "study.json")
     assert list(state["stages"]) == list(STAGES)
     assert all(s["seconds"] >= 0 for s in state["stages"].values())
+    for name in ("sweep", "training_path", "noise"):  # 2 configurations x 2 seeds x 60 steps
+        assert state["stages"][name]["seed_steps"] == 240
+    assert "seed_steps" not in state["stages"]["analysis"]
+    assert "seed-steps/s" in (study / "report.md").read_text()
     run = study / state["analysed_run"]
     assert read_json(run / "config.json")["heads"] == 4
     assert (run / "analysis" / "metrics.json").exists()

@@ -20,8 +20,11 @@ configurations: an exploratory run of the full grid (32 seeds, 1500 steps) on 20
 rates from 0/32 (init_scale 10, and SGD at lr 1e-3 from init_scale 0.3) to 32/32.
 
 OUT holds study.json (the plan, versions, the analysed run, and every finished stage with its
-time), sweep/ (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/
-with its analysis/), training_path/ and noise/ (the sweep directories of questions 4 and 5, with
+wall time in seconds and, for the stages that train, seed_steps: the seed-steps of the
+configurations this run of the stage finished, seeds x steps, a seed given up by early stopping
+counted to its stopping step; a configuration resumed from a checkpoint counts whole), sweep/
+(a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/ with its
+analysis/), training_path/ and noise/ (the sweep directories of questions 4 and 5, with
 their paths/), report.html, report.md, verdicts.json and sensitivity.csv/.png. A stage is
 recorded only once it has finished, so re-running the same command skips finished stages and
 resumes the sweep where it stopped; a study directory holds one plan (another plan there is
@@ -221,7 +224,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                log: Callable[[str], None], run: dict[str, Any]) -> Path:
     from .analysis import analyze
     from .paths import analyse as analyse_paths
-    from .sweeps import Sweep, run_sweep
+    from .sweeps import Sweep, run_sweep, seed_steps
 
     run_dir = analysed_run(out, plan)
     state["versions"] = software_versions()
@@ -243,6 +246,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "report": lambda: build_report(out),
     }
+    trains = {"sweep", "training_path", "noise"}  # the stages that train: their seed-steps
     redo = False  # once a stage runs again, every later stage must too (its inputs changed)
     for n, name in enumerate(STAGES, 1):
         done = state["stages"].get(name)
@@ -250,6 +254,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
             log(f"[{n}/{len(STAGES)}] {name}: done earlier ({done['seconds']:.0f} s), skipped")
             continue
         log(f"[{n}/{len(STAGES)}] {name} ...")
+        before = seed_steps(out / name) if name in trains else 0
         t0 = time.perf_counter()
         if name == "report":  # the report reads study.json: record the time so far first
             write_json(out / "study.json", state)
@@ -257,6 +262,8 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
         seconds = time.perf_counter() - t0
         now = datetime.now(UTC).isoformat(timespec="seconds")
         state["stages"][name] = {"seconds": seconds, "finished": now}
+        if name in trains:  # what this run of the stage trained, beside its wall time
+            state["stages"][name]["seed_steps"] = seed_steps(out / name) - before
         write_json(out / "study.json", state)
         redo = True
         log(f"[{n}/{len(STAGES)}] {name}: {seconds:.1f} s")
