@@ -349,13 +349,13 @@ def _early_stop_blocks(stop: pd.DataFrame) -> list[Block]:
                          f"{n / ok:.2f}" if ok else "no success"])
     rules = "; ".join(r.text() for v, r in STOP_RULES.items() if v in set(stop["rule"]))
     return [f"**Early stopping**, each rule replayed on the checkpoints (`early_stop.csv`): "
-            f"{rules}. Rule {STOP_RULE.version} is the one `--early-stop` trains with; rule 2 was "
+            f"{rules}. Rule {STOP_RULE.version} is the one `--early-stop` trains with. Rule 2 was "
             "chosen after the full study's training-path trajectories were seen, on its design "
             "half (the configurations at even positions of the grid) and is tested on the "
             "held-out half; on any other sweep both halves are new to it. A wrongly stopped run is "
             "a success lost; the last two columns are the seed-steps spent per success, as a "
             "multiple of one run's steps, with the rule and without it.",
-            Table(["rule", "configurations", "stopped", "of them failed", "wrongly stopped "
+            Table(["rule", "half of the grid", "stopped", "of them failed", "wrongly stopped "
                    "(of the successes)", "failures missed", "seed-steps saved",
                    "runs' steps per success, stopping", "without stopping"], rows),
             "**Early stopping's rule history.**",

@@ -74,7 +74,7 @@ class StopRule:
         return eval_set(cfg, "iid" if self.quantity == "loss" else SUCCESS_SET)
 
     def measure(self, model: Model, data) -> torch.Tensor:
-        """`quantity` of every seed of `model` on `data` (from `data`). (S,)."""
+        """`quantity` of every seed of `model` on `data` (the set `data(cfg)` gives). (S,)."""
         with torch.no_grad():
             logits = chunked_logits(model, data)
         return (mean_loss(logits, data) if self.quantity == "loss"
