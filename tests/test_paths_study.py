@@ -128,6 +128,20 @@ def test_the_replay_of_the_training_rule_reads_the_loss_and_stops_blown_up_seeds
     assert list(t["saved_fraction"]) == [2 * 750 / 3000, 750 / 3000]
 
 
+def test_the_replay_stops_the_seeds_that_training_with_early_stopping_gives_up(tmp_path):
+    base = TINY | {"steps": 60, "checkpoint_every": 20, "init_scale": 3.0}
+    tables = {}
+    for early in (False, True):
+        sweep = Sweep.from_dict({"seeds": 4, "base": base | {"early_stop": early}})
+        tables[early] = run_sweep(sweep, tmp_path / str(early), executor="inline",
+                                  log=lambda m: None)
+    plain = tables[False]
+    replay = early_stop_table(plain["trajectory"], plain["results"], [])
+    trained = tables[True]["results"]
+    assert replay["n_stopped"].item() == trained["stopped_at"].notna().sum() >= 1
+    assert replay["saved_fraction"].item() == (60 - trained["stopped_at"].fillna(60)).sum() / 240
+
+
 def test_the_grid_is_split_in_a_checkerboard_of_design_and_held_out_configurations():
     points = Sweep.from_dict({"seeds": 1, "grid": {"heads": [1, 4], "lr": [1e-3, 1e-2, 1e-1]}}
                              ).points()
