@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ from count01.paths import (
     analyze_paths,
     best_practice_table,
     early_stop_table,
+    halves,
     labour_table,
     minimal_heads_table,
     predictor_table,
@@ -20,6 +22,7 @@ from count01.paths import (
 from count01.runs import write_json
 from count01.stats import wilson
 from count01.sweeps import FORMAT, TABLES, Sweep, run_sweep
+from count01.train import STOP_RULE, STOP_RULES
 
 TINY = {"steps": 100, "batch_size": 64, "checkpoint_every": 25, "eval_size": 512,
         "exhaustive_len": 6, "max_len": 8, "long_max_len": 12}
@@ -65,6 +68,22 @@ def test_best_practice_puts_the_cheapest_reliable_ideal_solution_first():
     assert np.isinf(t["seed_steps_99_ideal"][2])
 
 
+def test_early_stopping_rule_stops_a_chance_level_loss_after_its_start_and_nothing_else():
+    rule, ln2 = STOP_RULE, math.log(2)
+    assert (rule.quantity, rule.threshold, rule.start) == ("loss", ln2, 1 / 6)
+    # a trajectory of iid loss at checkpoints 0, 250, ..., 1500 of a 1500-step run
+    failing = [1.5, 0.70, 0.69, 0.60, 0.69, 0.69, 0.69]
+    assert [rule.stops(x, 250 * i, 1500) for i, x in enumerate(failing)] == [
+        False, True, False, False, False, False, False]  # not before a sixth, nor below ln 2
+    assert rule.stops(ln2, 250, 1500) and not rule.stops(np.nextafter(ln2, 0), 250, 1500)
+    assert not rule.stops(0.69, 249, 1500)  # coin-flip loss before its start: not yet
+    assert rule.stops(float("nan"), 250, 1500) and rule.stops(float("inf"), 500, 1500)
+    assert not rule.stops(float("nan"), 1500, 1500)  # never at the last step: training is over
+    old = STOP_RULES[1]  # rule 1: hard l-acc at most 0.6 from a quarter of the steps
+    assert old.stops(0.6, 375, 1500) and not old.stops(0.61, 375, 1500)
+    assert not old.stops(0.5, 374, 1500) and old.stops(float("nan"), 375, 1500)
+
+
 def test_early_stopping_replayed_on_checkpoints_counts_stops_wrong_stops_and_savings():
     runs = _runs({"h1": [True, True, False, False]})
     acc = {0: [0.5, 0.55, 1.0, 1.0], 1: [0.5, 0.9, 1.0, 1.0],  # 0 stopped at 250 yet succeeded
@@ -72,10 +91,49 @@ def test_early_stopping_replayed_on_checkpoints_counts_stops_wrong_stops_and_sav
     # its chance-level l-acc at the last step (1000) stops nothing, as in training
     traj = pd.DataFrame([{"config_id": "h1", "seed": s, "step": 250 * i, "hard_l_acc": a}
                          for s, row in acc.items() for i, a in enumerate(row)])
-    t = early_stop_table(traj, runs, ["heads"]).iloc[0]
-    assert (t["n_runs"], t["n_failed"], t["n_stopped"]) == (4, 2, 2)
+    t = early_stop_table(traj, runs, ["heads"], STOP_RULES[1]).iloc[0]
+    assert (t["rule"], t["n_runs"], t["n_failed"], t["n_stopped"]) == (1, 4, 2, 2)
     assert (t["n_wrongly_stopped"], t["n_missed"]) == (1, 1)
-    assert t["saved_fraction"] == 2 * 750 / 4000  # steps 1000: two seeds stop at step 250
+    assert t["seed_steps"] == 4000 and t["saved_fraction"] == 2 * 750 / 4000
+
+
+def test_the_replay_of_the_training_rule_reads_the_loss_and_stops_blown_up_seeds():
+    runs = _runs({"h1": [True, False, False], "h2": [True, True, False]})
+    loss = {("h1", 0): [2.0, 0.3, 0.1, 0.0, 0.0],  # above ln 2 only at step 0: trains on
+            ("h1", 1): [2.0, 0.9, 0.9, 0.9, 0.9],  # stopped at 250 (a sixth of 1000 is 167)
+            ("h1", 2): [2.0, np.nan, np.nan, np.nan, np.nan],  # blew up: stopped at 250
+            ("h2", 0): [2.0, 0.8, 0.2, 0.0, 0.0],  # stopped at 250, yet it would have succeeded
+            ("h2", 1): [2.0, 0.5, 0.2, 0.0, 0.0],
+            ("h2", 2): [2.0, 0.5, 0.5, 0.5, 0.9]}  # failed, but only the last step is at chance
+    traj = pd.DataFrame([{"config_id": c, "seed": s, "step": 250 * i, "loss": x}
+                         for (c, s), row in loss.items() for i, x in enumerate(row)])
+    t = early_stop_table(traj, runs, ["heads"]).set_index("config_id")
+    assert list(t["rule"]) == [STOP_RULE.version] * 2
+    assert list(t["n_stopped"]) == [2, 1] and list(t["n_wrongly_stopped"]) == [0, 1]
+    assert list(t["n_missed"]) == [0, 1]
+    assert list(t["saved_fraction"]) == [2 * 750 / 3000, 750 / 3000]
+
+
+def test_the_replay_stops_the_seeds_that_training_with_early_stopping_gives_up(tmp_path):
+    base = TINY | {"steps": 60, "checkpoint_every": 20, "init_scale": 3.0}
+    tables = {}
+    for early in (False, True):
+        sweep = Sweep.from_dict({"seeds": 4, "base": base | {"early_stop": early}})
+        tables[early] = run_sweep(sweep, tmp_path / str(early), executor="inline",
+                                  log=lambda m: None)
+    plain = tables[False]
+    replay = early_stop_table(plain["trajectory"], plain["results"], [])
+    trained = tables[True]["results"]
+    assert replay["n_stopped"].item() == trained["stopped_at"].notna().sum() >= 1
+    assert replay["saved_fraction"].item() == (60 - trained["stopped_at"].fillna(60)).sum() / 240
+
+
+def test_the_grid_is_split_in_a_checkerboard_of_design_and_held_out_configurations():
+    points = Sweep.from_dict({"seeds": 1, "grid": {"heads": [1, 4], "lr": [1e-3, 1e-2, 1e-1]}}
+                             ).points()
+    half = halves(points)
+    assert [half[p.id] for p in points] == ["design", "held-out"] * 3
+    assert {p.grid["heads"] for p in points if half[p.id] == "design"} == {1, 4}
 
 
 def test_the_labour_table_counts_each_class_and_its_share_among_solved_runs():

@@ -56,6 +56,10 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     state = read_json(study / "study.json")
     assert list(state["stages"]) == list(STAGES)
     assert all(s["seconds"] >= 0 for s in state["stages"].values())
+    for name in ("sweep", "training_path", "noise"):  # 2 configurations x 2 seeds x 60 steps
+        assert state["stages"][name]["seed_steps"] == 240
+    assert "seed_steps" not in state["stages"]["analysis"]
+    assert "seed-steps/s" in (study / "report.md").read_text()
     run = study / state["analysed_run"]
     assert read_json(run / "config.json")["heads"] == 4
     assert (run / "analysis" / "metrics.json").exists()
@@ -63,7 +67,9 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     assert (study / "sweep" / "paths" / "paths.json").exists()
     assert read_json(study / "training_path" / "paths" / "paths.json")["n_runs"] == 2 * 2
     sentence = study / "sentence"  # question 2 in the sentence framing, trained with lm_loss
-    assert read_json(sentence / "config.json")["framing"] == "sentence"
+    cfg = read_json(sentence / "config.json")
+    assert cfg["framing"] == "sentence"
+    assert state["stages"]["sentence"]["seed_steps"] == cfg["n_seeds"] * cfg["steps"]
     header = (sentence / "analysis" / "aggregation.csv").read_text().splitlines()[0]
     assert header.endswith(",end,sentence")
     labour = (study / "noise" / "paths" / "labour.csv").read_text().splitlines()

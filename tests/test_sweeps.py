@@ -25,8 +25,9 @@ from count01.sweeps import (
     load_tables,
     record_run,
     run_sweep,
+    seed_steps,
 )
-from count01.train import train
+from count01.train import STOP_RULE, train
 
 TINY = {"steps": 600, "batch_size": 64, "checkpoint_every": 100, "eval_size": 512,
         "exhaustive_len": 6, "max_len": 8, "long_max_len": 12}
@@ -357,12 +358,13 @@ def test_restarts_keep_the_best_seed_as_a_run_of_its_own(tmp_path, capsys):
 
 def test_restarts_with_early_stopping_report_the_seeds_given_up(tmp_path, capsys):
     out = tmp_path / "r"
-    args = ["train", "--restarts", "4", "--early-stop", "true", "--init-scale", "3", "--out",
-            str(out)] + TRAIN
+    args = ["train", "--restarts", "4", "--early-stop", "true", "--init-scale", "3", "--lr",
+            "0.03", "--out", str(out)] + TRAIN
     assert main(args) == 0
     summary = json.loads((out / "restarts.json").read_text())
     stopped = [s["seed"] for s in summary["seeds"] if s["stopped_at"] is not None]
     assert summary["stopped_early"] == len(stopped) >= 1
+    assert summary["early_stop_rule"] == STOP_RULE.text()
     assert summary["best_seed"] not in stopped
     assert f"{len(stopped)} given up early" in capsys.readouterr().out
 
@@ -406,7 +408,9 @@ def test_a_sweep_with_early_stopping_says_where_each_seed_was_given_up(tmp_path)
                                                   "long_max_len": 12, "init_scale": 3.0,
                                                   "early_stop": True}})
     runs = run_sweep(sweep, tmp_path / "sw", executor="inline", log=lambda m: None)["results"]
-    assert runs["stopped_at"].tolist()[0] == 20 and runs["stopped_at"].isna().sum() == 3
+    assert runs["stopped_at"].tolist()[:2] == [20, 20] and runs["stopped_at"].isna().sum() == 2
+    assert seed_steps(tmp_path / "sw") == 20 + 20 + 60 + 60  # stopped seeds to their stop
+    assert seed_steps(tmp_path / "none") == 0
 
 
 def test_records_written_before_the_new_columns_still_make_the_tables(swept, tmp_path):

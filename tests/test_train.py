@@ -210,20 +210,29 @@ def test_every_optimiser_and_schedule_batches_and_resumes_bit_for_bit(optimizer,
 
 def test_early_stopping_gives_up_on_failing_seeds_and_trains_the_others_on(tiny, tmp_path,
                                                                            monkeypatch):
-    cfg = tiny.replace(n_seeds=4, init_scale=3.0, early_stop=True)  # seed 0 is at chance
+    cfg = tiny.replace(n_seeds=4, init_scale=3.0, early_stop=True)  # iid loss at step 20:
+    # 1.10, 2.39, 0.26, 0.40 (STOP_RULE gives up on a loss >= ln 2 from a sixth of the steps)
     model = train(cfg, tmp_path / "run", progress=False)
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == {"0": 20}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == {
+        "0": 20, "1": 20}
     at_stop = load_tensors(tmp_path / "run" / "checkpoints" / "step_0000020.safetensors")[0]
     for k, w in model.weights.items():
-        assert torch.equal(w[0], at_stop[k][0]), k  # frozen where it was given up
-    alone = train(cfg.replace(seed=1, n_seeds=1, early_stop=False), progress=False)
+        assert torch.equal(w[:2], at_stop[k][:2]), k  # frozen where they were given up
+    alone = train(cfg.replace(seed=2, n_seeds=1, early_stop=False), progress=False)
     for k, w in alone.weights.items():  # the others train on as they would alone
-        torch.testing.assert_close(model.weights[k][1:2], w, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.weights[k][2:3], w, atol=1e-5, rtol=0)
     resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
     for k, w in model.weights.items():
         assert torch.equal(resumed.weights[k], w), k
     assert (json.loads((tmp_path / "killed" / "metrics.json").read_text())["final_loss"]
             == json.loads((tmp_path / "run" / "metrics.json").read_text())["final_loss"])
+
+
+def test_early_stopping_gives_up_on_seeds_whose_weights_blew_up(tiny, tmp_path):
+    cfg = tiny.replace(init_scale=10.0, early_stop=True)  # NaN weights by step 20
+    train(cfg, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == {
+        "0": 20, "1": 20}
 
 
 def test_when_early_stopping_gives_up_on_every_seed_training_ends_there(tiny, tmp_path):

@@ -84,7 +84,7 @@ class Config:
     warmup: int = 0
     weight_decay: float = 0.0
     checkpoint_every: int = 250
-    early_stop: bool = False  # give up on seeds that train.early_stop judges failing
+    early_stop: bool = False  # give up on seeds that train.STOP_RULE judges failing
     # --- evaluation (SPEC 2) ---
     eval_seed: int = 1_000_003
     eval_size: int = 8192

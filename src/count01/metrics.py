@@ -57,6 +57,13 @@ def l_acc(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.
     return (hit * weight).sum(-1) / weight.sum()
 
 
+def mean_loss(logits: torch.Tensor, data: Batch) -> torch.Tensor:
+    """Cross-entropy of the answer, in float64, averaged over the set with its weights. (S,)."""
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(),
+                                           data.y.repeat(logits.shape[0]), reduction="none")
+    return (ce.view(logits.shape[:2]) * data.weight).sum(1) / data.weight.sum()
+
+
 def valid_rate(logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Fraction whose argmax is a digit 0 or 1 (the syntax alone). (S,)."""
     ok = (logits.argmax(-1) <= ONE).to(weight.dtype)

@@ -15,10 +15,11 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
 - stability.csv: config_id, <grid>, n_success, then over the successful runs' heads on hard the
   quartiles (_q25, _median, _q75) of log10_w01, log10_w02 and s_acc, and min_heads_mean,
   min_heads_sd, min_heads_modal_share (the minimal head-set size across seeds).
-- early_stop.csv: config_id, <grid>, n_runs, n_failed, n_stopped (runs the early-stopping rule
-  of `train.early_stop`, replayed on the checkpoints, gives up on), n_wrongly_stopped (stopped
-  runs that went on to succeed), n_missed (failed runs it does not stop), saved_fraction (share
-  of the configuration's seed-steps after the stops).
+- early_stop.csv: one row per (early-stopping rule of `train.STOP_RULES`, configuration): rule
+  (its version), config_id, <grid>, n_runs, n_failed, n_stopped (runs the rule, replayed on the
+  checkpoints, gives up on), n_wrongly_stopped (stopped runs that went on to succeed), n_missed
+  (failed runs it does not stop), seed_steps (the configuration's, without stopping),
+  saved_fraction (share of them after the stops), half ("design" or "held-out": `halves`).
 - labour.csv: config_id, <grid>, n_runs, n_pseudo_ensemble, n_divided, n_mixed, n_unsolved (the
   runs of each division of labour, SPEC 4), n_solved, then pseudo_ensemble_share and
   divided_share among the solved runs with their Wilson 95% interval (_ci_low, _ci_high); for
@@ -53,7 +54,8 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
   ideal_rate, ideal_ci_low, ideal_ci_high, median_steps_to_success, restarts_99 (null: no number
   of restarts suffices), restarts_99_low, restarts_99_high, min_heads: {size or "none":
   n_runs}}], early_predictors: [the best pooled quantity per step: {step, quantity, auc,
-  auc_best, direction, n_runs, n_failed}], early_stop_rule (text), figures_skipped: {name: why},
+  auc_best, direction, n_runs, n_failed}], early_stop_rules ({version: text}),
+  early_stop_rule (the version training uses), figures_skipped: {name: why},
   files: {name: what}}.
 - .lock: held while `analyze_paths` writes here (it first removes what a killed one left).
 """
@@ -72,8 +74,6 @@ from matplotlib.lines import Line2D
 
 from .aggregation import LABOURS
 from .criteria import (
-    EARLY_STOP_FROM,
-    EARLY_STOP_L_ACC,
     RESTART_CHANCE,
     SUCCESS_L_ACC,
     SUCCESS_SET,
@@ -82,7 +82,7 @@ from .metrics import roc_auc_rows
 from .runs import atomic_write, json_safe, locked, remove_leftovers, write_json
 from .stats import wilson
 from .sweeps import Point, load_tables, read_points
-from .train import early_stop
+from .train import STOP_RULE, STOP_RULES, StopRule
 
 matplotlib.use("Agg")  # files only, never a window
 
@@ -129,24 +129,26 @@ def restarts(rate, chance: float = RESTART_CHANCE) -> np.ndarray:
     return np.where(rate >= 1.0, 1.0, np.where(rate <= 0.0, np.inf, k))
 
 
-EARLY_STOP_RULE = (f"stop a seed at the first checkpoint at or after {EARLY_STOP_FROM:.0%} of its "
-                   f"steps where its {SUCCESS_SET} l-acc is at most {EARLY_STOP_L_ACC} (rule 1, "
-                   "fixed before any trajectory was looked at)")
+def halves(points: list[Point]) -> dict[str, str]:
+    """config_id -> "design" or "held-out": the configurations at even positions of the sweep's
+    grid order, and those at odd ones (criteria's protocol for choosing an early-stopping rule)."""
+    return {p.id: "held-out" if i % 2 else "design" for i, p in enumerate(points)}
 
 
-def early_stop_table(trajectory: pd.DataFrame, runs: pd.DataFrame, grid: list[str]
-                     ) -> pd.DataFrame:
-    """What the early-stopping rule (`train.early_stop`) would have done to the sweep's runs,
+def early_stop_table(trajectory: pd.DataFrame, runs: pd.DataFrame, grid: list[str],
+                     rule: StopRule = STOP_RULE) -> pd.DataFrame:
+    """What an early-stopping rule (`train.StopRule`) would have done to the sweep's runs,
     replayed on their checkpoints: per configuration, the runs it stops, how many of those went on
     to succeed (wrongly stopped), the failures it misses, and the share of seed-steps it saves."""
     t = trajectory.merge(runs[["config_id", "seed", "steps", "success"]], on=["config_id", "seed"])
-    t = t[t["hard_l_acc"].notna() & (t["step"] < t["steps"])]  # as training: never at the end
-    hit = t[[early_stop(a, s, n) for a, s, n in zip(t["hard_l_acc"], t["step"], t["steps"])]]
+    value = t[rule.quantity].astype(float)  # empty (NaN) where the weights were not finite
+    hit = t[[rule.stops(v, s, n) for v, s, n in zip(value, t["step"], t["steps"])]]
     stop = hit.groupby(["config_id", "seed"])["step"].min().rename("stop_step")
     r = runs.merge(stop, left_on=["config_id", "seed"], right_index=True, how="left")
     r["stopped"] = r["stop_step"].notna()
     r["saved"] = np.where(r["stopped"], r["steps"] - r["stop_step"], 0)
     g, out = _per_config(r, grid)
+    out.insert(0, "rule", rule.version)
     out["n_runs"] = g.size().to_numpy()
     out["n_failed"] = (g.size() - g["success"].sum()).astype(int).to_numpy()
     out["n_stopped"] = g["stopped"].sum().astype(int).to_numpy()
@@ -154,6 +156,7 @@ def early_stop_table(trajectory: pd.DataFrame, runs: pd.DataFrame, grid: list[st
                                                                       sort=False).sum().to_numpy()
     out["n_missed"] = (~r["stopped"] & ~r["success"]).groupby(r["config_id"],
                                                                sort=False).sum().to_numpy()
+    out["seed_steps"] = g["steps"].sum().to_numpy()
     out["saved_fraction"] = (g["saved"].sum() / g["steps"].sum()).to_numpy()
     return out
 
@@ -496,7 +499,10 @@ def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd
     pred = predictor_table(quantities)
     csvs = {"success": success, "minimal_heads": minimal, "early_quantities": quantities,
             "early_predictors": pred, "stability": stability_table(runs, tables["heads"], grid),
-            "early_stop": early_stop_table(tables["trajectory"], runs, grid),
+            "early_stop": pd.concat([
+                early_stop_table(tables["trajectory"], runs, grid, rule).assign(
+                    half=lambda d: d["config_id"].map(halves(points)))
+                for rule in STOP_RULES.values()], ignore_index=True),
             **({"labour": labour_table(runs, grid)} if "labour" in runs else {}),
             "best_practice": best_practice_table(success, runs, grid)}
     for name, df in csvs.items():
@@ -551,7 +557,8 @@ def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd
                "n_runs": len(runs), "configs": configs,
                "early_predictors": [{k: _plain(v) for k, v in r.items() if k != "scope"}
                                     for r in best.to_dict("records")],
-               "early_stop_rule": EARLY_STOP_RULE,
+               "early_stop_rules": {str(v): r.text() for v, r in STOP_RULES.items()},
+               "early_stop_rule": STOP_RULE.version,
                "figures_skipped": skipped, "files": files | {"paths.json": "this summary"}}
     summary = json_safe(summary)  # returned as written: NaN as None
     write_json(out / "paths.json", summary)

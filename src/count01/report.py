@@ -319,8 +319,6 @@ def _noise_figs(ev: Evidence) -> list[Block]:
 def _path_tables(ev: Evidence) -> list[Block]:
     """Best practice (the cheapest reliable ideal solutions) and what early stopping would do,
     from the paths tables."""
-    from .paths import EARLY_STOP_RULE
-
     out: list[Block] = []
     best, stop = ev.path_tables.get("best_practice"), ev.path_tables.get("early_stop")
     if best is not None and len(best):
@@ -341,14 +339,46 @@ def _path_tables(ev: Evidence) -> list[Block]:
                            else f"{int(r['seed_steps_99_ideal']):,}"]
                           for _, r in top.iterrows()]))
     if stop is not None and len(stop):
-        n, failed, stopped = (int(stop[k].sum()) for k in ("n_runs", "n_failed", "n_stopped"))
-        wrong, missed = int(stop["n_wrongly_stopped"].sum()), int(stop["n_missed"].sum())
-        saved = float((stop["saved_fraction"] * stop["n_runs"]).sum() / max(n, 1))
-        out.append(f"**Early stopping** (replayed on the checkpoints; {EARLY_STOP_RULE}): it "
-                   f"would stop {stopped} of {n} runs, {stopped - wrong} of the {failed} that "
-                   f"failed and {wrong} that went on to succeed (wrongly stopped), miss {missed} "
-                   f"failures, and save {saved:.0%} of the seed-steps.")
+        out += _early_stop_blocks(stop.assign(rule=1) if "rule" not in stop else stop)
     return out
+
+
+def _early_stop_blocks(stop: pd.DataFrame) -> list[Block]:
+    """Each early-stopping rule replayed on the checkpoints, on each half of the grid and on all
+    of it: what it saves and what it costs in seeds that would have succeeded."""
+    from .train import STOP_RULE, STOP_RULES
+
+    rows = []
+    for number, by_rule in stop.groupby("rule", sort=False):
+        parts = ([(h, by_rule[by_rule["half"] == h]) for h in ("held-out", "design")]
+                 if "half" in by_rule else [])
+        for half, d in parts + [("all", by_rule)]:
+            n, failed, stopped = (int(d[k].sum()) for k in ("n_runs", "n_failed", "n_stopped"))
+            wrong, missed = int(d["n_wrongly_stopped"].sum()), int(d["n_missed"].sum())
+            steps = (d["seed_steps"] if "seed_steps" in d else d["n_runs"]).astype(float)
+            saved = float((d["saved_fraction"] * steps).sum() / max(steps.sum(), 1))
+            ok = n - failed
+            per = (f"{(1 - saved) / (ok - wrong) * n:.2f}" if ok > wrong else "no success")
+            rows.append([f"rule {number}" + (" (training's)" if number == STOP_RULE.version
+                                              else ""), half, f"{stopped}/{n}",
+                         f"{stopped - wrong} of {failed}", f"{wrong} of {ok}",
+                         f"{missed}", f"{saved:.0%}", per,
+                         f"{n / ok:.2f}" if ok else "no success"])
+    rules = "; ".join(r.text() for v, r in STOP_RULES.items() if v in set(stop["rule"]))
+    return [f"**Early stopping**, each rule replayed on the checkpoints (`early_stop.csv`): "
+            f"{rules}. Rule {STOP_RULE.version} is the one `--early-stop` trains with. Rule 2 was "
+            "chosen after the full study's training-path trajectories were seen, on its design "
+            "half (the configurations at even positions of the grid) and is tested on the "
+            "held-out half; on any other sweep both halves are new to it. A wrongly stopped run is "
+            "a success lost; the last two columns are the seed-steps spent per success, as a "
+            "multiple of one run's steps, with the rule and without it.",
+            Table(["rule", "half of the grid", "stopped", "of them failed", "wrongly stopped "
+                   "(of the successes)", "failures missed", "seed-steps saved",
+                   "runs' steps per success, stopping", "without stopping"], rows),
+            "**Early stopping's rule history.**",
+            Table(["rule", "when", "after results were seen", "what it changed"],
+                  [[str(n), when, {True: "yes", False: "no", None: "not recorded"}[seen], what]
+                   for n, when, seen, what in V.STOP_RULE_HISTORY])]
 
 
 def _what_ran(ev: Evidence) -> str:
@@ -766,19 +796,24 @@ def _time_table(ev: Evidence) -> Table:
         stages = ev.study.get("stages", {})
         for name, s in stages.items():
             if name != "report":
-                rows.append([f"study stage: {name}", f"{s['seconds']:.1f} s"])
+                n = s.get("seed_steps")  # stages that train (studies before it: not recorded)
+                rows.append([f"study stage: {name}", f"{s['seconds']:.1f} s",
+                             "-" if n is None else f"{n:,}",
+                             "-" if n is None or s["seconds"] <= 0 else
+                             f"{n / s['seconds']:,.0f}"])
         total = sum(s["seconds"] for n, s in stages.items() if n != "report")
-        rows.append(["study total (before the report)", f"{total:.1f} s"])
+        rows.append(["study total (before the report)", f"{total:.1f} s", "", ""])
     if ev.train_seconds:
         rows.append(["each configuration below (the sweep's workers run them in parallel, so "
-                     "these times overlap)", ""])
+                     "these times overlap)", "", "", ""])
     for cid, s in ev.train_seconds.items():
-        rows.append([f"train and evaluate {cid}", f"{s:.1f} s"])
+        rows.append([f"train and evaluate {cid}", f"{s:.1f} s", "", ""])
     if ev.analysis and "seconds" in ev.analysis:
-        rows.append(["head analysis", f"{sum(ev.analysis['seconds'].values()):.1f} s"])
+        rows.append(["head analysis", f"{sum(ev.analysis['seconds'].values()):.1f} s", "", ""])
     if not rows:
-        rows.append(["(not recorded)", "-"])
-    return Table(["time taken", "wall time"], rows)
+        rows.append(["(not recorded)", "-", "", ""])
+    return Table(["time taken", "wall time", "seed-steps trained (seeds x steps)",
+                  "seed-steps/s (wall time, with evaluation)"], rows)
 
 
 def build_document(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: Path | None = None

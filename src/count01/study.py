@@ -24,8 +24,11 @@ configurations: an exploratory run of the full grid (32 seeds, 1500 steps) on 20
 rates from 0/32 (init_scale 10, and SGD at lr 1e-3 from init_scale 0.3) to 32/32.
 
 OUT holds study.json (the plan, versions, the analysed run, and every finished stage with its
-time), sweep/ (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/
-with its analysis/), training_path/ and noise/ (the sweep directories of questions 4 and 5, with
+wall time in seconds and, for the stages that train, seed_steps: the seed-steps of the
+configurations this run of the stage finished, seeds x steps, a seed given up by early stopping
+counted to its stopping step; a configuration resumed from a checkpoint counts whole), sweep/
+(a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/ with its
+analysis/), training_path/ and noise/ (the sweep directories of questions 4 and 5, with
 their paths/), sentence/ (the sentence-framing run, with its analysis/), report.html,
 report.md, verdicts.json and sensitivity.csv/.png. A stage is recorded only once it has
 finished, so re-running the same command skips finished stages and resumes the sweep where it
@@ -269,6 +272,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
         "sentence": lambda: sentence_stage(out / "sentence", plan, progress),
         "report": lambda: build_report(out),
     }
+    trains = {"sweep", "training_path", "noise", "sentence"}  # stages that train: seed-steps
     redo = False  # once a stage runs again, every later stage must too (its inputs changed)
     for n, name in enumerate(STAGES, 1):
         done = state["stages"].get(name)
@@ -276,6 +280,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
             log(f"[{n}/{len(STAGES)}] {name}: done earlier ({done['seconds']:.0f} s), skipped")
             continue
         log(f"[{n}/{len(STAGES)}] {name} ...")
+        before = trained(out / name) if name in trains else 0
         t0 = time.perf_counter()
         if name == "report":  # the report reads study.json: record the time so far first
             write_json(out / "study.json", state)
@@ -283,11 +288,27 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
         seconds = time.perf_counter() - t0
         now = datetime.now(UTC).isoformat(timespec="seconds")
         state["stages"][name] = {"seconds": seconds, "finished": now}
+        if name in trains:  # what this run of the stage trained, beside its wall time
+            state["stages"][name]["seed_steps"] = trained(out / name) - before
         write_json(out / "study.json", state)
         redo = True
         log(f"[{n}/{len(STAGES)}] {name}: {seconds:.1f} s")
     log(f"report: {out / 'report.html'} (and report.md)")
     return out / "report.html"
+
+
+def trained(stage_dir: Path) -> int:
+    """Seed-steps a training stage's directory holds: a sweep's finished configurations
+    (`sweeps.seed_steps`), or the sentence stage's finished run, seeds x steps."""
+    from .runs import load_config
+    from .sweeps import seed_steps
+
+    if (stage_dir / "sweep.json").exists():
+        return seed_steps(stage_dir)
+    if (stage_dir / "model.safetensors").exists():
+        cfg = load_config(stage_dir)
+        return cfg.n_seeds * cfg.steps
+    return 0
 
 
 def sentence_stage(run: Path, plan: Plan, progress: bool) -> None:

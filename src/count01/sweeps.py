@@ -88,6 +88,7 @@ from .metrics import (
     head_table,
     kind_weights,
     l_acc,
+    mean_loss,
     roc_auc_rows,
     score,
     threshold_acc,
@@ -106,7 +107,7 @@ from .runs import (
     watch_parent,
     write_json,
 )
-from .train import train
+from .train import STOP_RULE, train
 
 HEAD_SETS = ("iid", "hard", "long", "noisy")
 TABLES = ("results", "heads", "trajectory", "head_trajectory")
@@ -326,9 +327,7 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
     with torch.no_grad():
         for part in seed_chunks(model):
             logits = part(iid)  # (S, B, V)
-            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(),
-                                                   iid.y.repeat(part.n_seeds), reduction="none")
-            loss = (ce.view(logits.shape[:2]) * iid.weight).sum(1) / iid.weight.sum()
+            loss = mean_loss(logits, iid)
             hl = part(hard)  # (S, B, V)
             hard_acc = l_acc(hl, hard.y, hard.weight)
             hard_valid = valid_rate(hl, hard.weight)
@@ -520,6 +519,20 @@ def read_points(out: str | Path) -> list[Point]:
     return read_sweep(out).points()
 
 
+def seed_steps(out: str | Path) -> int:
+    """Seed-steps the sweep's finished configurations trained: seeds x steps, a seed early
+    stopping gave up on counted to the step where it stopped (0 without a sweep.json)."""
+    out = Path(out)
+    if not (out / "sweep.json").exists():
+        return 0
+    total = 0
+    for point in read_points(out):
+        record = read_record(out, point)
+        if record is not None:
+            total += sum(r.get("stopped_at") or point.cfg.steps for r in record["runs"])
+    return total
+
+
 # what `collect` reads of each row of a record (`_is_record`)
 RECORD_KEYS = {"runs": ("seed", "success", "diverged"),
                "heads": ("seed", "set", "head", "s_acc", "w01", "w02"),
@@ -641,8 +654,9 @@ def load_tables(out: str | Path) -> dict[str, pd.DataFrame]:
 def keep_best(run: str | Path) -> dict[str, Any]:
     """Pick the best seed of a trained run: highest hard l-acc, ties by lower hard loss (then seed).
 
-    Writes RUN/restarts.json (every seed's hard l-acc, loss, success; the best seed; how many
-    succeeded) and RUN/best/, a one-seed run directory (config.json with seed = the best seed and
+    Writes RUN/restarts.json (every seed's hard l-acc, loss, success and, with early stopping,
+    the step where training gave up on it; the best seed; how many succeeded; how many were given
+    up and by which rule) and RUN/best/, a one-seed run directory (config.json with seed = the best seed and
     n_seeds = 1, model.safetensors, metrics.json) that every command takes like any run.
     """
     run = Path(run)
@@ -653,9 +667,7 @@ def keep_best(run: str | Path) -> dict[str, Any]:
         for part in seed_chunks(model):
             logits = part(hard)  # (S, B, V)
             acc += evaluate_logits(logits, hard)["l_acc"].tolist()
-            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(),
-                                                   hard.y.repeat(part.n_seeds), reduction="none")
-            loss += ((ce.view(logits.shape[:2]) * hard.weight).sum(1) / hard.weight.sum()).tolist()
+            loss += mean_loss(logits, hard).tolist()
     order = sorted(range(model.n_seeds), key=lambda i: (-acc[i], loss[i], model.seeds[i]))
     best = order[0]
     seed = model.seeds[best]
@@ -668,6 +680,7 @@ def keep_best(run: str | Path) -> dict[str, Any]:
     stopped = read_json(run / "metrics.json").get("stopped", {}) if cfg.early_stop else {}
     summary = {"restarts": model.n_seeds, "succeeded": int(sum(a >= SUCCESS_L_ACC for a in acc)),
                "stopped_early": len(stopped),
+               "early_stop_rule": STOP_RULE.text() if cfg.early_stop else None,
                "success": f"{SUCCESS_SET} l-acc >= {SUCCESS_L_ACC}", "best_seed": seed,
                "best_dir": str(run / "best"), "best_hard_l_acc": acc[best],
                "best_hard_loss": loss[best],

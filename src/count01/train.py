@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,7 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Config
-from .criteria import EARLY_STOP_FROM, EARLY_STOP_L_ACC, SUCCESS_SET
+from .criteria import (
+    EARLY_STOP_FROM,
+    EARLY_STOP_L_ACC,
+    EARLY_STOP_LOSS,
+    EARLY_STOP_LOSS_FROM,
+    SUCCESS_SET,
+)
 from .language import (
     D_VOCAB,
     EOS,
@@ -38,7 +46,7 @@ from .language import (
     training_indices,
     triples,
 )
-from .metrics import chunked_logits, evaluate, l_acc
+from .metrics import chunked_logits, evaluate, l_acc, mean_loss
 from .model import Model, trainable
 from .runs import (
     OPTIM,
@@ -56,9 +64,48 @@ SGD_MOMENTUM = 0.9
 MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch's names
 
 
-def early_stop(hard_l_acc: float, step: int, steps: int) -> bool:
-    """Does the early-stopping rule give up on a seed with this `hard` l-acc at this step?"""
-    return step >= EARLY_STOP_FROM * steps and hard_l_acc <= EARLY_STOP_L_ACC
+@dataclass(frozen=True)
+class StopRule:
+    """An early-stopping rule: give up on a seed at the first checkpoint at or after `start` of
+    its steps where `quantity` (a column of the sweeps' trajectory table) is at most (`fails_below`)
+    or at least `threshold`, or is not finite (the weights blew up: the seed cannot recover).
+    Never at the last step, where training is over anyway."""
+
+    version: int
+    quantity: str  # "loss" (cross-entropy on iid) or "hard_l_acc"
+    threshold: float
+    start: float
+    fails_below: bool
+
+    def stops(self, value: float, step: int, steps: int) -> bool:
+        if not self.start * steps <= step < steps:
+            return False
+        if not math.isfinite(value):
+            return True
+        return value <= self.threshold if self.fails_below else value >= self.threshold
+
+    def data(self, cfg: Config):
+        """The evaluation set `quantity` is measured on."""
+        return eval_set(cfg, "iid" if self.quantity == "loss" else SUCCESS_SET)
+
+    def measure(self, model: Model, data) -> torch.Tensor:
+        """`quantity` of every seed of `model` on `data` (the set `data(cfg)` gives). (S,)."""
+        with torch.no_grad():
+            logits = chunked_logits(model, data)
+        return (mean_loss(logits, data) if self.quantity == "loss"
+                else l_acc(logits, data.y, data.weight))
+
+    def text(self) -> str:
+        what = {"loss": "cross-entropy on iid", "hard_l_acc": f"{SUCCESS_SET} l-acc"}[self.quantity]
+        return (f"rule {self.version}: stop a seed at the first checkpoint at or after "
+                f"{Fraction(self.start).limit_denominator(12)} of its steps where its {what} is at "
+                f"{'most' if self.fails_below else 'least'} {self.threshold:.3g}, or its weights "
+                "are no longer finite")
+
+
+STOP_RULES = {1: StopRule(1, "hard_l_acc", EARLY_STOP_L_ACC, EARLY_STOP_FROM, True),
+              2: StopRule(2, "loss", EARLY_STOP_LOSS, EARLY_STOP_LOSS_FROM, False)}
+STOP_RULE = STOP_RULES[2]  # the rule `--early-stop` trains with; the report replays them all
 
 
 def make_optimizer(model: Model, cfg: Config) -> torch.optim.Optimizer:
@@ -399,7 +446,7 @@ def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Res
     """The training loop from step `start`; `resumed` holds the optimiser state, the last losses,
     the file they came from and the seeds early stopping gave up on (seed -> step).
 
-    With `early_stop`, each checkpoint first asks `early_stop` of every training seed; a seed it
+    With `early_stop`, each checkpoint first asks STOP_RULE of every training seed; a seed it
     gives up on leaves the batch (its weights stay as they were), so the others train on alone."""
     losses, stopped = torch.zeros(model.n_seeds), {}
     if resumed is not None:
@@ -411,7 +458,7 @@ def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Res
         trainer.load_state(state, start, path)
     if resumed is not None and load_config(out).steps != cfg.steps:  # checked: now this long
         write_json(out / "config.json", cfg.to_dict())
-    hard = eval_set(cfg, SUCCESS_SET) if cfg.early_stop else None
+    watched = STOP_RULE.data(cfg) if cfg.early_stop else None
 
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
@@ -429,10 +476,10 @@ def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Res
                 continue
             for k, w in trainer.model.weights.items():
                 weights[k][active] = w.detach()
-            if hard is not None and done < cfg.steps:
-                with torch.no_grad():
-                    acc = l_acc(chunked_logits(trainer.model, hard), hard.y, hard.weight)
-                keep = [j for j, a in enumerate(acc.tolist()) if not early_stop(a, done, cfg.steps)]
+            if watched is not None and done < cfg.steps:
+                values = STOP_RULE.measure(trainer.model, watched)
+                keep = [j for j, x in enumerate(values.tolist())
+                        if not STOP_RULE.stops(x, done, cfg.steps)]
                 stopped |= {model.seeds[active[j]]: done for j in range(len(active))
                             if j not in keep}
                 if len(keep) < len(active):
