@@ -169,6 +169,12 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_with_d
     (["--heads", "100000", "--d-head", "4"], "heads"),
     (["--d-model", "1000000"], "d_model"),
     (["--n-seeds", "10000000"], "n_seeds"),
+    (["--noise-symbols", "0"], "noise_symbols must be in 1..6, got 0"),
+    (["--noise-symbols", "-1"], "noise_symbols must be in 1..6, got -1"),
+    (["--noise-symbols", "x"], "noise_symbols expects int"),
+    (["--noise-symbols", "1000000"], "noise_symbols must be in 1..6"),
+    (["--noise-symbols", "6", "--pos-embed", "learned", "--exhaustive-len", "14"],
+     "noise_symbols"),
 ])
 def test_bad_or_impossible_values_are_refused_before_anything_is_written(
         args, match, capsys, tmp_path, monkeypatch):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from count01.config import Config
-from count01.language import D_VOCAB, eval_set
+from count01.language import eval_set
 from count01.model import Model, init_weights, weight_shapes
 
 TL_NAMES = {"embed.W_E", "blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V",
@@ -15,12 +15,12 @@ def test_weights_have_transformer_lens_names_and_shapes_with_a_seed_axis():
     m = Model.init(cfg, [0, 1, 2])
     assert set(m.weights) == TL_NAMES
     w = m.weights
-    assert w["embed.W_E"].shape == (3, D_VOCAB, 8)
+    assert w["embed.W_E"].shape == (3, Config().d_vocab, 8)
     assert w["blocks.0.attn.W_Q"].shape == (3, 2, 8, 3)
     assert w["blocks.0.attn.W_O"].shape == (3, 2, 3, 8)
     assert w["blocks.0.attn.b_V"].shape == (3, 2, 3)
     assert w["blocks.0.attn.b_O"].shape == (3, 8)
-    assert w["unembed.W_U"].shape == (3, 8, D_VOCAB)
+    assert w["unembed.W_U"].shape == (3, 8, Config().d_vocab)
 
 
 def test_options_add_positional_embedding_and_layernorm_weights():
@@ -45,7 +45,7 @@ def test_cache_shapes_and_attention_sums_to_one(pos_embed):
     batch = eval_set(cfg, "iid")
     cache = m.run(batch)
     S, B, H = 2, len(batch), cfg.heads
-    assert cache.logits.shape == (S, B, D_VOCAB)
+    assert cache.logits.shape == (S, B, Config().d_vocab)
     assert cache.result.shape == (S, B, H, cfg.d_model)
     assert cache.z.shape == (S, B, H, cfg.d_head_)
     mass = cache.mass()

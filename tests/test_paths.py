@@ -8,7 +8,6 @@ import torch
 
 from count01.config import Config
 from count01.language import (
-    D_VOCAB,
     Batch,
     draw_index,
     draw_triples,
@@ -81,7 +80,7 @@ def test_hand_written_count_gradient_equals_autograd(bos):
     m = random_model(cfg).to(torch.float64)
     batch = training_batch(cfg, m.seeds, 3)
     mult = m._mult(batch).transpose(1, 2)  # (S, 5, B)
-    target = torch.nn.functional.one_hot(batch.y, D_VOCAB).double().transpose(1, 2)
+    target = torch.nn.functional.one_hot(batch.y, cfg.d_vocab).double().transpose(1, 2)
     loss, grads = m.count_loss_grad(mult, target)
     leaves = {k: w.clone().requires_grad_(True) for k, w in m.weights.items()}
     logits = Model(cfg, leaves, m.seeds)(batch)

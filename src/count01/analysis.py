@@ -83,7 +83,7 @@ from .config import Count01Error
 from .controls import ideal_intervention
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .interventions import default_grid, sweep_columns, value_swap
-from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
+from .language import EVAL_SETS, eval_set, from_digits, vocab
 from .metrics import chunked_logits, evaluate_logits, head_table
 from .runs import DIR_MODE, load, locked, watch_parent, write_json
 
@@ -113,13 +113,12 @@ def attention_examples(model) -> pd.DataFrame:
     per (seed, example, head, position) up to the example's EOS."""
     width = max(map(len, EXAMPLES))
     batch = from_digits(np.array([[int(c) for c in t] + [-1] * (width - len(t))
-                                  for t in EXAMPLES]), model.cfg.bos)
+                                  for t in EXAMPLES]), model.cfg.bos, model.cfg.noise_symbols)
     with torch.no_grad():
         pattern = model.run(batch, force_tokens=True).pattern.numpy()  # (S, B, H, L)
     i, b, h, k = np.indices(pattern.shape).reshape(4, -1)
     keep = k <= batch.eos_pos.numpy()[b]  # the padding after EOS is not part of the string
-    names = np.empty(5, dtype=object)  # by token id
-    names[[ZERO, ONE, TWO, EOS, BOS]] = ["0", "1", "2", "EOS", "BOS"]
+    names = np.array(vocab(model.cfg.noise_symbols), dtype=object)  # by token id
     return pd.DataFrame({"seed": np.array(model.seeds)[i[keep]], "example": b[keep],
                          "position": k[keep], "token": names[batch.tokens.numpy()[b, k][keep]],
                          "head": h[keep], "weight": pattern.reshape(-1)[keep]})

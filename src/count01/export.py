@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import Config, Count01Error
-from .language import D_VOCAB, VOCAB, exhaustive
+from .language import exhaustive, vocab
 from .model import Model
 from .runs import atomic_write, load, read_json, write_json
 
@@ -47,7 +47,7 @@ def tl_config(cfg: Config) -> dict[str, Any]:
     """Our config as TL config fields, accepted by TransformerBridgeConfig (4.x) and
     HookedTransformerConfig (3.x) alike. Our strings carry BOS themselves: no prepended BOS."""
     return {"d_model": cfg.d_model, "d_head": cfg.d_head_, "n_heads": cfg.heads, "n_layers": 1,
-            "n_ctx": cfg.n_ctx, "d_vocab": D_VOCAB, "d_vocab_out": D_VOCAB, "attn_only": True,
+            "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab, "d_vocab_out": cfg.d_vocab, "attn_only": True,
             "normalization_type": "LN" if cfg.layernorm else None,
             "positional_embedding_type": "standard", "eps": 1e-5, "attention_dir": "causal",
             "default_prepend_bos": False}
@@ -146,7 +146,7 @@ def save_transformer_lens(run: str | Path, seed: int | None = None,
     index = model.seeds.index(seed)
     out = Path(run) / "transformer_lens" / f"seed_{seed}" if out_dir is None else Path(out_dir)
     sd = tl_state_dict(model, index)
-    meta = {"format": FORMAT, "seed": json.dumps(seed), "vocab": json.dumps(VOCAB),
+    meta = {"format": FORMAT, "seed": json.dumps(seed), "vocab": json.dumps(vocab(model.cfg.noise_symbols)),
             "count01_model": json.dumps(model.cfg.model_dict())}
     atomic_write(out / STATE_DICT, lambda tmp: save_file(sd, tmp, metadata=meta))
     write_json(out / CONFIG, tl_config(model.cfg))

@@ -79,7 +79,7 @@ import torch
 from .aggregation import head_sets
 from .config import Config, Count01Error
 from .criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
-from .language import EVAL_SETS, ONE, TWO, eval_set
+from .language import EVAL_SETS, ONE, eval_set
 from .metrics import (
     direct_scores,
     evaluate,
@@ -92,6 +92,7 @@ from .metrics import (
     score,
     threshold_acc,
     valid_rate,
+    w02,
 )
 from .model import Model
 from .runs import (
@@ -339,7 +340,8 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
             s = direct_scores(m, hc.result)  # (S, H, B)
             sacc = threshold_acc(s, t, hard.y, hard.weight).numpy()
             auc = roc_auc_rows(s, hard.y, hard.weight).numpy()
-            w = kind_weights(m, hc, hard).numpy()  # (S, H, 5)
+            w = kind_weights(m, hc, hard).numpy()  # (S, H, V)
+            w_02 = w02(w, m.cfg.noise_symbols)  # (S, H)
             for i, (seed, ok) in enumerate(zip(part.seeds, finite_seeds(part))):
                 if not ok:  # blown up: its numbers would be artefacts of NaN arithmetic
                     rows.append({"seed": seed} | dict.fromkeys(STAT_COLUMNS, None))
@@ -351,7 +353,7 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
                              "hard_auc": float(hard_auc[i])})
                 head_rows += [{"seed": seed, "head": h, "s_acc": float(sacc[i, h]),
                                "head_auc": float(auc[i, h]), "w01": float(w[i, h, ONE]),
-                               "w02": float(w[i, h, TWO])} for h in range(w.shape[1])]
+                               "w02": float(w_02[i, h])} for h in range(w.shape[1])]
     return rows, head_rows
 
 

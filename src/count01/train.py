@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .criteria import EARLY_STOP_FROM, EARLY_STOP_L_ACC, SUCCESS_SET
-from .language import D_VOCAB, answer, eval_set, training_batch, training_indices, triples
+from .language import (
+    answer,
+    eval_set,
+    training_batch,
+    training_counts,
+    training_indices,
+    triples,
+)
 from .metrics import chunked_logits, evaluate, l_acc
 from .model import Model, trainable
 from .runs import (
@@ -85,7 +92,8 @@ class Trainer:
     so an update is a handful of whole-tensor ops however many weights there are (the arithmetic
     is torch's AdamW or SGD, op for op: test_trainer_is_the_torch_optimiser_bit_for_bit). Without
     LayerNorm the gradient is written by hand: on the count path (`Model.count_loss_grad`) a batch
-    is a row lookup per example in a per-triple table; with a positional embedding
+    is a row lookup per example in a per-triple table (one noise symbol; with more, a column
+    per drawn count tuple); with a positional embedding
     (`Model.pos_loss_grad`, the position path) it is a token batch. With LayerNorm autograd
     differentiates the model on token batches. `model`'s trainable weights become views of the
     flat tensor, so it sees every update; `weights()` copies them.
@@ -99,7 +107,7 @@ class Trainer:
         self.moments = {m: torch.zeros_like(self.flat) for m in MOMENTS[cfg.optimizer]}
         self.t = 0  # optimiser steps taken
         self.by_hand = not cfg.layernorm
-        if self.by_hand and cfg.count_path:
+        if self.by_hand and cfg.count_path and cfg.noise_symbols == 1:
             self.table = _triple_table(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
         if self.by_hand:
             _keep_freed_memory()
@@ -123,9 +131,17 @@ class Trainer:
             batch = self._token_batch(step)
             loss, grads = self.model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
+        if self.by_hand and self.cfg.noise_symbols > 1:  # a count tuple per example, no table
+            counts = torch.from_numpy(training_counts(self.cfg, seeds, step)).to(self.flat.dtype)
+            ones = torch.ones(counts.shape[:-1] + (1,), dtype=counts.dtype)
+            mult = torch.cat([counts[..., :3], ones, ones * float(self.cfg.bos), counts[..., 3:]],
+                             -1)  # (S, B, V) in token-id order, as Model._mult
+            target = torch.nn.functional.one_hot(answer(counts), self.cfg.d_vocab).to(counts.dtype)
+            loss, grads = self.model.count_loss_grad(mult.transpose(1, 2), target.transpose(1, 2))
+            return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand:
             idx = torch.from_numpy(training_indices(self.cfg, seeds, step)).view(-1)
-            rows = self.table.index_select(1, idx).view(2, D_VOCAB, len(seeds), -1)
+            rows = self.table.index_select(1, idx).view(2, self.cfg.d_vocab, len(seeds), -1)
             rows = rows.transpose(1, 2)  # (2, S, 5, B): multiplicities, one-hot answers
             loss, grads = self.model.count_loss_grad(rows[0], rows[1])
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
@@ -230,7 +246,7 @@ def _triple_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -> 
     the one-hot answer. (10, T). A training example is a column of it."""
     t = torch.from_numpy(triples(min_len, max_len))
     ones = torch.ones(1, len(t), dtype=t.dtype)
-    target = torch.nn.functional.one_hot(answer(t), D_VOCAB).T
+    target = torch.nn.functional.one_hot(answer(t), 5).T  # the vocabulary of one noise symbol
     return torch.cat([t.T, ones, ones * bos, target]).to(dtype)
 
 
