@@ -11,6 +11,7 @@ import torch
 from conftest import listing
 
 from count01.config import Config
+from count01.model import Model
 from count01.runs import CheckpointError, checkpoints, load, load_tensors, save_tensors
 from count01.train import Trainer, lr_at, train
 
@@ -281,3 +282,19 @@ def test_a_prefetched_batch_is_used_only_for_its_own_step_and_seeds(tiny):
     trainer.model.seeds = [7, 8]  # as if the batch had changed its seeds
     got = trainer._token_batch(3)
     assert torch.equal(got.tokens, training_batch(cfg, [7, 8], 3).tokens)
+
+
+@pytest.mark.parametrize("pattern", ["iid", "bursty"])
+def test_three_noise_symbols_train_deterministically_batch_and_resume_bit_for_bit(
+        pattern, tiny, tmp_path, monkeypatch):
+    cfg = tiny.replace(noise_symbols=3, noise_pattern=pattern)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    assert straight.weights["embed.W_E"].shape[1] == 7
+    again = train(cfg, progress=False)
+    alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
+    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
+    for k, w in straight.weights.items():
+        assert torch.equal(again.weights[k], w), k
+        assert torch.equal(resumed.weights[k], w), k
+        torch.testing.assert_close(alone.weights[k], w[1:], atol=1e-5, rtol=0)
+    assert not torch.equal(straight.weights["embed.W_E"], Model.init(cfg).weights["embed.W_E"])
