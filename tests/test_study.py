@@ -147,6 +147,23 @@ def test_report_rebuilds_from_a_study_or_its_sweep_without_training(study, tmp_p
     assert [p.stat().st_mtime_ns for p in weights] == stamps  # nothing was trained again
 
 
+def test_the_noise_benchmark_varies_the_noise_symbols_and_trains_each_language_once():
+    from count01.sweeps import Sweep
+
+    full, quick = make_plan(), make_plan(quick=True)
+    grid = full.noise_grid  # question 5 as issue 15 asks it: at least these
+    assert {0.0, 0.25, 0.5} <= set(grid["noise"]) and set(grid["noise_symbols"]) >= {1, 3}
+    assert set(grid["noise_pattern"]) == {"iid", "bursty"} and {0.5, 0.7} <= set(grid["p_one"])
+    points = Sweep.from_dict(full.noise_sweep_dict()).points()
+    silent = [p.cfg for p in points if p.cfg.noise == 0]  # no noise: pattern and symbols idle
+    assert len(silent) == len(grid["p_one"]) == len({c.p_one for c in silent})
+    assert len(points) == len(grid["p_one"]) * (1 + (len(grid["noise"]) - 1)
+                                                * len(grid["noise_pattern"])
+                                                * len(grid["noise_symbols"]))
+    assert set(quick.noise_grid["noise_symbols"]) == {1, 3}
+    assert len(Sweep.from_dict(quick.noise_sweep_dict()).points()) < len(points)
+
+
 def test_the_wide_scope_holds_spec_5s_grids_with_more_seeds():
     wide, full = make_plan(scope="wide"), make_plan()
     grid = wide.path_grid

@@ -343,11 +343,18 @@ def _what_ran(ev: Evidence) -> str:
         parts.append(f"the {p['mode']} study (`count01 reproduce{flag}`): heads "
                      f"{', '.join(map(str, p['heads']))} x {p['seeds']} seeds each, {steps} "
                      "training steps")
-        for name, grid, seeds in (("a training-path grid", p.get("path_grid"),
-                                   p.get("path_seeds")),
-                                  ("a noise benchmark", p.get("noise_grid"), p["seeds"])):
+        for name, grid, seeds, skip in (("a training-path grid", p.get("path_grid"),
+                                         p.get("path_seeds"), []),
+                                        ("a noise benchmark", p.get("noise_grid"), p["seeds"],
+                                         p.get("noise_skip", []))):
             if grid:
                 sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+                if skip:  # the conditions the grid leaves out, and how many it trains
+                    from .sweeps import Sweep
+
+                    n = len(Sweep({}, grid, skip).points())
+                    left = "; ".join(", ".join(f"{k}={v}" for k, v in x.items()) for x in skip)
+                    sizes += f" without {left} ({n} conditions)"
                 parts.append(f"{name} of {sizes} x {seeds} seeds")
         stages = ev.study.get("stages", {})
         if stages:

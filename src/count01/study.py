@@ -5,7 +5,8 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
     2. training_path  the training-path grid of question 4 (`PATH_GRIDS`): head count x
                       optimiser x init_scale x learning rate, many seeds each
     3. noise          question 5's noise benchmark (`NOISE_GRIDS`): the analysed configuration
-                      under noise rates x noise patterns x p_one, many seeds each
+                      under noise rates x noise patterns x noise symbols x p_one, many seeds
+                      each (`NOISE_SKIP`: noise 0 once per p_one)
     4. paths          training-path analysis of every sweep (`paths`): success and ideal rates,
                       phase diagrams, trajectories, minimal head sets, the division of labour
     5. analysis       the default 4-head configuration of the sweep, every seed (`analysis`):
@@ -53,10 +54,16 @@ MODES = {  # seeds per head count, intervention grid, Config fields that differ 
 }
 SCOPES = tuple(MODES)  # SPEC 7: quick (a smoke test), full (the default), wide (SPEC 5's grids)
 NOISE_GRIDS = {  # question 5's noise conditions (SPEC 2), for the analysed head count
-    "full": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"], "p_one": [0.5, 0.7]},
-    "quick": {"noise": [0.25, 0.5], "noise_pattern": ["iid", "bursty"]},
-    "wide": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"], "p_one": [0.5, 0.7]},
+    "full": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"],
+             "noise_symbols": [1, 3], "p_one": [0.5, 0.7]},
+    "quick": {"noise": [0.5], "noise_pattern": ["iid", "bursty"], "noise_symbols": [1, 3]},
+    "wide": {"noise": [0.0, 0.25, 0.5], "noise_pattern": ["iid", "bursty"],
+             "noise_symbols": [1, 3], "p_one": [0.5, 0.7]},
 }
+# without noise, the pattern and the number of noise symbols change nothing in the strings: the
+# grid trains noise 0 once per p_one (i.i.d., one symbol) instead of four times
+NOISE_SKIP = [{"noise": 0.0, "noise_pattern": "bursty"}, {"noise": 0.0, "noise_symbols": 3}]
+NOISE_SKIPS = {"full": NOISE_SKIP, "quick": [], "wide": NOISE_SKIP}
 PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config fields, grid
     "full": {"seeds": 32, "base": {"steps": 1500, "checkpoint_every": 250},
              "grid": {"heads": [1, 4], "optimizer": ["adamw", "sgd"],
@@ -90,6 +97,7 @@ class Plan:
     path_base: dict[str, Any] = field(default_factory=dict)  # its Config fields
     path_grid: dict[str, list] = field(default_factory=dict)  # and its grid
     noise_grid: dict[str, list] = field(default_factory=dict)  # question 5's noise conditions
+    noise_skip: list[dict[str, Any]] = field(default_factory=list)  # combinations left out
 
     @property
     def analysed_heads(self) -> int:
@@ -105,7 +113,8 @@ class Plan:
     def noise_sweep_dict(self) -> dict[str, Any]:
         """The analysed configuration (its seeds and Config fields) under every noise condition."""
         return {"seeds": self.seeds, "base": dict(self.base) | {"heads": self.analysed_heads},
-                "grid": {k: list(v) for k, v in self.noise_grid.items()}}
+                "grid": {k: list(v) for k, v in self.noise_grid.items()},
+                "skip": [dict(x) for x in self.noise_skip]}
 
     def config(self, heads: int) -> Config:
         return Config.from_dict(self.base | {"heads": heads, "n_seeds": self.seeds},
@@ -142,7 +151,8 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
                 path_seeds=path["seeds"] if path_seeds is None else path_seeds,
                 path_base=BASE | path["base"] | config,
                 path_grid=path["grid"] if path_grid is None else path_grid,
-                noise_grid=NOISE_GRIDS[name] if noise_grid is None else noise_grid)
+                noise_grid=NOISE_GRIDS[name] if noise_grid is None else noise_grid,
+                noise_skip=NOISE_SKIPS[name] if noise_grid is None else [])
     if plan.seeds < 1 or not plan.heads or plan.path_seeds < 1:
         raise StudyError(f"a study needs seeds >= 1 and some head counts: {plan}")
     default_grid(plan.grid_size)

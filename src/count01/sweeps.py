@@ -17,6 +17,9 @@ A sweep file (TOML; see examples/sweep.toml):
     [grid]                           # Config fields to vary: every combination is a configuration
     heads = [1, 2, 4, 8]
     init_scale = [0.5, 1.0]
+    [[skip]]                         # optional: combinations left out (each must match one)
+    heads = 8
+    init_scale = 0.5
 
 SWEEP_DIR holds
     sweep.json                 the sweep and its configurations (id, grid values), in grid order
@@ -68,7 +71,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +145,7 @@ class Point:
 class Sweep:
     base: dict[str, Any]  # Config fields, including n_seeds
     grid: dict[str, list]  # Config field -> values, in file order
+    skip: list[dict[str, Any]] = field(default_factory=list)  # combinations left out
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Sweep:
@@ -163,10 +167,10 @@ class Sweep:
         if not data:
             raise SweepError(f"{source} is empty: give seeds = N, a [base] and a [grid] table "
                              "(see examples/sweep.toml)")
-        unknown = sorted(set(data) - {"seeds", "base", "grid"})
+        unknown = sorted(set(data) - {"seeds", "base", "grid", "skip"})
         if unknown:
             raise SweepError(f"{source}: unknown key(s) {', '.join(unknown)} (expected seeds, "
-                             "[base], [grid])")
+                             "[base], [grid], [[skip]])")
         for table in ("base", "grid"):
             if not isinstance(data.get(table, {}), dict):
                 raise SweepError(f"{source}: {table} must be a table ([{table}])")
@@ -186,7 +190,14 @@ class Sweep:
                 raise SweepError(f"{source}: {name} is both in [base] and in [grid]")
             if not isinstance(values, list) or not values:
                 raise SweepError(f"{source}: grid.{name} must be a non-empty list, got {values!r}")
-        sweep = cls(base, grid)
+        skip = data.get("skip", [])
+        if not isinstance(skip, list) or not all(isinstance(x, dict) and x for x in skip):
+            raise SweepError(f"{source}: skip must be a list of tables ([[skip]]) of grid values")
+        for x in skip:
+            if set(x) - set(grid):
+                raise SweepError(f"{source}: skip names {', '.join(sorted(set(x) - set(grid)))}, "
+                                 "not a grid field")
+        sweep = cls(base, grid, [dict(x) for x in skip])
         sweep.points(source)  # every configuration is checked before anything trains
         return sweep
 
@@ -196,8 +207,13 @@ class Sweep:
         configuration: two would train into one run directory and double its rows."""
         out: dict[str, Point] = {}
         given: dict[str, str] = {}  # id -> the grid values as written, to name a repeat
+        used = [False] * len(self.skip)
         for combo in itertools.product(*self.grid.values()):
             values = dict(zip(self.grid, combo))
+            hits = [all(values[k] == v for k, v in x.items()) for x in self.skip]
+            used = [a or b for a, b in zip(used, hits)]
+            if any(hits):
+                continue
             where = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base"
             try:
                 cfg = Config.from_dict(self.base | values, source=f"{source} ({where})")
@@ -209,10 +225,13 @@ class Sweep:
                 raise SweepError(f"{source}: the grid repeats a configuration: {given[point.id]} "
                                  f"and {where} are the same once converted")
             out[point.id], given[point.id] = point, where
+        if not all(used):
+            raise SweepError(f"{source}: skip {self.skip[used.index(False)]} matches no "
+                             "combination of the grid")
         return list(out.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base": self.base, "grid": self.grid}
+        return {"base": self.base, "grid": self.grid} | ({"skip": self.skip} if self.skip else {})
 
 
 def config_id(cfg: Config, grid: dict[str, Any]) -> str:
