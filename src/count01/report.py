@@ -597,14 +597,17 @@ def methods_section(ev: Evidence) -> Section:
     cfg = ev.cfg
     b: list[Block] = []
     if cfg is not None:
-        b.append("**Task (SPEC 2).** Strings `[BOS] x1..xn EOS` over digits 0, 1 and noise 2; "
+        from .language import noise_ids  # torch only when a report describes a model
+
+        noise = ", ".join(map(str, noise_ids(cfg.noise_symbols)))
+        b.append(f"**Task (SPEC 2).** Strings `[BOS] x1..xn EOS` over digits 0, 1 and noise {noise}; "
                  "the answer is 1 if the string holds more 1s than 0s, else 0 (ties answer 0). "
-                 f"Training lengths are uniform in {cfg.min_len}..{cfg.max_len}, P(2) = "
+                 f"Training lengths are uniform in {cfg.min_len}..{cfg.max_len}, P(noise) = "
                  f"{cfg.noise}, P(0) = P(1) = {(1 - cfg.noise) / 2:g}"
                  f"{', class-balanced' if cfg.class_balanced else ''}. Evaluation sets, each "
                  f"from its own hash stream keyed by eval_seed = {cfg.eval_seed}: `iid` "
                  f"({cfg.eval_size} draws of the training law), `hard` (|#1 - #0| <= 1), `long` "
-                 f"(lengths {cfg.max_len + 1}..{cfg.long_max_len}), `noisy` (P(2) = "
+                 f"(lengths {cfg.max_len + 1}..{cfg.long_max_len}), `noisy` (P(noise) = "
                  f"{cfg.noisy_noise}), `exhaustive` (every string of length 1.."
                  f"{cfg.exhaustive_len}, exact, weighted by multinomial coefficients) and `fit` "
                  "(an independent iid split on which thresholds, probes, means and alphas are "
