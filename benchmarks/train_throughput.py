@@ -5,8 +5,9 @@ the count path) for a fixed number of steps with `count01.train`, exactly as a u
 S = 1, 8 and 64 seeds batched, and 64 seeds looped one at a time (64 runs of S = 1), and 64
 seeds with three noise symbols (the count path without its per-triple table); then the same
 model with a learned and a sinusoidal positional embedding (the position path) at S = 1 and 64.
-Prints seed-steps per second (seeds x steps / wall-clock seconds) for each and the ratios. The variants are interleaved over repeats, so drift in the machine's speed hits all
-alike, and the median over repeats is reported.
+Prints seed-steps per second (seeds x steps / wall-clock seconds) for each and the ratios. The
+variants are interleaved over repeats, so drift in the machine's speed hits all alike, and the
+median over repeats is reported.
 
 A second table shows what each optimisation bought, at S = 1 and S = 64 on one thread: the
 token path with full L x L causal attention, autograd and torch's AdamW (what one would write
