@@ -265,12 +265,9 @@ class Model:
     # --- the count path: every key and value exists once per token kind ----------------------
 
     def _mult(self, batch: Batch) -> torch.Tensor:
-        """Multiplicities of every token kind, in id order (0, 1, 2, EOS, BOS, noise symbols
-        5...), in each string. (S or 1, B, d_vocab)."""
+        """Multiplicities of every token kind in each string. (S or 1, B, d_vocab)."""
         counts = batch.counts.to(self.weights["embed.W_E"].dtype)
-        counts = counts if counts.dim() == 3 else counts[None]
-        ones = torch.ones(counts.shape[:-1] + (1,), dtype=counts.dtype)
-        return torch.cat([counts[..., :3], ones, ones * float(self.cfg.bos), counts[..., 3:]], -1)
+        return multiplicities(counts if counts.dim() == 3 else counts[None], self.cfg.bos)
 
     def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_Q, W_K, W_V side by side (S, d, H*3*e) and their biases (S, 1, H*3*e): the queries,
@@ -653,6 +650,13 @@ class Model:
         w = self.weights
         return (torch.einsum("sbd,sdv->sbv", self._ln(resid, "ln_final"), w["unembed.W_U"])
                 + w["unembed.b_U"][:, None])
+
+
+def multiplicities(counts: torch.Tensor, bos: bool) -> torch.Tensor:
+    """What the EOS query sees of a string, per token id (0, 1, 2, EOS, BOS, then the noise
+    symbols 5, ...), from its count tuple (..., K + 2): (..., d_vocab), EOS once, BOS 0 or 1."""
+    ones = torch.ones(counts.shape[:-1] + (1,), dtype=counts.dtype)
+    return torch.cat([counts[..., :3], ones, ones * float(bos), counts[..., 3:]], -1)
 
 
 def _rows(table: torch.Tensor, rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -31,7 +31,7 @@ from .language import (
     triples,
 )
 from .metrics import chunked_logits, evaluate, l_acc
-from .model import Model, trainable
+from .model import Model, multiplicities, trainable
 from .runs import (
     OPTIM,
     CheckpointError,
@@ -133,9 +133,7 @@ class Trainer:
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and self.cfg.noise_symbols > 1:  # a count tuple per example, no table
             counts = torch.from_numpy(training_counts(self.cfg, seeds, step)).to(self.flat.dtype)
-            ones = torch.ones(counts.shape[:-1] + (1,), dtype=counts.dtype)
-            mult = torch.cat([counts[..., :3], ones, ones * float(self.cfg.bos), counts[..., 3:]],
-                             -1)  # (S, B, V) in token-id order, as Model._mult
+            mult = multiplicities(counts, self.cfg.bos)  # (S, B, V)
             target = torch.nn.functional.one_hot(answer(counts), self.cfg.d_vocab).to(counts.dtype)
             loss, grads = self.model.count_loss_grad(mult.transpose(1, 2), target.transpose(1, 2))
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
