@@ -238,9 +238,9 @@ def test_analyze_with_three_noise_symbols_reports_w02_per_symbol_and_their_mean(
     analyze(tmp_path / "run", grid_size=GRID, progress=False)
     heads = pd.read_csv(tmp_path / "run" / "analysis" / "heads.csv")
     per = heads[["w02_2", "w02_5", "w02_6"]]
-    np.testing.assert_allclose(heads["w02"], per.mean(1), rtol=1e-12)
-    assert (per.std(1) > 0).all()  # the symbols have embeddings of their own
-    mass = heads[[f"mass_{k}" for k in ("0", "1", "2", "eos", "bos", "5", "6")]].sum(1)
+    np.testing.assert_allclose(heads["w02"], per.mean(axis=1), rtol=1e-12)
+    assert (per.std(axis=1) > 0).all()  # the symbols have embeddings of their own
+    mass = heads[[f"mass_{k}" for k in ("0", "1", "2", "eos", "bos", "5", "6")]].sum(axis=1)
     np.testing.assert_allclose(mass, 1.0, atol=1e-9)
     examples = pd.read_csv(tmp_path / "run" / "analysis" / "attention_examples.csv")
     assert set(examples["token"]) <= {"0", "1", "2", "EOS", "BOS"}

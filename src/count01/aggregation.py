@@ -101,7 +101,7 @@ def logit_jacobian(model: Model, resid: torch.Tensor, tangents: torch.Tensor) ->
 def _fit(model: Model, base, o, means, keep: torch.Tensor, fit: Batch) -> torch.Tensor:
     """Fitted alpha (M, S, H) for masks keep (M, S, H); alpha 0 where a head is not kept."""
     w = (fit.weight / fit.weight.sum()).to(o.dtype)  # (B,)
-    target = torch.nn.functional.one_hot(fit.y, 5).to(o.dtype)  # (B, V)
+    target = torch.nn.functional.one_hot(fit.y, model.cfg.d_vocab).to(o.dtype)  # (B, V)
     eye = torch.eye(keep.shape[-1], dtype=o.dtype)
     free = keep.to(o.dtype)
     start = free.clone()
@@ -236,7 +236,7 @@ def _subset_l_acc(m: Model, fit: Batch, batch: Batch, subsets: list[tuple[int, .
     every seed at once, in slices that bound memory. (M, S)."""
     fbase, fo, means = parts
     S, H = fo.shape[0], fo.shape[2]
-    step = max(1, CHUNK_ELEMENTS // (S * max(len(fit), len(batch)) * 5 * max(H, 1)))
+    step = max(1, CHUNK_ELEMENTS // (S * max(len(fit), len(batch)) * m.cfg.d_vocab * max(H, 1)))
     out = []
     for a in range(0, len(subsets), step):
         chunk = subsets[a:a + step]

@@ -13,7 +13,7 @@ metrics.json   run, config, seeds, n_heads, sweep_set (set of the intervention),
                {stage: CPU time of this process; figures are drawn by a second process while
                the later stages compute, so figures_and_summary is the wait for the last ones}.
 model.csv      set, seed, l_acc, valid, auc
-               the trained model: l-acc (argmax of the 5 logits = answer), valid rate (argmax is
+               the trained model: l-acc (argmax of the logits = answer), valid rate (argmax is
                0 or 1), ROC AUC of logit(1) - logit(0).
 heads.csv      set, seed, head, head_auc, s_acc, s_threshold, probe_s_acc, w01, w02, w_eos,
                w_bos, mass_0, mass_1, mass_2, mass_eos, mass_bos
@@ -21,7 +21,8 @@ heads.csv      set, seed, head, head_auc, s_acc, s_threshold, probe_s_acc, w01, 
                accuracy of "1 iff s_h > s_threshold", threshold fitted on `fit`; probe_s_acc:
                logistic regression on o_h fitted on `fit`; w01, w02, w_eos, w_bos: per-occurrence
                attention on 1, 2, EOS, BOS relative to a 0; mass_*: fraction of the EOS query's
-               attention on each kind.
+               attention on each kind. With K > 1 noise symbols w02 is the mean over the
+               symbols, and w02_2, w02_5, ... and mass_5, ... follow for each symbol.
 intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit, head_auc,
                l_acc, valid, auc
                one row per grid point x seed x head. The head attends by w(0) = 1, w(1) = w01,

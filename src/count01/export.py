@@ -115,7 +115,7 @@ def max_logit_error(model: Model, seed_index: int, tl_model, max_len: int = 6) -
     length 1..max_len: the check that the export computes the same function."""
     batch = exhaustive(model.cfg, tokens=True, max_len=max_len)
     with torch.no_grad():
-        ours = model.select(seed_index).run(batch, force_tokens=True).logits[0]  # (B, 5)
+        ours = model.select(seed_index).run(batch, force_tokens=True).logits[0]  # (B, V)
         theirs = eos_logits(tl_model, batch.tokens, batch.eos_pos)
     return (ours - theirs.to(ours.dtype)).abs().max().item()
 
