@@ -17,7 +17,8 @@ from count01.study import STAGES, StudyError, make_plan, reproduce
 
 TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,
             eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12, path_seeds=2,
-            path_grid={"lr": [1e-2, 1e-5]}, noise_grid={"noise": [0.25, 0.5]})
+            path_grid={"lr": [1e-2, 1e-5]},
+            noise_grid={"noise": [0.25, 0.5], "noise_symbols": [1, 3]})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     assert (study / "sweep" / "paths" / "paths.json").exists()
     assert read_json(study / "training_path" / "paths" / "paths.json")["n_runs"] == 2 * 2
     labour = (study / "noise" / "paths" / "labour.csv").read_text().splitlines()
-    assert len(labour) == 1 + 2  # a row per noise condition
+    assert len(labour) == 1 + 4  # a row per noise condition
     q5 = read_json(study / "verdicts.json")[4]
     assert q5["question"] == 5 and q5["status"] == "inconclusive"  # 2 seeds per condition
     assert q5["controls"] == {"positive": "held", "negative": "did not hold"}
@@ -77,6 +78,7 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     assert [v["question"] for v in verdicts] == [1, 2, 3, 4, 5]
     assert all(v["status"] != "not measured" for v in verdicts)
     assert "2 seeds each" in page and "quick" in page
+    assert "noise=0.5, noise_symbols=3" in (study / "report.md").read_text()  # Q5's conditions
     assert "scikit-learn" in page and "matplotlib" in page  # the versions the numbers came from
 
 
