@@ -159,9 +159,12 @@ def test_the_noise_benchmark_varies_the_noise_symbols_and_trains_each_language_o
     points = Sweep.from_dict(full.noise_sweep_dict()).points()
     silent = [p.cfg for p in points if p.cfg.noise == 0]  # no noise: pattern and symbols idle
     assert len(silent) == len(grid["p_one"]) == len({c.p_one for c in silent})
-    assert len(points) == len(grid["p_one"]) * (1 + (len(grid["noise"]) - 1)
-                                                * len(grid["noise_pattern"])
-                                                * len(grid["noise_symbols"]))
+    noisy = [p.cfg for p in points if p.cfg.noise > 0]
+    assert len(noisy) == len({(c.noise, c.noise_pattern, c.noise_symbols, c.p_one) for c in noisy})
+    for c in noisy:  # each noisy condition at one symbol, and at three with p_one 0.5
+        assert c.noise_symbols == 1 or c.p_one == 0.5
+    assert len(noisy) == (len(grid["noise"]) - 1) * len(grid["noise_pattern"]) * (
+        len(grid["p_one"]) + 1)
     assert set(quick.noise_grid["noise_symbols"]) == {1, 3}
     assert len(Sweep.from_dict(quick.noise_sweep_dict()).points()) < len(points)
 
