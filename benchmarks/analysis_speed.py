@@ -45,14 +45,14 @@ def make_run(cfg: Config, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, help="analyse a copy of this trained run instead")
+    p.add_argument("--run", type=Path, help="analyze a copy of this trained run instead")
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--grid-size", type=int, default=25)
     p.add_argument("--pos-embed", default="none", choices=["none", "learned", "sinusoidal"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (analyze's default 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
     p.add_argument("--compare", choices=["learned", "sinusoidal"],
-                   help="analyse a count-path run and a run with this positional embedding, "
+                   help="analyze a count-path run and a run with this positional embedding, "
                         "alternated --repeats times, and print the ratio of their times")
     p.add_argument("--repeats", type=int, default=2, help="with --compare (median reported)")
     args = p.parse_args(argv)

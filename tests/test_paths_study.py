@@ -7,7 +7,7 @@ import pytest
 
 from count01.paths import (
     QUANTITIES,
-    analyse,
+    analyze_paths,
     best_practice_table,
     early_stop_table,
     labour_table,
@@ -16,27 +16,13 @@ from count01.paths import (
     restarts,
     stability_table,
     success_table,
-    wilson,
 )
 from count01.runs import write_json
+from count01.stats import wilson
 from count01.sweeps import FORMAT, TABLES, Sweep, run_sweep
 
 TINY = {"steps": 100, "batch_size": 64, "checkpoint_every": 25, "eval_size": 512,
         "exhaustive_len": 6, "max_len": 8, "long_max_len": 12}
-
-
-def test_wilson_interval_matches_published_values():
-    lo, hi = wilson([0, 5, 10, 81], [10, 10, 10, 263])
-    np.testing.assert_allclose(lo, [0.0, 0.2366, 0.7225, 0.2553], atol=1e-4)
-    np.testing.assert_allclose(hi, [0.2775, 0.7634, 1.0, 0.3662], atol=1e-4)
-
-
-def test_wilson_interval_holds_the_rate_and_narrows_with_more_runs():
-    k, n = np.array([1, 10, 100]), np.array([4, 40, 400])
-    lo, hi = wilson(k, n)
-    assert np.all(lo < k / n) and np.all(k / n < hi)
-    assert np.all(np.diff(hi - lo) < 0)
-    assert np.isnan(wilson(0, 0)[0])
 
 
 def _runs(success: dict[str, list[bool]]) -> pd.DataFrame:
@@ -151,7 +137,7 @@ def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("paths") / "sweep"
     sweep = Sweep.from_dict({"seeds": 3, "base": TINY, "grid": {"lr": [1e-2, 1e-5]}})
     tables = run_sweep(sweep, out, executor="inline", log=lambda msg: None)
-    return out, tables, analyse(out)
+    return out, tables, analyze_paths(out)
 
 
 def test_the_study_writes_every_documented_file(study):
@@ -182,7 +168,7 @@ def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypat
     drawn = {}
     monkeypatch.setattr(paths, "_save",
                         lambda fig, path, **kw: drawn.setdefault(path.name, fig) and [])
-    analyse(out, tmp_path / "paths")
+    analyze_paths(out, tmp_path / "paths")
     assert {"success_rate", "minimal_heads", "early_predictors", "phase_diagram",
             "labour"} <= set(drawn)
     assert any(name.startswith("lr=") for name in drawn)  # a trajectory figure per configuration
@@ -223,7 +209,7 @@ def test_an_unfinished_sweep_is_studied_as_far_as_it_got(study, tmp_path):
     write_json(tmp_path / "sweep.json", {"format": FORMAT, "sweep": sweep.to_dict(),
                                          "points": [{"id": p.id, "grid": p.grid}
                                                     for p in sweep.points()]})
-    summary = analyse(tmp_path)
+    summary = analyze_paths(tmp_path)
     assert summary["missing_configs"] == [sweep.points()[2].id]
     assert summary["n_configs"] == 2 and summary["n_runs"] == 6
 

@@ -220,7 +220,7 @@ def test_q3_collapse_reports_that_the_ranking_survives():
 
 
 def success(rates: list[tuple[int, int]], sizes: list[list[int]] | None = None):
-    from count01.paths import wilson
+    from count01.stats import wilson
 
     rows, minimal = [], []
     for h, (k, n) in zip((1, 2, 4, 8), rates):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,15 @@ def test_the_noise_benchmark_varies_the_noise_symbols_and_trains_each_language_o
         len(grid["p_one"]) + 1)
     assert set(quick.noise_grid["noise_symbols"]) == {1, 3}
     assert len(Sweep.from_dict(quick.noise_sweep_dict()).points()) < len(points)
+
+
+def test_the_report_reads_question_4_from_saved_paths_tables_and_computes_none(study, tmp_path):
+    bare = tmp_path / "bare"  # the study's sweep without what `count01 paths` wrote
+    shutil.copytree(study / "sweep", bare, ignore=shutil.ignore_patterns("paths"))
+    report = build_report(bare, tmp_path / "bare_report")
+    assert report.verdicts[4] == "not measured"
+    assert "`count01 paths SWEEP_DIR`" in (tmp_path / "bare_report" / "report.md").read_text()
+    assert build_report(study / "sweep", tmp_path / "full").verdicts[4] != "not measured"
 
 
 def test_the_wide_scope_holds_spec_5s_grids_with_more_seeds():

@@ -21,9 +21,9 @@ from count01.sweeps import (
     TABLES,
     Sweep,
     SweepError,
-    analyse_run,
     keep_best,
     load_tables,
+    record_run,
     run_sweep,
 )
 from count01.train import train
@@ -270,12 +270,12 @@ def test_a_killed_sweep_resumes_to_the_table_of_an_uninterrupted_one(swept, tmp_
 def test_a_diverged_seed_is_a_failure_and_the_other_seeds_are_analysed_as_usual(tiny, tmp_path):
     run = tmp_path / "run"
     model = train(tiny, run, progress=False)
-    clean = analyse_run(model, run)
+    clean = record_run(model, run)
     step, last = checkpoints(run)[-1]
     blown = Model(tiny, {k: w.clone() for k, w in model.weights.items()}, model.seeds)
     blown.weights["unembed.W_U"][1, 0, 0] = float("nan")  # seed 1 blew up at the last step
     save_tensors(last, blown.weights, tiny, blown.seeds, step=step)
-    got = analyse_run(blown, run)
+    got = record_run(blown, run)
     ok, bad = got["runs"]
     assert bad["diverged"] and not bad["success"] and not bad["ideal"] and not ok["diverged"]
     assert bad["hard_l_acc"] is None and bad["min_heads"] is None and bad["loss"] is None

@@ -20,15 +20,15 @@ _LAZY = {
     "analyze": "analysis", "attention_sweep": "interventions", "value_swap": "interventions",
     "aggregate": "aggregation", "fit_alpha": "aggregation", "minimal_heads": "aggregation",
     "Sweep": "sweeps", "run_sweep": "sweeps", "load_tables": "sweeps",
-    "analyse_paths": "paths", "reproduce": "study", "build_report": "report",
+    "analyze_paths": "paths", "reproduce": "study", "build_report": "report",
     "to_transformer_lens": "export", "save_transformer_lens": "export",
+    "import_transformer_lens": "export",
 }
-_RENAMED = {"analyse_paths": "analyse"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), _RENAMED.get(name, name))
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'count01' has no attribute {name!r}")

@@ -170,7 +170,7 @@ def _analyze(run: Path, grid: tuple[np.ndarray, np.ndarray], progress: bool, swe
         try:
             summary = _compute(model, fit, sets, sweep_set, grid, tmp, pool, progress)
             summary = {"run": str(run)} | summary
-            write_json(tmp / "metrics.json", _clean(summary))
+            write_json(tmp / "metrics.json", summary)
             _swap_in(tmp, run / "analysis")
         finally:
             if pool is not None:
@@ -280,17 +280,6 @@ def _swap_in(tmp: Path, out: Path) -> None:
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _clean(x):
-    """JSON without NaN (as null): strict readers accept it."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _stats(series: pd.Series) -> dict[str, float]:

@@ -122,11 +122,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_paths(args: argparse.Namespace) -> None:
     from .metrics import format_table
-    from .paths import analyse
+    from .paths import analyze_paths
     from .runs import writable
 
     out = writable(args.out or Path(args.sweep_dir) / "paths")
-    summary = analyse(args.sweep_dir, out)
+    summary = analyze_paths(args.sweep_dir, out)
     cols = ("config_id", "n_runs", "n_success", "n_diverged", "rate", "ci_low", "ci_high",
             "median_steps_to_success")
     print(format_table([{k: c[k] for k in cols} for c in summary["configs"]]))
@@ -169,6 +169,26 @@ def cmd_export(args: argparse.Namespace) -> None:
     else:
         print(f"loaded back as {type(done.tl_model).__name__}: logits at EOS match count01 "
               f"to {done.max_logit_error:.1e} on every string up to length {done.checked_len}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from .export import SHAPE_FIELDS, import_transformer_lens
+    from .metrics import format_table, saved_eval
+    from .runs import writable
+
+    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    shaped = [k for k in SHAPE_FIELDS if k in given]
+    if shaped:
+        raise ConfigError(f"--{shaped[0].replace('_', '-')} comes from the checkpoint; import "
+                          "takes only the task and evaluation fields")
+    base = Config.from_toml(args.config).to_dict() if args.config else {}  # the whole config
+    base = {k: v for k, v in base.items() if k not in SHAPE_FIELDS}
+    writable(args.out)
+    model = import_transformer_lens(args.src, args.out, args.tl_config, base | given)
+    print(format_table(saved_eval(args.out)))
+    print(f"seed {model.seeds[0]} imported from {args.src} into {args.out} ({model.cfg.heads} "
+          f"heads, d_model {model.cfg.d_model}, pos_embed {model.cfg.pos_embed}, layernorm "
+          f"{'on' if model.cfg.layernorm else 'off'})", file=sys.stderr)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -343,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="the default study end to end, then the report",
                        description="Sweep heads 1, 2, 4, 8 x 32 seeds (8 with --quick), study "
-                       "the training paths, analyse the 4-head model, and write report.html and "
+                       "the training paths, analyze the 4-head model, and write report.html and "
                        "report.md. Re-running the same command resumes.")
     p.add_argument("--quick", action="store_true", help="8 seeds, 1000 steps (about a minute); "
                    "the same as --scope quick")
@@ -378,6 +398,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=path,
                    help="output directory (default RUN/transformer_lens/seed_K)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="a TransformerLens checkpoint as a count01 run",
+                       description="Read a one-layer attention-only TransformerLens model on the "
+                       "Count01 vocabulary (a directory written by count01 export, or a state "
+                       "dict: .safetensors, or .pt/.pth loaded weights-only, with its TL config "
+                       "JSON) and write a one-seed count01 run that every command takes. The "
+                       "model fields come from the checkpoint; --config and the field flags set "
+                       "the task and evaluation (default: the exporting run's, else Config's "
+                       "defaults). Unsupported models are refused, naming what is unsupported.")
+    p.add_argument("src", type=path, help="directory written by count01 export, or a TL state "
+                   "dict file (.safetensors, .pt, .pth)")
+    p.add_argument("--from", dest="source_format", choices=["transformer-lens"],
+                   default="transformer-lens", help="source format")
+    p.add_argument("--out", type=path, required=True, help="run directory to write")
+    p.add_argument("--tl-config", type=path, help="TransformerLens config JSON (default: "
+                   "tl_config.json in SRC or beside it)")
+    add_config_options(p)
+    p.set_defaults(func=cmd_import)
     return parser
 
 

@@ -42,6 +42,7 @@ import torch
 from .config import Config
 from .language import BOS, EOS, ONE, TWO, ZERO, eval_set
 from .model import ATTN, Model, weight_shapes
+from .stats import wilson
 from .verdicts import Evidence
 
 NEVER = -1000.0  # log attention weight of a kind a head ignores
@@ -172,8 +173,6 @@ def training_paths(failures: tuple[int, ...], runs: int = RUNS) -> Evidence:
     """Question 4's control: success and minimal-head tables of configurations of `runs` runs
     with these numbers of failures (every success needs one head). Question 4 is about training,
     which no hand-built model has, so its controls are tables whose answers are known."""
-    from .verdicts import wilson
-
     rows, minimal = [], []
     for h, f in enumerate(failures, 1):
         lo, hi = wilson(runs - f, runs)

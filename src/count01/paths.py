@@ -55,7 +55,7 @@ for the sweep's grid fields (e.g. heads, init_scale), one column each.
   n_runs}}], early_predictors: [the best pooled quantity per step: {step, quantity, auc,
   auc_best, direction, n_runs, n_failed}], early_stop_rule (text), figures_skipped: {name: why},
   files: {name: what}}.
-- .lock: held while `analyse` writes here (it first removes what a killed one left).
+- .lock: held while `analyze_paths` writes here (it first removes what a killed one left).
 """
 
 from __future__ import annotations
@@ -79,28 +79,17 @@ from .criteria import (
     SUCCESS_SET,
 )
 from .metrics import roc_auc_rows
-from .runs import atomic_write, locked, remove_leftovers, write_json
+from .runs import atomic_write, json_safe, locked, remove_leftovers, write_json
+from .stats import wilson
 from .sweeps import Point, load_tables, read_points
 from .train import early_stop
 
 matplotlib.use("Agg")  # files only, never a window
 
-Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
               "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")
 COLORS = {True: "tab:blue", False: "tab:red"}  # run succeeded / failed
 RATIO_RANGE = (1e-12, 1e12)  # attention ratios drawn on log axes: 0 and inf at these edges
-
-
-def wilson(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion k / n (nan where n = 0). Unlike k/n +- z*se,
-    it stays inside [0, 1] and is not empty at 0 or n successes, where small sweeps often are."""
-    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        center = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return np.clip(center - half, 0, 1), np.clip(center + half, 0, 1)
 
 
 def _per_config(runs: pd.DataFrame, grid: list[str]):
@@ -483,7 +472,7 @@ def plot_predictors(pred: pd.DataFrame, path: Path) -> list[Path]:
 
 # --- the whole analysis -------------------------------------------------------------------------
 
-def analyse(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def analyze_paths(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Write every table, figure and paths.json of the training-path study; return the summary.
     One writer at a time per output directory, which first removes what a killed one left."""
     sweep_dir = Path(sweep_dir)
@@ -564,14 +553,11 @@ def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd
                                     for r in best.to_dict("records")],
                "early_stop_rule": EARLY_STOP_RULE,
                "figures_skipped": skipped, "files": files | {"paths.json": "this summary"}}
+    summary = json_safe(summary)  # returned as written: NaN as None
     write_json(out / "paths.json", summary)
     return summary
 
 
 def _plain(v):
-    """numpy scalars and NaN as JSON values."""
-    if isinstance(v, (np.integer, np.bool_)):
-        return v.item()
-    if isinstance(v, (float, np.floating)):
-        return None if not np.isfinite(v) else float(v)
-    return v
+    """numpy scalars as JSON values (write_json turns NaN into null)."""
+    return v.item() if isinstance(v, (np.integer, np.bool_, np.floating)) else v

@@ -95,6 +95,7 @@ class Evidence:
     run_dir: Path | None = None  # the run analysed in depth
     cfg: Config | None = None  # its config
     analysis: dict | None = None  # RUN/analysis/metrics.json
+    imported: dict | None = None  # where an imported run came from (RUN/metrics.json)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # RUN/analysis/*.csv
     sweep_dir: Path | None = None
     sweep: Sweep | None = None  # from sweep.json
@@ -154,33 +155,32 @@ def _add_sweep(ev: Evidence, sweep_dir: Path) -> None:
         return
     ev.sweep_runs = tables["results"]
     ev.sweep_heads = tables["heads"]
-    _add_paths(ev, sweep_dir, tables)
+    _add_paths(ev, sweep_dir)
     for p in ev.points:
         record = read_record(sweep_dir, p)
         if record is not None:
             ev.train_seconds[p.id] = float(record["seconds"])
 
 
-def _add_paths(ev: Evidence, sweep_dir: Path, tables: dict[str, pd.DataFrame] | None = None
-               ) -> None:
-    """Question 4's evidence from one sweep: success and minimal-head tables, labelled by the
-    grid (one column `configuration` when the grid has several fields), and its paths tables."""
-    from .paths import minimal_heads_table, success_table
-    from .sweeps import NoResultsYet, load_tables, read_sweep
+def _add_paths(ev: Evidence, sweep_dir: Path) -> None:
+    """Question 4's evidence from one sweep: the tables `count01 paths` wrote in its paths/
+    (success, minimal heads, best practice, early stopping), labelled by the grid (one column
+    `configuration` when the grid has several fields). The report computes none of them."""
+    from .sweeps import read_sweep
 
-    grid = list(read_sweep(sweep_dir).grid)
-    try:
-        runs = (tables or load_tables(sweep_dir))["results"]
-    except NoResultsYet:
+    tables = sweep_dir / "paths"
+    if not (tables / "success.csv").exists():
         return
+    grid = list(read_sweep(sweep_dir).grid)
     ev.path_dir, ev.grid = sweep_dir, grid
-    ev.success, ev.minimal = success_table(runs, grid), minimal_heads_table(runs, grid)
+    ev.success = pd.read_csv(tables / "success.csv")
+    ev.minimal = pd.read_csv(tables / "minimal_heads.csv")
     if len(grid) > 1:
         ev.success.insert(1, "configuration", [", ".join(f"{k}={r[k]:g}" if isinstance(
             r[k], float) else f"{k}={r[k]}" for k in grid) for _, r in ev.success.iterrows()])
     for name in ("best_practice", "early_stop"):
-        if (sweep_dir / "paths" / f"{name}.csv").exists():
-            ev.path_tables[name] = pd.read_csv(sweep_dir / "paths" / f"{name}.csv")
+        if (tables / f"{name}.csv").exists():
+            ev.path_tables[name] = pd.read_csv(tables / f"{name}.csv")
 
 
 def _add_noise(ev: Evidence, noise_dir: Path) -> None:
@@ -218,8 +218,12 @@ def _add_run(ev: Evidence, run: Path | None) -> None:
         for name in ANALYSIS_TABLES:
             if (a / f"{name}.csv").exists():
                 ev.tables[name] = pd.read_csv(a / f"{name}.csv")
-    if "model" not in ev.tables and (run / "metrics.json").exists():
-        ev.tables["model"] = pd.DataFrame(saved_eval(run))
+    if (run / "metrics.json").exists():
+        if "model" not in ev.tables:
+            ev.tables["model"] = pd.DataFrame(saved_eval(run))
+        saved = read_json(run / "metrics.json")
+        origin = saved.get("imported") if isinstance(saved, dict) else None
+        ev.imported = origin if isinstance(origin, dict) else None
 
 
 # --- verdicts ------------------------------------------------------------------------------------
@@ -616,11 +620,14 @@ def methods_section(ev: Evidence) -> Section:
         b.append(f"**Model (SPEC 3).** One layer, attention only, {cfg.heads} heads, d_model = "
                  f"{cfg.d_model}, d_head = {cfg.d_head_}, positional embedding {cfg.pos_embed}, "
                  f"LayerNorm {'on' if cfg.layernorm else 'off'}, BOS {'on' if cfg.bos else 'off'}; "
-                 "logits = W_U (e(EOS) + p + sum_h o_h) + b_U at EOS. Trained with AdamW "
-                 f"(lr = {cfg.lr}, weight decay = {cfg.weight_decay}, batch {cfg.batch_size}, "
-                 f"{cfg.steps} steps, init scale {cfg.init_scale}) on the cross-entropy of the "
-                 "answer over all five output tokens; S seeds train at once as one batched "
-                 "model without interacting.")
+                 "logits = W_U (e(EOS) + p + sum_h o_h) + b_U at EOS. "
+                 + (f"Imported from TransformerLens (`{ev.imported.get('state_dict')}`), not "
+                    "trained by count01: the training fields of its configuration say nothing "
+                    "of how it was trained." if ev.imported else
+                    f"Trained with AdamW (lr = {cfg.lr}, weight decay = {cfg.weight_decay}, "
+                    f"batch {cfg.batch_size}, {cfg.steps} steps, init scale {cfg.init_scale}) on "
+                    "the cross-entropy of the answer over all five output tokens; S seeds train "
+                    "at once as one batched model without interacting."))
     b.append("**Metrics (SPEC 4).** l-acc: the argmax over the five output tokens equals the "
              "answer. Valid rate: the argmax is 0 or 1. ROC AUC of logit(1) - logit(0). Per "
              "head: direct score s_h = (o_h W_U)[1] - (o_h W_U)[0]; head AUC; s-acc = accuracy "

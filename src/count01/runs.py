@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import tempfile
 import threading
@@ -95,8 +96,20 @@ def remove_leftovers(directory: str | Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def json_safe(x: Any) -> Any:
+    """NaN and infinities as null: strict JSON readers accept the file."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    """Atomically, as strict JSON (non-finite numbers become null)."""
+    text = json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

@@ -234,7 +234,7 @@ def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,
 def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                log: Callable[[str], None], run: dict[str, Any]) -> Path:
     from .analysis import analyze
-    from .paths import analyse as analyse_paths
+    from .paths import analyze_paths
     from .sweeps import Sweep, run_sweep
 
     run_dir = analysed_run(out, plan)
@@ -253,7 +253,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                                            out / "training_path", log=log, **run),
         "noise": lambda: run_sweep(Sweep.from_dict(plan.noise_sweep_dict()), out / "noise",
                                    log=log, **run),
-        "paths": lambda: [analyse_paths(out / d) for d in ("sweep", "training_path", "noise")],
+        "paths": lambda: [analyze_paths(out / d) for d in ("sweep", "training_path", "noise")],
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "report": lambda: build_report(out),
     }

@@ -267,13 +267,13 @@ def run_point(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
             if run.exists():
                 shutil.rmtree(run)
             model = train(cfg, run, progress=False)
-        record = analyse_run(model, run)
+        record = record_run(model, run)
     finally:
         torch.set_num_threads(threads)
     return record | {"config": cfg.to_dict(), "seconds": time.perf_counter() - t0}
 
 
-def analyse_run(model: Model, run: Path) -> dict[str, list[dict]]:
+def record_run(model: Model, run: Path) -> dict[str, list[dict]]:
     """Final metrics, head table, minimal head sets and checkpoint trajectories of a run.
 
     A seed whose weights are not finite (training blew up) is a failure with empty metrics: the

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
+from .stats import wilson
 
 HELD, NOT_HELD, MIXED = "held", "did not hold", "mixed"
 INCONCLUSIVE, NOT_MEASURED = "inconclusive", "not measured"
@@ -169,12 +170,6 @@ def share_ci(k: int, n: int) -> str:
         return "0/0"
     lo, hi = wilson(k, n)
     return f"{share(k, n)}, Wilson 95% CI {float(lo):.2f}-{float(hi):.2f}"
-
-
-def wilson(k, n):
-    from .paths import wilson as interval
-
-    return interval(k, n)
 
 
 def by_share(frac: float, t: Mapping[str, float] = THRESHOLDS) -> str:
@@ -577,8 +572,8 @@ def q4(success: pd.DataFrame | None, minimal: pd.DataFrame | None, label: str = 
     where the sweep measured the ideal solution); minimal: rows (config_id, size, n_runs) of
     minimal head-set sizes (size NaN = none)."""
     if success is None or success.empty:
-        return Verdict(4, Q4_TITLE, NOT_MEASURED, Q4_RULE, "No training-path results were "
-                       "found.")
+        return Verdict(4, Q4_TITLE, NOT_MEASURED, Q4_RULE, "No training-path tables were found "
+                       "(`count01 paths SWEEP_DIR` writes them from a sweep's results).")
     s = success.sort_values(label) if label in success else success
     n, ok = s["n_runs"].to_numpy(), s["n_success"].to_numpy()
     ideal = s["n_ideal"].to_numpy() if "n_ideal" in s else ok
