@@ -168,6 +168,8 @@ def test_the_noise_benchmark_varies_the_noise_symbols_and_trains_each_language_o
         len(grid["p_one"]) + 1)
     assert set(quick.noise_grid["noise_symbols"]) == {1, 3}
     assert len(Sweep.from_dict(quick.noise_sweep_dict()).points()) < len(points)
+    wide = Sweep.from_dict(make_plan(scope="wide").noise_sweep_dict()).points()
+    assert len(wide) == 2 + 2 * 2 * 2 * 2  # noise 0 once per p_one, then the whole product
 
 
 def test_the_report_reads_question_4_from_saved_paths_tables_and_computes_none(study, tmp_path):

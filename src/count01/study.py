@@ -6,7 +6,8 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
                       optimiser x init_scale x learning rate, many seeds each
     3. noise          question 5's noise benchmark (`NOISE_GRIDS`): the analysed configuration
                       under noise rates x noise patterns x noise symbols x p_one, many seeds
-                      each (`NOISE_SKIP`: noise 0 once per p_one, 3 symbols at p_one 0.5)
+                      each (`NOISE_SKIPS`: noise 0 once per p_one; by default 3 symbols at
+                      p_one 0.5 only)
     4. paths          training-path analysis of every sweep (`paths`): success and ideal rates,
                       phase diagrams, trajectories, minimal head sets, the division of labour
     5. analysis       the default 4-head configuration of the sweep, every seed (`analysis`):
@@ -61,13 +62,13 @@ NOISE_GRIDS = {  # question 5's noise conditions (SPEC 2), for the analysed head
              "noise_symbols": [1, 3], "p_one": [0.5, 0.7]},
 }
 # without noise, the pattern and the number of noise symbols change nothing in the strings: the
-# grid trains noise 0 once per p_one (i.i.d., one symbol) instead of four times. Three symbols
-# are trained at p_one 0.5 only: with them a set holds ~3x (fit) to ~6x (hard) as many distinct
-# count tuples, and a condition costs 2-3x one of one symbol (the head-set fits grow with them),
-# so the whole product would add ~3 min to `reproduce` (measured 2026-11-30, 2 shared cores)
-NOISE_SKIP = [{"noise": 0.0, "noise_pattern": "bursty"}, {"noise": 0.0, "noise_symbols": 3},
-              {"noise_symbols": 3, "p_one": 0.7}]
-NOISE_SKIPS = {"full": NOISE_SKIP, "quick": [], "wide": NOISE_SKIP}
+# grid trains noise 0 once per p_one (i.i.d., one symbol) instead of four times
+NOISE_COPIES = [{"noise": 0.0, "noise_pattern": "bursty"}, {"noise": 0.0, "noise_symbols": 3}]
+# the default scope trains three symbols at p_one 0.5 only: with them a set holds ~3x (fit) to
+# ~6x (hard) as many distinct count tuples, and a condition costs ~2x one of one symbol (the
+# head-set fits grow with them), so the whole product would add ~3 min to `reproduce`
+NOISE_SKIPS = {"full": NOISE_COPIES + [{"noise_symbols": 3, "p_one": 0.7}], "quick": [],
+               "wide": NOISE_COPIES}
 PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config fields, grid
     "full": {"seeds": 32, "base": {"steps": 1500, "checkpoint_every": 250},
              "grid": {"heads": [1, 4], "optimizer": ["adamw", "sgd"],
