@@ -485,7 +485,7 @@ class Model:
         """Mean cross-entropy per seed (S,) and its gradient for every trainable weight, by hand,
         on the position path: tokens (S, B, L), EOS positions (S, B), answers y (S, B).
 
-        Per example only exp(score) (H L numbers), five sums of it per head and the logits are
+        Per example only exp(score) (H L numbers), a sum of it per kind and head and the logits are
         formed; the rest are tables per seed (`pos_tables`), differentiated once per step.
         Each seed's examples are sorted by length and cut into `buckets` runs of similar
         length, each computed only up to its longest EOS (the positions after EOS are half of

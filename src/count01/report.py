@@ -626,9 +626,9 @@ def methods_section(ev: Evidence) -> Section:
                     "of how it was trained." if ev.imported else
                     f"Trained with AdamW (lr = {cfg.lr}, weight decay = {cfg.weight_decay}, "
                     f"batch {cfg.batch_size}, {cfg.steps} steps, init scale {cfg.init_scale}) on "
-                    "the cross-entropy of the answer over all five output tokens; S seeds train "
-                    "at once as one batched model without interacting."))
-    b.append("**Metrics (SPEC 4).** l-acc: the argmax over the five output tokens equals the "
+                    f"the cross-entropy of the answer over all {cfg.d_vocab} output tokens; S seeds "
+                    "train at once as one batched model without interacting."))
+    b.append("**Metrics (SPEC 4).** l-acc: the argmax over every output token equals the "
              "answer. Valid rate: the argmax is 0 or 1. ROC AUC of logit(1) - logit(0). Per "
              "head: direct score s_h = (o_h W_U)[1] - (o_h W_U)[0]; head AUC; s-acc = accuracy "
              "of the best threshold on s_h fitted on `fit` and scored on another set (polarity "
