@@ -87,7 +87,7 @@ def attention_mass(heads: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
     noise = [c for c in df.columns if c.startswith("mass_") and c[5:].isdigit() and c != "mass_0"
              and c != "mass_1"]
     for (col, label), colour in zip(KINDS, KIND_COLORS):
-        x = df[noise].sum(1).to_numpy() if col == "mass_2" else df[col].to_numpy()  # every noise
+        x = df[noise].sum(axis=1).to_numpy() if col == "mass_2" else df[col].to_numpy()  # every noise
         ax.barh(y, x, left=left, color=colour, label=label, edgecolor="white", lw=0.3)
         left += x
     ax.set_yticks(y, _head_labels(df), fontsize=7)
