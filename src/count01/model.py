@@ -398,13 +398,18 @@ class Model:
         scale = 1.0 / math.sqrt(e)
         W_qkv, b_qkv = self._fused_qkv()
         qkv = torch.baddbmm(b_qkv, W_E, W_qkv).view(S, K, H, 3, e)
-        q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]  # (S, K, H, e)
-        scores = torch.einsum("sqhe,skhe->shqk", q, k) * scale  # (S, H, query kind, key kind)
+        # every product below is a bmm over the S*H (or S) matrices of one layout, so a seed's
+        # numbers do not depend on how many seeds train beside it (einsum picks its bmm's
+        # layout by the sizes, S = 1 among them)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).contiguous().view(3, S * H, K, e)  # (S*H, K, e)
+        scores = torch.bmm(q, k.transpose(1, 2)).view(S, H, K, K) * scale  # (query, key kind)
         a = torch.exp(scores - scores.diagonal(dim1=2, dim2=3)[..., None])  # (S, H, K, K)
         M = torch.bmm(W_O.view(S, H * e, d), W_U).view(S, H, e, V)  # value -> logit map
-        r = v.transpose(1, 2) @ M  # (S, H, K, V)
+        r = torch.bmm(v, M.view(S * H, e, V)).view(S, H, K, V)
         xo = W_E + w[ATTN + "b_O"][:, None]  # (S, K, d) a query's residual before the heads
-        c0 = xo @ W_U + w["unembed.b_U"][:, None]  # (S, K, V)
+        # (K, 16) @ (16, V) and (K, R) @ (R, V) as MKL bmms differ with the batch's size (the
+        # 5 x 5 results, and for odd R): these two as broadcasts, summed in a fixed order
+        c0 = (xo[..., None] * W_U[:, None]).sum(2) + w["unembed.b_U"][:, None]  # (S, K, V)
         # --- per row: the query's row of a, the pattern P = m a / D, the logits
         P = torch.bmm(a.transpose(2, 3).reshape(S, H * K, K), query).view(S, H, K, R)
         P.mul_(mult[:, None])  # m a of the query's row
@@ -417,26 +422,30 @@ class Model:
         g = logp.exp_().sub_(target).mul_(weight[:, None])  # d loss / d logits
         dP = torch.bmm(r.reshape(S, H * K, V), g).view(S, H, K, R)
         dr = torch.bmm(P.view(S, H * K, R), g.transpose(1, 2)).view(S, H, K, V)
-        dc0 = torch.bmm(query, g.transpose(1, 2))  # (S, K, V)
+        dc0 = (query[:, :, None] * g[:, None]).sum(-1)  # (S, K, V)
         # P_k = m_k a_k / D: d/da_k = (m_k / D) (dP_k - sum_j P_j dP_j)
         da_row = dP.sub_((P * dP).sum(2, keepdim=True)).mul_(mult[:, None]).mul_(inv[:, :, None])
         da = torch.bmm(da_row.view(S, H * K, R), query.transpose(1, 2))  # (S, H*K(key), K(q))
         ds = da.view(S, H, K, K).transpose(2, 3) * a  # d loss / d score, a = exp(s - s_own)
         ds.diagonal(dim1=2, dim2=3).sub_(ds.sum(-1))
         ds = ds * scale
-        dq = torch.einsum("shqk,skhe->sqhe", ds, k)
-        dk = torch.einsum("shqk,sqhe->skhe", ds, q)
-        dv = (dr @ M.transpose(2, 3)).transpose(1, 2)  # (S, K, H, e)
-        dM = v.permute(0, 2, 3, 1) @ dr  # (S, H, e, V)
-        dqkv = torch.stack([dq, dk, dv], 3).reshape(S, K, H * 3 * e)
+        ds = ds.view(S * H, K, K)
+        dq = torch.bmm(ds, k)  # (S*H, K, e)
+        dk = torch.bmm(ds.transpose(1, 2), q)
+        dr = dr.view(S * H, K, V)
+        dv = torch.bmm(dr, M.view(S * H, e, V).transpose(1, 2))
+        dM = torch.bmm(v.transpose(1, 2), dr)  # (S*H, e, V)
+        dqkv = torch.stack([dq, dk, dv]).view(3, S, H, K, e).permute(1, 3, 2, 0, 4)
+        dqkv = dqkv.reshape(S, K, H * 3 * e)
         dW_qkv = torch.bmm(W_E.transpose(1, 2), dqkv).view(S, d, H, 3, e).permute(0, 2, 1, 3, 4)
         db_qkv = dqkv.sum(1).view(S, H, 3, e)
         dxo = torch.bmm(dc0, W_U.transpose(1, 2))  # (S, K, d)
         dW_U = torch.baddbmm(torch.bmm(xo.transpose(1, 2), dc0),
-                             W_O.view(S, H * e, d).transpose(1, 2), dM.reshape(S, H * e, V))
+                             W_O.view(S, H * e, d).transpose(1, 2), dM.view(S, H * e, V))
+        dW_O = torch.bmm(dM.view(S, H * e, V), W_U.transpose(1, 2)).view(S, H, e, d)
         grads = {"embed.W_E": torch.bmm(dqkv, W_qkv.transpose(1, 2)) + dxo,
                  ATTN + "W_Q": dW_qkv[..., 0, :], ATTN + "W_K": dW_qkv[..., 1, :],
-                 ATTN + "W_V": dW_qkv[..., 2, :], ATTN + "W_O": dM @ W_U[:, None].transpose(2, 3),
+                 ATTN + "W_V": dW_qkv[..., 2, :], ATTN + "W_O": dW_O,
                  ATTN + "b_Q": db_qkv[..., 0, :], ATTN + "b_V": db_qkv[..., 2, :],
                  ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
         return loss, grads
