@@ -62,6 +62,10 @@ from .runs import (
 )
 
 SGD_MOMENTUM = 0.9
+# `lm_loss` rows per seed: a multiple of this, so a seed's rows alone and its rows padded (weight
+# 0) to its batch's longest are summed in the same order (torch's sums and MKL's products run in
+# blocks of 64 floats here; a partial block is summed in another order)
+ROW_BLOCK = 64
 MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch's names
 
 
@@ -191,10 +195,13 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
         return columns(torch.nn.functional.one_hot(t, V))
 
     # the string rows that exist first (positions before EOS), cut where the seed with the most
-    # ends: the positions after EOS are half of a padded batch
+    # ends (the positions after EOS are half of a padded batch), rounded up to ROW_BLOCK rows
     ok = ok.flatten(1)
-    n = int(ok.sum(1).max())
+    have = ok.sum(1, keepdim=True)  # (S, 1) each seed's string rows
+    n = -(-(2 * B + int(have.max())) // ROW_BLOCK) * ROW_BLOCK - 2 * B
     keep = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, :n]  # (S, n)
+    if keep.shape[1] < n:  # more rows than positions: repeat the first, at weight 0
+        keep = torch.cat([keep, keep[:, :1].expand(-1, n - keep.shape[1])], 1)
 
     def rows(x: torch.Tensor) -> torch.Tensor:  # (S, V, B * L') -> (S, V, n)
         return x.gather(2, keep[:, None].expand(-1, V, -1))
@@ -203,9 +210,9 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
                       end.mult(cfg.bos, dtype).transpose(1, 2), rows(columns(smult))], -1)
     query = torch.cat([eos.expand(S, -1, B), y, rows(onehot(sq))], -1)
     target = torch.cat([y, eos.expand(S, -1, B), rows(onehot(starget))], -1)
-    ok = ok.gather(1, keep).to(dtype)
+    ok = (torch.arange(n) < have).to(dtype)  # the seed's own rows come first
     weight = torch.cat([torch.full((S, 2 * B), 1.0 / (3 * B), dtype=dtype),
-                        ok / (3 * ok.sum(1, keepdim=True))], -1)
+                        ok / (3 * have.to(dtype))], -1)
     return mult, query, target, weight
 
 
