@@ -279,6 +279,34 @@ def test_count_rows_loss_grad_matches_autograd_through_every_query_row(bos, lm, 
         torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
 
 
+@pytest.mark.parametrize("R", [64, 65, 333])
+def test_count_rows_loss_grad_of_a_seed_does_not_depend_on_its_batch(R):
+    """Seed k of S = 2, 3, 8 gets the loss and gradient it gets alone, bit for bit, on the same
+    rows (float32 on one thread, as the Trainer runs; any number of rows R, odd ones too)."""
+    from count01.train import one_thread
+
+    gen = torch.Generator().manual_seed(R)
+    cfg = Config(framing="sentence")
+    for S in (2, 3, 8):
+        m = Model.init(cfg, list(range(S)))
+        for w in m.weights.values():
+            w.add_(torch.randn(w.shape, generator=gen) * 0.5)
+        V = cfg.d_vocab
+        query = torch.nn.functional.one_hot(torch.randint(V, (S, R), generator=gen), V)
+        query = query.transpose(1, 2).float()
+        mult = torch.randint(0, 9, (S, V, R), generator=gen).float() + query
+        target = torch.nn.functional.one_hot(torch.randint(V, (S, R), generator=gen), V)
+        rows = (mult, query, target.transpose(1, 2).float(), torch.rand(S, R, generator=gen))
+        with one_thread():
+            loss, grads = m.count_rows_loss_grad(*rows)
+        for k in range(S):
+            with one_thread():
+                one, alone = m.select(k).count_rows_loss_grad(*(r[k:k + 1].clone() for r in rows))
+            assert torch.equal(loss[k:k + 1], one), (S, k)
+            for name, g in alone.items():
+                assert torch.equal(grads[name][k:k + 1], g), (S, k, name)
+
+
 @pytest.mark.parametrize("pos_embed, k", [("none", 1), ("learned", 1), ("none", 3)])
 def test_the_ending_query_equals_the_textbook_row_after_the_first_eos(pos_embed, k):
     """Logits and head outputs at the answer y (the `sentence` ending, `at_end`): the count path
