@@ -279,10 +279,10 @@ def test_count_rows_loss_grad_matches_autograd_through_every_query_row(bos, lm, 
         torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
 
 
-@pytest.mark.parametrize("R", [64, 65, 333])
+@pytest.mark.parametrize("R", [64, 320])
 def test_count_rows_loss_grad_of_a_seed_does_not_depend_on_its_batch(R):
     """Seed k of S = 2, 3, 8 gets the loss and gradient it gets alone, bit for bit, on the same
-    rows (float32 on one thread, as the Trainer runs; any number of rows R, odd ones too)."""
+    rows (float32 on one thread, R a multiple of train.ROW_BLOCK: as the Trainer runs)."""
     from count01.train import one_thread
 
     gen = torch.Generator().manual_seed(R)

@@ -389,7 +389,9 @@ class Model:
         residual is W_E[t] + b_O + the heads: per kind of query one row of tables, per row
         the pattern P (H*K numbers, selected by one matmul with the one-hot query) and the
         logits. Held to autograd through the textbook forward by tests/test_model.py::
-        test_count_rows_loss_grad_matches_autograd_through_every_query_row."""
+        test_count_rows_loss_grad_matches_autograd_through_every_query_row. A seed's numbers do
+        not depend on the other seeds beside it (on one thread, R a multiple of 4, as
+        `train.sentence_rows` gives): test_count_rows_loss_grad_of_a_seed_does_not_depend_on_its_batch."""
         w = self.weights
         W_E, W_O, W_U = w["embed.W_E"], w[ATTN + "W_O"], w["unembed.W_U"]
         S, K, d = W_E.shape
@@ -407,8 +409,8 @@ class Model:
         M = torch.bmm(W_O.view(S, H * e, d), W_U).view(S, H, e, V)  # value -> logit map
         r = torch.bmm(v, M.view(S * H, e, V)).view(S, H, K, V)
         xo = W_E + w[ATTN + "b_O"][:, None]  # (S, K, d) a query's residual before the heads
-        # (K, 16) @ (16, V) and (K, R) @ (R, V) as MKL bmms differ with the batch's size (the
-        # 5 x 5 results, and for odd R): these two as broadcasts, summed in a fixed order
+        # (K, d) @ (d, V) as an MKL bmm gives 5 x 5 results that depend on the batch's size: a
+        # broadcast, summed in a fixed order
         c0 = (xo[..., None] * W_U[:, None]).sum(2) + w["unembed.b_U"][:, None]  # (S, K, V)
         # --- per row: the query's row of a, the pattern P = m a / D, the logits
         P = torch.bmm(a.transpose(2, 3).reshape(S, H * K, K), query).view(S, H, K, R)
@@ -422,7 +424,7 @@ class Model:
         g = logp.exp_().sub_(target).mul_(weight[:, None])  # d loss / d logits
         dP = torch.bmm(r.reshape(S, H * K, V), g).view(S, H, K, R)
         dr = torch.bmm(P.view(S, H * K, R), g.transpose(1, 2)).view(S, H, K, V)
-        dc0 = (query[:, :, None] * g[:, None]).sum(-1)  # (S, K, V)
+        dc0 = torch.bmm(query, g.transpose(1, 2))  # (S, K, V); exact across S for R % 4 == 0
         # P_k = m_k a_k / D: d/da_k = (m_k / D) (dP_k - sum_j P_j dP_j)
         da_row = dP.sub_((P * dP).sum(2, keepdim=True)).mul_(mult[:, None]).mul_(inv[:, :, None])
         da = torch.bmm(da_row.view(S, H * K, R), query.transpose(1, 2))  # (S, H*K(key), K(q))

@@ -62,9 +62,10 @@ from .runs import (
 )
 
 SGD_MOMENTUM = 0.9
-# `lm_loss` rows per seed: a multiple of this, so a seed's rows alone and its rows padded (weight
-# 0) to its batch's longest are summed in the same order (torch's sums and MKL's products run in
-# blocks of 64 floats here; a partial block is summed in another order)
+# `sentence_rows` per seed: a multiple of this (padded at weight 0), so a seed's rows alone and
+# its rows padded to its batch's longest (`lm_loss`) are summed in the same order (torch's sums
+# and MKL's products run in blocks of 64 floats here; a partial block is summed in another
+# order), and MKL's bmm over the rows sees each seed's matrices aligned alike
 ROW_BLOCK = 64
 MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch's names
 
@@ -182,7 +183,7 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
             mult = torch.cat([m, m + y], -1)
         query = torch.cat([eos.expand(S, -1, B), y], -1)
         target = torch.cat([y, eos.expand(S, -1, B)], -1)
-        return mult, query, target, torch.full((S, 2 * B), 0.5 / B, dtype=dtype)
+        return _in_blocks(mult, query, target, torch.full((S, 2 * B), 0.5 / B, dtype=dtype))
     batch = training_batch(cfg, seeds, step, tokens=True)
     end = at_end(batch)
     smult, sq, starget, ok = string_rows(batch.tokens, batch.eos_pos, V)
@@ -195,13 +196,11 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
         return columns(torch.nn.functional.one_hot(t, V))
 
     # the string rows that exist first (positions before EOS), cut where the seed with the most
-    # ends (the positions after EOS are half of a padded batch), rounded up to ROW_BLOCK rows
+    # ends: the positions after EOS are half of a padded batch
     ok = ok.flatten(1)
     have = ok.sum(1, keepdim=True)  # (S, 1) each seed's string rows
-    n = -(-(2 * B + int(have.max())) // ROW_BLOCK) * ROW_BLOCK - 2 * B
+    n = int(have.max())
     keep = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, :n]  # (S, n)
-    if keep.shape[1] < n:  # more rows than positions: repeat the first, at weight 0
-        keep = torch.cat([keep, keep[:, :1].expand(-1, n - keep.shape[1])], 1)
 
     def rows(x: torch.Tensor) -> torch.Tensor:  # (S, V, B * L') -> (S, V, n)
         return x.gather(2, keep[:, None].expand(-1, V, -1))
@@ -213,7 +212,20 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
     ok = (torch.arange(n) < have).to(dtype)  # the seed's own rows come first
     weight = torch.cat([torch.full((S, 2 * B), 1.0 / (3 * B), dtype=dtype),
                         ok / (3 * have.to(dtype))], -1)
-    return mult, query, target, weight
+    return _in_blocks(mult, query, target, weight)
+
+
+def _in_blocks(mult: torch.Tensor, query: torch.Tensor, target: torch.Tensor,
+               weight: torch.Tensor):
+    """The rows padded to a multiple of ROW_BLOCK with copies of the first at weight 0."""
+    pad = -weight.shape[1] % ROW_BLOCK
+    if not pad:
+        return mult, query, target, weight
+
+    def more(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x[..., :1].expand(*x.shape[:-1], pad)], -1)
+
+    return more(mult), more(query), more(target), torch.nn.functional.pad(weight, (0, pad))
 
 
 class Trainer:
