@@ -353,7 +353,7 @@ def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hol
     sentence = q2["sentence"]  # question 2 in the sentence framing: its own rule and controls
     assert sentence["controls"] == {"positive": V.HELD, "negative": V.NOT_HELD}
     assert sentence["status"] == V.NOT_MEASURED and sentence["framing"] == "sentence"
-    assert sentence["rule_version"] == 3 and q2["rule_version"] == 3
+    assert sentence["rule_version"] == q2["rule_version"] == V.VERSIONS[2] == 4
     md = (run / "report.md").read_text()
     assert "Finding 2, the syntax in the sentence framing" in md
     assert "controls: positive held, negative did not hold" not in md  # the table says it
