@@ -16,7 +16,7 @@ import pytest
 from count01 import verdicts as V
 from count01.cli import main
 from count01.config import Config
-from count01.report import SECTIONS, ReportError, build_report, collect
+from count01.report import SECTIONS, ReportError, build_report, collect, judge
 from count01.runs import write_json
 
 SETS = ("iid", "hard", "exhaustive", "long", "noisy")
@@ -416,6 +416,20 @@ def test_report_of_a_run_without_analysis_marks_questions_not_measured(tmp_path)
                                                 "valid": 1.0, "auc": 1.0} for s in (0, 1)]})
     files = build_report(run)
     assert set(files.verdicts.values()) == {V.NOT_MEASURED}
+
+
+def test_report_of_a_sentence_run_judges_question_2_in_the_sentence_framing(tmp_path):
+    from count01.analysis import analyze
+    from count01.train import train
+
+    cfg = Config(n_seeds=2, steps=30, framing="sentence", max_len=6, long_max_len=8,
+                 exhaustive_len=4, eval_size=128)
+    train(cfg, tmp_path / "s", progress=False)
+    analyze(tmp_path / "s", grid_size=2, progress=False)
+    ev = collect(tmp_path / "s")
+    assert V.SENTENCE + "aggregation" in ev.tables and ev.sentence_dir == tmp_path / "s"
+    q2 = judge(ev)[2]
+    assert q2.sentence.framing == "sentence" and "No run was trained" not in q2.sentence.finding
 
 
 def test_report_of_a_directory_without_results_is_one_clear_error(tmp_path, capsys):

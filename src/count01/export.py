@@ -386,16 +386,18 @@ def from_transformer_lens(sd: dict[str, torch.Tensor], tl: dict[str, Any],
         raise ImportRefused(f"{', '.join(clash)} come(s) from the checkpoint "
                             f"({', '.join(f'{k} = {shape[k]}' for k in clash)})")
     fields = base | {"seed": _metadata(meta, "seed") or 0} | overrides | shape
+    ends = 2 * ((overrides | base).get("framing") == "sentence")  # ... EOS y EOS: 2 more
     if pos != "none" and "long_max_len" not in overrides | base:
-        fields["long_max_len"] = n_ctx - 2  # the position table's length, if nothing says else
+        fields["long_max_len"] = n_ctx - 2 - ends  # the table's length, if nothing says else
+
     try:
         cfg = Config.from_dict(fields, source="imported config")
     except Count01Error as e:
         raise ImportRefused(str(e)) from None
     if pos != "none" and cfg.n_ctx != n_ctx:
         raise ImportRefused(f"n_ctx {n_ctx} of the TL config differs from count01's n_ctx "
-                            f"{cfg.n_ctx} (max(long_max_len, exhaustive_len, max_len) + 2): set "
-                            "long_max_len to n_ctx - 2")
+                            f"{cfg.n_ctx} (max(long_max_len, exhaustive_len, max_len) + 2, + 2 "
+                            f"more in the sentence framing): set long_max_len to {n_ctx - 2 - ends}")
     expected = weight_shapes(cfg)
     missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or extra:

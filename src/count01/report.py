@@ -226,6 +226,8 @@ def _add_run(ev: Evidence, run: Path | None) -> None:
         saved = read_json(run / "metrics.json")
         origin = saved.get("imported") if isinstance(saved, dict) else None
         ev.imported = origin if isinstance(origin, dict) else None
+    if ev.cfg.framing == "sentence" and ev.kind != "study":  # a study's sentence run is its own
+        _add_sentence(ev, run)  # question 2 in the sentence framing, from this run's tables
 
 
 def _add_sentence(ev: Evidence, run: Path) -> None:
