@@ -477,3 +477,14 @@ def test_q5_does_not_hold_when_one_class_dominates_every_condition():
                                   [(32, 0, 0, 0)]])  # one condition
 def test_q5_is_inconclusive_on_thin_or_undecided_evidence(rows):
     assert V.q5(labour(rows)).status == V.INCONCLUSIVE
+
+
+def test_separating_heads_by_config_reads_the_head_count_from_results_whatever_the_grid():
+    """A sweep whose grid does not vary heads has no heads column in its heads table."""
+    runs = pd.DataFrame({"config_id": ["a", "a", "b"], "seed": [0, 1, 0], "heads": [2, 2, 2],
+                         "success": [True, True, False]})
+    heads = pd.DataFrame({"config_id": ["a"] * 4 + ["b"] * 2, "seed": [0, 0, 1, 1, 0, 0],
+                          "head": [0, 1, 0, 1, 0, 1], "set": "hard",
+                          "s_acc": [1.0, 0.95, 0.5, 1.0, 0.5, 0.5], "noise": 0.25})
+    (label, value), = V.separating_heads_by_config(heads, runs)
+    assert "heads = 2" in label and value.startswith("3/4")

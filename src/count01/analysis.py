@@ -26,7 +26,7 @@ heads.csv      set, seed, head, head_auc, s_acc, s_threshold, probe_s_acc, w01, 
 intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit, head_auc,
                l_acc, valid, auc
                one row per grid point x seed x head. The head attends by w(0) = 1, w(1) = w01,
-               w(2) = w02, EOS / BOS at its measured weights. intervened = "each": only this
+               w(noise) = w02, EOS / BOS at its measured weights. intervened = "each": only this
                head is intervened; "all": every head of the seed is (then l_acc, valid, auc are
                the same for all heads of a seed). s_acc_fixed: the head's threshold fitted before
                the intervention; s_acc_refit: refitted on `fit` under it; head_auc: of s_h under

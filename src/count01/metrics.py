@@ -151,7 +151,8 @@ def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)"
     cols = list(rows[0])
-    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else "nan" if r[c] is None else str(r[c])
+              for c in cols] for r in rows]  # None: a number JSON stored as null (NaN)
     width = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, width))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, width)) for row in cells]

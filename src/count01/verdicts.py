@@ -299,8 +299,10 @@ def separating_heads_by_config(heads: pd.DataFrame, runs: pd.DataFrame
                                ) -> list[tuple[str, str]]:
     """Q1 across the sweep (context, not part of the rule): per head count, the share of heads
     of successful runs that separate alone on `hard`. heads / runs: the sweep's tables."""
-    ok = runs.loc[runs["success"].astype(bool), ["config_id", "seed"]]
-    h = heads[heads["set"] == SET].merge(ok, on=["config_id", "seed"])
+    ok = runs.loc[runs["success"].astype(bool), ["config_id", "seed", "heads"]]
+    # the heads table holds the grid's fields only; every run's head count is in results
+    h = heads[heads["set"] == SET].drop(columns="heads", errors="ignore").merge(
+        ok, on=["config_id", "seed"])
     out = []
     for n, g in h.groupby("heads"):
         good = int((g["s_acc"] >= S_ACC_GOOD).sum())
@@ -480,13 +482,13 @@ def _q3a(heads, swap, inter, model, ideal, ok, t, out) -> tuple[str, dict[int, s
     both = int((balanced & suppressed).sum())
     out["numbers"] += [
         ("w01 (per-occurrence attention on a 1 relative to a 0)", spread(h["w01"])),
-        ("w02 (on a 2 relative to a 0)", spread(h["w02"])),
+        ("w02 (on a noise symbol relative to a 0)", spread(h["w02"])),
         (f"heads with 1/{f:g} <= w01 <= {f:g}", share(int(balanced.sum()), len(h))),
         (f"heads with w02 <= {t['w02_max']:g}", share(int(suppressed.sum()), len(h))),
         ("(a) heads with both, the deciding share", share_ci(both, len(h)))]
     out["clauses"].append(f"measured w01 has median {h['w01'].median():.2f} and w02 median "
                           f"{h['w02'].median():.3f} ({share(both, len(h))} heads balanced and "
-                          "suppressing 2s)")
+                          "suppressing noise)")
     raw = by_share(both / len(h), t)
     return by_evidence(both, len(h), MIN_UNITS["3a"], t), {1: raw, 2: raw}
 
