@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(format_table(saved_eval(out)))
     print(f"run written to {out}", file=sys.stderr)
     if args.restarts is not None:
-        from .sweeps import keep_best
+        from .restarts import keep_best
 
         best = keep_best(out)
         early = (f", {best['stopped_early']} given up early (--early-stop)"
