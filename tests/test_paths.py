@@ -21,7 +21,7 @@ from count01.language import (
 )
 from count01.metrics import evaluate_logits
 from count01.model import Model, trainable
-from count01.train import Trainer, loss_per_seed, lr_at, make_optimizer, one_thread, train
+from count01.train import Trainer, loss_per_seed, lr_at, make_optimizer, torch_threads, train
 
 SMALL = Config(n_seeds=2, batch_size=64, max_len=12, long_max_len=16, exhaustive_len=6,
                eval_size=256)
@@ -103,7 +103,7 @@ def test_training_on_the_count_path_equals_training_on_the_token_path(change):
     by_counts = train(cfg, progress=False)
     model = Model.init(cfg)  # the token path, through autograd and torch's AdamW
     opt = make_optimizer(model, cfg)
-    with one_thread():
+    with torch_threads(1):
         for step in range(cfg.steps):
             batch = training_batch(cfg, model.seeds, step, tokens=True)
             assert torch.equal(batch.counts, training_batch(cfg, model.seeds, step).counts)
@@ -131,7 +131,7 @@ def test_trainer_is_the_torch_optimiser_bit_for_bit(optimizer, schedule, warmup,
     trainer = Trainer(cfg, Model.init(cfg))
     reference = Model.init(cfg)
     opt = make_optimizer(reference, cfg)
-    with one_thread():
+    with torch_threads(1):
         for step in range(cfg.steps):
             trainer.step(step)
             for group in opt.param_groups:
@@ -145,7 +145,7 @@ def test_trainer_is_the_torch_optimiser_bit_for_bit(optimizer, schedule, warmup,
 
 def chunked_token_logits(model: Model, batch: Batch, size: int = 8192) -> torch.Tensor:
     out = []
-    with one_thread():
+    with torch_threads(1):
         for i in range(0, len(batch), size):
             part = Batch(batch.counts[i:i + size], batch.y[i:i + size], batch.weight[i:i + size],
                          batch.tokens[i:i + size], batch.eos_pos[i:i + size])

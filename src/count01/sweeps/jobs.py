@@ -32,7 +32,7 @@ from ..metrics import (
 )
 from ..model import Model
 from ..runs import checkpoints, load, load_config, read_json, remove_leftovers
-from ..train import train
+from ..train import torch_threads, train
 from .grid import SweepError
 
 HEAD_SETS = ("iid", "hard", "long", "noisy")
@@ -50,9 +50,7 @@ def run_point(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
     cfg = Config.from_dict(cfg_dict, source="sweep job")
     run = Path(run_dir)
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same arithmetic whichever executor runs the job
-    try:
+    with torch_threads(1):  # the same arithmetic whichever executor runs the job
         for d in (run, run / "checkpoints"):  # a killed job's temporary files
             remove_leftovers(d)
         if (run / "model.safetensors").exists():
@@ -66,8 +64,6 @@ def run_point(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
                 shutil.rmtree(run)
             model = train(cfg, run, progress=False)
         record = record_run(model, run)
-    finally:
-        torch.set_num_threads(threads)
     return record | {"config": cfg.to_dict(), "seconds": time.perf_counter() - t0}
 
 
