@@ -15,20 +15,17 @@ import torch
 from ..aggregation import head_sets
 from ..config import Config
 from ..criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
-from ..language import EVAL_SETS, ONE, eval_set
+from ..language import EVAL_SETS, eval_set
 from ..metrics import (
     direct_scores,
     evaluate,
-    fit_threshold,
     head_table,
+    head_thresholds,
     kind_weights,
-    l_acc,
+    logit_metrics,
     mean_loss,
-    roc_auc_rows,
-    score,
-    threshold_acc,
-    valid_rate,
-    w02,
+    ratio_columns,
+    readout_columns,
 )
 from ..model import Model
 from ..runs import checkpoints, load, load_config, read_json, remove_leftovers
@@ -139,31 +136,23 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
     rows, head_rows = [], []
     with torch.no_grad():
         for part in seed_chunks(model):
-            logits = part(iid)  # (S, B, V)
-            loss = mean_loss(logits, iid)
-            hl = part(hard)  # (S, B, V)
-            hard_acc = l_acc(hl, hard.y, hard.weight)
-            hard_valid = valid_rate(hl, hard.weight)
-            hard_auc = roc_auc_rows(score(hl), hard.y, hard.weight)  # exact, no sklearn per seed
+            loss = mean_loss(part(iid), iid)  # (S,)
+            hard_stats = logit_metrics(part(hard), hard)  # exact AUC, no sklearn per seed
+            stats = {"loss": loss} | {f"hard_{k}": hard_stats[k] for k in ("l_acc", "valid", "auc")}
             m = part.to(torch.float64)
-            fc, hc = m.run(fit), m.run(hard)
-            t = fit_threshold(direct_scores(m, fc.result), fit.y, fit.weight)  # (S, H)
-            s = direct_scores(m, hc.result)  # (S, H, B)
-            sacc = threshold_acc(s, t, hard.y, hard.weight).numpy()
-            auc = roc_auc_rows(s, hard.y, hard.weight).numpy()
-            w = kind_weights(m, hc, hard).numpy()  # (S, H, V)
-            w_02 = w02(w, m.cfg.noise_symbols)  # (S, H)
+            t = head_thresholds(m, m.run(fit).result, fit)  # (S, H)
+            hc = m.run(hard)  # one run of the whole set (`head_table` slices would reorder sums)
+            head_stats = (readout_columns(direct_scores(m, hc.result), t, hard)
+                          | ratio_columns(kind_weights(m, hc, hard).numpy(), m.cfg.noise_symbols))
             for i, (seed, ok) in enumerate(zip(part.seeds, finite_seeds(part))):
                 if not ok:  # blown up: its numbers would be artefacts of NaN arithmetic
                     rows.append({"seed": seed} | dict.fromkeys(STAT_COLUMNS, None))
                     head_rows += [{"seed": seed, "head": h} | dict.fromkeys(HEAD_STAT_COLUMNS)
-                                  for h in range(w.shape[1])]
+                                  for h in range(m.cfg.heads)]
                     continue
-                rows.append({"seed": seed, "loss": float(loss[i]),
-                             "hard_l_acc": float(hard_acc[i]), "hard_valid": float(hard_valid[i]),
-                             "hard_auc": float(hard_auc[i])})
-                head_rows += [{"seed": seed, "head": h, "s_acc": float(sacc[i, h]),
-                               "head_auc": float(auc[i, h]), "w01": float(w[i, h, ONE]),
-                               "w02": float(w_02[i, h])} for h in range(w.shape[1])]
+                rows.append({"seed": seed} | {k: float(stats[k][i]) for k in STAT_COLUMNS})
+                head_rows += [{"seed": seed, "head": h}
+                              | {k: float(head_stats[k][i, h]) for k in HEAD_STAT_COLUMNS}
+                              for h in range(m.cfg.heads)]
     return rows, head_rows
 
