@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(format_table(saved_eval(out)))
     print(f"run written to {out}", file=sys.stderr)
     if args.restarts is not None:
-        from .sweeps import keep_best
+        from .restarts import keep_best
 
         best = keep_best(out)
         early = (f", {best['stopped_early']} given up early (--early-stop)"
@@ -210,11 +210,11 @@ def _weights(text: str, flag: str) -> list[float]:
 def cmd_intervene(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .analysis import torch_threads
     from .interventions import attention_sweep, default_grid, summarise
     from .language import eval_set
     from .metrics import format_table
     from .runs import atomic_write, load, writable
+    from .train import torch_threads
 
     grid01, grid02 = default_grid(args.grid_size)
     if args.out:

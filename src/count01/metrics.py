@@ -466,6 +466,18 @@ def as_batches(cfg, sets) -> dict[str, Batch]:
     return {name: eval_set(cfg, name) for name in sets}
 
 
+def head_thresholds(model, result: torch.Tensor, fit: Batch) -> torch.Tensor:
+    """Each head's s-acc threshold t (S, H), fitted on `fit` from its outputs result (S, B, H, d)."""
+    return fit_threshold(direct_scores(model, result), fit.y, fit.weight)
+
+
+def readout_columns(s: torch.Tensor, t: torch.Tensor, batch: Batch) -> dict[str, np.ndarray]:
+    """head_auc and s_acc (S, H) of the heads' direct scores s (S, H, B) on `batch`, s-acc read
+    with the thresholds t (S, H) of `head_thresholds`."""
+    return {"head_auc": roc_auc_rows(s, batch.y, batch.weight).numpy(),
+            "s_acc": threshold_acc(s, t, batch.y, batch.weight).numpy()}
+
+
 def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
     """Tidy rows, one per (set, seed, head): head_auc, s_acc, probe_s_acc, attention statistics.
 
@@ -477,7 +489,7 @@ def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
     fit = eval_set(model.cfg, "fit") if fit is None else fit
     with torch.no_grad():
         result = torch.cat([c.result for _, c in run_chunks(m, fit)], 1)  # (S, B, H, d)
-        t = fit_threshold(direct_scores(m, result), fit.y, fit.weight)  # (S, H)
+        t = head_thresholds(m, result, fit)  # (S, H)
         probes = fit_probes(result, fit)
         rows = []
         for name, batch in as_batches(model.cfg, sets).items():
@@ -489,17 +501,16 @@ def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
                 ratios.add(piece, c)
             s = torch.cat(scores, -1)  # (S, H, B)
             total = float(batch.weight.sum())
-            auc = roc_auc_rows(s, batch.y, batch.weight).numpy()
-            sacc = threshold_acc(s, t, batch.y, batch.weight).numpy()
+            readout = readout_columns(s, t, batch)
             pacc = hits / total
             ratio = ratio_columns(ratios.value().numpy(), model.cfg.noise_symbols)  # each (S, H)
             mass = (mass / total).numpy()
             names = kind_names(model.cfg.noise_symbols)
             for i, seed in enumerate(model.seeds):
                 for h in range(mass.shape[1]):
-                    row = {"set": name, "seed": seed, "head": h, "head_auc": float(auc[i, h]),
-                           "s_acc": float(sacc[i, h]), "s_threshold": float(t[i, h]),
-                           "probe_s_acc": float(pacc[i, h])}
+                    row = {"set": name, "seed": seed, "head": h}
+                    row |= {k: float(v[i, h]) for k, v in readout.items()}
+                    row |= {"s_threshold": float(t[i, h]), "probe_s_acc": float(pacc[i, h])}
                     row |= {k: float(v[i, h]) for k, v in ratio.items()}
                     rows.append(row | {f"mass_{k}": float(mass[i, h, j])
                                        for j, k in enumerate(names)})
