@@ -519,32 +519,57 @@ class Model:
                            eos: torch.Tensor, y: torch.Tensor, scale: float):
         """Per-example part of `pos_loss_grad` on tokens (S, b, L) of width L <= the tables':
         the summed cross-entropy (S,) and the gradients of scale * that sum with respect to the
-        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions."""
+        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions.
+
+        Laid out for speed (each choice measured at S = 64): the logits, their gradient and
+        every per-example vector of 5 have the examples last (S, ..., 5, b), so reductions
+        over 5 run along examples and each product with a table is a bmm whose long side is
+        the examples; A[p, t_j] is read from the table and the gradients of tok and pos are
+        added into it by one gather or scatter_add with the index (p, t_j) or (p, j), shared by
+        the heads, instead of a row lookup per head and example followed by a gather."""
         S, B, L = tokens.shape
-        H, V = self.cfg.heads, D_VOCAB
+        H, V = self.cfg.heads, t["rE"].shape[-1]
         cut = {"A": t["A"][:, :, :L], "Bt": t["Bt"][:, :, :L, :L], "tok": t["tok"][:, :, :L],
-               "pos": t["pos"][:, :, :L, :L], "rP": t["rP"][:, :, :L], "rE": t["rE"],
-               "c0": t["c0"][:, :L]}
-        f = self._pos_forward(tokens, eos, {k: v.contiguous() for k, v in cut.items()})
-        t, u, mass, rows, tok = f["t"], f["u"], f["mass"], f["rows"], f["tok"]
-        target = torch.nn.functional.one_hot(y, V).to(u.dtype)
-        logp = torch.log_softmax(f["logits"], -1)
-        loss = (logp * target).sum(-1).sum(1).neg_()
-        g = logp.exp_().sub_(target).mul_(scale)  # (S, b, V) d loss / d logits
+               "pos": t["pos"][:, :, :L, :L]}
+        rows = (torch.arange(S * H).view(S, H, 1) * L + eos[:, None]).view(-1)
+        tok = tokens[:, None].expand(S, H, B, L)
+        pt = (eos[..., None] * V + tokens).view(S, 1, B * L).expand(S, H, -1)  # (p, t_j)
+        u = torch.gather(cut["A"].reshape(S, H, L * V), 2, pt).view(S, H, B, L)
+        u.mul_(_rows(cut["Bt"], rows, (S, H, B, L)))  # exp(score): A[p, t_j] Bt[p, j]
+        mass = torch.zeros(S, H, B, V, dtype=u.dtype).scatter_add_(3, tok, u)
+        D = mass.sum(-1)  # (S, H, b)
+        if D.min() < torch.finfo(D.dtype).tiny * 1e8:  # redone in the log domain, D = 1
+            u, mass, D = self.pos_pattern(cut, tokens, eos)[:3]
+            D = D[..., 0]
+        rPT = t["rP"][:, :, :L].transpose(2, 3).reshape(S * H, V, L)
+        rE = t["rE"].reshape(S * H, V, V)
+        uv, massv, Dt = u.view(S * H, B, L), mass.view(S * H, B, V), D.view(S, H, 1, B)
+        # head h's share of the logits, (u r_P + mass r_E) / D, as (S, H, V, b)
+        zl = torch.baddbmm(torch.bmm(rE.transpose(1, 2), massv.transpose(1, 2)), rPT,
+                           uv.transpose(1, 2)).view(S, H, V, B).div_(Dt)
+        rows0 = (torch.arange(S)[:, None] * L + eos).view(-1)
+        c0 = _rows(t["c0"][:, :L], rows0, (S, B, V)).transpose(1, 2)  # (S, V, b)
+        logp = torch.log_softmax(c0 + zl.sum(1), 1)
+        target = torch.zeros_like(logp).scatter_(1, y[:, None], 1.0)
+        loss = (logp * target).sum(1).sum(1).neg_()
+        g = logp.exp_().sub_(target).mul_(scale)  # (S, V, b) d loss / d logits
         # Head h's share is (u r_P + mass r_E) / D: with gh = g / D,
         # d/du_j = gh . (r_E[t_j] + r_P[j]) - gh . zl, and d/dscore_j = u_j d/du_j.
-        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(0, f["rows0"], g.view(S * B, V))
-        gh = g[:, None] / f["D"]  # (S, H, b, V)
-        drP = torch.bmm(gh.view(-1, B, V).transpose(1, 2), u.view(-1, B, L))  # (S*H, V, L)
-        drE = mass.transpose(2, 3) @ gh  # (S, H, 5, V)
-        ds = torch.bmm(gh.view(-1, B, V), t["rP"].view(-1, L, V).transpose(1, 2)).view(S, H, B, L)
-        per_kind = gh @ t["rE"].transpose(2, 3) - (gh * f["zl"]).sum(-1, keepdim=True)
-        ds.add_(torch.gather(per_kind, 3, tok)).mul_(u)  # (S, H, b, L) d loss / d score
+        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(
+            0, rows0, g.transpose(1, 2).reshape(S * B, V))
+        gh = g[:, None] / Dt  # (S, H, V, b)
+        ghv = gh.view(S * H, V, B)
+        drP = torch.bmm(ghv, uv)  # (S*H, V, L)
+        drE = torch.bmm(ghv, massv)  # (S*H, V, 5)
+        per_kind = torch.bmm(rE, ghv).view(S, H, V, B).sub_((gh * zl).sum(2, keepdim=True))
+        kb = (tokens * B + torch.arange(B)[:, None]).view(S, 1, B * L).expand(S, H, -1)
+        ds = torch.bmm(ghv.transpose(1, 2), rPT).view(S, H, B * L)  # (S*H, b, L)
+        ds.add_(torch.gather(per_kind.view(S, H, V * B), 2, kb)).mul_(u.view(S, H, B * L))
         dpos = torch.zeros(S * H * L, L, dtype=g.dtype).index_add_(0, rows, ds.view(-1, L))
-        dtok = torch.zeros(S, H, B, D_VOCAB, dtype=g.dtype).scatter_add_(3, tok, ds)
-        dtok = torch.zeros(S * H * L, D_VOCAB, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, D_VOCAB))
+        dtok = torch.zeros(S, H, L * V, dtype=g.dtype).scatter_add_(2, pt, ds)
         return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
-                      "rE": drE, "tok": dtok.view(S, H, L, D_VOCAB), "pos": dpos.view(S, H, L, L)}
+                      "rE": drE.view(S, H, V, V).transpose(2, 3), "tok": dtok.view(S, H, L, V),
+                      "pos": dpos.view(S, H, L, L)}
 
     def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor,
                       buckets: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -570,7 +595,8 @@ class Model:
         B, L = tokens.shape[1:]
         t = self.pos_tables(L)
         order = torch.argsort(eos, dim=1, stable=True)
-        tokens = tokens.gather(1, order[..., None].expand(-1, -1, L))
+        flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
+        tokens = _rows(tokens, flat, (S, B, L))
         eos, y = eos.gather(1, order), y.gather(1, order)
         loss = torch.zeros(S, dtype=E.dtype)
         d = {"c0": torch.zeros_like(t["c0"]), "rP": torch.zeros_like(t["rP"]),
