@@ -599,45 +599,47 @@ class Model:
         tokens = _rows(tokens, flat, (S, B, L))
         eos, y = eos.gather(1, order), y.gather(1, order)
         loss = torch.zeros(S, dtype=E.dtype)
-        d = {"c0": torch.zeros_like(t["c0"]), "rP": torch.zeros_like(t["rP"]),
-             "rE": torch.zeros_like(t["rE"]), "tok": torch.zeros_like(t["tok"]),
-             "pos": torch.zeros_like(t["pos"])}
+        H, V, e, d = self.cfg.heads, t["rE"].shape[-1], self.cfg.d_head_, E.shape[-1]
+        # gradients of the tables, each in the layout of the product it enters: the scores
+        # [tok, pos] (S, H, L, V + L) and the value read-outs [r_E; r_P] (S, H, V + L, V)
+        dscores = torch.zeros(S, H, L, V + L, dtype=E.dtype)
+        dr = torch.zeros(S, H, V + L, V, dtype=E.dtype)
+        dc0 = torch.zeros_like(t["c0"])
         if buckets is None:
-            buckets = 4 if S * self.cfg.heads * B * L >= 1 << 20 else 1
+            buckets = 4 if S * H * B * L >= 1 << 20 else 1
         cuts = torch.linspace(0, B, max(1, min(buckets, B)) + 1).round().long().tolist()
         for a, b in zip(cuts[:-1], cuts[1:]):
             n = int(eos[:, a:b].max()) + 1  # positions this run needs
             got, dk = self._pos_examples_grad(t, tokens[:, a:b, :n], eos[:, a:b], y[:, a:b],
                                               1.0 / B)
             loss += got
-            d["c0"][:, :n] += dk["c0"]
-            d["rP"][:, :, :n] += dk["rP"]
-            d["rE"] += dk["rE"]
-            d["tok"][:, :, :n] += dk["tok"]
-            d["pos"][:, :, :n, :n] += dk["pos"]
+            dc0[:, :n] += dk["c0"]
+            dr[:, :, :V] += dk["rE"]
+            dr[:, :, V:V + n] += dk["rP"]
+            dscores[:, :, :n, :V] += dk["tok"]
+            dscores[:, :, :n, V:V + n] += dk["pos"]
         loss /= B
-        dc0, drP, drE, dtok, dpos = d["c0"], d["rP"], d["rE"], d["tok"], d["pos"]
-        # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens)
-        q, e = t["q"], self.cfg.d_head_
-        dscores = torch.cat([dtok, dpos], -1)  # (S, H, L, 5 + L)
-        dq = (dscores @ t["k"]) * (1.0 / math.sqrt(e))  # d loss / d (x W_Q + b_Q)
-        dk = dscores.transpose(2, 3) @ q  # (S, H, 5 + L, e)
-        X = t["X"]  # (S, 1, 5 + L, d)
-        dW_Q = t["xq"][:, None].transpose(2, 3) @ dq
-        dxq = (dq @ W_Q.transpose(2, 3)).sum(1)  # (S, L, d)
-        # --- per table: values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U
-        # + b_V M
+        # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens);
+        # values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U + b_V M.
+        # Every head's gradients of a weight come out of one bmm per seed: heads side by side.
+        q, M = t["q"], t["M"]
+        dq = (dscores @ t["k"]) * (1.0 / math.sqrt(e))  # (S, H, L, e) d loss / d (x W_Q + b_Q)
+        dkv = torch.cat([dscores.transpose(2, 3) @ q, dr @ M.transpose(2, 3)], 3)  # (.., 2e)
+        dkv = dkv.permute(0, 2, 1, 3).reshape(S, V + L, H * 2 * e)  # key then value, per head
+        W_kv = torch.cat([W_K, W_V], 3).permute(0, 2, 1, 3).reshape(S, d, H * 2 * e)
+        X = t["X"][:, 0]  # (S, V + L, d)
+        dW_kv = torch.bmm(X.transpose(1, 2), dkv).view(S, d, H, 2, e).permute(0, 2, 3, 1, 4)
+        dX = torch.bmm(dkv, W_kv.transpose(1, 2))  # (S, V + L, d)
+        dqh = dq.permute(0, 2, 1, 3).reshape(S, L, H * e)
+        dW_Q = torch.bmm(t["xq"].transpose(1, 2), dqh).view(S, d, H, e).transpose(1, 2)
+        dxq = torch.bmm(dqh, W_Q.permute(0, 2, 1, 3).reshape(S, d, H * e).transpose(1, 2))
         drb = dc0.sum(1)[:, None, None]  # (S, 1, 1, V)
-        M = t["M"]
-        dr = torch.cat([drE, drP], 2)  # (S, H, 5 + L, V)
         dM = t["v"].transpose(2, 3) @ dr + w[ATTN + "b_V"][..., None] * drb  # (S, H, e, V)
-        dv = dr @ M.transpose(2, 3)  # (S, H, 5 + L, e)
-        XT = X.transpose(2, 3)
-        dW_K, dW_V = XT @ dk, XT @ dv
-        dX = (dk @ W_K.transpose(2, 3) + dv @ W_V.transpose(2, 3)).sum(1)  # (S, 5 + L, d)
-        dE, dP = dX[:, :D_VOCAB], dX[:, D_VOCAB:]
+        dE, dP = dX[:, :V], dX[:, V:]
         dxo = dc0 @ W_U.transpose(1, 2)  # (S, L, d)
-        dW_U = (W_O.transpose(2, 3) @ dM).sum(1) + t["xo"].transpose(1, 2) @ dc0
+        dW_U = torch.baddbmm(t["xo"].transpose(1, 2) @ dc0, W_O.reshape(S, H * e, d).transpose(1, 2),
+                             dM.reshape(S, H * e, V))
+        dW_K, dW_V = dW_kv[:, :, 0], dW_kv[:, :, 1]
         dx = dxq + dxo  # both enter as W_E[EOS] + W_pos[p]
         dP += dx
         dE[:, EOS] += dx.sum(1)
