@@ -521,19 +521,20 @@ class Model:
         the summed cross-entropy (S,) and the gradients of scale * that sum with respect to the
         tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions.
 
-        Laid out for speed (each choice measured at S = 64): the logits, their gradient and
-        every per-example vector of 5 have the examples last (S, ..., 5, b), so reductions
-        over 5 run along examples and each product with a table is a bmm whose long side is
-        the examples; A[p, t_j] is read from the table and the gradients of tok and pos are
-        added into it by one gather or scatter_add with the index (p, t_j) or (p, j), shared by
-        the heads, instead of a row lookup per head and example followed by a gather."""
+        Laid out for speed (each choice timed at S = 64, one thread): the logits, their
+        gradient and the per-example vectors of 5 have the examples last (S, ..., 5, b), so
+        reductions over 5 run along the examples and every product with a table is a bmm with
+        the examples on its long side; A[p, t_j] and per_kind[t_j] are read by one gather with
+        an index shared by the heads ((p, t_j), (t_j, b)), not a row lookup per head and
+        example followed by a gather.
+        V = the vocabulary, read off the tables (the number of kinds and of logits)."""
         S, B, L = tokens.shape
         H, V = self.cfg.heads, t["rE"].shape[-1]
         cut = {"A": t["A"][:, :, :L], "Bt": t["Bt"][:, :, :L, :L], "tok": t["tok"][:, :, :L],
                "pos": t["pos"][:, :, :L, :L]}
         rows = (torch.arange(S * H).view(S, H, 1) * L + eos[:, None]).view(-1)
         tok = tokens[:, None].expand(S, H, B, L)
-        pt = (eos[..., None] * V + tokens).view(S, 1, B * L).expand(S, H, -1)  # (p, t_j)
+        pt = torch.add(tokens, eos[..., None], alpha=V).view(S, 1, B * L).expand(S, H, -1)
         u = torch.gather(cut["A"].reshape(S, H, L * V), 2, pt).view(S, H, B, L)
         u.mul_(_rows(cut["Bt"], rows, (S, H, B, L)))  # exp(score): A[p, t_j] Bt[p, j]
         mass = torch.zeros(S, H, B, V, dtype=u.dtype).scatter_add_(3, tok, u)
@@ -560,13 +561,15 @@ class Model:
         gh = g[:, None] / Dt  # (S, H, V, b)
         ghv = gh.view(S * H, V, B)
         drP = torch.bmm(ghv, uv)  # (S*H, V, L)
-        drE = torch.bmm(ghv, massv)  # (S*H, V, 5)
+        drE = torch.bmm(ghv, massv)  # (S*H, V, V)
         per_kind = torch.bmm(rE, ghv).view(S, H, V, B).sub_((gh * zl).sum(2, keepdim=True))
-        kb = (tokens * B + torch.arange(B)[:, None]).view(S, 1, B * L).expand(S, H, -1)
+        kb = torch.add(torch.arange(B)[:, None], tokens, alpha=B).view(S, 1, B * L)
         ds = torch.bmm(ghv.transpose(1, 2), rPT).view(S, H, B * L)  # (S*H, b, L)
-        ds.add_(torch.gather(per_kind.view(S, H, V * B), 2, kb)).mul_(u.view(S, H, B * L))
+        ds.add_(torch.gather(per_kind.view(S, H, V * B), 2, kb.expand(S, H, -1)))
+        ds = ds.mul_(u.view(S, H, B * L)).view(S, H, B, L)  # d loss / d score
         dpos = torch.zeros(S * H * L, L, dtype=g.dtype).index_add_(0, rows, ds.view(-1, L))
-        dtok = torch.zeros(S, H, L * V, dtype=g.dtype).scatter_add_(2, pt, ds)
+        dtok = torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds)  # then per p
+        dtok = torch.zeros(S * H * L, V, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, V))
         return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
                       "rE": drE.view(S, H, V, V).transpose(2, 3), "tok": dtok.view(S, H, L, V),
                       "pos": dpos.view(S, H, L, L)}
