@@ -2,10 +2,11 @@
 
 Trains the default model (H=4, d_model=16, d_head=4, batch 256, no positional embedding, so
 the count path) for a fixed number of steps with `count01.train`, exactly as a user calls it:
-S = 1, 8 and 64 seeds batched, and 64 seeds looped one at a time (64 runs of S = 1); then the
-same model with a learned and a sinusoidal positional embedding (the position path) at S = 1
-and 64; and in the `sentence` framing (SPEC 2; the count path, two queries per example) at
-S = 64, without lm_loss (the issue's target: within 2x of `classify`) and with it (every string
+S = 1, 8 and 64 seeds batched, and 64 seeds looped one at a time (64 runs of S = 1), and 64
+seeds with three noise symbols (the count path without its per-triple table); then the same
+model with a learned and a sinusoidal positional embedding (the position path) at S = 1 and 64;
+and in the `sentence` framing (SPEC 2; the count path, two queries per example) at S = 64,
+without lm_loss (the issue's target: within 2x of `classify`) and with it (every string
 position a query, a tenth of the steps). Prints seed-steps per second (seeds x steps /
 wall-clock seconds) for each and the ratios. The variants are interleaved over repeats, so
 drift in the machine's speed hits all alike, and the median over repeats is reported.
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "S=8 batched": (8, steps, lambda: batched(8, steps)),
         "S=64 batched": (64, steps, lambda: batched(64, steps)),
         "S=64 looped one by one": (64, looped_steps, lambda: looped(64, looped_steps)),
+        "S=64 batched, 3 noise symbols": (64, steps, lambda: batched(64, steps, noise_symbols=3)),
     }
     for pos in ("learned", "sinusoidal"):
         for n in (1, 64):
@@ -188,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:32s} {r:10.0f} seed-steps/s   ({statistics.median(times[name]):.2f} s)")
     ratios = {"S=64 batched / S=64 looped": rate["S=64 batched"] / rate["S=64 looped one by one"],
               "S=64 batched / S=1 batched": rate["S=64 batched"] / rate["S=1 batched"],
-              "S=8 batched / S=1 batched": rate["S=8 batched"] / rate["S=1 batched"]}
+              "S=8 batched / S=1 batched": rate["S=8 batched"] / rate["S=1 batched"],
+              "count path, 1 / 3 noise symbols, S=64": (
+                  rate["S=64 batched"] / rate["S=64 batched, 3 noise symbols"])}
     for pos in ("learned", "sinusoidal"):  # the position path's cost against the count path's
         for n in (1, 64):
             ratios[f"count path / {pos} pos, S={n}"] = (

@@ -227,3 +227,22 @@ def test_analysis_on_the_position_path_equals_analysis_through_the_reference_for
     for t in tables:
         pd.testing.assert_frame_equal(fast[t], pd.read_csv(out / "analysis" / f"{t}.csv"),
                                       check_exact=False, rtol=1e-9, atol=1e-9, obj=t)
+
+
+def test_analyze_with_three_noise_symbols_reports_w02_per_symbol_and_their_mean(tmp_path):
+    from count01.train import train
+
+    cfg = Config(n_seeds=2, heads=2, d_model=8, eval_size=256, exhaustive_len=5, max_len=8,
+                 long_max_len=12, steps=60, noise_symbols=3, noise=0.5)
+    train(cfg, tmp_path / "run", progress=False)
+    analyze(tmp_path / "run", grid_size=GRID, progress=False)
+    heads = pd.read_csv(tmp_path / "run" / "analysis" / "heads.csv")
+    per = heads[["w02_2", "w02_5", "w02_6"]]
+    np.testing.assert_allclose(heads["w02"], per.mean(axis=1), rtol=1e-12)
+    assert (per.std(axis=1) > 0).all()  # the symbols have embeddings of their own
+    mass = heads[[f"mass_{k}" for k in ("0", "1", "2", "eos", "bos", "5", "6")]].sum(axis=1)
+    np.testing.assert_allclose(mass, 1.0, atol=1e-9)
+    examples = pd.read_csv(tmp_path / "run" / "analysis" / "attention_examples.csv")
+    assert set(examples["token"]) <= {"0", "1", "2", "EOS", "BOS"}
+    inter = pd.read_csv(tmp_path / "run" / "analysis" / "intervention.csv")
+    assert inter["l_acc"].notna().all()

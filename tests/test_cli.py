@@ -31,6 +31,17 @@ def test_train_evaluate_predict_end_to_end(run, capsys):
     assert "n0=2 n1=3 n2=2" in out and "p(EOS)" in out
 
 
+def test_a_run_with_three_noise_symbols_trains_evaluates_and_predicts_them(tmp_path, capsys):
+    out = tmp_path / "k3"
+    assert main(["train", "--out", str(out), "--noise-symbols", "3"] + TINY) == 0
+    assert main(["evaluate", str(out)]) == 0
+    assert "exhaustive" in capsys.readouterr().out
+    assert main(["predict", str(out), "0125601"]) == 0
+    got = capsys.readouterr().out
+    assert "n0=2 n1=2 n2=1 n5=1 n6=1" in got and "p(6)" in got
+    _fails_cleanly(["predict", str(out), "0127"], capsys, "only digits 0, 1, 2, 5, 6")
+
+
 COMMANDS = ("train", "evaluate", "predict", "analyze", "intervene", "sweep", "paths", "report",
             "reproduce", "export")
 
@@ -173,6 +184,12 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_with_d
     (["--lm-loss", "true"], "lm_loss needs framing = sentence"),
     (["--lm-loss", "maybe", "--framing", "sentence"], "lm_loss expects bool"),
     (["--framing", "sentence", "--lm-loss", "true", "--layernorm", "true"], "lm_loss with layernorm"),
+    (["--noise-symbols", "0"], "noise_symbols must be in 1..6, got 0"),
+    (["--noise-symbols", "-1"], "noise_symbols must be in 1..6, got -1"),
+    (["--noise-symbols", "x"], "noise_symbols expects int"),
+    (["--noise-symbols", "1000000"], "noise_symbols must be in 1..6"),
+    (["--noise-symbols", "6", "--pos-embed", "learned", "--exhaustive-len", "14"],
+     "noise_symbols"),
 ])
 def test_bad_or_impossible_values_are_refused_before_anything_is_written(
         args, match, capsys, tmp_path, monkeypatch):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from count01.config import Config, ConfigError
@@ -92,6 +94,7 @@ def test_seeds_outside_the_hash_range_are_refused(change, message):
     ({"heads": 100_000, "d_head": 4}, "heads"),
     ({"d_model": 10**6}, "d_model"),
     ({"n_seeds": 10**7}, "n_seeds"),
+    ({"noise_symbols": 6, "pos_embed": "learned", "exhaustive_len": 14}, "noise_symbols"),
 ])
 def test_sizes_that_cannot_fit_in_memory_are_refused_naming_the_field(change, field):
     with pytest.raises(ConfigError, match="more than this machine's") as e:
@@ -129,6 +132,22 @@ def test_fields_added_later_leave_the_identity_of_older_configs_unchanged():
     sentence = Config(heads=2, framing="sentence", lm_loss=True)
     assert sentence.identity() == old | {"framing": "sentence", "lm_loss": True}
     assert sentence.n_ctx == Config(heads=2).n_ctx + 2  # ... EOS y EOS
+    assert Config(heads=2, noise_symbols=3).identity() == old | {"noise_symbols": 3}
+
+
+def test_a_config_saved_before_noise_symbols_loads_with_one_noise_symbol(tmp_path):
+    saved = {k: v for k, v in Config(heads=2).to_dict().items() if k != "noise_symbols"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg = Config.from_json(tmp_path / "config.json")
+    assert cfg.noise_symbols == 1 and cfg.d_vocab == 5 and cfg == Config(heads=2)
+
+
+def test_the_vocabulary_grows_with_the_noise_symbols():
+    from count01.language import kind_ids, noise_ids, vocab
+
+    assert Config().d_vocab == 5 and Config(noise_symbols=3).d_vocab == 7
+    assert noise_ids(3) == (2, 5, 6) and kind_ids(3) == (0, 1, 2, 5, 6)
+    assert vocab(3) == ("0", "1", "2", "EOS", "BOS", "5", "6")
 
 
 @pytest.mark.parametrize("change, message", [({"optimizer": "adam"}, "optimizer must be one of"),

@@ -182,6 +182,18 @@ def test_export_then_import_gives_the_same_weights_and_config(exported, tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_with_three_noise_symbols_exports_and_imports_with_its_vocabulary(tmp_path):
+    cfg = Config(steps=20, n_seeds=1, batch_size=64, checkpoint_every=20, noise_symbols=3, **TASK)
+    train(cfg, tmp_path / "run", progress=False)
+    save_transformer_lens(tmp_path / "run", out_dir=tmp_path / "tl")
+    assert json.loads((tmp_path / "tl" / "tl_config.json").read_text())["d_vocab"] == 7
+    model = import_transformer_lens(tmp_path / "tl", tmp_path / "back")
+    assert model.cfg == cfg
+    original = load(tmp_path / "run")
+    for k in original.weights:
+        assert torch.equal(original.weights[k], model.weights[k]), k
+
+
 def test_export_then_import_gives_the_same_analysis(exported, tmp_path):
     import_transformer_lens(exported / "tl", tmp_path / "run")
     for run in (exported / "run", tmp_path / "run"):
@@ -221,7 +233,9 @@ def _with(**tensors):
 
 
 @pytest.mark.parametrize("cfg, match", [
-    (tl_cfg(d_vocab=6), "vocabulary size d_vocab 6"),
+    (tl_cfg(d_vocab=11, d_vocab_out=11), "vocabulary size d_vocab 11"),
+    (tl_cfg(d_vocab=6), "vocabulary size d_vocab 6"),  # out 5
+    (tl_cfg(d_vocab=6, d_vocab_out=6), "embed.W_E has shape (5, 4), the TL config implies (6"),
     (tl_cfg(d_vocab_out=7), "d_vocab_out 7"),
     (tl_cfg(attn_only=False, d_mlp=16), "an MLP"),
     ({k: v for k, v in tl_cfg().items() if k != "attn_only"}, "an MLP"),

@@ -44,7 +44,7 @@ def test_default_grid_is_25_log_points_and_w02_also_at_zero():
     assert np.any(np.isclose(w01, 1.0))
 
 
-@pytest.mark.parametrize("kw", [{}, {"layernorm": True}, {"bos": False}])
+@pytest.mark.parametrize("kw", [{}, {"layernorm": True}, {"bos": False}, {"noise_symbols": 3}])
 def test_intervention_at_the_measured_weights_reproduces_the_head_outputs(kw):
     model = random_model(**kw)
     batch = eval_set(model.cfg, "iid")
@@ -56,7 +56,8 @@ def test_intervention_at_the_measured_weights_reproduces_the_head_outputs(kw):
     torch.testing.assert_close(score[0], direct, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kw", [{}, {"layernorm": True}, {"pos_embed": "learned"}])
+@pytest.mark.parametrize("kw", [{}, {"layernorm": True}, {"pos_embed": "learned"},
+                                {"noise_symbols": 3}, {"noise_symbols": 3, "pos_embed": "learned"}])
 @pytest.mark.parametrize("w01, w02", [(3.0, 0.0), (0.01, 50.0)])
 def test_fast_sweep_matches_a_real_forward_pass_with_the_attention_overridden(kw, w01, w02):
     model = random_model(**kw)
@@ -76,6 +77,23 @@ def test_fast_sweep_matches_a_real_forward_pass_with_the_attention_overridden(kw
         assert r["l_acc"] == pytest.approx(ref["l_acc"][i], abs=1e-12)
         assert r["valid"] == pytest.approx(ref["valid"][i], abs=1e-12)
         assert r["auc"] == pytest.approx(ref["auc"][i], abs=1e-9)
+
+
+def test_w02_applies_to_every_noise_symbol():
+    """At w02 = 0 no noise symbol is attended: the heads compute what they compute on the same
+    strings with every noise symbol taken out; at w02 = 1 the symbols count like a 0 again."""
+    from count01.language import Batch
+
+    model = random_model(noise_symbols=3)
+    batch = eval_set(model.cfg, "iid")
+    clean = batch.counts.clone()
+    clean[:, 2:] = 0
+    stripped = Batch(clean, batch.y, batch.weight)
+    assert (batch.counts[:, 3:].sum(0) > 0).all()  # symbols 5 and 6 do occur
+    a, b = intervened_run(model, batch, 2.0, 0.0), intervened_run(model, stripped, 2.0, 0.0)
+    torch.testing.assert_close(a.result, b.result, atol=1e-12, rtol=0)
+    c = intervened_run(model, batch, 2.0, 1.0)
+    assert (c.result - a.result).abs().max() > 1e-3
 
 
 def test_sweep_at_the_measured_point_gives_the_unintervened_head_and_model():

@@ -163,27 +163,32 @@ def test_malformed_strings_are_rejected(text):
         parse(text, bos=True)
 
 
-def _string_probability(s: tuple[int, ...], noise: float, p_one: float, burst_len: float) -> float:
-    """P(one string of digits) symbol by symbol: the definition the laws must agree with."""
+def _string_probability(s: tuple[int, ...], noise: float, p_one: float, burst_len: float,
+                        k: int = 1) -> float:
+    """P(one string of digits) symbol by symbol: the definition the laws must agree with. A
+    noise symbol (2, 5, ..., k + 3) is noise, then one of the k symbols uniformly."""
     digit = {0: 1 - p_one, 1: p_one}
     if burst_len:
         stay, enter = language.burst_chain(noise, burst_len)
-    p, prev = 1.0, None
+    p, was_noise = 1.0, None
     for x in s:
-        to_noise = noise if not burst_len or prev is None else (stay if prev == 2 else enter)
-        p *= to_noise if x == 2 else (1 - to_noise) * digit[x]
-        prev = x
+        to_noise = noise if not burst_len or was_noise is None else (stay if was_noise else enter)
+        p *= to_noise / k if x not in digit else (1 - to_noise) * digit[x]
+        was_noise = x not in digit
     return p
 
 
-def _brute_force_law(max_len: int, noise: float, p_one: float, burst_len: float) -> dict:
+def _brute_force_law(max_len: int, noise: float, p_one: float, burst_len: float,
+                     k: int = 1) -> dict:
     import itertools
 
     law: dict[tuple, float] = {}
+    ids = language.kind_ids(k)
     for n in range(1, max_len + 1):
-        for s in itertools.product((0, 1, 2), repeat=n):
-            key = (s.count(0), s.count(1), s.count(2))
-            law[key] = law.get(key, 0.0) + _string_probability(s, noise, p_one, burst_len) / max_len
+        for s in itertools.product(ids, repeat=n):
+            key = tuple(s.count(i) for i in ids)
+            p = _string_probability(s, noise, p_one, burst_len, k) / max_len
+            law[key] = law.get(key, 0.0) + p
     return law
 
 
@@ -197,6 +202,52 @@ def test_every_noise_condition_gives_the_exact_law_of_its_strings(noise, p_one, 
     assert got.keys() == {k for k, v in expected.items() if v > 0}
     for k, v in expected.items():
         assert got.get(k, 0.0) == pytest.approx(v, rel=1e-9, abs=1e-15), k
+
+
+@pytest.mark.parametrize("noise, p_one, burst_len", [(0.3, 0.7, 0.0), (0.5, 0.5, 2.0),
+                                                     (0.25, 0.3, 4.0)])
+def test_with_three_noise_symbols_the_count_law_is_the_exact_law_of_its_strings(noise, p_one,
+                                                                                burst_len):
+    key = (1, 4, noise, False, False, p_one, burst_len)
+    t, p = language.count_law(key, 3)
+    assert t.shape[1] == 5 and p.sum() == pytest.approx(1.0, abs=1e-12)
+    expected = _brute_force_law(4, noise, p_one, burst_len, k=3)
+    got = {tuple(r): v for r, v in zip(t.tolist(), p)}
+    assert len(got) == len(t) == len(expected)  # every count tuple once
+    for r, v in expected.items():
+        assert got[r] == pytest.approx(v, rel=1e-9, abs=1e-15), r
+
+
+def _tally(tokens: torch.Tensor, eos: torch.Tensor, bos: bool) -> dict:
+    """How often each string (digits between BOS and EOS) occurs among token rows."""
+    out: dict[tuple, int] = {}
+    for row, e in zip(tokens.reshape(-1, tokens.shape[-1]).tolist(), eos.reshape(-1).tolist()):
+        key = tuple(row[int(bos):e])
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("pattern", ["iid", "bursty"])
+def test_drawn_strings_with_three_noise_symbols_follow_the_exact_law_of_strings(pattern):
+    import itertools
+
+    cfg = Config(max_len=3, long_max_len=4, exhaustive_len=3, batch_size=4096, noise=0.4,
+                 p_one=0.7, noise_symbols=3, noise_pattern=pattern, burst_len=2.5)
+    batch = training_batch(cfg, list(range(40)), 0, tokens=True)
+    assert torch.equal(batch.counts, training_batch(cfg, list(range(40)), 0).counts)
+    assert (tokens_to_counts(batch.tokens, batch.eos_pos, 3) == batch.counts).all()
+    seen = _tally(batch.tokens, batch.eos_pos, cfg.bos)
+    draws = batch.tokens.shape[0] * batch.tokens.shape[1]
+    burst = cfg.burst_len if pattern == "bursty" else 0.0
+    strings = [s for n in range(1, 4) for s in itertools.product(language.kind_ids(3), repeat=n)]
+    exact = np.array([_string_probability(s, cfg.noise, cfg.p_one, burst, 3) / 3 for s in strings])
+    assert exact.sum() == pytest.approx(1.0)
+    assert set(seen) <= set(strings)
+    freq = np.array([seen.get(s, 0) for s in strings]) / draws
+    assert 0.5 * np.abs(freq - exact).sum() < 0.03  # 155 strings, 163,840 draws: noise ~0.012
+    other = np.array([_string_probability(s, cfg.noise, cfg.p_one, 2.5 - burst, 3) / 3
+                      for s in strings])  # the other noise pattern's law
+    assert 0.5 * np.abs(freq - other).sum() > 0.05
 
 
 def test_bursty_noise_is_placed_as_the_chain_would_place_it():
@@ -224,32 +275,61 @@ def test_bursty_noise_is_placed_as_the_chain_would_place_it():
 
 
 @pytest.mark.parametrize("change", [{"p_one": 0.7}, {"noise_pattern": "bursty", "burst_len": 3.0},
-                                    {"noise_pattern": "bursty", "p_one": 0.3, "noise": 0.5}])
+                                    {"noise_pattern": "bursty", "p_one": 0.3, "noise": 0.5},
+                                    {"noise_symbols": 3},
+                                    {"noise_symbols": 3, "noise_pattern": "bursty",
+                                     "burst_len": 3.0}])
 def test_every_evaluation_set_follows_the_configured_noise_condition(change):
     cfg = Config(max_len=8, long_max_len=12, exhaustive_len=4, eval_size=4096,
                  pos_embed="learned", **change)
-    base = Config(max_len=8, long_max_len=12, exhaustive_len=4, eval_size=4096, pos_embed="learned")
+    base = Config(max_len=8, long_max_len=12, exhaustive_len=4, eval_size=4096, pos_embed="learned",
+                  noise_symbols=cfg.noise_symbols)
+    k = cfg.noise_symbols
     for name in ("iid", "hard", "long", "noisy", "fit"):
         batch = eval_set(cfg, name)
         c = batch.counts.double()
-        assert (tokens_to_counts(batch.tokens, batch.eos_pos) == batch.counts).all()
+        assert c.shape[1] == k + 2
+        assert (tokens_to_counts(batch.tokens, batch.eos_pos, k) == batch.counts).all()
         if name == "hard":
             assert ((c[:, 1] - c[:, 0]).abs() <= 1).all()
         if name == "iid":
             share_one = (c[:, 1].sum() / c[:, :2].sum()).item()
             assert share_one == pytest.approx(cfg.p_one, abs=0.03)
-            noise = (c[:, 2].sum() / c.sum()).item()
-            assert noise == pytest.approx(cfg.noise, abs=0.03)
-        if name == "noisy":
-            assert (c[:, 2].sum() / c.sum()).item() == pytest.approx(cfg.noisy_noise, abs=0.05)
-        if cfg.noise_pattern == "bursty" and name == "iid":  # runs of 2s are longer
+            for j in range(2, k + 2):  # each noise symbol holds 1/k of the noise
+                assert (c[:, j].sum() / c.sum()).item() == pytest.approx(cfg.noise / k, abs=0.03)
+        if name == "noisy":  # a higher rate of the same symbols
+            for j in range(2, k + 2):
+                share = (c[:, j].sum() / c.sum()).item()
+                assert share == pytest.approx(cfg.noisy_noise / k, abs=0.05)
+        if cfg.noise_pattern == "bursty" and name == "iid":  # runs of noise are longer
             def mean_run(b):
                 t = b.tokens.numpy()
-                twos = (t == 2)
+                twos = np.isin(t, language.noise_ids(k))
                 starts = twos[:, 1:] & ~twos[:, :-1]
                 return twos.sum() / max(1, starts.sum() + twos[:, 0].sum())
             assert mean_run(batch) > mean_run(eval_set(base, name)) + 0.5
-    assert len(eval_set(cfg, "exhaustive")) == sum(3 ** n for n in range(1, 5))  # every string
+    every = eval_set(cfg, "exhaustive")
+    assert len(every) == sum((k + 2) ** n for n in range(1, 5))  # every string, whole vocabulary
+    assert set(np.unique(every.tokens.numpy())) == set(range(cfg.d_vocab))
+
+
+def test_exhaustive_counts_with_three_noise_symbols_weigh_the_strings_they_stand_for():
+    cfg = Config(exhaustive_len=5, noise_symbols=3)
+    tok, exact = exhaustive(cfg, tokens=True), exhaustive(cfg)
+    assert len({tuple(r) for r in tok.tokens.tolist()}) == len(tok) == sum(5**n for n in range(1, 6))
+    rows, n = np.unique(tok.counts.numpy(), axis=0, return_counts=True)
+    order = np.lexsort(exact.counts.numpy().T[::-1])
+    assert np.array_equal(exact.counts.numpy()[order], rows)
+    np.testing.assert_allclose(exact.weight.numpy()[order], n, rtol=1e-12)
+
+
+def test_parse_reads_the_noise_symbols_of_the_vocabulary():
+    b = parse("0125601", bos=True, k=3)
+    assert b.counts.tolist() == [[2, 2, 1, 1, 1]]
+    with pytest.raises(Count01Error, match="only digits 0, 1, 2, 5, 6"):
+        parse("017", bos=True, k=3)
+    with pytest.raises(Count01Error, match="only digits 0, 1, 2"):
+        parse("015", bos=True)
 
 
 @pytest.mark.parametrize("change, message", [({"p_one": 0.0}, "p_one must be in (0, 1)"),
@@ -263,7 +343,10 @@ def test_bad_noise_conditions_are_refused(change, message):
         Config().replace(**change)
 
 
-@pytest.mark.parametrize("change", [{"p_one": 0.7}, {"noise_pattern": "bursty", "burst_len": 3.0}])
+@pytest.mark.parametrize("change", [{"p_one": 0.7}, {"noise_pattern": "bursty", "burst_len": 3.0},
+                                    {"noise_symbols": 3},
+                                    {"noise_symbols": 3, "noise_pattern": "bursty",
+                                     "burst_len": 3.0}])
 def test_the_count_path_equals_the_token_path_in_every_noise_condition(change):
     from count01.metrics import evaluate_logits
     from count01.model import Model
@@ -290,7 +373,7 @@ def test_sentence_tokens_and_their_queries_by_brute_force_on_short_strings():
         cfg = Config(bos=bos, framing="sentence", exhaustive_len=4)
         batch = language.exhaustive(cfg, tokens=True)
         end = at_end(batch)
-        rows = string_rows(batch.tokens, batch.eos_pos)
+        rows = string_rows(batch.tokens, batch.eos_pos, 5)
         for b in range(len(batch)):
             toks = batch.tokens[b].tolist()
             p = int(batch.eos_pos[b])

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from count01.config import Config
-from count01.language import D_VOCAB, eval_set, training_batch
+from count01.language import eval_set, training_batch
 from count01.model import Model, init_weights, weight_shapes
 
 TL_NAMES = {"embed.W_E", "blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V",
@@ -15,12 +15,12 @@ def test_weights_have_transformer_lens_names_and_shapes_with_a_seed_axis():
     m = Model.init(cfg, [0, 1, 2])
     assert set(m.weights) == TL_NAMES
     w = m.weights
-    assert w["embed.W_E"].shape == (3, D_VOCAB, 8)
+    assert w["embed.W_E"].shape == (3, Config().d_vocab, 8)
     assert w["blocks.0.attn.W_Q"].shape == (3, 2, 8, 3)
     assert w["blocks.0.attn.W_O"].shape == (3, 2, 3, 8)
     assert w["blocks.0.attn.b_V"].shape == (3, 2, 3)
     assert w["blocks.0.attn.b_O"].shape == (3, 8)
-    assert w["unembed.W_U"].shape == (3, 8, D_VOCAB)
+    assert w["unembed.W_U"].shape == (3, 8, Config().d_vocab)
 
 
 def test_options_add_positional_embedding_and_layernorm_weights():
@@ -45,7 +45,7 @@ def test_cache_shapes_and_attention_sums_to_one(pos_embed):
     batch = eval_set(cfg, "iid")
     cache = m.run(batch)
     S, B, H = 2, len(batch), cfg.heads
-    assert cache.logits.shape == (S, B, D_VOCAB)
+    assert cache.logits.shape == (S, B, Config().d_vocab)
     assert cache.result.shape == (S, B, H, cfg.d_model)
     assert cache.z.shape == (S, B, H, cfg.d_head_)
     mass = cache.mass()
@@ -251,18 +251,20 @@ def sentence_loss(every: torch.Tensor, tokens: torch.Tensor, eos: torch.Tensor,
     return torch.stack(parts).mean(0)
 
 
-@pytest.mark.parametrize("bos,lm", [(True, True), (False, True), (True, False)])
-def test_count_rows_loss_grad_matches_autograd_through_every_query_row(bos, lm):
+@pytest.mark.parametrize("bos,lm,k", [(True, True, 1), (False, True, 1), (True, False, 1),
+                                      (True, False, 3), (True, True, 3)])
+def test_count_rows_loss_grad_matches_autograd_through_every_query_row(bos, lm, k):
     """Model.count_rows_loss_grad on the sentence framing's rows (answers, endings and with
     lm_loss every string position) against autograd through the textbook L x L forward,
-    float64, random weights, every bias nonzero."""
+    float64, random weights, every bias nonzero; k noise symbols (k > 1: rows from drawn count
+    tuples, no per-triple table)."""
     from count01.model import trainable
     from count01.train import _sentence_table, sentence_rows
 
     cfg = Config(bos=bos, heads=3, d_model=12, d_head=5, batch_size=24, max_len=9,
-                 long_max_len=12, noise=0.3, framing="sentence", lm_loss=lm)
+                 long_max_len=12, noise=0.3, framing="sentence", lm_loss=lm, noise_symbols=k)
     m = random_model(cfg)
-    table = _sentence_table(cfg.min_len, cfg.max_len, bos, torch.float64)
+    table = _sentence_table(cfg.min_len, cfg.max_len, bos, torch.float64) if k == 1 else None
     rows = [r.expand(2, *r.shape[1:]) for r in sentence_rows(cfg, [3], 5, torch.float64, table)]
     loss, grads = m.count_rows_loss_grad(*rows)
     batch = training_batch(cfg, [3], 5, tokens=True)
@@ -277,16 +279,17 @@ def test_count_rows_loss_grad_matches_autograd_through_every_query_row(bos, lm):
         torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
 
 
-@pytest.mark.parametrize("pos_embed", ["none", "learned"])
-def test_the_ending_query_equals_the_textbook_row_after_the_first_eos(pos_embed):
+@pytest.mark.parametrize("pos_embed, k", [("none", 1), ("learned", 1), ("none", 3)])
+def test_the_ending_query_equals_the_textbook_row_after_the_first_eos(pos_embed, k):
     """Logits and head outputs at the answer y (the `sentence` ending, `at_end`): the count path
     (no positions) and the token path (positions) against row eos + 1 of the textbook forward;
-    with the true answer fed and with the other one."""
+    with the true answer fed and with the other one; k noise symbols."""
     from count01.language import at_end
     from count01.train import loss_per_seed
 
     cfg = Config(pos_embed=pos_embed, heads=3, d_model=12, d_head=5, eval_size=60, max_len=9,
-                 long_max_len=12, framing="sentence", lm_loss=pos_embed != "none")
+                 long_max_len=12, framing="sentence", lm_loss=pos_embed != "none",
+                 noise_symbols=k)
     m = random_model(cfg)
     batch = eval_set(cfg, "iid", tokens=True)
     rows = torch.arange(len(batch))

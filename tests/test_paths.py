@@ -8,12 +8,12 @@ import torch
 
 from count01.config import Config
 from count01.language import (
-    D_VOCAB,
     Batch,
     draw_index,
     draw_triples,
     exhaustive,
     from_digits,
+    kind_ids,
     training_batch,
     training_law,
     triple_law,
@@ -38,10 +38,10 @@ def random_model(cfg: Config, seeds=(0, 1), scale: float = 0.3) -> Model:
     return m
 
 
-def random_strings(n: int, max_len: int, seed: int = 0) -> np.ndarray:
+def random_strings(n: int, max_len: int, seed: int = 0, k: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, max_len + 1, n)
-    digits = rng.integers(0, 3, (n, max_len))
+    digits = np.asarray(kind_ids(k))[rng.integers(0, k + 2, (n, max_len))]
     return np.where(np.arange(max_len) < lengths[:, None], digits, -1)
 
 
@@ -49,12 +49,12 @@ def counts_only(batch: Batch) -> Batch:
     return Batch(batch.counts, batch.y, batch.weight)
 
 
-@pytest.mark.parametrize("layernorm,bos", [(False, True), (True, True), (False, False),
-                                           (True, False)])
-def test_count_and_token_paths_agree_on_logits_head_outputs_and_attention_mass(layernorm, bos):
-    cfg = SMALL.replace(layernorm=layernorm, bos=bos)
+@pytest.mark.parametrize("layernorm,bos,k", [(False, True, 1), (True, True, 1), (False, False, 1),
+                                             (True, False, 1), (False, True, 3), (True, False, 3)])
+def test_count_and_token_paths_agree_on_logits_head_outputs_and_attention_mass(layernorm, bos, k):
+    cfg = SMALL.replace(layernorm=layernorm, bos=bos, noise_symbols=k)
     m = random_model(cfg)
-    tok = from_digits(random_strings(300, 20), bos)
+    tok = from_digits(random_strings(300, 20, k=k), bos, k)
     by_tokens = m.run(tok, force_tokens=True)
     by_counts = m.run(counts_only(tok))
     for name in ("logits", "result", "z", "resid"):
@@ -75,13 +75,15 @@ def test_fast_token_forward_equals_the_cache_forward(pos_embed):
     torch.testing.assert_close(m(tok), m.run(tok).logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("bos", [True, False])
-def test_hand_written_count_gradient_equals_autograd(bos):
-    cfg = SMALL.replace(bos=bos, heads=2, d_model=8, d_head=3)
+@pytest.mark.parametrize("bos,symbols,pattern", [(True, 1, "iid"), (False, 1, "iid"),
+                                                 (True, 3, "iid"), (False, 3, "bursty")])
+def test_hand_written_count_gradient_equals_autograd(bos, symbols, pattern):
+    cfg = SMALL.replace(bos=bos, heads=2, d_model=8, d_head=3, noise_symbols=symbols,
+                        noise_pattern=pattern)
     m = random_model(cfg).to(torch.float64)
     batch = training_batch(cfg, m.seeds, 3)
-    mult = m._mult(batch).transpose(1, 2)  # (S, 5, B)
-    target = torch.nn.functional.one_hot(batch.y, D_VOCAB).double().transpose(1, 2)
+    mult = m._mult(batch).transpose(1, 2)  # (S, V, B)
+    target = torch.nn.functional.one_hot(batch.y, cfg.d_vocab).double().transpose(1, 2)
     loss, grads = m.count_loss_grad(mult, target)
     leaves = {k: w.clone().requires_grad_(True) for k, w in m.weights.items()}
     logits = Model(cfg, leaves, m.seeds)(batch)
@@ -94,8 +96,10 @@ def test_hand_written_count_gradient_equals_autograd(bos):
         torch.testing.assert_close(g, leaves[k].grad, atol=1e-12, rtol=0, msg=k)
 
 
-def test_training_on_the_count_path_equals_training_on_the_token_path():
-    cfg = SMALL.replace(steps=200)
+@pytest.mark.parametrize("change", [{}, {"noise_symbols": 3},
+                                    {"noise_symbols": 3, "noise_pattern": "bursty"}])
+def test_training_on_the_count_path_equals_training_on_the_token_path(change):
+    cfg = SMALL.replace(steps=200, **change)
     by_counts = train(cfg, progress=False)
     model = Model.init(cfg)  # the token path, through autograd and torch's AdamW
     opt = make_optimizer(model, cfg)

@@ -18,7 +18,8 @@ from count01.study import STAGES, StudyError, make_plan, reproduce
 
 TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,
             eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12, path_seeds=2,
-            path_grid={"lr": [1e-2, 1e-5]}, noise_grid={"noise": [0.25, 0.5]}, sentence_seeds=2)
+            path_grid={"lr": [1e-2, 1e-5]},
+            noise_grid={"noise": [0.25, 0.5], "noise_symbols": [1, 3]}, sentence_seeds=2)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,9 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     state = read_json(study / "study.json")
     assert list(state["stages"]) == list(STAGES)
     assert all(s["seconds"] >= 0 for s in state["stages"].values())
-    for name in ("sweep", "training_path", "noise"):  # 2 configurations x 2 seeds x 60 steps
-        assert state["stages"][name]["seed_steps"] == 240
+    configurations = {"sweep": 2, "training_path": 2, "noise": 4}  # x 2 seeds x 60 steps
+    for name, n in configurations.items():
+        assert state["stages"][name]["seed_steps"] == n * 2 * 60
     assert "seed_steps" not in state["stages"]["analysis"]
     assert "seed-steps/s" in (study / "report.md").read_text()
     run = study / state["analysed_run"]
@@ -73,7 +75,7 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     header = (sentence / "analysis" / "aggregation.csv").read_text().splitlines()[0]
     assert header.endswith(",end,sentence")
     labour = (study / "noise" / "paths" / "labour.csv").read_text().splitlines()
-    assert len(labour) == 1 + 2  # a row per noise condition
+    assert len(labour) == 1 + 4  # a row per noise condition
     q5 = read_json(study / "verdicts.json")[4]
     assert q5["question"] == 5 and q5["status"] == "inconclusive"  # 2 seeds per condition
     assert q5["controls"] == {"positive": "held", "negative": "did not hold"}
@@ -88,6 +90,7 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     assert [v["question"] for v in verdicts] == [1, 2, 3, 4, 5]
     assert all(v["status"] != "not measured" for v in verdicts)
     assert "2 seeds each" in page and "quick" in page
+    assert "noise=0.5, noise_symbols=3" in (study / "report.md").read_text()  # Q5's conditions
     assert "scikit-learn" in page and "matplotlib" in page  # the versions the numbers came from
 
 
@@ -157,6 +160,28 @@ def test_report_rebuilds_from_a_study_or_its_sweep_without_training(study, tmp_p
         assert sweep_report.verdicts[q] == study_verdicts[q]
     assert sweep_report.verdicts[5] == "not measured"
     assert [p.stat().st_mtime_ns for p in weights] == stamps  # nothing was trained again
+
+
+def test_the_noise_benchmark_varies_the_noise_symbols_and_trains_each_language_once():
+    from count01.sweeps import Sweep
+
+    full, quick = make_plan(), make_plan(quick=True)
+    grid = full.noise_grid  # question 5 as issue 15 asks it: at least these
+    assert {0.0, 0.25, 0.5} <= set(grid["noise"]) and set(grid["noise_symbols"]) >= {1, 3}
+    assert set(grid["noise_pattern"]) == {"iid", "bursty"} and {0.5, 0.7} <= set(grid["p_one"])
+    points = Sweep.from_dict(full.noise_sweep_dict()).points()
+    silent = [p.cfg for p in points if p.cfg.noise == 0]  # no noise: pattern and symbols idle
+    assert len(silent) == len(grid["p_one"]) == len({c.p_one for c in silent})
+    noisy = [p.cfg for p in points if p.cfg.noise > 0]
+    assert len(noisy) == len({(c.noise, c.noise_pattern, c.noise_symbols, c.p_one) for c in noisy})
+    for c in noisy:  # each noisy condition at one symbol, and at three with p_one 0.5
+        assert c.noise_symbols == 1 or c.p_one == 0.5
+    assert len(noisy) == (len(grid["noise"]) - 1) * len(grid["noise_pattern"]) * (
+        len(grid["p_one"]) + 1)
+    assert set(quick.noise_grid["noise_symbols"]) == {1, 3}
+    assert len(Sweep.from_dict(quick.noise_sweep_dict()).points()) < len(points)
+    wide = Sweep.from_dict(make_plan(scope="wide").noise_sweep_dict()).points()
+    assert len(wide) == 2 + 2 * 2 * 2 * 2  # noise 0 once per p_one, then the whole product
 
 
 def test_the_report_reads_question_4_from_saved_paths_tables_and_computes_none(study, tmp_path):

@@ -66,6 +66,23 @@ def test_grid_expands_to_every_combination_in_file_order():
     assert [(p.cfg.heads, p.cfg.lr) for p in points] == [(1, 0.1), (1, 0.01), (2, 0.1), (2, 0.01)]
 
 
+def test_skip_leaves_out_the_combinations_it_names_and_must_name_one():
+    data = {"seeds": 2, "grid": {"noise": [0.0, 0.5], "noise_pattern": ["iid", "bursty"]},
+            "skip": [{"noise": 0, "noise_pattern": "bursty"}]}
+    sweep = Sweep.from_dict(data)
+    assert [p.grid for p in sweep.points()] == [
+        {"noise": 0.0, "noise_pattern": "iid"}, {"noise": 0.5, "noise_pattern": "iid"},
+        {"noise": 0.5, "noise_pattern": "bursty"}]
+    assert Sweep.from_dict(json.loads(json.dumps(sweep.to_dict()))) == sweep  # as sweep.json
+    assert "skip" not in Sweep.from_dict(data | {"skip": []}).to_dict()  # old sweeps unchanged
+    with pytest.raises(SweepError, match="matches no combination"):
+        Sweep.from_dict(data | {"skip": [{"noise": 0.25}]})
+    with pytest.raises(SweepError, match="skip names heads, not a grid field"):
+        Sweep.from_dict(data | {"skip": [{"heads": 2}]})
+    with pytest.raises(SweepError, match="skip must be a list of tables"):
+        Sweep.from_dict(data | {"skip": {"noise": 0}})
+
+
 def test_config_ids_are_stable_readable_and_distinct():
     data = {"seeds": 2, "base": {"steps": 10}, "grid": {"heads": [1, 2], "init_scale": [0.5, 1]}}
     a = [p.id for p in Sweep.from_dict(data).points()]
@@ -117,8 +134,8 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
     runs = tables["results"]
     assert len(runs) == 2 * 2 and list(runs["seed"]) == [0, 1, 0, 1]
     assert list(runs["heads"]) == [1, 1, 2, 2]
-    expected = (["config_id", "min_len", "max_len", "noise", "noise_pattern", "burst_len", "p_one",
-                 "class_balanced", "bos", "framing", "lm_loss", "heads",
+    expected = (["config_id", "min_len", "max_len", "noise", "noise_symbols", "noise_pattern",
+                 "burst_len", "p_one", "class_balanced", "bos", "framing", "lm_loss", "heads",
                  "d_model", "d_head", "pos_embed", "layernorm", "init_scale", "n_seeds", "steps",
                  "batch_size", "optimizer", "lr", "schedule", "warmup", "weight_decay",
                  "checkpoint_every", "early_stop", "eval_seed", "eval_size",

@@ -11,6 +11,7 @@ import torch
 from conftest import listing
 
 from count01.config import Config
+from count01.model import Model
 from count01.runs import CheckpointError, checkpoints, load, load_tensors, save_tensors
 from count01.train import Trainer, lr_at, train
 
@@ -296,7 +297,8 @@ def test_a_prefetched_batch_is_used_only_for_its_own_step_and_seeds(tiny):
 
 
 @pytest.mark.parametrize("change", [{}, {"lm_loss": True},
-                                    {"pos_embed": "learned", "lm_loss": True}])
+                                    {"pos_embed": "learned", "lm_loss": True},
+                                    {"noise_symbols": 3}, {"noise_symbols": 3, "lm_loss": True}])
 def test_the_sentence_framing_trains_batches_and_resumes_bit_for_bit(change, tiny, tmp_path,
                                                                      monkeypatch):
     """By hand on the count path (with and without lm_loss), autograd on the position path:
@@ -314,3 +316,17 @@ def test_the_sentence_framing_trains_batches_and_resumes_bit_for_bit(change, tin
     first = Trainer(cfg, Model.init(cfg)).loss_grad(0)[0]
     final = json.loads((tmp_path / "straight" / "metrics.json").read_text())["final_loss"]
     assert max(final) < first.min().item()
+@pytest.mark.parametrize("pattern", ["iid", "bursty"])
+def test_three_noise_symbols_train_deterministically_batch_and_resume_bit_for_bit(
+        pattern, tiny, tmp_path, monkeypatch):
+    cfg = tiny.replace(noise_symbols=3, noise_pattern=pattern)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    assert straight.weights["embed.W_E"].shape[1] == 7
+    again = train(cfg, progress=False)
+    alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
+    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
+    for k, w in straight.weights.items():
+        assert torch.equal(again.weights[k], w), k
+        assert torch.equal(resumed.weights[k], w), k
+        torch.testing.assert_close(alone.weights[k], w[1:], atol=1e-5, rtol=0)
+    assert not torch.equal(straight.weights["embed.W_E"], Model.init(cfg).weights["embed.W_E"])

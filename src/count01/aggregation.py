@@ -154,7 +154,7 @@ def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
     """Fitted alpha (M, S, H) for masks keep (M, S, H) on the rows of `fit_rows`; alpha 0
     where a head is not kept."""
     w = (weight / weight.sum()).to(o.dtype)  # (R,)
-    target = torch.nn.functional.one_hot(y, 5).to(o.dtype)  # (R, V)
+    target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(o.dtype)  # (R, V)
     eye = torch.eye(keep.shape[-1], dtype=o.dtype)
     free = keep.to(o.dtype)
     start = free.clone()
@@ -289,7 +289,7 @@ def _subset_l_acc(m: Model, fit: Batch, batch: Batch, subsets: list[tuple[int, .
     every seed at once, in slices that bound memory. (M, S)."""
     (fbase, fo, rows, y, weight), means = parts
     S, H = fo.shape[0], fo.shape[2]
-    step = max(1, CHUNK_ELEMENTS // (S * max(fo.shape[1], len(batch)) * 5 * max(H, 1)))
+    step = max(1, CHUNK_ELEMENTS // (S * max(fo.shape[1], len(batch)) * m.cfg.d_vocab * max(H, 1)))
     out = []
     for a in range(0, len(subsets), step):
         chunk = subsets[a:a + step]

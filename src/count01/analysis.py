@@ -13,7 +13,7 @@ metrics.json   run, config, seeds, n_heads, sweep_set (set of the intervention),
                {stage: CPU time of this process; figures are drawn by a second process while
                the later stages compute, so figures_and_summary is the wait for the last ones}.
 model.csv      set, seed, l_acc, valid, auc
-               the trained model: l-acc (argmax of the 5 logits = answer), valid rate (argmax is
+               the trained model: l-acc (argmax of the logits = answer), valid rate (argmax is
                0 or 1), ROC AUC of logit(1) - logit(0).
 heads.csv      set, seed, head, head_auc, s_acc, s_threshold, probe_s_acc, w01, w02, w_eos,
                w_bos, mass_0, mass_1, mass_2, mass_eos, mass_bos
@@ -21,7 +21,8 @@ heads.csv      set, seed, head, head_auc, s_acc, s_threshold, probe_s_acc, w01, 
                accuracy of "1 iff s_h > s_threshold", threshold fitted on `fit`; probe_s_acc:
                logistic regression on o_h fitted on `fit`; w01, w02, w_eos, w_bos: per-occurrence
                attention on 1, 2, EOS, BOS relative to a 0; mass_*: fraction of the EOS query's
-               attention on each kind.
+               attention on each kind. With K > 1 noise symbols w02 is the mean over the
+               symbols, and w02_2, w02_5, ... and mass_5, ... follow for each symbol.
 intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit, head_auc,
                l_acc, valid, auc
                one row per grid point x seed x head. The head attends by w(0) = 1, w(1) = w01,
@@ -83,7 +84,7 @@ from .config import Count01Error
 from .controls import ideal_intervention
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .interventions import default_grid, sweep_columns, value_swap
-from .language import BOS, EOS, EVAL_SETS, ONE, TWO, ZERO, eval_set, from_digits
+from .language import EVAL_SETS, eval_set, from_digits, vocab
 from .metrics import head_table, set_metrics
 from .runs import DIR_MODE, load, locked, watch_parent, write_json
 
@@ -113,13 +114,12 @@ def attention_examples(model) -> pd.DataFrame:
     per (seed, example, head, position) up to the example's EOS."""
     width = max(map(len, EXAMPLES))
     batch = from_digits(np.array([[int(c) for c in t] + [-1] * (width - len(t))
-                                  for t in EXAMPLES]), model.cfg.bos)
+                                  for t in EXAMPLES]), model.cfg.bos, model.cfg.noise_symbols)
     with torch.no_grad():
         pattern = model.run(batch, force_tokens=True).pattern.numpy()  # (S, B, H, L)
     i, b, h, k = np.indices(pattern.shape).reshape(4, -1)
     keep = k <= batch.eos_pos.numpy()[b]  # the padding after EOS is not part of the string
-    names = np.empty(5, dtype=object)  # by token id
-    names[[ZERO, ONE, TWO, EOS, BOS]] = ["0", "1", "2", "EOS", "BOS"]
+    names = np.array(vocab(model.cfg.noise_symbols), dtype=object)  # by token id
     return pd.DataFrame({"seed": np.array(model.seeds)[i[keep]], "example": b[keep],
                          "position": k[keep], "token": names[batch.tokens.numpy()[b, k][keep]],
                          "head": h[keep], "weight": pattern.reshape(-1)[keep]})

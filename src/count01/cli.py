@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="the answer and probabilities for one string")
     p.add_argument("run", type=path, help="run directory")
-    p.add_argument("tokens", help='digits 0, 1 and 2, e.g. "0112021" (BOS/EOS are added)')
+    p.add_argument("tokens", help='digits 0, 1 and noise 2 (and 5, 6, ... with more noise '
+                   'symbols), e.g. "0112021" (BOS/EOS are added)')
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("analyze", help="every head analysis of a run, into RUN/analysis/",

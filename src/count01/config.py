@@ -21,8 +21,8 @@ SCHEDULES = ("constant", "cosine")
 NOISE_PATTERNS = ("iid", "bursty")
 FRAMINGS = ("classify", "sentence")
 ADDED_FIELDS = ("optimizer", "schedule", "warmup", "noise_pattern", "burst_len", "p_one",
-                "early_stop", "framing", "lm_loss")  # younger than the first sweeps
-D_VOCAB = 5  # 0, 1, 2, EOS, BOS (language.VOCAB)
+                "early_stop", "framing", "lm_loss", "noise_symbols")  # younger than the first sweeps
+MAX_NOISE_SYMBOLS = 6  # noise ids 2, 5..9: every token a single character (language.parse)
 SEED_MAX = 2**63 - 1  # seeds are hashed as uint64 and stored as int64 (JSON, Parquet)
 
 
@@ -36,9 +36,9 @@ def _physical_memory() -> float:
 MEMORY = _physical_memory()
 
 
-def _triples(n: int) -> float:
-    """How many count triples (n0, n1, n2) have n0 + n1 + n2 <= n."""
-    return (n + 1) * (n + 2) * (n + 3) / 6
+def _tuples(n: int, kinds: int = 3) -> float:
+    """How many count tuples of `kinds` kinds sum to at most n: C(n + kinds, kinds)."""
+    return float(math.comb(n + kinds, kinds))
 
 
 def _gb(n: float) -> str:
@@ -59,6 +59,7 @@ class Config:
     min_len: int = 1
     max_len: int = 32
     noise: float = 0.25
+    noise_symbols: int = 1  # K: the noise mass split equally over ids 2, 5, ..., K + 3
     noise_pattern: str = "iid"  # iid | bursty (noise in runs of mean length burst_len)
     burst_len: float = 4.0
     p_one: float = 0.5  # P(1) / (P(0) + P(1)) among counted digits
@@ -97,6 +98,11 @@ class Config:
         return self.d_head if self.d_head is not None else self.d_model // self.heads
 
     @property
+    def d_vocab(self) -> int:
+        """Token ids 0, 1, 2, EOS = 3, BOS = 4, then noise symbols 5..K+3 (SPEC 2)."""
+        return self.noise_symbols + 4
+
+    @property
     def n_ctx(self) -> int:
         """Positions a positional embedding must cover: BOS + the longest `long` string + EOS,
         and in the `sentence` framing the answer y and the closing EOS."""
@@ -132,6 +138,9 @@ class Config:
         for name in ("noise", "noisy_noise"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 1 <= self.noise_symbols <= MAX_NOISE_SYMBOLS:
+            raise ConfigError(f"noise_symbols must be in 1..{MAX_NOISE_SYMBOLS}, got "
+                              f"{self.noise_symbols}")
         if self.noise_pattern not in NOISE_PATTERNS:
             raise ConfigError(f"noise_pattern must be one of {', '.join(NOISE_PATTERNS)}, got "
                               f"{self.noise_pattern!r}")
@@ -185,20 +194,21 @@ class Config:
         temporaries and autograd) but only to an order of magnitude: it guards, it does not plan."""
         s, h, d, dh, f32 = self.n_seeds, self.heads, self.d_model, self.d_head_, 4
         n_pos = self.n_ctx if self.pos_embed != "none" else 0
-        params = (2 * D_VOCAB + n_pos + 4) * d + h * dh * (4 * d + 3)
-        slots = 5 if self.count_path else self.max_len + 2  # what the EOS query reads per example
+        v, digits = self.d_vocab, self.noise_symbols + 2  # digits: 0, 1 and the noise symbols
+        params = (2 * v + n_pos + 4) * d + h * dh * (4 * d + 3)
+        slots = v if self.count_path else self.max_len + 2  # what the EOS query reads per example
         per_slot = h * (3 * dh + 2) + d
-        long_slots = 3 if self.count_path else self.long_max_len + 2
-        exhaustive = (_triples(self.exhaustive_len) * 8 if self.count_path
-                      else 3.0 ** self.exhaustive_len * (self.exhaustive_len + 2))
+        long_slots = digits if self.count_path else self.long_max_len + 2
+        exhaustive = (_tuples(self.exhaustive_len, digits) * digits if self.count_path
+                      else float(digits) ** self.exhaustive_len * (self.exhaustive_len + 2))
         rows = (self.max_len + 3 if self.lm_loss else 2) if self.framing == "sentence" else 1
         batch = 4 * s * self.batch_size * rows * slots * per_slot * f32  # rows: queries trained
         return {
             "n_seeds, heads, d_model, d_head (weights, AdamW state, checkpoints)": 8 * s * params * f32,
             "n_seeds, batch_size, heads, d_head (a training batch)": batch,
             "eval_size (the evaluation sets)": 6 * self.eval_size * long_slots * 8 * 4,
-            "exhaustive_len (the exhaustive set)": 4 * exhaustive * 8,
-            "max_len, long_max_len (count-triple tables)": 40 * _triples(self.long_max_len) * 8,
+            "exhaustive_len, noise_symbols (the exhaustive set)": 4 * exhaustive * 8,
+            "max_len, long_max_len (count-triple tables)": 40 * _tuples(self.long_max_len) * 8,
         }
 
     def replace(self, **changes: Any) -> Config:

@@ -55,7 +55,6 @@ from .stats import wilson
 from .verdicts import Evidence
 
 NEVER = -1000.0  # log attention weight of a kind a head ignores
-ANSWER, INVALID, END = 5, 6, 7  # residual channels (dims 0-4 hold the one-hot token embedding)
 GAIN = 100.0  # logit per unit on a channel
 END_GAIN = 1e5  # logit(EOS) per unit on the END channel: above any answer logit at y
 LOUD = 30.0  # ending_bias's counter: values and norm x LOUD, answer readout unchanged
@@ -90,28 +89,32 @@ AGAINST_END = Head(BOS_ONLY.attend, {}, {}, {BOS: -0.01})
 
 def build(heads: list[Head], seeds: int = SEEDS, eos_bias: float = -GAIN, ends: bool = False,
           **cfg) -> Model:
-    """A model of these heads (d_model = d_head = 8, no positional embedding) with `seeds`
-    seeds; `eos_bias` is b_U of the answer EOS (the other invalid tokens get -GAIN); `ends`:
-    the digits 0 and 1 carry the END feature (the sentence framing's ending)."""
-    c = Config(**{"heads": len(heads), "d_model": 8, "d_head": 8, "n_seeds": seeds,
+    """A model of these heads (no positional embedding) with `seeds` seeds; `eos_bias` is b_U
+    of the answer EOS (the other invalid tokens get -GAIN); `ends`: the digits 0 and 1 carry the
+    END feature (the sentence framing's ending). The residual holds the one-hot token (d_vocab
+    dims), then an answer, an invalid and an end channel: d_model = d_head = d_vocab + 3 (8 with
+    one noise symbol); a noise symbol the head does not name is ignored."""
+    vocab = 4 + cfg.get("noise_symbols", 1)
+    answer_, invalid, end, d = vocab, vocab + 1, vocab + 2, vocab + 3
+    c = Config(**{"heads": len(heads), "d_model": d, "d_head": d, "n_seeds": seeds,
                   "pos_embed": "none"} | cfg)
     w = {k: torch.zeros((seeds,) + s, dtype=torch.float64) for k, s in weight_shapes(c).items()}
-    w["embed.W_E"][:] = torch.eye(5, 8, dtype=torch.float64)
+    w["embed.W_E"][:] = torch.eye(vocab, d, dtype=torch.float64)
     for h, head in enumerate(heads):
         w[ATTN + "b_Q"][:, h, 0] = 1.0
-        for t in range(5):  # scores are divided by sqrt(d_head)
-            w[ATTN + "W_K"][:, h, t, 0] = head.attend.get(t, NEVER) * math.sqrt(8)
-        for channel, values in ((ANSWER, head.answer), (INVALID, head.invalid),
-                                (END, head.end)):
+        for t in range(vocab):  # scores are divided by sqrt(d_head)
+            w[ATTN + "W_K"][:, h, t, 0] = head.attend.get(t, NEVER) * math.sqrt(d)
+        for channel, values in ((answer_, head.answer), (invalid, head.invalid),
+                                (end, head.end)):
             for t, v in values.items():
                 w[ATTN + "W_V"][:, h, t, channel] = v
             w[ATTN + "W_O"][:, h, channel, channel] = 1.0
     w[ATTN + "W_V"] *= (1 + torch.arange(seeds, dtype=torch.float64) / 10).view(-1, 1, 1, 1)
-    w["unembed.W_U"][:, ANSWER, ZERO], w["unembed.W_U"][:, ANSWER, ONE] = -GAIN, GAIN
-    w["unembed.W_U"][:, INVALID, EOS] = GAIN
-    w["unembed.W_U"][:, END, EOS] = END_GAIN
+    w["unembed.W_U"][:, answer_, ZERO], w["unembed.W_U"][:, answer_, ONE] = -GAIN, GAIN
+    w["unembed.W_U"][:, invalid, EOS] = GAIN
+    w["unembed.W_U"][:, end, EOS] = END_GAIN
     if ends:
-        w["embed.W_E"][:, ZERO, END] = w["embed.W_E"][:, ONE, END] = 1.0
+        w["embed.W_E"][:, ZERO, end] = w["embed.W_E"][:, ONE, end] = 1.0
     w["unembed.b_U"][:, TWO:] = -GAIN
     w["unembed.b_U"][:, EOS] = eos_bias
     return Model(c, w, list(range(seeds)))
@@ -158,7 +161,8 @@ def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
     from .interventions import sweep_columns
 
     model = ideal(cfg.heads, seeds=1, **{k: getattr(cfg, k) for k in
-                                         ("min_len", "max_len", "noise", "bos")})
+                                         ("min_len", "max_len", "noise", "bos",
+                                          "noise_symbols")})
     cols = sweep_columns(model, batch, fit, np.asarray(w01_grid), [0.0], heads="each")
     return pd.DataFrame(cols)
 

@@ -34,8 +34,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .config import Config, Count01Error
-from .language import D_VOCAB, VOCAB, exhaustive
+from .config import MAX_NOISE_SYMBOLS, Config, Count01Error
+from .language import exhaustive, vocab
 from .metrics import evaluate
 from .model import Model, sinusoidal, weight_shapes
 from .runs import atomic_write, load, locked, read_json, save_tensors, writable, write_json
@@ -57,7 +57,7 @@ def tl_config(cfg: Config) -> dict[str, Any]:
     """Our config as TL config fields, accepted by TransformerBridgeConfig (4.x) and
     HookedTransformerConfig (3.x) alike. Our strings carry BOS themselves: no prepended BOS."""
     return {"d_model": cfg.d_model, "d_head": cfg.d_head_, "n_heads": cfg.heads, "n_layers": 1,
-            "n_ctx": cfg.n_ctx, "d_vocab": D_VOCAB, "d_vocab_out": D_VOCAB, "attn_only": True,
+            "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab, "d_vocab_out": cfg.d_vocab, "attn_only": True,
             "normalization_type": "LN" if cfg.layernorm else None,
             "positional_embedding_type": "standard", "eps": 1e-5, "attention_dir": "causal",
             "default_prepend_bos": False}
@@ -125,7 +125,7 @@ def max_logit_error(model: Model, seed_index: int, tl_model, max_len: int = 6) -
     length 1..max_len: the check that the export computes the same function."""
     batch = exhaustive(model.cfg, tokens=True, max_len=max_len)
     with torch.no_grad():
-        ours = model.select(seed_index).run(batch, force_tokens=True).logits[0]  # (B, 5)
+        ours = model.select(seed_index).run(batch, force_tokens=True).logits[0]  # (B, V)
         theirs = eos_logits(tl_model, batch.tokens, batch.eos_pos)
     return (ours - theirs.to(ours.dtype)).abs().max().item()
 
@@ -156,7 +156,8 @@ def save_transformer_lens(run: str | Path, seed: int | None = None,
     index = model.seeds.index(seed)
     out = Path(run) / "transformer_lens" / f"seed_{seed}" if out_dir is None else Path(out_dir)
     sd = tl_state_dict(model, index)
-    meta = {"format": FORMAT, "seed": json.dumps(seed), "vocab": json.dumps(VOCAB),
+    meta = {"format": FORMAT, "seed": json.dumps(seed),
+            "vocab": json.dumps(vocab(model.cfg.noise_symbols)),
             "count01_model": json.dumps(model.cfg.model_dict()),
             "count01_config": json.dumps(model.cfg.to_dict())}  # so import restores the run's
     atomic_write(out / STATE_DICT, lambda tmp: save_file(sd, tmp, metadata=meta))
@@ -177,7 +178,8 @@ def save_transformer_lens(run: str | Path, seed: int | None = None,
 # --- import: a TransformerLens checkpoint as a count01 run (the inverse of the export) --------
 
 WEIGHT_FILES = (".safetensors", ".pt", ".pth")
-SHAPE_FIELDS = ("heads", "d_model", "d_head", "pos_embed", "layernorm", "n_seeds")  # from TL
+SHAPE_FIELDS = ("heads", "d_model", "d_head", "pos_embed", "layernorm", "n_seeds",
+                "noise_symbols")  # from TL (noise_symbols = d_vocab - 4)
 # TL config fields that change the function, at the value (or values) count01 computes; any
 # other value is refused by name. Fields not listed (names, tokenizer, init, device, dtype,
 # rotary or MLP settings that the checks above make unused) do not change what the model computes.
@@ -255,10 +257,12 @@ def _line(e: Exception) -> str:
 
 def _check_tl_config(tl: dict[str, Any]) -> None:
     """Refuse, by name, every TL setting whose model count01 does not compute."""
-    if tl["d_vocab"] != D_VOCAB or tl.get("d_vocab_out", -1) not in (-1, D_VOCAB, None):
-        raise ImportRefused(f"vocabulary size d_vocab {tl['d_vocab']}, d_vocab_out "
-                            f"{tl.get('d_vocab_out', -1)}: count01's vocabulary is "
-                            f"{D_VOCAB} tokens ({' '.join(VOCAB)})")
+    v = tl["d_vocab"]
+    if not 5 <= v <= MAX_NOISE_SYMBOLS + 4 or tl.get("d_vocab_out", -1) not in (-1, v, None):
+        raise ImportRefused(f"vocabulary size d_vocab {v}, d_vocab_out "
+                            f"{tl.get('d_vocab_out', -1)}: count01's vocabulary is 5 tokens "
+                            f"({' '.join(vocab(1))}) plus up to {MAX_NOISE_SYMBOLS - 1} more noise "
+                            "symbols, the same in and out")
     if tl["n_layers"] != 1:
         raise ImportRefused(f"n_layers {tl['n_layers']}: count01 imports one-layer models only")
     if tl.get("attn_only", False) is not True:  # TL's default is a model with an MLP
@@ -374,6 +378,7 @@ def from_transformer_lens(sd: dict[str, torch.Tensor], tl: dict[str, Any],
         notes.append("pos_embed.W_pos all zero: imported as pos_embed none (the same model)")
     heads, d_model, d_head = tl["n_heads"], tl["d_model"], tl["d_head"]
     shape = {"heads": heads, "d_model": d_model, "pos_embed": pos, "n_seeds": 1,
+             "noise_symbols": tl["d_vocab"] - 4,
              "layernorm": tl.get("normalization_type", "LN") == "LN",
              "d_head": None if heads * d_head == d_model else d_head}
     clash = [k for k in SHAPE_FIELDS if k in overrides and overrides[k] != shape[k]]

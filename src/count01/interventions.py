@@ -1,13 +1,14 @@
 """Attention interventions and value swaps (SPEC 5): what a head computes if it attends otherwise.
 
 The intervention replaces the EOS query's attention row of a head by weights proportional to
-w(token): w(0) = 1, w(1) = w01, w(2) = w02, EOS and BOS at their measured ratios; values and
+w(token): w(0) = 1, w(1) = w01, w(noise) = w02 for every noise symbol, EOS and BOS at their
+measured ratios; values and
 everything else stay. Because the new weights depend only on the token kind, a head's output is
 
     o_h = sum_t w_t V_ht / sum_t w_t N_t,   V_ht = sum over occurrences j of kind t of v_j W_O
 
 with N_t the number of occurrences of kind t. V and N are computed once per set (`KindParts`);
-the whole (w01, w02) grid for every head of every seed is then a few einsums over 5 kinds, with
+the whole (w01, w02) grid for every head of every seed is then a few einsums over the kinds, with
 no forward pass per grid point. `intervened_run` is the slow reference (a real forward pass with
 `attn_override`) the tests hold the fast path to.
 
@@ -24,7 +25,7 @@ import torch
 
 from .aggregation import unembed
 from .config import Count01Error
-from .language import Batch
+from .language import Batch, noise_ids
 from .metrics import (
     RatioSums,
     direct_scores,
@@ -63,12 +64,12 @@ class KindParts:
     """One set's heads decomposed by token kind, in the readout space R (vocab, or d_model when
     ln_final makes the readout non-linear)."""
 
-    n: torch.Tensor  # (S|1, B, 5) occurrences of each kind
-    direct: torch.Tensor  # (S, H, B, 5) sum over occurrences of kind t of the direct score
-    out: torch.Tensor  # (S, H, B, 5, R) sum over occurrences of kind t of v W_O, read out
+    n: torch.Tensor  # (S|1, B, V) occurrences of each kind (V = d_vocab, id order)
+    direct: torch.Tensor  # (S, H, B, V) sum over occurrences of kind t of the direct score
+    out: torch.Tensor  # (S, H, B, V, R) sum over occurrences of kind t of v W_O, read out
     orig: torch.Tensor  # (S, H, B, R) each head's unintervened output, read out
     rest: torch.Tensor  # (S, B, R) everything but the heads: e(EOS) + p + b_O (+ b_U), read out
-    weights: torch.Tensor  # (S, H, 5) measured per-occurrence weights relative to a 0
+    weights: torch.Tensor  # (S, H, V) measured per-occurrence weights relative to a 0
 
 
 def _readout(model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -92,9 +93,9 @@ def kind_parts(model: Model, batch: Batch) -> KindParts:
     ratios = RatioSums(model)
     with torch.no_grad():
         for piece, c in run_chunks(model, batch):
-            onehot = torch.nn.functional.one_hot(c.kinds, 5).to(c.mult.dtype)
-            occ = onehot * c.mult[..., None]  # (S|1, b, K, 5)
-            vk = torch.einsum("sbkt,sbhke->sbhte", occ, c.v)  # (S, b, H, 5, d_head)
+            onehot = torch.nn.functional.one_hot(c.kinds, model.cfg.d_vocab).to(c.mult.dtype)
+            occ = onehot * c.mult[..., None]  # (S|1, b, K, V)
+            vk = torch.einsum("sbkt,sbhke->sbhte", occ, c.v)  # (S, b, H, V, d_head)
             got = {"n": kind_counts(c),
                    "direct": torch.einsum("sbhte,shed,sd->shbt", vk, W_O, dU),
                    "out": torch.einsum("sbhte,shed,sdr->shbtr", vk, W_O, R),
@@ -111,19 +112,20 @@ def kind_parts(model: Model, batch: Batch) -> KindParts:
 
 
 def grid_weights(parts: KindParts, w01: torch.Tensor, w02: torch.Tensor) -> torch.Tensor:
-    """Per-kind weights (G, S, H, 5) of grid points (w01[g], w02[g]); EOS, BOS as measured."""
-    G = w01.shape[0]
+    """Per-kind weights (G, S, H, V) of grid points (w01[g], w02[g] on every noise symbol);
+    EOS, BOS as measured."""
+    G, V = w01.shape[0], parts.weights.shape[-1]
     e = parts.weights[None].expand(G, -1, -1, -1).clone()
     e[..., 0] = 1.0
     e[..., 1] = w01.to(e.dtype)[:, None, None]
-    e[..., 2] = w02.to(e.dtype)[:, None, None]
+    e[..., list(noise_ids(V - 4))] = w02.to(e.dtype)[:, None, None, None]
     return torch.nan_to_num(e, nan=0.0)  # a kind no example holds (BOS off) gets no weight
 
 
 def head_outputs(parts: KindParts, e: torch.Tensor, readout: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Direct scores (G, S, H, B) and, if `readout`, outputs (G, S, H, B, R) of every head under
-    kind weights e (G, S, H, 5)."""
+    kind weights e (G, S, H, V)."""
     den = torch.einsum("gsht,sbt->gshb", e, parts.n)
     score = torch.einsum("gsht,shbt->gshb", e, parts.direct) / den
     if not readout:
@@ -244,10 +246,11 @@ def intervened_run(model: Model, batch: Batch, w01: float, w02: float,
     BOS at their measured weights: the slow reference for `attention_sweep`."""
     with torch.no_grad():
         c = model.run(batch)
-        e = kind_weights(model, c, batch).clone()  # (S, H, 5)
-        e[..., 0], e[..., 1], e[..., 2] = 1.0, w01, w02
+        e = kind_weights(model, c, batch).clone()  # (S, H, V)
+        e[..., 0], e[..., 1] = 1.0, w01
+        e[..., list(noise_ids(model.cfg.noise_symbols))] = w02
         e = torch.nan_to_num(e, nan=0.0)
-        onehot = torch.nn.functional.one_hot(c.kinds, 5).to(e.dtype)  # (S|1, B|1, K, 5)
+        onehot = torch.nn.functional.one_hot(c.kinds, model.cfg.d_vocab).to(e.dtype)
         override = torch.einsum("sbkt,sht->sbhk", onehot, e)  # (S, B|1, H, K)
         own = torch.exp(c.scores - c.scores.max(-1, keepdim=True).values)  # the head's own row
         chosen = torch.ones(e.shape[1], dtype=torch.bool) if head is None else (

@@ -1,10 +1,14 @@
-"""The Count01 task (SPEC 2): strings of 0/1/2, the answer rule, and the evaluation sets.
+"""The Count01 task (SPEC 2): strings of 0, 1 and noise, the answer rule, the evaluation sets.
 
 Randomness is counter-based (a splitmix64 hash of seed, stream and index), so a seed's training
 batch at step t is the same whether that seed trains alone or inside a batch of 64 seeds, and an
 interrupted run resumes on exactly the data it would have seen. A string is drawn as its count
 triple (n0, n1, n2) from the exact distribution, then, where order matters, arranged into tokens
 by a random permutation: the same law as i.i.d. digits, and the count path never pays for tokens.
+With K noise symbols (ids 2, 5, ..., K + 3) a string's count tuple is (n0, n1, then one count per
+noise symbol), K + 2 columns: the triple's noise count m is split over the symbols by a
+multinomial(m, 1/K each) (`split_noise`), whether the noise is i.i.d. or bursty, since every noise
+symbol picks its symbol uniformly and independently (a burst mixes symbols).
 """
 
 from __future__ import annotations
@@ -16,23 +20,37 @@ from math import lgamma, log
 import numpy as np
 import torch
 
-from .config import D_VOCAB as D_VOCAB  # the vocabulary's size lives beside the config's
 from .config import Config, Count01Error
 
 ZERO, ONE, TWO, EOS, BOS = 0, 1, 2, 3, 4
-VOCAB = ("0", "1", "2", "EOS", "BOS")
 PAD = ZERO  # padding after EOS; it is never attended to (causal mask at the EOS query)
 
 # stream ids: the training stream and every evaluation set draw from disjoint hash streams
 TRAIN_STREAM = 1
 EVAL_STREAMS = {"iid": 11, "hard": 12, "long": 13, "noisy": 14, "fit": 15}
 EVAL_SETS = ("iid", "hard", "exhaustive", "long", "noisy")
+NOISE_SPLIT = 100  # added to a stream id: the uniforms that split noise over the noise symbols
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
+def noise_ids(k: int) -> tuple[int, ...]:
+    """Token ids of the k noise symbols: 2, then 5, 6, ..., k + 3 (SPEC 2)."""
+    return (TWO,) + tuple(range(5, k + 4))
+
+
+def kind_ids(k: int) -> tuple[int, ...]:
+    """Token id of each column of a count tuple: 0, 1, then the k noise symbols."""
+    return (ZERO, ONE) + noise_ids(k)
+
+
+def vocab(k: int) -> tuple[str, ...]:
+    """Token names in id order: 0, 1, 2, EOS, BOS, then noise symbols 5..k+3 by their digit."""
+    return ("0", "1", "2", "EOS", "BOS") + tuple(str(i) for i in range(5, k + 4))
+
+
 def answer(counts: torch.Tensor) -> torch.Tensor:
-    """y = 1 iff there are more 1s than 0s (ties answer 0; 2s never count). counts (..., 3)."""
+    """y = 1 iff there are more 1s than 0s (ties answer 0; noise never counts). counts (..., K+2)."""
     return (counts[..., ONE] > counts[..., ZERO]).long()
 
 
@@ -71,11 +89,31 @@ def triples(min_len: int, max_len: int) -> np.ndarray:
     return np.concatenate(out).astype(np.int64)
 
 
+@lru_cache(maxsize=64)
+def tuples(min_len: int, max_len: int, kinds: int) -> np.ndarray:
+    """Every count tuple of `kinds` kinds summing to min_len..max_len, each once, n0 outermost
+    (for kinds = 3 the rows of `triples`, in its order). (T, kinds) int64."""
+    if kinds == 3:
+        return triples(min_len, max_len)
+    out = []
+    for n in range(min_len, max_len + 1):
+        rows = np.zeros((1, 0), dtype=np.int64)
+        for _ in range(kinds - 1):  # append every value the next kind can take
+            reps = n - rows.sum(1) + 1
+            rows = np.concatenate([np.repeat(rows, reps, 0),
+                                   np.concatenate([np.arange(r) for r in reps])[:, None]], 1)
+        out.append(np.concatenate([rows, n - rows.sum(1, keepdims=True)], 1))
+    return np.concatenate(out).astype(np.int64)
+
+
 def log_multinomial(t: np.ndarray) -> np.ndarray:
-    """log of n! / (n0! n1! n2!): how many strings share a count triple (finite for any n)."""
+    """log of n! / (n0! n1! ...): how many strings share a count tuple (finite for any n)."""
     n = t.sum(1)
     lf = np.array([lgamma(k + 1.0) for k in range(int(n.max(initial=0)) + 1)])  # log k!
-    return lf[n] - lf[t[:, 0]] - lf[t[:, 1]] - lf[t[:, 2]]
+    out = lf[n]
+    for c in range(t.shape[1]):  # one kind at a time: the same rounding for any number of kinds
+        out = out - lf[t[:, c]]
+    return out
 
 
 def _log(p: float, k: np.ndarray) -> np.ndarray:
@@ -138,6 +176,52 @@ def triple_law(min_len: int, max_len: int, noise: float, balanced: bool, hard: b
     return t, p
 
 
+def count_law(key: tuple, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(count tuples, probabilities) of one draw from `triple_law(*key)` with its noise split
+    over k symbols: each noise symbol is one of them uniformly and independently, so a triple's
+    noise m splits as multinomial(m, 1/k each). The law `split_noise` draws from (tests hold
+    both to enumerated strings)."""
+    t, p = triple_law(*key)
+    if k == 1:
+        return t, p
+    rows, probs = [], []
+    for m in range(int(t[:, 2].max()) + 1):
+        sel = t[:, 2] == m
+        parts = tuples(m, m, k)
+        w = np.exp(log_multinomial(parts) - m * log(k))
+        rows.append(np.concatenate([np.repeat(t[sel, :2], len(parts), 0),
+                                    np.tile(parts, (int(sel.sum()), 1))], 1))
+        probs.append((p[sel][:, None] * w).reshape(-1))
+    return np.concatenate(rows), np.concatenate(probs)
+
+
+@lru_cache(maxsize=16)
+def _binomial_cdf(n_max: int, q: float) -> np.ndarray:
+    """CDF of Binomial(r, q) at x, for r, x in 0..n_max. (n_max + 1, n_max + 1), [r, x]."""
+    r, x = np.arange(n_max + 1)[:, None], np.arange(n_max + 1)[None]
+    lf = np.array([lgamma(i + 1.0) for i in range(n_max + 1)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = (lf[r] - lf[x] - lf[np.maximum(r - x, 0)] + _log(q, x)
+                + _log(1.0 - q, np.maximum(r - x, 0)))
+    return np.cumsum(np.where(x <= r, np.exp(logp), 0.0), 1)
+
+
+def split_noise(triple: np.ndarray, u: np.ndarray, k: int) -> np.ndarray:
+    """Count tuples (..., k + 2) from count triples (..., 3): the noise count m split over k
+    symbols as multinomial(m, 1/k each), by conditional binomials, symbol j drawing
+    Binomial(left, 1/(k - j)) by inverse CDF from uniform u[..., j]. u (..., k - 1)."""
+    if k == 1:
+        return triple
+    left = triple[..., 2].copy()
+    parts = []
+    for j in range(k - 1):
+        cdf = _binomial_cdf(int(left.max(initial=0)), 1.0 / (k - j))
+        got = np.minimum((cdf[left] <= u[..., j:j + 1]).sum(-1), left)
+        parts.append(got)
+        left = left - got
+    return np.concatenate([triple[..., :2], np.stack(parts + [left], -1)], -1)
+
+
 def draw_triples(law: tuple[np.ndarray, np.ndarray], u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw: a uniform per example gives its triple. (..., 3).
 
@@ -191,12 +275,12 @@ def noise_positions(counts: np.ndarray, u: np.ndarray, noise: float, burst_len: 
                     ) -> np.ndarray:
     """Where the noise of each example sits, drawn from the bursty chain (`burst_chain`) given
     its counts: position by position, noise with its probability given the state and the noise
-    still to place. counts (..., 3), u (..., width) -> bool (..., width)."""
+    still to place. counts (..., K+2), u (..., width) -> bool (..., width)."""
     width = u.shape[-1]
     g = _bursts_left(width, noise, burst_len)
     stay, enter = burst_chain(noise, burst_len)
     to_noise = np.array([enter, stay, noise])  # P(noise next | digit, noise, the start)
-    n, left = counts.sum(-1), counts[..., 2].copy()
+    n, left = counts.sum(-1), counts[..., 2:].sum(-1)
     state = np.full(n.shape, 2)
     out = np.zeros(u.shape, dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -210,30 +294,47 @@ def noise_positions(counts: np.ndarray, u: np.ndarray, noise: float, burst_len: 
     return out
 
 
+def _deal(keys: np.ndarray, counts: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
+    """Symbols `ids` in the multiplicities `counts` (..., c), dealt in the order of `keys`
+    (..., width): the position of rank r gets the symbol whose cumulative count r falls in
+    (ties are only among the padding, which the caller overwrites)."""
+    width = keys.shape[-1]
+    pos = np.arange(width)
+    order = np.argsort(keys, axis=-1)
+    cum = np.cumsum(counts, -1)
+    by_rank = (pos >= cum[..., :1]).astype(np.int64)
+    for c in range(1, counts.shape[-1] - 1):
+        by_rank += pos >= cum[..., c:c + 1]
+    if ids != tuple(range(len(ids))):
+        by_rank = np.asarray(ids)[by_rank]
+    rows = np.arange(order.size // width).reshape(order.shape[:-1] + (1,)) * width
+    out = np.empty_like(by_rank)
+    out.reshape(-1)[(order + rows).reshape(-1)] = by_rank.reshape(-1)
+    return out
+
+
 def arrange(counts: np.ndarray, u: np.ndarray, bos: bool, noise_at: np.ndarray | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens `[BOS] x1..xn EOS` (right-padded) for count triples, in the order the uniforms give.
+    """Tokens `[BOS] x1..xn EOS` (right-padded) for count tuples, in the order the uniforms give.
 
-    counts (..., 3), u (..., max_n): a uniformly random permutation of the multiset of digits;
-    with `noise_at` (bool, like u), the noise sits there and the 0s and 1s are permuted over the
-    other positions. Returns tokens (..., L) and the EOS position (...,).
+    counts (..., K+2), u (..., max_n): a uniformly random permutation of the multiset of digits;
+    with `noise_at` (bool, like u), the noise sits there, the 0s and 1s are permuted over the
+    other positions and the noise symbols over the noise positions (by the same uniforms: the
+    two sets of positions are disjoint). Returns tokens (..., L) and the EOS position (...,).
     """
     n = counts.sum(-1)
     width = u.shape[-1]
     pos = np.arange(width)
-    slots = pos < n[..., None] if noise_at is None else (pos < n[..., None]) & ~noise_at
-    keys = np.where(slots, u, np.inf)
-    # the digit of rank r is 0, 1 or 2 by r against the counts; position order[r] gets it
-    # (ties are only among the padding, which is overwritten)
-    order = np.argsort(keys, axis=-1)
-    c0 = counts[..., :1]
-    by_rank = (pos >= c0).astype(np.int64) + (pos >= c0 + counts[..., 1:2])  # ZERO, ONE, TWO
-    rows = np.arange(order.size // width).reshape(order.shape[:-1] + (1,)) * width
-    digits = np.empty_like(by_rank)
-    digits.reshape(-1)[(order + rows).reshape(-1)] = by_rank.reshape(-1)
-    digits = np.where(pos < n[..., None], digits, PAD)
-    if noise_at is not None:
-        digits = np.where(noise_at, TWO, digits)
+    k = counts.shape[-1] - 2
+    within = pos < n[..., None]
+    if noise_at is None:
+        digits = _deal(np.where(within, u, np.inf), counts, kind_ids(k))
+    else:
+        digits = _deal(np.where(within & ~noise_at, u, np.inf), counts[..., :2], (ZERO, ONE))
+        noise = (TWO if k == 1 else
+                 _deal(np.where(noise_at, u, np.inf), counts[..., 2:], noise_ids(k)))
+        digits = np.where(noise_at, noise, digits)
+    digits = np.where(within, digits, PAD)
     off = int(bos)
     tokens = np.full(n.shape + (width + 1 + off,), PAD, dtype=np.int64)
     if bos:
@@ -244,10 +345,10 @@ def arrange(counts: np.ndarray, u: np.ndarray, bos: bool, noise_at: np.ndarray |
     return tokens, eos_pos
 
 
-def tokens_to_counts(tokens: torch.Tensor, eos_pos: torch.Tensor) -> torch.Tensor:
-    """Count triples of token strings (digits before EOS). (..., 3)."""
+def tokens_to_counts(tokens: torch.Tensor, eos_pos: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Count tuples of token strings (digits before EOS) with k noise symbols. (..., k + 2)."""
     before = torch.arange(tokens.shape[-1]) < eos_pos[..., None]
-    return torch.stack([((tokens == d) & before).sum(-1) for d in (ZERO, ONE, TWO)], dim=-1)
+    return torch.stack([((tokens == d) & before).sum(-1) for d in kind_ids(k)], dim=-1)
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -266,7 +367,7 @@ class Batch:
     token it must predict, EOS.
     """
 
-    counts: torch.Tensor  # (..., B, 3) int64
+    counts: torch.Tensor  # (..., B, K+2) int64: n0, n1, then each noise symbol's (kind_ids)
     y: torch.Tensor  # (..., B) int64: the token the query must predict
     weight: torch.Tensor  # (..., B) float64, sums to the number of examples represented
     tokens: torch.Tensor | None = None  # (..., B, L) int64
@@ -277,13 +378,19 @@ class Batch:
         return self.counts.shape[-2]
 
     def mult(self, bos: bool, dtype: torch.dtype) -> torch.Tensor:
-        """Multiplicities of the kinds 0, 1, 2, EOS, BOS the query sees (the ending's query
-        also sees itself). (..., B, 5)."""
+        """Multiplicities of every token id the query sees (the ending's query, an answer 0 or
+        1, also sees itself). (..., B, d_vocab)."""
         counts = self.counts.to(dtype)
         if self.query is not None:
             counts = counts + torch.nn.functional.one_hot(self.query, counts.shape[-1]).to(dtype)
-        ones = torch.ones(counts.shape[:-1] + (1,), dtype=dtype)
-        return torch.cat([counts, ones, ones * float(bos)], -1)
+        return multiplicities(counts, bos)
+
+
+def multiplicities(counts: torch.Tensor, bos: bool) -> torch.Tensor:
+    """What the EOS query sees of a string, per token id (0, 1, 2, EOS, BOS, then the noise
+    symbols 5, ...), from its count tuple (..., K + 2): (..., d_vocab), EOS once, BOS 0 or 1."""
+    ones = torch.ones(counts.shape[:-1] + (1,), dtype=counts.dtype)
+    return torch.cat([counts[..., :3], ones, ones * float(bos), counts[..., 3:]], -1)
 
 
 def sentence(tokens: np.ndarray, eos_pos: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -307,16 +414,16 @@ def at_end(batch: Batch, fed: torch.Tensor | None = None) -> Batch:
                  fed)
 
 
-def string_rows(tokens: torch.Tensor, eos_pos: torch.Tensor):
+def string_rows(tokens: torch.Tensor, eos_pos: torch.Tensor, d_vocab: int):
     """The queries of `lm_loss`: every position i before the first EOS predicts token i + 1 (the
     next digit, or the first EOS after xn); its query token is token i and it sees tokens 0..i.
 
-    tokens (..., B, L). Returns the multiplicities of the kinds 0, 1, 2, EOS, BOS each row's
-    query sees (..., B, L', 5), the query kinds and the targets (..., B, L') and whether the row
+    tokens (..., B, L). Returns the multiplicities of every token id each row's query sees
+    (..., B, L', d_vocab), the query kinds and the targets (..., B, L') and whether the row
     is one (..., B, L'), with L' = max(eos_pos) (rows at or after EOS are not)."""
     width = int(eos_pos.max())
     q = tokens[..., :width]
-    mult = torch.nn.functional.one_hot(q, D_VOCAB).cumsum(-2)  # no EOS before the first
+    mult = torch.nn.functional.one_hot(q, d_vocab).cumsum(-2)  # no EOS before the first
     return mult, q, tokens[..., 1:width + 1], torch.arange(width) < eos_pos[..., None]
 
 
@@ -349,11 +456,28 @@ def training_indices(cfg: Config, seeds: list[int], step: int) -> np.ndarray:
     return draw_index(training_law(cfg), u)
 
 
+def _split(triple: np.ndarray, cfg: Config, seed, stream: int, step: int) -> np.ndarray:
+    """Count tuples of a draw's triples (..., B, 3), the noise split by uniforms of a stream of
+    their own, K - 1 per example (none with one noise symbol)."""
+    k = cfg.noise_symbols
+    if k == 1:
+        return triple
+    idx = np.arange(triple.shape[-2])[:, None] * (k - 1) + np.arange(k - 1)
+    return split_noise(triple, uniform(seed, stream + NOISE_SPLIT, step, idx), k)
+
+
+def training_counts(cfg: Config, seeds: list[int], step: int) -> np.ndarray:
+    """Seed k's count tuples at `step`, for every seed at once. (S, B, K + 2)."""
+    s = np.asarray(seeds, dtype=np.uint64)[:, None, None]
+    triple = triples(cfg.min_len, cfg.max_len)[training_indices(cfg, seeds, step)]
+    return _split(triple, cfg, s, TRAIN_STREAM, 2 * step)
+
+
 def training_batch(cfg: Config, seeds: list[int], step: int, tokens: bool | None = None) -> Batch:
     """Seed k's batch at `step`, for every seed at once. (S, B, ...)."""
     tokens = (not cfg.count_path) if tokens is None else tokens
     s = np.asarray(seeds, dtype=np.uint64)[:, None]
-    counts = triples(cfg.min_len, cfg.max_len)[training_indices(cfg, seeds, step)]
+    counts = training_counts(cfg, seeds, step)
     key = training_law(cfg)
     return _batch(counts, cfg, s[..., None], TRAIN_STREAM, 2 * step + 1, tokens, cfg.max_len,
                   merge=False, burst=(key[2], key[6]))
@@ -387,9 +511,10 @@ def eval_set(cfg: Config, name: str, tokens: bool | None = None) -> Batch:
     """One evaluation set (SPEC 2), reproducible from `eval_seed`, disjoint from training draws.
 
     iid: the training law. hard: |#1 - #0| <= 1. long: lengths max_len+1..long_max_len.
-    noisy: P(2) = noisy_noise. These four are class-balanced (half answer 1), except iid, which
-    keeps the training law, and are `eval_size` draws. exhaustive: every string of length
-    1..exhaustive_len once (exact, through count triples, on the count path). `fit`: an iid draw
+    noisy: noise rate noisy_noise (the same symbols). These four are class-balanced (half answer
+    1), except iid, which keeps the training law, and are `eval_size` draws. exhaustive: every
+    string over the whole vocabulary of length 1..exhaustive_len once (exact, through count
+    tuples, on the count path). `fit`: an iid draw
     of its own, where thresholds, probes and alphas are fitted before scoring elsewhere.
     """
     tokens = (not cfg.count_path) if tokens is None else tokens
@@ -399,36 +524,39 @@ def eval_set(cfg: Config, name: str, tokens: bool | None = None) -> Batch:
         raise Count01Error(f"unknown evaluation set {name!r}; choose from {', '.join(EVAL_SETS)}")
     key, stream = law(cfg, name), EVAL_STREAMS[name]
     u = uniform(cfg.eval_seed, stream, 0, np.arange(cfg.eval_size))
-    counts = triples(*key[:2])[draw_index(key, u)]
+    counts = _split(triples(*key[:2])[draw_index(key, u)], cfg, cfg.eval_seed, stream, 0)
     return _batch(counts, cfg, cfg.eval_seed, stream, 1, tokens, key[1], merge=True,
                   burst=(key[2], key[6]))
 
 
 def exhaustive(cfg: Config, tokens: bool = False, max_len: int | None = None) -> Batch:
-    """Every string of length 1..max_len, each once: as count triples weighted by how many strings
-    share them (exact for any length), or enumerated as tokens (3^n strings per length).
+    """Every string over the whole vocabulary (0, 1 and the K noise symbols) of length
+    1..max_len, each once: as count tuples weighted by how many strings share them (exact for any
+    length), or enumerated as tokens ((K + 2)^n strings per length).
 
     The weights are the string counts (3^64 ~ 3e30 fits a float64) up to max_len ~ 600; beyond,
     all are scaled down by one factor so the largest is e^600: metrics only use ratios."""
     max_len = cfg.exhaustive_len if max_len is None else max_len
+    k = cfg.noise_symbols
     if not tokens:
-        t = triples(1, max_len)
+        t = tuples(1, max_len, k + 2)
         ct = torch.from_numpy(t)
         log_w = log_multinomial(t)
         weight = np.exp(log_w - max(0.0, log_w.max() - 600.0))
         return Batch(ct, answer(ct), torch.from_numpy(weight))
-    rows = []
+    rows, base, ids = [], k + 2, np.asarray(kind_ids(k))
     for n in range(1, max_len + 1):  # one vectorised block per length
-        codes = np.arange(3**n)
-        digits = (codes[:, None] // 3 ** np.arange(n)[::-1]) % 3
+        codes = np.arange(base**n)
+        digits = ids[(codes[:, None] // base ** np.arange(n)[::-1]) % base]
         rows.append(np.pad(digits, ((0, 0), (0, max_len - n)), constant_values=-1))
     digits = np.concatenate(rows)
-    return from_digits(digits, cfg.bos, cfg.framing == "sentence")
+    return from_digits(digits, cfg.bos, k, cfg.framing == "sentence")
 
 
-def from_digits(digits: np.ndarray, bos: bool, as_sentence: bool = False) -> Batch:
-    """Token batch from digit rows (-1 pads the end of shorter rows); with `as_sentence`, the
-    `sentence` framing's tokens (the true answer and the closing EOS after the first EOS)."""
+def from_digits(digits: np.ndarray, bos: bool, k: int = 1, as_sentence: bool = False) -> Batch:
+    """Token batch from rows of token ids (-1 pads the end of shorter rows), k noise symbols;
+    with `as_sentence`, the `sentence` framing's tokens (the true answer and the closing EOS
+    after the first EOS)."""
     n = (digits >= 0).sum(1)
     off = int(bos)
     tokens = np.full((len(digits), digits.shape[1] + 1 + off), PAD, dtype=np.int64)
@@ -437,18 +565,21 @@ def from_digits(digits: np.ndarray, bos: bool, as_sentence: bool = False) -> Bat
     tokens[:, off:off + digits.shape[1]] = np.where(digits >= 0, digits, PAD)
     np.put_along_axis(tokens, (n + off)[:, None], EOS, axis=1)
     tok, eos = torch.from_numpy(tokens), torch.from_numpy(n + off)
-    counts = tokens_to_counts(tok, eos)
+    counts = tokens_to_counts(tok, eos, k)
     if as_sentence:
         tok = torch.from_numpy(sentence(tokens, n + off, answer(counts).numpy()))
     return Batch(counts, answer(counts), torch.ones(len(digits), dtype=torch.float64), tok, eos)
 
 
-def parse(text: str, bos: bool, as_sentence: bool = False) -> Batch:
-    """A user's string of digits 0/1/2, e.g. "0112021", as a one-example token batch."""
+def parse(text: str, bos: bool, k: int = 1, as_sentence: bool = False) -> Batch:
+    """A user's string of digits, e.g. "0112021" (noise symbols 2 and 5..k+3 by their digit),
+    as a one-example token batch."""
     text = text.strip()
+    allowed = "".join(str(i) for i in kind_ids(k))
     if not text:
-        raise Count01Error("empty string: give digits 0, 1 and 2, e.g. 0112021")
-    bad = sorted(set(text) - set("012"))
+        raise Count01Error(f"empty string: give digits {', '.join(allowed)}, e.g. 0112021")
+    bad = sorted(set(text) - set(allowed))
     if bad:
-        raise Count01Error(f"invalid token(s) {''.join(bad)!r} in {text!r}: only digits 0, 1, 2")
-    return from_digits(np.array([[int(c) for c in text]]), bos, as_sentence)
+        raise Count01Error(f"invalid token(s) {''.join(bad)!r} in {text!r}: only digits "
+                           f"{', '.join(allowed)}")
+    return from_digits(np.array([[int(c) for c in text]]), bos, k, as_sentence)

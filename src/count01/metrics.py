@@ -11,9 +11,12 @@ Head-level definitions (ours where SPEC 4 leaves a gap):
   score runs against the answer scores low); t is the exact best threshold on the `fit` split
   (every cut between distinct sorted scores is tried), then scored on another set.
 - probe s-acc: scikit-learn's logistic regression on the standardised o_h, fitted on `fit`.
-- w01, w02, w_eos, w_bos: per-occurrence attention of the EOS query on a 1, 2, EOS, BOS relative
-  to a 0. Count path: exp(score(t) - score(0)), exact. Token path: per example, the mean pattern
-  per token of the kind over the mean per 0, averaged (weighted) over examples holding both kinds.
+- w01, w02, w_eos, w_bos: per-occurrence attention of the EOS query on a 1, a noise symbol, EOS,
+  BOS relative to a 0. Count path: exp(score(t) - score(0)), exact. Token path: per example, the
+  mean pattern per token of the kind over the mean per 0, averaged (weighted) over examples
+  holding both kinds. With K > 1 noise symbols w02 is the mean of the K symbols' ratios (every
+  law gives each symbol the same share of the noise, so it is the occurrence-weighted mean in
+  expectation), and each symbol's ratio has a column w02_<id> (ids 2, 5, ...).
 - mass_*: the attention mass (fraction of the row) on each kind, weighted mean over examples.
 """
 
@@ -31,28 +34,26 @@ from threadpoolctl import threadpool_limits
 from .config import Count01Error
 from .language import (
     BOS,
-    D_VOCAB,
     EOS,
     EVAL_SETS,
     ONE,
-    TWO,
-    VOCAB,
     ZERO,
     Batch,
     at_end,
     eval_set,
+    noise_ids,
     parse,
+    vocab,
 )
 from .runs import CheckpointError, read_json
 
-KIND_NAMES = ("0", "1", "2", "eos", "bos")  # column suffixes, in token-id order
 PROBE_C, PROBE_ITER = 100.0, 2000  # weak regularisation: the probe is an upper bound
 SORT_THREADS = min(4, os.cpu_count() or 1)
 CACHE_ELEMENTS = 1 << 24  # per forward slice: bounds memory (a cache tensor <= 128 MB)
 
 
 def l_acc(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Language accuracy: argmax over all five tokens equals y. logits (S, B, V) -> (S,)."""
+    """Language accuracy: argmax over the whole vocabulary equals y. logits (S, B, V) -> (S,)."""
     hit = (logits.argmax(-1) == y).to(weight.dtype)
     return (hit * weight).sum(-1) / weight.sum()
 
@@ -158,11 +159,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def predict(model, text: str) -> str:
-    """The answer of every seed for one string of digits, with the five output probabilities;
-    in the `sentence` framing also whether the model, fed its own answer, then ends the sentence
+    """The answer of every seed for one string of digits, with every output probability; in
+    the `sentence` framing also whether the model, fed its own answer, then ends the sentence
     ("-" when its answer is not a digit 0 or 1)."""
     sentence = model.cfg.framing == "sentence"
-    batch = parse(text, model.cfg.bos, sentence)
+    k = model.cfg.noise_symbols
+    batch = parse(text, model.cfg.bos, k, sentence)
     if not model.cfg.count_path and batch.tokens.shape[-1] > model.cfg.n_ctx:
         raise Count01Error(f"the string has {len(text.strip())} digits; this model's positional "
                            f"embedding covers {model.cfg.n_ctx - 1 - model.cfg.bos - 2 * sentence}"
@@ -172,15 +174,16 @@ def predict(model, text: str) -> str:
         ends = [model(at_end(batch, torch.tensor([y])))[:, 0].argmax(-1) == EOS
                 for y in (ZERO, ONE)] if sentence else []
     truth = int(batch.y[0])
-    rows = []
+    rows, names = [], vocab(k)
     for i, seed in enumerate(model.seeds):
         pred = int(probs[i].argmax())
-        row = {"seed": seed, "answer": VOCAB[pred], "truth": str(truth)}
+        row = {"seed": seed, "answer": names[pred], "truth": str(truth)}
         if sentence:
             row["ends"] = ("yes" if ends[pred][i] else "no") if pred <= ONE else "-"
-        rows.append(row | {f"p({t})": float(probs[i, j]) for j, t in enumerate(VOCAB)})
+        rows.append(row | {f"p({t})": float(probs[i, j]) for j, t in enumerate(names)})
     n = batch.counts[0].tolist()
-    return f"{text.strip()}: n0={n[0]} n1={n[1]} n2={n[2]}\n" + format_table(rows)
+    counts = " ".join(f"n{t}={c}" for t, c in zip((ZERO, ONE) + noise_ids(k), n))
+    return f"{text.strip()}: {counts}\n" + format_table(rows)
 
 
 # --- exact, weighted, batched ranking and thresholds (rows of scores against one labelled set) ---
@@ -289,7 +292,7 @@ def run_chunks(model, batch: Batch):
     """(slice, cache) over consecutive slices of `batch`, each small enough that no cache tensor
     exceeds CACHE_ELEMENTS: every number over a whole set is then a sum or a concatenation over
     slices (the token path's `exhaustive` set holds 797,161 strings)."""
-    slots = 5 if model.cfg.count_path or batch.tokens is None else batch.tokens.shape[-1]
+    slots = model.cfg.d_vocab if model.cfg.count_path or batch.tokens is None else batch.tokens.shape[-1]
     per_example = model.n_seeds * model.cfg.heads * slots * max(model.cfg.d_head_,
                                                                  model.cfg.d_model)
     size = max(1, CACHE_ELEMENTS // per_example)
@@ -311,31 +314,43 @@ def direct_scores(model, result: torch.Tensor) -> torch.Tensor:
     return torch.einsum("sbhd,sd->shb", result, W_U[..., ONE] - W_U[..., ZERO])
 
 
+def kind_names(k: int) -> tuple[str, ...]:
+    """Column suffixes of the token kinds, in token-id order (k noise symbols)."""
+    return ("0", "1", "2", "eos", "bos") + tuple(str(i) for i in range(5, k + 4))
+
+
+def w02(w, k: int):
+    """w02 from per-kind weights (..., d_vocab): the mean over the k noise symbols (SPEC 4; see
+    the module's docstring)."""
+    return w[..., list(noise_ids(k))].mean(-1)
+
+
 def kind_counts(cache) -> torch.Tensor:
-    """Occurrences of each token kind 0, 1, 2, EOS, BOS that the EOS query sees. (S|1, B, 5)."""
-    onehot = torch.nn.functional.one_hot(cache.kinds, D_VOCAB).to(cache.mult.dtype)
+    """Occurrences of each token kind, in id order, that the EOS query sees. (S|1, B, V)."""
+    onehot = torch.nn.functional.one_hot(cache.kinds, cache.logits.shape[-1])
+    onehot = onehot.to(cache.mult.dtype)
     return (onehot * cache.mult[..., None]).sum(-2)
 
 
 def kind_weights(model, cache, batch: Batch) -> torch.Tensor:
-    """Per-occurrence attention on each kind relative to a 0 (w(0) = 1). (S, H, 5), kind order.
+    """Per-occurrence attention on each kind relative to a 0 (w(0) = 1). (S, H, V), id order.
 
     Count path: exp(score(t) - score(0)), exact. Token path: per example, the mean attention per
     token of kind t over the mean per 0, averaged (weighted) over examples holding both kinds;
     nan for a kind no example holds (BOS when bos is off).
     """
     if model.cfg.count_path and cache.scores.shape[1] == 1:
-        sc = cache.scores[:, 0]  # (S, H, 5)
+        sc = cache.scores[:, 0]  # (S, H, V)
         return torch.exp(sc - sc[..., ZERO:ZERO + 1])
     num, den = _ratio_sums(cache, batch)
     return num / den  # nan where no example holds the kind
 
 
 def _ratio_sums(cache, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token path: the weighted sum over examples of each kind's ratio (S, H, 5) and the weight
-    of the examples that hold the kind and a 0 (S|1, 1, 5): sums, so slices add up."""
-    n = kind_counts(cache)[:, :, None, :]  # (S|1, B, 1, 5)
-    per = cache.mass() / n.clamp(min=1)  # (S, B, H, 5) attention per occurrence
+    """Token path: the weighted sum over examples of each kind's ratio (S, H, V) and the weight
+    of the examples that hold the kind and a 0 (S|1, 1, V): sums, so slices add up."""
+    n = kind_counts(cache)[:, :, None, :]  # (S|1, B, 1, V)
+    per = cache.mass() / n.clamp(min=1)  # (S, B, H, V) attention per occurrence
     ok = (n > 0) & (n[..., ZERO:ZERO + 1] > 0)
     ratio = torch.where(ok, per / per[..., ZERO:ZERO + 1], 0.0)
     w = batch.weight.to(per.dtype)[None, :, None, None] * ok
@@ -356,12 +371,12 @@ class RatioSums:
             self.num, self.den = self.num + num, self.den + den
 
     def value(self) -> torch.Tensor:
-        """(S, H, 5) per-occurrence weights relative to a 0."""
+        """(S, H, V) per-occurrence weights relative to a 0."""
         return self.exact if self.exact is not None else self.num / self.den
 
 
 def measured_weights(model, batch: Batch) -> torch.Tensor:
-    """`kind_weights` over the whole of `batch`, run in slices. (S, H, 5)."""
+    """`kind_weights` over the whole of `batch`, run in slices. (S, H, V)."""
     acc = RatioSums(model)
     for piece, c in run_chunks(model, batch):
         acc.add(piece, c)
@@ -369,7 +384,8 @@ def measured_weights(model, batch: Batch) -> torch.Tensor:
 
 
 def attention_ratios(model, batch: Batch | None = None) -> dict[str, np.ndarray]:
-    """w01, w02, w_eos, w_bos per seed and head, (S, H) float64 arrays (SPEC 4).
+    """w01, w02, w_eos, w_bos per seed and head, (S, H) float64 arrays (SPEC 4), and with K > 1
+    noise symbols each symbol's w02_<id>.
 
     On the count path they do not depend on the batch; on the token path they are measured on
     `batch` (default: the `fit` split).
@@ -377,7 +393,13 @@ def attention_ratios(model, batch: Batch | None = None) -> dict[str, np.ndarray]
     batch = eval_set(model.cfg, "fit") if batch is None else batch
     with torch.no_grad():
         w = measured_weights(model, batch).double().numpy()
-    return {"w01": w[..., ONE], "w02": w[..., TWO], "w_eos": w[..., EOS], "w_bos": w[..., BOS]}
+    return ratio_columns(w, model.cfg.noise_symbols)
+
+
+def ratio_columns(w, k: int) -> dict:
+    """The named attention ratios of per-kind weights w (..., d_vocab), k noise symbols."""
+    out = {"w01": w[..., ONE], "w02": w02(w, k), "w_eos": w[..., EOS], "w_bos": w[..., BOS]}
+    return out | ({f"w02_{i}": w[..., i] for i in noise_ids(k)} if k > 1 else {})
 
 
 def weighted_mean(x: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
@@ -462,22 +484,22 @@ def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
             for piece, c in run_chunks(m, batch):
                 scores.append(direct_scores(m, c.result))  # (S, H, b)
                 hits = hits + probe_hits(probes, c.result, piece)
-                mass = mass + (c.mass() * piece.weight[None, :, None, None]).sum(1)  # (S, H, 5)
+                mass = mass + (c.mass() * piece.weight[None, :, None, None]).sum(1)  # (S, H, V)
                 ratios.add(piece, c)
             s = torch.cat(scores, -1)  # (S, H, B)
             total = float(batch.weight.sum())
             auc = roc_auc_rows(s, batch.y, batch.weight).numpy()
             sacc = threshold_acc(s, t, batch.y, batch.weight).numpy()
             pacc = hits / total
-            ratio = ratios.value().numpy()  # (S, H, 5)
+            ratio = ratio_columns(ratios.value().numpy(), model.cfg.noise_symbols)  # each (S, H)
             mass = (mass / total).numpy()
+            names = kind_names(model.cfg.noise_symbols)
             for i, seed in enumerate(model.seeds):
-                for h in range(ratio.shape[1]):
+                for h in range(mass.shape[1]):
                     row = {"set": name, "seed": seed, "head": h, "head_auc": float(auc[i, h]),
                            "s_acc": float(sacc[i, h]), "s_threshold": float(t[i, h]),
-                           "probe_s_acc": float(pacc[i, h]), "w01": float(ratio[i, h, ONE]),
-                           "w02": float(ratio[i, h, TWO]), "w_eos": float(ratio[i, h, EOS]),
-                           "w_bos": float(ratio[i, h, BOS])}
+                           "probe_s_acc": float(pacc[i, h])}
+                    row |= {k: float(v[i, h]) for k, v in ratio.items()}
                     rows.append(row | {f"mass_{k}": float(mass[i, h, j])
-                                       for j, k in enumerate(KIND_NAMES)})
+                                       for j, k in enumerate(names)})
     return rows

@@ -3,8 +3,9 @@
 Weights carry TransformerLens names and shapes with a leading seed axis: `blocks.0.attn.W_Q` is
 (S, H, d_model, d_head). Only the EOS query's attention row is computed (the answer is read
 there and nowhere else), except by `causal_logits`, every row, for a later `lm_loss`. The keys
-the EOS query sees are "slots": on the count path (no positional embedding) the five token kinds
-with their multiplicities (n0, n1, n2, EOS = 1, BOS = 0 or 1); on the token path, the L positions
+the EOS query sees are "slots": on the count path (no positional embedding) the d_vocab token
+kinds with their multiplicities (n0, n1, n2, EOS = 1, BOS = 0 or 1, then any further noise
+symbols' counts); on the token path, the L positions
 with multiplicity 1 up to EOS and 0 after. Attention over slots with multiplicity m is
 softmax(score + log m), which is exactly attention over the tokens.
 
@@ -12,7 +13,7 @@ With a positional embedding and no LayerNorm, the position path (`pos_tables`, `
 `PosCache`) computes the same function without any per-position product with a weight matrix:
 inputs are W_E[t_j] + W_pos[j], so the EOS query's score of position j is tok[p, t_j] +
 pos[p, j] (p the EOS position) and the value it reads into the logits is r_E[t_j] + r_P[j],
-tables per seed of (L, 5) and (L, L) entries per head; per example there remain two row lookups
+tables per seed of (L, d_vocab) and (L, L) entries per head; per example there remain two row lookups
 and a product per position and head. LayerNorm stays on the reference forward (`run` over
 slots): ln1 normalises W_E[t] + W_pos[j] as a whole, so keys and values are functions of the
 pair (t, j), not a token part plus a position part, and ln_final acts on the residual after the
@@ -27,14 +28,14 @@ from dataclasses import dataclass
 import torch
 
 from .config import Config
-from .language import BOS, D_VOCAB, EOS, Batch
+from .language import BOS, EOS, Batch
 
 ATTN = "blocks.0.attn."
 
 
 def weight_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     """TransformerLens names and per-seed shapes of every weight of a config."""
-    d, h, dh, v = cfg.d_model, cfg.heads, cfg.d_head_, D_VOCAB
+    d, h, dh, v = cfg.d_model, cfg.heads, cfg.d_head_, cfg.d_vocab
     shapes = {"embed.W_E": (v, d)}
     if cfg.pos_embed != "none":
         shapes["pos_embed.W_pos"] = (cfg.n_ctx, d)
@@ -105,8 +106,9 @@ class Cache:
     logits: torch.Tensor  # (S, B, d_vocab)
 
     def mass(self) -> torch.Tensor:
-        """Attention mass of the EOS query on each token kind 0, 1, 2, EOS, BOS. (S, B, H, 5)."""
-        onehot = torch.nn.functional.one_hot(self.kinds, D_VOCAB).to(self.pattern.dtype)
+        """Attention mass of the EOS query on each token kind, in id order. (S, B, H, d_vocab)."""
+        onehot = torch.nn.functional.one_hot(self.kinds, self.logits.shape[-1])
+        onehot = onehot.to(self.pattern.dtype)
         return self.pattern @ onehot
 
     def slot_readout(self, W_O: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,8 @@ class PosCache:
     @property
     def scores(self) -> torch.Tensor:  # (S, B, H, L) tok[p, t_j] + pos[p, j]
         S, H, B, L = self._f["u"].shape
-        tok = torch.gather(_rows(self._t["tok"], self._f["rows"], (S, H, B, D_VOCAB)), 3,
+        V = self._t["tok"].shape[-1]
+        tok = torch.gather(_rows(self._t["tok"], self._f["rows"], (S, H, B, V)), 3,
                            self._f["tok"])
         return (tok + _rows(self._t["pos_all"], self._f["rows"], (S, H, B, L))).transpose(1, 2)
 
@@ -165,7 +168,7 @@ class PosCache:
 
     def slot_readout(self, W_O: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         o = W_O @ r[:, None, :, None]  # (S, H, e, 1)
-        kind = (self._t["vE"] + self._b_V) @ o  # (S, H, 5, 1)
+        kind = (self._t["vE"] + self._b_V) @ o  # (S, H, V, 1)
         S, H, B, L = self._f["u"].shape
         per = torch.gather(kind[:, :, None, :, 0].expand(-1, -1, B, -1), 3, self._f["tok"])
         return (per + (self._t["vP"] @ o)[:, :, None, :, 0]).transpose(1, 2)
@@ -229,7 +232,8 @@ class Model:
             else:  # the ending's query: the fed answer's embedding, per example
                 query = batch.query if batch.query.dim() == 2 else batch.query[None]
                 x_q = W_E[torch.arange(S)[:, None], query.expand(S, -1)]
-            return x_q, W_E[:, None], self._mult(batch), torch.arange(5).view(1, 1, 5)
+            V = W_E.shape[1]
+            return x_q, W_E[:, None], self._mult(batch), torch.arange(V).view(1, 1, V)
         if batch.tokens is None:
             raise ValueError("this model has a positional embedding: it needs token batches")
         tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
@@ -270,13 +274,13 @@ class Model:
     # --- the count path: every key and value exists once per token kind ----------------------
 
     def _mult(self, batch: Batch) -> torch.Tensor:
-        """Multiplicities of the kinds 0, 1, 2, EOS, BOS the query sees. (S or 1, B, 5)."""
+        """Multiplicities of every token id the query sees. (S or 1, B, d_vocab)."""
         mult = batch.mult(self.cfg.bos, self.weights["embed.W_E"].dtype)
         return mult if mult.dim() == 3 else mult[None]
 
     def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_Q, W_K, W_V side by side (S, d, H*3*e) and their biases (S, 1, H*3*e): the queries,
-        keys and values of all five kinds come out of one matmul."""
+        keys and values of every kind come out of one matmul."""
         w = self.weights
         W = torch.stack([w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]], 3)  # (S, H, d, 3, e)
         S, H, d, _, e = W.shape
@@ -295,7 +299,7 @@ class Model:
 
     def _count_logits(self, batch: Batch) -> torch.Tensor:
         """The count path without materialising the pattern: head h's output is
-        sum_t n_t a_t u_t / sum_t n_t a_t, with u_t = v_t W_O, for the five kinds t.
+        sum_t n_t a_t u_t / sum_t n_t a_t, with u_t = v_t W_O, for every kind t.
         Written as C @ U with C[b, (h, t)] = n_bt / D_bh, one matmul for all heads."""
         w = self.weights
         W_E = w["embed.W_E"]
@@ -318,7 +322,8 @@ class Model:
         values (r_ht = v_ht W_O^h W_U), so per example only C (H*K numbers) and the logits are
         formed. Examples are the LAST axis: mult (S, K, B) multiplicities, target (S, V, B)
         one-hot answers, so the many reductions over 5 kinds or 5 logits run along contiguous
-        examples (a softmax over a last axis of 5 is several times slower).
+        examples (a softmax over a last axis of 5 is several times slower). Any number of kinds:
+        K = d_vocab, in id order.
         """
         w = self.weights
         W_E, W_O, W_U = w["embed.W_E"], w[ATTN + "W_O"], w["unembed.W_U"]
@@ -445,31 +450,32 @@ class Model:
         splits as tok[p, t_j] + pos[p, j] (b_K adds the same to a whole row), and the value read
         into the logits as r_E[t_j] + r_P[j] + b_V W_O W_U (W_U folded in: 5 logits, not d_model
         numbers). The query depends on p alone, so every table is per (p, token) or (p, j):
-        tok, A (S, H, L, 5) and pos, Bt (S, H, L, L). A and Bt are exp of the scores shifted by
+        tok, A (S, H, L, V) and pos, Bt (S, H, L, L). A and Bt are exp of the scores shifted by
         their row's maximum (every factor <= 1: no overflow); Bt is 0 after p (the causal mask).
         """
         w = self.weights
         if L > self.cfg.n_ctx:
             raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
-        E, P = w["embed.W_E"], w["pos_embed.W_pos"][:, :L]  # (S, 5, d), (S, L, d)
+        E, P = w["embed.W_E"], w["pos_embed.W_pos"][:, :L]  # (S, V, d), (S, L, d)
+        V = E.shape[1]
         W_Q, W_K, W_V = w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]
         W_O, W_U = w[ATTN + "W_O"], w["unembed.W_U"]
         xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input with EOS at position p
         q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(self.cfg.d_head_))
-        X = torch.cat([E, P], 1)[:, None]  # (S, 1, 5 + L, d): token rows, then position rows
-        k = X @ W_K  # (S, H, 5 + L, e), one product for both parts
-        k = torch.cat([k[:, :, :D_VOCAB] + w[ATTN + "b_K"][:, :, None], k[:, :, D_VOCAB:]], 2)
-        scores = q @ k.transpose(2, 3)  # (S, H, L, 5 + L) [p, t] then [p, j]
-        tok, pos_all = scores[..., :D_VOCAB], scores[..., D_VOCAB:]
+        X = torch.cat([E, P], 1)[:, None]  # (S, 1, V + L, d): token rows, then position rows
+        k = X @ W_K  # (S, H, V + L, e), one product for both parts
+        k = torch.cat([k[:, :, :V] + w[ATTN + "b_K"][:, :, None], k[:, :, V:]], 2)
+        scores = q @ k.transpose(2, 3)  # (S, H, L, V + L) [p, t] then [p, j]
+        tok, pos_all = scores[..., :V], scores[..., V:]
         pos = pos_all.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
         M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
-        v = X @ W_V  # (S, H, 5 + L, e)
-        r = v @ M  # (S, H, 5 + L, V)
+        v = X @ W_V  # (S, H, V + L, e)
+        r = v @ M  # (S, H, V + L, V)
         rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
         xo = E[:, EOS, None] + P + w[ATTN + "b_O"][:, None]  # (S, L, d) residual at EOS, no heads
         return {"X": X, "xq": xq, "q": q, "k": k, "tok": tok, "pos": pos, "pos_all": pos_all,
-                "M": M, "v": v, "vE": v[:, :, :D_VOCAB], "vP": v[:, :, D_VOCAB:], "rE": r[:, :, :D_VOCAB],
-                "rP": r[:, :, D_VOCAB:], "xo": xo,
+                "M": M, "v": v, "vE": v[:, :, :V], "vP": v[:, :, V:], "rE": r[:, :, :V],
+                "rP": r[:, :, V:], "xo": xo,
                 "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
                 "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
                 "Bt": torch.exp(pos - pos.amax(-1, keepdim=True))}
@@ -478,21 +484,21 @@ class Model:
         """exp(score) of the EOS query on tokens (S, B, L) with EOS at eos (S, B), from the
         tables: A[p, t_j] Bt[p, j], two row lookups and a product per position.
 
-        Returns u (S, H, B, L), its sum per kind (S, H, B, 5) and per row D (S, H, B, 1) (so
+        Returns u (S, H, B, L), its sum per kind (S, H, B, V) and per row D (S, H, B, 1) (so
         the pattern is u / D), the table row index (s H + h) L + p (S*H*B,) and the token
         index (S, H, B, L). Should an example's largest product underflow (D below FLOAT_MIN
         * 1e8: only for extreme weights), the rows are redone in the log domain, shifted by
         each row's own maximum (torch.softmax), and D is 1."""
         S, B, L = tokens.shape
-        H = self.cfg.heads
+        H, V = self.cfg.heads, t["A"].shape[-1]
         rows = (torch.arange(S * H).view(S, H, 1) * L + eos[:, None]).view(-1)
         tok = tokens[:, None].expand(S, H, B, L).contiguous()  # gather is 2x faster so
-        u = torch.gather(_rows(t["A"], rows, (S, H, B, D_VOCAB)), 3, tok)
+        u = torch.gather(_rows(t["A"], rows, (S, H, B, V)), 3, tok)
         u.mul_(_rows(t["Bt"], rows, (S, H, B, L)))
-        mass = torch.zeros(S, H, B, D_VOCAB, dtype=u.dtype).scatter_add_(3, tok, u)
+        mass = torch.zeros(S, H, B, V, dtype=u.dtype).scatter_add_(3, tok, u)
         D = mass.sum(-1, keepdim=True)
         if D.min() < torch.finfo(D.dtype).tiny * 1e8:
-            ls = torch.gather(_rows(t["tok"], rows, (S, H, B, D_VOCAB)), 3, tok)
+            ls = torch.gather(_rows(t["tok"], rows, (S, H, B, V)), 3, tok)
             u = torch.softmax(ls + _rows(t["pos"], rows, (S, H, B, L)), -1)
             mass = torch.zeros_like(mass).scatter_add_(3, tok, u)
             D = torch.ones_like(D)
@@ -508,10 +514,11 @@ class Model:
         B, L = tokens.shape[1:]
         t = self.pos_tables(L) if t is None else t
         u, mass, D, rows, tok = self.pos_pattern(t, tokens, eos)
-        zl = torch.baddbmm((mass @ t["rE"]).view(-1, B, D_VOCAB), u.view(-1, B, L),
-                           t["rP"].reshape(-1, L, D_VOCAB)).view(S, -1, B, D_VOCAB).div_(D)
+        V = t["rE"].shape[-1]
+        zl = torch.baddbmm((mass @ t["rE"]).view(-1, B, V), u.view(-1, B, L),
+                           t["rP"].reshape(-1, L, V)).view(S, -1, B, V).div_(D)
         rows0 = (torch.arange(S)[:, None] * L + eos).view(-1)
-        logits = _rows(t["c0"], rows0, (S, B, D_VOCAB)) + zl.sum(1)
+        logits = _rows(t["c0"], rows0, (S, B, V)) + zl.sum(1)
         return {"t": t, "u": u, "mass": mass, "D": D, "rows": rows, "tok": tok, "rows0": rows0,
                 "zl": zl, "logits": logits}
 
@@ -579,7 +586,7 @@ class Model:
         """Mean cross-entropy per seed (S,) and its gradient for every trainable weight, by hand,
         on the position path: tokens (S, B, L), EOS positions (S, B), answers y (S, B).
 
-        Per example only exp(score) (H L numbers), five sums of it per head and the logits are
+        Per example only exp(score) (H L numbers), a sum of it per kind and head and the logits are
         formed; the rest are tables per seed (`pos_tables`), differentiated once per step.
         Each seed's examples are sorted by length and cut into `buckets` runs of similar
         length, each computed only up to its longest EOS (the positions after EOS are half of
@@ -670,7 +677,7 @@ class Model:
             raise ValueError("causal_logits needs a positional embedding and no LayerNorm")
         w = self.weights
         E = w["embed.W_E"]
-        S, H, e, V = E.shape[0], self.cfg.heads, self.cfg.d_head_, D_VOCAB
+        S, H, e, V = E.shape[0], self.cfg.heads, self.cfg.d_head_, E.shape[1]
         tokens = (tokens if tokens.dim() == 3 else tokens[None]).expand(S, -1, -1)
         B, L = tokens.shape[1:]
         if L > self.cfg.n_ctx:
@@ -696,7 +703,7 @@ class Model:
         M = w[ATTN + "W_O"] @ w["unembed.W_U"][:, None]  # (S, H, e, V)
         rE = (E[:, None] @ W_V + w[ATTN + "b_V"][:, :, None]) @ M  # (S, H, 5, V); sum_j a = 1
         rP = (P[:, None] @ W_V) @ M  # (S, H, L, V)
-        mass = torch.zeros(S, H, B, L, D_VOCAB, dtype=a.dtype).scatter_add(4, tj, a)
+        mass = torch.zeros(S, H, B, L, V, dtype=a.dtype).scatter_add(4, tj, a)
         heads_out = (mass.flatten(2, 3) @ rE + a.flatten(2, 3) @ rP).view(S, H, B, L, V).sum(1)
         x = E[torch.arange(S).view(S, 1, 1), tokens] + P[:, None]  # (S, B, L, d)
         base = (x + w[ATTN + "b_O"][:, None, None]) @ w["unembed.W_U"][:, None]

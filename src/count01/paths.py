@@ -339,7 +339,7 @@ def plot_trajectories(traj: pd.DataFrame, htraj: pd.DataFrame, success: dict[int
     axes[0].set_ylabel(f"model l-acc on {SUCCESS_SET}\n(fraction, one line per seed)")
     axes[1].set_ylabel("head s-acc on hard\n(fraction, one line per seed x head)")
     axes[2].set_ylabel("w01: attention per 1 / per 0\n(ratio, log scale; 1 = balanced)")
-    axes[3].set_ylabel("w02: attention per 2 / per 0\n(ratio, log scale)")
+    axes[3].set_ylabel("w02: attention per noise symbol / per 0\n(ratio, log scale)")
     axes[3].set_xlabel("training step (ratios beyond 1e-12..1e12, 0 and inf included, drawn at "
                        "the edges)")
     n_ok = sum(success.values())

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 
 from .verdicts import VALUE_SWAP_GAP, swap_donors  # noqa: E402
 
-KINDS = (("mass_0", "0"), ("mass_1", "1"), ("mass_2", "2 (noise)"), ("mass_eos", "EOS"),
+KINDS = (("mass_0", "0"), ("mass_1", "1"), ("mass_2", "noise (2, 5, ...)"), ("mass_eos", "EOS"),
          ("mass_bos", "BOS"))
 KIND_COLORS = ("#4477aa", "#ee6677", "#bbbbbb", "#228833", "#ccbb44")
 SCHEMES = ("learned", "uniform", "single", "leave_one_out", "fitted")
@@ -84,14 +84,17 @@ def attention_mass(heads: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
     fig, ax = _figure(figsize=(8, 1.0 + 0.25 * len(df)))
     y = np.arange(len(df))
     left = np.zeros(len(df))
+    noise = [c for c in df.columns if c.startswith("mass_") and c[5:].isdigit() and c != "mass_0"
+             and c != "mass_1"]
     for (col, label), colour in zip(KINDS, KIND_COLORS):
-        ax.barh(y, df[col], left=left, color=colour, label=label, edgecolor="white", lw=0.3)
-        left += df[col].to_numpy()
+        x = df[noise].sum(axis=1).to_numpy() if col == "mass_2" else df[col].to_numpy()  # every noise
+        ax.barh(y, x, left=left, color=colour, label=label, edgecolor="white", lw=0.3)
+        left += x
     ax.set_yticks(y, _head_labels(df), fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("attention mass of the EOS query (fraction of the row, weighted mean)")
-    ax.set_title(f"Attention to 0 / 1 / 2 / EOS / BOS per head, set '{set_name}'")
+    ax.set_title(f"Attention to 0 / 1 / noise / EOS / BOS per head, set '{set_name}'")
     fig.legend(title="token kind", ncol=5, loc="outside lower center", fontsize=8)
     return _save(fig, out, "attention_mass")
 

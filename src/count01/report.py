@@ -390,11 +390,18 @@ def _what_ran(ev: Evidence) -> str:
         parts.append(f"the {p['mode']} study (`count01 reproduce{flag}`): heads "
                      f"{', '.join(map(str, p['heads']))} x {p['seeds']} seeds each, {steps} "
                      "training steps")
-        for name, grid, seeds in (("a training-path grid", p.get("path_grid"),
-                                   p.get("path_seeds")),
-                                  ("a noise benchmark", p.get("noise_grid"), p["seeds"])):
+        for name, grid, seeds, skip in (("a training-path grid", p.get("path_grid"),
+                                         p.get("path_seeds"), []),
+                                        ("a noise benchmark", p.get("noise_grid"), p["seeds"],
+                                         p.get("noise_skip", []))):
             if grid:
                 sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+                if skip:  # the conditions the grid leaves out, and how many it trains
+                    from .sweeps import Sweep
+
+                    n = len(Sweep({}, grid, skip).points())
+                    left = "; ".join(", ".join(f"{k}={v}" for k, v in x.items()) for x in skip)
+                    sizes += f" without {left} ({n} conditions)"
                 parts.append(f"{name} of {sizes} x {seeds} seeds")
         stages = ev.study.get("stages", {})
         if stages:
@@ -682,14 +689,17 @@ def methods_section(ev: Evidence) -> Section:
     cfg = ev.cfg
     b: list[Block] = []
     if cfg is not None:
-        b.append("**Task (SPEC 2).** Strings `[BOS] x1..xn EOS` over digits 0, 1 and noise 2; "
+        from .language import noise_ids  # torch only when a report describes a model
+
+        noise = ", ".join(map(str, noise_ids(cfg.noise_symbols)))
+        b.append(f"**Task (SPEC 2).** Strings `[BOS] x1..xn EOS` over digits 0, 1 and noise {noise}; "
                  "the answer is 1 if the string holds more 1s than 0s, else 0 (ties answer 0). "
-                 f"Training lengths are uniform in {cfg.min_len}..{cfg.max_len}, P(2) = "
+                 f"Training lengths are uniform in {cfg.min_len}..{cfg.max_len}, P(noise) = "
                  f"{cfg.noise}, P(0) = P(1) = {(1 - cfg.noise) / 2:g}"
                  f"{', class-balanced' if cfg.class_balanced else ''}. Evaluation sets, each "
                  f"from its own hash stream keyed by eval_seed = {cfg.eval_seed}: `iid` "
                  f"({cfg.eval_size} draws of the training law), `hard` (|#1 - #0| <= 1), `long` "
-                 f"(lengths {cfg.max_len + 1}..{cfg.long_max_len}), `noisy` (P(2) = "
+                 f"(lengths {cfg.max_len + 1}..{cfg.long_max_len}), `noisy` (P(noise) = "
                  f"{cfg.noisy_noise}), `exhaustive` (every string of length 1.."
                  f"{cfg.exhaustive_len}, exact, weighted by multinomial coefficients) and `fit` "
                  "(an independent iid split on which thresholds, probes, means and alphas are "
@@ -704,9 +714,9 @@ def methods_section(ev: Evidence) -> Section:
                     "of how it was trained." if ev.imported else
                     f"Trained with AdamW (lr = {cfg.lr}, weight decay = {cfg.weight_decay}, "
                     f"batch {cfg.batch_size}, {cfg.steps} steps, init scale {cfg.init_scale}) on "
-                    "the cross-entropy of the answer over all five output tokens; S seeds train "
-                    "at once as one batched model without interacting."))
-    b.append("**Metrics (SPEC 4).** l-acc: the argmax over the five output tokens equals the "
+                    f"the cross-entropy of the answer over all {cfg.d_vocab} output tokens; S seeds "
+                    "train at once as one batched model without interacting."))
+    b.append("**Metrics (SPEC 4).** l-acc: the argmax over every output token equals the "
              "answer. Valid rate: the argmax is 0 or 1. ROC AUC of logit(1) - logit(0). Per "
              "head: direct score s_h = (o_h W_U)[1] - (o_h W_U)[0]; head AUC; s-acc = accuracy "
              "of the best threshold on s_h fitted on `fit` and scored on another set (polarity "

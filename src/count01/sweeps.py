@@ -17,6 +17,9 @@ A sweep file (TOML; see examples/sweep.toml):
     [grid]                           # Config fields to vary: every combination is a configuration
     heads = [1, 2, 4, 8]
     init_scale = [0.5, 1.0]
+    [[skip]]                         # optional: combinations left out (each must match one)
+    heads = 8
+    init_scale = 0.5
 
 SWEEP_DIR holds
     sweep.json                 the sweep and its configurations (id, grid values), in grid order
@@ -68,7 +71,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +82,7 @@ import torch
 from .aggregation import head_sets
 from .config import Config, Count01Error
 from .criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
-from .language import EVAL_SETS, ONE, TWO, eval_set
+from .language import EVAL_SETS, ONE, eval_set
 from .metrics import (
     direct_scores,
     evaluate,
@@ -93,6 +96,7 @@ from .metrics import (
     score,
     threshold_acc,
     valid_rate,
+    w02,
 )
 from .model import Model
 from .runs import (
@@ -142,6 +146,7 @@ class Point:
 class Sweep:
     base: dict[str, Any]  # Config fields, including n_seeds
     grid: dict[str, list]  # Config field -> values, in file order
+    skip: list[dict[str, Any]] = field(default_factory=list)  # combinations left out
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Sweep:
@@ -163,10 +168,10 @@ class Sweep:
         if not data:
             raise SweepError(f"{source} is empty: give seeds = N, a [base] and a [grid] table "
                              "(see examples/sweep.toml)")
-        unknown = sorted(set(data) - {"seeds", "base", "grid"})
+        unknown = sorted(set(data) - {"seeds", "base", "grid", "skip"})
         if unknown:
             raise SweepError(f"{source}: unknown key(s) {', '.join(unknown)} (expected seeds, "
-                             "[base], [grid])")
+                             "[base], [grid], [[skip]])")
         for table in ("base", "grid"):
             if not isinstance(data.get(table, {}), dict):
                 raise SweepError(f"{source}: {table} must be a table ([{table}])")
@@ -186,7 +191,14 @@ class Sweep:
                 raise SweepError(f"{source}: {name} is both in [base] and in [grid]")
             if not isinstance(values, list) or not values:
                 raise SweepError(f"{source}: grid.{name} must be a non-empty list, got {values!r}")
-        sweep = cls(base, grid)
+        skip = data.get("skip", [])
+        if not isinstance(skip, list) or not all(isinstance(x, dict) and x for x in skip):
+            raise SweepError(f"{source}: skip must be a list of tables ([[skip]]) of grid values")
+        for x in skip:
+            if set(x) - set(grid):
+                raise SweepError(f"{source}: skip names {', '.join(sorted(set(x) - set(grid)))}, "
+                                 "not a grid field")
+        sweep = cls(base, grid, [dict(x) for x in skip])
         sweep.points(source)  # every configuration is checked before anything trains
         return sweep
 
@@ -196,8 +208,13 @@ class Sweep:
         configuration: two would train into one run directory and double its rows."""
         out: dict[str, Point] = {}
         given: dict[str, str] = {}  # id -> the grid values as written, to name a repeat
+        used = [False] * len(self.skip)
         for combo in itertools.product(*self.grid.values()):
             values = dict(zip(self.grid, combo))
+            hits = [all(values[k] == v for k, v in x.items()) for x in self.skip]
+            used = [a or b for a, b in zip(used, hits)]
+            if any(hits):
+                continue
             where = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base"
             try:
                 cfg = Config.from_dict(self.base | values, source=f"{source} ({where})")
@@ -209,10 +226,13 @@ class Sweep:
                 raise SweepError(f"{source}: the grid repeats a configuration: {given[point.id]} "
                                  f"and {where} are the same once converted")
             out[point.id], given[point.id] = point, where
+        if not all(used):
+            raise SweepError(f"{source}: skip {self.skip[used.index(False)]} matches no "
+                             "combination of the grid")
         return list(out.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base": self.base, "grid": self.grid}
+        return {"base": self.base, "grid": self.grid} | ({"skip": self.skip} if self.skip else {})
 
 
 def config_id(cfg: Config, grid: dict[str, Any]) -> str:
@@ -338,7 +358,8 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
             s = direct_scores(m, hc.result)  # (S, H, B)
             sacc = threshold_acc(s, t, hard.y, hard.weight).numpy()
             auc = roc_auc_rows(s, hard.y, hard.weight).numpy()
-            w = kind_weights(m, hc, hard).numpy()  # (S, H, 5)
+            w = kind_weights(m, hc, hard).numpy()  # (S, H, V)
+            w_02 = w02(w, m.cfg.noise_symbols)  # (S, H)
             for i, (seed, ok) in enumerate(zip(part.seeds, finite_seeds(part))):
                 if not ok:  # blown up: its numbers would be artefacts of NaN arithmetic
                     rows.append({"seed": seed} | dict.fromkeys(STAT_COLUMNS, None))
@@ -350,7 +371,7 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
                              "hard_auc": float(hard_auc[i])})
                 head_rows += [{"seed": seed, "head": h, "s_acc": float(sacc[i, h]),
                                "head_auc": float(auc[i, h]), "w01": float(w[i, h, ONE]),
-                               "w02": float(w[i, h, TWO])} for h in range(w.shape[1])]
+                               "w02": float(w_02[i, h])} for h in range(w.shape[1])]
     return rows, head_rows
 
 

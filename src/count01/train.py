@@ -36,13 +36,14 @@ from .criteria import (
     SUCCESS_SET,
 )
 from .language import (
-    D_VOCAB,
     EOS,
     answer,
     at_end,
     eval_set,
+    multiplicities,
     string_rows,
     training_batch,
+    training_counts,
     training_indices,
     triples,
 )
@@ -141,7 +142,7 @@ def loss_per_seed(model: Model, cfg: Config, step: int) -> torch.Tensor:
         eos = batch.eos_pos[..., None, None].expand(-1, -1, 1, every.shape[-1])
         parts = [_ce(every.gather(2, eos)[:, :, 0], batch.y).mean(1),
                  _ce(every.gather(2, eos + 1)[:, :, 0], torch.full_like(batch.y, EOS)).mean(1)]
-        _, _, target, ok = string_rows(batch.tokens, batch.eos_pos)
+        _, _, target, ok = string_rows(batch.tokens, batch.eos_pos, cfg.d_vocab)
         ce = _ce(every[:, :, :target.shape[-1]].flatten(1, 2), target.flatten(1))
         ok = ok.flatten(1).to(ce.dtype)
         return torch.stack(parts + [(ce * ok).sum(1) / ok.sum(1)]).mean(0)
@@ -160,28 +161,34 @@ def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
                   table: torch.Tensor | None = None):
     """The rows of `Model.count_rows_loss_grad` for the `sentence` framing at `step`: mult,
-    query, target (S, 5, R) and weight (S, R), weighted as the module says. Without lm_loss the
+    query, target (S, V, R) and weight (S, R), weighted as the module says. Without lm_loss the
     rows come from `table` (`_sentence_table`), a column per example, no tokens; with it, from
     the token batch: its string rows after the answers and endings."""
-    S, B = len(seeds), cfg.batch_size
-    eos = torch.nn.functional.one_hot(torch.tensor(EOS), D_VOCAB).to(dtype).view(1, D_VOCAB, 1)
+    S, B, V = len(seeds), cfg.batch_size, cfg.d_vocab
+    eos = torch.nn.functional.one_hot(torch.tensor(EOS), V).to(dtype).view(1, V, 1)
     if not cfg.lm_loss:
-        idx = torch.from_numpy(training_indices(cfg, seeds, step)).view(-1)
-        cols = table.index_select(1, idx).view(3, D_VOCAB, S, B).transpose(1, 2)  # (3, S, 5, B)
-        mult, y = torch.cat([cols[0], cols[1]], -1), cols[2]
+        if table is not None:
+            idx = torch.from_numpy(training_indices(cfg, seeds, step)).view(-1)
+            cols = table.index_select(1, idx).view(3, V, S, B).transpose(1, 2)  # (3, S, V, B)
+            mult, y = torch.cat([cols[0], cols[1]], -1), cols[2]
+        else:  # several noise symbols: a count tuple per example, no table
+            counts = torch.from_numpy(training_counts(cfg, seeds, step)).to(dtype)
+            m = multiplicities(counts, cfg.bos).transpose(1, 2)  # (S, V, B)
+            y = torch.nn.functional.one_hot(answer(counts), V).to(dtype).transpose(1, 2)
+            mult = torch.cat([m, m + y], -1)
         query = torch.cat([eos.expand(S, -1, B), y], -1)
         target = torch.cat([y, eos.expand(S, -1, B)], -1)
         return mult, query, target, torch.full((S, 2 * B), 0.5 / B, dtype=dtype)
     batch = training_batch(cfg, seeds, step, tokens=True)
     end = at_end(batch)
-    smult, sq, starget, ok = string_rows(batch.tokens, batch.eos_pos)
-    y = torch.nn.functional.one_hot(batch.y, D_VOCAB).to(dtype).transpose(1, 2)
+    smult, sq, starget, ok = string_rows(batch.tokens, batch.eos_pos, V)
+    y = torch.nn.functional.one_hot(batch.y, V).to(dtype).transpose(1, 2)
 
-    def columns(x: torch.Tensor) -> torch.Tensor:  # (S, B, L', 5) -> (S, 5, B * L')
+    def columns(x: torch.Tensor) -> torch.Tensor:  # (S, B, L', V) -> (S, V, B * L')
         return x.flatten(1, 2).transpose(1, 2).to(dtype)
 
     def onehot(t: torch.Tensor) -> torch.Tensor:
-        return columns(torch.nn.functional.one_hot(t, D_VOCAB))
+        return columns(torch.nn.functional.one_hot(t, V))
 
     # the string rows that exist first (positions before EOS), cut where the seed with the most
     # ends: the positions after EOS are half of a padded batch
@@ -189,8 +196,8 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
     n = int(ok.sum(1).max())
     keep = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, :n]  # (S, n)
 
-    def rows(x: torch.Tensor) -> torch.Tensor:  # (S, 5, B * L') -> (S, 5, n)
-        return x.gather(2, keep[:, None].expand(-1, D_VOCAB, -1))
+    def rows(x: torch.Tensor) -> torch.Tensor:  # (S, V, B * L') -> (S, V, n)
+        return x.gather(2, keep[:, None].expand(-1, V, -1))
 
     mult = torch.cat([batch.mult(cfg.bos, dtype).transpose(1, 2),
                       end.mult(cfg.bos, dtype).transpose(1, 2), rows(columns(smult))], -1)
@@ -209,11 +216,12 @@ class Trainer:
     so an update is a handful of whole-tensor ops however many weights there are (the arithmetic
     is torch's AdamW or SGD, op for op: test_trainer_is_the_torch_optimiser_bit_for_bit). Without
     LayerNorm the gradient is written by hand: on the count path (`Model.count_loss_grad`) a batch
-    is a row lookup per example in a per-triple table; with a positional embedding
-    (`Model.pos_loss_grad`, the position path) it is a token batch. In the `sentence` framing
-    the count path's gradient is `Model.count_rows_loss_grad` (rows of `sentence_rows`). With
-    LayerNorm, and with positions in `sentence`, autograd differentiates the model on token
-    batches. `model`'s trainable weights become views of the
+    is a row lookup per example in a per-triple table (one noise symbol; with more, a column
+    per drawn count tuple); with a positional embedding (`Model.pos_loss_grad`, the position
+    path) it is a token batch. In the `sentence` framing the count path's gradient is
+    `Model.count_rows_loss_grad` (rows of `sentence_rows`). With LayerNorm, and with positions
+    in `sentence`, autograd differentiates the model on token batches. `model`'s trainable
+    weights become views of the
     flat tensor, so it sees every update; `weights()` copies them.
     """
 
@@ -227,7 +235,8 @@ class Trainer:
         # by hand: the count path, and the position path in `classify`; else autograd
         self.by_hand = not cfg.layernorm and (cfg.count_path or cfg.framing == "classify")
         self.sentence = cfg.framing == "sentence"
-        if self.by_hand and cfg.count_path:
+        self.table = None  # per count triple, for one noise symbol (more: tuples drawn per step)
+        if self.by_hand and cfg.count_path and cfg.noise_symbols == 1:
             make = _sentence_table if self.sentence else _triple_table
             self.table = make(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
         if self.by_hand:
@@ -257,9 +266,15 @@ class Trainer:
             batch = self._ahead(step, lambda s, t: training_batch(self.cfg, s, t))
             loss, grads = self.model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
+        if self.by_hand and self.cfg.noise_symbols > 1:  # a count tuple per example, no table
+            counts = torch.from_numpy(training_counts(self.cfg, seeds, step)).to(self.flat.dtype)
+            mult = multiplicities(counts, self.cfg.bos)  # (S, B, V)
+            target = torch.nn.functional.one_hot(answer(counts), self.cfg.d_vocab).to(counts.dtype)
+            loss, grads = self.model.count_loss_grad(mult.transpose(1, 2), target.transpose(1, 2))
+            return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand:
             idx = torch.from_numpy(training_indices(self.cfg, seeds, step)).view(-1)
-            rows = self.table.index_select(1, idx).view(2, D_VOCAB, len(seeds), -1)
+            rows = self.table.index_select(1, idx).view(2, self.cfg.d_vocab, len(seeds), -1)
             rows = rows.transpose(1, 2)  # (2, S, 5, B): multiplicities, one-hot answers
             loss, grads = self.model.count_loss_grad(rows[0], rows[1])
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
@@ -365,7 +380,7 @@ def _triple_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -> 
     the one-hot answer. (10, T). A training example is a column of it."""
     t = torch.from_numpy(triples(min_len, max_len))
     ones = torch.ones(1, len(t), dtype=t.dtype)
-    target = torch.nn.functional.one_hot(answer(t), D_VOCAB).T
+    target = torch.nn.functional.one_hot(answer(t), 5).T  # the vocabulary of one noise symbol
     return torch.cat([t.T, ones, ones * bos, target]).to(dtype)
 
 
@@ -375,8 +390,8 @@ def _sentence_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -
     answer's query sees, those the ending's query sees (the answer y too), then the one-hot y.
     (15, T)."""
     t = _triple_table(min_len, max_len, bos, dtype)
-    y = t[D_VOCAB:]
-    return torch.cat([t[:D_VOCAB], t[:D_VOCAB] + y, y])
+    m, y = t.chunk(2)  # (5, T) each: one noise symbol
+    return torch.cat([m, m + y, y])
 
 
 def _keep_freed_memory() -> None:
