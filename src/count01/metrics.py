@@ -14,7 +14,7 @@ Head-level definitions (ours where SPEC 4 leaves a gap):
 - w01, w02, w_eos, w_bos: per-occurrence attention of the EOS query on a 1, a noise symbol, EOS,
   BOS relative to a 0. Count path: exp(score(t) - score(0)), exact. Token path: per example, the
   mean pattern per token of the kind over the mean per 0, averaged (weighted) over examples
-  holding both kinds. With K > 1 noise symbols w02 is the mean of the K symbols' ratios (every
+  holding both kinds. With K > 1 noise symbols w02 is the mean of the measured symbols' ratios (every
   law gives each symbol the same share of the noise, so it is the occurrence-weighted mean in
   expectation), and each symbol's ratio has a column w02_<id> (ids 2, 5, ...).
 - mass_*: the attention mass (fraction of the row) on each kind, weighted mean over examples.
@@ -320,10 +320,14 @@ def kind_names(k: int) -> tuple[str, ...]:
     return ("0", "1", "2", "eos", "bos") + tuple(str(i) for i in range(5, k + 4))
 
 
-def w02(w, k: int):
+def w02(w: np.ndarray, k: int) -> np.ndarray:
     """w02 from per-kind weights (..., d_vocab): the mean over the k noise symbols (SPEC 4; see
-    the module's docstring)."""
-    return w[..., list(noise_ids(k))].mean(-1)
+    the module's docstring), over those measured: on the token path a symbol no example of the
+    set holds has no ratio (nan), and the others still say how noise is attended."""
+    noise = w[..., list(noise_ids(k))]
+    measured = ~np.isnan(noise)
+    with np.errstate(invalid="ignore"):  # nan only where no symbol was measured at all
+        return np.where(measured, noise, 0.0).sum(-1) / measured.sum(-1)
 
 
 def kind_counts(cache) -> torch.Tensor:
