@@ -26,7 +26,7 @@ import torch
 
 from count01.config import Config
 from count01.model import Model
-from count01.train import Trainer, one_thread
+from count01.train import Trainer, torch_threads
 
 CFG = Config()
 K = V = 5  # token kinds (0, 1, 2, EOS, BOS) and output vocabulary
@@ -72,9 +72,7 @@ def token_path_flops(cfg: Config, n_seeds: int) -> float:
 
 def matmul_peak(threads: int, size: int, repeats: int) -> float:
     """Best float32 GEMM throughput (FLOP/s) torch reaches with `threads` threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         a, b = torch.randn(size, size), torch.randn(size, size)
         a @ b  # warm-up
         best = float("inf")
@@ -82,8 +80,6 @@ def matmul_peak(threads: int, size: int, repeats: int) -> float:
             t0 = time.perf_counter()
             a @ b
             best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
     return 2 * size**3 / best
 
 
@@ -92,7 +88,7 @@ def step_seconds(n_seeds: int, steps: int, windows: int) -> float:
     cfg = CFG.replace(n_seeds=n_seeds)
     trainer = Trainer(cfg, Model.init(cfg))
     best = float("inf")
-    with one_thread():
+    with torch_threads(1):
         for t in range(3):
             trainer.step(t)
         for w in range(windows):

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from count01.config import Config
 from count01.language import training_batch
 from count01.model import Model
-from count01.train import Trainer, loss_per_seed, make_optimizer, one_thread, train
+from count01.train import Trainer, loss_per_seed, make_optimizer, torch_threads, train
 
 CFG = Config(checkpoint_every=10**9)  # the default model; nothing written to disk
 
@@ -130,7 +130,7 @@ PATHS = {  # what each optimisation bought: name -> step factory
 def path_rate(make, n_seeds: int, seconds: float, min_steps: int = 2) -> float:
     """Seed-steps per second of one training path, after one warm-up step: steps run until
     `seconds` have passed (at least min_steps), so slow paths cost no more than fast ones."""
-    with one_thread():
+    with torch_threads(1):
         step = make(CFG.replace(n_seeds=n_seeds))
         step(0)
         t, t0 = 0, time.perf_counter()

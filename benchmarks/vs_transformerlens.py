@@ -42,7 +42,7 @@ from count01.config import Config
 from count01.export import ExportError, to_transformer_lens
 from count01.language import training_batch
 from count01.model import Model
-from count01.train import Trainer, make_optimizer, one_thread
+from count01.train import Trainer, make_optimizer, torch_threads
 
 CFG = Config(heads=4, d_model=16, d_head=4, pos_embed="none", bos=True, batch_size=256, lr=1e-2,
              weight_decay=0.0)
@@ -95,7 +95,7 @@ def batched_step(cfg: Config) -> Step:
     trainer = Trainer(cfg, Model.init(cfg))
 
     def step(t: int) -> torch.Tensor:
-        with one_thread():
+        with torch_threads(1):
             return trainer.step(t)
 
     return step

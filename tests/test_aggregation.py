@@ -211,3 +211,21 @@ def test_in_the_sentence_framing_alpha_fits_the_answer_and_the_ending_together(p
             i = model.seeds.index(r["seed"])
             assert (r["end"], r["sentence"]) == pytest.approx((own["end"][i], own["sentence"][i]),
                                                              abs=1e-12)
+
+
+def test_a_sentence_models_minimal_head_sets_are_judged_and_refitted_on_its_answers():
+    """SPEC 4 judges head sets on answer l-acc, so in the sentence framing alpha is refitted on
+    the answers alone: the same weights read as a classify model give the same head sets."""
+    from count01.aggregation import _parts, head_sets
+    from count01.language import eval_set
+    from count01.model import Model
+    from count01.train import train
+
+    cfg = Config(n_seeds=3, steps=150, heads=3, d_head=4, framing="sentence", max_len=8,
+                 long_max_len=10, exhaustive_len=5, eval_size=256)
+    sentence = train(cfg, progress=False)
+    classify = Model(cfg.replace(framing="classify"), sentence.weights, sentence.seeds)
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    rows = [_parts(m, fit)[1][0] for m in (sentence, classify)]  # what head sets refit on
+    assert all(torch.equal(a, b) for a, b in zip(*rows))
+    assert head_sets(sentence, fit, hard) == head_sets(classify, fit, hard)

@@ -78,3 +78,23 @@ def test_the_sentence_controls_end_the_sentence_or_never_do_on_every_set():
     uniform = agg[agg["scheme"] == "uniform"]
     assert (uniform["end"] == 0.0).all() and (uniform["l_acc"] == 1.0).all()
     assert (uniform["auc"] == 1.0).all()
+
+
+def test_a_model_whose_answers_break_but_whose_ending_holds_does_not_support_question_2():
+    """answer_bias (bos_bias that ends the sentence): under uniform weighting it answers EOS
+    (sentence accuracy falls) but ends every sentence fed the true answer. Version 3 of the
+    sentence rule, on sentence accuracy, called that `held`; the rule on end accuracy must not,
+    and sentence_counter, which never fails, must not either."""
+    tables = C.control_tables("answer_bias")
+    agg = tables[V.SENTENCE + "aggregation"]
+    uniform = agg[(agg["scheme"] == "uniform") & (agg["head"] == -1)]
+    assert (uniform["end"] == 1.0).all() and (uniform["sentence"] < 0.5).all()
+    got = V.q2_sentence(agg, tables[V.SENTENCE + "model"])
+    assert got.status == V.NOT_HELD and got.previous[3] == V.HELD
+    from count01.aggregation import aggregate
+
+    counter = C.LIBRARY["sentence_counter"](**C.SET_CONFIG)
+    fit, hard = eval_set(counter.cfg, "fit"), eval_set(counter.cfg, "hard")
+    agg = pd.DataFrame(aggregate(counter, {"hard": hard}, fit))
+    model = pd.DataFrame([{"set": "hard", "seed": s, "l_acc": 1.0} for s in counter.seeds])
+    assert V.q2_sentence(agg, model).status == V.NOT_HELD

@@ -17,8 +17,8 @@ from count01.export import (
     tl_state_dict,
     to_transformer_lens,
 )
-from count01.language import exhaustive
-from count01.model import weight_shapes
+from count01.language import EOS, exhaustive
+from count01.model import Model, weight_shapes
 from count01.train import train
 
 needs_lens = pytest.mark.skipif(importlib.util.find_spec("transformer_lens") is None,
@@ -60,6 +60,26 @@ def test_transformer_lens_copy_has_our_logits_and_eos_attention_on_exhaustive(tr
     torch.testing.assert_close(z, ours.z[0], atol=1e-4, rtol=0)
     # the trained model really is a non-trivial function: answers differ across strings
     assert logits[rows, batch.eos_pos].argmax(-1).unique().numel() >= 2
+
+
+@needs_lens
+def test_the_export_check_reads_the_sentence_framings_ending_too():
+    """In the sentence framing the check compares the logits at the answer and at the ending:
+    the seed's own copy agrees, and a copy wrong at the ending alone is caught."""
+    from count01.export import TOLERANCE, max_logit_error
+
+    model = train(SMALL.replace(steps=40, framing="sentence"), progress=False)
+    tl = to_transformer_lens(model, 1)
+    assert max_logit_error(model, 1, tl) < TOLERANCE
+
+    def wrong_ending(tokens):  # TL's logits, off by one at every position after a first EOS
+        logits = tl(tokens)
+        after = (tokens == EOS).cumsum(-1) >= 1
+        return logits + (after & (tokens != EOS))[..., None]
+
+    assert max_logit_error(model, 1, wrong_ending) > 0.5
+    answers_only = Model(model.cfg.replace(framing="classify"), model.weights, model.seeds)
+    assert max_logit_error(answers_only, 1, wrong_ending) < TOLERANCE  # the answers agree
 
 
 @needs_lens

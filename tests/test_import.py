@@ -126,6 +126,9 @@ def test_a_learned_position_table_sets_n_ctx(tmp_path):
                                                                       "exhaustive_len": 6})
     assert model.cfg.pos_embed == "learned" and model.cfg.n_ctx == N_MAX + 2
     assert torch.equal(model.weights["pos_embed.W_pos"][0], sd["pos_embed.W_pos"])
+    sentence = import_transformer_lens(src, tmp_path / "sentence", overrides={
+        "max_len": 8, "exhaustive_len": 6, "framing": "sentence"})  # ... EOS y EOS: 2 more
+    assert sentence.cfg.n_ctx == N_MAX + 2 and sentence.cfg.long_max_len == N_MAX - 2
 
 
 def test_pt_state_dict_imports_like_safetensors(tmp_path):

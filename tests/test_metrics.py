@@ -156,3 +156,17 @@ def test_slicing_a_set_into_forward_chunks_changes_no_number(monkeypatch):
             same = a[k] == b[k] if isinstance(a[k], str) else a[k] == pytest.approx(b[k], abs=1e-12,
                                                                                     rel=1e-12)
             assert same, k
+
+
+def test_w02_is_the_mean_over_the_noise_symbols_that_were_measured():
+    """A symbol no example of a token-path set holds has no ratio (nan): w02 is the mean of the
+    others', and nan only where no noise symbol was measured."""
+    from count01.metrics import ratio_columns
+
+    nan = float("nan")
+    w = np.array([[1.0, 2.0, 0.5, 3.0, nan, 0.1, nan],   # ids 0, 1, 2, EOS, BOS, 5, 6
+                  [1.0, 2.0, nan, 3.0, nan, nan, nan]])
+    got = ratio_columns(w, 3)
+    assert got["w02"][0] == pytest.approx(0.3) and np.isnan(got["w02"][1])
+    assert got["w02_5"][0] == 0.1 and np.isnan(got["w02_6"][0])
+    assert ratio_columns(w[:, :5], 1)["w02"][0] == 0.5

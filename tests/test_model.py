@@ -115,15 +115,17 @@ def random_model(cfg, dtype=torch.float64) -> Model:
 POSITION_OPTIONS = [(p, bos) for p in ("learned", "sinusoidal") for bos in (True, False)]
 
 
-@pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)
-def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos):
+@pytest.mark.parametrize("pos_embed,bos,noise_symbols",
+                         [o + (1,) for o in POSITION_OPTIONS] + [("learned", True, 3)])
+def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos, noise_symbols):
     """Model.pos_loss_grad, and the position path's logits (Model.__call__, Model.run), pattern
-    and head outputs, against the full L x L forward and autograd, float64, random weights."""
+    and head outputs, against the full L x L forward and autograd, float64, random weights
+    (with three noise symbols too: kinds and logits are the config's vocabulary)."""
     from count01.language import training_batch
     from count01.model import trainable
 
     cfg = Config(pos_embed=pos_embed, bos=bos, heads=3, d_model=12, d_head=5, batch_size=40,
-                 max_len=9, long_max_len=12, noise=0.3)
+                 max_len=9, long_max_len=12, noise=0.3, noise_symbols=noise_symbols)
     m = random_model(cfg)
     batch = training_batch(cfg, [3], 5, tokens=True)
     tokens, eos = batch.tokens[0], batch.eos_pos[0]

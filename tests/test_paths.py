@@ -1,203 +1,299 @@
-"""The count path (no positional embedding: everything at EOS depends only on the counts) against
-the token path, the hand-written training step against autograd, and the fast data path against
-its reference definition."""
+import json
+import math
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
-import torch
 
-from count01.config import Config
-from count01.language import (
-    Batch,
-    draw_index,
-    draw_triples,
-    exhaustive,
-    from_digits,
-    kind_ids,
-    training_batch,
-    training_law,
-    triple_law,
-    uniform,
+from count01.paths import (
+    QUANTITIES,
+    analyze_paths,
+    best_practice_table,
+    early_stop_table,
+    halves,
+    labour_table,
+    minimal_heads_table,
+    predictor_table,
+    restarts,
+    stability_table,
+    success_table,
 )
-from count01.metrics import evaluate_logits
-from count01.model import Model, trainable
-from count01.train import Trainer, loss_per_seed, lr_at, make_optimizer, one_thread, train
+from count01.runs import write_json
+from count01.stats import wilson
+from count01.sweeps import FORMAT, TABLES, Sweep, run_sweep
+from count01.train import STOP_RULE, STOP_RULES
 
-SMALL = Config(n_seeds=2, batch_size=64, max_len=12, long_max_len=16, exhaustive_len=6,
-               eval_size=256)
-
-
-def random_model(cfg: Config, seeds=(0, 1), scale: float = 0.3) -> Model:
-    """Initial weights plus noise on every weight (biases, LN gains too): sharp, uneven
-    attention and no symmetric zeros, so an error in any term shows."""
-    m = Model.init(cfg, list(seeds))
-    gen = torch.Generator().manual_seed(123)
-    for k, w in m.weights.items():
-        if k != "pos_embed.W_pos":
-            m.weights[k] = w + scale * torch.randn(w.shape, generator=gen)
-    return m
+TINY = {"steps": 100, "batch_size": 64, "checkpoint_every": 25, "eval_size": 512,
+        "exhaustive_len": 6, "max_len": 8, "long_max_len": 12}
 
 
-def random_strings(n: int, max_len: int, seed: int = 0, k: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, max_len + 1, n)
-    digits = np.asarray(kind_ids(k))[rng.integers(0, k + 2, (n, max_len))]
-    return np.where(np.arange(max_len) < lengths[:, None], digits, -1)
+def _runs(success: dict[str, list[bool]]) -> pd.DataFrame:
+    rows = []
+    for cid, flags in success.items():
+        for seed, ok in enumerate(flags):
+            rows.append({"config_id": cid, "heads": int(cid[1:]), "seed": seed, "success": ok,
+                         "ideal": ok and seed % 2 == 0, "diverged": False, "steps": 1000,
+                         "steps_to_success": 100.0 * (seed + 1) if ok else np.nan,
+                         "min_heads": (1 + seed % 2) if ok else np.nan})
+    return pd.DataFrame(rows)
 
 
-def counts_only(batch: Batch) -> Batch:
-    return Batch(batch.counts, batch.y, batch.weight)
+def test_success_table_counts_each_configuration():
+    runs = _runs({"h1": [True, False, False, True], "h4": [True, True, True]})
+    t = success_table(runs, ["heads"])
+    assert list(t["config_id"]) == ["h1", "h4"] and list(t["heads"]) == [1, 4]
+    assert list(t["n_runs"]) == [4, 3] and list(t["n_success"]) == [2, 3]
+    assert list(t["rate"]) == [0.5, 1.0]
+    assert list(t["median_steps_to_success"]) == [250.0, 200.0]  # successful runs only
+    lo, hi = wilson(2, 4)
+    assert t["ci_low"][0] == lo and t["ci_high"][0] == hi
 
 
-@pytest.mark.parametrize("layernorm,bos,k", [(False, True, 1), (True, True, 1), (False, False, 1),
-                                             (True, False, 1), (False, True, 3), (True, False, 3)])
-def test_count_and_token_paths_agree_on_logits_head_outputs_and_attention_mass(layernorm, bos, k):
-    cfg = SMALL.replace(layernorm=layernorm, bos=bos, noise_symbols=k)
-    m = random_model(cfg)
-    tok = from_digits(random_strings(300, 20, k=k), bos, k)
-    by_tokens = m.run(tok, force_tokens=True)
-    by_counts = m.run(counts_only(tok))
-    for name in ("logits", "result", "z", "resid"):
-        torch.testing.assert_close(getattr(by_counts, name), getattr(by_tokens, name),
-                                   atol=1e-5, rtol=0, msg=name)
-    torch.testing.assert_close(by_counts.mass(), by_tokens.mass(), atol=1e-5, rtol=0)
-    torch.testing.assert_close(m(counts_only(tok)), by_tokens.logits, atol=1e-5, rtol=0)
-    if not bos:
-        assert by_counts.mass()[..., 4].abs().max() == 0
-    assert by_tokens.logits.std() > 0.1  # not a degenerate model
+def test_restarts_for_a_99_percent_chance_follow_the_rate_and_its_interval():
+    assert list(restarts([1.0, 0.5, 0.1, 0.0])) == [1, 7, 44, np.inf]  # 1 - 0.5^7 >= 0.99 > 1 - 0.5^6
+    t = success_table(_runs({"h1": [True, False, False, True]}), ["heads"])
+    assert t["restarts_99"][0] == 7
+    assert t["restarts_99_low"][0] < 7 < t["restarts_99_high"][0]  # from ci_high and ci_low
+    assert list(t[["n_ideal", "ideal_rate"]].iloc[0]) == [1, 0.25]  # seed 0 only: ok, even
 
 
-@pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
-def test_fast_token_forward_equals_the_cache_forward(pos_embed):
-    cfg = SMALL.replace(pos_embed=pos_embed)
-    m = random_model(cfg)
-    tok = from_digits(random_strings(300, 16, seed=1), True)
-    torch.testing.assert_close(m(tok), m.run(tok).logits, atol=1e-5, rtol=0)
+def test_best_practice_puts_the_cheapest_reliable_ideal_solution_first():
+    runs = _runs({"h1": [True] * 8, "h2": [True, False] * 4, "h4": [False] * 8})
+    runs.loc[runs["config_id"] == "h1", "ideal"] = True
+    t = best_practice_table(success_table(runs, ["heads"]), runs, ["heads"])
+    assert list(t["config_id"]) == ["h1", "h2", "h4"]  # h4 never ideal: infinitely costly
+    assert t["restarts_99_ideal"][0] == restarts(wilson(8, 8)[0])[()]
+    assert t["seed_steps_99_ideal"][0] == 1000 * t["restarts_99_ideal"][0]
+    assert np.isinf(t["seed_steps_99_ideal"][2])
 
 
-@pytest.mark.parametrize("bos,symbols,pattern", [(True, 1, "iid"), (False, 1, "iid"),
-                                                 (True, 3, "iid"), (False, 3, "bursty")])
-def test_hand_written_count_gradient_equals_autograd(bos, symbols, pattern):
-    cfg = SMALL.replace(bos=bos, heads=2, d_model=8, d_head=3, noise_symbols=symbols,
-                        noise_pattern=pattern)
-    m = random_model(cfg).to(torch.float64)
-    batch = training_batch(cfg, m.seeds, 3)
-    mult = m._mult(batch).transpose(1, 2)  # (S, V, B)
-    target = torch.nn.functional.one_hot(batch.y, cfg.d_vocab).double().transpose(1, 2)
-    loss, grads = m.count_loss_grad(mult, target)
-    leaves = {k: w.clone().requires_grad_(True) for k, w in m.weights.items()}
-    logits = Model(cfg, leaves, m.seeds)(batch)
-    expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.y,
-                                                 reduction="none").mean(1)
-    expected.sum().backward()
-    torch.testing.assert_close(loss, expected.detach(), atol=1e-12, rtol=0)
-    assert set(grads) == {k for k in m.weights if trainable(cfg, k)}
-    for k, g in grads.items():
-        torch.testing.assert_close(g, leaves[k].grad, atol=1e-12, rtol=0, msg=k)
+def test_early_stopping_rule_stops_a_chance_level_loss_after_its_start_and_nothing_else():
+    rule, ln2 = STOP_RULE, math.log(2)
+    assert (rule.quantity, rule.threshold, rule.start) == ("loss", ln2, 1 / 6)
+    # a trajectory of iid loss at checkpoints 0, 250, ..., 1500 of a 1500-step run
+    failing = [1.5, 0.70, 0.69, 0.60, 0.69, 0.69, 0.69]
+    assert [rule.stops(x, 250 * i, 1500) for i, x in enumerate(failing)] == [
+        False, True, False, False, False, False, False]  # not before a sixth, nor below ln 2
+    assert rule.stops(ln2, 250, 1500) and not rule.stops(np.nextafter(ln2, 0), 250, 1500)
+    assert not rule.stops(0.69, 249, 1500)  # coin-flip loss before its start: not yet
+    assert rule.stops(float("nan"), 250, 1500) and rule.stops(float("inf"), 500, 1500)
+    assert not rule.stops(float("nan"), 1500, 1500)  # never at the last step: training is over
+    old = STOP_RULES[1]  # rule 1: hard l-acc at most 0.6 from a quarter of the steps
+    assert old.stops(0.6, 375, 1500) and not old.stops(0.61, 375, 1500)
+    assert not old.stops(0.5, 374, 1500) and old.stops(float("nan"), 375, 1500)
 
 
-@pytest.mark.parametrize("change", [{}, {"noise_symbols": 3},
-                                    {"noise_symbols": 3, "noise_pattern": "bursty"}])
-def test_training_on_the_count_path_equals_training_on_the_token_path(change):
-    cfg = SMALL.replace(steps=200, **change)
-    by_counts = train(cfg, progress=False)
-    model = Model.init(cfg)  # the token path, through autograd and torch's AdamW
-    opt = make_optimizer(model, cfg)
-    with one_thread():
-        for step in range(cfg.steps):
-            batch = training_batch(cfg, model.seeds, step, tokens=True)
-            assert torch.equal(batch.counts, training_batch(cfg, model.seeds, step).counts)
-            logits = model.run(batch, force_tokens=True).logits
-            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.y,
-                                                     reduction="none").mean(1)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
-    moved = 0.0
-    for k, w in by_counts.weights.items():
-        torch.testing.assert_close(w, model.weights[k].detach(), atol=1e-4, rtol=0, msg=k)
-        moved = max(moved, (w - Model.init(cfg).weights[k]).abs().max().item())
-    assert moved > 0.1  # the weights did travel
+def test_early_stopping_replayed_on_checkpoints_counts_stops_wrong_stops_and_savings():
+    runs = _runs({"h1": [True, True, False, False]})
+    acc = {0: [0.5, 0.55, 1.0, 1.0], 1: [0.5, 0.9, 1.0, 1.0],  # 0 stopped at 250 yet succeeded
+           2: [0.5, 0.5, 0.5, 0.5], 3: [0.5, 0.7, 0.7, 0.7, 0.5]}  # 2 stopped at 250, 3 missed:
+    # its chance-level l-acc at the last step (1000) stops nothing, as in training
+    traj = pd.DataFrame([{"config_id": "h1", "seed": s, "step": 250 * i, "hard_l_acc": a}
+                         for s, row in acc.items() for i, a in enumerate(row)])
+    t = early_stop_table(traj, runs, ["heads"], STOP_RULES[1]).iloc[0]
+    assert (t["rule"], t["n_runs"], t["n_failed"], t["n_stopped"]) == (1, 4, 2, 2)
+    assert (t["n_wrongly_stopped"], t["n_missed"]) == (1, 1)
+    assert t["seed_steps"] == 4000 and t["saved_fraction"] == 2 * 750 / 4000
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-@pytest.mark.parametrize("schedule, warmup", [("constant", 0), ("constant", 4), ("cosine", 5)])
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_trainer_is_the_torch_optimiser_bit_for_bit(optimizer, schedule, warmup, weight_decay):
-    # LayerNorm: the one option on which the Trainer's gradient is autograd's, so the updates
-    # compared are the only difference (elsewhere the gradient is written by hand)
-    cfg = SMALL.replace(pos_embed="learned", layernorm=True, weight_decay=weight_decay, steps=15,
-                        optimizer=optimizer, schedule=schedule, warmup=warmup)
-    trainer = Trainer(cfg, Model.init(cfg))
-    reference = Model.init(cfg)
-    opt = make_optimizer(reference, cfg)
-    with one_thread():
-        for step in range(cfg.steps):
-            trainer.step(step)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step)
-            opt.zero_grad(set_to_none=True)
-            loss_per_seed(reference, cfg, step).sum().backward()
-            opt.step()
-    for k, w in trainer.weights().items():
-        assert torch.equal(w, reference.weights[k].detach()), k
+def test_the_replay_of_the_training_rule_reads_the_loss_and_stops_blown_up_seeds():
+    runs = _runs({"h1": [True, False, False], "h2": [True, True, False]})
+    loss = {("h1", 0): [2.0, 0.3, 0.1, 0.0, 0.0],  # above ln 2 only at step 0: trains on
+            ("h1", 1): [2.0, 0.9, 0.9, 0.9, 0.9],  # stopped at 250 (a sixth of 1000 is 167)
+            ("h1", 2): [2.0, np.nan, np.nan, np.nan, np.nan],  # blew up: stopped at 250
+            ("h2", 0): [2.0, 0.8, 0.2, 0.0, 0.0],  # stopped at 250, yet it would have succeeded
+            ("h2", 1): [2.0, 0.5, 0.2, 0.0, 0.0],
+            ("h2", 2): [2.0, 0.5, 0.5, 0.5, 0.9]}  # failed, but only the last step is at chance
+    traj = pd.DataFrame([{"config_id": c, "seed": s, "step": 250 * i, "loss": x}
+                         for (c, s), row in loss.items() for i, x in enumerate(row)])
+    t = early_stop_table(traj, runs, ["heads"]).set_index("config_id")
+    assert list(t["rule"]) == [STOP_RULE.version] * 2
+    assert list(t["n_stopped"]) == [2, 1] and list(t["n_wrongly_stopped"]) == [0, 1]
+    assert list(t["n_missed"]) == [0, 1]
+    assert list(t["saved_fraction"]) == [2 * 750 / 3000, 750 / 3000]
 
 
-def chunked_token_logits(model: Model, batch: Batch, size: int = 8192) -> torch.Tensor:
-    out = []
-    with one_thread():
-        for i in range(0, len(batch), size):
-            part = Batch(batch.counts[i:i + size], batch.y[i:i + size], batch.weight[i:i + size],
-                         batch.tokens[i:i + size], batch.eos_pos[i:i + size])
-            out.append(model.run(part, force_tokens=True).logits)
-    return torch.cat(out, 1)
+def test_the_replay_stops_the_seeds_that_training_with_early_stopping_gives_up(tmp_path):
+    base = TINY | {"steps": 60, "checkpoint_every": 20, "init_scale": 3.0}
+    tables = {}
+    for early in (False, True):
+        sweep = Sweep.from_dict({"seeds": 4, "base": base | {"early_stop": early}})
+        tables[early] = run_sweep(sweep, tmp_path / str(early), executor="inline",
+                                  log=lambda m: None)
+    plain = tables[False]
+    replay = early_stop_table(plain["trajectory"], plain["results"], [])
+    trained = tables[True]["results"]
+    assert replay["n_stopped"].item() == trained["stopped_at"].notna().sum() >= 1
+    assert replay["saved_fraction"].item() == (60 - trained["stopped_at"].fillna(60)).sum() / 240
 
+
+def test_the_grid_is_split_in_a_checkerboard_of_design_and_held_out_configurations():
+    points = Sweep.from_dict({"seeds": 1, "grid": {"heads": [1, 4], "lr": [1e-3, 1e-2, 1e-1]}}
+                             ).points()
+    half = halves(points)
+    assert [half[p.id] for p in points] == ["design", "held-out"] * 3
+    assert {p.grid["heads"] for p in points if half[p.id] == "design"} == {1, 4}
+
+
+def test_the_labour_table_counts_each_class_and_its_share_among_solved_runs():
+    runs = pd.DataFrame({"config_id": "c", "heads": 4, "seed": range(6),
+                         "labour": ["pseudo-ensemble"] * 3 + ["divided", "mixed", "unsolved"]})
+    t = labour_table(runs, ["heads"]).iloc[0]
+    assert (t["n_pseudo_ensemble"], t["n_divided"], t["n_mixed"], t["n_unsolved"]) == (3, 1, 1, 1)
+    assert t["n_solved"] == 5 and t["pseudo_ensemble_share"] == 0.6
+    assert (t["divided_ci_low"], t["divided_ci_high"]) == tuple(float(x) for x in wilson(1, 5))
+
+
+def test_stability_measures_the_spread_of_heads_across_successful_seeds():
+    runs = _runs({"h1": [True, True, True, False]})
+    heads = pd.DataFrame({"config_id": "h1", "set": "hard", "seed": range(4), "head": 0,
+                          "w01": [1.0, 10.0, 100.0, 1e6], "w02": 0.01, "s_acc": [1, 0.9, 0.8, 0.1]})
+    t = stability_table(runs, heads, ["heads"])
+    row = t.iloc[0]
+    assert row["log10_w01_median"] == 1.0 and row["log10_w01_q75"] == 1.5  # failed seed left out
+    assert row["log10_w02_q25"] == row["log10_w02_q75"] == -2.0
+    assert row["min_heads_mean"] == 4 / 3 and row["min_heads_modal_share"] == 2 / 3
+
+
+def test_minimal_head_table_is_a_distribution_with_none_for_no_set():
+    t = minimal_heads_table(_runs({"h2": [True, True, True, False]}), ["heads"])
+    got = {("none" if pd.isna(s) else int(s)): f for s, f in zip(t["size"], t["fraction"])}
+    assert got == {1: 0.5, 2: 0.25, "none": 0.25}
+    assert t["n_runs"].sum() == 4
+
+
+def test_a_quantity_that_separates_failures_gets_auc_one_and_noise_about_a_half():
+    rng = np.random.default_rng(0)
+    n = 200
+    failed = np.arange(n) < 50
+    q = pd.DataFrame({"config_id": "c", "seed": np.arange(n), "step": 10, "failed": failed}
+                     | {name: rng.normal(size=n) for name in QUANTITIES})
+    q["min_abs_log_w01"] = np.where(failed, 3.0, 0.1) + rng.uniform(0, 0.5, n)  # far from 1
+    q["hard_l_acc"] = np.where(failed, 0.5, 0.9)  # lower is worse
+    t = predictor_table(q).set_index(["scope", "quantity"])
+    assert t.loc[("all", "min_abs_log_w01"), "auc"] == 1.0
+    assert t.loc[("all", "min_abs_log_w01"), "direction"] == "higher"
+    assert t.loc[("all", "hard_l_acc"), "auc"] == 0.0
+    assert t.loc[("all", "hard_l_acc"), "direction"] == "lower"
+    assert t.loc[("all", "hard_l_acc"), "auc_best"] == 1.0
+    assert abs(t.loc[("all", "loss"), "auc"] - 0.5) < 0.15
+    assert t.loc[("all", "loss"), "n_failed"] == 50
+
+
+def test_no_predictor_rows_where_every_run_succeeded():
+    q = pd.DataFrame({"config_id": "c", "seed": range(4), "step": 10, "failed": False}
+                     | {name: np.arange(4.0) for name in QUANTITIES})
+    assert predictor_table(q).empty
+
+
+# --- the whole study on a tiny sweep -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def half_trained() -> Model:
-    """Stopped early on purpose: it still errs on some strings, so l-acc and valid rate are
-    strictly between 0 and 1 and the comparison below has something to get wrong."""
-    cfg = SMALL.replace(steps=40, n_seeds=2, max_len=10, init_scale=2.0)
-    return train(cfg, progress=False).to(torch.float64)
+def study(tmp_path_factory):
+    """lr 1e-2 learns the tiny task, lr 1e-5 cannot in 100 steps: both outcomes occur."""
+    out = tmp_path_factory.mktemp("paths") / "sweep"
+    sweep = Sweep.from_dict({"seeds": 3, "base": TINY, "grid": {"lr": [1e-2, 1e-5]}})
+    tables = run_sweep(sweep, out, executor="inline", log=lambda msg: None)
+    return out, tables, analyze_paths(out)
 
 
-@pytest.mark.parametrize("n", [1, 4, 7, 10])
-def test_exact_exhaustive_metrics_equal_enumerating_every_string(half_trained, n):
-    m = half_trained
-    exact = exhaustive(m.cfg, max_len=n)
-    enumerated = exhaustive(m.cfg, tokens=True, max_len=n)
-    assert len(enumerated) == sum(3**k for k in range(1, n + 1))
-    a = evaluate_logits(m(exact), exact)
-    b = evaluate_logits(chunked_token_logits(m, enumerated), enumerated)
-    for key in ("l_acc", "valid", "auc"):
-        np.testing.assert_allclose(a[key], b[key], atol=1e-9, rtol=0, err_msg=key)
-    if n == 10:
-        assert ((0 < a["l_acc"]) & (a["l_acc"] < 1)).all(), a
+def test_the_study_writes_every_documented_file(study):
+    out, _, summary = study
+    paths = out / "paths"
+    expected = {"success.csv", "minimal_heads.csv", "early_quantities.csv", "early_predictors.csv",
+                "stability.csv", "best_practice.csv", "early_stop.csv", "phase_diagram.png",
+                "phase_diagram.svg", "labour.csv", "labour.png", "labour.svg",
+                "success_rate.png", "success_rate.svg", "minimal_heads.png", "minimal_heads.svg",
+                "early_predictors.png", "early_predictors.svg", "paths.json"}
+    expected |= {f"trajectories/{c['config_id']}.{e}" for c in summary["configs"]
+                 for e in ("png", "svg")}
+    written = {str(p.relative_to(paths)) for p in paths.rglob("*")
+               if p.is_file() and p.name != ".lock"}
+    assert written == expected == set(summary["files"])
+    for name in written:
+        assert (paths / name).stat().st_size > 1000 or name.endswith(".csv")
+    assert json.loads((paths / "paths.json").read_text()) == summary
+    assert summary["figures_skipped"] == {} and summary["missing_configs"] == []
 
 
-def test_exact_exhaustive_evaluation_at_length_64_is_finite_and_extends_length_10(half_trained):
-    m = half_trained
-    full = exhaustive(m.cfg, max_len=64)
-    assert len(full) == sum((n + 1) * (n + 2) // 2 for n in range(1, 65))
-    assert torch.isfinite(full.weight).all()
-    assert float(full.weight.sum()) == pytest.approx((3**65 - 3) / 2, rel=1e-12)
-    logits = m(full)
-    assert torch.isfinite(logits).all()
-    r = evaluate_logits(logits, full)
-    assert all(np.isfinite(v).all() and (0 <= v).all() and (v <= 1).all() for v in r.values())
-    short = full.counts.sum(1) <= 10  # the same numbers restricted to strings up to length 10
-    part = Batch(full.counts[short], full.y[short], full.weight[short])
-    ten = exhaustive(m.cfg, max_len=10)
-    for key, v in evaluate_logits(logits[:, short], part).items():
-        np.testing.assert_allclose(v, evaluate_logits(m(ten), ten)[key], atol=1e-12, rtol=0)
+def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypatch):
+    from test_analysis import readable_alone
+
+    from count01 import paths
+
+    out, _, _ = study
+    drawn = {}
+    monkeypatch.setattr(paths, "_save",
+                        lambda fig, path, **kw: drawn.setdefault(path.name, fig) and [])
+    analyze_paths(out, tmp_path / "paths")
+    assert {"success_rate", "minimal_heads", "early_predictors", "phase_diagram",
+            "labour"} <= set(drawn)
+    assert any(name.startswith("lr=") for name in drawn)  # a trajectory figure per configuration
+    for name, fig in drawn.items():
+        assert not readable_alone(fig), f"{name} lacks {readable_alone(fig)}"
 
 
-@pytest.mark.parametrize("law", [training_law(Config()), (1, 32, 0.25, True, True),
-                                 (33, 64, 0.25, True, False), (1, 8, 0.0, False, False)])
-def test_fast_sampler_draws_exactly_what_the_inverse_cdf_draws(law):
-    t, p = triple_law(*law)
-    cdf = np.cumsum(p)
-    u = np.concatenate([uniform(7, 1, 0, np.arange(20000)), [0.0, 1.0 - 2**-53],
-                        np.arange(1000) / 1000.0, cdf[:200] / cdf[-1]])  # and CDF steps
-    assert np.array_equal(t[draw_index(law, u)], draw_triples((t, p), u))
-    assert (p[draw_index(law, u[:20000])] > 0).all()
+def test_the_study_agrees_with_the_sweep_table(study):
+    out, tables, summary = study
+    runs = tables["results"]
+    success = pd.read_csv(out / "paths" / "success.csv")
+    assert list(success.columns) == ["config_id", "lr", "n_runs", "n_success", "n_diverged",
+                                     "rate", "ci_low", "ci_high", "n_ideal", "ideal_rate",
+                                     "ideal_ci_low", "ideal_ci_high", "median_steps_to_success",
+                                     "restarts_99", "restarts_99_low", "restarts_99_high"]
+    for row, conf in zip(success.itertuples(), summary["configs"]):
+        mine = runs[runs["config_id"] == row.config_id]
+        assert row.n_runs == len(mine) == conf["n_runs"] == 3
+        assert row.n_success == mine["success"].sum() == conf["n_success"]
+        assert sum(conf["min_heads"].values()) == 3
+    assert success["n_success"].iloc[0] > success["n_success"].iloc[1]  # lr 1e-5 fails
+    q = pd.read_csv(out / "paths" / "early_quantities.csv")
+    assert list(q.columns) == ["config_id", "lr", "seed", "step", "step_frac", "failed",
+                               *QUANTITIES]
+    assert set(q["step"]) == {0, 25, 50, 75}  # every checkpoint before the last
+    pred = pd.read_csv(out / "paths" / "early_predictors.csv")
+    assert list(pred.columns) == ["scope", "step", "quantity", "n_runs", "n_failed", "auc",
+                                  "auc_best", "direction"]
+    assert set(pred["scope"]) <= {"all"} | set(success["config_id"])
+    assert len(summary["early_predictors"]) == pred.loc[pred["scope"] == "all", "step"].nunique()
+
+
+def test_an_unfinished_sweep_is_studied_as_far_as_it_got(study, tmp_path):
+    out, _, _ = study
+    sweep = Sweep.from_dict({"seeds": 3, "base": TINY, "grid": {"lr": [1e-2, 1e-5, 1e-3]}})
+    for name in TABLES:  # the tables of two finished configurations out of three
+        shutil.copy(out / f"{name}.parquet", tmp_path / f"{name}.parquet")
+    write_json(tmp_path / "sweep.json", {"format": FORMAT, "sweep": sweep.to_dict(),
+                                         "points": [{"id": p.id, "grid": p.grid}
+                                                    for p in sweep.points()]})
+    summary = analyze_paths(tmp_path)
+    assert summary["missing_configs"] == [sweep.points()[2].id]
+    assert summary["n_configs"] == 2 and summary["n_runs"] == 6
+
+
+def test_trajectories_with_ratios_of_zero_and_infinity_still_draw(tmp_path):
+    from count01.paths import plot_trajectories
+
+    traj = pd.DataFrame({"seed": [0, 0], "step": [0, 10], "hard_l_acc": [0.5, 0.5]})
+    htraj = pd.DataFrame({"seed": 0, "head": 0, "step": [0, 10], "s_acc": [0.5, 0.5],
+                          "w01": [1.0, np.inf], "w02": [0.0, 1.0]})
+    files = plot_trajectories(traj, htraj, {0: False}, "extreme", tmp_path / "t")
+    assert all(p.stat().st_size > 1000 for p in files)
+
+
+def test_figures_of_many_configurations_are_rows_and_readable_alone(monkeypatch, tmp_path):
+    from test_analysis import readable_alone
+
+    from count01 import paths
+
+    runs = _runs({f"h{i}": [True, i % 3 == 0, False] for i in range(1, 21)})
+    drawn = {}
+    monkeypatch.setattr(paths, "_save", lambda fig, path, **kw: drawn.setdefault(path.name, fig)
+                        and [])
+    paths.plot_success(success_table(runs, ["heads"]), ["heads"], tmp_path / "success_rate")
+    paths.plot_minimal_heads(minimal_heads_table(runs, ["heads"]), ["heads"],
+                             tmp_path / "minimal_heads")
+    for name, fig in drawn.items():
+        assert not readable_alone(fig), f"{name} lacks {readable_alone(fig)}"
+        assert fig.get_size_inches()[0] <= 8  # rows, not a 20-column strip

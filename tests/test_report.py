@@ -16,7 +16,7 @@ import pytest
 from count01 import verdicts as V
 from count01.cli import main
 from count01.config import Config
-from count01.report import SECTIONS, ReportError, build_report, collect
+from count01.report import SECTIONS, ReportError, build_report, collect, judge
 from count01.runs import write_json
 
 SETS = ("iid", "hard", "exhaustive", "long", "noisy")
@@ -353,7 +353,7 @@ def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hol
     sentence = q2["sentence"]  # question 2 in the sentence framing: its own rule and controls
     assert sentence["controls"] == {"positive": V.HELD, "negative": V.NOT_HELD}
     assert sentence["status"] == V.NOT_MEASURED and sentence["framing"] == "sentence"
-    assert sentence["rule_version"] == 3 and q2["rule_version"] == 3
+    assert sentence["rule_version"] == q2["rule_version"] == V.VERSIONS[2] == 4
     md = (run / "report.md").read_text()
     assert "Finding 2, the syntax in the sentence framing" in md
     assert "controls: positive held, negative did not hold" not in md  # the table says it
@@ -418,6 +418,20 @@ def test_report_of_a_run_without_analysis_marks_questions_not_measured(tmp_path)
     assert set(files.verdicts.values()) == {V.NOT_MEASURED}
 
 
+def test_report_of_a_sentence_run_judges_question_2_in_the_sentence_framing(tmp_path):
+    from count01.analysis import analyze
+    from count01.train import train
+
+    cfg = Config(n_seeds=2, steps=30, framing="sentence", max_len=6, long_max_len=8,
+                 exhaustive_len=4, eval_size=128)
+    train(cfg, tmp_path / "s", progress=False)
+    analyze(tmp_path / "s", grid_size=2, progress=False)
+    ev = collect(tmp_path / "s")
+    assert V.SENTENCE + "aggregation" in ev.tables and ev.sentence_dir == tmp_path / "s"
+    q2 = judge(ev)[2]
+    assert q2.sentence.framing == "sentence" and "No run was trained" not in q2.sentence.finding
+
+
 def test_report_of_a_directory_without_results_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(ReportError):
         build_report(tmp_path)
@@ -463,3 +477,14 @@ def test_q5_does_not_hold_when_one_class_dominates_every_condition():
                                   [(32, 0, 0, 0)]])  # one condition
 def test_q5_is_inconclusive_on_thin_or_undecided_evidence(rows):
     assert V.q5(labour(rows)).status == V.INCONCLUSIVE
+
+
+def test_separating_heads_by_config_reads_the_head_count_from_results_whatever_the_grid():
+    """A sweep whose grid does not vary heads has no heads column in its heads table."""
+    runs = pd.DataFrame({"config_id": ["a", "a", "b"], "seed": [0, 1, 0], "heads": [2, 2, 2],
+                         "success": [True, True, False]})
+    heads = pd.DataFrame({"config_id": ["a"] * 4 + ["b"] * 2, "seed": [0, 0, 1, 1, 0, 0],
+                          "head": [0, 1, 0, 1, 0, 1], "set": "hard",
+                          "s_acc": [1.0, 0.95, 0.5, 1.0, 0.5, 0.5], "noise": 0.25})
+    (label, value), = V.separating_heads_by_config(heads, runs)
+    assert "heads = 2" in label and value.startswith("3/4")

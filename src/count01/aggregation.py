@@ -119,15 +119,15 @@ def logit_jacobian(model: Model, resid: torch.Tensor, tangents: torch.Tensor) ->
     return torch.einsum("msbdh,sdv->msbvh", dn * gain, W_U)
 
 
-def fit_rows(model: Model, fit: Batch):
+def fit_rows(model: Model, fit: Batch, ending: bool = True):
     """What alpha is fitted on: base (S, R, d), head outputs o (S, R, H, d), the heads' means
-    (S, H, d) or per row (S, R, H, d), the targets (R,) and row weights (R,). In `classify` the
-    rows are the answers of `fit`; in `sentence` the answers and then the endings, each query
-    with its own means and half the weight."""
+    (S, H, d) or per row (S, R, H, d), the targets (R,) and row weights (R,). In `classify`, or
+    without `ending`, the rows are the answers of `fit`; in `sentence` the answers and then the
+    endings, each query with its own means and half the weight."""
     m = model.to(torch.float64)
     base, o = head_parts(m, fit)
     means = weighted_mean(o, fit.weight, 1)
-    if model.cfg.framing == "classify":
+    if model.cfg.framing == "classify" or not ending:
         return base, o, means, fit.y, fit.weight
     end = at_end(fit)
     ebase, eo = head_parts(m, end)
@@ -302,8 +302,10 @@ def _subset_l_acc(m: Model, fit: Batch, batch: Batch, subsets: list[tuple[int, .
 
 
 def _parts(model: Model, fit: Batch):
+    """What a head set's alpha is refitted on: the answers alone, whatever the framing, since
+    the minimal head set and the division of labour (SPEC 4) are judged on answer l-acc."""
     m = model.to(torch.float64)
-    return m, (fit_rows(m, fit), head_means(m, fit)[0])
+    return m, (fit_rows(m, fit, ending=False), head_means(m, fit)[0])
 
 
 def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC

@@ -26,7 +26,7 @@ heads.csv      set, seed, head, head_auc, s_acc, s_threshold, probe_s_acc, w01, 
 intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit, head_auc,
                l_acc, valid, auc
                one row per grid point x seed x head. The head attends by w(0) = 1, w(1) = w01,
-               w(2) = w02, EOS / BOS at its measured weights. intervened = "each": only this
+               w(noise) = w02, EOS / BOS at its measured weights. intervened = "each": only this
                head is intervened; "all": every head of the seed is (then l_acc, valid, auc are
                the same for all heads of a seed). s_acc_fixed: the head's threshold fitted before
                the intervention; s_acc_refit: refitted on `fit` under it; head_auc: of s_h under
@@ -70,7 +70,6 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +86,7 @@ from .interventions import default_grid, sweep_columns, value_swap
 from .language import EVAL_SETS, eval_set, from_digits, vocab
 from .metrics import head_table, set_metrics
 from .runs import DIR_MODE, load, locked, watch_parent, write_json
+from .train import torch_threads
 
 
 class AnalysisError(Count01Error):
@@ -123,18 +123,6 @@ def attention_examples(model) -> pd.DataFrame:
     return pd.DataFrame({"seed": np.array(model.seeds)[i[keep]], "example": b[keep],
                          "position": k[keep], "token": names[batch.tokens.numpy()[b, k][keep]],
                          "head": h[keep], "weight": pattern.reshape(-1)[keep]})
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """torch's intra-op threads set to n inside the block, restored after (None: unchanged)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,

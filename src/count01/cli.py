@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(format_table(saved_eval(out)))
     print(f"run written to {out}", file=sys.stderr)
     if args.restarts is not None:
-        from .sweeps import keep_best
+        from .restarts import keep_best
 
         best = keep_best(out)
         early = (f", {best['stopped_early']} given up early (--early-stop)"
@@ -210,11 +210,11 @@ def _weights(text: str, flag: str) -> list[float]:
 def cmd_intervene(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .analysis import torch_threads
     from .interventions import attention_sweep, default_grid, summarise
     from .language import eval_set
     from .metrics import format_table
     from .runs import atomic_write, load, writable
+    from .train import torch_threads
 
     grid01, grid02 = default_grid(args.grid_size)
     if args.out:
@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("intervene", help="set attention ratios (w01, w02) and measure",
                        description="Replace the EOS query's attention of each head (or all heads "
-                       "at once) by w(0)=1, w(1)=w01, w(2)=w02, EOS/BOS as measured; print "
+                       "at once) by w(0)=1, w(1)=w01, w(noise)=w02 (every noise symbol), EOS/BOS "
+                       "as measured; print "
                        "head s-acc and model l-acc, valid rate and AUC per grid point (mean "
                        "over seeds and heads, with the spread).")
     p.add_argument("run", type=path, help="run directory")
@@ -353,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N x N log grid of (w01, w02) from 1e-3 to 1e3, w02 also at 0 "
                    "(default 25); --w01 / --w02 replace either axis")
     p.add_argument("--w01", help="comma-separated weights per 1 relative to a 0")
-    p.add_argument("--w02", help="comma-separated weights per 2 relative to a 0 (e.g. 0)")
+    p.add_argument("--w02", help="comma-separated weights per noise symbol relative to a 0 (e.g. 0)")
     p.add_argument("--heads", choices=["each", "all", "both"], default="each",
                    help="intervene one head at a time, all at once, or both")
     p.add_argument("--set", default="hard", help="evaluation set (default hard)")

@@ -31,6 +31,8 @@ answer it predicts EOS:
     ending_bias       a loud counter (values x LOUD) that ends the sentence, and a BOS-only head
                       writing a little against the ending: harmless as learned, the sentence
                       left open once heads are rescaled to equal norms (the loud head's)
+    answer_bias       bos_bias that ends the sentence: uniform weights break its answers (it
+                      answers EOS), never its ending
 Seeds of a control differ only in the scale of their values (1 + seed / 10), so norms vary and
 answers do not. `RULE_CONTROLS` names, per rule, the control that has the property (positive)
 and the one that lacks it (negative); `control_tables` computes the tables `analysis` would
@@ -137,13 +139,15 @@ LIBRARY = {
     "never_ends": lambda **cfg: build([COUNTER] * 2, **cfg | SENTENCE),
     "ending_bias": lambda **cfg: build([LOUD_COUNTER, AGAINST_END], ends=True,
                                        **cfg | SENTENCE),
+    "answer_bias": lambda **cfg: build([COUNTER, BOS_BIAS], eos_bias=0.0, ends=True,
+                                       **cfg | SENTENCE),
 }
 
 # rule -> (positive control: has the property, negative control: lacks it)
 RULE_CONTROLS = {
     "1": ("ideal", "split"),
     "2": ("bos_bias", "ideal"),
-    "2s": ("ending_bias", "sentence_counter"),
+    "2s": ("ending_bias", "answer_bias"),
     "3a": ("ideal", "noise_valued"),
     "3b": ("bos", "silent"),
     "3c": ("bos_anchored", "ideal"),

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .config import MAX_NOISE_SYMBOLS, Config, Count01Error
-from .language import exhaustive, vocab
+from .language import at_end, exhaustive, vocab
 from .metrics import evaluate
 from .model import Model, sinusoidal, weight_shapes
 from .runs import atomic_write, load, locked, read_json, save_tensors, writable, write_json
@@ -121,13 +121,20 @@ def eos_logits(tl_model, tokens: torch.Tensor, eos_pos: torch.Tensor) -> torch.T
 
 
 def max_logit_error(model: Model, seed_index: int, tl_model, max_len: int = 6) -> float:
-    """Largest |logit difference| at EOS between our seed and its TL copy, over every string of
-    length 1..max_len: the check that the export computes the same function."""
+    """Largest |logit difference| at EOS (in the sentence framing also at the ending, the query
+    at y) between our seed and its TL copy, over every string of length 1..max_len: the check
+    that the export computes the same function."""
     batch = exhaustive(model.cfg, tokens=True, max_len=max_len)
+    m = model.select(seed_index)
     with torch.no_grad():
-        ours = model.select(seed_index).run(batch, force_tokens=True).logits[0]  # (B, V)
+        ours = m.run(batch, force_tokens=True).logits[0]  # (B, V)
         theirs = eos_logits(tl_model, batch.tokens, batch.eos_pos)
-    return (ours - theirs.to(ours.dtype)).abs().max().item()
+        err = (ours - theirs.to(ours.dtype)).abs().max().item()
+        if model.cfg.framing == "sentence":  # tokens are [BOS] x EOS y EOS: y one after EOS
+            ours = m(at_end(batch))[0]
+            theirs = eos_logits(tl_model, batch.tokens, batch.eos_pos + 1)
+            err = max(err, (ours - theirs.to(ours.dtype)).abs().max().item())
+    return err
 
 
 @dataclass
@@ -386,16 +393,18 @@ def from_transformer_lens(sd: dict[str, torch.Tensor], tl: dict[str, Any],
         raise ImportRefused(f"{', '.join(clash)} come(s) from the checkpoint "
                             f"({', '.join(f'{k} = {shape[k]}' for k in clash)})")
     fields = base | {"seed": _metadata(meta, "seed") or 0} | overrides | shape
+    ends = 2 * ((overrides | base).get("framing") == "sentence")  # ... EOS y EOS: 2 more
     if pos != "none" and "long_max_len" not in overrides | base:
-        fields["long_max_len"] = n_ctx - 2  # the position table's length, if nothing says else
+        fields["long_max_len"] = n_ctx - 2 - ends  # the table's length, if nothing says else
+
     try:
         cfg = Config.from_dict(fields, source="imported config")
     except Count01Error as e:
         raise ImportRefused(str(e)) from None
     if pos != "none" and cfg.n_ctx != n_ctx:
         raise ImportRefused(f"n_ctx {n_ctx} of the TL config differs from count01's n_ctx "
-                            f"{cfg.n_ctx} (max(long_max_len, exhaustive_len, max_len) + 2): set "
-                            "long_max_len to n_ctx - 2")
+                            f"{cfg.n_ctx} (max(long_max_len, exhaustive_len, max_len) + 2, + 2 "
+                            f"more in the sentence framing): set long_max_len to {n_ctx - 2 - ends}")
     expected = weight_shapes(cfg)
     missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or extra:

@@ -14,7 +14,7 @@ Head-level definitions (ours where SPEC 4 leaves a gap):
 - w01, w02, w_eos, w_bos: per-occurrence attention of the EOS query on a 1, a noise symbol, EOS,
   BOS relative to a 0. Count path: exp(score(t) - score(0)), exact. Token path: per example, the
   mean pattern per token of the kind over the mean per 0, averaged (weighted) over examples
-  holding both kinds. With K > 1 noise symbols w02 is the mean of the K symbols' ratios (every
+  holding both kinds. With K > 1 noise symbols w02 is the mean of the measured symbols' ratios (every
   law gives each symbol the same share of the noise, so it is the occurrence-weighted mean in
   expectation), and each symbol's ratio has a column w02_<id> (ids 2, 5, ...).
 - mass_*: the attention mass (fraction of the row) on each kind, weighted mean over examples.
@@ -151,7 +151,8 @@ def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)"
     cols = list(rows[0])
-    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else "nan" if r[c] is None else str(r[c])
+              for c in cols] for r in rows]  # None: a number JSON stored as null (NaN)
     width = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, width))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, width)) for row in cells]
@@ -319,10 +320,14 @@ def kind_names(k: int) -> tuple[str, ...]:
     return ("0", "1", "2", "eos", "bos") + tuple(str(i) for i in range(5, k + 4))
 
 
-def w02(w, k: int):
+def w02(w: np.ndarray, k: int) -> np.ndarray:
     """w02 from per-kind weights (..., d_vocab): the mean over the k noise symbols (SPEC 4; see
-    the module's docstring)."""
-    return w[..., list(noise_ids(k))].mean(-1)
+    the module's docstring), over those measured: on the token path a symbol no example of the
+    set holds has no ratio (nan), and the others still say how noise is attended."""
+    noise = w[..., list(noise_ids(k))]
+    measured = ~np.isnan(noise)
+    with np.errstate(invalid="ignore"):  # nan only where no symbol was measured at all
+        return np.where(measured, noise, 0.0).sum(-1) / measured.sum(-1)
 
 
 def kind_counts(cache) -> torch.Tensor:
@@ -465,6 +470,18 @@ def as_batches(cfg, sets) -> dict[str, Batch]:
     return {name: eval_set(cfg, name) for name in sets}
 
 
+def head_thresholds(model, result: torch.Tensor, fit: Batch) -> torch.Tensor:
+    """Each head's s-acc threshold t (S, H), fitted on `fit` from its outputs result (S, B, H, d)."""
+    return fit_threshold(direct_scores(model, result), fit.y, fit.weight)
+
+
+def readout_columns(s: torch.Tensor, t: torch.Tensor, batch: Batch) -> dict[str, np.ndarray]:
+    """head_auc and s_acc (S, H) of the heads' direct scores s (S, H, B) on `batch`, s-acc read
+    with the thresholds t (S, H) of `head_thresholds`."""
+    return {"head_auc": roc_auc_rows(s, batch.y, batch.weight).numpy(),
+            "s_acc": threshold_acc(s, t, batch.y, batch.weight).numpy()}
+
+
 def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
     """Tidy rows, one per (set, seed, head): head_auc, s_acc, probe_s_acc, attention statistics.
 
@@ -476,7 +493,7 @@ def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
     fit = eval_set(model.cfg, "fit") if fit is None else fit
     with torch.no_grad():
         result = torch.cat([c.result for _, c in run_chunks(m, fit)], 1)  # (S, B, H, d)
-        t = fit_threshold(direct_scores(m, result), fit.y, fit.weight)  # (S, H)
+        t = head_thresholds(m, result, fit)  # (S, H)
         probes = fit_probes(result, fit)
         rows = []
         for name, batch in as_batches(model.cfg, sets).items():
@@ -488,17 +505,16 @@ def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
                 ratios.add(piece, c)
             s = torch.cat(scores, -1)  # (S, H, B)
             total = float(batch.weight.sum())
-            auc = roc_auc_rows(s, batch.y, batch.weight).numpy()
-            sacc = threshold_acc(s, t, batch.y, batch.weight).numpy()
+            readout = readout_columns(s, t, batch)
             pacc = hits / total
             ratio = ratio_columns(ratios.value().numpy(), model.cfg.noise_symbols)  # each (S, H)
             mass = (mass / total).numpy()
             names = kind_names(model.cfg.noise_symbols)
             for i, seed in enumerate(model.seeds):
                 for h in range(mass.shape[1]):
-                    row = {"set": name, "seed": seed, "head": h, "head_auc": float(auc[i, h]),
-                           "s_acc": float(sacc[i, h]), "s_threshold": float(t[i, h]),
-                           "probe_s_acc": float(pacc[i, h])}
+                    row = {"set": name, "seed": seed, "head": h}
+                    row |= {k: float(v[i, h]) for k, v in readout.items()}
+                    row |= {"s_threshold": float(t[i, h]), "probe_s_acc": float(pacc[i, h])}
                     row |= {k: float(v[i, h]) for k, v in ratio.items()}
                     rows.append(row | {f"mass_{k}": float(mass[i, h, j])
                                        for j, k in enumerate(names)})

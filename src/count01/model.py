@@ -537,32 +537,60 @@ class Model:
                            eos: torch.Tensor, y: torch.Tensor, scale: float):
         """Per-example part of `pos_loss_grad` on tokens (S, b, L) of width L <= the tables':
         the summed cross-entropy (S,) and the gradients of scale * that sum with respect to the
-        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions."""
+        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions.
+
+        Laid out for speed (each choice timed at S = 64, one thread): the logits, their
+        gradient and the per-example vectors of 5 have the examples last (S, ..., 5, b), so
+        reductions over 5 run along the examples and every product with a table is a bmm with
+        the examples on its long side; A[p, t_j] and per_kind[t_j] are read by one gather with
+        an index shared by the heads ((p, t_j), (t_j, b)), not a row lookup per head and
+        example followed by a gather.
+        V = the vocabulary, read off the tables (the number of kinds and of logits)."""
         S, B, L = tokens.shape
         H, V = self.cfg.heads, t["rE"].shape[-1]
         cut = {"A": t["A"][:, :, :L], "Bt": t["Bt"][:, :, :L, :L], "tok": t["tok"][:, :, :L],
-               "pos": t["pos"][:, :, :L, :L], "rP": t["rP"][:, :, :L], "rE": t["rE"],
-               "c0": t["c0"][:, :L]}
-        f = self._pos_forward(tokens, eos, {k: v.contiguous() for k, v in cut.items()})
-        t, u, mass, rows, tok = f["t"], f["u"], f["mass"], f["rows"], f["tok"]
-        target = torch.nn.functional.one_hot(y, V).to(u.dtype)
-        logp = torch.log_softmax(f["logits"], -1)
-        loss = (logp * target).sum(-1).sum(1).neg_()
-        g = logp.exp_().sub_(target).mul_(scale)  # (S, b, V) d loss / d logits
+               "pos": t["pos"][:, :, :L, :L]}
+        rows = (torch.arange(S * H).view(S, H, 1) * L + eos[:, None]).view(-1)
+        tok = tokens[:, None].expand(S, H, B, L)
+        pt = torch.add(tokens, eos[..., None], alpha=V).view(S, 1, B * L).expand(S, H, -1)
+        u = torch.gather(cut["A"].reshape(S, H, L * V), 2, pt).view(S, H, B, L)
+        u.mul_(_rows(cut["Bt"], rows, (S, H, B, L)))  # exp(score): A[p, t_j] Bt[p, j]
+        mass = torch.zeros(S, H, B, V, dtype=u.dtype).scatter_add_(3, tok, u)
+        D = mass.sum(-1)  # (S, H, b)
+        if D.min() < torch.finfo(D.dtype).tiny * 1e8:  # redone in the log domain, D = 1
+            u, mass, D = self.pos_pattern(cut, tokens, eos)[:3]
+            D = D[..., 0]
+        rPT = t["rP"][:, :, :L].transpose(2, 3).reshape(S * H, V, L)
+        rE = t["rE"].reshape(S * H, V, V)
+        uv, massv, Dt = u.view(S * H, B, L), mass.view(S * H, B, V), D.view(S, H, 1, B)
+        # head h's share of the logits, (u r_P + mass r_E) / D, as (S, H, V, b)
+        zl = torch.baddbmm(torch.bmm(rE.transpose(1, 2), massv.transpose(1, 2)), rPT,
+                           uv.transpose(1, 2)).view(S, H, V, B).div_(Dt)
+        rows0 = (torch.arange(S)[:, None] * L + eos).view(-1)
+        c0 = _rows(t["c0"][:, :L], rows0, (S, B, V)).transpose(1, 2)  # (S, V, b)
+        logp = torch.log_softmax(c0 + zl.sum(1), 1)
+        target = torch.zeros_like(logp).scatter_(1, y[:, None], 1.0)
+        loss = (logp * target).sum(1).sum(1).neg_()
+        g = logp.exp_().sub_(target).mul_(scale)  # (S, V, b) d loss / d logits
         # Head h's share is (u r_P + mass r_E) / D: with gh = g / D,
         # d/du_j = gh . (r_E[t_j] + r_P[j]) - gh . zl, and d/dscore_j = u_j d/du_j.
-        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(0, f["rows0"], g.view(S * B, V))
-        gh = g[:, None] / f["D"]  # (S, H, b, V)
-        drP = torch.bmm(gh.view(-1, B, V).transpose(1, 2), u.view(-1, B, L))  # (S*H, V, L)
-        drE = mass.transpose(2, 3) @ gh  # (S, H, V, V)
-        ds = torch.bmm(gh.view(-1, B, V), t["rP"].view(-1, L, V).transpose(1, 2)).view(S, H, B, L)
-        per_kind = gh @ t["rE"].transpose(2, 3) - (gh * f["zl"]).sum(-1, keepdim=True)
-        ds.add_(torch.gather(per_kind, 3, tok)).mul_(u)  # (S, H, b, L) d loss / d score
+        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(
+            0, rows0, g.transpose(1, 2).reshape(S * B, V))
+        gh = g[:, None] / Dt  # (S, H, V, b)
+        ghv = gh.view(S * H, V, B)
+        drP = torch.bmm(ghv, uv)  # (S*H, V, L)
+        drE = torch.bmm(ghv, massv)  # (S*H, V, V)
+        per_kind = torch.bmm(rE, ghv).view(S, H, V, B).sub_((gh * zl).sum(2, keepdim=True))
+        kb = torch.add(torch.arange(B)[:, None], tokens, alpha=B).view(S, 1, B * L)
+        ds = torch.bmm(ghv.transpose(1, 2), rPT).view(S, H, B * L)  # (S*H, b, L)
+        ds.add_(torch.gather(per_kind.view(S, H, V * B), 2, kb.expand(S, H, -1)))
+        ds = ds.mul_(u.view(S, H, B * L)).view(S, H, B, L)  # d loss / d score
         dpos = torch.zeros(S * H * L, L, dtype=g.dtype).index_add_(0, rows, ds.view(-1, L))
-        dtok = torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds)
+        dtok = torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds)  # then per p
         dtok = torch.zeros(S * H * L, V, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, V))
         return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
-                      "rE": drE, "tok": dtok.view(S, H, L, V), "pos": dpos.view(S, H, L, L)}
+                      "rE": drE.view(S, H, V, V).transpose(2, 3), "tok": dtok.view(S, H, L, V),
+                      "pos": dpos.view(S, H, L, L)}
 
     def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor,
                       buckets: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -588,48 +616,51 @@ class Model:
         B, L = tokens.shape[1:]
         t = self.pos_tables(L)
         order = torch.argsort(eos, dim=1, stable=True)
-        tokens = tokens.gather(1, order[..., None].expand(-1, -1, L))
+        flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
+        tokens = _rows(tokens, flat, (S, B, L))
         eos, y = eos.gather(1, order), y.gather(1, order)
         loss = torch.zeros(S, dtype=E.dtype)
-        d = {"c0": torch.zeros_like(t["c0"]), "rP": torch.zeros_like(t["rP"]),
-             "rE": torch.zeros_like(t["rE"]), "tok": torch.zeros_like(t["tok"]),
-             "pos": torch.zeros_like(t["pos"])}
+        H, V, e, d = self.cfg.heads, t["rE"].shape[-1], self.cfg.d_head_, E.shape[-1]
+        # gradients of the tables, each in the layout of the product it enters: the scores
+        # [tok, pos] (S, H, L, V + L) and the value read-outs [r_E; r_P] (S, H, V + L, V)
+        dscores = torch.zeros(S, H, L, V + L, dtype=E.dtype)
+        dr = torch.zeros(S, H, V + L, V, dtype=E.dtype)
+        dc0 = torch.zeros_like(t["c0"])
         if buckets is None:
-            buckets = 4 if S * self.cfg.heads * B * L >= 1 << 20 else 1
+            buckets = 4 if S * H * B * L >= 1 << 20 else 1
         cuts = torch.linspace(0, B, max(1, min(buckets, B)) + 1).round().long().tolist()
         for a, b in zip(cuts[:-1], cuts[1:]):
             n = int(eos[:, a:b].max()) + 1  # positions this run needs
             got, dk = self._pos_examples_grad(t, tokens[:, a:b, :n], eos[:, a:b], y[:, a:b],
                                               1.0 / B)
             loss += got
-            d["c0"][:, :n] += dk["c0"]
-            d["rP"][:, :, :n] += dk["rP"]
-            d["rE"] += dk["rE"]
-            d["tok"][:, :, :n] += dk["tok"]
-            d["pos"][:, :, :n, :n] += dk["pos"]
+            dc0[:, :n] += dk["c0"]
+            dr[:, :, :V] += dk["rE"]
+            dr[:, :, V:V + n] += dk["rP"]
+            dscores[:, :, :n, :V] += dk["tok"]
+            dscores[:, :, :n, V:V + n] += dk["pos"]
         loss /= B
-        dc0, drP, drE, dtok, dpos = d["c0"], d["rP"], d["rE"], d["tok"], d["pos"]
-        # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens)
-        q, e = t["q"], self.cfg.d_head_
-        dscores = torch.cat([dtok, dpos], -1)  # (S, H, L, V + L)
-        dq = (dscores @ t["k"]) * (1.0 / math.sqrt(e))  # d loss / d (x W_Q + b_Q)
-        dk = dscores.transpose(2, 3) @ q  # (S, H, V + L, e)
-        X = t["X"]  # (S, 1, V + L, d)
-        dW_Q = t["xq"][:, None].transpose(2, 3) @ dq
-        dxq = (dq @ W_Q.transpose(2, 3)).sum(1)  # (S, L, d)
-        # --- per table: values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U
-        # + b_V M
+        # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens);
+        # values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U + b_V M.
+        # Every head's gradients of a weight come out of one bmm per seed: heads side by side.
+        q, M = t["q"], t["M"]
+        dq = (dscores @ t["k"]) * (1.0 / math.sqrt(e))  # (S, H, L, e) d loss / d (x W_Q + b_Q)
+        dkv = torch.cat([dscores.transpose(2, 3) @ q, dr @ M.transpose(2, 3)], 3)  # (.., 2e)
+        dkv = dkv.permute(0, 2, 1, 3).reshape(S, V + L, H * 2 * e)  # key then value, per head
+        W_kv = torch.cat([W_K, W_V], 3).permute(0, 2, 1, 3).reshape(S, d, H * 2 * e)
+        X = t["X"][:, 0]  # (S, V + L, d)
+        dW_kv = torch.bmm(X.transpose(1, 2), dkv).view(S, d, H, 2, e).permute(0, 2, 3, 1, 4)
+        dX = torch.bmm(dkv, W_kv.transpose(1, 2))  # (S, V + L, d)
+        dqh = dq.permute(0, 2, 1, 3).reshape(S, L, H * e)
+        dW_Q = torch.bmm(t["xq"].transpose(1, 2), dqh).view(S, d, H, e).transpose(1, 2)
+        dxq = torch.bmm(dqh, W_Q.permute(0, 2, 1, 3).reshape(S, d, H * e).transpose(1, 2))
         drb = dc0.sum(1)[:, None, None]  # (S, 1, 1, V)
-        M = t["M"]
-        dr = torch.cat([drE, drP], 2)  # (S, H, V + L, V)
         dM = t["v"].transpose(2, 3) @ dr + w[ATTN + "b_V"][..., None] * drb  # (S, H, e, V)
-        dv = dr @ M.transpose(2, 3)  # (S, H, V + L, e)
-        XT = X.transpose(2, 3)
-        dW_K, dW_V = XT @ dk, XT @ dv
-        dX = (dk @ W_K.transpose(2, 3) + dv @ W_V.transpose(2, 3)).sum(1)  # (S, V + L, d)
-        dE, dP = dX[:, :E.shape[1]], dX[:, E.shape[1]:]
+        dE, dP = dX[:, :V], dX[:, V:]
         dxo = dc0 @ W_U.transpose(1, 2)  # (S, L, d)
-        dW_U = (W_O.transpose(2, 3) @ dM).sum(1) + t["xo"].transpose(1, 2) @ dc0
+        dW_U = torch.baddbmm(t["xo"].transpose(1, 2) @ dc0, W_O.reshape(S, H * e, d).transpose(1, 2),
+                             dM.reshape(S, H * e, V))
+        dW_K, dW_V = dW_kv[:, :, 0], dW_kv[:, :, 1]
         dx = dxq + dxo  # both enter as W_E[EOS] + W_pos[p]
         dP += dx
         dE[:, EOS] += dx.sum(1)

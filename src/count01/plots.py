@@ -156,12 +156,12 @@ def intervention_heatmaps(inter: pd.DataFrame, heads: pd.DataFrame | None, out: 
         ax.set_xlabel("w01: attention per 1 / per 0 (log scale)")
     for ax in axes[:, 0]:
         ax.set_yticks(yt, yl)
-        ax.set_ylabel("w02: attention per 2 / per 0\n(log scale; bottom row: 0)")
+        ax.set_ylabel("w02: attention per noise symbol / per 0\n(log scale; bottom row: 0)")
     if heads is not None and len(heads):
         axes[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.6)
     fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy (fraction), mean over heads and seeds")
     fig.suptitle(f"Attention intervention on '{set_name}': each head's EOS row replaced by "
-                 "w(0)=1, w(1)=w01, w(2)=w02", fontsize=11)
+                 "w(0)=1, w(1)=w01, w(noise)=w02", fontsize=11)
     return _save(fig, out, "intervention_heatmaps")
 
 

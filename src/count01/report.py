@@ -226,6 +226,8 @@ def _add_run(ev: Evidence, run: Path | None) -> None:
         saved = read_json(run / "metrics.json")
         origin = saved.get("imported") if isinstance(saved, dict) else None
         ev.imported = origin if isinstance(origin, dict) else None
+    if ev.cfg.framing == "sentence" and ev.kind != "study":  # a study's sentence run is its own
+        _add_sentence(ev, run)  # question 2 in the sentence framing, from this run's tables
 
 
 def _add_sentence(ev: Evidence, run: Path) -> None:
@@ -730,7 +732,8 @@ def methods_section(ev: Evidence) -> Section:
                  "log grids of w01 and w02 (w02 also at 0)")
     b.append("**Experiments (SPEC 5).** Attention intervention: the EOS attention row of one "
              "head (or all) is replaced by weights proportional to w(0) = 1, w(1) = w01, "
-             f"w(2) = w02, EOS and BOS at their measured values, values untouched; {grid_text}; "
+             "w(noise) = w02 (every noise symbol), EOS and BOS at their measured values, values "
+             f"untouched; {grid_text}; "
              f"measured on `{ev.analysis.get('sweep_set', V.SET) if ev.analysis else V.SET}` "
              "with the head's threshold fixed before the intervention and refitted under it. "
              "Aggregation: head outputs reweighted by alpha: learned (1), uniform (every head "

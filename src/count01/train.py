@@ -425,17 +425,20 @@ def _keep_freed_memory() -> None:
 
 
 @contextmanager
-def one_thread():
-    """Run torch on one intra-op thread. A step is a hundred small ops: a second thread's
-    fork/join costs more than it saves, and when the cores are shared with other jobs an op can
-    wait a whole timeslice for a descheduled partner thread (token-path steps measured 40x
-    slower with 2 threads on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to n inside the block, restored after (None: unchanged).
+
+    Training, its evaluation and every sweep job run on one: a step is a hundred small ops, a
+    second thread's fork/join costs more than it saves, and when the cores are shared with other
+    jobs an op can wait a whole timeslice for a descheduled partner thread (token-path steps
+    measured 40x slower with 2 threads on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def train(cfg: Config, out: str | Path | None = None, resume: bool = False,
@@ -497,7 +500,7 @@ def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Res
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
                desc=f"train {model.n_seeds} seeds", leave=False)
-    with one_thread():
+    with torch_threads(1):
         for step in range(start, cfg.steps):
             if trainer is None:  # early stopping gave up on every seed
                 break
@@ -525,7 +528,7 @@ def _train(cfg: Config, out: Path | None, model: Model, start: int, resumed: Res
     model = Model(cfg, weights, model.seeds)  # gathered at the last step, a checkpoint step
     if out is not None:
         seconds = time.perf_counter() - t0
-        with one_thread():
+        with torch_threads(1):
             rows = evaluate(model)
         summary = {"steps": cfg.steps, "train_seconds_this_session": seconds,
                    "final_loss": losses.tolist(), "eval": rows}

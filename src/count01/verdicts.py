@@ -76,7 +76,14 @@ HISTORY: dict[int, list[tuple[int, str, bool | None, str]]] = {
          "in both framings, each with its own verdict: the classify rule unchanged; in the "
          "sentence framing (the study's wording: the syntax decides how the sentence ends) the "
          "same rule on sentence accuracy (the answer, then EOS after it) in place of l-acc, on "
-         "a run trained in that framing")],
+         "a run trained in that framing"),
+        (4, "issue #15, after the sentence framing's first results were seen", True, "in the "
+         "sentence framing a seed supports the claim only if uniform weighting lowers the END "
+         "accuracy (the ending itself), not the sentence accuracy: version 3 counted a wrong "
+         "answer followed by a right ending as a failed ending, and the study's sentence run, "
+         "whose end accuracy stayed 1.000 under every scheme, read 5/14 seeds supporting the "
+         "claim; a hand-built model that answers wrongly but always ends (`answer_bias`) is its "
+         "second negative control")],
     3: [(1, "commit 39e0da1", None, "first version; (b) held if the median |s-acc change| of a "
          "head given another head's values is <= 0.05"),
         (2, "commit 38bdcc5, after the full study's results were known", True, "(b) counts "
@@ -292,8 +299,10 @@ def separating_heads_by_config(heads: pd.DataFrame, runs: pd.DataFrame
                                ) -> list[tuple[str, str]]:
     """Q1 across the sweep (context, not part of the rule): per head count, the share of heads
     of successful runs that separate alone on `hard`. heads / runs: the sweep's tables."""
-    ok = runs.loc[runs["success"].astype(bool), ["config_id", "seed"]]
-    h = heads[heads["set"] == SET].merge(ok, on=["config_id", "seed"])
+    ok = runs.loc[runs["success"].astype(bool), ["config_id", "seed", "heads"]]
+    # the heads table holds the grid's fields only; every run's head count is in results
+    h = heads[heads["set"] == SET].drop(columns="heads", errors="ignore").merge(
+        ok, on=["config_id", "seed"])
     out = []
     for n, g in h.groupby("heads"):
         good = int((g["s_acc"] >= S_ACC_GOOD).sum())
@@ -347,16 +356,17 @@ def q2(agg: pd.DataFrame | None, model: pd.DataFrame | None,
         numbers.append(("leave one head out: l-acc", spread(loo["l_acc"])))
     status = by_evidence(k, n, MIN_UNITS["2"], t)  # version 3 kept version 2's classify rule
     return Verdict(2, Q2_TITLE, status, Q2_RULE, finding, numbers,
-                   previous={1: by_share(k / n, t), 2: status})
+                   previous={1: by_share(k / n, t), 2: status, 3: status})
 
 
 SENTENCE = "sentence_"  # prefix of the sentence-framing run's tables in Evidence.tables
 Q2S_RULE = (f"The sentence framing (a run trained on `[BOS] x EOS y EOS`): on `{SET}`, a "
             "successful seed (answer l-acc as above) supports the claim if with uniform "
-            f"weighting the model still ranks well (AUC >= {AUC_GOOD}) but gets the sentence "
-            f"wrong more often (sentence accuracy, the answer and then EOS, at least "
+            f"weighting the model still ranks well (AUC >= {AUC_GOOD}) but ends the sentence "
+            f"wrongly more often (end accuracy, EOS predicted after the true answer, at least "
             f"{L_ACC_DROP} below learned), while learned or fitted alpha (fitted to the answer "
-            f"and the ending together) reach sentence accuracy >= {SUCCESS_L_ACC}. Held if >= "
+            f"and the ending together) reach sentence accuracy (the answer, then EOS) >= "
+            f"{SUCCESS_L_ACC}. Held if >= "
             f"{MOST:.0%} of the seeds support it, did not hold if <= {FEW:.0%}, mixed otherwise. "
             + _evidence_rule("successful seeds", "2s"))
 Q2S_TITLE = ("Non-uniform aggregation for the syntax, sentence framing: do equally weighted heads "
@@ -381,14 +391,18 @@ def q2_sentence(agg: pd.DataFrame | None, model: pd.DataFrame | None,
     whole = a[a["head"] == -1].pivot_table(index="seed", columns="scheme",
                                            values=["sentence", "end", "l_acc", "valid", "auc"])
     learned, uniform, fitted = (whole[("sentence", s)] for s in ("learned", "uniform", "fitted"))
-    support = ((whole[("auc", "uniform")] >= t["auc_good"])
-               & (uniform <= learned - t["l_acc_drop"])
-               & (np.maximum(learned, fitted) >= t["success_l_acc"]))
+    ranks = whole[("auc", "uniform")] >= t["auc_good"]
+    fixed = np.maximum(learned, fitted) >= t["success_l_acc"]
+    end_learned, end_uniform = whole[("end", "learned")], whole[("end", "uniform")]
+    support = ranks & (end_uniform <= end_learned - t["l_acc_drop"]) & fixed
+    version3 = ranks & (uniform <= learned - t["l_acc_drop"]) & fixed  # on sentence accuracy
     k, n = int(support.sum()), len(support)
-    finding = (f"{share(k, n)} seeds lose sentence accuracy under uniform weighting while still "
-               f"ranking well: uniform sentence accuracy {uniform.median():.3f} (median; lowest "
-               f"{uniform.min():.3f}, end accuracy {whole[('end', 'uniform')].median():.3f}) "
-               f"against learned {learned.median():.3f} and fitted {fitted.median():.3f}.")
+    finding = (f"{share(k, n)} seeds end the sentence wrongly more often under uniform weighting "
+               f"while still ranking well: uniform end accuracy {end_uniform.median():.3f} "
+               f"(median; lowest {end_uniform.min():.3f}) against learned "
+               f"{end_learned.median():.3f}; uniform sentence accuracy {uniform.median():.3f} "
+               f"(lowest {uniform.min():.3f}) against learned {learned.median():.3f} and fitted "
+               f"{fitted.median():.3f}.")
     numbers = [_seeds_note(model, ok), ("seeds supporting the claim, the deciding share",
                                         share_ci(k, n))]
     for scheme in ("learned", "uniform", "fitted"):
@@ -400,7 +414,8 @@ def q2_sentence(agg: pd.DataFrame | None, model: pd.DataFrame | None,
                      spread(single["sentence"])),
                     ("single head: end accuracy", spread(single["end"]))]
     v = verdict(by_evidence(k, n, MIN_UNITS["2s"], t), finding, numbers)
-    v.previous = {1: "no rule", 2: "no rule"}  # versions before 3 judged classify only
+    v.previous = {1: "no rule", 2: "no rule",  # versions before 3 judged classify only
+                  3: by_evidence(int(version3.sum()), n, MIN_UNITS["2s"], t)}
     return v
 
 
@@ -467,13 +482,13 @@ def _q3a(heads, swap, inter, model, ideal, ok, t, out) -> tuple[str, dict[int, s
     both = int((balanced & suppressed).sum())
     out["numbers"] += [
         ("w01 (per-occurrence attention on a 1 relative to a 0)", spread(h["w01"])),
-        ("w02 (on a 2 relative to a 0)", spread(h["w02"])),
+        ("w02 (on a noise symbol relative to a 0)", spread(h["w02"])),
         (f"heads with 1/{f:g} <= w01 <= {f:g}", share(int(balanced.sum()), len(h))),
         (f"heads with w02 <= {t['w02_max']:g}", share(int(suppressed.sum()), len(h))),
         ("(a) heads with both, the deciding share", share_ci(both, len(h)))]
     out["clauses"].append(f"measured w01 has median {h['w01'].median():.2f} and w02 median "
                           f"{h['w02'].median():.3f} ({share(both, len(h))} heads balanced and "
-                          "suppressing 2s)")
+                          "suppressing noise)")
     raw = by_share(both / len(h), t)
     return by_evidence(both, len(h), MIN_UNITS["3a"], t), {1: raw, 2: raw}
 

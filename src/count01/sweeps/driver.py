@@ -1,0 +1,79 @@
+"""The driver: run every unfinished configuration of a sweep on an executor, write each
+finished record and rebuild the tables."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import Config
+from ..runs import locked, remove_leftovers, write_json
+from .executors import EXECUTORS, import_ray, inline, local, on_ray
+from .grid import Sweep, SweepError
+from .tables import collect, read_record, result_path, write_sweep, write_tables
+
+
+def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: int | None = None,
+              address: str | None = None, log: Callable[[str], None] | None = None
+              ) -> dict[str, pd.DataFrame]:
+    """Run every unfinished configuration of `sweep` into `out`; return the rebuilt tables.
+
+    executor: "local" (a spawn process pool of `workers` processes, default the CPU count),
+    "ray" (see `on_ray`) or "inline" (this process, one job at a time). Every job computes with one
+    torch thread, so all three write the same tables. Tables are rebuilt after every finished
+    configuration.
+    """
+    if executor not in EXECUTORS:
+        raise SweepError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        import_ray()  # fail before anything is written
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    workers = workers or os.cpu_count() or 1
+    out = Path(out).absolute()
+    points = sweep.points()
+    if (out / "config.json").exists():
+        raise SweepError(f"{out} holds a run (config.json), not a sweep: choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out, "sweep"):
+        for d in (out, out / "results"):
+            remove_leftovers(d)
+        # finished records are checked first: a bad one is refused before anything is written
+        todo = [(p, out / "runs" / p.id) for p in points if read_record(out, p) is None]
+        write_sweep(out, sweep, points)
+        todo.sort(key=lambda job: _work(job[0].cfg), reverse=True)
+        what = (f"{len(points)} configurations" if sweep.grid else
+                "1 configuration (no [grid]: the [base] fields alone)")
+        log(f"sweep: {what} x {points[0].cfg.n_seeds} seeds; "
+            f"{len(points) - len(todo)} done, {len(todo)} to run ({executor}, {workers} workers)")
+        failed = []
+        if todo:
+            jobs = {"local": lambda: local(todo, workers), "inline": lambda: inline(todo),
+                    "ray": lambda: on_ray(todo, workers, address)}[executor]()
+            for n, (point, record) in enumerate(jobs, 1):
+                if isinstance(record, BaseException):
+                    failed.append(f"{point.id}: {record}")
+                    log(f"[{n}/{len(todo)}] {point.id} FAILED: {record}")
+                    continue
+                write_json(result_path(out, point), record)
+                ok = sum(r["success"] for r in record["runs"])
+                log(f"[{n}/{len(todo)}] {point.id}: {ok}/{len(record['runs'])} seeds succeeded "
+                    f"({record['seconds']:.0f} s)")
+                write_tables(out, collect(out, points))
+        tables = collect(out, points)
+        write_tables(out, tables)
+    if failed:
+        raise SweepError(f"{len(failed)} configuration(s) failed; first: {failed[0]}")
+    return tables
+
+
+def _work(cfg: Config) -> tuple[int, int]:
+    """How big a job is, roughly: jobs start biggest first so that no worker is left alone with
+    one big configuration at the end. Heads lead: they widen training and the minimal head-set
+    search is exponential in them."""
+    width = cfg.d_head_ * (1 if cfg.count_path else cfg.max_len)
+    return cfg.heads, cfg.n_seeds * cfg.steps * width
+
