@@ -285,7 +285,7 @@ def test_count_rows_loss_grad_matches_autograd_through_every_query_row(bos, lm, 
 def test_count_rows_loss_grad_of_a_seed_does_not_depend_on_its_batch(R):
     """Seed k of S = 2, 3, 8 gets the loss and gradient it gets alone, bit for bit, on the same
     rows (float32 on one thread, R a multiple of train.ROW_BLOCK: as the Trainer runs)."""
-    from count01.train import one_thread
+    from count01.train import torch_threads
 
     gen = torch.Generator().manual_seed(R)
     cfg = Config(framing="sentence")
@@ -299,10 +299,10 @@ def test_count_rows_loss_grad_of_a_seed_does_not_depend_on_its_batch(R):
         mult = torch.randint(0, 9, (S, V, R), generator=gen).float() + query
         target = torch.nn.functional.one_hot(torch.randint(V, (S, R), generator=gen), V)
         rows = (mult, query, target.transpose(1, 2).float(), torch.rand(S, R, generator=gen))
-        with one_thread():
+        with torch_threads(1):
             loss, grads = m.count_rows_loss_grad(*rows)
         for k in range(S):
-            with one_thread():
+            with torch_threads(1):
                 one, alone = m.select(k).count_rows_loss_grad(*(r[k:k + 1].clone() for r in rows))
             assert torch.equal(loss[k:k + 1], one), (S, k)
             for name, g in alone.items():
