@@ -196,11 +196,15 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
         return columns(torch.nn.functional.one_hot(t, V))
 
     # the string rows that exist first (positions before EOS), cut where the seed with the most
-    # ends: the positions after EOS are half of a padded batch
+    # ends (the positions after EOS are half of a padded batch), then padded to ROW_BLOCK rows
+    # in the same gather (copies of the first row; a concatenation after measured 2-5% slower)
     ok = ok.flatten(1)
     have = ok.sum(1, keepdim=True)  # (S, 1) each seed's string rows
     n = int(have.max())
     keep = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, :n]  # (S, n)
+    pad = -(2 * B + n) % ROW_BLOCK
+    keep = torch.cat([keep, keep[:, :1].expand(-1, pad)], 1)
+    n += pad
 
     def rows(x: torch.Tensor) -> torch.Tensor:  # (S, V, B * L') -> (S, V, n)
         return x.gather(2, keep[:, None].expand(-1, V, -1))
@@ -212,7 +216,7 @@ def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,
     ok = (torch.arange(n) < have).to(dtype)  # the seed's own rows come first
     weight = torch.cat([torch.full((S, 2 * B), 1.0 / (3 * B), dtype=dtype),
                         ok / (3 * have.to(dtype))], -1)
-    return _in_blocks(mult, query, target, weight)
+    return mult, query, target, weight
 
 
 def _in_blocks(mult: torch.Tensor, query: torch.Tensor, target: torch.Tensor,
