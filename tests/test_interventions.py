@@ -13,6 +13,7 @@ from count01.interventions import (
     head_outputs,
     intervened_run,
     kind_parts,
+    sweep_columns,
     value_swap,
 )
 from count01.language import eval_set
@@ -190,3 +191,21 @@ def test_slicing_sets_into_forward_chunks_changes_no_number(monkeypatch):
     for rows_a, rows_b in zip(whole, sliced):
         for a, b in zip(rows_a, rows_b):
             assert a == pytest.approx(b, abs=1e-12)
+
+
+def test_the_sentence_framing_reports_end_and_sentence_accuracy_under_the_intervention():
+    """The intervention acts at the answer's query; the ending's, left alone, ends the sentence
+    after the true answer or not: end accuracy is the model's at every grid point, and the
+    greedy sentence is right where the intervened answer is and the model ends."""
+    from count01 import controls as C
+
+    for name, ends in (("sentence_counter", 1.0), ("never_ends", 0.0)):
+        model = C.LIBRARY[name](**C.SET_CONFIG)
+        hard, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+        cols = sweep_columns(model, hard, fit, [1e-3, 1.0], [0.0, 1.0], heads="both")
+        assert (cols["end"] == ends).all() and cols["l_acc"].min() < 0.9  # the answer breaks
+        np.testing.assert_array_equal(cols["sentence"], cols["l_acc"] * ends)
+    ideal = C.ideal(2, seeds=2, **C.SET_CONFIG)
+    hard, fit = eval_set(ideal.cfg, "hard"), eval_set(ideal.cfg, "fit")
+    classify = sweep_columns(ideal, hard, fit, [1.0], [0.0])
+    assert "end" not in classify and "sentence" not in classify

@@ -30,7 +30,9 @@ intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refi
                head is intervened; "all": every head of the seed is (then l_acc, valid, auc are
                the same for all heads of a seed). s_acc_fixed: the head's threshold fitted before
                the intervention; s_acc_refit: refitted on `fit` under it; head_auc: of s_h under
-               it; l_acc, valid, auc: of the whole model under the intervention.
+               it; l_acc, valid, auc: of the whole model under the intervention; in the
+               sentence framing then end, sentence: end accuracy (the ending's query is not
+               intervened) and the greedy sentence's accuracy with the intervened answer.
 ideal_intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit,
                head_auc, l_acc, valid, auc
                as intervention.csv, for an ideal counter with as many heads (`controls.ideal`,

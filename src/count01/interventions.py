@@ -25,9 +25,10 @@ import torch
 
 from .aggregation import unembed
 from .config import Count01Error
-from .language import Batch, noise_ids
+from .language import EOS, Batch, at_end, noise_ids
 from .metrics import (
     RatioSums,
+    chunked_logits,
     direct_scores,
     fit_threshold,
     kind_counts,
@@ -44,6 +45,8 @@ class InterventionError(Count01Error):
     pass
 
 
+MODEL_METRICS = ("l_acc", "valid", "auc")
+SENTENCE_METRICS = ("end", "sentence")  # the sentence framing's, beside the model's
 GRID_RANGE = (1e-3, 1e3)  # w01, w02 from a thousandth to a thousand times a 0's attention
 CHUNK_ELEMENTS = 1 << 23  # elements of the largest per-chunk tensor (G_chunk, S, H, B, R)
 
@@ -133,9 +136,21 @@ def head_outputs(parts: KindParts, e: torch.Tensor, readout: bool = True
     return score, torch.einsum("gsht,shbtr->gshbr", e, parts.out) / den[..., None]
 
 
-def _model_metrics(model: Model, r: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-    """l-acc, valid rate and AUC of readout vectors r (..., S, B, R). Each (..., S)."""
-    return logit_metrics(r if not model.cfg.layernorm else unembed(model, r), batch)
+def _model_metrics(model: Model, r: torch.Tensor, batch: Batch, ends: torch.Tensor | None
+                   ) -> dict[str, torch.Tensor]:
+    """l-acc, valid rate and AUC of readout vectors r (..., S, B, R), each (..., S); in the
+    `sentence` framing also end and sentence accuracy, from `ends` (S, B): whether the ending's
+    query, which the intervention leaves alone, predicts EOS after the true answer. The greedy
+    sentence is right where the intervened answer is y and the model then ends."""
+    logits = r if not model.cfg.layernorm else unembed(model, r)
+    got = logit_metrics(logits, batch)
+    if ends is None:
+        return got
+    w = batch.weight.to(torch.float64)
+    hit = (logits.argmax(-1) == batch.y) & ends
+    end = (ends.to(w.dtype) * w).sum(-1) / w.sum()  # (S,)
+    return got | {"end": end.expand_as(got["l_acc"]),
+                  "sentence": (hit.to(w.dtype) * w).sum(-1) / w.sum()}
 
 
 def attention_sweep(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_grid=None,
@@ -148,7 +163,9 @@ def attention_sweep(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_g
     Rows per (intervened, w01, w02, seed, head): s_acc_fixed (threshold fitted on `fit` before
     the intervention), s_acc_refit (fitted on `fit` under it), head_auc (a head's own numbers
     do not depend on which other heads are intervened), and the model's l_acc, valid, auc on
-    `batch`. Grids default to `default_grid()`. Computed in float64.
+    `batch`; in the `sentence` framing also end and sentence (`_model_metrics`: the intervention
+    is at the answer's query, the ending's is left alone). Grids default to `default_grid()`.
+    Computed in float64.
     """
     cols = sweep_columns(model, batch, fit, w01_grid, w02_grid, heads)
     names = list(cols)
@@ -168,6 +185,10 @@ def sweep_columns(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_gri
     w02_grid = _grid(d02 if w02_grid is None else w02_grid, "w02")
     m = model.to(torch.float64)
     parts, fparts = kind_parts(m, batch), kind_parts(m, fit)
+    ends = None  # the sentence framing's ending, after the true answer (not intervened)
+    if model.cfg.framing == "sentence":
+        with torch.no_grad():
+            ends = chunked_logits(m, at_end(batch)).argmax(-1) == EOS  # (S, B)
     with torch.no_grad():
         scores = torch.cat([direct_scores(m, c.result) for _, c in run_chunks(m, fit)], -1)
         t0 = fit_threshold(scores, fit.y, fit.weight)  # (S, H): the readout before
@@ -178,7 +199,7 @@ def sweep_columns(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_gri
         chunks: dict[str, list[torch.Tensor]] = {}
         for a in range(0, len(g01), step):
             got = _sweep_chunk(m, parts, fparts, batch, fit, t0, g01[a:a + step],
-                               g02[a:a + step], modes)
+                               g02[a:a + step], modes, ends)
             for k, v in got.items():
                 chunks.setdefault(k, []).append(v)
         out = {k: torch.cat(v).numpy().ravel() for k, v in chunks.items()}  # (G * S * H,)
@@ -190,7 +211,8 @@ def sweep_columns(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_gri
     for mode in modes:
         block = {"intervened": np.full(G * S * H, mode)} | grid
         block |= {k: out[k] for k in ("s_acc_fixed", "s_acc_refit", "head_auc")}
-        block |= {k: out[f"{mode}.{k}"] for k in ("l_acc", "valid", "auc")}
+        block |= {k: out[f"{mode}.{k}"] for k in MODEL_METRICS + SENTENCE_METRICS * (
+            ends is not None)}
         for k, v in block.items():
             cols.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in cols.items()}
@@ -212,7 +234,9 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for (mode, w01, w02), g in groups.items():
         row = {"intervened": mode, "w01": w01, "w02": w02}
-        for k in ("s_acc_fixed", "s_acc_refit", "head_auc", "l_acc", "valid", "auc"):
+        for k in ("s_acc_fixed", "s_acc_refit", "head_auc") + MODEL_METRICS + SENTENCE_METRICS:
+            if k not in g[0]:
+                continue  # end and sentence: the sentence framing only
             x = [r[k] for r in g]
             row[k], row[f"{k}_std"] = float(np.mean(x)), float(np.std(x))
         out.append(row)
@@ -220,8 +244,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fit: Batch,
-                 t0: torch.Tensor, w01: torch.Tensor, w02: torch.Tensor, modes: tuple[str, ...]
-                 ) -> dict[str, torch.Tensor]:
+                 t0: torch.Tensor, w01: torch.Tensor, w02: torch.Tensor, modes: tuple[str, ...],
+                 ends: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Metrics (G, S, H) of one chunk of grid points; model metrics keyed "each.l_acc", ..."""
     score, out = head_outputs(parts, grid_weights(parts, w01, w02))  # (G,S,H,B), (G,S,H,B,R)
     fscore, _ = head_outputs(fparts, grid_weights(fparts, w01, w02), readout=False)
@@ -232,10 +256,10 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
     if "each" in modes:
         full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
         r = full[None, :, None] - parts.orig[None] + out  # (G, S, H, B, R)
-        got = _model_metrics(m, r.transpose(2, 1), batch)  # (G, H, S)
+        got = _model_metrics(m, r.transpose(2, 1), batch, ends)  # (G, H, S)
         res |= {f"each.{k}": v.transpose(2, 1) for k, v in got.items()}
     if "all" in modes:
-        got = _model_metrics(m, parts.rest[None] + out.sum(2), batch)  # (G, S)
+        got = _model_metrics(m, parts.rest[None] + out.sum(2), batch, ends)  # (G, S)
         res |= {f"all.{k}": v[..., None].expand_as(t) for k, v in got.items()}
     return res
 
