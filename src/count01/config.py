@@ -53,6 +53,18 @@ class ConfigError(Count01Error):
     pass
 
 
+def read_toml(path: Path, what: str, error: type[Count01Error]) -> dict[str, Any]:
+    """A TOML file's tables, or one line naming the file and what is wrong with it."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:  # a directory, unreadable
+        raise error(f"cannot read {what} file {path}: {e.strerror or e}") from None
+
+
 @dataclass(frozen=True)
 class Config:
     # --- task (SPEC 2) ---
@@ -244,14 +256,7 @@ class Config:
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        data = read_toml(path, "config", ConfigError)
         flat: dict[str, Any] = {}
         for key, value in data.items():  # sections ([task], [model], ...) are only for reading
             section = value if isinstance(value, dict) else {key: value}

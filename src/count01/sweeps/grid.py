@@ -7,12 +7,11 @@ import hashlib
 import itertools
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, Count01Error
+from ..config import Config, Count01Error, read_toml
 
 NOT_IN_GRID = ("seed", "n_seeds")  # a sweep varies seeds through `seeds`, not a grid axis
 
@@ -40,15 +39,7 @@ class Sweep:
     @classmethod
     def from_toml(cls, path: str | Path) -> Sweep:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SweepError(f"sweep file not found: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise SweepError(f"{path}: not valid TOML: {e}") from None
-        except OSError as e:  # a directory, unreadable
-            raise SweepError(f"cannot read sweep file {path}: {e.strerror or e}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_toml(path, "sweep", SweepError), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "sweep") -> Sweep:
