@@ -192,18 +192,24 @@ def interrupted_then_resumed(cfg: Config, out, monkeypatch, at: int = 35):
     return train(cfg, out, resume=True, progress=False)
 
 
+def trains_alone_and_resumes_bit_for_bit(cfg: Config, tmp_path, monkeypatch):
+    """Train cfg into tmp_path/straight and assert that seed 1 trains as it would alone and that a
+    killed-then-resumed run is the straight one, bit for bit. Returns the straight model."""
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
+    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
+    for k, w in straight.weights.items():
+        assert torch.equal(alone.weights[k], w[1:]), k
+        assert torch.equal(resumed.weights[k], w), k
+    return straight
+
+
 @pytest.mark.parametrize("optimizer, schedule", [("sgd", "constant"), ("sgd", "cosine"),
                                                  ("adamw", "cosine")])
 def test_every_optimiser_and_schedule_batches_and_resumes_bit_for_bit(optimizer, schedule, tiny,
                                                                       tmp_path, monkeypatch):
     cfg = tiny.replace(optimizer=optimizer, schedule=schedule, warmup=10, lr=0.05)
-    straight = train(cfg, tmp_path / "straight", progress=False)
-    alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
-    for k, w in alone.weights.items():
-        assert torch.equal(straight.weights[k][1:], w), k
-    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
-    for k, w in straight.weights.items():
-        assert torch.equal(resumed.weights[k], w), k
+    trains_alone_and_resumes_bit_for_bit(cfg, tmp_path, monkeypatch)
     if schedule == "cosine":  # steps set the schedule: a cosine run cannot be extended
         with pytest.raises(CheckpointError, match="steps cannot change"):
             train(cfg.replace(steps=80), tmp_path / "straight", resume=True, progress=False)
@@ -309,13 +315,7 @@ def test_the_sentence_framing_trains_batches_and_resumes_bit_for_bit(change, tin
     (checked here, not by construction): its products have B * L rows per seed, and torch
     differentiates each seed's slice alike."""
     cfg = tiny.replace(framing="sentence", **change)
-    straight = train(cfg, tmp_path / "straight", progress=False)
-    alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
-    for k, w in alone.weights.items():
-        assert torch.equal(straight.weights[k][1:], w), k
-    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
-    for k, w in straight.weights.items():
-        assert torch.equal(resumed.weights[k], w), k
+    trains_alone_and_resumes_bit_for_bit(cfg, tmp_path, monkeypatch)
     from count01.model import Model
 
     first = Trainer(cfg, Model.init(cfg)).loss_grad(0)[0]
@@ -325,13 +325,9 @@ def test_the_sentence_framing_trains_batches_and_resumes_bit_for_bit(change, tin
 def test_three_noise_symbols_train_deterministically_batch_and_resume_bit_for_bit(
         pattern, tiny, tmp_path, monkeypatch):
     cfg = tiny.replace(noise_symbols=3, noise_pattern=pattern)
-    straight = train(cfg, tmp_path / "straight", progress=False)
+    straight = trains_alone_and_resumes_bit_for_bit(cfg, tmp_path, monkeypatch)
     assert straight.weights["embed.W_E"].shape[1] == 7
     again = train(cfg, progress=False)
-    alone = train(cfg.replace(seed=1, n_seeds=1), progress=False)
-    resumed = interrupted_then_resumed(cfg, tmp_path / "killed", monkeypatch)
     for k, w in straight.weights.items():
         assert torch.equal(again.weights[k], w), k
-        assert torch.equal(resumed.weights[k], w), k
-        assert torch.equal(alone.weights[k], w[1:]), k
     assert not torch.equal(straight.weights["embed.W_E"], Model.init(cfg).weights["embed.W_E"])
