@@ -209,3 +209,24 @@ def test_the_sentence_framing_reports_end_and_sentence_accuracy_under_the_interv
     hard, fit = eval_set(ideal.cfg, "hard"), eval_set(ideal.cfg, "fit")
     classify = sweep_columns(ideal, hard, fit, [1.0], [0.0])
     assert "end" not in classify and "sentence" not in classify
+
+
+def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_place():
+    """A head swapped with itself is the model: its rows give the model's end and sentence
+    accuracy; counters that always (never) end keep ending (not ending) whatever is swapped."""
+    from count01 import controls as C
+    from count01.metrics import set_metrics
+
+    for name in ("sentence_counter", "never_ends", "ending_bias", "answer_bias"):
+        model = C.LIBRARY[name](**C.SET_CONFIG)
+        hard, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+        rows = value_swap(model, hard, fit)
+        want = set_metrics(model, hard)
+        for r in rows:
+            i = model.seeds.index(r["seed"])
+            if not r["swapped"]:
+                for k in ("l_acc", "end", "sentence"):
+                    assert r[k] == pytest.approx(want[k][i], abs=1e-12), (name, k)
+            if name in ("sentence_counter", "never_ends"):
+                ends = float(name == "sentence_counter")
+                assert r["end"] == ends and r["sentence"] == pytest.approx(r["l_acc"] * ends)

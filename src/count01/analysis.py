@@ -49,7 +49,8 @@ value_swap.csv  set, seed, attn_head, ov_head, swapped, s_acc, l_acc
                head attn_head's attention pattern with head ov_head's value/output weights
                (W_V, b_V, W_O); swapped = attn_head != ov_head (False: the head itself); s_acc
                with the threshold refitted on `fit` for the hybrid; l_acc of the whole model
-               with the hybrid in place of head attn_head (scale included, readout not refitted).
+               with the hybrid in place of head attn_head (scale included, readout not refitted);
+               in the sentence framing then end, sentence, with the hybrid at the ending too.
 attention_examples.csv  seed, example, position, token, head, weight
                the EOS query's attention of every head on each slot of a few fixed example
                strings (EXAMPLES; position 0 is BOS when the model has one): the raw pattern, for

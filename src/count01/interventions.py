@@ -19,6 +19,7 @@ Value swap: head i keeps its attention pattern and takes head j's value/output w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -288,36 +289,45 @@ def value_swap(model: Model, batch: Batch, fit: Batch) -> list[dict]:
 
     Rows per (seed, attn_head i, ov_head j): s_acc of the hybrid's direct score on `batch`,
     with its threshold refitted on `fit`, and l_acc of the whole model with the hybrid in place
-    of head i (s-acc refits the readout, so it cannot see a change of scale; l-acc can). i == j
-    is the head itself.
+    of head i (s-acc refits the readout, so it cannot see a change of scale; l-acc can); in the
+    `sentence` framing also end and sentence, with the hybrid in place at the ending's query
+    too. i == j is the head itself.
     """
     m = model.to(torch.float64)
+    sentence = model.cfg.framing == "sentence"
     with torch.no_grad():
         t = fit_threshold(torch.cat([_hybrid_scores(m, c) for _, c in run_chunks(m, fit)], -1),
                           fit.y, fit.weight)  # (S, H, H)
-        hits, right = 0.0, 0.0
-        for piece, c in run_chunks(m, batch):
+        hits = 0.0
+        right = {k: 0.0 for k in ("l_acc",) + SENTENCE_METRICS * sentence}
+        endings = run_chunks(m, at_end(batch)) if sentence else repeat((None, None))
+        for (piece, c), (_, e) in zip(run_chunks(m, batch), endings):
             hits = hits + threshold_acc(_hybrid_scores(m, c), t, piece.y, piece.weight) \
                 * piece.weight.sum()
-            right = right + _hybrid_hits(m, c, piece)
+            w = piece.weight.to(torch.float64)
+            answered = _hybrid_pred(m, c) == piece.y  # (H, H, S, b)
+            got = {"l_acc": answered}
+            if sentence:  # the same slices of the same strings, the true answer fed
+                ended = _hybrid_pred(m, e) == EOS
+                got |= {"end": ended, "sentence": answered & ended}
+            for k, hit in got.items():
+                right[k] = right[k] + (hit.to(w.dtype) * w).sum(-1).permute(2, 0, 1)
         s_acc = (hits / batch.weight.sum()).numpy()
-        l_acc = (right / batch.weight.sum()).numpy()
+        rates = {k: (v / batch.weight.sum()).numpy() for k, v in right.items()}  # (S, H, H)
     H = s_acc.shape[1]
     return [{"seed": seed, "attn_head": i, "ov_head": j, "swapped": i != j,
-             "s_acc": float(s_acc[s, i, j]), "l_acc": float(l_acc[s, i, j])}
+             "s_acc": float(s_acc[s, i, j])} | {k: float(v[s, i, j]) for k, v in rates.items()}
             for s, seed in enumerate(model.seeds) for i in range(H) for j in range(H)]
 
 
-def _hybrid_hits(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
-    """Weighted count of right answers of the model with head i replaced by the hybrid
-    (attention of i, value/output weights of j). (S, H_attn, H_ov)."""
+def _hybrid_pred(model: Model, c: Cache) -> torch.Tensor:
+    """The model's argmax with head i replaced by the hybrid (attention of i, value/output
+    weights of j), at the query of cache c. (H_attn, H_ov, S, B)."""
     W_O = model.weights[ATTN + "W_O"]
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, c.v.expand(
         -1, c.pattern.shape[1], -1, -1, -1), W_O)  # (H, H, S, B, d)
     resid = c.resid - c.result.permute(2, 0, 1, 3)  # (H, S, B, d): head i taken out
-    pred = unembed(model, resid[:, None] + hybrid).argmax(-1)  # (H, H, S, B)
-    hit = (pred == piece.y).to(torch.float64) * piece.weight.to(torch.float64)
-    return hit.sum(-1).permute(2, 0, 1)
+    return unembed(model, resid[:, None] + hybrid).argmax(-1)
 
 
 def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:
