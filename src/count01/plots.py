@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .verdicts import VALUE_SWAP_GAP, swap_donors  # noqa: E402
+from .questions.q3 import VALUE_SWAP_GAP, swap_donors  # noqa: E402
 
 KINDS = (("mass_0", "0"), ("mass_1", "1"), ("mass_2", "noise (2, 5, ...)"), ("mass_eos", "EOS"),
          ("mass_bos", "BOS"))
@@ -308,7 +308,7 @@ STATUS_COLORS = {"held": "#2e7d32", "did not hold": "#c62828", "mixed": "#b26a00
 
 def sensitivity(table: pd.DataFrame, out: Path) -> Path:
     """Each rule's verdict with one threshold varied at a time (rows: rule and threshold;
-    columns: the factor on the default), from a `verdicts.sensitivity` table. Returns the PNG."""
+    columns: the factor on the default), from a `questions.base.sensitivity` table. Returns the PNG."""
     rows = list(dict.fromkeys(zip(table["rule"], table["threshold"])))
     factors = np.sort(table["factor"].unique())
     status = table.set_index(["rule", "threshold", "factor"])["status"]
