@@ -128,7 +128,7 @@ def test_the_report_imports_computation_only_where_listed():
 
 def test_every_question_module_has_what_the_report_and_judge_read():
     needed = ("NUMBER", "TITLE", "RULE", "HISTORY", "VERSION", "THRESHOLDS", "VARIED",
-              "MIN_UNITS", "PARTS", "CONTROLS", "RULES", "of_evidence", "summary", "numbers",
+              "MIN_UNITS", "PARTS", "CONTROLS", "READS", "RULES", "of_evidence", "summary", "numbers",
               "figures", "closing", "controls_text")
     for q in QUESTIONS:
         assert all(hasattr(q, x) for x in needed), q.__name__
@@ -139,4 +139,4 @@ def test_every_question_module_has_what_the_report_and_judge_read():
     assert len(keys) == len(set(keys)) == len(questions.RULES)
     names = [k for q in QUESTIONS for k in q.THRESHOLDS] + list(base.THRESHOLDS)
     assert len(names) == len(set(names)) == len(questions.THRESHOLDS)
-    assert all(set(q.CONTROLS) <= set(q.RULES) for q in QUESTIONS)
+    assert all(set(q.CONTROLS) == set(q.READS) <= set(q.RULES) for q in QUESTIONS)

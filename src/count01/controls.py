@@ -54,7 +54,7 @@ import torch
 from .config import Config
 from .language import BOS, EOS, ONE, TWO, ZERO, eval_set
 from .model import ATTN, Model, weight_shapes
-from .questions import RULE_CONTROLS, q4, q5
+from .questions import RULE_CONTROLS, RULE_READS, q4, q5
 from .questions.base import CONTROL_RUNS, CONTROL_SEEDS, SENTENCE, Evidence
 from .stats import wilson
 
@@ -144,9 +144,6 @@ LIBRARY = {
                                        **cfg | SENTENCE_FRAMING),
 }
 
-# rule -> the tables it judges by
-READS = {"1": ("heads",), "2": ("aggregation",), "2s": ("aggregation",), "3a": ("heads",),
-         "3b": ("value_swap",), "3c": ("intervention", "ideal_intervention")}
 
 
 def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
@@ -164,7 +161,7 @@ def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
 @cache
 def control_tables(name: str) -> dict[str, pd.DataFrame]:
     """For control `name`, on `hard`: the model table and the tables `analysis` saves that the
-    rules it controls read (READS; the intervention with w02 = 0 only); a sentence-framing
+    rules it controls read (`questions.RULE_READS`; the intervention with w02 = 0 only); a sentence-framing
     control's tables are named as the study names its sentence run's (SENTENCE)."""
     from .aggregation import aggregate
     from .interventions import sweep_columns, value_swap
@@ -186,7 +183,7 @@ def control_tables(name: str) -> dict[str, pd.DataFrame]:
             model, hard, fit, W01_GRID, [0.0], heads="each")).assign(set="hard"),
         "ideal_intervention": lambda: ideal_intervention(model.cfg, hard, fit, W01_GRID)}
     for table in {x for rule, pair in RULE_CONTROLS.items() if name in pair
-                  for x in READS[rule]}:
+                  for x in RULE_READS[rule]}:
         t[table] = make[table]()
     if model.cfg.framing == "sentence":
         return {SENTENCE + k: v for k, v in t.items()}

@@ -48,6 +48,7 @@ HISTORY = [
 VERSION = HISTORY[-1][0]
 # rule -> (positive control: has the property, negative control: lacks it), `controls.LIBRARY`
 CONTROLS = {"1": ("ideal", "split")}
+READS = {"1": ("heads",)}  # rule -> the analysis tables it judges by (what a control computes)
 
 RULE = (f"On `{SET}`, count the heads (every head of every successful seed) whose s-acc is "
         f">= {S_ACC_GOOD}. Held if that share is >= {MOST:.0%}, did not hold if <= {FEW:.0%}, "

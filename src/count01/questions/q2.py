@@ -67,6 +67,7 @@ HISTORY = [
 VERSION = HISTORY[-1][0]
 # rule -> (positive control: has the property, negative control: lacks it), `controls.LIBRARY`
 CONTROLS = {"2": ("bos_bias", "ideal"), "2s": ("ending_bias", "answer_bias")}
+READS = {"2": ("aggregation",), "2s": ("aggregation",)}  # rule -> the analysis tables it reads
 
 CLASSIFY_RULE = (
     f"On `{SET}`, a successful seed supports the claim if with uniform weighting the "

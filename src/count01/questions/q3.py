@@ -63,7 +63,10 @@ HISTORY = [
 VERSION = HISTORY[-1][0]
 # sub-claim rule -> (positive control: has the property, negative control: lacks it),
 # `controls.LIBRARY`
-CONTROLS = {"3a": ("ideal", "noise_valued"), "3b": ("bos", "silent"), "3c": ("bos_anchored", "ideal")}
+CONTROLS = {"3a": ("ideal", "noise_valued"), "3b": ("bos", "silent"),
+            "3c": ("bos_anchored", "ideal")}
+# rule -> the analysis tables it judges by (what a control computes)
+READS = {"3a": ("heads",), "3b": ("value_swap",), "3c": ("intervention", "ideal_intervention")}
 
 PARTS = {"3a": "(a) balanced 0/1 attention and suppressed 2s",
             "3b": "(b) value vectors a minor factor",

@@ -66,6 +66,7 @@ STOP_RULE_HISTORY: History = [
 # training-path tables (`controls.training_paths`), of CONTROL_RUNS runs each
 CONTROL_FAILURES = ((20, 0), (0, 0))
 CONTROLS: dict[str, tuple[str, str]] = {}  # no hand-built model: see CONTROL_FAILURES
+READS: dict[str, tuple[str, ...]] = {}
 
 RULE = (f"Per configuration, success = l-acc >= {SUCCESS_L_ACC} on `{SET}` and the ideal "
            f"solution = also l-acc >= {SUCCESS_L_ACC} on `long`, `noisy` and `exhaustive`, "

@@ -33,6 +33,7 @@ VERSION = HISTORY[-1][0]
 # negative control's labour tables (`controls.noise_benchmark`)
 CONTROL_LABOURS = (("pseudo-ensemble", "divided"), ("pseudo-ensemble", "pseudo-ensemble"))
 CONTROLS: dict[str, tuple[str, str]] = {}  # no hand-built model: see CONTROL_LABOURS
+READS: dict[str, tuple[str, ...]] = {}
 
 LABOUR_SHARES = ("pseudo_ensemble", "divided")  # the classes whose shares the rule compares
 RULE = ("Per noise condition, the solved seeds (some head set, alpha refitted, keeps "
