@@ -14,9 +14,10 @@ from count01 import analysis, plots
 from count01.analysis import analyze
 from count01.cli import main
 from count01.config import Config
+from count01.files import write_json
 from count01.language import EVAL_SETS
 from count01.model import Model
-from count01.runs import save_tensors, write_json
+from count01.runs import save_tensors
 
 FIGURES = ("heads_table", "attention_mass", "intervention_heatmaps", "intervention_w02_0",
            "aggregation", "value_swap", "attention_examples")

@@ -15,6 +15,7 @@ import pytest
 
 from count01.cli import main
 from count01.config import Config
+from count01.files import write_json
 from count01.questions import QUESTIONS
 from count01.questions import base as V
 from count01.questions import q1 as Q1
@@ -23,7 +24,6 @@ from count01.questions import q3 as Q3
 from count01.questions import q4 as Q4
 from count01.questions import q5 as Q5
 from count01.report import SECTIONS, ReportError, build_report, collect, judge
-from count01.runs import write_json
 
 SETS = ("iid", "hard", "exhaustive", "long", "noisy")
 GRID01 = (1e-3, 1e-1, 1.0, 10.0, 1e3)

@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from count01.config import Config
+from count01.files import CheckpointError, atomic_write, write_json
 from count01.model import Model
-from count01.runs import CheckpointError, atomic_write, load, load_tensors, save_tensors, write_json
+from count01.runs import load, load_tensors, save_tensors
 
 
 @pytest.fixture

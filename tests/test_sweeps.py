@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from count01.cli import main
+from count01.files import checkpoints
 from count01.language import EVAL_SETS
 from count01.metrics import evaluate
 from count01.model import Model
-from count01.runs import checkpoints, load, save_tensors
+from count01.runs import load, save_tensors
 from count01.sweeps import (
     HEAD_SETS,
     TABLES,

@@ -85,10 +85,11 @@ from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, unifor
 from .config import Count01Error
 from .controls import ideal_intervention
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
+from .files import DIR_MODE, locked, watch_parent, write_json
 from .interventions import default_grid, sweep_columns, value_swap
 from .language import EVAL_SETS, eval_set, from_digits, vocab
 from .metrics import head_table, set_metrics
-from .runs import DIR_MODE, load, locked, watch_parent, write_json
+from .runs import load
 from .train import torch_threads
 
 
@@ -175,7 +176,7 @@ def _figure_process() -> ProcessPoolExecutor:
     this process computes the next. Forked (where the OS can) and started at once, before this
     process runs threads: it inherits matplotlib and pandas already imported and never touches
     torch; spawning instead would re-import the package, seconds on a small machine. It exits
-    when this process dies, even by SIGKILL (`runs.watch_parent`)."""
+    when this process dies, even by SIGKILL (`files.watch_parent`)."""
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=watch_parent,

@@ -35,10 +35,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .config import MAX_NOISE_SYMBOLS, Config, Count01Error
+from .files import atomic_write, locked, read_json, writable, write_json
 from .language import at_end, exhaustive, vocab
 from .metrics import evaluate
 from .model import Model, sinusoidal, weight_shapes
-from .runs import atomic_write, load, locked, read_json, save_tensors, writable, write_json
+from .runs import load, save_tensors
 
 STATE_DICT = "tl_state_dict.safetensors"
 CONFIG = "tl_config.json"

@@ -32,6 +32,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .config import Count01Error
+from .files import CheckpointError, read_json
 from .language import (
     BOS,
     EOS,
@@ -45,7 +46,6 @@ from .language import (
     parse,
     vocab,
 )
-from .runs import CheckpointError, read_json
 
 PROBE_C, PROBE_ITER = 100.0, 2000  # weak regularisation: the probe is an upper bound
 SORT_THREADS = min(4, os.cpu_count() or 1)

@@ -78,8 +78,8 @@ from .criteria import (
     SUCCESS_L_ACC,
     SUCCESS_SET,
 )
+from .files import atomic_write, json_safe, locked, remove_leftovers, write_json
 from .metrics import roc_auc_rows
-from .runs import atomic_write, json_safe, locked, remove_leftovers, write_json
 from .stats import wilson
 from .sweeps import Point, load_tables, read_points
 from .train import STOP_RULE, STOP_RULES, StopRule

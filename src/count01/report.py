@@ -39,9 +39,9 @@ import pandas as pd
 from .config import Config
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .document import Block, Bullets, Figure, ReportError, Section, Table, rel
+from .files import atomic_write, load_config, read_json, write_json
 from .questions import QUESTIONS
 from .questions import base as V
-from .runs import atomic_write, load_config, read_json, write_json
 
 if TYPE_CHECKING:
     from .sweeps import Point, Sweep

@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, Count01Error
+from .files import locked, read_json, remove_leftovers, write_json
 from .report import build_report, software_versions
-from .runs import locked, read_json, remove_leftovers, write_json
 
 FORMAT = "count01-study/1"
 STAGES = ("sweep", "training_path", "noise", "paths", "analysis", "sentence", "report")
@@ -315,7 +315,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
 def trained(stage_dir: Path) -> int:
     """Seed-steps a training stage's directory holds: a sweep's finished configurations
     (`sweeps.seed_steps`), or the sentence stage's finished run, seeds x steps."""
-    from .runs import load_config
+    from .files import load_config
     from .sweeps import seed_steps
 
     if (stage_dir / "sweep.json").exists():

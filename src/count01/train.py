@@ -35,6 +35,7 @@ from .criteria import (
     EARLY_STOP_LOSS_FROM,
     SUCCESS_SET,
 )
+from .files import CheckpointError, load_config, locked, remove_leftovers, writable, write_json
 from .language import (
     EOS,
     answer,
@@ -49,17 +50,7 @@ from .language import (
 )
 from .metrics import chunked_logits, evaluate, l_acc, mean_loss
 from .model import Model, trainable
-from .runs import (
-    OPTIM,
-    CheckpointError,
-    load_config,
-    load_tensors,
-    locked,
-    remove_leftovers,
-    save_tensors,
-    writable,
-    write_json,
-)
+from .runs import OPTIM, load_tensors, save_tensors
 
 SGD_MOMENTUM = 0.9
 # `sentence_rows` per seed: a multiple of this (padded at weight 0), so a seed's rows alone and
