@@ -106,7 +106,7 @@ def test_module_level_imports_have_no_cycle():
 
 @pytest.mark.parametrize("module", ["questions", *(f"questions.{q.__name__.split('.')[-1]}"
                                                    for q in QUESTIONS),
-                                    "questions.base", "document", "plots"])
+                                    "questions.base", "document", "plots", "figures", "files"])
 def test_questions_document_and_figures_import_no_computation(module):
     g = graph()
     reached = closure(module, g) | set(g[module])
@@ -140,3 +140,8 @@ def test_every_question_module_has_what_the_report_and_judge_read():
     names = [k for q in QUESTIONS for k in q.THRESHOLDS] + list(base.THRESHOLDS)
     assert len(names) == len(set(names)) == len(questions.THRESHOLDS)
     assert all(set(q.CONTROLS) == set(q.READS) <= set(q.RULES) for q in QUESTIONS)
+
+
+def test_one_module_chooses_the_matplotlib_backend():
+    chosen = [p.name for p in SRC.rglob("*.py") if "matplotlib.use(" in p.read_text()]
+    assert chosen == ["figures.py"]
