@@ -4,6 +4,8 @@ the modules that train, run or analyse models); the report imports computation o
 functions listed here, each for a stated reason."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,10 @@ def test_every_question_module_has_what_the_report_and_judge_read():
 def test_one_module_chooses_the_matplotlib_backend():
     chosen = [p.name for p in SRC.rglob("*.py") if "matplotlib.use(" in p.read_text()]
     assert chosen == ["figures.py"]
+
+
+def test_importing_the_report_and_the_figures_loads_no_torch():
+    code = ("import sys, count01.report, count01.plots; "
+            "print(sorted({'torch', 'safetensors'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
