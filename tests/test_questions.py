@@ -24,7 +24,6 @@ REPORT_LAZY = {
     "metrics": "saved_eval reads a run's saved evaluation when it has no analysis",
     "study": "read_state reads study.json",
     "sweeps": "read_sweep, load_tables, read_record: the sweep's saved tables",
-    "torch": "software_versions records torch's version",
 }
 
 

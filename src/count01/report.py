@@ -431,10 +431,8 @@ def methods_section(ev: Evidence) -> Section:
 
 def software_versions() -> dict[str, str]:
     """The software and machine a study ran on, for the methods."""
-    import torch
-
-    got = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("count01", "numpy", "scikit-learn", "pandas", "matplotlib", "safetensors"):
+    got = {"python": platform.python_version()}  # the versions installed: no package imported
+    for package in ("torch", "count01", "numpy", "scikit-learn", "pandas", "matplotlib", "safetensors"):
         try:
             got[package] = version(package)
         except PackageNotFoundError:
