@@ -18,8 +18,9 @@ from count01.export import (
     import_transformer_lens,
     save_transformer_lens,
 )
+from count01.files import saved_eval
 from count01.language import BOS, EOS, ONE, TWO, ZERO, eval_set, exhaustive
-from count01.metrics import head_table, saved_eval
+from count01.metrics import head_table
 from count01.runs import load, load_tensors
 from count01.train import train
 

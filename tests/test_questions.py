@@ -21,7 +21,6 @@ TORCH = {"torch", "safetensors"}
 REPORT_LAZY = {
     "controls": "the hand-built controls are built from weights when a report is judged",
     "language": "noise_ids for the methods' task description",
-    "metrics": "saved_eval reads a run's saved evaluation when it has no analysis",
     "study": "read_state reads study.json",
     "sweeps": "read_sweep, load_tables, read_record: the sweep's saved tables",
 }

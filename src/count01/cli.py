@@ -85,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{where}config: {cfg.describe()}", file=sys.stderr)
 
     train(cfg, out, resume=bool(args.resume), progress=not args.quiet, on_start=announce)
-    from .metrics import format_table, saved_eval
+    from .files import saved_eval
+    from .metrics import format_table
 
     print(format_table(saved_eval(out)))
     print(f"run written to {out}", file=sys.stderr)
@@ -173,8 +174,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from .export import SHAPE_FIELDS, import_transformer_lens
-    from .files import writable
-    from .metrics import format_table, saved_eval
+    from .files import saved_eval, writable
+    from .metrics import format_table
 
     given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     shaped = [k for k in SHAPE_FIELDS if k in given]

@@ -124,6 +124,19 @@ def load_config(run: Path) -> Config:
         raise CheckpointError(str(e)) from None
 
 
+def saved_eval(run) -> list[dict]:
+    """The rows of `evaluate` a run saved in RUN/metrics.json, checked to be such rows."""
+    path = Path(run) / "metrics.json"
+    data = read_json(path)
+    rows = data.get("eval") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and {"set", "seed", "l_acc", "valid", "auc"} <= r.keys()
+            for r in rows):
+        raise CheckpointError(f"{path} is not a run's metrics: 'eval' must hold the rows of "
+                              "evaluate (set, seed, l_acc, valid, auc)")
+    return rows
+
+
 class locked:
     """Hold an exclusive lock on directory `out` (created if missing) while a command writes
     into it: two processes writing one run or sweep would interleave their files."""

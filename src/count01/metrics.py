@@ -25,14 +25,12 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
 from .config import Count01Error
-from .files import CheckpointError, read_json
 from .language import (
     BOS,
     EOS,
@@ -130,19 +128,6 @@ def evaluate(model, sets: tuple[str, ...] = EVAL_SETS) -> list[dict]:
             result = set_metrics(model, batch)
             for i, seed in enumerate(model.seeds):
                 rows.append({"set": name, "seed": seed} | {k: float(v[i]) for k, v in result.items()})
-    return rows
-
-
-def saved_eval(run) -> list[dict]:
-    """The rows of `evaluate` a run saved in RUN/metrics.json, checked to be such rows."""
-    path = Path(run) / "metrics.json"
-    data = read_json(path)
-    rows = data.get("eval") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and {"set", "seed", "l_acc", "valid", "auc"} <= r.keys()
-            for r in rows):
-        raise CheckpointError(f"{path} is not a run's metrics: 'eval' must hold the rows of "
-                              "evaluate (set, seed, l_acc, valid, auc)")
     return rows
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 from .config import Config
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .document import Block, Bullets, Figure, ReportError, Section, Table, rel
-from .files import atomic_write, load_config, read_json, write_json
+from .files import atomic_write, load_config, read_json, saved_eval, write_json
 from .questions import QUESTIONS
 from .questions import base as V
 
@@ -179,8 +179,6 @@ def _pick_run(ev: Evidence) -> Path | None:
 
 
 def _add_run(ev: Evidence, run: Path | None) -> None:
-    from .metrics import saved_eval
-
     if run is None or not (run / "config.json").exists():
         return
     ev.run_dir, ev.cfg = run, load_config(run)
