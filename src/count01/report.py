@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -42,9 +41,8 @@ from .document import Block, Bullets, Figure, ReportError, Section, Table, rel
 from .files import atomic_write, load_config, read_json, saved_eval, write_json
 from .questions import QUESTIONS
 from .questions import base as V
-
-if TYPE_CHECKING:
-    from .sweeps import Point, Sweep
+from .sweeps.grid import Point, Sweep
+from .sweeps.tables import NoResultsYet, load_tables, read_record, read_sweep
 
 SECTIONS = ("summary", *(f"q{q.NUMBER}" for q in QUESTIONS), "methods")
 ANALYSIS_TABLES = ("model", "heads", "aggregation", "value_swap", "intervention",
@@ -115,8 +113,6 @@ def collect(root: str | Path) -> Evidence:
 
 
 def _add_sweep(ev: Evidence, sweep_dir: Path) -> None:
-    from .sweeps import NoResultsYet, load_tables, read_record, read_sweep
-
     if not (sweep_dir / "sweep.json").exists():
         return
     ev.sweep_dir, ev.sweep = sweep_dir, read_sweep(sweep_dir)
@@ -138,8 +134,6 @@ def _add_paths(ev: Evidence, sweep_dir: Path) -> None:
     """Question 4's evidence from one sweep: the tables `count01 paths` wrote in its paths/
     (success, minimal heads, best practice, early stopping), labelled by the grid (one column
     `configuration` when the grid has several fields). The report computes none of them."""
-    from .sweeps import read_sweep
-
     tables = sweep_dir / "paths"
     if not (tables / "success.csv").exists():
         return
@@ -159,8 +153,6 @@ def _add_paths(ev: Evidence, sweep_dir: Path) -> None:
 
 def _add_noise(ev: Evidence, noise_dir: Path) -> None:
     """Question 5's evidence: the noise benchmark's labour table, labelled by its grid."""
-    from .sweeps import read_sweep
-
     grid = list(read_sweep(noise_dir).grid)
     labour = pd.read_csv(noise_dir / "paths" / "labour.csv")
     labour.insert(1, "configuration", [", ".join(f"{k}={r[k]}" for k in grid)
@@ -242,8 +234,6 @@ def _what_ran(ev: Evidence) -> str:
             if grid:
                 sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
                 if skip:  # the conditions the grid leaves out, and how many it trains
-                    from .sweeps import Sweep
-
                     n = len(Sweep({}, grid, skip).points())
                     left = "; ".join(", ".join(f"{k}={v}" for k, v in x.items()) for x in skip)
                     sizes += f" without {left} ({n} conditions)"
