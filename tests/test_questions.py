@@ -24,7 +24,6 @@ TORCH = {"torch", "safetensors"}
 REPORT_LAZY = {
     "controls": "the hand-built controls are built from weights when a report is judged",
     "language": "noise_ids for the methods' task description",
-    "study": "read_state reads study.json",
 }
 
 

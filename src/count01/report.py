@@ -39,6 +39,7 @@ from .config import Config
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .document import Block, Bullets, Figure, ReportError, Section, Table, rel
 from .files import atomic_write, load_config, read_json, saved_eval, write_json
+from .plan import read_state
 from .questions import QUESTIONS
 from .questions import base as V
 from .sweeps.grid import Point, Sweep
@@ -85,8 +86,6 @@ class Evidence:
 
 def collect(root: str | Path) -> Evidence:
     """Find the saved results of a study, sweep or run directory."""
-    from .study import read_state
-
     root = Path(root)
     if (root / "study.json").exists():
         study = read_state(root)
