@@ -1,5 +1,6 @@
-"""Files every stage writes and reads, with no torch: atomic writes, strict JSON, a run's config,
-directory locks and writability checks (so the report and the tables import no computation).
+"""Files every stage writes and reads, with no torch (so the report and the tables import no
+computation): atomic writes, strict JSON, a run's config, saved evaluation and checkpoint list,
+directory locks, writability checks, and the watchdog that ends pool workers with their parent.
 
 Every file is written to a temporary name and renamed, so a crash never leaves half a file; the
 weights' own readers and writers (safetensors, with shape checks) are in `runs`.
