@@ -213,3 +213,31 @@ def test_a_two_layer_model_learns_count01(tmp_path):
 ])
 def test_the_cli_refuses_bad_layers_and_mlps(flags, match, capsys, tmp_path):
     refused(["train", "--out", tmp_path / "run", "--quiet", *flags], capsys, match, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def deep_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("deep") / "run"
+    train(Config(layers=2, d_mlp=8, steps=20, checkpoint_every=20, batch_size=64, eval_size=256,
+                 **SMALL | {"exhaustive_len": 6}), out, progress=False)
+    return out
+
+
+def test_eval_and_predict_take_a_deep_run_and_the_analyses_refuse_it(deep_run, capsys):
+    from count01.cli import main
+
+    assert main(["evaluate", str(deep_run), "--sets", "hard,long"]) == 0
+    assert "long" in capsys.readouterr().out
+    long = "01" * 40  # longer than n_ctx: no positional embedding, so no limit
+    assert main(["predict", str(deep_run), long]) == 0
+    assert "n0=40 n1=40" in capsys.readouterr().out
+    for command in (["analyze", deep_run], ["intervene", deep_run, "--w01", "1"]):
+        refused(command, capsys, "analyses of runs with L > 1 layers or an MLP (here layers 2, "
+                "d_mlp 8) come with issue 17's head table", deep_run)
+
+
+def test_a_sweep_over_layers_is_refused_before_anything_trains(tmp_path, capsys):
+    sweep = tmp_path / "deep.toml"
+    sweep.write_text("seeds = 2\n[base]\nsteps = 10\n[grid]\nd_mlp = [0, 8]\n")
+    refused(["sweep", sweep, "--out", tmp_path / "out"], capsys, "(here layers 1, d_mlp 8)",
+            tmp_path)

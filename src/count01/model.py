@@ -763,7 +763,7 @@ class Model:
         if self.cfg.layers == 1:
             self._layer(layer)
             return self.reference_run(batch, force_tokens, attn_override, replace)
-        return self.run_layers(batch, attn_override, layer, replace)[layer]
+        return self.run_layers(batch, attn_override, layer, replace)[layer]  # tokens anyway
 
     def _layer(self, layer: int) -> int:
         if not -self.cfg.layers <= layer < self.cfg.layers:
@@ -822,15 +822,16 @@ class Model:
 
     def run_layers(self, batch: Batch, attn_override: torch.Tensor | None = None,
                    layer: int = -1, replace: dict[tuple[int, int], torch.Tensor] | None = None,
-                   positions: bool = False) -> list[Cache]:
+                   positions: bool = False, force_tokens: bool = False) -> list[Cache]:
         """The forward of every layer: one Cache per layer, of that layer's query row (EOS, or
         the ending's with batch.query): pattern, scores, v, z, result (the heads' outputs at the
         query), resid (the residual at the query after the layer, its MLP included) and the
         model's logits (the same in every Cache).
 
-        With one layer this is `reference_run`. With L >= 2 it is the textbook causal forward
-        over tokens: every position of every layer but the last (later layers' keys depend on
-        each prefix, so there is no count path), and of the last only the query row.
+        With one layer this is `reference_run` (over slots unless force_tokens). With L >= 2
+        it is the textbook causal forward over tokens: every position of every layer but the
+        last (later layers' keys depend on each prefix, so there is no count path), and of the
+        last only the query row.
         attn_override (S, B or 1, H, P) replaces exp(score) per occurrence in `layer`'s query
         row, as in `reference_run` (the intervention of SPEC 5 at any layer). replace maps
         (layer, head) to that head's output, (S|1, B|1, d_model) at every position or
@@ -839,7 +840,7 @@ class Model:
         Cache.positions, to take means from)."""
         layer = self._layer(layer)
         if self.cfg.layers == 1:
-            return [self.reference_run(batch, False, attn_override, replace)]
+            return [self.reference_run(batch, force_tokens, attn_override, replace)]
         if batch.tokens is None:
             raise ValueError("a model of several layers needs token batches")
         w = self.weights
