@@ -148,6 +148,49 @@ def test_a_two_layer_model_with_a_silent_first_layer_is_the_ideal_counter():
     torch.testing.assert_close(caches[1].pattern, want.pattern, rtol=0, atol=1e-12)
 
 
+def test_layer_0_counts_into_a_hidden_channel_and_layer_1_reads_it_out():
+    """Layer 0: the ideal counter of controls.py, writing its answer into a channel W_U does not
+    read; layer 1, head 0: attends to EOS alone (its own position) and copies that channel into
+    the answer channel; head 1 is silent. The logits are the ideal counter's; replacing layer 1's
+    reader (or layer 0's counters) by zeros leaves the answer channel empty: every logit of 0
+    and 1 equal, so every answer is the tie's, 0."""
+    one = ideal(2, seeds=2)
+    w1, d1, answer = one.weights, one.cfg.d_model, one.cfg.d_vocab  # answer channel: d_vocab
+    hidden = d = d1
+    cfg = Config(layers=2, heads=2, d_model=d + 1, d_head=d + 1, max_len=8, long_max_len=12,
+                 exhaustive_len=6, n_seeds=2)
+    w = {k: torch.zeros((2,) + s, dtype=torch.float64) for k, s in weight_shapes(cfg).items()}
+    w["embed.W_E"][..., :d] = w1["embed.W_E"][:2]
+    w["unembed.W_U"][:, :d] = w1["unembed.W_U"][:2]
+    w["unembed.b_U"][:] = w1["unembed.b_U"][:2]
+    for k in ("W_Q", "W_K", "W_V", "W_O"):
+        w[ATTN + k][..., :d, :d] = w1[ATTN + k][:2]
+    w[ATTN + "b_Q"][..., :d] = w1[ATTN + "b_Q"][:2]
+    w[ATTN + "W_O"][..., hidden] = w[ATTN + "W_O"][..., answer]  # count into the hidden channel
+    w[ATTN + "W_O"][..., answer] = 0.0
+    reader = attn(1)
+    w[reader + "b_Q"][:, 0, 0] = 1.0
+    w[reader + "W_K"][:, 0, :cfg.d_vocab, 0] = -1000.0 * math.sqrt(d + 1)  # every kind but EOS
+    w[reader + "W_K"][:, 0, 3, 0] = 0.0  # EOS = 3
+    w[reader + "W_V"][:, 0, hidden, 0] = 1.0
+    w[reader + "W_O"][:, 0, 0, answer] = 1.0
+    model = Model(cfg, w, [0, 1])
+    batch = exhaustive(cfg, tokens=True, max_len=6)
+    want = Model(one.cfg, {k: v[:2] for k, v in w1.items()}, [0, 1]).run(batch, force_tokens=True)
+    caches = model.run_layers(batch)
+    torch.testing.assert_close(caches[-1].logits, want.logits, rtol=0, atol=1e-9)
+    assert torch.equal(caches[-1].logits.argmax(-1), batch.y.expand(2, -1))
+    assert not caches[0].resid[..., answer].any()  # after layer 0 the readout sees nothing
+    eos = batch.eos_pos.expand(2, -1)[..., None].expand(-1, -1, 2)
+    assert torch.equal(caches[1].pattern.gather(3, eos[..., None])[..., 0, 0], torch.ones(2, len(
+        batch), dtype=torch.float64))  # the reader attends to EOS alone
+    zero = torch.zeros(2, 1, d + 1, dtype=torch.float64)
+    for ablate in ({(1, 0): zero}, {(0, 0): zero, (0, 1): zero}):
+        logits = model.run(batch, replace=ablate).logits
+        assert torch.equal(logits[..., 0], logits[..., 1])
+        assert torch.equal(logits.argmax(-1), torch.zeros_like(logits.argmax(-1)))
+
+
 def test_replacing_heads_and_overriding_a_layers_query_row():
     cfg = Config(layers=2, d_mlp=4, pos_embed="learned", heads=2, d_model=8, **SMALL)
     model = random_model(cfg)

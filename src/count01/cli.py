@@ -188,7 +188,9 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(format_table(saved_eval(args.out)))
     print(f"seed {model.seeds[0]} imported from {args.src} into {args.out} ({model.cfg.heads} "
           f"heads, d_model {model.cfg.d_model}, pos_embed {model.cfg.pos_embed}, layernorm "
-          f"{'on' if model.cfg.layernorm else 'off'})", file=sys.stderr)
+          f"{'on' if model.cfg.layernorm else 'off'}"
+          + (f", {model.cfg.layers} layers, d_mlp {model.cfg.d_mlp}"
+             if model.cfg.layers > 1 or model.cfg.d_mlp else "") + ")", file=sys.stderr)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
