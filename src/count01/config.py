@@ -201,7 +201,8 @@ class Config:
         if self.long_max_len <= self.max_len:
             raise ConfigError(f"long_max_len ({self.long_max_len}) must exceed max_len ({self.max_len})")
         if self.exhaustive_len > 14 and not self.count_path:
-            raise ConfigError("exhaustive_len above 14 needs the count path (pos_embed = none)")
+            raise ConfigError("exhaustive_len above 14 needs the count path (pos_embed = none, "
+                              "one layer)")
         needs = self.memory_needs()
         if sum(needs.values()) > MEMORY:
             fields_, most = max(needs.items(), key=lambda kv: kv[1])
@@ -217,7 +218,7 @@ class Config:
         if self.layers > 1 or self.d_mlp:
             raise ConfigError(f"analyses of runs with L > 1 layers or an MLP (here layers "
                               f"{self.layers}, d_mlp {self.d_mlp}) come with issue 17's head "
-                              "table; train, eval, predict and export work on them")
+                              "table; train, evaluate, predict and export work on them")
         return self
 
     def memory_needs(self) -> dict[str, float]:
