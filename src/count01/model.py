@@ -877,7 +877,7 @@ class Model:
                 pattern = (q_row[..., None, :] if last else
                            torch.where(row[:, :, None, :, None], q_row[..., None, :], pattern))
             z = pattern @ v  # (S, B, H, Q, e)
-            result = torch.einsum("sbhqe,shed->sbhqd", z, w[a + "W_O"])
+            result = z @ w[a + "W_O"][:, None]  # (S, B, H, Q, d): a product per seed and head
             result = _replaced(result, n, replace, query[..., None] if last else None)
             if last:
                 x_q = torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
