@@ -6,7 +6,7 @@ textbook forward through autograd). The variants are interleaved over repeats, s
 machine's speed hits all alike; the median over repeats and each variant's ratio to the default
 are printed.
 
-    python benchmarks/layers.py            # S = 8, 200 steps, 3 repeats (a few minutes)
+    python benchmarks/layers.py            # S = 8, 30 steps, 3 repeats (several minutes)
     python benchmarks/layers.py --quick    # a few steps: checks that it runs (CI)
 """
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps: checks that it runs")
     parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     steps, repeats = (5, 1) if args.quick else (args.steps, args.repeats)

@@ -218,6 +218,9 @@ def test_replacing_heads_and_overriding_a_layers_query_row():
     assert not torch.allclose(flat[-1].logits, logits)
     with pytest.raises(ValueError, match="layer 2 out of range"):
         model.run(batch, layer=2)
+    one = random_model(cfg.replace(layers=1, d_mlp=0))  # the position path checks it too
+    with pytest.raises(ValueError, match="layer 1 out of range"):
+        one.run(batch, layer=1)
 
 
 def test_deep_training_batches_resumes_learns_and_loads(tiny, tmp_path, monkeypatch):
