@@ -135,7 +135,8 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
     assert list(runs["heads"]) == [1, 1, 2, 2]
     expected = (["config_id", "min_len", "max_len", "noise", "noise_symbols", "noise_pattern",
                  "burst_len", "p_one", "class_balanced", "bos", "framing", "lm_loss", "heads",
-                 "d_model", "d_head", "pos_embed", "layernorm", "init_scale", "n_seeds", "steps",
+                 "d_model", "d_head", "pos_embed", "layernorm", "init_scale", "layers", "d_mlp",
+                 "n_seeds", "steps",
                  "batch_size", "optimizer", "lr", "schedule", "warmup", "weight_decay",
                  "checkpoint_every", "early_stop", "eval_seed", "eval_size",
                  "exhaustive_len", "long_max_len", "noisy_noise", "seed", "success", "ideal",

@@ -148,7 +148,7 @@ def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,
 def _analyze(run: Path, grid: tuple[np.ndarray, np.ndarray], progress: bool, sweep_set: str,
              figures: bool) -> dict:
     model = load(run).to(torch.float64)
-    cfg = model.cfg
+    cfg = model.cfg.analysable()
     fit = eval_set(cfg, "fit")
     sets = {name: eval_set(cfg, name) for name in EVAL_SETS}
     if sweep_set not in sets:

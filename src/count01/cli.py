@@ -189,12 +189,16 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(format_table(saved_eval(args.out)))
     print(f"seed {model.seeds[0]} imported from {args.src} into {args.out} ({model.cfg.heads} "
           f"heads, d_model {model.cfg.d_model}, pos_embed {model.cfg.pos_embed}, layernorm "
-          f"{'on' if model.cfg.layernorm else 'off'})", file=sys.stderr)
+          f"{'on' if model.cfg.layernorm else 'off'}"
+          + (f", {model.cfg.layers} layers, d_mlp {model.cfg.d_mlp}"
+             if model.cfg.layers > 1 or model.cfg.d_mlp else "") + ")", file=sys.stderr)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze, describe
+    from .runs import load_config
 
+    load_config(args.run).analysable()
     summary = analyze(args.run, grid_size=args.grid_size, progress=not args.quiet,
                       sweep_set=args.set, figures=not args.no_figures, threads=args.threads)
     print(describe(summary))
@@ -222,6 +226,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     if args.out:
         writable(args.out, kind="file")
     model = load(args.run)
+    model.cfg.analysable()
     w01 = grid01 if args.w01 is None else _weights(args.w01, "--w01")
     w02 = grid02 if args.w02 is None else _weights(args.w02, "--w02")
     with torch_threads(1):  # small tensors: see analysis.analyze

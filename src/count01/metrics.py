@@ -151,7 +151,7 @@ def predict(model, text: str) -> str:
     sentence = model.cfg.framing == "sentence"
     k = model.cfg.noise_symbols
     batch = parse(text, model.cfg.bos, k, sentence)
-    if not model.cfg.count_path and batch.tokens.shape[-1] > model.cfg.n_ctx:
+    if model.cfg.pos_embed != "none" and batch.tokens.shape[-1] > model.cfg.n_ctx:
         raise Count01Error(f"the string has {len(text.strip())} digits; this model's positional "
                            f"embedding covers {model.cfg.n_ctx - 1 - model.cfg.bos - 2 * sentence}"
                            " at most")
