@@ -196,7 +196,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze, describe
-    from .runs import load_config
+    from .files import load_config
 
     load_config(args.run).analysable()
     summary = analyze(args.run, grid_size=args.grid_size, progress=not args.quiet,
