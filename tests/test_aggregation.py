@@ -3,6 +3,7 @@ import torch
 from test_metrics import counting_model
 
 from count01 import metrics
+from count01.activations import weighted_mean
 from count01.aggregation import (
     aggregate,
     combine,
@@ -15,7 +16,6 @@ from count01.aggregation import (
 )
 from count01.config import Config
 from count01.language import eval_set
-from count01.metrics import weighted_mean
 from count01.model import ATTN, Model
 
 SMALL = dict(n_seeds=2, eval_size=256, max_len=8, long_max_len=12, exhaustive_len=6)
