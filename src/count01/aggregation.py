@@ -316,9 +316,10 @@ def _subset_l_acc(m: Model, acts: Activations, subsets: list[tuple[int, ...]], p
     return torch.cat(out)
 
 
-def _parts(model: Model, fit: Batch, shared: Shared):
+def _parts(model: Model, fit: Batch, shared: Shared | None = None):
     """What a head set's alpha is refitted on: the answers alone, whatever the framing, since
     the minimal head set and the division of labour (SPEC 4) are judged on answer l-acc."""
+    shared = Shared(model) if shared is None else shared
     return fit_rows(model, fit, ending=False, shared=shared), head_means(model, fit, shared)[0]
 
 
