@@ -280,6 +280,6 @@ def test_analyses_sharing_activations_run_each_set_once_and_give_the_numbers_of_
     shared = activations.Shared(model)
     assert each(shared) == alone
     # fit and hard: one pass each of the shared quantities, the head outputs and the kind
-    # parts, and the probes' run of hard (each alone, the four run the two sets 11 times)
-    assert len(runs) <= 7, len(runs)
+    # parts (each alone, the four run the two sets 11 times)
+    assert len(runs) <= 6, len(runs)
     assert shared.of(fit) is shared.of(fit) and shared.of(fit).batch is fit

@@ -419,8 +419,8 @@ def head_table(model, sets=EVAL_SETS, fit: Batch | None = None, shared: Shared |
         for name, batch in as_batches(model.cfg, sets).items():
             a = shared.of(batch)
             hits = 0.0
-            for piece, c in a.chunks():  # the probes read o_h, kept whole for no set
-                hits = hits + probe_hits(probes, c.result, piece)
+            for piece, _, o in a.head_slices():  # o_h, kept whole where it is small
+                hits = hits + probe_hits(probes, o, piece)
             total = float(batch.weight.sum())
             readout = readout_columns(a.direct, t, batch)
             pacc = hits / total
