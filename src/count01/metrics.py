@@ -388,10 +388,11 @@ def head_thresholds(model, result: torch.Tensor, fit: Batch) -> torch.Tensor:
 
 
 def fit_thresholds(shared: Shared, fit: Batch) -> torch.Tensor:
-    """`head_thresholds` from the direct scores of `fit`'s Activations, fitted once per
-    (model, fit set) and shared by every analysis."""
+    """`head_thresholds` of the head outputs `fit`'s Activations keep, fitted once per (model,
+    fit set) and shared by every analysis. From the whole set's o_h in one product, not the
+    slices' scores: slices depend on the number of seeds, and a seed's threshold must not."""
     a = shared.of(fit)
-    return a.once("thresholds", lambda: fit_threshold(a.direct, fit.y, fit.weight))
+    return a.once("thresholds", lambda: head_thresholds(shared.model, a.heads[1], fit))
 
 
 def readout_columns(s: torch.Tensor, t: torch.Tensor, batch: Batch) -> dict[str, np.ndarray]:
