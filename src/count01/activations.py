@@ -10,8 +10,11 @@ set (thresholds, probes, means, fitted alpha on `fit`), so the analyses share th
 `analysis._compute` builds one per set and passes them to every analysis; an analysis called
 alone builds its own.
 
-Heads: the H axis of every tensor is the model's heads, in `head_ids` order ((layer, head)
-pairs; one layer today), so a model of several layers adds rows, not axes.
+Heads: the H axis of every tensor is the model's heads of every layer, in `head_ids` order
+((layer, head) pairs, layer by layer: index layer * H + h, the global head index of the tables),
+so a model of several layers adds rows, not axes. With L >= 2 layers or an MLP (`deep`) the
+logits are no longer a linear function of the heads' outputs at the query: the analyses that
+change a head's output then run the later layers again (`layered_logits`), exactly.
 
 Slices: a set is run in slices (`run_chunks`) that bound memory; the per-example tensors kept
 here are a few numbers per (seed, head, example), never a per-position cache.
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 
 from .language import ONE, ZERO, Batch, at_end
-from .model import ATTN, Model, PosCache
+from .model import ATTN, Cache, Model, PosCache, attn
 
 CACHE_ELEMENTS = 1 << 24  # per forward slice: bounds memory (a cache tensor <= 128 MB)
 KEEP_ELEMENTS = 1 << 23  # a set's head outputs (S, B, H, d) are kept whole up to this size
@@ -43,13 +46,47 @@ def run_chunks(model, batch: Batch):
     """(slice, cache) over consecutive slices of `batch`, each small enough that no cache tensor
     exceeds CACHE_ELEMENTS: every number over a whole set is then a sum or a concatenation over
     slices (the token path's `exhaustive` set holds 797,161 strings)."""
-    slots = model.cfg.d_vocab if model.cfg.count_path or batch.tokens is None else batch.tokens.shape[-1]
-    per_example = model.n_seeds * model.cfg.heads * slots * max(model.cfg.d_head_,
-                                                                 model.cfg.d_model)
+    for piece in slices(model, batch):
+        yield piece, merged_run(model, piece)
+
+
+def slices(model, batch: Batch):
+    """Consecutive slices of `batch` small enough for one forward (`run_chunks`)."""
+    cfg = model.cfg
+    slots = cfg.d_vocab if cfg.count_path or batch.tokens is None else batch.tokens.shape[-1]
+    per_example = model.n_seeds * cfg.heads * slots * max(cfg.d_head_, cfg.d_model)
+    if cfg.layers > 1:  # every position of every layer: scores, q, k, v and outputs
+        per_example = (model.n_seeds * cfg.heads * slots * cfg.layers
+                       * (slots + 3 * cfg.d_head_ + cfg.d_model))
     size = max(1, CACHE_ELEMENTS // per_example)
     for a in range(0, len(batch), size):
-        piece = batch if size >= len(batch) else sub_batch(batch, a, a + size)
-        yield piece, model.run(piece)
+        yield batch if size >= len(batch) else sub_batch(batch, a, a + size)
+
+
+def deep(model) -> bool:
+    """L >= 2 layers or an MLP: the logits are not linear in the heads' outputs at the query."""
+    return model.cfg.layers > 1 or bool(model.cfg.d_mlp)
+
+
+def merged_run(model, batch: Batch) -> Cache:
+    """model.run, with every layer's heads side by side on the H axis (`head_ids` order): the
+    query row's pattern, scores, values, z and outputs of every head; resid and logits the
+    model's. One layer: model.run itself."""
+    if model.cfg.layers == 1:
+        return model.run(batch)
+    caches = model.run_layers(batch)
+    last = caches[-1]
+
+    def cat(field):
+        return torch.cat([getattr(c, field) for c in caches], 2)
+    return Cache(cat("pattern"), last.kinds, last.mult, cat("scores"), cat("v"), cat("z"),
+                 cat("result"), last.resid, last.logits)
+
+
+def stacked(model, name: str) -> torch.Tensor:
+    """A per-head attention weight of every layer side by side on the head axis (S, L * H, ...),
+    in `head_ids` order: e.g. stacked(model, "W_O")."""
+    return torch.cat([model.weights[attn(n) + name] for n in range(model.cfg.layers)], 1)
 
 
 def chunked_logits(model, batch: Batch) -> torch.Tensor:
@@ -66,8 +103,8 @@ def readout_direction(model) -> torch.Tensor:
 
 
 def head_ids(model) -> list[tuple[int, int]]:
-    """(layer, head) of each index of the H axis: one layer today."""
-    return [(0, h) for h in range(model.cfg.heads)]
+    """(layer, head) of each index of the H axis: index layer * H + head."""
+    return [(n, h) for n in range(model.cfg.layers) for h in range(model.cfg.heads)]
 
 
 def direct_scores(model, result: torch.Tensor) -> torch.Tensor:
@@ -140,13 +177,16 @@ def weighted_mean(x: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tens
 @dataclass
 class KindParts:
     """One set's heads decomposed by token kind, in the readout space R (vocab, or d_model when
-    ln_final makes the readout non-linear): what the attention intervention (SPEC 5) sweeps."""
+    ln_final makes the readout non-linear): what the attention intervention (SPEC 5) sweeps.
+    Of a `deep` model only n, direct and weights (its logits are not a sum of readouts: the
+    intervention runs the model instead); a head's own output under the intervention is still
+    this sum, since its values do not depend on its own query row."""
 
     n: torch.Tensor  # (S|1, B, V) occurrences of each kind (V = d_vocab, id order)
     direct: torch.Tensor  # (S, H, B, V) sum over occurrences of kind t of the direct score
-    out: torch.Tensor  # (S, H, B, V, R) sum over occurrences of kind t of v W_O, read out
-    orig: torch.Tensor  # (S, H, B, R) each head's unintervened output, read out
-    rest: torch.Tensor  # (S, B, R) everything but the heads: e(EOS) + p + b_O (+ b_U), read out
+    out: torch.Tensor | None  # (S, H, B, V, R) sum over occurrences of kind t of v W_O, read out
+    orig: torch.Tensor | None  # (S, H, B, R) each head's unintervened output, read out
+    rest: torch.Tensor | None  # (S, B, R) all but the heads: e(EOS) + p + b_O (+ b_U), read out
     weights: torch.Tensor  # (S, H, V) measured per-occurrence weights relative to a 0
 
 
@@ -263,7 +303,7 @@ class Activations:
 
     def _kind_parts(self) -> KindParts:
         m = self.model
-        W_O = m.weights[ATTN + "W_O"]
+        W_O = stacked(m, "W_O")
         R, bias = readout_map(m)
         dU = readout_direction(m)  # (S, d)
         fields: dict[str, list[torch.Tensor]] = {}
@@ -271,16 +311,18 @@ class Activations:
         for piece, c in self.chunks():
             vk = _kind_values(m, c)  # (S, b, H, V, d_head)
             got = {"n": kind_counts(c),
-                   "direct": torch.einsum("sbhte,shed,sd->shbt", vk, W_O, dU),
-                   "out": torch.einsum("sbhte,shed,sdr->shbtr", vk, W_O, R),
-                   "orig": torch.einsum("sbhd,sdr->shbr", c.result, R),
-                   "rest": torch.einsum("sbd,sdr->sbr", c.resid - c.result.sum(2), R)}
+                   "direct": torch.einsum("sbhte,shed,sd->shbt", vk, W_O, dU)}
+            if not deep(m):
+                got |= {"out": torch.einsum("sbhte,shed,sdr->shbtr", vk, W_O, R),
+                        "orig": torch.einsum("sbhd,sdr->shbr", c.result, R),
+                        "rest": torch.einsum("sbd,sdr->sbr", c.resid - c.result.sum(2), R)}
             for k, v in got.items():
                 fields.setdefault(k, []).append(v)
             ratios.add(piece, c)
         axis = {"n": 1, "direct": 2, "out": 2, "orig": 2, "rest": 1}  # the example axis
-        parts = {k: torch.cat(v, axis[k]) for k, v in fields.items()}
-        if bias is not None:
+        parts = dict.fromkeys(("out", "orig", "rest")) | {
+            k: torch.cat(v, axis[k]) for k, v in fields.items()}
+        if bias is not None and parts["rest"] is not None:
             parts["rest"] = parts["rest"] + bias[:, None]
         return KindParts(**parts, weights=ratios.value())
 
@@ -300,3 +342,69 @@ class Shared:
         if got is None or got.batch is not batch:
             got = self._sets[id(batch)] = Activations(self.model, batch)
         return got
+
+
+# --- changing heads' outputs in the forward (mean ablation, alpha; SPEC 4's total effect) -----
+
+def query_rows(batch: Batch) -> torch.Tensor:
+    """Each example's query position (S|1, B): the first EOS, or the fed answer (batch.query)."""
+    eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+    return eos + (batch.query is not None)
+
+
+def position_means(acts: Activations) -> torch.Tensor:
+    """Each head's weighted mean output over the positions before the query (S, L * H, d), on
+    the set of `acts` (`fit`): what mean ablation puts at a lower layer's other positions (the
+    query row gets the mean at the query, `Activations.heads`). Last-layer heads compute only
+    the query row: their entries are their means at the query."""
+    m, batch = acts.model, acts.batch
+
+    def run():
+        L, H = m.cfg.layers, m.cfg.heads
+        out = weighted_mean(acts.heads[1], batch.weight, 1).clone()  # (S, L * H, d)
+        if L == 1:
+            return out
+        total, count = 0.0, 0.0
+        for piece in slices(m, batch):
+            caches = m.run_layers(piece, positions=True)
+            o = torch.cat([c.positions for c in caches[:-1]], 2)  # (S, b, (L-1) H, P, d)
+            P = o.shape[3]
+            before = (torch.arange(P) < query_rows(piece)[..., None]).to(o.dtype)  # (S|1, b, P)
+            w = before * piece.weight.to(o.dtype)[:, None]
+            total = total + torch.einsum("sbhpd,sbp->shd", o, w.expand(o.shape[0], -1, -1))
+            count = count + w.sum((1, 2))  # (S|1,)
+        out[:, :(L - 1) * H] = total / count.reshape(-1, 1, 1)
+        return out
+    return acts.once("position_means", run)
+
+
+def ablation_value(model, batch: Batch, layer: int, at_query: torch.Tensor,
+                   before: torch.Tensor) -> torch.Tensor:
+    """What mean ablation puts in a head's place on `batch`, for run_layers' replace: its mean
+    at the query at_query (S, d), and below the last layer at every other position its mean
+    over the positions before the query before (S, d): (S, 1, d) or (S, B, P, d)."""
+    if layer == model.cfg.layers - 1:
+        return at_query[:, None]
+    P = batch.tokens.shape[-1]
+    row = (torch.arange(P) == query_rows(batch)[..., None])[..., None]  # (S|1, B, P, 1)
+    return torch.where(row, at_query[:, None, None], before[:, None, None])
+
+
+def layered_logits(model, batch: Batch, edit: Callable[[int, torch.Tensor], torch.Tensor],
+                   caches: list[Cache] | None = None) -> torch.Tensor:
+    """The logits (S, B, V) of `model` on `batch` with each layer's head outputs o replaced by
+    edit(layer, o): o is (S, B, H, P, d) at every position below the last layer, (S, B, H, d) at
+    the query in the last one, and every later computation sees the edited outputs (alpha
+    scaling with L >= 2 or an MLP: exact, no linearisation). A layer's outputs depend on the
+    edits below it, so this is one forward per layer. caches: run_layers(batch, positions=True)
+    of the unedited model, when the caller shares it."""
+    L, H = model.cfg.layers, model.cfg.heads
+    caches = model.run_layers(batch, positions=True) if caches is None else caches
+    replace: dict[tuple[int, int], torch.Tensor] = {}
+    for n in range(L):
+        last = n == L - 1
+        new = edit(n, caches[n].result if last else caches[n].positions)
+        replace |= {(n, h): new[:, :, h] for h in range(H)}
+        if not last:
+            caches = model.run_layers(batch, replace=replace, positions=True)
+    return model.run_layers(batch, replace=replace)[-1].logits

@@ -28,13 +28,24 @@ Deterministic, float64.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 
 import torch
 
-from .activations import Activations, Shared, weighted_mean
+from .activations import (
+    Activations,
+    Shared,
+    ablation_value,
+    deep,
+    head_ids,
+    layered_logits,
+    position_means,
+    slices,
+    weighted_mean,
+)
 from .criteria import SUCCESS_L_ACC
-from .language import EOS, Batch
+from .language import EOS, Batch, at_end
 from .metrics import as_batches, roc_auc_rows
 from .model import Model
 
@@ -51,13 +62,15 @@ def head_parts(model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return Activations(model, batch).heads
 
 
-def scheme_metrics(acts: Activations, means: torch.Tensor, alpha: torch.Tensor,
-                   keep: torch.Tensor, auc: bool = True, end_means: torch.Tensor | None = None
-                   ) -> dict[str, torch.Tensor]:
+def scheme_metrics(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor,
+                   auc: bool = True, end_means=None) -> dict[str, torch.Tensor]:
     """l-acc, valid rate (and AUC) on `batch` of the model with heads reweighted by alpha
     (M, S, H), the heads not kept (M, S, H) mean-ablated. Each (M, S); run in slices. With
     `end_means` (the heads' means at the `sentence` ending) also end and sentence accuracy,
-    the same alpha and mask at the ending. acts: the set's Activations (float64)."""
+    the same alpha and mask at the ending. acts: the set's Activations (float64). means: of
+    `head_means`, or for a `deep` model a `Means` (`ablation_means`)."""
+    if deep(acts.model):
+        return _deep_metrics(acts, means, alpha, keep, auc, end_means)
     model, batch = acts.model, acts.batch
     w = batch.weight.to(torch.float64)
     hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, []
@@ -75,6 +88,35 @@ def scheme_metrics(acts: Activations, means: torch.Tensor, alpha: torch.Tensor,
             if endings is not None:  # the same slices, the true answer fed
                 _, ebase, eo = next(endings)
                 end = unembed(model, combine(ebase, eo, end_means, alpha, keep)).argmax(-1) == EOS
+                ends = ends + (end.to(pw.dtype) * pw).sum(-1)
+                whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
+    out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
+    if auc:
+        out["auc"] = roc_auc_rows(torch.cat(scores, -1), batch.y, batch.weight)
+    if end_means is not None:
+        out |= {"end": ends / w.sum(), "sentence": whole / w.sum()}
+    return out
+
+
+def _deep_metrics(acts: Activations, means: Means, alpha: torch.Tensor, keep: torch.Tensor,
+                  auc: bool, end_means: Means | None) -> dict[str, torch.Tensor]:
+    """`scheme_metrics` of a deep model: each mask's logits through the later layers
+    (`layered_logits`), the unedited forward of each slice shared by the masks."""
+    model, batch = acts.model, acts.batch
+    w = batch.weight.to(torch.float64)
+    hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, []
+    with torch.no_grad():
+        for piece in slices(model, batch):
+            caches = model.run_layers(piece, positions=True)
+            pred_logits = _deep_logits(model, piece, alpha, keep, means, caches)  # (M, S, b, V)
+            pred = pred_logits.argmax(-1)
+            pw = piece.weight.to(torch.float64)
+            hits = hits + ((pred == piece.y).to(pw.dtype) * pw).sum(-1)
+            valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
+            if auc:
+                scores.append(pred_logits[..., 1] - pred_logits[..., 0])
+            if end_means is not None:
+                end = _deep_logits(model, at_end(piece), alpha, keep, end_means).argmax(-1) == EOS
                 ends = ends + (end.to(pw.dtype) * pw).sum(-1)
                 whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
     out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
@@ -154,24 +196,46 @@ def head_means(model: Model, fit: Batch, shared: Shared | None = None
     return fa.once("means", means)
 
 
+def ablation_means(model: Model, fit: Batch, shared: Shared):
+    """What `scheme_metrics` mean-ablates with, at the answer and (`sentence`) the ending:
+    `head_means`, or for a `deep` model `Means` (positions before the query included)."""
+    if not deep(model):
+        return head_means(model, fit, shared)
+    fa = shared.of(fit)
+    return Means.of(fa), Means.of(fa.end) if model.cfg.framing == "sentence" else None
+
+
 def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
          weight: torch.Tensor) -> torch.Tensor:
     """Fitted alpha (M, S, H) for masks keep (M, S, H) on the rows of `fit_rows`; alpha 0
-    where a head is not kept."""
-    w = (weight / weight.sum()).to(o.dtype)  # (R,)
-    target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(o.dtype)  # (R, V)
-    eye = torch.eye(keep.shape[-1], dtype=o.dtype)
+    where a head is not kept. One attention-only layer: the logits are the residual's readout."""
     free = keep.to(o.dtype)
-    start = free.clone()
-    linear = not model.cfg.layernorm
-    if linear:  # logits = L0 + sum_h alpha_h C_h: the Jacobian C is constant
+    if not model.cfg.layernorm:  # logits = L0 + sum_h alpha_h C_h: the Jacobian C is constant
         C = torch.einsum("sbhd,sdv->sbvh", o, model.weights["unembed.W_U"])  # (S, B, V, H)
         L0 = unembed(model, combine(base, o, means, torch.zeros_like(free), keep))
+        fixed_J = C * free[:, :, None, None, :]  # (M, S, B, V, H)
+        return _newton(model, keep, y, weight,
+                       lambda alpha: L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C),
+                       lambda alpha: fixed_J)
 
-    def logits_of(alpha):
-        if linear:
-            return L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C)
-        return unembed(model, combine(base, o, means, alpha, keep))
+    def jacobian(alpha):
+        tangents = o.transpose(2, 3) * free[:, :, None, None, :]  # (M, S, B, d, H)
+        return logit_jacobian(model, combine(base, o, means, alpha, keep), tangents)
+    return _newton(model, keep, y, weight,
+                   lambda alpha: unembed(model, combine(base, o, means, alpha, keep)), jacobian)
+
+
+def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+            logits_of, jacobian) -> torch.Tensor:
+    """alpha (M, S, H) minimising the objective of the module docstring from alpha = keep, by
+    damped Newton on the Gauss-Newton Hessian: logits_of(alpha) (M, S, R, V) are the rows'
+    logits, jacobian(alpha) (M, S, R, V, H) their derivative along each head's alpha."""
+    dtype = torch.float64
+    w = (weight / weight.sum()).to(dtype)  # (R,)
+    target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(dtype)  # (R, V)
+    eye = torch.eye(keep.shape[-1], dtype=dtype)
+    free = keep.to(dtype)
+    start = free.clone()
 
     def objective(logits, alpha):
         """The objective (M, S) and the log-probabilities it read."""
@@ -179,18 +243,9 @@ def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
         ce = -(logp * target).sum(-1) @ w
         return ce + RIDGE / 2 * ((alpha - start) ** 2).sum(-1), logp
 
-    fixed_J = C * free[:, :, None, None, :] if linear else None  # (M, S, B, V, H)
-
-    def jacobian(alpha):
-        """d logits / d alpha_h for every kept head: J (M, S, B, V, H)."""
-        if linear:
-            return fixed_J
-        tangents = o.transpose(2, 3) * free[:, :, None, None, :]  # (M, S, B, d, H)
-        return logit_jacobian(model, combine(base, o, means, alpha, keep), tangents)
-
     alpha = start.clone()
     current, logp = objective(logits_of(alpha), alpha)
-    damping = torch.full(current.shape, 1e-3, dtype=o.dtype)
+    damping = torch.full(current.shape, 1e-3, dtype=dtype)
     done = torch.zeros(current.shape, dtype=torch.bool)
     M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
     for _ in range(MAX_STEPS):
@@ -222,6 +277,87 @@ def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
     return alpha
 
 
+# --- L >= 2 layers or an MLP: alpha and mean ablation through the later layers ---------------
+
+def _edit(model: Model, piece: Batch, alpha: torch.Tensor, keep: torch.Tensor,
+          at_query: torch.Tensor, before: torch.Tensor):
+    """`layered_logits`' edit of one mask: head i's output scaled by alpha[:, i] (S, L * H) where
+    keep[:, i] (S|1, L * H), else mean-ablated (`ablation_value`: at_query, before (S, L * H, d)
+    the means on `fit`)."""
+    H = model.cfg.heads
+
+    def edit(n: int, o: torch.Tensor) -> torch.Tensor:
+        out = []
+        for h in range(H):
+            i, shape = n * H + h, (-1,) + (1,) * (o.dim() - 3)
+            mean = ablation_value(model, piece, n, at_query[:, i], before[:, i])
+            out.append(torch.where(keep[:, i].view(shape), alpha[:, i].view(shape) * o[:, :, h],
+                                   mean))
+        return torch.stack(out, 2)
+    return edit
+
+
+def _deep_logits(model: Model, piece: Batch, alpha: torch.Tensor, keep: torch.Tensor,
+                 means: tuple[torch.Tensor, torch.Tensor], caches=None) -> torch.Tensor:
+    """Logits (M, S, b, V) of a deep model on `piece` under each mask's alpha (M, S, L * H)
+    and keep (M, S|1, L * H); means: (at the query, before it) on `fit` (`Means`)."""
+    return torch.stack([layered_logits(model, piece, _edit(model, piece, alpha[j], keep[j],
+                                                           *means), caches)
+                        for j in range(alpha.shape[0])])
+
+
+def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = True
+              ) -> torch.Tensor:
+    """`_fit` of a deep model: alpha (M, S, L * H) by the same damped Newton, the logits of
+    every row computed through the later layers (`layered_logits`) and their derivatives along
+    each kept head's alpha by forward-mode autograd (one forward per kept head and step)."""
+    import torch.autograd.forward_ad as fwad
+
+    m, fa = shared.model, shared.of(fit)
+    queries = [(fit, Means.of(fa))]
+    if m.cfg.framing == "sentence" and ending:
+        queries.append((fa.end.batch, Means.of(fa.end)))
+    rows = [(piece, means) for batch, means in queries for piece in slices(m, batch)]
+    y = torch.cat([piece.y for piece, _ in rows])
+    weight = torch.cat([piece.weight for piece, _ in rows])
+
+    def logits_of(alpha):
+        return torch.cat([_deep_logits(m, piece, alpha, keep, means) for piece, means in rows], 2)
+
+    def jacobian(alpha):
+        J = torch.zeros(*alpha.shape[:2], len(y), m.cfg.d_vocab, keep.shape[-1],
+                        dtype=torch.float64)
+        for j in range(keep.shape[0]):
+            for i in torch.nonzero(keep[j].any(0)).flatten().tolist():
+                with fwad.dual_level():
+                    tangent = torch.zeros_like(alpha[j])
+                    tangent[:, i] = keep[j, :, i].to(tangent.dtype)
+                    dual = fwad.make_dual(alpha[j], tangent)
+                    got = torch.cat([fwad.unpack_dual(_deep_logits(
+                        m, piece, dual[None], keep[j:j + 1], means)[0]).tangent
+                        for piece, means in rows], 1)
+                J[j, ..., i] = got
+        return J
+    return _newton(m, keep, y, weight, logits_of, jacobian)
+
+
+@dataclass
+class Means:
+    """What mean ablation puts in a head's place, fitted on a set's queries: the heads' weighted
+    means at the query (S, L * H, d) and, below the last layer, over the positions before it."""
+
+    at_query: torch.Tensor
+    before: torch.Tensor
+
+    def __iter__(self):
+        return iter((self.at_query, self.before))
+
+    @classmethod
+    def of(cls, acts: Activations) -> Means:
+        return acts.once("deep_means", lambda: cls(
+            weighted_mean(acts.heads[1], acts.batch.weight, 1), position_means(acts)))
+
+
 def fit_alpha(model: Model, fit: Batch, mask: torch.Tensor | None = None,
               shared: Shared | None = None) -> torch.Tensor:
     """alpha (S, H) minimising the answer's cross-entropy on `fit` (in `sentence`, the mean of
@@ -234,9 +370,11 @@ def fit_alpha(model: Model, fit: Batch, mask: torch.Tensor | None = None,
     shared = Shared(model) if shared is None else shared
 
     def fitted():
-        base, o, means, y, weight = fit_rows(model, fit, shared=shared)
-        S, H = o.shape[0], o.shape[2]
+        S, H = model.n_seeds, len(head_ids(model))
         keep = torch.ones(S, H, dtype=torch.bool) if mask is None else mask.expand(S, H).bool()
+        if deep(model):
+            return _fit_deep(shared, fit, keep[None])[0]
+        base, o, means, y, weight = fit_rows(model, fit, shared=shared)
         return _fit(shared.model, base, o, means, keep[None], y, weight)[0]
     return fitted() if mask is not None else shared.of(fit).once("alpha_fitted", fitted)
 
@@ -245,7 +383,7 @@ def schemes(model: Model, fit: Batch, fitted: torch.Tensor | None = None,
             shared: Shared | None = None) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
     """(scheme, head, alpha (S, H), keep (S, H)) of every aggregation scheme; head -1 when the
     scheme concerns the whole model."""
-    S, H = model.n_seeds, model.cfg.heads
+    S, H = model.n_seeds, len(head_ids(model))
     ones, all_ = torch.ones(S, H, dtype=torch.float64), torch.ones(S, H, dtype=torch.bool)
     shared = Shared(model) if shared is None else shared
     fitted = fit_alpha(model, fit, shared=shared) if fitted is None else fitted
@@ -285,7 +423,7 @@ def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None
     plan = schemes(shared.model, fit, fitted, shared)
     alpha = torch.stack([a for _, _, a, _ in plan])  # (M, S, H)
     keep = torch.stack([k for _, _, _, k in plan])
-    means, end_means = head_means(model, fit, shared)
+    means, end_means = ablation_means(model, fit, shared)
     rows = []
     for name, batch in as_batches(model.cfg, sets).items():
         got = {k: v.numpy() for k, v in scheme_metrics(shared.of(batch), means, alpha, keep,
@@ -301,26 +439,31 @@ def _subset_l_acc(m: Model, acts: Activations, subsets: list[tuple[int, ...]], p
                   ) -> torch.Tensor:
     """l-acc on `batch` of each head subset (the others mean-ablated, alpha refitted on `fit`),
     every seed at once, in slices that bound memory. (M, S)."""
-    (fbase, fo, rows, y, weight), means = parts
+    refit, means, rows = parts
     batch = acts.batch
-    S, H = fo.shape[0], fo.shape[2]
-    step = max(1, CHUNK_ELEMENTS // (S * max(fo.shape[1], len(batch)) * m.cfg.d_vocab * max(H, 1)))
+    S, H = m.n_seeds, len(head_ids(m))
+    step = max(1, CHUNK_ELEMENTS // (S * max(rows, len(batch)) * m.cfg.d_vocab * max(H, 1)))
     out = []
     for a in range(0, len(subsets), step):
         chunk = subsets[a:a + step]
         keep = torch.zeros(len(chunk), S, H, dtype=torch.bool)
         for j, heads in enumerate(chunk):
             keep[j, :, list(heads)] = True
-        alpha = _fit(m, fbase, fo, rows, keep, y, weight)
-        out.append(scheme_metrics(acts, means, alpha, keep, auc=False)["l_acc"])
+        out.append(scheme_metrics(acts, means, refit(keep), keep, auc=False)["l_acc"])
     return torch.cat(out)
 
 
 def _parts(model: Model, fit: Batch, shared: Shared | None = None):
     """What a head set's alpha is refitted on: the answers alone, whatever the framing, since
-    the minimal head set and the division of labour (SPEC 4) are judged on answer l-acc."""
+    the minimal head set and the division of labour (SPEC 4) are judged on answer l-acc.
+    (refit(keep) -> alpha, the means mean ablation puts in, the number of rows fitted on)."""
     shared = Shared(model) if shared is None else shared
-    return fit_rows(model, fit, ending=False, shared=shared), head_means(model, fit, shared)[0]
+    if deep(model):
+        return (lambda keep: _fit_deep(shared, fit, keep, ending=False),
+                Means.of(shared.of(fit)), len(fit))
+    base, o, rows, y, weight = fit_rows(model, fit, ending=False, shared=shared)
+    return (lambda keep: _fit(shared.model, base, o, rows, keep, y, weight),
+            head_means(model, fit, shared)[0], o.shape[1])
 
 
 def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC,
@@ -346,7 +489,7 @@ def head_sets(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS
     always fitted."""
     shared = Shared(model) if shared is None else shared
     m, acts, parts = shared.model, shared.of(batch), _parts(model, fit, shared)
-    S, H = parts[0][1].shape[0], parts[0][1].shape[2]
+    S, H = m.n_seeds, len(head_ids(m))
     found: list[list[int] | None] = [None] * S
     alone = torch.zeros(max(H, 1), S, dtype=torch.bool)
     for k in range(H + 1):

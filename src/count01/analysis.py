@@ -15,16 +15,26 @@ metrics.json   run, config, seeds, n_heads, sweep_set (set of the intervention),
 model.csv      set, seed, l_acc, valid, auc
                the trained model: l-acc (argmax of the logits = answer), valid rate (argmax is
                0 or 1), ROC AUC of logit(1) - logit(0).
-heads.csv      set, seed, head, head_auc, s_acc, s_threshold, probe_s_acc, w01, w02, w_eos,
-               w_bos, mass_0, mass_1, mass_2, mass_eos, mass_bos
+heads.csv      set, seed, layer, head, head_auc, s_acc, s_threshold, probe_s_acc, w01, w02,
+               w_eos, w_bos, mass_0, mass_1, mass_2, mass_eos, mass_bos, total_effect
+               Heads of every layer: `head` in every table is the global index layer * H + h
+               (heads of one layer: the head itself), `layer` its layer (heads.csv,
+               intervention.csv, alpha.csv; value_swap.csv: attn_layer, ov_layer).
                head_auc: AUC of the direct score s_h = (o_h W_U)[1] - (o_h W_U)[0]; s_acc:
                accuracy of "1 iff s_h > s_threshold", threshold fitted on `fit`; probe_s_acc:
                logistic regression on o_h fitted on `fit`; w01, w02, w_eos, w_bos: per-occurrence
                attention on 1, 2, EOS, BOS relative to a 0; mass_*: fraction of the EOS query's
                attention on each kind. With K > 1 noise symbols w02 is the mean over the
                symbols, and w02_2, w02_5, ... and mass_5, ... follow for each symbol.
-intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit, head_auc,
-               l_acc, valid, auc
+               total_effect: the model's l-acc with the head mean-ablated (its output replaced
+               by its mean over `fit`: at the query the mean at the query, below the last layer
+               at every other position the mean over the positions before the query) minus its
+               l-acc as trained; with one attention-only layer, leave-one-out's change. With
+               L >= 2 layers or an MLP s_h is the head's direct path to the logits, read at
+               the query (through W_U alone with ln_final, as at L = 1), total_effect its whole
+               effect.
+intervention.csv  set, intervened, w01, w02, seed, layer, head, s_acc_fixed, s_acc_refit,
+               head_auc, l_acc, valid, auc
                one row per grid point x seed x head. The head attends by w(0) = 1, w(1) = w01,
                w(noise) = w02, EOS / BOS at its measured weights. intervened = "each": only this
                head is intervened; "all": every head of the seed is (then l_acc, valid, auc are
@@ -43,14 +53,19 @@ aggregation.csv  scheme, head, seed, set, l_acc, valid, auc
                total kept), single (only `head` kept, the others mean-ablated), leave_one_out
                (`head` mean-ablated), fitted (alpha fitted by cross-entropy on `fit`);
                head = -1 for schemes of the whole model.
-alpha.csv      seed, head, mean_norm, alpha_learned, alpha_uniform, alpha_fitted
-               mean_norm: weighted mean |o_h| on `fit`; the alpha of each scheme.
-value_swap.csv  set, seed, attn_head, ov_head, swapped, s_acc, l_acc
+alpha.csv      seed, layer, head, mean_norm, alpha_learned, alpha_uniform, alpha_fitted
+               mean_norm: weighted mean |o_h| on `fit`; the alpha of each scheme. With L >= 2
+               layers or an MLP alpha scales the head's output at every position and every
+               later computation sees it (schemes and fitted alpha through the later layers,
+               exact); mean ablation as for total_effect.
+value_swap.csv  set, seed, attn_layer, attn_head, ov_layer, ov_head, swapped, s_acc, l_acc
                head attn_head's attention pattern with head ov_head's value/output weights
                (W_V, b_V, W_O); swapped = attn_head != ov_head (False: the head itself); s_acc
                with the threshold refitted on `fit` for the hybrid; l_acc of the whole model
                with the hybrid in place of head attn_head (scale included, readout not refitted);
                in the sentence framing then end, sentence, with the hybrid at the ending too.
+               With L >= 2 layers: head ov_head's values as its own layer computes them, the
+               hybrid in head attn_head's place at its query row (`interventions`).
 attention_examples.csv  seed, example, position, token, head, weight
                the EOS query's attention of every head on each slot of a few fixed example
                strings (EXAMPLES; position 0 is BOS when the model has one): the raw pattern, for
@@ -81,7 +96,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import plots
-from .activations import Shared
+from .activations import Shared, deep, head_ids, merged_run
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
 from .config import Count01Error
 from .controls import ideal_intervention
@@ -100,6 +115,7 @@ class AnalysisError(Count01Error):
 
 # strings whose raw EOS attention is shown: a 1-majority with noise, a tie, a 0-majority, a short one
 EXAMPLES = ("0112021", "1100212", "20201002", "011")
+DEEP_GRID_SIZE = 5  # grid points a side with L >= 2 layers or an MLP: a forward per point and head
 FILES = {
     "metrics.json": "summary numbers per question, settings and timings",
     "model.csv": "the trained model per set and seed: l_acc, valid, auc",
@@ -120,8 +136,10 @@ def attention_examples(model) -> pd.DataFrame:
     width = max(map(len, EXAMPLES))
     batch = from_digits(np.array([[int(c) for c in t] + [-1] * (width - len(t))
                                   for t in EXAMPLES]), model.cfg.bos, model.cfg.noise_symbols)
-    with torch.no_grad():
-        pattern = model.run(batch, force_tokens=True).pattern.numpy()  # (S, B, H, L)
+    with torch.no_grad():  # every layer's query row: merged_run (one layer: force_tokens)
+        run = model.run(batch, force_tokens=True) if model.cfg.layers == 1 else \
+            merged_run(model, batch)
+        pattern = run.pattern.numpy()  # (S, B, L * H, P)
     i, b, h, k = np.indices(pattern.shape).reshape(4, -1)
     keep = k <= batch.eos_pos.numpy()[b]  # the padding after EOS is not part of the string
     names = np.array(vocab(model.cfg.noise_symbols), dtype=object)  # by token id
@@ -139,17 +157,17 @@ def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,
     default because its tensors are small: on two cores shared with other work, two threads
     waiting on each other made it 2-5x slower (None: leave torch's setting).
     """
-    grid = default_grid(grid_size)
     if threads is not None and threads < 1:
         raise AnalysisError(f"threads must be positive, got {threads}")
+    default_grid(grid_size)  # a bad size: one line before the run is read
     with torch_threads(threads):
-        return _analyze(Path(run_dir), grid, progress, sweep_set, figures)
+        return _analyze(Path(run_dir), grid_size, progress, sweep_set, figures)
 
 
-def _analyze(run: Path, grid: tuple[np.ndarray, np.ndarray], progress: bool, sweep_set: str,
-             figures: bool) -> dict:
+def _analyze(run: Path, grid_size: int, progress: bool, sweep_set: str, figures: bool) -> dict:
     model = load(run).to(torch.float64)
-    cfg = model.cfg.analysable()
+    cfg = model.cfg
+    grid = default_grid(min(grid_size, DEEP_GRID_SIZE) if deep(model) else grid_size)
     fit = eval_set(cfg, "fit")
     sets = {name: eval_set(cfg, name) for name in EVAL_SETS}
     if sweep_set not in sets:
@@ -229,6 +247,7 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
     inter = pd.DataFrame(sweep_columns(model, sets[sweep_set], fit, w01, w02, heads="both",
                                        shared=shared))
     inter.insert(0, "set", sweep_set)
+    inter.insert(list(inter.columns).index("head"), "layer", inter["head"] // cfg.heads)
     done("intervention", "intervention", inter)
     ideal = ideal_intervention(cfg, sets[sweep_set], fit, w01)
     ideal.insert(0, "set", sweep_set)
@@ -238,9 +257,10 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
     fitted = fit_alpha(model, fit, shared=shared)
     norms, uniform = mean_norms(model, fit, shared), uniform_alpha(model, fit, shared)
     tables["alpha"] = pd.DataFrame([
-        {"seed": seed, "head": h, "mean_norm": float(norms[i, h]), "alpha_learned": 1.0,
-         "alpha_uniform": float(uniform[i, h]), "alpha_fitted": float(fitted[i, h])}
-        for i, seed in enumerate(model.seeds) for h in range(cfg.heads)])
+        {"seed": seed, "layer": n, "head": h, "mean_norm": float(norms[i, h]),
+         "alpha_learned": 1.0, "alpha_uniform": float(uniform[i, h]),
+         "alpha_fitted": float(fitted[i, h])}
+        for i, seed in enumerate(model.seeds) for h, (n, _) in enumerate(head_ids(model))])
     tables["alpha"].to_csv(tmp / "alpha.csv", index=False)
     done("aggregation", "aggregation", pd.DataFrame(aggregate(model, sets, fit, fitted, shared)))
 
@@ -254,13 +274,17 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
     swaps = []
     for name, batch in sets.items():
         swaps += [{"set": name} | r for r in value_swap(model, batch, fit, shared)]
-    done("value_swap", "value_swap", pd.DataFrame(swaps))
+    swaps = pd.DataFrame(swaps)
+    for side in ("attn", "ov"):
+        swaps.insert(list(swaps.columns).index(f"{side}_head"), f"{side}_layer",
+                     swaps[f"{side}_head"] // cfg.heads)
+    done("value_swap", "value_swap", swaps)
 
     done("attention_examples", "attention_examples", attention_examples(model))
 
     for job in jobs:
         job.result()  # a figure that failed raises here
-    summary = {"config": cfg.to_dict(), "seeds": model.seeds, "n_heads": cfg.heads,
+    summary = {"config": cfg.to_dict(), "seeds": model.seeds, "n_heads": len(head_ids(model)),
                "sweep_set": sweep_set, "figure_set": sweep_set,
                "grid": {"w01": w01.tolist(), "w02": w02.tolist()}, "files": FILES,
                "summary": summarise(tables, sweep_set)}

@@ -196,9 +196,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze, describe
-    from .files import load_config
 
-    load_config(args.run).analysable()
     summary = analyze(args.run, grid_size=args.grid_size, progress=not args.quiet,
                       sweep_set=args.set, figures=not args.no_figures, threads=args.threads)
     print(describe(summary))
@@ -226,7 +224,6 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     if args.out:
         writable(args.out, kind="file")
     model = load(args.run)
-    model.cfg.analysable()
     w01 = grid01 if args.w01 is None else _weights(args.w01, "--w01")
     w02 = grid02 if args.w02 is None else _weights(args.w02, "--w02")
     with torch_threads(1):  # small tensors: see analysis.analyze

@@ -211,16 +211,6 @@ class Config:
                               f"goes with {fields_}")
         return self
 
-    def analysable(self) -> Config:
-        """The analyses (head table, aggregation, interventions, minimal head sets) read one
-        attention-only layer, whose heads write straight into the residual read at EOS (SPEC 4's
-        s_h); with more layers or an MLP between they would compute something else: refused."""
-        if self.layers > 1 or self.d_mlp:
-            raise ConfigError(f"analyses of runs with L > 1 layers or an MLP (here layers "
-                              f"{self.layers}, d_mlp {self.d_mlp}) come with issue 17's head "
-                              "table; train, evaluate, predict and export work on them")
-        return self
-
     def memory_needs(self) -> dict[str, float]:
         """Rough peak bytes of the largest allocations a run makes, keyed by the fields that drive
         each, so an impossible size is refused before anything is allocated. Generous (x4 for

@@ -12,8 +12,19 @@ the whole (w01, w02) grid for every head of every seed is then a few einsums ove
 no forward pass per grid point. `intervened_run` is the slow reference (a real forward pass with
 `attn_override`) the tests hold the fast path to.
 
+Heads of every layer (`head` the global index layer * H + h): the intervention replaces the head's
+row at its own layer's query. A head's own output is still the sum above (its values do not
+depend on its query row), so the head metrics keep the fast path; but with L >= 2 layers or an
+MLP (`activations.deep`) the logits are no longer linear in the heads' outputs, so the model's
+metrics run the model once per grid point and head (and per grid point and layer for
+intervened = "all", every head of every layer at once, layer by layer): keep the grid small
+there (`analysis.DEEP_GRID_SIZE`). The one-layer attention-only path is unchanged.
+
 Value swap: head i keeps its attention pattern and takes head j's value/output weights
 (W_V, b_V, W_O); its direct score is then sum_k pattern_ik (v_jk W_O^j) . (W_U[1] - W_U[0]).
+With L >= 2 layers, v_jk are head j's values as its own layer computes them (j's OV circuit on
+the residual it reads), and the hybrid takes head i's place at i's query row (the row whose
+pattern it keeps), the later layers run again.
 """
 
 from __future__ import annotations
@@ -23,7 +34,17 @@ from itertools import repeat
 import numpy as np
 import torch
 
-from .activations import Activations, KindParts, Shared, kind_weights
+from .activations import (
+    Activations,
+    KindParts,
+    Shared,
+    deep,
+    head_ids,
+    kind_weights,
+    query_rows,
+    slices,
+    stacked,
+)
 from .aggregation import unembed
 from .config import Count01Error
 from .language import EOS, Batch, noise_ids
@@ -91,7 +112,12 @@ def _model_metrics(model: Model, r: torch.Tensor, batch: Batch, ends: torch.Tens
     `sentence` framing also end and sentence accuracy, from `ends` (S, B): whether the ending's
     query, which the intervention leaves alone, predicts EOS after the true answer. The greedy
     sentence is right where the intervened answer is y and the model then ends."""
-    logits = r if not model.cfg.layernorm else unembed(model, r)
+    return _logit_metrics(r if not model.cfg.layernorm else unembed(model, r), batch, ends)
+
+
+def _logit_metrics(logits: torch.Tensor, batch: Batch, ends: torch.Tensor | None
+                   ) -> dict[str, torch.Tensor]:
+    """`_model_metrics` of logits (..., S, B, V)."""
     got = logit_metrics(logits, batch)
     if ends is None:
         return got
@@ -143,7 +169,8 @@ def sweep_columns(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_gri
         t0 = fit_thresholds(shared, fit)  # (S, H): the readout before
         g01 = w01_grid.repeat_interleave(len(w02_grid))
         g02 = w02_grid.repeat(len(w01_grid))
-        S, H, B, _, R = parts.out.shape
+        S, H, B, _ = parts.direct.shape
+        R = m.cfg.d_vocab if parts.out is None else parts.out.shape[-1]
         step = max(1, CHUNK_ELEMENTS // (S * H * max(B, len(fit)) * R))
         chunks: dict[str, list[torch.Tensor]] = {}
         for a in range(0, len(g01), step):
@@ -196,12 +223,15 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
                  t0: torch.Tensor, w01: torch.Tensor, w02: torch.Tensor, modes: tuple[str, ...],
                  ends: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Metrics (G, S, H) of one chunk of grid points; model metrics keyed "each.l_acc", ..."""
-    score, out = head_outputs(parts, grid_weights(parts, w01, w02))  # (G,S,H,B), (G,S,H,B,R)
+    e = grid_weights(parts, w01, w02)
+    score, out = head_outputs(parts, e, readout=not deep(m))  # (G,S,H,B), (G,S,H,B,R)
     fscore, _ = head_outputs(fparts, grid_weights(fparts, w01, w02), readout=False)
     t = fit_threshold(fscore, fit.y, fit.weight)  # (G, S, H) refitted readout
     res = {"s_acc_fixed": threshold_acc(score, t0.expand_as(t), batch.y, batch.weight),
            "s_acc_refit": threshold_acc(score, t, batch.y, batch.weight),
            "head_auc": roc_auc_rows(score, batch.y, batch.weight)}
+    if deep(m):
+        return res | _deep_sweep(m, batch, e, modes, ends)
     if "each" in modes:
         full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
         r = full[None, :, None] - parts.orig[None] + out  # (G, S, H, B, R)
@@ -213,12 +243,60 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
     return res
 
 
+def _deep_sweep(m: Model, batch: Batch, e: torch.Tensor, modes: tuple[str, ...],
+                ends: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The model metrics (G, S, L * H) of `_sweep_chunk` for a deep model under kind weights e
+    (G, S, L * H, V): a forward per grid point and head ("each": that head's query row
+    overridden at its layer, the others of its layer attending as they do) and, for "all", a
+    forward per grid point and layer (each layer's heads overridden, with the layers below
+    already intervened: their outputs at every position taken from the pass before)."""
+    L, H, V = m.cfg.layers, m.cfg.heads, m.cfg.d_vocab
+    G, S = e.shape[:2]
+    logits = {mode: [] for mode in modes}
+    for piece in slices(m, batch):
+        caches = m.run_layers(piece)
+        kinds = caches[0].kinds
+        onehot = torch.nn.functional.one_hot(kinds, V).to(e.dtype)  # (S|1, b, P, V)
+        own = [torch.exp(c.scores - c.scores.amax(-1, keepdim=True)) for c in caches]
+        got = {mode: [] for mode in modes}
+        for g in range(G):
+            over = torch.einsum("sbpt,sht->sbhp", onehot, e[g])  # (S, b, L * H, P)
+            if "each" in modes:
+                rows = []
+                for i, (n, h) in enumerate(head_ids(m)):
+                    row = own[n].clone()
+                    row[:, :, h] = over[:, :, i]
+                    rows.append(m.run(piece, attn_override=row, layer=n).logits)
+                got["each"].append(torch.stack(rows))  # (L * H, S, b, V)
+            if "all" in modes:
+                replace: dict[tuple[int, int], torch.Tensor] = {}
+                for n in range(L):
+                    cs = m.run_layers(piece, attn_override=over[:, :, n * H:(n + 1) * H],
+                                      layer=n, replace=replace, positions=n < L - 1)
+                    if n < L - 1:
+                        replace |= {(n, h): cs[n].positions[:, :, h] for h in range(H)}
+                got["all"].append(cs[-1].logits)  # (S, b, V)
+        for mode in modes:
+            logits[mode].append(torch.stack(got[mode]))
+    out = {}
+    if "each" in modes:
+        got = _logit_metrics(torch.cat(logits["each"], -2), batch, ends)  # (G, L * H, S)
+        out |= {f"each.{k}": v.transpose(2, 1) for k, v in got.items()}
+    if "all" in modes:
+        got = _logit_metrics(torch.cat(logits["all"], -2), batch, ends)  # (G, S)
+        out |= {f"all.{k}": v[..., None].expand(G, S, L * H) for k, v in got.items()}
+    return out
+
+
 def intervened_run(model: Model, batch: Batch, w01: float, w02: float,
                    head: int | None = None) -> Cache:
-    """A real forward pass with head `head` (None: every head) attending by (w01, w02), EOS and
-    BOS at their measured weights: the slow reference for `attention_sweep`."""
+    """A real forward pass with head `head` (None: every head; a global index layer * H + h:
+    the Cache is of its layer) attending by (w01, w02), EOS and BOS at their measured weights:
+    the slow reference for `attention_sweep`. None needs one layer."""
+    layer = 0 if head is None else head // model.cfg.heads
+    head = None if head is None else head % model.cfg.heads
     with torch.no_grad():
-        c = model.run(batch)
+        c = model.run(batch, layer=layer)
         e = kind_weights(model, c, batch).clone()  # (S, H, V)
         e[..., 0], e[..., 1] = 1.0, w01
         e[..., list(noise_ids(model.cfg.noise_symbols))] = w02
@@ -229,7 +307,7 @@ def intervened_run(model: Model, batch: Batch, w01: float, w02: float,
         chosen = torch.ones(e.shape[1], dtype=torch.bool) if head is None else (
             torch.arange(e.shape[1]) == head)
         override = torch.where(chosen[:, None], override, own)
-        return model.run(batch, attn_override=override)
+        return model.run(batch, attn_override=override, layer=layer)
 
 
 def value_swap(model: Model, batch: Batch, fit: Batch, shared: Shared | None = None
@@ -253,14 +331,14 @@ def value_swap(model: Model, batch: Batch, fit: Batch, shared: Shared | None = N
         hits = 0.0
         right = {k: 0.0 for k in ("l_acc",) + SENTENCE_METRICS * sentence}
         endings = acts.end.chunks() if sentence else repeat((None, None))
-        for (piece, c), (_, e) in zip(acts.chunks(), endings):
+        for (piece, c), (end, e) in zip(acts.chunks(), endings):
             hits = hits + threshold_acc(_hybrid_scores(m, c), t, piece.y, piece.weight) \
                 * piece.weight.sum()
             w = piece.weight.to(torch.float64)
-            answered = _hybrid_pred(m, c) == piece.y  # (H, H, S, b)
+            answered = _hybrid_pred(m, c, piece) == piece.y  # (H, H, S, b)
             got = {"l_acc": answered}
             if sentence:  # the same slices of the same strings, the true answer fed
-                ended = _hybrid_pred(m, e) == EOS
+                ended = _hybrid_pred(m, e, end) == EOS
                 got |= {"end": ended, "sentence": answered & ended}
             for k, hit in got.items():
                 right[k] = right[k] + (hit.to(w.dtype) * w).sum(-1).permute(2, 0, 1)
@@ -272,11 +350,35 @@ def value_swap(model: Model, batch: Batch, fit: Batch, shared: Shared | None = N
             for s, seed in enumerate(model.seeds) for i in range(H) for j in range(H)]
 
 
-def _hybrid_pred(model: Model, c: Cache) -> torch.Tensor:
+def _deep_hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
+    """`_hybrid_pred` of a deep model: for each pair, head i's output at the query replaced by
+    the hybrid's (the other positions of a lower layer as they were), the later layers run
+    again. c: `merged_run` of piece."""
+    ids, last = head_ids(model), model.cfg.layers - 1
+    W_O = stacked(model, "W_O")
+    v = c.v.expand(-1, c.pattern.shape[1], -1, -1, -1)
+    hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, v, W_O)  # (H', H', S, b, d)
+    if last:  # the lower layers' outputs at every position, and where the query row is
+        caches = model.run_layers(piece, positions=True)
+        row = (torch.arange(piece.tokens.shape[-1]) == query_rows(piece)[..., None])[..., None]
+    out = torch.empty(len(ids), len(ids), *c.logits.shape[:2], dtype=torch.long)
+    for i, (n, h) in enumerate(ids):
+        for j in range(len(ids)):
+            if n == last:
+                value = hybrid[i, j]
+            else:  # below the last layer: every position's output, the query row the hybrid's
+                value = torch.where(row, hybrid[i, j][:, :, None], caches[n].positions[:, :, h])
+            out[i, j] = model.run(piece, replace={(n, h): value}).logits.argmax(-1)
+    return out
+
+
+def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     """The model's argmax with head i replaced by the hybrid (attention of i, value/output
     weights of j), at the query of cache c. (H_attn, H_ov, S, B)."""
     if isinstance(c, PosCache):
         return _hybrid_pos_logits(model, c).argmax(-1)
+    if deep(model):
+        return _deep_hybrid_pred(model, c, piece)
     W_O = model.weights[ATTN + "W_O"]
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, c.v.expand(
         -1, c.pattern.shape[1], -1, -1, -1), W_O)  # (H, H, S, B, d)
@@ -305,7 +407,7 @@ def _hybrid_pos_logits(model: Model, c: PosCache) -> torch.Tensor:
 
 def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:
     """Direct score of head i's pattern applied to head j's values. (S, H_attn, H_ov, B)."""
-    W_O, W_U = model.weights[ATTN + "W_O"], model.weights["unembed.W_U"]
+    W_O, W_U = stacked(model, "W_O"), model.weights["unembed.W_U"]
     # (S, B|1, H_ov, K): direct score of one occurrence of each slot, through head j's OV
     per_slot = c.slot_readout(W_O, W_U[..., 1] - W_U[..., 0])
     return torch.einsum("sbik,sbjk->sijb", c.pattern, per_slot)

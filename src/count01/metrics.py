@@ -5,18 +5,27 @@ Every metric takes plain tensors and returns plain numbers, so the same code sco
 (weights 1, duplicates merged) and the exact `exhaustive` set (multinomial weights).
 
 Head-level definitions (ours where SPEC 4 leaves a gap):
-- direct score s_h = (o_h W_U)[1] - (o_h W_U)[0], read through W_U alone (ln_final, if any, is a
-  property of the whole residual and is not applied to one head's share).
+- heads: every head of every layer, `head` its global index layer * H + h, `layer` its layer.
+- direct score s_h = (o_h W_U)[1] - (o_h W_U)[0] of o_h at the query, read through W_U alone
+  (ln_final, if any, is a property of the whole residual and is not applied to one head's
+  share: the linearisation is W_U itself); with L >= 2 layers or an MLP it is the head's direct
+  path to the logits (what it writes into the residual the unembedding reads), not its effect.
+- total_effect: the change in the model's l-acc on the set (ablated minus as trained) when the
+  head is mean-ablated: its output replaced at the query by its weighted mean at the query over
+  `fit`, and (below the last layer) at every other position by its weighted mean over `fit`'s
+  positions before the query; every later computation sees the replacement. With one
+  attention-only layer it is leave-one-out's l-acc change (aggregation).
 - s-acc: the readout "answer 1 iff s_h > t" with the polarity fixed (like head AUC, a head whose
   score runs against the answer scores low); t is the exact best threshold on the `fit` split
   (every cut between distinct sorted scores is tried), then scored on another set.
 - probe s-acc: scikit-learn's logistic regression on the standardised o_h, fitted on `fit`.
 - w01, w02, w_eos, w_bos: per-occurrence attention of the EOS query on a 1, a noise symbol, EOS,
-  BOS relative to a 0. Count path: exp(score(t) - score(0)), exact. Token path: per example, the
-  mean pattern per token of the kind over the mean per 0, averaged (weighted) over examples
-  holding both kinds. With K > 1 noise symbols w02 is the mean of the measured symbols' ratios (every
-  law gives each symbol the same share of the noise, so it is the occurrence-weighted mean in
-  expectation), and each symbol's ratio has a column w02_<id> (ids 2, 5, ...).
+  BOS relative to a 0. Count path: exp(score(t) - score(0)), exact. Token path (every layer of
+  L >= 2, whose keys differ per position): per example, the mean pattern per token of the kind
+  over the mean per 0, averaged (weighted) over examples holding both kinds. With K > 1 noise
+  symbols w02 is the mean of the measured symbols' ratios (every law gives each symbol the same
+  share of the noise, so it is the occurrence-weighted mean in expectation), and each symbol's
+  ratio has a column w02_<id> (ids 2, 5, ...).
 - mass_*: the attention mass (fraction of the row) on each kind, weighted mean over examples.
 """
 
@@ -33,9 +42,14 @@ from threadpoolctl import threadpool_limits
 from .activations import (
     RatioSums,
     Shared,
+    ablation_value,
     chunked_logits,
     direct_scores,
+    head_ids,
+    position_means,
     run_chunks,
+    slices,
+    weighted_mean,
 )
 from .config import Count01Error
 from .language import (
@@ -387,9 +401,29 @@ def readout_columns(s: torch.Tensor, t: torch.Tensor, batch: Batch) -> dict[str,
             "s_acc": threshold_acc(s, t, batch.y, batch.weight).numpy()}
 
 
+def total_effects(shared: Shared, batch: Batch, fit: Batch) -> np.ndarray:
+    """Each head's total effect on `batch` (S, L * H): the model's l-acc with the head
+    mean-ablated (module docstring; means on `fit`) minus its l-acc as trained. One forward
+    per head, in slices."""
+    m, a, fa = shared.model, shared.of(batch), shared.of(fit)
+    at_query = weighted_mean(fa.heads[1], fit.weight, 1)  # (S, L * H, d)
+    before = position_means(fa)
+    ids = head_ids(m)
+    hits = torch.zeros(m.n_seeds, len(ids), dtype=torch.float64)
+    for piece in slices(m, batch):
+        w = piece.weight.to(torch.float64)
+        for i, (n, h) in enumerate(ids):
+            value = ablation_value(m, piece, n, at_query[:, i], before[:, i])
+            pred = m.run(piece, replace={(n, h): value}).logits.argmax(-1)
+            hits[:, i] += ((pred == piece.y).to(w.dtype) * w).sum(-1)
+    trained = l_acc(a.logits, batch.y, batch.weight).to(torch.float64)
+    return (hits / float(batch.weight.sum()) - trained[:, None]).numpy()
+
+
 def head_table(model, sets=EVAL_SETS, fit: Batch | None = None, shared: Shared | None = None
                ) -> list[dict]:
-    """Tidy rows, one per (set, seed, head): head_auc, s_acc, probe_s_acc, attention statistics.
+    """Tidy rows, one per (set, seed, head): head_auc, s_acc, probe_s_acc, attention statistics,
+    total_effect; heads of every layer (`layer`; `head` the global index layer * H + h).
 
     Thresholds and probes are fitted on `fit` (default: the `fit` split), then scored on each
     set; every number is weighted by the set's example weights; computed in float64 from the
@@ -412,13 +446,14 @@ def head_table(model, sets=EVAL_SETS, fit: Batch | None = None, shared: Shared |
             pacc = hits / total
             ratio = ratio_columns(a.weights.numpy(), model.cfg.noise_symbols)  # each (S, H)
             mass = a.mass.numpy()
+            effect = total_effects(shared, batch, fit)
             names = kind_names(model.cfg.noise_symbols)
             for i, seed in enumerate(model.seeds):
-                for h in range(mass.shape[1]):
-                    row = {"set": name, "seed": seed, "head": h}
+                for h, (layer, _) in enumerate(head_ids(model)):
+                    row = {"set": name, "seed": seed, "layer": layer, "head": h}
                     row |= {k: float(v[i, h]) for k, v in readout.items()}
                     row |= {"s_threshold": float(t[i, h]), "probe_s_acc": float(pacc[i, h])}
                     row |= {k: float(v[i, h]) for k, v in ratio.items()}
-                    rows.append(row | {f"mass_{k}": float(mass[i, h, j])
-                                       for j, k in enumerate(names)})
+                    row |= {f"mass_{k}": float(mass[i, h, j]) for j, k in enumerate(names)}
+                    rows.append(row | {"total_effect": float(effect[i, h])})
     return rows

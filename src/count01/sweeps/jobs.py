@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..activations import kind_weights
+from ..activations import head_ids, kind_weights, merged_run
 from ..aggregation import head_sets
 from ..config import Config
 from ..criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
@@ -141,19 +141,21 @@ def checkpoint_stats(model: Model, sets: dict) -> tuple[list[dict], list[dict]]:
             hard_stats = logit_metrics(part(hard), hard)  # exact AUC, no sklearn per seed
             stats = {"loss": loss} | {f"hard_{k}": hard_stats[k] for k in ("l_acc", "valid", "auc")}
             m = part.to(torch.float64)
-            t = head_thresholds(m, m.run(fit).result, fit)  # (S, H)
-            hc = m.run(hard)  # one run of the whole set (`head_table` slices would reorder sums)
+            t = head_thresholds(m, merged_run(m, fit).result, fit)  # (S, L * H)
+            hc = merged_run(m, hard)  # one run of the whole set (`head_table` slices would
+            # reorder sums); every layer's heads side by side
             head_stats = (readout_columns(direct_scores(m, hc.result), t, hard)
                           | ratio_columns(kind_weights(m, hc, hard).numpy(), m.cfg.noise_symbols))
             for i, (seed, ok) in enumerate(zip(part.seeds, finite_seeds(part))):
                 if not ok:  # blown up: its numbers would be artefacts of NaN arithmetic
                     rows.append({"seed": seed} | dict.fromkeys(STAT_COLUMNS, None))
-                    head_rows += [{"seed": seed, "head": h} | dict.fromkeys(HEAD_STAT_COLUMNS)
-                                  for h in range(m.cfg.heads)]
+                    head_rows += [{"seed": seed, "layer": n, "head": h}
+                                  | dict.fromkeys(HEAD_STAT_COLUMNS)
+                                  for h, (n, _) in enumerate(head_ids(m))]
                     continue
                 rows.append({"seed": seed} | {k: float(stats[k][i]) for k in STAT_COLUMNS})
-                head_rows += [{"seed": seed, "head": h}
+                head_rows += [{"seed": seed, "layer": n, "head": h}
                               | {k: float(head_stats[k][i, h]) for k in HEAD_STAT_COLUMNS}
-                              for h in range(m.cfg.heads)]
+                              for h, (n, _) in enumerate(head_ids(m))]
     return rows, head_rows
 

@@ -138,7 +138,7 @@ def _is_record(rec: Any) -> bool:
 def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
     """The four tables from the finished records of `points` (unfinished ones are left out)."""
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
-    max_heads = max(p.cfg.heads for p in points)
+    max_heads = max(p.cfg.layers * p.cfg.heads for p in points)  # h<global index>_*
     for p in points:
         rec = read_record(out, p)
         if rec is None:
