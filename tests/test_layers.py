@@ -148,12 +148,10 @@ def test_a_two_layer_model_with_a_silent_first_layer_is_the_ideal_counter():
     torch.testing.assert_close(caches[1].pattern, want.pattern, rtol=0, atol=1e-12)
 
 
-def test_layer_0_counts_into_a_hidden_channel_and_layer_1_reads_it_out():
+def hidden_channel() -> tuple[Model, Model]:
     """Layer 0: the ideal counter of controls.py, writing its answer into a channel W_U does not
     read; layer 1, head 0: attends to EOS alone (its own position) and copies that channel into
-    the answer channel; head 1 is silent. The logits are the ideal counter's; replacing layer 1's
-    reader (or layer 0's counters) by zeros leaves the answer channel empty: every logit of 0
-    and 1 equal, so every answer is the tie's, 0."""
+    the answer channel; head 1 is silent. Returns (the two-layer model, the ideal counter)."""
     one = ideal(2, seeds=2)
     w1, d1, answer = one.weights, one.cfg.d_model, one.cfg.d_vocab  # answer channel: d_vocab
     hidden = d = d1
@@ -174,7 +172,15 @@ def test_layer_0_counts_into_a_hidden_channel_and_layer_1_reads_it_out():
     w[reader + "W_K"][:, 0, 3, 0] = 0.0  # EOS = 3
     w[reader + "W_V"][:, 0, hidden, 0] = 1.0
     w[reader + "W_O"][:, 0, 0, answer] = 1.0
-    model = Model(cfg, w, [0, 1])
+    return Model(cfg, w, [0, 1]), one
+
+
+def test_layer_0_counts_into_a_hidden_channel_and_layer_1_reads_it_out():
+    """`hidden_channel`: the logits are the ideal counter's; replacing layer 1's reader (or
+    layer 0's counters) by zeros leaves the answer channel empty: every logit of 0 and 1 equal,
+    so every answer is the tie's, 0."""
+    model, one = hidden_channel()
+    cfg, w1, d, answer = model.cfg, one.weights, one.cfg.d_model, one.cfg.d_vocab
     batch = exhaustive(cfg, tokens=True, max_len=6)
     want = Model(one.cfg, {k: v[:2] for k, v in w1.items()}, [0, 1]).run(batch, force_tokens=True)
     caches = model.run_layers(batch)

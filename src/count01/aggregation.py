@@ -289,7 +289,7 @@ def _edit(model: Model, piece: Batch, alpha: torch.Tensor, keep: torch.Tensor,
     def edit(n: int, o: torch.Tensor) -> torch.Tensor:
         out = []
         for h in range(H):
-            i, shape = n * H + h, (-1,) + (1,) * (o.dim() - 3)
+            i, shape = n * H + h, (-1,) + (1,) * (o.dim() - 2)
             mean = ablation_value(model, piece, n, at_query[:, i], before[:, i])
             out.append(torch.where(keep[:, i].view(shape), alpha[:, i].view(shape) * o[:, :, h],
                                    mean))

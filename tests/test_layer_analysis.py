@@ -1,0 +1,164 @@
+"""Every analysis on every head of every layer, and with an MLP (issue 17): a hand-built
+two-layer model with a known mechanism, mean ablation against leave-one-out, alpha through the
+later layers, interventions and value swaps against real forwards, and the CLI end to end."""
+
+import pandas as pd
+import pytest
+import torch
+from test_layers import SMALL, hidden_channel, random_model
+
+from count01.activations import Shared, head_ids, layered_logits, merged_run
+from count01.aggregation import Means, _fit_deep, aggregate, fit_alpha, scheme_metrics
+from count01.config import Config
+from count01.interventions import attention_sweep, intervened_run, value_swap
+from count01.language import eval_set, exhaustive
+from count01.metrics import head_table, l_acc, logit_metrics, roc_auc_rows
+
+TINY = SMALL | {"eval_size": 192}  # every analysis of a deep model runs forwards: small sets
+
+
+def test_direct_score_and_total_effect_tell_the_layers_of_the_hidden_channel_apart():
+    """Layer 0 counts into a channel W_U does not read: its heads' direct scores are 0 (head
+    AUC 0.5) though ablating both of them leaves the answer to chance. Layer 1's reader copies
+    that channel into the answer: a perfect direct score, and ablating it loses the answer too;
+    layer 1's silent head has no score and no effect."""
+    model, _ = hidden_channel()
+    batch = exhaustive(model.cfg, tokens=True, max_len=6)
+    rows = pd.DataFrame(head_table(model, {"exhaustive": batch}, fit=batch))
+    assert list(rows["layer"]) == [0, 0, 1, 1] * 2 and list(rows["head"]) == [0, 1, 2, 3] * 2
+    by = rows.groupby("head")
+    for h in (0, 1):  # the counters: no direct path, but the probe reads the count off o_h
+        assert (by.get_group(h)["head_auc"] == 0.5).all()
+        assert (by.get_group(h)["probe_s_acc"] > 0.9).all()
+    reader, silent = by.get_group(2), by.get_group(3)
+    assert (reader["head_auc"] == 1.0).all() and (reader["s_acc"] == 1.0).all()
+    assert (reader["total_effect"] < -0.3).all()  # the answer is lost without it
+    assert (silent["head_auc"] == 0.5).all() and (silent["total_effect"] == 0.0).all()
+    # both counters ablated: the model answers 0 everywhere (scheme "single" of the reader
+    # keeps only the reader, alpha 1)
+    shared = Shared(model)
+    rows = pd.DataFrame(aggregate(model, {"exhaustive": batch}, batch, shared=shared))
+    single = rows[(rows["scheme"] == "single")].set_index(["head", "seed"])["l_acc"]
+    learned = rows[rows["scheme"] == "learned"]["l_acc"]
+    assert (learned == 1.0).all()
+    assert (single.loc[2] < 0.7).all()  # the reader alone: layer 0 mean-ablated
+
+
+@pytest.mark.parametrize("pos_embed, framing", [("none", "classify"), ("learned", "sentence")])
+def test_total_effect_at_one_layer_is_leave_one_out(pos_embed, framing):
+    cfg = Config(heads=3, d_model=12, pos_embed=pos_embed, framing=framing, **TINY)
+    model = random_model(cfg)
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    shared = Shared(model)
+    heads = pd.DataFrame(head_table(model, {"hard": hard}, fit, shared))
+    agg = pd.DataFrame(aggregate(model, {"hard": hard}, fit, shared=shared))
+    learned = agg[agg["scheme"] == "learned"].set_index("seed")["l_acc"]
+    loo = agg[agg["scheme"] == "leave_one_out"]
+    change = loo["l_acc"].to_numpy() - learned.loc[loo["seed"]].to_numpy()
+    got = heads.set_index(["seed", "head"]).loc[list(zip(loo["seed"], loo["head"])),
+                                                   "total_effect"]
+    assert (got.to_numpy() == change).all()
+    assert (change != 0).any()  # random heads matter: the comparison is not of zeros
+
+
+DEEP = [dict(layers=2, d_mlp=0), dict(layers=2, d_mlp=6, layernorm=True),
+        dict(layers=1, d_mlp=6), dict(layers=3, d_mlp=4, pos_embed="learned")]
+
+
+@pytest.mark.parametrize("options", DEEP)
+def test_alpha_one_reproduces_the_logits_and_mean_ablation_changes_them(options):
+    cfg = Config(heads=2, d_model=8, **TINY | options)
+    model = random_model(cfg)
+    batch = eval_set(cfg, "hard")
+    want = model.run_layers(batch)[-1].logits
+    assert torch.equal(layered_logits(model, batch, lambda n, o: 1.0 * o), want)
+    shared = Shared(model)
+    S, H = model.n_seeds, len(head_ids(model))
+    ones, keep = torch.ones(1, S, H, dtype=torch.float64), torch.ones(1, S, H, dtype=torch.bool)
+    fa = shared.of(eval_set(cfg, "fit"))
+    got = scheme_metrics(shared.of(batch), Means.of(fa), ones, keep)
+    for k, v in logit_metrics(want, batch).items():
+        assert torch.equal(got[k][0], v), k
+    # alpha = 0 on one head with keep: the head's output is zero at every position (not its
+    # mean), and the forward sees it: the same as replacing it by zeros in run_layers
+    alpha = torch.ones(S, H, dtype=torch.float64)
+    alpha[:, 0] = 0.0
+    zero = layered_logits(model, batch, lambda n, o: o * alpha[:, n * cfg.heads:(n + 1)
+                                                            * cfg.heads, None, None]
+                          .view(S, 1, cfg.heads, *(1,) * (o.dim() - 3)))
+    d = cfg.d_model
+    plain = model.run(batch, replace={(0, 0): torch.zeros(S, 1, d, dtype=torch.float64)}).logits
+    torch.testing.assert_close(zero, plain, rtol=0, atol=1e-12)
+    assert not torch.allclose(zero, want)
+
+
+def test_fitted_alpha_through_the_later_layers_never_loses_and_is_a_seed_alone():
+    cfg = Config(layers=2, d_mlp=4, heads=2, d_model=8, **TINY | {"n_seeds": 2})
+    model = random_model(cfg)
+    fit = eval_set(cfg, "fit")
+    shared = Shared(model)
+    alpha = fit_alpha(model, fit, shared=shared)  # (S, L * H)
+    assert alpha.shape == (2, 4) and not torch.equal(alpha, torch.ones_like(alpha))
+    keep = torch.ones(1, 2, 4, dtype=torch.bool)
+    fa = shared.of(fit)
+
+    def loss(a):
+        logits = layered_logits(shared.model, fit, lambda n, o: o * a[:, 2 * n:2 * n + 2]
+                                .view(2, 1, 2, *(1,) * (o.dim() - 3)))
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), fit.y.repeat(2),
+                                               reduction="none").view(2, -1)
+        return (ce * fit.weight).sum(1) / fit.weight.sum()
+    assert (loss(alpha) < loss(torch.ones_like(alpha)) - 1e-6).all()
+    # the seed alone fits the same alpha, to the last bit
+    one = Shared(model.select(1))
+    assert torch.equal(_fit_deep(one, fit, keep[:, 1:])[0, 0], alpha[1])
+    assert Means.of(fa).at_query.shape == (2, 4, cfg.d_model)
+
+
+@pytest.mark.parametrize("options", [dict(layers=2, d_mlp=0), dict(layers=1, d_mlp=6),
+                                     dict(layers=2, d_mlp=4, pos_embed="learned",
+                                          framing="sentence")])
+def test_the_sweep_of_a_deep_model_is_real_forwards(options):
+    cfg = Config(heads=2, d_model=8, **TINY | options)
+    model = random_model(cfg)
+    model.weights = {k: 0.4 * w for k, w in model.weights.items()}  # finite attention ratios
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    rows = pd.DataFrame(attention_sweep(model, hard, fit, [0.1, 3.0], [0.0, 2.0], heads="both"))
+    H = len(head_ids(model))
+    assert len(rows) == 2 * 2 * 2 * cfg.n_seeds * H
+    for (w01, w02, head), g in rows[rows["intervened"] == "each"].groupby(
+            ["w01", "w02", "head"]):
+        c = intervened_run(model, hard, w01, w02, head=head)
+        got = logit_metrics(c.logits, hard)
+        assert g["l_acc"].tolist() == got["l_acc"].tolist()
+        assert g["auc"].tolist() == pytest.approx(got["auc"].tolist(), abs=1e-12, nan_ok=True)
+        # the head's own output under the intervention: its direct score's AUC
+        direct = (c.result[:, :, head % cfg.heads] @ (model.weights["unembed.W_U"][..., 1]
+                                                       - model.weights["unembed.W_U"][..., 0])
+                  [:, :, None])[..., 0]
+        assert g["head_auc"].tolist() == pytest.approx(
+            roc_auc_rows(direct, hard.y, hard.weight).tolist(), abs=1e-9)
+
+
+def test_value_swap_of_a_deep_model_puts_the_hybrid_in_the_heads_place():
+    cfg = Config(layers=2, d_mlp=4, heads=2, d_model=8, **TINY)
+    model = random_model(cfg)
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    rows = pd.DataFrame(value_swap(model, hard, fit))
+    assert len(rows) == cfg.n_seeds * 4 * 4
+    own = rows[~rows["swapped"]]
+    trained = l_acc(model.run_layers(hard)[-1].logits, hard.y, hard.weight)
+    for s, seed in enumerate(model.seeds):  # the head itself in its own place: the model
+        assert (own[own["seed"] == seed]["l_acc"] == float(trained[s])).all()
+    assert rows[rows["swapped"]]["l_acc"].nunique() > 1
+
+
+def test_merged_run_holds_every_layers_heads_in_order():
+    cfg = Config(layers=3, heads=2, d_model=8, **TINY)
+    model = random_model(cfg)
+    batch = eval_set(cfg, "hard")
+    c, caches = merged_run(model, batch), model.run_layers(batch)
+    for n in range(3):
+        assert torch.equal(c.result[:, :, 2 * n:2 * n + 2], caches[n].result)
+        assert torch.equal(c.pattern[:, :, 2 * n:2 * n + 2], caches[n].pattern)
+    assert head_ids(model) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
