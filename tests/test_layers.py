@@ -270,12 +270,21 @@ def test_the_cli_refuses_bad_layers_and_mlps(flags, match, capsys, tmp_path):
 @pytest.fixture(scope="module")
 def deep_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("deep") / "run"
-    train(Config(layers=2, d_mlp=8, steps=20, checkpoint_every=20, batch_size=64, eval_size=256,
-                 **SMALL | {"exhaustive_len": 6}), out, progress=False)
+    train(Config(layers=2, d_mlp=8, heads=2, d_model=8, steps=20, checkpoint_every=20,
+                 batch_size=64, eval_size=128, **SMALL | {"exhaustive_len": 5}), out,
+          progress=False)
     return out
 
 
-def test_eval_and_predict_take_a_deep_run_and_the_analyses_refuse_it(deep_run, capsys):
+def test_a_deep_run_is_evaluated_analysed_intervened_and_reported(deep_run, capsys):
+    """Every command on a trained run of two layers with an MLP, end to end through the CLI:
+    the tables hold every head of both layers (global index, a layer column), the intervention
+    its small grid, and `report` reads them."""
+    import json
+
+    import pandas as pd
+
+    from count01.analysis import DEEP_GRID_SIZE
     from count01.cli import main
 
     assert main(["evaluate", str(deep_run), "--sets", "hard,long"]) == 0
@@ -283,13 +292,27 @@ def test_eval_and_predict_take_a_deep_run_and_the_analyses_refuse_it(deep_run, c
     long = "01" * 40  # longer than n_ctx: no positional embedding, so no limit
     assert main(["predict", str(deep_run), long]) == 0
     assert "n0=40 n1=40" in capsys.readouterr().out
-    for command in (["analyze", deep_run], ["intervene", deep_run, "--w01", "1"]):
-        refused(command, capsys, "analyses of runs with L > 1 layers or an MLP (here layers 2, "
-                "d_mlp 8) come with issue 17's head table", deep_run)
+    assert main(["analyze", str(deep_run), "--quiet"]) == 0
+    out = deep_run / "analysis"
+    heads = pd.read_csv(out / "heads.csv")
+    assert set(zip(heads["layer"], heads["head"])) == {(0, 0), (0, 1), (1, 2), (1, 3)}
+    assert heads["total_effect"].notna().all() and heads["head_auc"].notna().all()
+    for table, cols in (("intervention", ["layer"]), ("alpha", ["layer"]),
+                        ("value_swap", ["attn_layer", "ov_layer"])):
+        got = pd.read_csv(out / f"{table}.csv")
+        assert all(set(got[c]) == {0, 1} for c in cols), table
+    grid = json.loads((out / "metrics.json").read_text())["grid"]
+    assert len(grid["w01"]) == DEEP_GRID_SIZE and len(grid["w02"]) == DEEP_GRID_SIZE + 1
+    assert sorted(p.name for p in (out / "figures").glob("*.png"))  # the figures were drawn
+    assert main(["intervene", str(deep_run), "--w01", "1", "--w02", "0"]) == 0
+    assert "l_acc" in capsys.readouterr().out
+    assert main(["report", str(deep_run)]) == 0
+    assert (deep_run / "report.md").read_text()
 
 
-def test_a_sweep_over_layers_is_refused_before_anything_trains(tmp_path, capsys):
+def test_a_sweep_over_layers_and_mlps_is_a_sweep(tmp_path):
+    from count01.sweeps.grid import Sweep
+
     sweep = tmp_path / "deep.toml"
-    sweep.write_text("seeds = 2\n[base]\nsteps = 10\n[grid]\nd_mlp = [0, 8]\n")
-    refused(["sweep", sweep, "--out", tmp_path / "out"], capsys, "(here layers 1, d_mlp 8)",
-            tmp_path)
+    sweep.write_text("seeds = 2\n[base]\nsteps = 10\n[grid]\nd_mlp = [0, 8]\nlayers = [1, 2]\n")
+    assert len(Sweep.from_toml(sweep).points()) == 4

@@ -66,7 +66,7 @@ value_swap.csv  set, seed, attn_layer, attn_head, ov_layer, ov_head, swapped, s_
                in the sentence framing then end, sentence, with the hybrid at the ending too.
                With L >= 2 layers: head ov_head's values as its own layer computes them, the
                hybrid in head attn_head's place at its query row (`interventions`).
-attention_examples.csv  seed, example, position, token, head, weight
+attention_examples.csv  seed, example, position, token, layer, head, weight
                the EOS query's attention of every head on each slot of a few fixed example
                strings (EXAMPLES; position 0 is BOS when the model has one): the raw pattern, for
                a reader who wants to see it rather than its summaries.
@@ -145,7 +145,8 @@ def attention_examples(model) -> pd.DataFrame:
     names = np.array(vocab(model.cfg.noise_symbols), dtype=object)  # by token id
     return pd.DataFrame({"seed": np.array(model.seeds)[i[keep]], "example": b[keep],
                          "position": k[keep], "token": names[batch.tokens.numpy()[b, k][keep]],
-                         "head": h[keep], "weight": pattern.reshape(-1)[keep]})
+                         "layer": h[keep] // model.cfg.heads, "head": h[keep],
+                         "weight": pattern.reshape(-1)[keep]})
 
 
 def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,

@@ -37,7 +37,12 @@ def _save(fig, out: Path, name: str) -> list[Path]:
 
 
 def _head_labels(df: pd.DataFrame) -> list[str]:
-    return [f"seed {s} head {h}" for s, h in zip(df["seed"], df["head"])]
+    """"seed s head h", with the head's layer where the model has several (`head` is the
+    global index layer * H + h; tables of older runs have no layer column)."""
+    if "layer" not in df or df["layer"].nunique() <= 1:
+        return [f"seed {s} head {h}" for s, h in zip(df["seed"], df["head"])]
+    return [f"seed {s} head {h} (layer {n})"
+            for s, h, n in zip(df["seed"], df["head"], df["layer"])]
 
 
 def head_table(heads: pd.DataFrame, set_name: str, out: Path) -> list[Path]:
@@ -282,7 +287,11 @@ def attention_examples(rows: pd.DataFrame, out: Path, n_seeds: int = 2) -> list[
             ax = axes[r, c]
             image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, vmax=top, aspect="auto")
             ax.set_xticks(range(len(tokens)), list(tokens), fontsize=7)
-            ax.set_yticks(range(n_heads), [f"head {h}" for h in grid.index], fontsize=7)
+            layer = df.drop_duplicates("head").set_index("head")["layer"] \
+                if "layer" in df and rows["layer"].nunique() > 1 else None
+            ax.set_yticks(range(n_heads), [f"head {h}" + ("" if layer is None else
+                                                         f" (layer {layer[h]})")
+                                           for h in grid.index], fontsize=7)
             ax.set_title(f"seed {seed}: " + "".join(t for t in tokens if t in "012"), fontsize=8)
             if r == len(seeds) - 1:
                 ax.set_xlabel("token (slot of the string)", fontsize=8)

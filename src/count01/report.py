@@ -347,10 +347,19 @@ def methods_section(ev: Evidence) -> Section:
                  "(an independent iid split on which thresholds, probes, means and alphas are "
                  "fitted before scoring elsewhere). Every metric is weighted by how many strings "
                  "an example stands for.")
-        b.append(f"**Model (SPEC 3).** One layer, attention only, {cfg.heads} heads, d_model = "
+        shape = ("One layer" if cfg.layers == 1 else f"{cfg.layers} layers") + (
+            f", an MLP of width {cfg.d_mlp} after each attention" if cfg.d_mlp
+            else ", attention only")
+        b.append(f"**Model (SPEC 3).** {shape}, {cfg.heads} heads"
+                 + (" a layer (heads numbered layer * H + h)" if cfg.layers > 1 else "")
+                 + ", d_model = "
                  f"{cfg.d_model}, d_head = {cfg.d_head_}, positional embedding {cfg.pos_embed}, "
                  f"LayerNorm {'on' if cfg.layernorm else 'off'}, BOS {'on' if cfg.bos else 'off'}; "
-                 "logits = W_U (e(EOS) + p + sum_h o_h) + b_U at EOS. "
+                 + ("logits = W_U (e(EOS) + p + sum_h o_h) + b_U at EOS. "
+                    if cfg.layers == 1 and not cfg.d_mlp else
+                    "logits read at EOS after the last layer; a head's direct score is its "
+                    "output read along W_U[:, 1] - W_U[:, 0], its total effect the l-acc change "
+                    "when it is mean-ablated. ")
                  + (f"Imported from TransformerLens (`{ev.imported.get('state_dict')}`), not "
                     "trained by count01: the training fields of its configuration say nothing "
                     "of how it was trained." if ev.imported else
