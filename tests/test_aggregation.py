@@ -217,7 +217,7 @@ def test_in_the_sentence_framing_alpha_fits_the_answer_and_the_ending_together(p
 def test_a_sentence_models_minimal_head_sets_are_judged_and_refitted_on_its_answers():
     """SPEC 4 judges head sets on answer l-acc, so in the sentence framing alpha is refitted on
     the answers alone: the same weights read as a classify model give the same head sets."""
-    from count01.aggregation import _parts, head_sets
+    from count01.aggregation import fit_rows, head_sets
     from count01.language import eval_set
     from count01.model import Model
     from count01.train import train
@@ -227,6 +227,7 @@ def test_a_sentence_models_minimal_head_sets_are_judged_and_refitted_on_its_answ
     sentence = train(cfg, progress=False)
     classify = Model(cfg.replace(framing="classify"), sentence.weights, sentence.seeds)
     fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
-    rows = [_parts(m, fit)[0] for m in (sentence, classify)]  # what head sets refit on
+    rows = [fit_rows(m, fit, ending=False) for m in (sentence, classify)]  # what head sets
+    # refit on (`_parts`)
     assert all(torch.equal(a, b) for a, b in zip(*rows))
     assert head_sets(sentence, fit, hard) == head_sets(classify, fit, hard)

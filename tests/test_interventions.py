@@ -249,4 +249,4 @@ def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(p
     resid = ref.resid - ref.result.permute(2, 0, 1, 3)
     want = unembed(model, resid[:, None] + hybrid)  # (H, H, S, B, V)
     assert torch.allclose(_hybrid_pos_logits(model, fast), want, atol=1e-10, rtol=0)
-    assert (_hybrid_pred(model, fast) == want.argmax(-1)).all()
+    assert (_hybrid_pred(model, fast, batch) == want.argmax(-1)).all()

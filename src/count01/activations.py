@@ -274,7 +274,9 @@ class Activations:
 
     @property
     def heads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The residual without the heads, base (S, B, d), and the head outputs o (S, B, H, d)."""
+        """The residual without the heads, base (S, B, d), and the head outputs o (S, B, H, d).
+        base is what the heads add to at one attention-only layer only: a `deep` model's logits
+        are not read from base + sum o (its analyses run the later layers instead)."""
         def run():
             parts = [(c.resid - c.result.sum(2), c.result) for _, c in self.chunks()]
             return torch.cat([b for b, _ in parts], 1), torch.cat([o for _, o in parts], 1)
