@@ -317,12 +317,15 @@ def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = Tru
     queries = [(fit, Means.of(fa))]
     if m.cfg.framing == "sentence" and ending:
         queries.append((fa.end.batch, Means.of(fa.end)))
-    rows = [(piece, means) for batch, means in queries for piece in slices(m, batch)]
-    y = torch.cat([piece.y for piece, _ in rows])
-    weight = torch.cat([piece.weight for piece, _ in rows])
+    # each slice's unedited forward, kept: the first layer's outputs do not depend on alpha
+    rows = [(piece, means, m.run_layers(piece, positions=True))
+            for batch, means in queries for piece in slices(m, batch)]
+    y = torch.cat([piece.y for piece, _, _ in rows])
+    weight = torch.cat([piece.weight for piece, _, _ in rows])
 
     def logits_of(alpha):
-        return torch.cat([_deep_logits(m, piece, alpha, keep, means) for piece, means in rows], 2)
+        return torch.cat([_deep_logits(m, piece, alpha, keep, means, caches)
+                          for piece, means, caches in rows], 2)
 
     def jacobian(alpha):
         J = torch.zeros(*alpha.shape[:2], len(y), m.cfg.d_vocab, keep.shape[-1],
@@ -334,8 +337,8 @@ def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = Tru
                     tangent[:, i] = keep[j, :, i].to(tangent.dtype)
                     dual = fwad.make_dual(alpha[j], tangent)
                     got = torch.cat([fwad.unpack_dual(_deep_logits(
-                        m, piece, dual[None], keep[j:j + 1], means)[0]).tangent
-                        for piece, means in rows], 1)
+                        m, piece, dual[None], keep[j:j + 1], means, caches)[0]).tangent
+                        for piece, means, caches in rows], 1)
                 J[j, ..., i] = got
         return J
     return _newton(m, keep, y, weight, logits_of, jacobian)
