@@ -284,8 +284,8 @@ def test_a_deep_run_is_evaluated_analysed_intervened_and_reported(deep_run, caps
 
     import pandas as pd
 
-    from count01.analysis import DEEP_GRID_SIZE
     from count01.cli import main
+    from count01.interventions import DEEP_GRID_SIZE
 
     assert main(["evaluate", str(deep_run), "--sets", "hard,long"]) == 0
     assert "long" in capsys.readouterr().out

@@ -43,6 +43,11 @@ intervention.csv  set, intervened, w01, w02, seed, layer, head, s_acc_fixed, s_a
                it; l_acc, valid, auc: of the whole model under the intervention; in the
                sentence framing then end, sentence: end accuracy (the ending's query is not
                intervened) and the greedy sentence's accuracy with the intervened answer.
+               A head is intervened at its own layer's query row ("all": every head of every
+               layer). With L >= 2 layers or an MLP the model metrics run the model once per
+               grid point and head (all: once per grid point and layer), so the grid has
+               interventions.DEEP_GRID_SIZE points a side there by default (metrics.json's grid
+               says which).
 ideal_intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit,
                head_auc, l_acc, valid, auc
                as intervention.csv, for an ideal counter with as many heads (`controls.ideal`,
@@ -96,13 +101,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import plots
-from .activations import Shared, deep, head_ids, merged_run
+from .activations import Shared, head_ids, merged_run
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
 from .config import Count01Error
 from .controls import ideal_intervention
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .files import DIR_MODE, locked, watch_parent, write_json
-from .interventions import default_grid, sweep_columns, value_swap
+from .interventions import default_grid, grid_points, sweep_columns, value_swap
 from .language import EVAL_SETS, eval_set, from_digits, vocab
 from .metrics import evaluate_logits, head_table
 from .runs import load
@@ -115,7 +120,6 @@ class AnalysisError(Count01Error):
 
 # strings whose raw EOS attention is shown: a 1-majority with noise, a tie, a 0-majority, a short one
 EXAMPLES = ("0112021", "1100212", "20201002", "011")
-DEEP_GRID_SIZE = 5  # grid points a side with L >= 2 layers or an MLP: a forward per point and head
 FILES = {
     "metrics.json": "summary numbers per question, settings and timings",
     "model.csv": "the trained model per set and seed: l_acc, valid, auc",
@@ -149,7 +153,7 @@ def attention_examples(model) -> pd.DataFrame:
                          "weight": pattern.reshape(-1)[keep]})
 
 
-def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,
+def analyze(run_dir: str | Path, grid_size: int | None = None, progress: bool = True,
             sweep_set: str = SUCCESS_SET, figures: bool = True, threads: int | None = 1) -> dict:
     """Run every analysis on a run directory and write RUN/analysis/. Returns metrics.json.
 
@@ -160,15 +164,17 @@ def analyze(run_dir: str | Path, grid_size: int = 25, progress: bool = True,
     """
     if threads is not None and threads < 1:
         raise AnalysisError(f"threads must be positive, got {threads}")
-    default_grid(grid_size)  # a bad size: one line before the run is read
+    if grid_size is not None:
+        default_grid(grid_size)  # a bad size: one line before the run is read
     with torch_threads(threads):
         return _analyze(Path(run_dir), grid_size, progress, sweep_set, figures)
 
 
-def _analyze(run: Path, grid_size: int, progress: bool, sweep_set: str, figures: bool) -> dict:
+def _analyze(run: Path, size: int | None, progress: bool, sweep_set: str, figures: bool
+             ) -> dict:
     model = load(run).to(torch.float64)
     cfg = model.cfg
-    grid = default_grid(min(grid_size, DEEP_GRID_SIZE) if deep(model) else grid_size)
+    grid = default_grid(grid_points(model, size))
     fit = eval_set(cfg, "fit")
     sets = {name: eval_set(cfg, name) for name in EVAL_SETS}
     if sweep_set not in sets:

@@ -214,16 +214,18 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from .files import atomic_write, writable
-    from .interventions import attention_sweep, default_grid, summarise
+    from .interventions import attention_sweep, default_grid, grid_points, summarise
     from .language import eval_set
     from .metrics import format_table
     from .runs import load
     from .train import torch_threads
 
-    grid01, grid02 = default_grid(args.grid_size)
+    if args.grid_size is not None:
+        default_grid(args.grid_size)  # a bad size: one line before the run is read
     if args.out:
         writable(args.out, kind="file")
     model = load(args.run)
+    grid01, grid02 = default_grid(grid_points(model, args.grid_size))
     w01 = grid01 if args.w01 is None else _weights(args.w01, "--w01")
     w02 = grid02 if args.w02 is None else _weights(args.w02, "--w02")
     with torch_threads(1):  # small tensors: see analysis.analyze
@@ -334,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "sets on every seed of a run: tidy CSV tables, metrics.json and PNG/SVG "
                        "figures in RUN/analysis/.")
     p.add_argument("run", type=path, help="run directory")
-    p.add_argument("--grid-size", type=int, default=25, metavar="N",
+    p.add_argument("--grid-size", type=int, default=None, metavar="N",
                    help="N x N log grid of (w01, w02) from 1e-3 to 1e3, w02 also at 0 "
-                   "(default 25)")
+                   "(default 25, 5 for runs with layers > 1 or an MLP, whose model metrics "
+                   "take a forward per grid point and head)")
     p.add_argument("--set", default="hard", help="evaluation set of the intervention, minimal "
                    "heads and figures (default hard)")
     p.add_argument("--no-figures", action="store_true",
@@ -354,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "head s-acc and model l-acc, valid rate and AUC per grid point (mean "
                        "over seeds and heads, with the spread).")
     p.add_argument("run", type=path, help="run directory")
-    p.add_argument("--grid-size", type=int, default=25, metavar="N",
+    p.add_argument("--grid-size", type=int, default=None, metavar="N",
                    help="N x N log grid of (w01, w02) from 1e-3 to 1e3, w02 also at 0 "
-                   "(default 25); --w01 / --w02 replace either axis")
+                   "(default 25, 5 for runs with layers > 1 or an MLP: a forward per grid "
+                   "point and head); --w01 / --w02 replace either axis")
     p.add_argument("--w01", help="comma-separated weights per 1 relative to a 0")
     p.add_argument("--w02", help="comma-separated weights per noise symbol relative to a 0 (e.g. 0)")
     p.add_argument("--heads", choices=["each", "all", "both"], default="each",

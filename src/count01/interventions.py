@@ -18,7 +18,7 @@ depend on its query row), so the head metrics keep the fast path; but with L >= 
 MLP (`activations.deep`) the logits are no longer linear in the heads' outputs, so the model's
 metrics run the model once per grid point and head (and per grid point and layer for
 intervened = "all", every head of every layer at once, layer by layer): keep the grid small
-there (`analysis.DEEP_GRID_SIZE`). The one-layer attention-only path is unchanged.
+there (DEEP_GRID_SIZE points a side by default). The one-layer attention-only path is unchanged.
 
 Value swap: head i keeps its attention pattern and takes head j's value/output weights
 (W_V, b_V, W_O); its direct score is then sum_k pattern_ik (v_jk W_O^j) . (W_U[1] - W_U[0]).
@@ -65,10 +65,12 @@ class InterventionError(Count01Error):
 MODEL_METRICS = ("l_acc", "valid", "auc")
 SENTENCE_METRICS = ("end", "sentence")  # the sentence framing's, beside the model's
 GRID_RANGE = (1e-3, 1e3)  # w01, w02 from a thousandth to a thousand times a 0's attention
+GRID_SIZE = 25  # grid points a side by default
+DEEP_GRID_SIZE = 5  # by default with L >= 2 layers or an MLP: a forward per grid point and head
 CHUNK_ELEMENTS = 1 << 23  # elements of the largest per-chunk tensor (G_chunk, S, H, B, R)
 
 
-def default_grid(n: int = 25, lo: float = GRID_RANGE[0], hi: float = GRID_RANGE[1]
+def default_grid(n: int = GRID_SIZE, lo: float = GRID_RANGE[0], hi: float = GRID_RANGE[1]
                  ) -> tuple[np.ndarray, np.ndarray]:
     """w01 on n log-spaced points; w02 on the same points plus 0 (no attention to 2s at all).
     The one rule on a grid's size, for analyze, intervene and the study alike: at least its two
@@ -77,6 +79,11 @@ def default_grid(n: int = 25, lo: float = GRID_RANGE[0], hi: float = GRID_RANGE[
         raise InterventionError(f"grid_size must be at least 2, got {n}")
     w = np.logspace(np.log10(lo), np.log10(hi), n)
     return w, np.concatenate([[0.0], w])
+
+
+def grid_points(model: Model, n: int | None = None) -> int:
+    """n, or by default GRID_SIZE points a side, DEEP_GRID_SIZE for a `deep` model."""
+    return n if n is not None else DEEP_GRID_SIZE if deep(model) else GRID_SIZE
 
 
 def kind_parts(model: Model, batch: Batch) -> KindParts:
