@@ -269,7 +269,9 @@ class Model:
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         """Logits at the EOS position, or at the `sentence` ending with batch.query. (S, B, V)."""
-        if self.cfg.layers > 1 or self.cfg.d_mlp:  # no fast path: the reference forward
+        if self.cfg.layers > 1:  # the prefix path without positional embedding (`_layers`)
+            return self._layers(batch, caches=False)[-1].logits
+        if self.cfg.d_mlp:  # no fast path: the reference forward
             return self.run(batch).logits
         if batch.query is not None:  # the ending's query: the reference forward over slots
             return self.reference_run(batch).logits
@@ -807,6 +809,15 @@ class Model:
         w, b = self.weights, f"blocks.{layer}."
         h = self._ln(x, b + "ln2")
         S, d = h.shape[0], h.shape[-1]
+        if h.dim() == 4 and not h.is_contiguous() and h.permute(0, 3, 1, 2).is_contiguous():
+            # positions last (S, d, B, P), as `_kinds_layer` gives: a product per seed
+            cols = h.permute(0, 3, 1, 2).reshape(S, d, -1)
+            pre = torch.baddbmm(w[b + "mlp.b_in"][..., None], w[b + "mlp.W_in"].transpose(1, 2),
+                                cols)
+            out = torch.baddbmm(w[b + "mlp.b_out"][..., None],
+                                w[b + "mlp.W_out"].transpose(1, 2),
+                                torch.nn.functional.gelu(pre))
+            return out.view(S, d, *h.shape[1:3]).permute(0, 2, 3, 1)
         pre = h.reshape(S, -1, d) @ w[b + "mlp.W_in"] + w[b + "mlp.b_in"][:, None]
         out = torch.nn.functional.gelu(pre) @ w[b + "mlp.W_out"] + w[b + "mlp.b_out"][:, None]
         return out.view(h.shape)
@@ -829,9 +840,11 @@ class Model:
         model's logits (the same in every Cache).
 
         With one layer this is `reference_run` (over slots unless force_tokens). With L >= 2
-        it is the textbook causal forward over tokens: every position of every layer but the
-        last (later layers' keys depend on each prefix, so there is no count path), and of the
-        last only the query row.
+        it is the causal forward over tokens: every position of every layer but the last (later
+        layers' keys depend on each prefix, so there is no count path), and of the last only
+        the query row. Without positional embedding layer 0 is the prefix path (`_kinds_layer`:
+        attention over token kinds with each prefix's counts, no P x P product); layers between
+        the first and the last are the textbook causal attention.
         attn_override (S, B or 1, H, P) replaces exp(score) per occurrence in `layer`'s query
         row, as in `reference_run` (the intervention of SPEC 5 at any layer). replace maps
         (layer, head) to that head's output, (S|1, B|1, d_model) at every position or
@@ -841,6 +854,14 @@ class Model:
         layer = self._layer(layer)
         if self.cfg.layers == 1:
             return [self.reference_run(batch, force_tokens, attn_override, replace)]
+        return self._layers(batch, attn_override, layer, replace, positions)
+
+    def _layers(self, batch: Batch, attn_override: torch.Tensor | None = None, layer: int = -1,
+                replace: dict[tuple[int, int], torch.Tensor] | None = None,
+                positions: bool = False, caches: bool = True) -> list[Cache]:
+        """`run_layers` for L >= 2. caches=False (`__call__`, training) forms only what the
+        logits need: the Caches then hold only the logits (the last) and None elsewhere."""
+        layer = layer % self.cfg.layers
         if batch.tokens is None:
             raise ValueError("a model of several layers needs token batches")
         w = self.weights
@@ -850,52 +871,157 @@ class Model:
         eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
         query = eos + (batch.query is not None)  # (S or 1, B): the query's position
         P = tokens.shape[-1]
-        x = W_E[torch.arange(S).view(S, 1, 1), tokens]  # (S, B, P, d)
-        if self.cfg.pos_embed != "none":
+        kinds = self.cfg.pos_embed == "none"
+        x = None if kinds else W_E[torch.arange(S).view(S, 1, 1), tokens]  # (S, B, P, d)
+        if not kinds:
             if P > self.cfg.n_ctx:
                 raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
             x = x + w["pos_embed.W_pos"][:, None, :P]
-        B, d = x.shape[1], x.shape[-1]
+        B, d = tokens.shape[1], W_E.shape[-1]
         mult = (torch.arange(P) <= query[..., None]).to(W_E.dtype)  # (S or 1, B, P)
         at_query = query.expand(S, B)[..., None, None]  # (S, B, 1, 1)
         row = torch.arange(P) == query[..., None]  # (S or 1, B, P): the query's row
         causal = torch.ones(P, P, dtype=torch.bool).tril()
-        caches = []
+        out = []
         for n in range(self.cfg.layers):
             a, last = attn(n), n == self.cfg.layers - 1
-            h = self._ln(x, f"blocks.{n}.ln1")
-            hq = torch.gather(h, 2, at_query.expand(S, B, 1, d)) if last else h
-            q = self._heads(hq, a, "Q")  # (S, B, H, Q, e), Q = 1 (last) or P
-            k, v = self._heads(h, a, "K"), self._heads(h, a, "V")
-            scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(e))  # (S, B, H, Q, P)
-            mask = mult[:, :, None, None] > 0 if last else causal
-            pattern = torch.softmax(scores.masked_fill(~mask, -math.inf), -1)
-            q_scores = scores[..., 0, :] if last else _at_row(scores, query)  # (S, B, H, P)
-            if attn_override is not None and n == layer:
-                weighted = attn_override * mult[:, :, None]
-                q_row = weighted / weighted.sum(-1, keepdim=True)
-                pattern = (q_row[..., None, :] if last else
-                           torch.where(row[:, :, None, :, None], q_row[..., None, :], pattern))
-            z = pattern @ v  # (S, B, H, Q, e)
-            result = z @ w[a + "W_O"][:, None]  # (S, B, H, Q, d): a product per seed and head
-            result = _replaced(result, n, replace, query[..., None] if last else None)
-            if last:
-                x_q = torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
-                x = x_q + result[:, :, :, 0].sum(2) + w[a + "b_O"][:, None]
+            over = attn_override if n == layer else None
+            if n == 0 and kinds:
+                x, c = self._kinds_layer(tokens, query, mult, over, replace, positions, caches)
+            elif last and not caches:
+                x, c = self._query_row(x, query, mult, n), None
             else:
-                x = x + result.sum(2) + w[a + "b_O"][:, None, None]
+                h = self._ln(x, f"blocks.{n}.ln1")
+                hq = torch.gather(h, 2, at_query.expand(S, B, 1, d)) if last else h
+                q = self._heads(hq, a, "Q")  # (S, B, H, Q, e), Q = 1 (last) or P
+                k, v = self._heads(h, a, "K"), self._heads(h, a, "V")
+                scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(e))  # (S, B, H, Q, P)
+                mask = mult[:, :, None, None] > 0 if last else causal
+                pattern = torch.softmax(scores.masked_fill(~mask, -math.inf), -1)
+                if over is not None:
+                    weighted = over * mult[:, :, None]
+                    q_row = weighted / weighted.sum(-1, keepdim=True)
+                    pattern = (q_row[..., None, :] if last else
+                               torch.where(row[:, :, None, :, None], q_row[..., None, :], pattern))
+                z = pattern @ v  # (S, B, H, Q, e)
+                result = z @ w[a + "W_O"][:, None]  # (S, B, H, Q, d): a product per seed, head
+                result = _replaced(result, n, replace, query[..., None] if last else None)
+                if last:
+                    x_q = torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
+                    x = x_q + result[:, :, :, 0].sum(2) + w[a + "b_O"][:, None]
+                else:
+                    x = x + result.sum(2) + w[a + "b_O"][:, None, None]
+                c = None
+                if caches:
+                    c = Cache(pattern[..., 0, :] if last else _at_row(pattern, query), tokens,
+                              mult, scores[..., 0, :] if last else _at_row(scores, query), v,
+                              z[:, :, :, 0] if last else _at_row(z, query),
+                              result[:, :, :, 0] if last else _at_row(result, query), None,
+                              None, None if last or not positions else result)
             if self.cfg.d_mlp:
                 x = x + self._mlp(x, n)
-            resid = x if last else torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
-            z_q = z[:, :, :, 0] if last else _at_row(z, query)
-            r_q = result[:, :, :, 0] if last else _at_row(result, query)
-            p_q = pattern[..., 0, :] if last else _at_row(pattern, query)
-            caches.append(Cache(p_q, tokens, mult, q_scores, v, z_q, r_q, resid, None,
-                                None if last or not positions else result))
+            if c is not None:
+                c.resid = x if last else torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
+            out.append(c)
         logits = self.unembed(x)
-        for c in caches:
+        if not caches:
+            return [None] * (self.cfg.layers - 1) + [Cache(*[None] * 8, logits)]
+        for c in out:
             c.logits = logits
-        return caches
+        return out
+
+    def _query_row(self, x: torch.Tensor, query: torch.Tensor, mult: torch.Tensor,
+                   n: int) -> torch.Tensor:
+        """Layer n's attention at the query alone, for the logits (`_layers` without caches):
+        the residual at the query after it (S, B, d), O(P * d * H * e) per example. Positions
+        are the last axis (x is best a view of (S, d, B, P), as `_kinds_layer` gives): keys and
+        values in one product per seed, the query's scores and its sum of values products and
+        sums along contiguous positions (a bmm over the S*B examples' matrices would give
+        results that depend on how many seeds are batched)."""
+        w, a = self.weights, attn(n)
+        S, B, P, d = x.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
+        cols = self._ln(x, f"blocks.{n}.ln1").permute(0, 3, 1, 2)  # (S, d, B, P)
+        at = query.expand(S, B)[:, None, :, None].expand(S, d, B, 1)
+        x_q = torch.gather(x.permute(0, 3, 1, 2), 3, at)[..., 0]  # (S, d, B)
+        h_q = torch.gather(cols, 3, at)[..., 0]
+        flat = cols.reshape(S, d, B * P)
+
+        def heads(which: str, h: torch.Tensor) -> torch.Tensor:  # (S, H, e, B, P or 1)
+            W = w[a + "W_" + which].transpose(2, 3).reshape(S, H * e, d)
+            out = torch.baddbmm(w[a + "b_" + which].view(S, H * e, 1), W, h)
+            return out.view(S, H, e, B, -1)
+
+        q, k, v = heads("Q", h_q), heads("K", flat), heads("V", flat)  # separate: no cat back
+        scores = (k * q).sum(2) * (1.0 / math.sqrt(e))  # (S, H, B, P)
+        pattern = torch.softmax(scores.masked_fill(mult[:, None] == 0, -math.inf), -1)
+        z = (pattern[:, :, None] * v).sum(-1)  # (S, H, e, B)
+        out = torch.baddbmm(x_q + w[a + "b_O"][..., None],
+                            w[a + "W_O"].reshape(S, H * e, d).transpose(1, 2), z.view(S, H * e, B))
+        return out.transpose(1, 2)
+
+    def _kinds_layer(self, tokens: torch.Tensor, query: torch.Tensor, mult: torch.Tensor,
+                     attn_override: torch.Tensor | None,
+                     replace: dict[tuple[int, int], torch.Tensor] | None, positions: bool,
+                     caches: bool) -> tuple[torch.Tensor, Cache | None]:
+        """Layer 0 without positional embedding, at every position, by token kinds (the prefix
+        path): a position's input, hence its query, key and value, depends on its token alone,
+        so the query at i attends over the kinds of its prefix with their counts m_ik (a cumsum
+        of one-hots): head h's output at i is sum_k p_hik u_hk, p_hi = softmax_k(score_h(t_i, k)
+        + log m_ik) and u_hk = v_hk W_O^h (softmax with log m: attention over the tokens, as
+        stable as the textbook's). Tables of (V, V) and (V, d) per head, per position
+        O(V * H) numbers: no P x P product. Returns the
+        residual after the attention at every position (S, B, P, d) and the query row's Cache
+        (without resid and logits; None when not `caches`). Held to the textbook forward by
+        tests/test_layers.py::test_the_prefix_path_is_the_textbook_forward."""
+        w = self.weights
+        W_E = w["embed.W_E"]
+        S, V, d = W_E.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
+        B, P = tokens.shape[1:]
+        h = self._ln(W_E, "blocks.0.ln1")[:, None]  # (S, 1, V, d): the input of each kind
+        q, k, v = (self._heads(h, ATTN, which)[:, 0] for which in "QKV")  # (S, H, V, e)
+        scores = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(e))  # (S, H, V (query), V (key))
+        # examples on the last axis, kinds before them: a softmax over 5 kinds along a last
+        # axis is several times slower than across contiguous examples
+        onehot = (tokens.view(-1, 1, B * P) == torch.arange(V)[:, None]).to(W_E.dtype)
+        onehot = onehot.expand(S, V, B * P)  # (S, V, B*P): the kind of each position
+        log_m = onehot.view(S, V, B, P).cumsum(3).log_()  # log of each prefix's count per kind
+        rows = torch.bmm(scores.transpose(2, 3).reshape(S, H * V, V), onehot)  # (S, H*V, B*P)
+        kind_pattern = torch.softmax(rows.view(S, H, V, B, P) + log_m[:, None], 2)
+        kind_pattern = kind_pattern.view(S, H * V, B * P)  # p_hik: head h, kind k, position i
+        u = v @ w[ATTN + "W_O"]  # (S, H, V, d)
+        base = W_E + w[ATTN + "b_O"][:, None]  # (S, V, d): a kind's residual before the heads
+        per_head = caches or positions or attn_override is not None or any(
+            n == 0 for n, _ in (replace or {}))
+        seeds = torch.arange(S).view(S, 1, 1)
+        if not per_head:  # the residual transposed (S, d, B*P): base^T one-hot + u^T pattern,
+            # so that the pattern's gradient comes out in the pattern's layout
+            x = torch.baddbmm(torch.bmm(base.transpose(1, 2), onehot),
+                              u.reshape(S, H * V, d).transpose(1, 2), kind_pattern)
+            return x.view(S, d, B, P).permute(0, 2, 3, 1), None
+        result = kind_pattern.view(S, H, V, B * P).transpose(2, 3) @ u  # (S, H, B*P, d)
+        result = result.view(S, H, B, P, d).transpose(1, 2)  # (S, B, H, P, d)
+        v_pos = v.transpose(1, 2)[seeds, tokens].permute(0, 1, 3, 2, 4)  # (S, B, H, P, e)
+        key = tokens[:, :, None].expand(S, B, H, P)
+        tq = torch.gather(tokens, 2, query[..., None]).expand(S, B, 1)[..., 0]  # (S, B)
+        q_scores = torch.gather(scores.transpose(1, 2)[seeds[..., 0], tq], 3, key)  # (S,B,H,P)
+        if attn_override is not None:
+            q_a = attn_override * mult[:, :, None]
+            pattern = q_a / q_a.sum(-1, keepdim=True)  # (S, B, H, P) the query's row
+        else:
+            pattern = torch.softmax(q_scores.masked_fill(mult[:, :, None] == 0, -math.inf), -1)
+        z = (pattern[..., None] * v_pos).sum(3)  # (S, B, H, e)
+        r_q = torch.einsum("sbhe,shed->sbhd", z, w[ATTN + "W_O"])
+        if attn_override is not None:
+            at = (torch.arange(P) == query[..., None])[:, :, None, :, None]
+            result = torch.where(at, r_q[:, :, :, None], result)  # only the query's row
+        result = _replaced(result, 0, replace, None)
+        r_q = _at_row(result, query)
+        x = base[seeds, tokens] + result.sum(2)
+        cache = Cache(pattern, tokens, mult, q_scores, v_pos, z, r_q, None, None,
+                      result if positions else None) if caches else None
+        return x, cache
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """ln_final (if any), then W_U and b_U. resid (S, B, d_model) -> (S, B, d_vocab)."""
