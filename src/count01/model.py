@@ -941,10 +941,12 @@ class Model:
         w, a = self.weights, attn(n)
         S, B, P, d = x.shape
         H, e = self.cfg.heads, self.cfg.d_head_
-        cols = self._ln(x, f"blocks.{n}.ln1").permute(0, 3, 1, 2)  # (S, d, B, P)
+        ln = f"blocks.{n}.ln1"
+        cols = self._ln(x, ln).permute(0, 3, 1, 2)  # (S, d, B, P)
         at = query.expand(S, B)[:, None, :, None].expand(S, d, B, 1)
         x_q = torch.gather(x.permute(0, 3, 1, 2), 3, at)[..., 0]  # (S, d, B)
-        h_q = torch.gather(cols, 3, at)[..., 0]
+        h_q = self._ln(x_q.transpose(1, 2), ln).transpose(1, 2)  # one gather: its gradient is
+        # a tensor of zeros as large as x
         flat = cols.reshape(S, d, B * P)
 
         def heads(which: str, h: torch.Tensor) -> torch.Tensor:  # (S, H, e, B, P or 1)
