@@ -1,6 +1,7 @@
 """The transformer of SPEC 3, S seeds at once, read at the EOS position: one attention-only layer
-by default (every fast path below is for that model); L layers and an MLP (`run_layers`, the
-reference forward) for question 6.
+by default (every fast path below is for that model); L layers and an MLP (`run_layers`) for
+question 6, without positional embedding on the prefix path (`_kinds_layer`: layer 0 over token
+kinds with each prefix's counts, no P x P product; `_query_row`: the last layer at the query).
 
 Weights carry TransformerLens names and shapes with a leading seed axis: `blocks.0.attn.W_Q` is
 (S, H, d_model, d_head). Only the EOS query's attention row is computed (the answer is read

@@ -234,8 +234,8 @@ class Trainer:
     per drawn count tuple); with a positional embedding (`Model.pos_loss_grad`, the position
     path) it is a token batch. In the `sentence` framing the count path's gradient is
     `Model.count_rows_loss_grad` (rows of `sentence_rows`). With LayerNorm, and with positions
-    in `sentence`, and with L > 1 layers or an MLP, autograd differentiates the model (the
-    reference forward, `Model.run_layers`) on token batches. `model`'s trainable
+    in `sentence`, and with L > 1 layers or an MLP, autograd differentiates the model on token
+    batches (`Model.__call__`: with L > 1 and no positional embedding the prefix path). `model`'s trainable
     weights become views of the
     flat tensor, so it sees every update; `weights()` copies them.
     """
