@@ -973,9 +973,9 @@ class Model:
         of one-hots): head h's output at i is sum_k p_hik u_hk, p_hi = softmax_k(score_h(t_i, k)
         + log m_ik) and u_hk = v_hk W_O^h (softmax with log m: attention over the tokens, as
         stable as the textbook's). Tables of (V, V) and (V, d) per head, per position
-        O(V * H) numbers: no P x P product. Returns the
-        residual after the attention at every position (S, B, P, d) and the query row's Cache
-        (without resid and logits; None when not `caches`). Held to the textbook forward by
+        O(V * H) numbers: no P x P product. Returns the residual after the attention at every
+        position (S, B, P, d) and the query row's Cache (without resid and logits; None when
+        not `caches`). Held to the textbook forward by
         tests/test_layers.py::test_the_prefix_path_is_the_textbook_forward."""
         w = self.weights
         W_E = w["embed.W_E"]
@@ -997,7 +997,6 @@ class Model:
         base = W_E + w[ATTN + "b_O"][:, None]  # (S, V, d): a kind's residual before the heads
         per_head = caches or positions or attn_override is not None or any(
             n == 0 for n, _ in (replace or {}))
-        seeds = torch.arange(S).view(S, 1, 1)
         if not per_head:  # the residual transposed (S, d, B*P): base^T one-hot + u^T pattern,
             # so that the pattern's gradient comes out in the pattern's layout
             x = torch.baddbmm(torch.bmm(base.transpose(1, 2), onehot),
@@ -1005,6 +1004,7 @@ class Model:
             return x.view(S, d, B, P).permute(0, 2, 3, 1), None
         result = kind_pattern.view(S, H, V, B * P).transpose(2, 3) @ u  # (S, H, B*P, d)
         result = result.view(S, H, B, P, d).transpose(1, 2)  # (S, B, H, P, d)
+        seeds = torch.arange(S).view(S, 1, 1)
         v_pos = v.transpose(1, 2)[seeds, tokens].permute(0, 1, 3, 2, 4)  # (S, B, H, P, e)
         key = tokens[:, :, None].expand(S, B, H, P)
         tq = torch.gather(tokens, 2, query[..., None]).expand(S, B, 1)[..., 0]  # (S, B)
@@ -1015,15 +1015,14 @@ class Model:
         else:
             pattern = torch.softmax(q_scores.masked_fill(mult[:, :, None] == 0, -math.inf), -1)
         z = (pattern[..., None] * v_pos).sum(3)  # (S, B, H, e)
-        r_q = torch.einsum("sbhe,shed->sbhd", z, w[ATTN + "W_O"])
-        if attn_override is not None:
+        if attn_override is not None:  # only the query's row attends otherwise
+            r_q = torch.einsum("sbhe,shed->sbhd", z, w[ATTN + "W_O"])
             at = (torch.arange(P) == query[..., None])[:, :, None, :, None]
-            result = torch.where(at, r_q[:, :, :, None], result)  # only the query's row
+            result = torch.where(at, r_q[:, :, :, None], result)
         result = _replaced(result, 0, replace, None)
-        r_q = _at_row(result, query)
         x = base[seeds, tokens] + result.sum(2)
-        cache = Cache(pattern, tokens, mult, q_scores, v_pos, z, r_q, None, None,
-                      result if positions else None) if caches else None
+        cache = Cache(pattern, tokens, mult, q_scores, v_pos, z, _at_row(result, query), None,
+                      None, result if positions else None) if caches else None
         return x, cache
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
