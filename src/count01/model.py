@@ -33,6 +33,9 @@ import torch
 from .config import Config
 from .language import BOS, EOS, Batch
 
+# columns of the prefix path's position list: a multiple of this (MKL's products then see a
+# seed's columns alike whatever its companions' lengths; train.ROW_BLOCK's reason)
+ROW_BLOCK = 64
 ATTN = "blocks.0.attn."  # layer 0's attention weights (the fast paths' only layer); `attn(l)`
 
 
@@ -811,17 +814,19 @@ class Model:
         h = self._ln(x, b + "ln2")
         S, d = h.shape[0], h.shape[-1]
         if h.dim() == 4 and not h.is_contiguous() and h.permute(0, 3, 1, 2).is_contiguous():
-            # positions last (S, d, B, P), as `_kinds_layer` gives: a product per seed
-            cols = h.permute(0, 3, 1, 2).reshape(S, d, -1)
-            pre = torch.baddbmm(w[b + "mlp.b_in"][..., None], w[b + "mlp.W_in"].transpose(1, 2),
-                                cols)
-            out = torch.baddbmm(w[b + "mlp.b_out"][..., None],
-                                w[b + "mlp.W_out"].transpose(1, 2),
-                                torch.nn.functional.gelu(pre))
+            # positions last (S, d, B, P), as `_kinds_layer` gives
+            out = self._mlp_columns(h.permute(0, 3, 1, 2).reshape(S, d, -1), layer)
             return out.view(S, d, *h.shape[1:3]).permute(0, 2, 3, 1)
         pre = h.reshape(S, -1, d) @ w[b + "mlp.W_in"] + w[b + "mlp.b_in"][:, None]
         out = torch.nn.functional.gelu(pre) @ w[b + "mlp.W_out"] + w[b + "mlp.b_out"][:, None]
         return out.view(h.shape)
+
+    def _mlp_columns(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """`_mlp` (after ln2) of positions as columns h (S, d, N): a product per seed."""
+        w, b = self.weights, f"blocks.{layer}.mlp."
+        pre = torch.baddbmm(w[b + "b_in"][..., None], w[b + "W_in"].transpose(1, 2), h)
+        return torch.baddbmm(w[b + "b_out"][..., None], w[b + "W_out"].transpose(1, 2),
+                             torch.nn.functional.gelu(pre))
 
     def _heads(self, h: torch.Tensor, prefix: str, which: str) -> torch.Tensor:
         """h (S, B, P, d) through the heads' W_which + b_which of a layer's attention prefix:
@@ -865,6 +870,11 @@ class Model:
         layer = layer % self.cfg.layers
         if batch.tokens is None:
             raise ValueError("a model of several layers needs token batches")
+        if not caches and self.cfg.layers == 2 and self.cfg.pos_embed == "none":
+            x = self._two_layers(batch)
+            if self.cfg.d_mlp:
+                x = x + self._mlp(x, 1)
+            return [None, Cache(*[None] * 8, self.unembed(x))]
         w = self.weights
         W_E = w["embed.W_E"]
         S, e = W_E.shape[0], self.cfg.d_head_
@@ -931,6 +941,67 @@ class Model:
             c.logits = logits
         return out
 
+    def _two_layers(self, batch: Batch) -> torch.Tensor:
+        """Two layers without positional embedding, for the logits (`_layers` without caches):
+        the residual at the query after layer 1's attention (S, B, d). The prefix path on the
+        positions up to each query only (about half of a padded batch): layer 0 (and its MLP)
+        acts on each position alone given its prefix's counts, and so do layer 1's keys and
+        values, so the positions are a list (each seed's in order, padded to a multiple of
+        ROW_BLOCK columns: a seed's products do not depend on its companions' lengths); only
+        the keys and values go back to the (B, P) grid, for the query's softmax and sum."""
+        w = self.weights
+        W_E = w["embed.W_E"]
+        S, V, d = W_E.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
+        tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
+        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+        query = eos + (batch.query is not None)  # (T, B), T = S or 1
+        T, B, P = tokens.shape
+        valid = (torch.arange(P) <= query[..., None]).view(T, B * P)
+        have = valid.sum(1, keepdim=True)  # (T, 1)
+        n = -(-int(have.max()) // ROW_BLOCK) * ROW_BLOCK
+        padded = torch.cat([valid, valid.new_zeros(T, n)], 1)
+        order = torch.argsort((~padded).to(torch.int8), dim=1, stable=True)[:, :n]
+        real = torch.arange(n) < have  # (T, n)
+        idx = torch.where(real, order, B * P)  # each seed's positions, then a spare slot
+        ends = valid.view(T, B, P).sum(2).cumsum(1) - 1  # (T, B): each query's column
+        kinds = torch.arange(V)[:, None]
+        onehot = (tokens.view(T, 1, B * P) == kinds).to(W_E.dtype)  # (T, V, B*P)
+        m = torch.cat([onehot.view(T, V, B, P).cumsum(3).view(T, V, B * P),
+                       onehot.new_ones(T, V, 1)], 2)  # a prefix's count of each kind
+        log_m = m.gather(2, idx[:, None].expand(T, V, n)).log_().expand(S, V, n)
+        tok = torch.cat([tokens.view(T, B * P), tokens.new_zeros(T, 1)], 1).gather(1, idx)
+        onehot = (tok[:, None] == kinds).to(W_E.dtype).expand(S, V, n)
+        idx, ends = idx.expand(S, n), ends.expand(S, B)
+        scores, _, u, base = self._kind_tables()
+        x = self._kinds_residual(scores, u, base, onehot, log_m)  # (S, d, n)
+        if self.cfg.d_mlp:
+            x = x + self._mlp_columns(self._ln(x.transpose(1, 2), "blocks.0.ln2")
+                                      .transpose(1, 2), 0)
+        # layer 1 at the query: keys and values per listed position, then on the grid
+        a, ln = attn(1), "blocks.1.ln1"
+        x_q = x.gather(2, ends[:, None].expand(S, d, B))  # (S, d, B)
+        h = self._ln(x.transpose(1, 2), ln).transpose(1, 2)
+        h_q = self._ln(x_q.transpose(1, 2), ln).transpose(1, 2)
+
+        def heads(which: str, h: torch.Tensor) -> torch.Tensor:  # (S, H, e, columns)
+            W = w[a + "W_" + which].transpose(2, 3).reshape(S, H * e, d)
+            return torch.baddbmm(w[a + "b_" + which].view(S, H * e, 1), W, h).view(S, H, e, -1)
+
+        def grid(t: torch.Tensor) -> torch.Tensor:  # (S, H, e, n) -> (S, H, e, B, P), 0 after
+            # the query (a scatter: its gradient is a gather, not a scatter-add)
+            out = t.new_zeros(S, H, e, B * P + 1).scatter(3, idx[:, None, None].expand_as(t), t)
+            return out[..., :B * P].view(S, H, e, B, P)
+
+        q, k, v = heads("Q", h_q), grid(heads("K", h)), grid(heads("V", h))
+        scores = (k * q[..., None]).sum(2) * (1.0 / math.sqrt(e))  # (S, H, B, P)
+        mask = (torch.arange(P) > query[..., None])[:, None]
+        pattern = torch.softmax(scores.masked_fill(mask, -math.inf), -1)
+        z = (pattern[:, :, None] * v).sum(-1)  # (S, H, e, B)
+        out = torch.baddbmm(x_q + w[a + "b_O"][..., None],
+                            w[a + "W_O"].reshape(S, H * e, d).transpose(1, 2), z.view(S, H * e, B))
+        return out.transpose(1, 2)
+
     def _query_row(self, x: torch.Tensor, query: torch.Tensor, mult: torch.Tensor,
                    n: int) -> torch.Tensor:
         """Layer n's attention at the query alone, for the logits (`_layers` without caches):
@@ -963,6 +1034,34 @@ class Model:
                             w[a + "W_O"].reshape(S, H * e, d).transpose(1, 2), z.view(S, H * e, B))
         return out.transpose(1, 2)
 
+    def _kind_tables(self) -> tuple[torch.Tensor, ...]:
+        """Layer 0's tables per token kind (no positional embedding): scores (S, H, V (query),
+        V (key)), values v (S, H, V, e), u = v W_O per head (S, H*V, d), and each kind's
+        residual before the heads, base = W_E + b_O (S, V, d)."""
+        w = self.weights
+        h = self._ln(w["embed.W_E"], "blocks.0.ln1")[:, None]  # (S, 1, V, d)
+        q, k, v = (self._heads(h, ATTN, which)[:, 0] for which in "QKV")  # (S, H, V, e)
+        scores = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(self.cfg.d_head_))
+        u = (v @ w[ATTN + "W_O"]).flatten(1, 2)
+        return scores, v, u, w["embed.W_E"] + w[ATTN + "b_O"][:, None]
+
+    def _kinds_residual(self, scores: torch.Tensor, u: torch.Tensor, base: torch.Tensor,
+                        onehot: torch.Tensor, log_m: torch.Tensor, pattern: bool = False
+                        ) -> torch.Tensor:
+        """Layer 0 at positions given as columns: onehot (S, V, N) their kinds, log_m (S, V, N)
+        the log of their prefixes' counts of each kind. The residual after the heads,
+        transposed (S, d, N): base^T onehot + u^T p, p_hi = softmax_k(score_h(t_i, k) +
+        log m_ik) (or p itself, (S, H*V, N), with `pattern`). Positions are the last axis: a
+        softmax over 5 kinds along a last axis is several times slower than across contiguous
+        positions, and the pattern's gradient comes out in the pattern's layout."""
+        S, H, V, _ = scores.shape
+        N = onehot.shape[-1]
+        rows = torch.bmm(scores.transpose(2, 3).reshape(S, H * V, V), onehot)  # (S, H*V, N)
+        p = torch.softmax(rows.view(S, H, V, N) + log_m[:, None], 2).view(S, H * V, N)
+        if pattern:
+            return p
+        return torch.baddbmm(torch.bmm(base.transpose(1, 2), onehot), u.transpose(1, 2), p)
+
     def _kinds_layer(self, tokens: torch.Tensor, query: torch.Tensor, mult: torch.Tensor,
                      attn_override: torch.Tensor | None,
                      replace: dict[tuple[int, int], torch.Tensor] | None, positions: bool,
@@ -980,29 +1079,19 @@ class Model:
         w = self.weights
         W_E = w["embed.W_E"]
         S, V, d = W_E.shape
-        H, e = self.cfg.heads, self.cfg.d_head_
+        H = self.cfg.heads
         B, P = tokens.shape[1:]
-        h = self._ln(W_E, "blocks.0.ln1")[:, None]  # (S, 1, V, d): the input of each kind
-        q, k, v = (self._heads(h, ATTN, which)[:, 0] for which in "QKV")  # (S, H, V, e)
-        scores = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(e))  # (S, H, V (query), V (key))
-        # examples on the last axis, kinds before them: a softmax over 5 kinds along a last
-        # axis is several times slower than across contiguous examples
+        scores, v, u, base = self._kind_tables()
         onehot = (tokens.view(-1, 1, B * P) == torch.arange(V)[:, None]).to(W_E.dtype)
         onehot = onehot.expand(S, V, B * P)  # (S, V, B*P): the kind of each position
-        log_m = onehot.view(S, V, B, P).cumsum(3).log_()  # log of each prefix's count per kind
-        rows = torch.bmm(scores.transpose(2, 3).reshape(S, H * V, V), onehot)  # (S, H*V, B*P)
-        kind_pattern = torch.softmax(rows.view(S, H, V, B, P) + log_m[:, None], 2)
-        kind_pattern = kind_pattern.view(S, H * V, B * P)  # p_hik: head h, kind k, position i
-        u = v @ w[ATTN + "W_O"]  # (S, H, V, d)
-        base = W_E + w[ATTN + "b_O"][:, None]  # (S, V, d): a kind's residual before the heads
+        log_m = onehot.view(S, V, B, P).cumsum(3).log_().view(S, V, B * P)  # prefix counts
         per_head = caches or positions or attn_override is not None or any(
             n == 0 for n, _ in (replace or {}))
-        if not per_head:  # the residual transposed (S, d, B*P): base^T one-hot + u^T pattern,
-            # so that the pattern's gradient comes out in the pattern's layout
-            x = torch.baddbmm(torch.bmm(base.transpose(1, 2), onehot),
-                              u.reshape(S, H * V, d).transpose(1, 2), kind_pattern)
+        if not per_head:
+            x = self._kinds_residual(scores, u, base, onehot, log_m)
             return x.view(S, d, B, P).permute(0, 2, 3, 1), None
-        result = kind_pattern.view(S, H, V, B * P).transpose(2, 3) @ u  # (S, H, B*P, d)
+        kind_pattern = self._kinds_residual(scores, u, base, onehot, log_m, pattern=True)
+        result = kind_pattern.view(S, H, V, B * P).transpose(2, 3) @ u.view(S, H, V, d)
         result = result.view(S, H, B, P, d).transpose(1, 2)  # (S, B, H, P, d)
         seeds = torch.arange(S).view(S, 1, 1)
         v_pos = v.transpose(1, 2)[seeds, tokens].permute(0, 1, 3, 2, 4)  # (S, B, H, P, e)
