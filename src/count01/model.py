@@ -613,7 +613,8 @@ class Model:
 
         Per example only exp(score) (H L numbers), a sum of it per kind and head and the logits are
         formed; the rest are tables per seed (`pos_tables`), differentiated once per step.
-        Each seed's examples are sorted by length and cut into `buckets` runs of similar
+        Each seed's examples are sorted by length (`by_length`; the Trainer sorts them ahead, on
+        its second thread) and cut into `buckets` runs of similar
         length, each computed only up to its longest EOS (the positions after EOS are half of
         a batch). By default 4 runs where the per-example tensors (S, H, B, L) hold a million
         numbers or more (measured 35% faster at S = 64), else 1 (the ops' fixed costs win).
@@ -629,10 +630,8 @@ class Model:
         y = (y if y.dim() == 2 else y[None]).expand(S, -1)
         B, L = tokens.shape[1:]
         t = self.pos_tables(L)
-        order = torch.argsort(eos, dim=1, stable=True)
-        flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
-        tokens = _rows(tokens, flat, (S, B, L))
-        eos, y = eos.gather(1, order), y.gather(1, order)
+        if bool((eos[:, 1:] < eos[:, :-1]).any()):  # the Trainer sorts on its second thread
+            tokens, eos, y = by_length(tokens, eos, y)
         loss = torch.zeros(S, dtype=E.dtype)
         H, V, e, d = self.cfg.heads, t["rE"].shape[-1], self.cfg.d_head_, E.shape[-1]
         # gradients of the tables, each in the layout of the product it enters: the scores
@@ -789,6 +788,17 @@ class Model:
         w = self.weights
         return (torch.einsum("sbd,sdv->sbv", self._ln(resid, "ln_final"), w["unembed.W_U"])
                 + w["unembed.b_U"][:, None])
+
+
+def by_length(tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each seed's examples sorted by length (EOS position, stable): tokens (S, B, L), eos and
+    y (S, B), in the order `Model.pos_loss_grad` computes them (a stable sort of them is the
+    identity, so sorting ahead changes no number)."""
+    S, B, L = tokens.shape
+    order = torch.argsort(eos, dim=1, stable=True)
+    flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
+    return _rows(tokens, flat, (S, B, L)), eos.gather(1, order), y.gather(1, order)
 
 
 def _blocks(x: torch.Tensor) -> torch.Tensor:
