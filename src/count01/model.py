@@ -471,9 +471,8 @@ class Model:
         S, V, d = E.shape
         H, e = self.cfg.heads, self.cfg.d_head_
         W_O, W_U = w[ATTN + "W_O"], w["unembed.W_U"]
-        # every head's product is one bmm per seed, heads side by side (and a block-diagonal
-        # operand where both sides are per head): 4 x d_head products per head cost more in
-        # calls than in arithmetic
+        # the products with a weight are one bmm per seed, heads side by side (a broadcast
+        # matmul over heads copies its operands: 5x slower), and r one with a block-diagonal M
         xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input with EOS at position p
         W_Qs = w[ATTN + "W_Q"].permute(0, 2, 1, 3).reshape(S, d, H * e)
         q = torch.baddbmm(w[ATTN + "b_Q"].view(S, 1, H * e), xq, W_Qs).mul_(
@@ -485,8 +484,8 @@ class Model:
         k = kv[:, :, :, 0].clone()  # (S, V + L, H, e)
         k[:, :V] += w[ATTN + "b_K"][:, None]
         v = kv[:, :, :, 1]  # (S, V + L, H, e)
-        scores = torch.bmm(q, _blocks(k.permute(0, 2, 3, 1))).view(S, L, H, V + L)
-        scores = scores.transpose(1, 2).contiguous()  # (S, H, L, V + L) [p, t] then [p, j]
+        # (S, H, L, V + L) [p, t] then [p, j]; a bmm per head here (no faster side by side)
+        scores = q.view(S, L, H, e).transpose(1, 2) @ k.permute(0, 2, 3, 1)
         tok, pos_all = scores[..., :V], scores[..., V:]
         after = torch.ones(L, L, dtype=torch.bool).triu(1)  # j > p: the causal mask
         pos = pos_all.masked_fill(after, -math.inf)
