@@ -29,10 +29,11 @@ import torch
 
 from count01.analysis import analyze
 from count01.config import Config
+from count01.files import load_config, write_json
 from count01.language import EVAL_SETS, eval_set, exhaustive
 from count01.metrics import evaluate
 from count01.model import Model
-from count01.runs import load_config, save_tensors, write_json
+from count01.runs import save_tensors
 
 
 def make_run(cfg: Config, out: Path) -> Path:

@@ -11,8 +11,8 @@ def test_every_public_name_resolves():
         assert getattr(count01, name) is not None, name
 
 
-def test_importing_count01_loads_neither_pandas_nor_matplotlib_nor_sklearn():
-    code = ("import sys, count01; heavy = {'pandas', 'matplotlib', 'sklearn', 'ray'}; "
+def test_importing_count01_loads_neither_torch_nor_pandas_nor_matplotlib_nor_sklearn():
+    code = ("import sys, count01; heavy = {'torch', 'pandas', 'matplotlib', 'sklearn', 'ray'}; "
             "print(sorted(heavy & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]"
@@ -24,3 +24,9 @@ def test_every_name_the_readme_imports_from_count01_exists():
              for n in line.split("#")[0].split(",")}
     assert len(names) > 10
     assert names <= set(count01.__all__), names - set(count01.__all__)
+
+
+def test_train_is_the_function_after_its_module_is_imported():
+    import count01.train  # the import system sets count01.train to the submodule: refused
+
+    assert callable(count01.train) and count01.train.__module__ == "count01.train"

@@ -6,7 +6,8 @@ import pytest
 from conftest import refused
 
 from count01.cli import main
-from count01.runs import load, load_config
+from count01.files import load_config
+from count01.runs import load
 
 TINY = ["--steps", "40", "--n-seeds", "2", "--batch-size", "64", "--checkpoint-every", "20",
         "--eval-size", "256", "--exhaustive-len", "5", "--max-len", "8", "--long-max-len", "12",
@@ -208,7 +209,7 @@ def test_unusable_output_paths_are_refused_before_training(capsys, tmp_path, mon
 
 
 def test_a_second_training_run_into_a_directory_being_written_is_refused(capsys, tmp_path):
-    from count01.runs import locked
+    from count01.files import locked
 
     out = tmp_path / "busy"
     with locked(out, "training run"):  # another process's run, as far as the lock tells

@@ -5,16 +5,18 @@ import pandas as pd
 import pytest
 
 from count01 import controls as C
-from count01 import verdicts as V
 from count01.language import eval_set
 from count01.metrics import head_table
+from count01.questions import RULE_CONTROLS, RULES, THRESHOLDS
+from count01.questions import base as V
+from count01.questions import q2 as Q2
 
 
 @pytest.mark.parametrize("name", list(C.LIBRARY))
 def test_every_control_answers_every_hard_string_right(name):
     tables = C.control_tables(name)
     model = tables["model" if "model" in tables else V.SENTENCE + "model"]
-    assert (model["l_acc"] == 1.0).all() and len(model) == C.SEEDS
+    assert (model["l_acc"] == 1.0).all() and len(model) == V.CONTROL_SEEDS
 
 
 def test_ideal_counter_heads_each_separate_with_balanced_attention_and_no_noise():
@@ -39,12 +41,12 @@ def test_the_bos_head_attends_only_to_bos():
     assert row["mass_bos"] > 1 - 1e-6
 
 
-@pytest.mark.parametrize("rule", list(C.RULE_CONTROLS) + ["4", "5"])
+@pytest.mark.parametrize("rule", list(RULE_CONTROLS) + ["4", "5"])
 def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hold(rule):
     positive, negative = C.rule_controls()[rule]
-    status = V.RULE_FUNCTIONS[rule][1]
-    assert status(positive, V.THRESHOLDS) == V.HELD
-    assert status(negative, V.THRESHOLDS) == V.NOT_HELD
+    status = RULES[rule][1]
+    assert status(positive, THRESHOLDS) == V.HELD
+    assert status(negative, THRESHOLDS) == V.NOT_HELD
 
 
 def test_the_ideal_counter_collapses_as_much_as_itself_and_the_anchored_one_beyond():
@@ -73,7 +75,7 @@ def test_the_sentence_controls_end_the_sentence_or_never_do_on_every_set():
             agg = pd.DataFrame(aggregate(model, {"hard": hard}, fit))
             assert (agg["sentence"] == 0.0).all()
             table = pd.DataFrame([{"set": "hard", "seed": s, "l_acc": 1.0} for s in model.seeds])
-            assert V.q2_sentence(agg, table).status == V.NOT_HELD
+            assert Q2.sentence_verdict(agg, table).status == V.NOT_HELD
     agg = C.control_tables("ending_bias")[V.SENTENCE + "aggregation"]
     uniform = agg[agg["scheme"] == "uniform"]
     assert (uniform["end"] == 0.0).all() and (uniform["l_acc"] == 1.0).all()
@@ -89,7 +91,7 @@ def test_a_model_whose_answers_break_but_whose_ending_holds_does_not_support_que
     agg = tables[V.SENTENCE + "aggregation"]
     uniform = agg[(agg["scheme"] == "uniform") & (agg["head"] == -1)]
     assert (uniform["end"] == 1.0).all() and (uniform["sentence"] < 0.5).all()
-    got = V.q2_sentence(agg, tables[V.SENTENCE + "model"])
+    got = Q2.sentence_verdict(agg, tables[V.SENTENCE + "model"])
     assert got.status == V.NOT_HELD and got.previous[3] == V.HELD
     from count01.aggregation import aggregate
 
@@ -97,4 +99,4 @@ def test_a_model_whose_answers_break_but_whose_ending_holds_does_not_support_que
     fit, hard = eval_set(counter.cfg, "fit"), eval_set(counter.cfg, "hard")
     agg = pd.DataFrame(aggregate(counter, {"hard": hard}, fit))
     model = pd.DataFrame([{"set": "hard", "seed": s, "l_acc": 1.0} for s in counter.seeds])
-    assert V.q2_sentence(agg, model).status == V.NOT_HELD
+    assert Q2.sentence_verdict(agg, model).status == V.NOT_HELD

@@ -26,7 +26,9 @@ needs_lens = pytest.mark.skipif(importlib.util.find_spec("transformer_lens") is 
 
 SMALL = Config(steps=300, n_seeds=2, max_len=8, long_max_len=12, exhaustive_len=6,
                eval_size=512, checkpoint_every=300)
-CONFIGS = {"default": SMALL, "learned_pos+layernorm": SMALL.replace(pos_embed="learned",
+CONFIGS = {"default": SMALL, "2_layers+mlp+learned_pos+layernorm": SMALL.replace(
+    layers=2, d_mlp=8, pos_embed="learned", layernorm=True, steps=150),
+    "learned_pos+layernorm": SMALL.replace(pos_embed="learned",
                                                                       layernorm=True)}
 
 
@@ -54,10 +56,13 @@ def test_transformer_lens_copy_has_our_logits_and_eos_attention_on_exhaustive(tr
         ours = model.select(seed_index).run(batch, force_tokens=True)
         logits, cache = tl.run_with_cache(batch.tokens)
     torch.testing.assert_close(logits[rows, batch.eos_pos], ours.logits[0], atol=1e-4, rtol=0)
-    pattern = cache["blocks.0.attn.hook_pattern"][rows, :, batch.eos_pos]  # (B, H, K)
-    torch.testing.assert_close(pattern, ours.pattern[0], atol=1e-5, rtol=0)
-    z = cache["blocks.0.attn.hook_z"][rows, batch.eos_pos]  # (B, H, d_head)
-    torch.testing.assert_close(z, ours.z[0], atol=1e-4, rtol=0)
+    for n, c in enumerate(model.select(seed_index).run_layers(batch, force_tokens=True)):  # each layer
+        pattern = cache[f"blocks.{n}.attn.hook_pattern"][rows, :, batch.eos_pos]  # (B, H, K)
+        torch.testing.assert_close(pattern, c.pattern[0], atol=1e-5, rtol=0)
+        z = cache[f"blocks.{n}.attn.hook_z"][rows, batch.eos_pos]  # (B, H, d_head)
+        torch.testing.assert_close(z, c.z[0], atol=1e-4, rtol=0)
+        resid = cache[f"blocks.{n}.hook_resid_post"][rows, batch.eos_pos]
+        torch.testing.assert_close(resid, c.resid[0], atol=1e-4, rtol=0)
     # the trained model really is a non-trivial function: answers differ across strings
     assert logits[rows, batch.eos_pos].argmax(-1).unique().numel() >= 2
 

@@ -18,9 +18,8 @@ from test_sweeps import _alive, _all_exit, _children
 
 import count01
 from count01.cli import main
-from count01.metrics import saved_eval
-from count01.runs import CheckpointError, write_json
-from count01.study import FORMAT as STUDY
+from count01.files import CheckpointError, saved_eval, write_json
+from count01.plan import FORMAT as STUDY
 from count01.study import make_plan
 from count01.sweeps import TABLES
 

@@ -18,8 +18,9 @@ from count01.export import (
     import_transformer_lens,
     save_transformer_lens,
 )
+from count01.files import saved_eval
 from count01.language import BOS, EOS, ONE, TWO, ZERO, eval_set, exhaustive
-from count01.metrics import head_table, saved_eval
+from count01.metrics import head_table
 from count01.runs import load, load_tensors
 from count01.train import train
 
@@ -197,6 +198,23 @@ def test_a_run_with_three_noise_symbols_exports_and_imports_with_its_vocabulary(
         assert torch.equal(original.weights[k], model.weights[k]), k
 
 
+@pytest.mark.parametrize("layers, d_mlp", [(2, 0), (1, 6), (3, 6)])
+def test_layers_and_an_mlp_export_and_import_with_their_weights(tmp_path, layers, d_mlp):
+    cfg = Config(steps=10, n_seeds=1, batch_size=64, checkpoint_every=10, layers=layers,
+                 d_mlp=d_mlp, pos_embed="learned", layernorm=True, **TASK)
+    train(cfg, tmp_path / "run", progress=False)
+    save_transformer_lens(tmp_path / "run", out_dir=tmp_path / "tl")
+    tl = json.loads((tmp_path / "tl" / "tl_config.json").read_text())
+    assert tl["n_layers"] == layers and tl["attn_only"] == (d_mlp == 0)
+    assert (tl.get("d_mlp"), tl.get("act_fn")) == ((d_mlp, "gelu") if d_mlp else (None, None))
+    model = import_transformer_lens(tmp_path / "tl", tmp_path / "back")
+    assert model.cfg == cfg
+    original = load(tmp_path / "run")
+    assert original.weights.keys() == model.weights.keys()
+    for k in original.weights:
+        assert torch.equal(original.weights[k], model.weights[k]), k
+
+
 def test_export_then_import_gives_the_same_analysis(exported, tmp_path):
     import_transformer_lens(exported / "tl", tmp_path / "run")
     for run in (exported / "run", tmp_path / "run"):
@@ -240,9 +258,14 @@ def _with(**tensors):
     (tl_cfg(d_vocab=6), "vocabulary size d_vocab 6"),  # out 5
     (tl_cfg(d_vocab=6, d_vocab_out=6), "embed.W_E has shape (5, 4), the TL config implies (6"),
     (tl_cfg(d_vocab_out=7), "d_vocab_out 7"),
-    (tl_cfg(attn_only=False, d_mlp=16), "an MLP"),
-    ({k: v for k, v in tl_cfg().items() if k != "attn_only"}, "an MLP"),
-    (tl_cfg(n_layers=2), "n_layers 2"),
+    (tl_cfg(attn_only=False, d_mlp=16), "an MLP with act_fn None: count01's MLP is exact GELU"),
+    (tl_cfg(attn_only=False, d_mlp=16, act_fn="relu"), "an MLP with act_fn 'relu'"),
+    (tl_cfg(attn_only=False, d_mlp=16, act_fn="gelu_new"), "an MLP with act_fn 'gelu_new'"),
+    (tl_cfg(attn_only=False, act_fn="gelu"), "an MLP with d_mlp None"),
+    (tl_cfg(attn_only=False, d_mlp=16, act_fn="gelu", gated_mlp=True), "gated_mlp = True"),
+    ({k: v for k, v in tl_cfg().items() if k != "attn_only"}, "an MLP with act_fn None"),
+    (tl_cfg(n_layers=2), "missing blocks.1.attn.W_K"),
+    (tl_cfg(n_layers=0), "n_layers 0"),
     (tl_cfg(positional_embedding_type="rotary"), "positional_embedding_type 'rotary'"),
     (tl_cfg(positional_embedding_type="shortformer"), "positional_embedding_type 'shortformer'"),
     (tl_cfg(normalization_type="RMS"), "normalization_type 'RMS'"),
@@ -258,8 +281,8 @@ def test_unsupported_architectures_are_refused_by_name(tmp_path, capsys, cfg, ma
 
 
 @pytest.mark.parametrize("sd, match", [
-    (_with(**{"blocks.0.mlp.W_in": torch.zeros(4, 16)}), "an MLP (blocks.0.mlp.W_in)"),
-    (_with(**{"blocks.1.attn.W_Q": torch.zeros(2, 4, 2)}), "more than one layer (blocks.1"),
+    (_with(**{"blocks.0.mlp.W_in": torch.zeros(4, 16)}), "unexpected blocks.0.mlp.W_in"),
+    (_with(**{"blocks.1.attn.W_Q": torch.zeros(2, 4, 2)}), "unexpected blocks.1.attn.W_Q"),
     (_without("unembed.W_U"), "missing unembed.W_U"),
     (_without("pos_embed.W_pos"), "missing weight pos_embed.W_pos"),
     (_with(**{"blocks.0.attn.W_extra": torch.zeros(2)}), "unexpected blocks.0.attn.W_extra"),
@@ -377,14 +400,16 @@ def _hooked_transformer():
     return HookedTransformer, HookedTransformerConfig
 
 
-@pytest.mark.parametrize("normalization", [None, "LN"])
-def test_a_real_hooked_transformer_imports_with_its_logits(tmp_path, normalization):
+@pytest.mark.parametrize("normalization, layers, d_mlp", [(None, 1, 0), ("LN", 1, 0),
+                                                          ("LN", 2, 32), (None, 3, 8)])
+def test_a_real_hooked_transformer_imports_with_its_logits(tmp_path, normalization, layers, d_mlp):
     HookedTransformer, HookedTransformerConfig = _hooked_transformer()
     from count01.export import eos_logits
 
     torch.manual_seed(1)
-    config = HookedTransformerConfig(d_model=16, d_head=4, n_heads=4, n_layers=1, n_ctx=N_MAX + 2,
-                                     d_vocab=5, attn_only=True, act_fn=None,
+    config = HookedTransformerConfig(d_model=16, d_head=4, n_heads=4, n_layers=layers,
+                                     n_ctx=N_MAX + 2, d_vocab=5, attn_only=not d_mlp,
+                                     d_mlp=d_mlp or None, act_fn="gelu" if d_mlp else None,
                                      normalization_type=normalization,
                                      default_prepend_bos=False)
     tl = HookedTransformer(config).eval()
@@ -396,6 +421,7 @@ def test_a_real_hooked_transformer_imports_with_its_logits(tmp_path, normalizati
     model = import_transformer_lens(src / "model.safetensors", tmp_path / "run",
                                     overrides={"max_len": 8, "exhaustive_len": 6})
     assert model.cfg.pos_embed == "learned" and model.cfg.layernorm == (normalization == "LN")
+    assert (model.cfg.layers, model.cfg.d_mlp) == (layers, d_mlp)
     batch = exhaustive(model.cfg, tokens=True, max_len=6)
     with torch.no_grad():
         theirs = eos_logits(tl, batch.tokens, batch.eos_pos)

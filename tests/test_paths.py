@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from count01.files import write_json
 from count01.paths import (
     QUANTITIES,
     analyze_paths,
@@ -19,7 +20,6 @@ from count01.paths import (
     stability_table,
     success_table,
 )
-from count01.runs import write_json
 from count01.stats import wilson
 from count01.sweeps import FORMAT, TABLES, Sweep, run_sweep
 from count01.train import STOP_RULE, STOP_RULES

@@ -13,11 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from count01 import verdicts as V
 from count01.cli import main
 from count01.config import Config
+from count01.files import write_json
+from count01.questions import QUESTIONS
+from count01.questions import base as V
+from count01.questions import q1 as Q1
+from count01.questions import q2 as Q2
+from count01.questions import q3 as Q3
+from count01.questions import q4 as Q4
+from count01.questions import q5 as Q5
 from count01.report import SECTIONS, ReportError, build_report, collect, judge
-from count01.runs import write_json
 
 SETS = ("iid", "hard", "exhaustive", "long", "noisy")
 GRID01 = (1e-3, 1e-1, 1.0, 10.0, 1e3)
@@ -110,15 +116,15 @@ def fake_run(run: Path, **kw) -> Path:
 
 def verdicts_of(tables: dict[str, pd.DataFrame]) -> dict[int, str]:
     t = tables
-    return {1: V.q1(t["heads"], t["model"]).status,
-            2: V.q2(t["aggregation"], t["model"]).status,
+    return {1: Q1.verdict(t["heads"], t["model"]).status,
+            2: Q2.verdict(t["aggregation"], t["model"]).status,
             3: q3_of_tables(t).status}
 
 
 # --- the rules ------------------------------------------------------------------------------------
 
 def q3_of_tables(t: dict[str, pd.DataFrame]) -> V.Verdict:
-    return V.q3(t["heads"], t["value_swap"], t["intervention"], t["model"],
+    return Q3.verdict(t["heads"], t["value_swap"], t["intervention"], t["model"],
                 t["ideal_intervention"])
 
 
@@ -128,7 +134,7 @@ def q3_of(**kw) -> V.Verdict:
 
 def q1_of(**kw) -> V.Verdict:
     t = fake_tables(**kw)
-    return V.q1(t["heads"], t["model"])
+    return Q1.verdict(t["heads"], t["model"])
 
 
 def test_q1_holds_when_every_head_separates_and_fails_when_none_does():
@@ -150,7 +156,7 @@ def test_q1_is_inconclusive_on_too_few_heads_or_a_share_whose_interval_straddles
 
 def test_q1_judges_only_seeds_that_succeeded_and_names_the_others():
     t = fake_tables(s_acc=lambda seed, head: 0.5 if seed == 3 else 1.0, failed=(3,))
-    v = V.q1(t["heads"], t["model"])
+    v = Q1.verdict(t["heads"], t["model"])
     assert v.status == V.HELD
     assert "left out (failed): [3]" in dict(v.numbers)["seeds judged"]
 
@@ -206,7 +212,7 @@ def test_q3_collapse_is_judged_against_the_ideal_counter():
     assert q3_of(collapse="none").parts[2][1] == V.NOT_HELD
     t = fake_tables()
     del t["ideal_intervention"]
-    v = V.q3(t["heads"], t["value_swap"], t["intervention"], t["model"])
+    v = Q3.verdict(t["heads"], t["value_swap"], t["intervention"], t["model"])
     assert v.parts[2][1] == V.NOT_MEASURED
 
 
@@ -235,35 +241,35 @@ def success(rates: list[tuple[int, int]], sizes: list[list[int]] | None = None):
 
 def test_q4_rules_on_success_rates_and_minimal_solutions():
     all_ok, same = success([(100, 100)] * 4, [[1] * 100] * 4)
-    assert V.q4(all_ok, same).status == V.NOT_HELD
-    assert V.q4(*success([(20, 32), (32, 32), (32, 32), (32, 32)])).status == V.HELD
+    assert Q4.verdict(all_ok, same).status == V.NOT_HELD
+    assert Q4.verdict(*success([(20, 32), (32, 32), (32, 32), (32, 32)])).status == V.HELD
     varied = success([(100, 100)] * 4, [[1] * 98 + [2] * 2] + [[1] * 100] * 3)
-    assert V.q4(*varied).status == V.MIXED
-    assert V.q4(None, None).status == V.NOT_MEASURED
+    assert Q4.verdict(*varied).status == V.MIXED
+    assert Q4.verdict(None, None).status == V.NOT_MEASURED
 
 
 def test_q4_without_failures_in_few_seeds_is_inconclusive():
-    v = V.q4(*success([(8, 8)] * 4, [[1] * 8] * 4))  # a failure rate up to 0.32 not excluded
+    v = Q4.verdict(*success([(8, 8)] * 4, [[1] * 8] * 4))  # a failure rate up to 0.32 not excluded
     assert v.status == V.INCONCLUSIVE and v.previous == {1: V.NOT_HELD, 2: V.INCONCLUSIVE}
     assert "below 0.32" in v.finding
-    assert V.q4(*success([(31, 32), (32, 32), (32, 32), (32, 32)])).status == V.INCONCLUSIVE
+    assert Q4.verdict(*success([(31, 32), (32, 32), (32, 32), (32, 32)])).status == V.INCONCLUSIVE
 
 
 def test_q4_holds_when_configurations_miss_the_ideal_solution_and_names_the_regimes():
     table, minimal = success([(32, 32)] * 4, [[1] * 32] * 4)
     table["n_ideal"] = [32, 32, 32, 16]  # every run succeeds; one head count rarely generalises
-    v = V.q4(table, minimal)
+    v = Q4.verdict(table, minimal)
     assert v.status == V.HELD and v.previous[2] == V.INCONCLUSIVE  # success alone: cannot tell
     regimes = " ".join(v.details)
     assert "1 of 4 configurations are bad in more than 5%" in regimes
     assert "3 mostly reach the ideal solution (below 50%): heads = 1; heads = 2; heads = 4" in regimes
     assert "1 are in between or too close to tell (the interval holds 50%): heads = 8" in regimes
     table["n_ideal"] = 32
-    assert V.q4(table, minimal).status == V.INCONCLUSIVE  # 32 seeds cannot bound 5%
+    assert Q4.verdict(table, minimal).status == V.INCONCLUSIVE  # 32 seeds cannot bound 5%
 
 
 def test_q4_names_the_configuration_whose_solutions_differ_in_size():
-    v = V.q4(*success([(32, 32)] * 4, [[1] * 32] * 3 + [[1] * 31 + [2]]))
+    v = Q4.verdict(*success([(32, 32)] * 4, [[1] * 32] * 3 + [[1] * 31 + [2]]))
     assert "at heads = 8, 31 runs need 1 head and 1 run needs 2 heads" in v.finding
     assert "heads = 1," not in v.finding
 
@@ -285,18 +291,18 @@ def test_combine_counts_inconclusive_parts_only_when_the_decided_ones_agree():
 
 def test_sensitivity_finds_the_flip_where_a_threshold_crosses_the_data():
     t = fake_tables(w02=0.3)  # suppression fails at w02_max = 0.25, holds from 0.3 up
-    text, table = V.sensitivity("3a", V.Evidence(t))
+    text, table = V.sensitivity("3a", V.Evidence(t), QUESTIONS)
     assert text.startswith("flips: held at w02_max = 0.3")
     assert set(table["threshold"]) == {"success_l_acc", "w01_factor", "w02_max", "most", "few"}
     flip = table[(table["threshold"] == "w02_max") & (table["status"] == V.HELD)]
     assert flip["value"].min() >= 0.3
-    assert V.sensitivity("1", V.Evidence(fake_tables(n_seeds=40)))[0] == "robust"
+    assert V.sensitivity("1", V.Evidence(fake_tables(n_seeds=40)), QUESTIONS)[0] == "robust"
 
 
 def test_every_rule_has_a_history_ending_at_its_version():
-    for q, history in V.HISTORY.items():
-        assert [h[0] for h in history] == list(range(1, V.VERSIONS[q] + 1))
-    assert V.HISTORY[3][1][2] is True and "38bdcc5" in V.HISTORY[3][1][1]
+    for q in QUESTIONS:
+        assert [h[0] for h in q.HISTORY] == list(range(1, q.VERSION + 1))
+    assert Q3.HISTORY[1][2] is True and "38bdcc5" in Q3.HISTORY[1][1]
 
 
 def test_spread_reports_median_iqr_and_range():
@@ -334,7 +340,7 @@ def test_report_has_every_section_with_its_verdict(run):
     assert [v["question"] for v in got] == [1, 2, 3, 4, 5]
     for v in got:
         assert v["status"] in V.STATUSES
-        assert v["rule_version"] == V.VERSIONS[v["question"]]
+        assert v["rule_version"] == QUESTIONS[v["question"] - 1].VERSION
         assert set(v["controls"]) >= {"positive", "negative"} and "sensitivity" in v
         assert f'id="q{v["question"]}"><h2>' in page
     assert got[3]["status"] == V.NOT_MEASURED  # a lone run has no training path
@@ -353,7 +359,7 @@ def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hol
     sentence = q2["sentence"]  # question 2 in the sentence framing: its own rule and controls
     assert sentence["controls"] == {"positive": V.HELD, "negative": V.NOT_HELD}
     assert sentence["status"] == V.NOT_MEASURED and sentence["framing"] == "sentence"
-    assert sentence["rule_version"] == q2["rule_version"] == V.VERSIONS[2] == 4
+    assert sentence["rule_version"] == q2["rule_version"] == Q2.VERSION == 4
     md = (run / "report.md").read_text()
     assert "Finding 2, the syntax in the sentence framing" in md
     assert "controls: positive held, negative did not hold" not in md  # the table says it
@@ -385,7 +391,7 @@ def test_report_says_when_a_claim_did_not_hold(run):
     assert files.verdicts[2] == V.NOT_HELD  # uniform weighting answered as well as learned
     md = files.md.read_text()
     q2 = md.split("## Q2.")[1].split("## Q3.")[0]
-    assert "did not hold" in q2 and V.Q2_RULE in q2
+    assert "did not hold" in q2 and Q2.CLASSIFY_RULE in q2
 
 
 def test_report_md_links_figures_that_exist(run):
@@ -451,7 +457,7 @@ def test_q4_numbers_name_minimal_head_set_sizes_from_a_saved_table():
     table, minimal = success([(8, 8), (0, 8)], [[1] * 7 + [2], []])
     minimal = pd.concat([minimal, pd.DataFrame([{"config_id": "heads=2", "size": np.nan,
                                                  "n_runs": 8}])]).astype({"size": "Float64"})
-    text = dict(V.q4(table, minimal).numbers)
+    text = dict(Q4.verdict(table, minimal).numbers)
     assert "1 head: 7, 2 heads: 1" in text["heads = 1"] and "no set: 8" in text["heads = 2"]
 
 
@@ -463,20 +469,20 @@ def labour(rows: list[tuple[int, int, int, int]]) -> pd.DataFrame:
 
 
 def test_q5_holds_when_the_division_of_labour_differs_between_noise_conditions():
-    v = V.q5(labour([(30, 2, 0, 0), (8, 24, 0, 0)]))
+    v = Q5.verdict(labour([(30, 2, 0, 0), (8, 24, 0, 0)]))
     assert v.status == V.HELD
     assert "pseudo-ensemble share runs from 8/32 at noise=1 to 30/32 at noise=0" in v.finding
 
 
 def test_q5_does_not_hold_when_one_class_dominates_every_condition():
-    assert V.q5(labour([(32, 0, 0, 0), (31, 0, 1, 0), (30, 1, 0, 1)])).status == V.NOT_HELD
+    assert Q5.verdict(labour([(32, 0, 0, 0), (31, 0, 1, 0), (30, 1, 0, 1)])).status == V.NOT_HELD
 
 
 @pytest.mark.parametrize("rows", [[(6, 0, 0, 0), (7, 0, 0, 0)],  # too few seeds
                                   [(20, 12, 0, 0), (18, 14, 0, 0)],  # overlapping, not dominant
                                   [(32, 0, 0, 0)]])  # one condition
 def test_q5_is_inconclusive_on_thin_or_undecided_evidence(rows):
-    assert V.q5(labour(rows)).status == V.INCONCLUSIVE
+    assert Q5.verdict(labour(rows)).status == V.INCONCLUSIVE
 
 
 def test_separating_heads_by_config_reads_the_head_count_from_results_whatever_the_grid():
@@ -486,5 +492,5 @@ def test_separating_heads_by_config_reads_the_head_count_from_results_whatever_t
     heads = pd.DataFrame({"config_id": ["a"] * 4 + ["b"] * 2, "seed": [0, 0, 1, 1, 0, 0],
                           "head": [0, 1, 0, 1, 0, 1], "set": "hard",
                           "s_acc": [1.0, 0.95, 0.5, 1.0, 0.5, 0.5], "noise": 0.25})
-    (label, value), = V.separating_heads_by_config(heads, runs)
+    (label, value), = Q1.separating_heads_by_config(heads, runs)
     assert "heads = 2" in label and value.startswith("3/4")

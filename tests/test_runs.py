@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from count01.config import Config
+from count01.files import CheckpointError, write_json
 from count01.model import Model
-from count01.runs import CheckpointError, atomic_write, load, load_tensors, save_tensors, write_json
+from count01.runs import load, load_tensors, save_tensors
 
 
 @pytest.fixture
@@ -74,23 +75,3 @@ def test_corrupted_config_json_is_a_clear_error(run):
     (path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupted JSON"):
         load(path)
-
-
-def test_atomic_write_leaves_nothing_behind_when_writing_fails(tmp_path):
-    target = tmp_path / "out.json"
-    target.write_text("old")
-
-    def fail(tmp):
-        open(tmp, "w").write("half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, fail)
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-
-
-def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path):
-    atomic_write(tmp_path / "a.json", lambda tmp: open(tmp, "w").write("{}"))
-    (tmp_path / "b.json").write_text("{}")
-    assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "b.json").stat().st_mode

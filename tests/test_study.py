@@ -12,9 +12,10 @@ import pytest
 
 from count01.cli import main
 from count01.config import Count01Error
+from count01.files import read_json, write_json
+from count01.plan import StudyError
 from count01.report import SECTIONS, build_report
-from count01.runs import read_json, write_json
-from count01.study import STAGES, StudyError, make_plan, reproduce
+from count01.study import STAGES, make_plan, reproduce
 
 TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,
             eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12, path_seeds=2,

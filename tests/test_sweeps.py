@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from count01.cli import main
+from count01.files import checkpoints
 from count01.language import EVAL_SETS
 from count01.metrics import evaluate
 from count01.model import Model
-from count01.runs import checkpoints, load, save_tensors
+from count01.runs import load, save_tensors
 from count01.sweeps import (
     HEAD_SETS,
     TABLES,
@@ -134,7 +135,8 @@ def test_the_results_table_has_one_row_per_run_and_the_documented_columns(swept)
     assert list(runs["heads"]) == [1, 1, 2, 2]
     expected = (["config_id", "min_len", "max_len", "noise", "noise_symbols", "noise_pattern",
                  "burst_len", "p_one", "class_balanced", "bos", "framing", "lm_loss", "heads",
-                 "d_model", "d_head", "pos_embed", "layernorm", "init_scale", "n_seeds", "steps",
+                 "d_model", "d_head", "pos_embed", "layernorm", "init_scale", "layers", "d_mlp",
+                 "n_seeds", "steps",
                  "batch_size", "optimizer", "lr", "schedule", "warmup", "weight_decay",
                  "checkpoint_every", "early_stop", "eval_seed", "eval_size",
                  "exhaustive_len", "long_max_len", "noisy_noise", "seed", "success", "ideal",

@@ -11,8 +11,9 @@ import torch
 from conftest import listing
 
 from count01.config import Config
+from count01.files import CheckpointError, checkpoints
 from count01.model import Model
-from count01.runs import CheckpointError, checkpoints, load, load_tensors, save_tensors
+from count01.runs import load, load_tensors, save_tensors
 from count01.train import Trainer, lr_at, train
 
 

@@ -5,18 +5,18 @@
     analyze("runs/default")            # tables and figures in runs/default/analysis/
 """
 
+import sys
 from importlib import import_module
+from types import ModuleType
 
 from .config import Config, Count01Error
-from .language import eval_set, exhaustive, training_batch
-from .metrics import evaluate, head_table
-from .model import Cache, Model
-from .runs import load
-from .train import train
 
-# Entry points whose modules import pandas or matplotlib: loaded on first use (PEP 562), so
-# `import count01` stays as light as torch.
+# Every other entry point is loaded on first use (PEP 562), so `import count01` (and the report,
+# which reads saved tables) imports neither torch nor pandas nor matplotlib.
 _LAZY = {
+    "Model": "model", "Cache": "model", "train": "train", "load": "runs",
+    "evaluate": "metrics", "head_table": "metrics",
+    "eval_set": "language", "exhaustive": "language", "training_batch": "language",
     "analyze": "analysis", "attention_sweep": "interventions", "value_swap": "interventions",
     "aggregate": "aggregation", "fit_alpha": "aggregation", "minimal_heads": "aggregation",
     "Sweep": "sweeps", "run_sweep": "sweeps", "load_tables": "sweeps",
@@ -34,5 +34,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'count01' has no attribute {name!r}")
 
 
-__all__ = ["Config", "Count01Error", "Model", "Cache", "train", "load", "evaluate", "head_table",
-           "eval_set", "exhaustive", "training_batch", *_LAZY]
+class _Package(ModuleType):
+    """`count01.train` is the function: importing the submodule count01.train (the import system
+    then sets the package's attribute of that name) must not replace it by the module."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if not (name in _LAZY and isinstance(value, ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+__all__ = ["Config", "Count01Error", *_LAZY]

@@ -57,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .runs import load_config
+    from .files import load_config
     from .train import train
 
     if args.resume:
@@ -85,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{where}config: {cfg.describe()}", file=sys.stderr)
 
     train(cfg, out, resume=bool(args.resume), progress=not args.quiet, on_start=announce)
-    from .metrics import format_table, saved_eval
+    from .files import saved_eval
+    from .metrics import format_table
 
     print(format_table(saved_eval(out)))
     print(f"run written to {out}", file=sys.stderr)
@@ -102,9 +103,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
+    from .files import writable
     from .metrics import format_table
     from .paths import success_table
-    from .runs import writable
     from .sweeps import Sweep, run_sweep
 
     if args.address and args.executor != "ray":
@@ -121,9 +122,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_paths(args: argparse.Namespace) -> None:
+    from .files import writable
     from .metrics import format_table
     from .paths import analyze_paths
-    from .runs import writable
 
     out = writable(args.out or Path(args.sweep_dir) / "paths")
     summary = analyze_paths(args.sweep_dir, out)
@@ -158,7 +159,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import save_transformer_lens
-    from .runs import writable
+    from .files import writable
 
     writable(args.out or Path(args.run) / "transformer_lens", what="--out" if args.out else "RUN")
     done = save_transformer_lens(args.run, args.seed, args.out)
@@ -173,8 +174,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from .export import SHAPE_FIELDS, import_transformer_lens
-    from .metrics import format_table, saved_eval
-    from .runs import writable
+    from .files import saved_eval, writable
+    from .metrics import format_table
 
     given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     shaped = [k for k in SHAPE_FIELDS if k in given]
@@ -188,12 +189,16 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(format_table(saved_eval(args.out)))
     print(f"seed {model.seeds[0]} imported from {args.src} into {args.out} ({model.cfg.heads} "
           f"heads, d_model {model.cfg.d_model}, pos_embed {model.cfg.pos_embed}, layernorm "
-          f"{'on' if model.cfg.layernorm else 'off'})", file=sys.stderr)
+          f"{'on' if model.cfg.layernorm else 'off'}"
+          + (f", {model.cfg.layers} layers, d_mlp {model.cfg.d_mlp}"
+             if model.cfg.layers > 1 or model.cfg.d_mlp else "") + ")", file=sys.stderr)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze, describe
+    from .files import load_config
 
+    load_config(args.run).analysable()
     summary = analyze(args.run, grid_size=args.grid_size, progress=not args.quiet,
                       sweep_set=args.set, figures=not args.no_figures, threads=args.threads)
     print(describe(summary))
@@ -210,16 +215,18 @@ def _weights(text: str, flag: str) -> list[float]:
 def cmd_intervene(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from .files import atomic_write, writable
     from .interventions import attention_sweep, default_grid, summarise
     from .language import eval_set
     from .metrics import format_table
-    from .runs import atomic_write, load, writable
+    from .runs import load
     from .train import torch_threads
 
     grid01, grid02 = default_grid(args.grid_size)
     if args.out:
         writable(args.out, kind="file")
     model = load(args.run)
+    model.cfg.analysable()
     w01 = grid01 if args.w01 is None else _weights(args.w01, "--w01")
     w02 = grid02 if args.w02 is None else _weights(args.w02, "--w02")
     with torch_threads(1):  # small tensors: see analysis.analyze
@@ -233,7 +240,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from .runs import writable
+    from .files import writable
     from .study import reproduce
 
     if args.workers is not None and args.workers < 1:
@@ -251,8 +258,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from .files import writable
     from .report import build_report
-    from .runs import writable
 
     writable(args.out or args.dir, what="--out" if args.out else "DIR")
     files = build_report(args.dir, args.out)
@@ -260,7 +267,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def _print_verdicts(out: Path) -> None:
-    from .runs import read_json
+    from .files import read_json
 
     page = out / "report.html"
     print(f"report written to {page} and {out / 'report.md'}")

@@ -21,7 +21,8 @@ SCHEDULES = ("constant", "cosine")
 NOISE_PATTERNS = ("iid", "bursty")
 FRAMINGS = ("classify", "sentence")
 ADDED_FIELDS = ("optimizer", "schedule", "warmup", "noise_pattern", "burst_len", "p_one",
-                "early_stop", "framing", "lm_loss", "noise_symbols")  # younger than the first sweeps
+                "early_stop", "framing", "lm_loss", "noise_symbols", "layers", "d_mlp")
+# ^ younger than the first sweeps
 MAX_NOISE_SYMBOLS = 6  # noise ids 2, 5..9: every token a single character (language.parse)
 SEED_MAX = 2**63 - 1  # seeds are hashed as uint64 and stored as int64 (JSON, Parquet)
 
@@ -86,6 +87,8 @@ class Config:
     pos_embed: str = "none"
     layernorm: bool = False
     init_scale: float = 1.0  # weights ~ N(0, (init_scale / sqrt(fan_in))^2)
+    layers: int = 1  # L attention blocks (SPEC 1, Q6)
+    d_mlp: int = 0  # an MLP (GELU) of this width after each block's attention; 0: attention-only
     # --- training ---
     seed: int = 0  # seeds seed, seed + 1, ..., seed + n_seeds - 1 train as one batched model
     n_seeds: int = 8
@@ -127,19 +130,26 @@ class Config:
 
     @property
     def count_path(self) -> bool:
-        """Without positional embedding, everything at the EOS query depends only on counts."""
-        return self.pos_embed == "none"
+        """Without positional embedding and with one layer, everything at the EOS query depends
+        only on counts (an MLP acts on the query's residual alone). With L >= 2 the keys of later
+        layers depend on each prefix: the token path."""
+        return self.pos_embed == "none" and self.layers == 1
 
     def validate(self) -> Config:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
-        positive = ["max_len", "heads", "d_model", "n_seeds", "steps", "batch_size",
+        positive = ["max_len", "layers", "heads", "d_model", "n_seeds", "steps", "batch_size",
                     "checkpoint_every", "eval_size", "exhaustive_len"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_mlp < 0:
+            raise ConfigError(f"d_mlp must be >= 0 (0: attention-only), got {self.d_mlp}")
+        if self.lm_loss and (self.layers > 1 or self.d_mlp):
+            raise ConfigError("lm_loss with layers > 1 or an MLP (d_mlp > 0) is not built: every "
+                              "query row has a fast path for one attention-only layer only")
         if self.d_head is not None and self.d_head <= 0:
             raise ConfigError(f"d_head must be positive, got {self.d_head}")
         if self.min_len < 1 or self.min_len > self.max_len:
@@ -191,13 +201,24 @@ class Config:
         if self.long_max_len <= self.max_len:
             raise ConfigError(f"long_max_len ({self.long_max_len}) must exceed max_len ({self.max_len})")
         if self.exhaustive_len > 14 and not self.count_path:
-            raise ConfigError("exhaustive_len above 14 needs the count path (pos_embed = none)")
+            raise ConfigError("exhaustive_len above 14 needs the count path (pos_embed = none, "
+                              "one layer)")
         needs = self.memory_needs()
         if sum(needs.values()) > MEMORY:
             fields_, most = max(needs.items(), key=lambda kv: kv[1])
             raise ConfigError(f"this config needs about {_gb(sum(needs.values()))}, more than "
                               f"this machine's {_gb(MEMORY)} of memory; the most ({_gb(most)}) "
                               f"goes with {fields_}")
+        return self
+
+    def analysable(self) -> Config:
+        """The analyses (head table, aggregation, interventions, minimal head sets) read one
+        attention-only layer, whose heads write straight into the residual read at EOS (SPEC 4's
+        s_h); with more layers or an MLP between they would compute something else: refused."""
+        if self.layers > 1 or self.d_mlp:
+            raise ConfigError(f"analyses of runs with L > 1 layers or an MLP (here layers "
+                              f"{self.layers}, d_mlp {self.d_mlp}) come with issue 17's head "
+                              "table; train, evaluate, predict and export work on them")
         return self
 
     def memory_needs(self) -> dict[str, float]:
@@ -207,17 +228,22 @@ class Config:
         s, h, d, dh, f32 = self.n_seeds, self.heads, self.d_model, self.d_head_, 4
         n_pos = self.n_ctx if self.pos_embed != "none" else 0
         v, digits = self.d_vocab, self.noise_symbols + 2  # digits: 0, 1 and the noise symbols
-        params = (2 * v + n_pos + 4) * d + h * dh * (4 * d + 3)
+        layers, mlp = self.layers, self.d_mlp
+        params = ((2 * v + n_pos + 4) * d + layers * (h * dh * (4 * d + 3) + mlp * (2 * d + 1))
+                  + (layers - 1) * 5 * d)
         slots = v if self.count_path else self.max_len + 2  # what the EOS query reads per example
-        per_slot = h * (3 * dh + 2) + d
+        per_slot = h * (3 * dh + 2) + d + mlp
+        if layers > 1:  # every position of every layer but the last, each attending to all
+            per_slot = layers * (h * (3 * dh + 2 + slots) + 3 * d + mlp)
         long_slots = digits if self.count_path else self.long_max_len + 2
         exhaustive = (_tuples(self.exhaustive_len, digits) * digits if self.count_path
                       else float(digits) ** self.exhaustive_len * (self.exhaustive_len + 2))
         rows = (self.max_len + 3 if self.lm_loss else 2) if self.framing == "sentence" else 1
         batch = 4 * s * self.batch_size * rows * slots * per_slot * f32  # rows: queries trained
         return {
-            "n_seeds, heads, d_model, d_head (weights, AdamW state, checkpoints)": 8 * s * params * f32,
-            "n_seeds, batch_size, heads, d_head (a training batch)": batch,
+            "n_seeds, layers, heads, d_model, d_head, d_mlp (weights, AdamW state, checkpoints)":
+                8 * s * params * f32,
+            "n_seeds, batch_size, layers, heads, d_head, d_mlp (a training batch)": batch,
             "eval_size (the evaluation sets)": 6 * self.eval_size * long_slots * 8 * 4,
             "exhaustive_len, noise_symbols (the exhaustive set)": 4 * exhaustive * 8,
             "max_len, long_max_len (count-triple tables)": 40 * _tuples(self.long_max_len) * 8,
@@ -240,7 +266,10 @@ class Config:
     def model_dict(self) -> dict[str, Any]:
         """The fields that decide the weights' shapes and meaning (checked when loading)."""
         keys = ("heads", "d_model", "d_head", "pos_embed", "layernorm", "bos")
-        return {k: getattr(self, k) for k in keys} | {"d_head": self.d_head_, "n_ctx": self.n_ctx}
+        more = {k: getattr(self, k) for k in ("layers", "d_mlp")  # absent at their defaults, so
+                if getattr(self, k) != getattr(Config, k)}  # older runs' metadata still matches
+        return ({k: getattr(self, k) for k in keys} | {"d_head": self.d_head_, "n_ctx": self.n_ctx}
+                | more)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:

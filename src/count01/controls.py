@@ -34,9 +34,10 @@ answer it predicts EOS:
     answer_bias       bos_bias that ends the sentence: uniform weights break its answers (it
                       answers EOS), never its ending
 Seeds of a control differ only in the scale of their values (1 + seed / 10), so norms vary and
-answers do not. `RULE_CONTROLS` names, per rule, the control that has the property (positive)
-and the one that lacks it (negative); `control_tables` computes the tables `analysis` would
-save, on a small evaluation config, for the rules to read. Question 4's controls are training-path
+answers do not. Each question module's CONTROLS (`count01.questions.RULE_CONTROLS`) names, per
+rule, the control that has the property (positive) and the one that lacks it (negative);
+`control_tables` computes the tables `analysis` would save, on a small evaluation config, for
+the rules to read. Question 4's controls are training-path
 tables with known failure counts (`training_paths`): no hand-built model has a training path.
 """
 
@@ -53,17 +54,17 @@ import torch
 from .config import Config
 from .language import BOS, EOS, ONE, TWO, ZERO, eval_set
 from .model import ATTN, Model, weight_shapes
+from .questions import RULE_CONTROLS, RULE_READS, q4, q5
+from .questions.base import CONTROL_RUNS, CONTROL_SEEDS, SENTENCE, Evidence
 from .stats import wilson
-from .verdicts import Evidence
 
 NEVER = -1000.0  # log attention weight of a kind a head ignores
 GAIN = 100.0  # logit per unit on a channel
 END_GAIN = 1e5  # logit(EOS) per unit on the END channel: above any answer logit at y
 LOUD = 30.0  # ending_bias's counter: values and norm x LOUD, answer readout unchanged
-SEEDS = 16  # enough units for every rule's minimum
 SET_CONFIG = {"max_len": 16, "long_max_len": 20, "exhaustive_len": 8, "eval_size": 1024}
 W01_GRID = np.logspace(-3, 3, 7)  # the intervention's w01 grid for controls (w02 = 0)
-SENTENCE = {"framing": "sentence"}
+SENTENCE_FRAMING = {"framing": "sentence"}
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ LOUD_COUNTER = Head(COUNTER.attend, {t: LOUD * v for t, v in COUNTER.answer.item
 AGAINST_END = Head(BOS_ONLY.attend, {}, {}, {BOS: -0.01})
 
 
-def build(heads: list[Head], seeds: int = SEEDS, eos_bias: float = -GAIN, ends: bool = False,
-          **cfg) -> Model:
+def build(heads: list[Head], seeds: int = CONTROL_SEEDS, eos_bias: float = -GAIN,
+          ends: bool = False, **cfg) -> Model:
     """A model of these heads (no positional embedding) with `seeds` seeds; `eos_bias` is b_U
     of the answer EOS (the other invalid tokens get -GAIN); `ends`: the digits 0 and 1 carry the
     END feature (the sentence framing's ending). The residual holds the one-hot token (d_vocab
@@ -122,7 +123,7 @@ def build(heads: list[Head], seeds: int = SEEDS, eos_bias: float = -GAIN, ends: 
     return Model(c, w, list(range(seeds)))
 
 
-def ideal(heads: int = 4, seeds: int = SEEDS, **cfg) -> Model:
+def ideal(heads: int = 4, seeds: int = CONTROL_SEEDS, **cfg) -> Model:
     """`heads` identical ideal counters."""
     return build([COUNTER] * heads, seeds, **cfg)
 
@@ -135,28 +136,14 @@ LIBRARY = {
     "noise_valued": lambda **cfg: build([NOISE_VALUED] * 2, **cfg),
     "bos_bias": lambda **cfg: build([COUNTER, BOS_BIAS], eos_bias=0.0, **cfg),
     "bos_anchored": lambda **cfg: build([BOS_ANCHORED], eos_bias=0.0, **cfg),
-    "sentence_counter": lambda **cfg: build([COUNTER] * 2, ends=True, **cfg | SENTENCE),
-    "never_ends": lambda **cfg: build([COUNTER] * 2, **cfg | SENTENCE),
+    "sentence_counter": lambda **cfg: build([COUNTER] * 2, ends=True, **cfg | SENTENCE_FRAMING),
+    "never_ends": lambda **cfg: build([COUNTER] * 2, **cfg | SENTENCE_FRAMING),
     "ending_bias": lambda **cfg: build([LOUD_COUNTER, AGAINST_END], ends=True,
-                                       **cfg | SENTENCE),
+                                       **cfg | SENTENCE_FRAMING),
     "answer_bias": lambda **cfg: build([COUNTER, BOS_BIAS], eos_bias=0.0, ends=True,
-                                       **cfg | SENTENCE),
+                                       **cfg | SENTENCE_FRAMING),
 }
 
-# rule -> (positive control: has the property, negative control: lacks it)
-RULE_CONTROLS = {
-    "1": ("ideal", "split"),
-    "2": ("bos_bias", "ideal"),
-    "2s": ("ending_bias", "answer_bias"),
-    "3a": ("ideal", "noise_valued"),
-    "3b": ("bos", "silent"),
-    "3c": ("bos_anchored", "ideal"),
-}
-# question 4: failures per configuration of the positive and negative control, of RUNS runs each
-Q4_FAILURES, RUNS = ((20, 0), (0, 0)), 100
-# rule -> the tables it judges by
-READS = {"1": ("heads",), "2": ("aggregation",), "2s": ("aggregation",), "3a": ("heads",),
-         "3b": ("value_swap",), "3c": ("intervention", "ideal_intervention")}
 
 
 def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
@@ -174,12 +161,11 @@ def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
 @cache
 def control_tables(name: str) -> dict[str, pd.DataFrame]:
     """For control `name`, on `hard`: the model table and the tables `analysis` saves that the
-    rules it controls read (READS; the intervention with w02 = 0 only); a sentence-framing
-    control's tables are named as the study names its sentence run's (verdicts.SENTENCE)."""
+    rules it controls read (`questions.RULE_READS`; the intervention with w02 = 0 only); a sentence-framing
+    control's tables are named as the study names its sentence run's (SENTENCE)."""
     from .aggregation import aggregate
     from .interventions import sweep_columns, value_swap
     from .metrics import head_table, set_metrics
-    from .verdicts import SENTENCE as PREFIX
 
     model = LIBRARY[name](**SET_CONFIG)
     fit, hard = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
@@ -197,14 +183,14 @@ def control_tables(name: str) -> dict[str, pd.DataFrame]:
             model, hard, fit, W01_GRID, [0.0], heads="each")).assign(set="hard"),
         "ideal_intervention": lambda: ideal_intervention(model.cfg, hard, fit, W01_GRID)}
     for table in {x for rule, pair in RULE_CONTROLS.items() if name in pair
-                  for x in READS[rule]}:
+                  for x in RULE_READS[rule]}:
         t[table] = make[table]()
     if model.cfg.framing == "sentence":
-        return {PREFIX + k: v for k, v in t.items()}
+        return {SENTENCE + k: v for k, v in t.items()}
     return t
 
 
-def training_paths(failures: tuple[int, ...], runs: int = RUNS) -> Evidence:
+def training_paths(failures: tuple[int, ...], runs: int = CONTROL_RUNS) -> Evidence:
     """Question 4's control: success and minimal-head tables of configurations of `runs` runs
     with these numbers of failures (every success needs one head). Question 4 is about training,
     which no hand-built model has, so its controls are tables whose answers are known."""
@@ -218,7 +204,7 @@ def training_paths(failures: tuple[int, ...], runs: int = RUNS) -> Evidence:
     return Evidence(success=pd.DataFrame(rows), minimal=pd.DataFrame(minimal))
 
 
-def noise_benchmark(labours: tuple[str, ...], runs: int = RUNS) -> Evidence:
+def noise_benchmark(labours: tuple[str, ...], runs: int = CONTROL_RUNS) -> Evidence:
     """Question 5's control: labour tables of noise conditions whose `runs` seeds all divide the
     labour as given, one condition per entry. Like question 4's, it is about training, which no
     hand-built model has, so its controls are tables whose answers are known."""
@@ -230,13 +216,9 @@ def noise_benchmark(labours: tuple[str, ...], runs: int = RUNS) -> Evidence:
     return Evidence(labour=pd.DataFrame(rows))
 
 
-# question 5: the labour of every seed per condition, positive (it changes) and negative control
-Q5_LABOURS = (("pseudo-ensemble", "divided"), ("pseudo-ensemble", "pseudo-ensemble"))
-
-
 def rule_controls() -> dict[str, tuple[Evidence, Evidence]]:
-    """rule -> (positive, negative) control evidence, for `verdicts.judge`."""
+    """rule -> (positive, negative) control evidence, for `questions.base.judge`."""
     out = {k: tuple(Evidence(control_tables(name)) for name in pair)
            for k, pair in RULE_CONTROLS.items()}
-    return out | {"4": tuple(training_paths(f) for f in Q4_FAILURES),
-                  "5": tuple(noise_benchmark(labours) for labours in Q5_LABOURS)}
+    return out | {"4": tuple(training_paths(f) for f in q4.CONTROL_FAILURES),
+                  "5": tuple(noise_benchmark(labours) for labours in q5.CONTROL_LABOURS)}

@@ -1,15 +1,15 @@
 """The study's fixed numbers (SPEC 4 and 5), in one place: every module, table and caption that
 judges a run reads them from here, so a change here changes them all at once.
 
-Changing one after results were seen is a rule change: record it in `verdicts.HISTORY` (early
-stopping's in `verdicts.STOP_RULE_HISTORY`).
+Changing one after results were seen is a rule change: record it in the HISTORY of the question
+modules that read it (`count01.questions.q1` ...; early stopping's in `questions.q4.STOP_RULE_HISTORY`).
 """
 
 SUCCESS_SET = "hard"  # |#1 - #0| <= 1: where counting, not a rough majority, decides
 SUCCESS_L_ACC = 0.99  # a run succeeded if its l-acc on SUCCESS_SET is at least this
 IDEAL_SETS = ("hard", "long", "noisy", "exhaustive")  # the ideal solution also generalises
 RESTART_CHANCE = 0.99  # restarts are counted for this chance of at least one success
-# early stopping (train.STOP_RULES; history in verdicts.STOP_RULE_HISTORY): give up on a seed at
+# early stopping (train.STOP_RULES; history in questions.q4.STOP_RULE_HISTORY): give up on a seed at
 # the first checkpoint at or after a share of its steps where one quantity is beyond a threshold.
 # Rule 1 (fixed before any training trajectory was looked at): SUCCESS_SET l-acc at most
 # EARLY_STOP_L_ACC (chance is 0.5 on the class-balanced set), from EARLY_STOP_FROM of the steps.

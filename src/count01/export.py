@@ -14,18 +14,19 @@ that through
 and 3.x through `HookedTransformer(HookedTransformerConfig.from_dict(...))`. TransformerLens
 is an optional, heavy extra (`count01[lens]`): it is imported only inside these functions.
 
-Import is the inverse, and needs no TransformerLens: a one-layer attention-only TL checkpoint on
-this vocabulary (these two files, or a state dict in safetensors or a weights-only .pt/.pth with
-its TL config) becomes a one-seed count01 run. Every TL setting that changes the function is
-checked, and one count01 does not compute is refused by name; HookedTransformer's buffers (the
-causal mask, IGNORE) are checked and dropped; an all-zero position table is `pos_embed none`
-(the same model). An export carries its run's config, so export-then-import gives back the run's
-seed exactly.
+Import is the inverse, and needs no TransformerLens: a TL checkpoint of L layers, attention-only
+or with a GELU MLP (act_fn "gelu"), on this vocabulary (these two files, or a state dict in
+safetensors or a weights-only .pt/.pth with its TL config) becomes a one-seed count01 run. Every
+TL setting that changes the function is checked, and one count01 does not compute is refused by
+name; HookedTransformer's buffers (the causal mask, IGNORE) are checked and dropped; an all-zero
+position table is `pos_embed none` (the same model). An export carries its run's config, so
+export-then-import gives back the run's seed exactly.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .config import MAX_NOISE_SYMBOLS, Config, Count01Error
+from .files import atomic_write, locked, read_json, writable, write_json
 from .language import at_end, exhaustive, vocab
 from .metrics import evaluate
 from .model import Model, sinusoidal, weight_shapes
-from .runs import atomic_write, load, locked, read_json, save_tensors, writable, write_json
+from .runs import load, save_tensors
 
 STATE_DICT = "tl_state_dict.safetensors"
 CONFIG = "tl_config.json"
 FORMAT = "count01-transformer-lens/1"
 TOLERANCE = 1e-4
+ACT_FN = "gelu"  # TL's name of torch's exact GELU (F.gelu), count01's MLP activation
 INSTALL = "TransformerLens is not installed: pip install count01[lens]"
 # TL 3.x HookedTransformer buffers that a weights file need not carry
 _HT_BUFFERS = (".mask", ".IGNORE")
@@ -56,11 +59,13 @@ class ExportError(Count01Error):
 def tl_config(cfg: Config) -> dict[str, Any]:
     """Our config as TL config fields, accepted by TransformerBridgeConfig (4.x) and
     HookedTransformerConfig (3.x) alike. Our strings carry BOS themselves: no prepended BOS."""
-    return {"d_model": cfg.d_model, "d_head": cfg.d_head_, "n_heads": cfg.heads, "n_layers": 1,
-            "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab, "d_vocab_out": cfg.d_vocab, "attn_only": True,
+    mlp = {"attn_only": False, "d_mlp": cfg.d_mlp, "act_fn": ACT_FN} if cfg.d_mlp else {}
+    return {"d_model": cfg.d_model, "d_head": cfg.d_head_, "n_heads": cfg.heads,
+            "n_layers": cfg.layers, "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab,
+            "d_vocab_out": cfg.d_vocab, "attn_only": True,
             "normalization_type": "LN" if cfg.layernorm else None,
             "positional_embedding_type": "standard", "eps": 1e-5, "attention_dir": "causal",
-            "default_prepend_bos": False}
+            "default_prepend_bos": False} | mlp
 
 
 def tl_state_dict(model: Model, seed_index: int) -> dict[str, torch.Tensor]:
@@ -186,7 +191,7 @@ def save_transformer_lens(run: str | Path, seed: int | None = None,
 
 WEIGHT_FILES = (".safetensors", ".pt", ".pth")
 SHAPE_FIELDS = ("heads", "d_model", "d_head", "pos_embed", "layernorm", "n_seeds",
-                "noise_symbols")  # from TL (noise_symbols = d_vocab - 4)
+                "noise_symbols", "layers", "d_mlp")  # from TL (noise_symbols = d_vocab - 4)
 # TL config fields that change the function, at the value (or values) count01 computes; any
 # other value is refused by name. Fields not listed (names, tokenizer, init, device, dtype,
 # rotary or MLP settings that the checks above make unused) do not change what the model computes.
@@ -197,6 +202,7 @@ _NEUTRAL: dict[str, tuple] = {
     "use_normalization_before_and_after": (False,), "use_attention_sinks": (False,),
     "num_experts": (None,), "uses_rms_norm": (False,), "relative_attention_num_buckets": (None,),
     "ungroup_grouped_query_attention": (False,), "scale_attn_by_inverse_layer_idx": (False, True),
+    "gated_mlp": (False,), "parallel_attn_mlp": (False,),
 }
 _REQUIRED = ("d_model", "d_head", "n_heads", "n_layers", "n_ctx", "d_vocab")
 
@@ -270,11 +276,15 @@ def _check_tl_config(tl: dict[str, Any]) -> None:
                             f"{tl.get('d_vocab_out', -1)}: count01's vocabulary is 5 tokens "
                             f"({' '.join(vocab(1))}) plus up to {MAX_NOISE_SYMBOLS - 1} more noise "
                             "symbols, the same in and out")
-    if tl["n_layers"] != 1:
-        raise ImportRefused(f"n_layers {tl['n_layers']}: count01 imports one-layer models only")
+    if tl["n_layers"] < 1:
+        raise ImportRefused(f"n_layers {tl['n_layers']}: a model needs at least one layer")
     if tl.get("attn_only", False) is not True:  # TL's default is a model with an MLP
-        raise ImportRefused("an MLP (attn_only is not true): count01 imports attention-only "
-                            "models only")
+        act, d_mlp = tl.get("act_fn"), tl.get("d_mlp")
+        if act != ACT_FN:
+            raise ImportRefused(f"an MLP with act_fn {act!r}: count01's MLP is exact GELU "
+                                f"(act_fn {ACT_FN!r})")
+        if not isinstance(d_mlp, int) or isinstance(d_mlp, bool) or d_mlp < 1:
+            raise ImportRefused(f"an MLP with d_mlp {d_mlp!r}: a positive integer is needed")
     pos = tl.get("positional_embedding_type", "standard")
     if pos != "standard":
         raise ImportRefused(f"positional_embedding_type {pos!r}: count01 imports standard "
@@ -307,18 +317,18 @@ def _tl_buffers(sd: dict[str, torch.Tensor]) -> list[str]:
     notes = []
     for name in [k for k in sd if k.endswith(_HT_BUFFERS)]:
         t = sd.pop(name)
-        if name == "blocks.0.attn.mask":
+        if re.fullmatch(r"blocks\.\d+\.attn\.mask", name):
             causal = torch.ones(t.shape, dtype=torch.bool).tril()
             if t.dim() != 2 or t.shape[0] != t.shape[1] or t.dtype != torch.bool \
                     or not torch.equal(t, causal):
                 raise ImportRefused(f"{name} is not TransformerLens's causal mask: count01 "
                                     "attends causally only")
-        elif name == "blocks.0.attn.IGNORE":
+        elif re.fullmatch(r"blocks\.\d+\.attn\.IGNORE", name):
             if t.numel() != 1 or not t.is_floating_point() or not t.item() <= -1e4:
                 raise ImportRefused(f"{name} is {t.flatten()[:1].tolist()}: a masked score must "
                                     "be -inf (or <= -1e4) so that softmax ignores it")
         else:
-            sd[name] = t  # a buffer of another layer: the key check names it
+            sd[name] = t  # not a buffer count01 knows: the key check names it
             continue
         notes.append(f"{name}: TransformerLens buffer checked and dropped")
     return notes
@@ -356,12 +366,6 @@ def from_transformer_lens(sd: dict[str, torch.Tensor], tl: dict[str, Any],
     line naming it, anything count01 does not compute."""
     meta, overrides, sd = meta or {}, dict(overrides or {}), dict(sd)
     _check_tl_config(tl)
-    for k in sd:
-        head = k.split(".")
-        if head[0] == "blocks" and len(head) > 1 and head[1] != "0":
-            raise ImportRefused(f"more than one layer ({k}): count01 imports one-layer models only")
-        if k.startswith("blocks.0.mlp."):
-            raise ImportRefused(f"an MLP ({k}): count01 imports attention-only models only")
     notes = _tl_buffers(sd)
     if "pos_embed.W_pos" not in sd:
         raise ImportRefused("missing weight pos_embed.W_pos (TransformerLens's standard "
@@ -386,7 +390,8 @@ def from_transformer_lens(sd: dict[str, torch.Tensor], tl: dict[str, Any],
     heads, d_model, d_head = tl["n_heads"], tl["d_model"], tl["d_head"]
     shape = {"heads": heads, "d_model": d_model, "pos_embed": pos, "n_seeds": 1,
              "noise_symbols": tl["d_vocab"] - 4,
-             "layernorm": tl.get("normalization_type", "LN") == "LN",
+             "layernorm": tl.get("normalization_type", "LN") == "LN", "layers": tl["n_layers"],
+             "d_mlp": 0 if tl.get("attn_only", False) is True else tl["d_mlp"],
              "d_head": None if heads * d_head == d_model else d_head}
     clash = [k for k in SHAPE_FIELDS if k in overrides and overrides[k] != shape[k]]
     if clash:
@@ -408,7 +413,7 @@ def from_transformer_lens(sd: dict[str, torch.Tensor], tl: dict[str, Any],
     expected = weight_shapes(cfg)
     missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or extra:
-        raise ImportRefused("weights do not match a one-layer attention-only model: "
+        raise ImportRefused("weights do not match the TL config's model: "
                             + "; ".join(f"{what} {', '.join(ks)}" for what, ks in
                                         (("missing", missing), ("unexpected", extra)) if ks))
     for k, s in expected.items():

@@ -1,4 +1,6 @@
-"""The one-layer attention-only transformer of SPEC 3, S seeds at once, read at the EOS position.
+"""The transformer of SPEC 3, S seeds at once, read at the EOS position: one attention-only layer
+by default (every fast path below is for that model); L layers and an MLP (`run_layers`, the
+reference forward) for question 6.
 
 Weights carry TransformerLens names and shapes with a leading seed axis: `blocks.0.attn.W_Q` is
 (S, H, d_model, d_head). Only the EOS query's attention row is computed (the answer is read
@@ -30,20 +32,33 @@ import torch
 from .config import Config
 from .language import BOS, EOS, Batch
 
-ATTN = "blocks.0.attn."
+ATTN = "blocks.0.attn."  # layer 0's attention weights (the fast paths' only layer); `attn(l)`
+
+
+def attn(layer: int) -> str:
+    """The prefix of a layer's attention weights (ATTN is layer 0's)."""
+    return f"blocks.{layer}.attn."
 
 
 def weight_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
-    """TransformerLens names and per-seed shapes of every weight of a config."""
-    d, h, dh, v = cfg.d_model, cfg.heads, cfg.d_head_, cfg.d_vocab
+    """TransformerLens names and per-seed shapes of every weight of a config, in the order
+    `init_weights` draws them (one layer, attention-only: the order of the first runs)."""
+    d, h, dh, v, m = cfg.d_model, cfg.heads, cfg.d_head_, cfg.d_vocab, cfg.d_mlp
     shapes = {"embed.W_E": (v, d)}
     if cfg.pos_embed != "none":
         shapes["pos_embed.W_pos"] = (cfg.n_ctx, d)
-    if cfg.layernorm:
-        shapes |= {"blocks.0.ln1.w": (d,), "blocks.0.ln1.b": (d,)}
-    shapes |= {ATTN + "W_Q": (h, d, dh), ATTN + "W_K": (h, d, dh), ATTN + "W_V": (h, d, dh),
-               ATTN + "W_O": (h, dh, d), ATTN + "b_Q": (h, dh), ATTN + "b_K": (h, dh),
-               ATTN + "b_V": (h, dh), ATTN + "b_O": (d,)}
+    for layer in range(cfg.layers):
+        block, a = f"blocks.{layer}.", attn(layer)
+        if cfg.layernorm:
+            shapes |= {block + "ln1.w": (d,), block + "ln1.b": (d,)}
+        shapes |= {a + "W_Q": (h, d, dh), a + "W_K": (h, d, dh), a + "W_V": (h, d, dh),
+                   a + "W_O": (h, dh, d), a + "b_Q": (h, dh), a + "b_K": (h, dh),
+                   a + "b_V": (h, dh), a + "b_O": (d,)}
+        if m and cfg.layernorm:
+            shapes |= {block + "ln2.w": (d,), block + "ln2.b": (d,)}
+        if m:
+            shapes |= {block + "mlp.W_in": (d, m), block + "mlp.b_in": (m,),
+                       block + "mlp.W_out": (m, d), block + "mlp.b_out": (d,)}
     if cfg.layernorm:
         shapes |= {"ln_final.w": (d,), "ln_final.b": (d,)}
     return shapes | {"unembed.W_U": (d, v), "unembed.b_U": (v,)}
@@ -53,7 +68,7 @@ def trainable(cfg: Config, name: str) -> bool:
     """Sinusoidal W_pos is fixed. b_K stays zero: it shifts all of a query's scores equally, so
     softmax ignores it, its gradient is pure rounding noise, and Adam would turn that noise into
     full-size steps that make a seed's weights depend on its batch companions."""
-    if name == ATTN + "b_K":
+    if name.startswith("blocks.") and name.endswith(".attn.b_K"):
         return False
     return not (name == "pos_embed.W_pos" and cfg.pos_embed == "sinusoidal")
 
@@ -84,7 +99,7 @@ def init_weights(cfg: Config, seed: int) -> dict[str, torch.Tensor]:
         elif name == "pos_embed.W_pos" and cfg.pos_embed == "sinusoidal":
             out[name] = sinusoidal(cfg.n_ctx, cfg.d_model)
         else:
-            fan_in = shape[-2]  # d_model for W_Q/K/V, W_U; d_head for W_O (W_E, W_pos below)
+            fan_in = shape[-2]  # d_model for W_Q/K/V, W_in, W_U; d_head for W_O; d_mlp for W_out
             if name in ("embed.W_E", "pos_embed.W_pos"):
                 fan_in = cfg.d_model
             out[name] = torch.randn(shape, generator=gen) * (cfg.init_scale / math.sqrt(fan_in))
@@ -102,8 +117,10 @@ class Cache:
     v: torch.Tensor  # (S, B or 1, H, K, d_head) value vector of each slot
     z: torch.Tensor  # (S, B, H, d_head) hook_z at EOS
     result: torch.Tensor  # (S, B, H, d_model) hook_result: head outputs o_h at EOS
-    resid: torch.Tensor  # (S, B, d_model) residual stream at EOS, before ln_final
-    logits: torch.Tensor  # (S, B, d_vocab)
+    resid: torch.Tensor  # (S, B, d_model) residual stream at EOS after the layer (and its MLP)
+    logits: torch.Tensor  # (S, B, d_vocab) the model's (in every layer's Cache)
+    positions: torch.Tensor | None = None  # (S, B, H, P, d_model) a lower layer's head outputs
+    # at every position, when `run_layers` is asked for them (means for mean ablation)
 
     def mass(self) -> torch.Tensor:
         """Attention mass of the EOS query on each token kind, in id order. (S, B, H, d_vocab)."""
@@ -252,6 +269,8 @@ class Model:
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         """Logits at the EOS position, or at the `sentence` ending with batch.query. (S, B, V)."""
+        if self.cfg.layers > 1 or self.cfg.d_mlp:  # no fast path: the reference forward
+            return self.run(batch).logits
         if batch.query is not None:  # the ending's query: the reference forward over slots
             return self.reference_run(batch).logits
         if self.cfg.count_path:
@@ -268,7 +287,13 @@ class Model:
         q = torch.einsum("sbd,shde->sbhe", h_eos, w[ATTN + "W_Q"]) + w[ATTN + "b_Q"][:, None]
         k = torch.einsum("sbkd,shde->sbhke", h, w[ATTN + "W_K"]) + w[ATTN + "b_K"][:, None, :, None]
         v = torch.einsum("sbkd,shde->sbhke", h, w[ATTN + "W_V"]) + w[ATTN + "b_V"][:, None, :, None]
-        scores = torch.einsum("sbhe,sbhke->sbhk", q, k) / math.sqrt(self.cfg.d_head_)
+        if self.cfg.d_mlp:  # trained through this forward: a seed's numbers must not depend on
+            # its batch companions, and einsum picks its bmm's layout by the sizes (S among
+            # them); a product and a sum per seed do not (LayerNorm runs keep the einsum, and
+            # their weights, as they were)
+            scores = (q[:, :, :, None] * k).sum(-1) / math.sqrt(self.cfg.d_head_)
+        else:
+            scores = torch.einsum("sbhe,sbhke->sbhk", q, k) / math.sqrt(self.cfg.d_head_)
         return v, scores
 
     # --- the count path: every key and value exists once per token kind ----------------------
@@ -748,21 +773,31 @@ class Model:
         return PosCache(self, batch)
 
     def run(self, batch: Batch, force_tokens: bool = False,
-            attn_override: torch.Tensor | None = None) -> Cache:
-        """Forward pass at EOS with everything the analyses read.
-
-        attn_override (S, B or 1, H, K), if given, replaces exp(score) per occurrence: the
-        pattern becomes mult * override / sum (the intervention of SPEC 5).
-        """
-        if (attn_override is None and self.cfg.pos_embed != "none" and not self.cfg.layernorm
-                and batch.tokens is not None and batch.query is None):
+            attn_override: torch.Tensor | None = None, layer: int = -1,
+            replace: dict[tuple[int, int], torch.Tensor] | None = None) -> Cache:
+        """Forward pass at EOS with everything the analyses read: the Cache of `layer`'s query
+        row (default the last layer's; its logits are the model's). See `run_layers` for
+        attn_override (at `layer`) and replace."""
+        self._layer(layer)
+        one = self.cfg.layers == 1 and not self.cfg.d_mlp
+        if (one and attn_override is None and not replace and self.cfg.pos_embed != "none"
+                and not self.cfg.layernorm and batch.tokens is not None and batch.query is None):
             return self._pos_run(batch)
-        return self.reference_run(batch, force_tokens, attn_override)
+        if self.cfg.layers == 1:
+            return self.reference_run(batch, force_tokens, attn_override, replace)
+        return self.run_layers(batch, attn_override, layer, replace)[layer]  # tokens anyway
+
+    def _layer(self, layer: int) -> int:
+        if not -self.cfg.layers <= layer < self.cfg.layers:
+            raise ValueError(f"layer {layer} out of range: the model has {self.cfg.layers}")
+        return layer % self.cfg.layers
 
     def reference_run(self, batch: Batch, force_tokens: bool = False,
-                      attn_override: torch.Tensor | None = None) -> Cache:
-        """`run` over slots, keys and values computed from each slot's input: the reference
-        forward every option shares (LayerNorm and the interventions' attn_override use it)."""
+                      attn_override: torch.Tensor | None = None,
+                      replace: dict[tuple[int, int], torch.Tensor] | None = None) -> Cache:
+        """`run` of one layer over slots, keys and values computed from each slot's input: the
+        reference forward every option of one layer shares (LayerNorm, the interventions'
+        attn_override and an MLP, which acts on the query's residual alone, use it)."""
         x_eos, x, mult, kinds = self.slots(batch, force_tokens)
         w = self.weights
         v, scores = self._qkv(self._ln(x_eos, "blocks.0.ln1"), self._ln(x, "blocks.0.ln1"))
@@ -779,8 +814,110 @@ class Model:
         else:
             z = torch.einsum("sbhk,sbhke->sbhe", pattern, v)
         result = torch.einsum("sbhe,shed->sbhd", z, w[ATTN + "W_O"])
+        if replace:
+            rows = None if batch.tokens is None or (self.cfg.count_path and not force_tokens) \
+                else (batch.eos_pos + (batch.query is not None))[..., None]
+            result = _replaced(result[:, :, :, None], 0, replace, rows)[:, :, :, 0]
         resid = x_eos + result.sum(2) + w[ATTN + "b_O"][:, None]
+        if self.cfg.d_mlp:
+            resid = resid + self._mlp(resid, 0)
         return Cache(pattern, kinds, mult, scores, v, z, result, resid, self.unembed(resid))
+
+    def _mlp(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer `layer`'s MLP output on residuals x (S, ..., d_model): ln2 (with LayerNorm),
+        W_in, b_in, exact GELU (TransformerLens act_fn "gelu"), W_out, b_out."""
+        w, b = self.weights, f"blocks.{layer}."
+        h = self._ln(x, b + "ln2")
+        S, d = h.shape[0], h.shape[-1]
+        pre = h.reshape(S, -1, d) @ w[b + "mlp.W_in"] + w[b + "mlp.b_in"][:, None]
+        out = torch.nn.functional.gelu(pre) @ w[b + "mlp.W_out"] + w[b + "mlp.b_out"][:, None]
+        return out.view(h.shape)
+
+    def _heads(self, h: torch.Tensor, prefix: str, which: str) -> torch.Tensor:
+        """h (S, B, P, d) through the heads' W_which + b_which of a layer's attention prefix:
+        (S, B, H, P, e), one bmm per seed (a seed's numbers do not depend on its companions)."""
+        W, b = self.weights[prefix + "W_" + which], self.weights[prefix + "b_" + which]
+        S, B, P, d = h.shape
+        H, e = W.shape[1], W.shape[-1]
+        out = torch.bmm(h.reshape(S, B * P, d), W.permute(0, 2, 1, 3).reshape(S, d, H * e))
+        return (out.view(S, B, P, H, e) + b[:, None, None]).permute(0, 1, 3, 2, 4)
+
+    def run_layers(self, batch: Batch, attn_override: torch.Tensor | None = None,
+                   layer: int = -1, replace: dict[tuple[int, int], torch.Tensor] | None = None,
+                   positions: bool = False, force_tokens: bool = False) -> list[Cache]:
+        """The forward of every layer: one Cache per layer, of that layer's query row (EOS, or
+        the ending's with batch.query): pattern, scores, v, z, result (the heads' outputs at the
+        query), resid (the residual at the query after the layer, its MLP included) and the
+        model's logits (the same in every Cache).
+
+        With one layer this is `reference_run` (over slots unless force_tokens). With L >= 2
+        it is the textbook causal forward over tokens: every position of every layer but the
+        last (later layers' keys depend on each prefix, so there is no count path), and of the
+        last only the query row.
+        attn_override (S, B or 1, H, P) replaces exp(score) per occurrence in `layer`'s query
+        row, as in `reference_run` (the intervention of SPEC 5 at any layer). replace maps
+        (layer, head) to that head's output, (S|1, B|1, d_model) at every position or
+        (S|1, B|1, P, d_model) per position (mean ablation passes a mean; `positions=True`
+        keeps each layer's head outputs at every position, (S, B, H, P, d_model), in
+        Cache.positions, to take means from)."""
+        layer = self._layer(layer)
+        if self.cfg.layers == 1:
+            return [self.reference_run(batch, force_tokens, attn_override, replace)]
+        if batch.tokens is None:
+            raise ValueError("a model of several layers needs token batches")
+        w = self.weights
+        W_E = w["embed.W_E"]
+        S, e = W_E.shape[0], self.cfg.d_head_
+        tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
+        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+        query = eos + (batch.query is not None)  # (S or 1, B): the query's position
+        P = tokens.shape[-1]
+        x = W_E[torch.arange(S).view(S, 1, 1), tokens]  # (S, B, P, d)
+        if self.cfg.pos_embed != "none":
+            if P > self.cfg.n_ctx:
+                raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
+            x = x + w["pos_embed.W_pos"][:, None, :P]
+        B, d = x.shape[1], x.shape[-1]
+        mult = (torch.arange(P) <= query[..., None]).to(W_E.dtype)  # (S or 1, B, P)
+        at_query = query.expand(S, B)[..., None, None]  # (S, B, 1, 1)
+        row = torch.arange(P) == query[..., None]  # (S or 1, B, P): the query's row
+        causal = torch.ones(P, P, dtype=torch.bool).tril()
+        caches = []
+        for n in range(self.cfg.layers):
+            a, last = attn(n), n == self.cfg.layers - 1
+            h = self._ln(x, f"blocks.{n}.ln1")
+            hq = torch.gather(h, 2, at_query.expand(S, B, 1, d)) if last else h
+            q = self._heads(hq, a, "Q")  # (S, B, H, Q, e), Q = 1 (last) or P
+            k, v = self._heads(h, a, "K"), self._heads(h, a, "V")
+            scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(e))  # (S, B, H, Q, P)
+            mask = mult[:, :, None, None] > 0 if last else causal
+            pattern = torch.softmax(scores.masked_fill(~mask, -math.inf), -1)
+            q_scores = scores[..., 0, :] if last else _at_row(scores, query)  # (S, B, H, P)
+            if attn_override is not None and n == layer:
+                weighted = attn_override * mult[:, :, None]
+                q_row = weighted / weighted.sum(-1, keepdim=True)
+                pattern = (q_row[..., None, :] if last else
+                           torch.where(row[:, :, None, :, None], q_row[..., None, :], pattern))
+            z = pattern @ v  # (S, B, H, Q, e)
+            result = z @ w[a + "W_O"][:, None]  # (S, B, H, Q, d): a product per seed and head
+            result = _replaced(result, n, replace, query[..., None] if last else None)
+            if last:
+                x_q = torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
+                x = x_q + result[:, :, :, 0].sum(2) + w[a + "b_O"][:, None]
+            else:
+                x = x + result.sum(2) + w[a + "b_O"][:, None, None]
+            if self.cfg.d_mlp:
+                x = x + self._mlp(x, n)
+            resid = x if last else torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
+            z_q = z[:, :, :, 0] if last else _at_row(z, query)
+            r_q = result[:, :, :, 0] if last else _at_row(result, query)
+            p_q = pattern[..., 0, :] if last else _at_row(pattern, query)
+            caches.append(Cache(p_q, tokens, mult, q_scores, v, z_q, r_q, resid, None,
+                                None if last or not positions else result))
+        logits = self.unembed(x)
+        for c in caches:
+            c.logits = logits
+        return caches
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """ln_final (if any), then W_U and b_U. resid (S, B, d_model) -> (S, B, d_vocab)."""
@@ -807,6 +944,37 @@ def _blocks(x: torch.Tensor) -> torch.Tensor:
     out = x.new_zeros(S, H, m, H, n)
     out.diagonal(0, 1, 3).copy_(x.permute(0, 2, 3, 1))
     return out.view(S, H * m, H * n)
+
+
+def _at_row(t: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """t (S, B, H, P, ...) at each example's query row query (S or 1, B): (S, B, H, ...)."""
+    S, B, H = t.shape[:3]
+    rest = t.shape[4:]
+    idx = query.expand(S, B).view(S, B, 1, 1, *(1,) * len(rest)).expand(S, B, H, 1, *rest)
+    return torch.gather(t, 3, idx).squeeze(3)
+
+
+def _replaced(result: torch.Tensor, layer: int,
+              replace: dict[tuple[int, int], torch.Tensor] | None,
+              rows: torch.Tensor | None) -> torch.Tensor:
+    """Head outputs result (S, B, H, Q, d) at Q query rows, at positions rows (S or 1, B, Q)
+    (None: every position, Q = P), with `layer`'s heads that `replace` names (see
+    Model.run_layers) set to the given output."""
+    heads = {h: val for (n, h), val in (replace or {}).items() if n == layer}
+    if not heads:
+        return result
+    result = result.clone()
+    S, B, H, Q, d = result.shape
+    for h, val in heads.items():
+        if val.dim() == 3:  # the same output at every position
+            val = val[:, :, None]
+        elif rows is not None:  # per position: the rows computed
+            if val.dim() != 4:
+                raise ValueError("a replaced head output is (S, B, d) or (S, B, P, d)")
+            val = torch.gather(val.expand(S, B, -1, d), 2, rows.expand(S, B, Q)[..., None]
+                               .expand(S, B, Q, d))
+        result[:, :, h] = val.expand(S, B, Q, d)
+    return result
 
 
 def _rows(table: torch.Tensor, rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -65,7 +65,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -78,13 +77,12 @@ from .criteria import (
     SUCCESS_L_ACC,
     SUCCESS_SET,
 )
+from .figures import save
+from .files import atomic_write, json_safe, locked, remove_leftovers, write_json
 from .metrics import roc_auc_rows
-from .runs import atomic_write, json_safe, locked, remove_leftovers, write_json
 from .stats import wilson
 from .sweeps import Point, load_tables, read_points
 from .train import STOP_RULE, STOP_RULES, StopRule
-
-matplotlib.use("Agg")  # files only, never a window
 
 QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
               "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")
@@ -276,16 +274,8 @@ def _label(row, grid: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in grid) if grid else row["config_id"]
 
 
-def _save(fig, path: Path, tight: bool = True) -> list[Path]:
-    if tight:
-        fig.tight_layout()
-    out = []
-    for ext in ("png", "svg"):
-        p = path.parent / f"{path.name}.{ext}"  # ids hold dots (lr=0.01): no with_suffix
-        atomic_write(p, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=120))
-        out.append(p)
-    plt.close(fig)
-    return out
+def _save(fig, path: Path) -> list[Path]:
+    return save(fig, path, dpi=120)
 
 
 def plot_success(success: pd.DataFrame, grid: list[str], path: Path) -> list[Path]:
@@ -307,7 +297,7 @@ def plot_success(success: pd.DataFrame, grid: list[str], path: Path) -> list[Pat
         ax.set_xlabel("success rate (fraction of seeds)")
         ax.set_ylabel("configuration")
     else:
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pos) + 2), 4.5))
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pos) + 2), 4.5), layout="tight")
         ax.errorbar(pos, success["rate"], yerr=err, fmt="o", capsize=4,
                     label="success rate, Wilson 95% CI")
         for p, (k, n) in zip(pos, zip(success["n_success"], success["n_runs"])):
@@ -319,13 +309,13 @@ def plot_success(success: pd.DataFrame, grid: list[str], path: Path) -> list[Pat
     ax.set_title(f"How often training reaches the solution\n({SUCCESS_SET} l-acc >= "
                  f"{SUCCESS_L_ACC})")
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path, tight=not many)
+    return _save(fig, path)
 
 
 def plot_trajectories(traj: pd.DataFrame, htraj: pd.DataFrame, success: dict[int, bool],
                       title: str, path: Path) -> list[Path]:
     """Seeds (and heads) as thin lines over checkpoints, colored by the run's final success."""
-    fig, axes = plt.subplots(4, 1, figsize=(7, 11), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(7, 11), sharex=True, layout="tight")
     for seed, g in traj.groupby("seed"):
         axes[0].plot(g["step"], g["hard_l_acc"], color=COLORS[success[seed]], lw=0.7, alpha=0.6)
     for (seed, _), g in htraj.groupby(["seed", "head"]):
@@ -356,7 +346,8 @@ def plot_minimal_heads(table: pd.DataFrame, grid: list[str], path: Path) -> list
     cats = [str(s) for s in sizes] + ["none"]
     if len(configs) > 8:  # bars with a legend of every configuration stop being readable
         return _plot_minimal_heads_grid(table, grid, configs, cats, path)
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(cats) * max(1, len(configs) / 2) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(cats) * max(1, len(configs) / 2) + 2), 4),
+                           layout="tight")
     width = 0.8 / len(configs)
     for i, cid in enumerate(configs):
         g = table[table["config_id"] == cid]
@@ -411,7 +402,7 @@ def plot_phase(table: pd.DataFrame, path: Path) -> list[Path]:
     fig.colorbar(im, ax=axes, shrink=0.8, label="fraction of seeds")
     fig.suptitle("Phase diagram: where training reaches\nthe solution (top) and the ideal "
                  "solution (bottom)")
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 def _plot_minimal_heads_grid(table: pd.DataFrame, grid: list[str], configs: list[str],
@@ -433,7 +424,7 @@ def _plot_minimal_heads_grid(table: pd.DataFrame, grid: list[str], configs: list
     ax.set_ylabel("configuration")
     ax.set_title("Minimal head sets")
     fig.colorbar(im, ax=ax, label="fraction of seeds")
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 LABOUR_COLORS = {"pseudo-ensemble": "tab:blue", "divided": "tab:orange", "mixed": "tab:green",
@@ -456,12 +447,12 @@ def plot_labour(table: pd.DataFrame, grid: list[str], path: Path) -> list[Path]:
     ax.set_ylabel("configuration")
     ax.set_title("Division of labour between heads (SPEC 4), per configuration")
     ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.06))
-    return _save(fig, path, tight=False)
+    return _save(fig, path)
 
 
 def plot_predictors(pred: pd.DataFrame, path: Path) -> list[Path]:
     pooled = pred[pred["scope"] == "all"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="tight")
     for name, g in pooled.groupby("quantity", sort=False):
         ax.plot(g["step"], g["auc_best"], marker="o", ms=3, label=name)
     ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")

@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .verdicts import VALUE_SWAP_GAP, swap_donors  # noqa: E402
+from .figures import save
+from .questions.q3 import VALUE_SWAP_GAP, swap_donors
 
 KINDS = (("mass_0", "0"), ("mass_1", "1"), ("mass_2", "noise (2, 5, ...)"), ("mass_eos", "EOS"),
          ("mass_bos", "BOS"))
@@ -34,15 +33,7 @@ def _figure(*grid: int, **kw):
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    fig.get_layout_engine().execute(fig)  # lay out once, not once per file
-    fig.set_layout_engine("none")
-    with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: smaller, faster
-        for p in paths:
-            fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return paths
+    return save(fig, out / name, dpi=110)
 
 
 def _head_labels(df: pd.DataFrame) -> list[str]:
@@ -308,7 +299,7 @@ STATUS_COLORS = {"held": "#2e7d32", "did not hold": "#c62828", "mixed": "#b26a00
 
 def sensitivity(table: pd.DataFrame, out: Path) -> Path:
     """Each rule's verdict with one threshold varied at a time (rows: rule and threshold;
-    columns: the factor on the default), from a `verdicts.sensitivity` table. Returns the PNG."""
+    columns: the factor on the default), from a `questions.base.sensitivity` table. Returns the PNG."""
     rows = list(dict.fromkeys(zip(table["rule"], table["threshold"])))
     factors = np.sort(table["factor"].unique())
     status = table.set_index(["rule", "threshold", "factor"])["status"]

@@ -2,8 +2,9 @@
 
 DIR is a study (`count01 reproduce`, with study.json), a sweep (sweep.json) or a single run
 (config.json). The report reads the tidy tables of `analysis` (RUN/analysis/*.csv) and of the
-sweep (results.parquet, paths/), judges each question of SPEC 1 with the rules of `verdicts`,
-runs each rule on the hand-built controls of `controls` (built in memory from weights, a few
+sweep (results.parquet, paths/), judges each question of SPEC 1 with the rules of its module in
+`count01.questions` (whose prose and captions it also takes), runs each rule on the hand-built
+controls of `controls` (built in memory from weights, a few
 seconds: they are the same for every report and never saved) and over its thresholds, and
 writes
     report.html   self-contained: figures embedded as base64 PNG, inline CSS, no script, no
@@ -30,57 +31,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
 
-import numpy as np
 import pandas as pd
 
-from . import verdicts as V
-from .config import Config, Count01Error
-from .criteria import IDEAL_SETS, RESTART_CHANCE, SUCCESS_L_ACC, SUCCESS_SET
-from .runs import atomic_write, load_config, read_json, write_json
+from .config import Config
+from .criteria import SUCCESS_L_ACC, SUCCESS_SET
+from .document import Block, Bullets, Figure, ReportError, Section, Table, rel
+from .files import atomic_write, load_config, read_json, saved_eval, write_json
+from .plan import read_state
+from .questions import QUESTIONS
+from .questions import base as V
+from .sweeps.grid import Point, Sweep
+from .sweeps.tables import NoResultsYet, load_tables, read_record, read_sweep
 
-if TYPE_CHECKING:
-    from .sweeps import Point, Sweep
-
-SECTIONS = ("summary", "q1", "q2", "q3", "q4", "q5", "methods")
+SECTIONS = ("summary", *(f"q{q.NUMBER}" for q in QUESTIONS), "methods")
 ANALYSIS_TABLES = ("model", "heads", "aggregation", "value_swap", "intervention",
                    "minimal_heads", "alpha", "ideal_intervention")
 PREFERRED_HEADS = 4  # in a sweep, the configuration analysed in depth if it has an analysis
-
-
-class ReportError(Count01Error):
-    pass
-
-
-# --- the document: sections of paragraphs, bullet lists, tables and figures ------------------
-
-@dataclass
-class Figure:
-    path: Path  # a PNG file
-    caption: str
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Bullets:
-    items: list[str]
-
-
-Block = str | Table | Figure | Bullets
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-    status: str | None = None  # a verdict, shown as a badge
 
 
 # --- what was saved ----------------------------------------------------------------------------
@@ -107,6 +75,7 @@ class Evidence:
     minimal: pd.DataFrame | None = None  # minimal head-set sizes (`paths.minimal_heads_table`)
     grid: list[str] = field(default_factory=list)  # that sweep's grid fields
     path_tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # its paths/*.csv
+    path_summary: dict | None = None  # its paths/paths.json
     noise_dir: Path | None = None  # a study's noise benchmark (question 5), with its paths/
     sentence_dir: Path | None = None  # a study's sentence-framing run (question 2), analysed
     labour: pd.DataFrame | None = None  # its paths/labour.csv, one row per noise condition
@@ -117,8 +86,6 @@ class Evidence:
 
 def collect(root: str | Path) -> Evidence:
     """Find the saved results of a study, sweep or run directory."""
-    from .study import read_state
-
     root = Path(root)
     if (root / "study.json").exists():
         study = read_state(root)
@@ -145,8 +112,6 @@ def collect(root: str | Path) -> Evidence:
 
 
 def _add_sweep(ev: Evidence, sweep_dir: Path) -> None:
-    from .sweeps import NoResultsYet, load_tables, read_record, read_sweep
-
     if not (sweep_dir / "sweep.json").exists():
         return
     ev.sweep_dir, ev.sweep = sweep_dir, read_sweep(sweep_dir)
@@ -168,8 +133,6 @@ def _add_paths(ev: Evidence, sweep_dir: Path) -> None:
     """Question 4's evidence from one sweep: the tables `count01 paths` wrote in its paths/
     (success, minimal heads, best practice, early stopping), labelled by the grid (one column
     `configuration` when the grid has several fields). The report computes none of them."""
-    from .sweeps import read_sweep
-
     tables = sweep_dir / "paths"
     if not (tables / "success.csv").exists():
         return
@@ -183,12 +146,12 @@ def _add_paths(ev: Evidence, sweep_dir: Path) -> None:
     for name in ("best_practice", "early_stop"):
         if (tables / f"{name}.csv").exists():
             ev.path_tables[name] = pd.read_csv(tables / f"{name}.csv")
+    if (tables / "paths.json").exists():
+        ev.path_summary = read_json(tables / "paths.json")
 
 
 def _add_noise(ev: Evidence, noise_dir: Path) -> None:
     """Question 5's evidence: the noise benchmark's labour table, labelled by its grid."""
-    from .sweeps import read_sweep
-
     grid = list(read_sweep(noise_dir).grid)
     labour = pd.read_csv(noise_dir / "paths" / "labour.csv")
     labour.insert(1, "configuration", [", ".join(f"{k}={r[k]}" for k in grid)
@@ -207,8 +170,6 @@ def _pick_run(ev: Evidence) -> Path | None:
 
 
 def _add_run(ev: Evidence, run: Path | None) -> None:
-    from .metrics import saved_eval
-
     if run is None or not (run / "config.json").exists():
         return
     ev.run_dir, ev.cfg = run, load_config(run)
@@ -231,7 +192,7 @@ def _add_run(ev: Evidence, run: Path | None) -> None:
 
 
 def _add_sentence(ev: Evidence, run: Path) -> None:
-    """The sentence-framing run's model and aggregation tables, as verdicts.SENTENCE + name."""
+    """The sentence-framing run's model and aggregation tables, as questions.base.SENTENCE + name."""
     a = run / "analysis"
     if not (a / "metrics.json").exists():
         return
@@ -249,139 +210,12 @@ def judge(ev: Evidence) -> dict[int, V.Verdict]:
 
     tables = dict(ev.tables) if ev.analysis else {}
     label = "configuration" if len(ev.grid) > 1 else (ev.grid[0] if ev.grid else "config_id")
-    got = V.judge(V.Evidence(tables, ev.success, ev.minimal, label, ev.labour), rule_controls())
+    got = V.judge(QUESTIONS, V.Evidence(tables, ev.success, ev.minimal, label, ev.labour),
+                  rule_controls())
     return {v.question: v for v in got}
 
 
 # --- the text ------------------------------------------------------------------------------------
-
-def _figs(ev: Evidence, names: list[tuple[str, str]]) -> list[Block]:
-    """Analysis figures by name (analysis/figures/NAME.png); a missing one is said so."""
-    if ev.analysis is None:
-        return []
-    d = ev.run_dir / "analysis" / "figures"
-    return [Figure(d / f"{n}.png", c) if (d / f"{n}.png").exists()
-            else f"(Figure `{n}.png` was not found in `{_rel(d, ev.root)}`.)" for n, c in names]
-
-
-def _path_figs(ev: Evidence) -> list[Block]:
-    if ev.path_dir is None:
-        return []
-    d = ev.path_dir / "paths"
-    out = [Figure(d / "phase_diagram.png", "Phase diagram: the share of seeds that reach the "
-                  "solution (top) and the ideal solution (bottom) over init_scale x learning "
-                  "rate, a column per optimiser and head count; each cell k/n seeds."),
-           Figure(d / "success_rate.png", "Success rate per configuration with its Wilson 95% "
-                  f"interval (success = l-acc >= {SUCCESS_L_ACC} on `{SUCCESS_SET}`)."),
-           Figure(d / "minimal_heads.png", "How many heads each run needs: the size of the "
-                  f"smallest head set that keeps {SUCCESS_SET} l-acc >= {SUCCESS_L_ACC} once "
-                  "alpha is refitted.")]
-    if ev.success is not None and len(ev.success):
-        ranked = ev.success.sort_values(["rate", "config_id"])
-        worst = ranked.iloc[0]
-        tied = int((ranked["rate"] == worst["rate"]).sum())
-        which = ("the configuration with the lowest success rate" if tied == 1 else
-                 f"the first of {tied} configurations tied at the lowest success rate, "
-                 f"{worst['rate']:.2f}")
-        out.append(Figure(d / "trajectories" / f"{worst['config_id']}.png",
-                          f"Training paths of {which} ({worst['config_id']}): hard l-acc, head "
-                          "s-acc, w01 and w02 per seed over the checkpoints (blue = succeeded, "
-                          "red = failed)."))
-    out.append(Figure(d / "early_predictors.png", "Which early-training quantities tell a "
-                      "failing run apart (ROC AUC for failure, all configurations pooled)."))
-    if not (d / "paths.json").exists():
-        return [f"(No training-path figures: run `count01 paths {_rel(ev.path_dir, ev.root)}`.)"]
-    summary = read_json(d / "paths.json")
-    skipped = summary.get("figures_skipped") if isinstance(summary, dict) else None
-    if not isinstance(skipped, dict):
-        raise ReportError(f"{d / 'paths.json'} is not a training-path summary (no "
-                          "figures_skipped)")
-    blocks: list[Block] = _path_tables(ev)
-    for f in out:
-        if f.path.exists():
-            blocks.append(f)
-        elif f.path.stem in skipped:
-            blocks.append(f"(No `{f.path.name}` figure: {skipped[f.path.stem]}.)")
-        else:
-            blocks.append(f"(Figure `{f.path.name}` was not found in `{_rel(d, ev.root)}`.)")
-    return blocks
-
-
-def _noise_figs(ev: Evidence) -> list[Block]:
-    if ev.noise_dir is None:
-        return []
-    d = ev.noise_dir / "paths"
-    return [Figure(d / "labour.png", "How the heads divide the labour under each noise "
-                   "condition: the share of seeds that are pseudo-ensembles (each head alone "
-                   "suffices), divided (the minimal head set has two or more heads), mixed, or "
-                   "unsolved.")] if (d / "labour.png").exists() else [
-        f"(Figure `labour.png` was not found in `{_rel(d, ev.root)}`.)"]
-
-
-def _path_tables(ev: Evidence) -> list[Block]:
-    """Best practice (the cheapest reliable ideal solutions) and what early stopping would do,
-    from the paths tables."""
-    out: list[Block] = []
-    best, stop = ev.path_tables.get("best_practice"), ev.path_tables.get("early_stop")
-    if best is not None and len(best):
-        top = best.head(5)
-        out.append("**Best practice** (`best_practice.csv`): the configurations that buy a "
-                   f"{RESTART_CHANCE:.0%} chance of one ideal solution (l-acc >= {SUCCESS_L_ACC} "
-                   f"on {', '.join(IDEAL_SETS)}) for the fewest seed-steps, counting restarts "
-                   "from the lower end of the ideal rate's Wilson 95% interval:")
-        out.append(Table(["configuration", "ideal runs", "ideal rate (95% CI)", "restarts",
-                          "seed-steps"],
-                         [[", ".join(f"{k}={r[k]}" for k in ev.grid) or str(r["config_id"]),
-                           f"{int(r['n_ideal'])}/{int(r['n_runs'])}",
-                           f"{r['ideal_rate']:.2f} ({r['ideal_ci_low']:.2f}-"
-                           f"{r['ideal_ci_high']:.2f})",
-                           "never" if not np.isfinite(r["restarts_99_ideal"])
-                           else f"{int(r['restarts_99_ideal'])}",
-                           "never" if not np.isfinite(r["seed_steps_99_ideal"])
-                           else f"{int(r['seed_steps_99_ideal']):,}"]
-                          for _, r in top.iterrows()]))
-    if stop is not None and len(stop):
-        out += _early_stop_blocks(stop.assign(rule=1) if "rule" not in stop else stop)
-    return out
-
-
-def _early_stop_blocks(stop: pd.DataFrame) -> list[Block]:
-    """Each early-stopping rule replayed on the checkpoints, on each half of the grid and on all
-    of it: what it saves and what it costs in seeds that would have succeeded."""
-    from .train import STOP_RULE, STOP_RULES
-
-    rows = []
-    for number, by_rule in stop.groupby("rule", sort=False):
-        parts = ([(h, by_rule[by_rule["half"] == h]) for h in ("held-out", "design")]
-                 if "half" in by_rule else [])
-        for half, d in parts + [("all", by_rule)]:
-            n, failed, stopped = (int(d[k].sum()) for k in ("n_runs", "n_failed", "n_stopped"))
-            wrong, missed = int(d["n_wrongly_stopped"].sum()), int(d["n_missed"].sum())
-            steps = (d["seed_steps"] if "seed_steps" in d else d["n_runs"]).astype(float)
-            saved = float((d["saved_fraction"] * steps).sum() / max(steps.sum(), 1))
-            ok = n - failed
-            per = (f"{(1 - saved) / (ok - wrong) * n:.2f}" if ok > wrong else "no success")
-            rows.append([f"rule {number}" + (" (training's)" if number == STOP_RULE.version
-                                              else ""), half, f"{stopped}/{n}",
-                         f"{stopped - wrong} of {failed}", f"{wrong} of {ok}",
-                         f"{missed}", f"{saved:.0%}", per,
-                         f"{n / ok:.2f}" if ok else "no success"])
-    rules = "; ".join(r.text() for v, r in STOP_RULES.items() if v in set(stop["rule"]))
-    return [f"**Early stopping**, each rule replayed on the checkpoints (`early_stop.csv`): "
-            f"{rules}. Rule {STOP_RULE.version} is the one `--early-stop` trains with. Rule 2 was "
-            "chosen after the full study's training-path trajectories were seen, on its design "
-            "half (the configurations at even positions of the grid) and is tested on the "
-            "held-out half; on any other sweep both halves are new to it. A wrongly stopped run is "
-            "a success lost; the last two columns are the seed-steps spent per success, as a "
-            "multiple of one run's steps, with the rule and without it.",
-            Table(["rule", "half of the grid", "stopped", "of them failed", "wrongly stopped "
-                   "(of the successes)", "failures missed", "seed-steps saved",
-                   "runs' steps per success, stopping", "without stopping"], rows),
-            "**Early stopping's rule history.**",
-            Table(["rule", "when", "after results were seen", "what it changed"],
-                  [[str(n), when, {True: "yes", False: "no", None: "not recorded"}[seen], what]
-                   for n, when, seen, what in V.STOP_RULE_HISTORY])]
-
 
 def _what_ran(ev: Evidence) -> str:
     parts = []
@@ -399,8 +233,6 @@ def _what_ran(ev: Evidence) -> str:
             if grid:
                 sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
                 if skip:  # the conditions the grid leaves out, and how many it trains
-                    from .sweeps import Sweep
-
                     n = len(Sweep({}, grid, skip).points())
                     left = "; ".join(", ".join(f"{k}={v}" for k, v in x.items()) for x in skip)
                     sizes += f" without {left} ({n} conditions)"
@@ -414,28 +246,16 @@ def _what_ran(ev: Evidence) -> str:
         parts.append(f"the sweep in `{ev.root}` ({len(ev.points)} configurations)")
     if ev.cfg is not None:
         parts.append(f"the {ev.cfg.heads}-head model analysed in depth over its "
-                     f"{ev.cfg.n_seeds} seeds (`{_rel(ev.run_dir, ev.root)}`)")
+                     f"{ev.cfg.n_seeds} seeds (`{rel(ev.run_dir, ev.root)}`)")
     return "; ".join(parts) if parts else "no results"
-
-
-def _rel(path: Path | None, root: Path) -> str:
-    if path is None:
-        return "-"
-    if path == root:
-        return path.name
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def summary_section(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: Path | None = None
                     ) -> Section:
     """Three findings, what they mean for model design, and the risk, in plain words."""
-    t = ev.tables
     blocks: list[Block] = [
         f"What was run: {_what_ran(ev)}. Each question of SPEC 1 is judged by a versioned rule "
-        "in code (`count01.verdicts`), printed below; a claim that misses its threshold is "
+        "in code (`count01.questions`), printed below; a claim that misses its threshold is "
         "reported as not held, and one resting on too few units, or on a share whose 95% "
         "interval straddles the threshold, as inconclusive. Each rule also judges a hand-built "
         "model that has the property (positive control) and one that lacks it (negative); a "
@@ -447,14 +267,7 @@ def summary_section(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: P
         blocks.append(Figure(sensitivity_figure, "Where each verdict flips: every rule (and "
                              "each sub-claim of question 3) with one threshold varied at a time, "
                              "x = the factor applied to the default (1 = the rule as written)."))
-    items = [(v[1].status, "Finding 1, the semantics", _finding_semantics(v[1], t)),
-             (v[2].status, "Finding 2, the syntax", _finding_aggregation(v[2], t))]
-    if v[2].sentence is not None:
-        items.append((v[2].sentence.status, "Finding 2, the syntax in the sentence framing",
-                      _finding_sentence(v[2].sentence)))
-    items += [(v[3].status, "Finding 3, the mechanism", _finding_mechanism(v[3])),
-              (v[4].status, "The risk, the training path", _finding_risk(v[4], ev)),
-              (v[5].status, "Finding 5, other noise", _finding_noise(v[5]))]
+    items = [item for q in QUESTIONS for item in q.summary(ev, v[q.NUMBER])]
     blocks.append(Bullets([f"**{label}** ({status}). {text}" for status, label, text in items]))
     return Section("summary", "Summary: is this approach worth investing in?", blocks)
 
@@ -462,135 +275,11 @@ def summary_section(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: P
 def _summary_rows(q: int, x: V.Verdict) -> list[list[str]]:
     """A question's rows of the summary table: question 2 a row per framing."""
     rows = [[f"Q{q}. {x.title}" + (" (classify framing)" if x.sentence else ""), x.status,
-             _controls_text(x.controls), x.sensitivity]]
+             V.describe_controls(x.controls), x.sensitivity]]
     if x.sentence is not None:
         s = x.sentence
-        rows.append([f"Q{q}. {s.title}", s.status, _controls_text(s.controls), s.sensitivity])
+        rows.append([f"Q{q}. {s.title}", s.status, V.describe_controls(s.controls), s.sensitivity])
     return rows
-
-
-def _hard(t: dict[str, pd.DataFrame], scheme: str) -> pd.DataFrame:
-    """Aggregation rows of one scheme on the judged set (empty without the table)."""
-    a = t.get("aggregation")
-    if a is None:
-        return pd.DataFrame(columns=["scheme", "head", "seed", "set", "l_acc", "valid", "auc"])
-    return a[(a["scheme"] == scheme) & (a["set"] == V.SET)]
-
-
-def _finding_semantics(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
-    if v.status == V.NOT_MEASURED:
-        return "Not measured: no head analysis was saved (run `count01 analyze RUN`)."
-    loo = _hard(t, "leave_one_out")["l_acc"]
-    removal = (f"; removing any one head (mean-ablated) leaves l-acc at median "
-               f"{loo.median():.3f}, lowest {loo.min():.3f}." if len(loo) else ".")
-    design = {V.HELD: "For model design: the heads are redundant counters, each readable on its "
-                      "own" + removal,
-              V.NOT_HELD: "For model design: the answer is spread across heads, so no head can "
-                          "be read, trusted or pruned on its own" + removal,
-              V.MIXED: "For model design: some heads can be read on their own and others "
-                       "cannot, so check each head before relying on it" + removal,
-              V.INCONCLUSIVE: "For model design: too few heads, or a share too close to its "
-                              "threshold, to say; measure more seeds before relying on a single "
-                              "head" + removal}[v.status]
-    return f"{v.finding} {design}"
-
-
-def _finding_aggregation(v: V.Verdict, t: dict[str, pd.DataFrame]) -> str:
-    if v.status == V.NOT_MEASURED:
-        return "Not measured: no aggregation table was saved."
-    single = _hard(t, "single")
-    extra = ""
-    if len(single):
-        extra = (f" A single head with the others mean-ablated still ranks the answers (median "
-                 f"AUC {single['auc'].median():.3f}) but answers right only "
-                 f"{single['l_acc'].median():.3f} of the time (median l-acc).")
-    whole = pd.concat([_hard(t, k) for k in ("learned", "uniform")])
-    whole = whole[whole["head"] == -1].pivot_table(index="seed", columns="scheme",
-                                                   values="l_acc")
-    lost = whole["learned"] - whole["uniform"] if len(whole) else pd.Series(dtype=float)
-    cost = lost.max() if len(lost) else float("nan")
-    costly = int((lost > V.L_ACC_DROP).sum())
-    worst = (f"{cost:.3f} l-acc in the worst seed ({costly} of {len(lost)} seed"
-             f"{'s' if len(lost) != 1 else ''} lose more than {V.L_ACC_DROP})")
-    design = {V.HELD: " For model design: the head weights must be learned or fitted; averaging "
-                      "heads equally is not enough.",
-              V.NOT_HELD: f" For model design: equal weighting cost little in most seeds but "
-                          f"{worst}, and a head kept alone needs its weight refitted: fit the "
-                          "readout rather than assume it.",
-              V.MIXED: " For model design: equal weighting is sometimes harmless and sometimes "
-                       "not; fit the head weights rather than assume.",
-              V.INCONCLUSIVE: f" For model design: too few seeds to say; equal weighting cost "
-                              f"{worst}, so fit the readout rather than assume it."}[v.status]
-    return v.finding + extra + design
-
-
-def _finding_sentence(v: V.Verdict) -> str:
-    """Question 2 in the sentence framing, the framing of the study's wording."""
-    where = ("This framing matches the study's wording: the syntax decides how the sentence "
-             "ends, where the classify framing only asks for a valid answer token.")
-    if v.status == V.NOT_MEASURED:
-        return f"Not measured: {v.finding} {where}"
-    return f"{v.finding} {where}"
-
-
-def _finding_mechanism(v: V.Verdict) -> str:
-    if v.status == V.NOT_MEASURED:
-        return "Not measured: no head analysis was saved."
-    parts = ", ".join(f"{name.split(')')[0]}) {status}" for name, status in v.parts)
-    parts = f"Sub-claims {parts} (question 3 names them)." if parts else ""
-    design = {V.HELD: "For model design: the attention ratio is the quantity to watch or "
-                      "constrain; the value vectors matter less.",
-              V.NOT_HELD: "For model design: attention ratios alone do not explain these heads; "
-                          "look at the value/output weights too.",
-              V.MIXED: "For model design: the attention ratio matters, but not every part of the "
-                       "claimed mechanism held.",
-              V.INCONCLUSIVE: "For model design: the parts that could be decided agree, but not "
-                              "every part could be; do not rely on the mechanism yet."}[v.status]
-    return f"{v.finding} {parts} {design}"
-
-
-def _finding_noise(v: V.Verdict) -> str:
-    if v.status == V.NOT_MEASURED:
-        return "Not measured: no noise benchmark was saved (a study's `noise/` sweep)."
-    design = {V.HELD: "For model design: how the heads share the count depends on the noise the "
-                      "model is trained on; re-check it for the noise you expect",
-              V.NOT_HELD: "For model design: the heads share the count the same way under every "
-                          "noise condition measured",
-              V.INCONCLUSIVE: "For model design: too few seeds per condition, or shares too close "
-                              "to their threshold, to say whether the noise changes it"}[v.status]
-    return f"{v.finding} {design}."
-
-
-def _finding_risk(v: V.Verdict, ev: Evidence) -> str:
-    if v.status == V.NOT_MEASURED:
-        return "Not measured: no training-path results were saved (run `count01 sweep`)."
-    scope = "" if ev.kind != "run" else "This run alone is one configuration (its own seeds). "
-    unvaried = [f for f in ("lr", "init_scale") if f not in ev.grid]
-    caveat = (f"; this study did not vary {' or '.join(unvaried)}, where the path may matter "
-              "more." if unvaried else ".")
-    failed = ev.success is not None and bool((ev.success["n_success"]
-                                              < ev.success["n_runs"]).any())
-    design = {V.HELD: "For model design: the training path decides; take a configuration "
-                      "from the best-practice table below (or the most reliable one measured) "
-                      "and budget its restarts (`count01 train --restarts K`)",
-              V.NOT_HELD: "For model design: no restarts were needed here, but a failure "
-                          "rate up to that bound is not ruled out",
-              V.MIXED: ("For model design: failures were rare; a few restarts (`count01 train "
-                        "--restarts K`) are cheap insurance" if failed else
-                        "For model design: no restarts were needed here"),
-              V.INCONCLUSIVE: ("For model design: too few seeds to bound the failure rate below "
-                               f"{V.FAIL_RATE:.0%}; a few restarts (`count01 train --restarts K`) "
-                               "are cheap insurance")
-              }[v.status]
-    return f"{v.finding} {scope}{design}{caveat}"
-
-
-def _controls_text(controls: dict) -> str:
-    """'positive held, negative did not hold', and 'not evidence' when the two agree."""
-    if not controls:
-        return "not run"
-    text = f"positive {controls['positive']}, negative {controls['negative']}"
-    return text if controls["positive"] != controls["negative"] else text + ": not evidence"
 
 
 def _verdict_of_version(v: V.Verdict, version: int) -> str:
@@ -601,90 +290,41 @@ def _verdict_of_version(v: V.Verdict, version: int) -> str:
         status, parts = v.previous.get(version, V.NOT_MEASURED), v.previous_parts.get(version)
     if not parts:
         return status
-    return f"{status} (" + ", ".join(f"({k[1]}) {s}" for k, s in zip(V.Q3_PARTS, parts)) + ")"
+    return f"{status} (" + ", ".join(f"({k[1]}) {s}" for k, s in zip(v.part_keys, parts)) + ")"
 
 
-def question_section(ev: Evidence, v: V.Verdict) -> Section:
+def question_section(ev: Evidence, q: ModuleType, v: V.Verdict) -> Section:
+    """A question's section: its verdict, rule, controls, sensitivity, history, numbers and
+    figures, the prose and captions from its module `q`."""
     blocks: list[Block] = [f"**Verdict: {v.status}** (rule version {v.rule_version}). "
                            f"{v.finding}", *v.details, f"**Rule.** {v.rule}"]
     blocks.append(f"**Controls** (hand-built models of `count01.controls`): "
-                  f"{_controls_text(v.controls)}." + ("" if v.evidence else " The rule gives the model "
-                                             "that has the property and the one that lacks it "
-                                             "the same verdict, so its verdict is not evidence."))
+                  f"{V.describe_controls(v.controls)}." + ("" if v.evidence else " The rule gives the "
+                                                      "model that has the property and the one "
+                                                      "that lacks it the same verdict, so its "
+                                                      "verdict is not evidence."))
     blocks.append(f"**Threshold sensitivity** ({V.SENSITIVITY_RANGE}): {v.sensitivity}.")
     if v.parts:
         parts = v.controls.get("parts", {})
         blocks.append(Table(["sub-claim", "verdict", "controls", "threshold sensitivity"],
-                            [[a, b, _controls_text(parts.get(k, {})),
+                            [[a, b, V.describe_controls(parts.get(k, {})),
                               v.part_sensitivity.get(k, "")]
-                             for (a, b), k in zip(v.parts, V.Q3_PARTS)]))
+                             for (a, b), k in zip(v.parts, v.part_keys)]))
     blocks.append("**Rule history.** Every version of this rule and its verdict on these same "
                   "tables; a version made after results were seen is marked so.")
     blocks.append(Table(
         ["version", "when", "after results were seen", "what it changed", "verdict here"],
         [[str(n), when, {True: "yes", False: "no", None: "not recorded"}[seen], what,
-          _verdict_of_version(v, n)] for n, when, seen, what in V.HISTORY[v.question]]))
-    numbers = list(v.numbers)
-    if v.question == 1 and ev.sweep_heads is not None:
-        numbers += V.separating_heads_by_config(ev.sweep_heads, ev.sweep_runs)
+          _verdict_of_version(v, n)] for n, when, seen, what in q.HISTORY]))
+    numbers = q.numbers(ev, v)
     if numbers:
         blocks.append(Table(["quantity", "value (spread over seeds / heads)"],
                             [[a, b] for a, b in numbers]))
-    s = f"`{V.SET}`"
-    figs = {
-        1: _figs(ev, [("heads_table", f"Every head of every seed on {s}: head AUC, s-acc and "
-                       "probe s-acc (green = 1, red = chance), attention ratios and masses.")]),
-        2: _figs(ev, [("aggregation", "l-acc, valid rate and AUC of the model under each "
-                       "aggregation scheme (mean and spread over seeds).")]),
-        3: _figs(ev, [("attention_mass", "Where each head's EOS query looks: attention mass on "
-                       "0, 1, 2, EOS and BOS."),
-                      ("attention_examples", "The raw attention row of each head's EOS query "
-                       "on four fixed strings, for the first seeds: every slot of the string, "
-                       "colour = share of the row."),
-                      ("intervention_w02_0", "One head intervened at w02 = 0, w01 swept: head "
-                       "s-acc (fixed and refitted readout) and model l-acc, mean with a spread "
-                       "band over seeds and heads."),
-                      ("intervention_heatmaps", "The whole (w01, w02) grid, mean over seeds "
-                       "and heads: head s-acc with the readout fixed before and refitted under "
-                       "the intervention, and model l-acc with one head or every head "
-                       "intervened; circles mark the measured (w01, w02) of each head."),
-                      ("value_swap", "s-acc of each head against its hybrids: its "
-                       "attention with another head's value/output weights (left), its "
-                       "values with another head's attention (middle); on the diagonal, "
-                       "the swap changed nothing. Right: only the hybrids of unequal heads, "
-                       "which can tell attention from values; above the diagonal, the hybrid "
-                       "scores closer to the head that gave its attention.")]),
-        4: _path_figs(ev),
-        5: _noise_figs(ev),
-    }[v.question]
+    figs = q.figures(ev, v)
     if not figs:
         blocks.append("(No figure was saved for this question.)")
-    blocks += figs
-    if v.sentence is not None:
-        blocks += sentence_blocks(ev, v.sentence)
+    blocks += figs + q.closing(ev, v)
     return Section(f"q{v.question}", f"Q{v.question}. {v.title}", blocks, v.status)
-
-
-def sentence_blocks(ev: Evidence, v: V.Verdict) -> list[Block]:
-    """Question 2 in the sentence framing: its verdict, rule, controls, numbers and figure,
-    after the classify framing's (the section's verdict badge is the classify one)."""
-    blocks: list[Block] = [
-        f"**In the sentence framing** (`[BOS] x EOS y EOS`; the framing that matches the "
-        f"study's wording, where the syntax decides how the sentence ends; the classify "
-        f"framing above only asks for a valid answer token): **verdict: {v.status}** (rule "
-        f"version {v.rule_version}). {v.finding}", f"**Rule.** {v.rule}",
-        f"**Controls**: {_controls_text(v.controls)}." + ("" if v.evidence else
-                                                          " Not evidence."),
-        f"**Threshold sensitivity**: {v.sensitivity}."]
-    if v.numbers:
-        blocks.append(Table(["quantity", "value (spread over seeds / heads)"],
-                            [[a, b] for a, b in v.numbers]))
-    d = None if ev.sentence_dir is None else ev.sentence_dir / "analysis" / "figures"
-    if d is not None and (d / "aggregation.png").exists():
-        blocks.append(Figure(d / "aggregation.png", "Sentence framing: answer l-acc, valid "
-                             "rate, AUC, end accuracy and sentence accuracy of the model under "
-                             "each aggregation scheme (mean and spread over seeds)."))
-    return blocks
 
 
 def methods_section(ev: Evidence) -> Section:
@@ -745,20 +385,14 @@ def methods_section(ev: Evidence) -> Section:
              f"keeping {SUCCESS_SET} l-acc >= {SUCCESS_L_ACC} once alpha is refitted. Value "
              "swap: a head keeps its attention pattern and takes another head's W_V, b_V, W_O "
              "(and the reverse); s-acc refitted.")
-    from .controls import Q4_FAILURES, Q5_LABOURS, RULE_CONTROLS, RUNS, SEEDS
-
-    b.append("**Verdict rules** (thresholds are constants in `count01/verdicts.py`; each rule "
-             "is versioned, its history in the question's section):")
-    b.append(Bullets([f"Q{q} (version {V.VERSIONS[q]}): {rule}" for q, rule in V.RULES.items()]))
-    b.append(f"**Controls** (`count01/controls.py`, models written from weights, {SEEDS} seeds "
-             "that differ only in the scale of their values; question 4's controls are "
-             f"training-path tables of {RUNS} runs per configuration): " + "; ".join(
-                 f"rule {k}: positive `{p}`, negative `{n}`"
-                 for k, (p, n) in RULE_CONTROLS.items()) + "; rule 4: failures per configuration "
-             + ", ".join(f"{side} {f}" for side, f in zip(("positive", "negative"), Q4_FAILURES))
-             + "; rule 5: every seed's labour per noise condition, "
-             + ", ".join(f"{side} {' / '.join(x)}" for side, x in zip(("positive", "negative"),
-                                                                      Q5_LABOURS)) + ".")
+    b.append("**Verdict rules** (thresholds are constants in `count01/questions/`, one module "
+             "per question; each rule is versioned, its history in the question's section):")
+    b.append(Bullets([f"Q{q.NUMBER} (version {q.VERSION}): {q.RULE}" for q in QUESTIONS]))
+    b.append(f"**Controls** (`count01/controls.py`, models written from weights, "
+             f"{V.CONTROL_SEEDS} seeds that differ only in the scale of their values; question "
+             f"4's controls are training-path tables of {V.CONTROL_RUNS} runs per "
+             "configuration): " + "; ".join(x for q in QUESTIONS for x in q.controls_text())
+             + ".")
     if ev.sweep:
         sw = ev.sweep.to_dict()
         grid = "; ".join(f"{k} in {', '.join(map(str, x))}" for k, x in sw["grid"].items())
@@ -784,10 +418,8 @@ def methods_section(ev: Evidence) -> Section:
 
 def software_versions() -> dict[str, str]:
     """The software and machine a study ran on, for the methods."""
-    import torch
-
-    got = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("count01", "numpy", "scikit-learn", "pandas", "matplotlib", "safetensors"):
+    got = {"python": platform.python_version()}  # the versions installed: no package imported
+    for package in ("torch", "count01", "numpy", "scikit-learn", "pandas", "matplotlib", "safetensors"):
         try:
             got[package] = version(package)
         except PackageNotFoundError:
@@ -832,7 +464,7 @@ def _time_table(ev: Evidence) -> Table:
 def build_document(ev: Evidence, v: dict[int, V.Verdict], sensitivity_figure: Path | None = None
                    ) -> tuple[str, list[Section]]:
     sections = [summary_section(ev, v, sensitivity_figure)] + [
-        question_section(ev, v[q]) for q in sorted(v)]
+        question_section(ev, q, v[q.NUMBER]) for q in QUESTIONS]
     return "count01 report: do attention heads compete or cooperate?", sections + [
         methods_section(ev)]
 

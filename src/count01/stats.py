@@ -1,5 +1,5 @@
-"""The one interval the study reports shares with: Wilson's, numpy only (plots and verdicts
-import it without torch)."""
+"""The one interval the study reports shares with: Wilson's, numpy only (plots and the question
+rules import it without torch)."""
 
 from __future__ import annotations
 

@@ -42,18 +42,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Config, Count01Error
+from .files import locked, remove_leftovers, write_json
+from .plan import FORMAT, Plan, StudyError, read_state
 from .report import build_report, software_versions
-from .runs import locked, read_json, remove_leftovers, write_json
 
-FORMAT = "count01-study/1"
 STAGES = ("sweep", "training_path", "noise", "paths", "analysis", "sentence", "report")
-ANALYSED_HEADS = 4  # SPEC's default model: its configuration of the sweep is analysed in depth
 BASE = {"d_head": 4}  # every head as wide as in the default model, whatever the head count
 MODES = {  # seeds per head count, intervention grid, Config fields that differ from the defaults
     "full": {"seeds": 32, "grid_size": 25, "base": {"steps": 3000, "checkpoint_every": 250}},
@@ -96,64 +93,6 @@ PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config field
                       "pos_embed": ["none", "learned"], "init_scale": [0.3, 1.0, 3.0, 10.0],
                       "lr": [1e-3, 1e-2, 1e-1]}},
 }
-
-
-class StudyError(Count01Error):
-    pass
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a study computes: a sweep over `heads` x `seeds`, with `base` Config fields."""
-
-    mode: str
-    seeds: int
-    heads: tuple[int, ...] = (1, 2, 4, 8)
-    base: dict[str, Any] = field(default_factory=dict)
-    grid_size: int = 25  # intervention grid: grid_size log-spaced values of w01 and of w02
-    path_seeds: int = 32  # question 4's training-path grid: seeds per configuration,
-    path_base: dict[str, Any] = field(default_factory=dict)  # its Config fields
-    path_grid: dict[str, list] = field(default_factory=dict)  # and its grid
-    noise_grid: dict[str, list] = field(default_factory=dict)  # question 5's noise conditions
-    sentence_seeds: int = 16  # question 2 in the sentence framing: seeds,
-    sentence_base: dict[str, Any] = field(default_factory=dict)  # its Config fields
-    sentence_grid_size: int = 7  # and its intervention grid
-    noise_skip: list[dict[str, Any]] = field(default_factory=list)  # combinations left out
-
-    @property
-    def analysed_heads(self) -> int:
-        return ANALYSED_HEADS if ANALYSED_HEADS in self.heads else max(self.heads)
-
-    def sweep_dict(self) -> dict[str, Any]:
-        return {"seeds": self.seeds, "base": dict(self.base), "grid": {"heads": list(self.heads)}}
-
-    def path_sweep_dict(self) -> dict[str, Any]:
-        return {"seeds": self.path_seeds, "base": dict(self.path_base),
-                "grid": {k: list(v) for k, v in self.path_grid.items()}}
-
-    def noise_sweep_dict(self) -> dict[str, Any]:
-        """The analysed configuration (its seeds and Config fields) under every noise condition."""
-        return {"seeds": self.seeds, "base": dict(self.base) | {"heads": self.analysed_heads},
-                "grid": {k: list(v) for k, v in self.noise_grid.items()},
-                "skip": [dict(x) for x in self.noise_skip]}
-
-    def sentence_config(self) -> Config:
-        """The analysed configuration in the sentence framing, with lm_loss."""
-        return Config.from_dict(self.base | {"heads": self.analysed_heads,
-                                             "n_seeds": self.sentence_seeds,
-                                             "framing": "sentence", "lm_loss": True}
-                                | self.sentence_base, source="study plan (sentence framing)")
-
-    def config(self, heads: int) -> Config:
-        return Config.from_dict(self.base | {"heads": heads, "n_seeds": self.seeds},
-                                source="study plan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"heads": list(self.heads)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(**(data | {"heads": tuple(data["heads"])}))
 
 
 def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, ...] | None = None,
@@ -203,27 +142,6 @@ def analysed_run(out: Path, plan: Plan) -> Path:
     points = Sweep.from_dict(plan.sweep_dict()).points()
     point = next(p for p in points if p.cfg.heads == plan.analysed_heads)
     return out / "sweep" / "runs" / point.id
-
-
-def read_state(out: Path) -> dict[str, Any]:
-    """OUT/study.json, checked to be a study's: a plan, stages with their times, and the
-    analysed run as a path inside OUT."""
-    path = out / "study.json"
-    state = read_json(path)
-    try:
-        ok = (isinstance(state, dict) and state.get("format") == FORMAT
-              and isinstance(Plan.from_dict(state["plan"]).base, dict)
-              and all(isinstance(s["seconds"], (int, float)) for s in state["stages"].values())
-              and isinstance(state.get("analysed_run", ""), str)
-              and isinstance(state.get("versions", {}), dict))
-    except (KeyError, TypeError, AttributeError):
-        ok = False
-    if not ok:
-        raise StudyError(f"{path} is not a count01 study (format, plan, stages, versions)")
-    run = out / state.get("analysed_run", "")
-    if not run.resolve().is_relative_to(out.resolve()):
-        raise StudyError(f"{path}: analysed_run {run} lies outside the study {out}")
-    return state
 
 
 def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
@@ -315,7 +233,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
 def trained(stage_dir: Path) -> int:
     """Seed-steps a training stage's directory holds: a sweep's finished configurations
     (`sweeps.seed_steps`), or the sentence stage's finished run, seeds x steps."""
-    from .runs import load_config
+    from .files import load_config
     from .sweeps import seed_steps
 
     if (stage_dir / "sweep.json").exists():

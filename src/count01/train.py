@@ -35,6 +35,7 @@ from .criteria import (
     EARLY_STOP_LOSS_FROM,
     SUCCESS_SET,
 )
+from .files import CheckpointError, load_config, locked, remove_leftovers, writable, write_json
 from .language import (
     EOS,
     answer,
@@ -49,17 +50,7 @@ from .language import (
 )
 from .metrics import chunked_logits, evaluate, l_acc, mean_loss
 from .model import Model, by_length, trainable
-from .runs import (
-    OPTIM,
-    CheckpointError,
-    load_config,
-    load_tensors,
-    locked,
-    remove_leftovers,
-    save_tensors,
-    writable,
-    write_json,
-)
+from .runs import OPTIM, load_tensors, save_tensors
 
 SGD_MOMENTUM = 0.9
 # `sentence_rows` per seed: a multiple of this (padded at weight 0), so a seed's rows alone and
@@ -243,7 +234,8 @@ class Trainer:
     per drawn count tuple); with a positional embedding (`Model.pos_loss_grad`, the position
     path) it is a token batch. In the `sentence` framing the count path's gradient is
     `Model.count_rows_loss_grad` (rows of `sentence_rows`). With LayerNorm, and with positions
-    in `sentence`, autograd differentiates the model on token batches. `model`'s trainable
+    in `sentence`, and with L > 1 layers or an MLP, autograd differentiates the model (the
+    reference forward, `Model.run_layers`) on token batches. `model`'s trainable
     weights become views of the
     flat tensor, so it sees every update; `weights()` copies them.
     """
@@ -256,7 +248,8 @@ class Trainer:
         self.moments = {m: torch.zeros_like(self.flat) for m in MOMENTS[cfg.optimizer]}
         self.t = 0  # optimiser steps taken
         # by hand: the count path, and the position path in `classify`; else autograd
-        self.by_hand = not cfg.layernorm and (cfg.count_path or cfg.framing == "classify")
+        self.by_hand = (not cfg.layernorm and cfg.layers == 1 and not cfg.d_mlp
+                        and (cfg.count_path or cfg.framing == "classify"))
         self.sentence = cfg.framing == "sentence"
         self.table = None  # per count triple, for one noise symbol (more: tuples drawn per step)
         if self.by_hand and cfg.count_path and cfg.noise_symbols == 1:

@@ -41,10 +41,9 @@ The package, one job per module: `grid` (the sweep file, its configurations and 
 `driver` (`run_sweep`).
 """
 
-from .driver import run_sweep
-from .executors import EXECUTORS, import_ray
+from importlib import import_module
+
 from .grid import Point, Sweep, SweepError, config_id
-from .jobs import HEAD_SETS, record_run
 from .tables import (
     FORMAT,
     TABLES,
@@ -56,6 +55,20 @@ from .tables import (
     read_sweep,
     seed_steps,
 )
+
+# what trains and runs models (torch) is loaded on first use: the sweep file and the saved tables
+# (`grid`, `tables`) are read, by the report among others, without torch
+_LAZY = {"run_sweep": "driver", "EXECUTORS": "executors", "import_ray": "executors",
+         "HEAD_SETS": "jobs", "record_run": "jobs"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'count01.sweeps' has no attribute {name!r}")
+
 
 __all__ = ["Sweep", "Point", "SweepError", "NoResultsYet", "config_id", "run_sweep", "record_run",
            "read_sweep", "read_points", "read_record", "collect", "load_tables", "seed_steps",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Config
-from ..runs import locked, remove_leftovers, write_json
+from ..files import locked, remove_leftovers, write_json
 from .executors import EXECUTORS, import_ray, inline, local, on_ray
 from .grid import Sweep, SweepError
 from .tables import collect, read_record, result_path, write_sweep, write_tables

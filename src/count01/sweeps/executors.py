@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..runs import watch_parent
+from ..files import watch_parent
 from .grid import Point, SweepError
 from .jobs import run_point
 

@@ -98,6 +98,7 @@ class Sweep:
             where = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base"
             try:
                 cfg = Config.from_dict(self.base | values, source=f"{source} ({where})")
+                cfg.analysable()  # every run of a sweep is analysed
             except Count01Error as e:
                 raise SweepError(str(e)) from None
             values = {k: getattr(cfg, k) for k in values}  # coerced: 1 -> 1.0 for floats

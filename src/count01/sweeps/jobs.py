@@ -12,23 +12,24 @@ from typing import Any
 
 import torch
 
+from ..activations import kind_weights
 from ..aggregation import head_sets
 from ..config import Config
 from ..criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
+from ..files import checkpoints, load_config, read_json, remove_leftovers
 from ..language import EVAL_SETS, eval_set
 from ..metrics import (
     direct_scores,
     evaluate,
     head_table,
     head_thresholds,
-    kind_weights,
     logit_metrics,
     mean_loss,
     ratio_columns,
     readout_columns,
 )
 from ..model import Model
-from ..runs import checkpoints, load, load_config, read_json, remove_leftovers
+from ..runs import load
 from ..train import torch_threads, train
 from .grid import SweepError
 

@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..config import Config, Count01Error
 from ..criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
-from ..runs import atomic_write, read_json, write_json
+from ..files import atomic_write, read_json, write_json
 from .grid import Point, Sweep, SweepError
 
 TABLES = ("results", "heads", "trajectory", "head_trajectory")
