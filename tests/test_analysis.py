@@ -247,3 +247,40 @@ def test_analyze_with_three_noise_symbols_reports_w02_per_symbol_and_their_mean(
     assert set(examples["token"]) <= {"0", "1", "2", "EOS", "BOS"}
     inter = pd.read_csv(tmp_path / "run" / "analysis" / "intervention.csv")
     assert inter["l_acc"].notna().all()
+
+
+def test_analyses_sharing_activations_run_each_set_once_and_give_the_numbers_of_each_alone(
+        monkeypatch):
+    """One `Shared` serves every analysis: each (model, set) is run by the fast paths once for
+    the quantities they share (head table, sweep, aggregation, minimal heads), and every number
+    is the one the analysis computes alone."""
+    from count01 import activations
+    from count01.aggregation import aggregate, minimal_heads
+    from count01.interventions import sweep_columns
+    from count01.language import eval_set
+    from count01.metrics import head_table
+
+    cfg = Config(n_seeds=2, heads=2, eval_size=200, max_len=8, long_max_len=12,
+                 exhaustive_len=5, pos_embed="learned")
+    model = Model.init(cfg).to(torch.float64)
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+
+    def each(shared=None):
+        kw = {} if shared is None else {"shared": shared}
+        return (head_table(model, {"hard": hard}, fit, **kw),
+                {k: v.tolist() for k, v in sweep_columns(model, hard, fit, [0.1, 10], [0, 1],
+                                                         **kw).items()},
+                aggregate(model, {"hard": hard}, fit, **kw),
+                minimal_heads(model, fit, hard, 0.99, **kw))
+
+    alone = each()
+    runs = []
+    real = activations.run_chunks
+    monkeypatch.setattr(activations, "run_chunks",
+                        lambda m, b: (runs.append(b), real(m, b))[1])
+    shared = activations.Shared(model)
+    assert each(shared) == alone
+    # fit and hard: one pass each of the shared quantities, the head outputs and the kind
+    # parts (each alone, the four run the two sets 11 times)
+    assert len(runs) <= 6, len(runs)
+    assert shared.of(fit) is shared.of(fit) and shared.of(fit).batch is fit

@@ -3,7 +3,7 @@ import pytest
 import torch
 from test_metrics import counting_model
 
-from count01 import metrics
+from count01 import activations, metrics
 from count01.config import Config
 from count01.interventions import (
     InterventionError,
@@ -185,7 +185,7 @@ def test_slicing_sets_into_forward_chunks_changes_no_number(monkeypatch):
     batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
     whole = (attention_sweep(model, batch, fit, [0.1, 10], [0, 1], heads="both"),
              value_swap(model, batch, fit))
-    monkeypatch.setattr(metrics, "CACHE_ELEMENTS", 5000)
+    monkeypatch.setattr(activations, "CACHE_ELEMENTS", 5000)
     sliced = (attention_sweep(model, batch, fit, [0.1, 10], [0, 1], heads="both"),
               value_swap(model, batch, fit))
     for rows_a, rows_b in zip(whole, sliced):
@@ -230,3 +230,23 @@ def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_
             if name in ("sentence_counter", "never_ends"):
                 ends = float(name == "sentence_counter")
                 assert r["end"] == ends and r["sentence"] == pytest.approx(r["l_acc"] * ends)
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
+def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(pos_embed):
+    """The hybrid logits of the position path (`_hybrid_pos_logits`, from the tables) are the
+    reference forward's: head i's pattern on head j's values, the rest of the model as is."""
+    from count01.aggregation import unembed
+    from count01.interventions import _hybrid_pos_logits, _hybrid_pred
+    from count01.model import ATTN, PosCache
+
+    model = random_model(heads=3, pos_embed=pos_embed, bos=True)
+    batch = eval_set(model.cfg, "noisy")
+    fast, ref = model.run(batch), model.reference_run(batch)
+    assert isinstance(fast, PosCache)
+    W_O = model.weights[ATTN + "W_O"]
+    hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", ref.pattern, ref.v, W_O)
+    resid = ref.resid - ref.result.permute(2, 0, 1, 3)
+    want = unembed(model, resid[:, None] + hybrid)  # (H, H, S, B, V)
+    assert torch.allclose(_hybrid_pos_logits(model, fast), want, atol=1e-10, rtol=0)
+    assert (_hybrid_pred(model, fast) == want.argmax(-1)).all()

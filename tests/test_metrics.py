@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from count01 import metrics
+from count01 import activations, metrics
 from count01.config import Config
 from count01.controls import COUNTER, SILENT, build
 from count01.language import eval_set, exhaustive
@@ -147,8 +147,8 @@ def test_slicing_a_set_into_forward_chunks_changes_no_number(monkeypatch):
                               pos_embed="learned")).to(torch.float64)
     sets = ("iid", "hard")
     whole = head_table(model, sets)
-    monkeypatch.setattr(metrics, "CACHE_ELEMENTS", 5000)  # slices of a few examples
-    assert len(list(metrics.run_chunks(model, eval_set(model.cfg, "iid")))) > 10
+    monkeypatch.setattr(activations, "CACHE_ELEMENTS", 5000)  # slices of a few examples
+    assert len(list(activations.run_chunks(model, eval_set(model.cfg, "iid")))) > 10
     sliced = head_table(model, sets)
     for a, b in zip(whole, sliced):
         assert a.keys() == b.keys()

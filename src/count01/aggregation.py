@@ -32,9 +32,10 @@ from itertools import combinations
 
 import torch
 
+from .activations import Activations, Shared, weighted_mean
 from .criteria import SUCCESS_L_ACC
-from .language import EOS, Batch, at_end
-from .metrics import as_batches, roc_auc_rows, run_chunks, weighted_mean
+from .language import EOS, Batch
+from .metrics import as_batches, roc_auc_rows
 from .model import Model
 
 MAX_STEPS = 50  # damped Newton steps (without ln_final, ten suffice)
@@ -47,22 +48,23 @@ CHUNK_ELEMENTS = 1 << 22  # bounds (masks, S, B, V, H) per batched fit
 def head_parts(model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual without the heads, base (S, B, d), and the head outputs o (S, B, H, d)."""
     with torch.no_grad():
-        parts = [(c.resid - c.result.sum(2), c.result) for _, c in run_chunks(model, batch)]
-    return torch.cat([b for b, _ in parts], 1), torch.cat([o for _, o in parts], 1)
+        return Activations(model, batch).heads
 
 
-def scheme_metrics(model: Model, batch: Batch, means: torch.Tensor, alpha: torch.Tensor,
+def scheme_metrics(acts: Activations, means: torch.Tensor, alpha: torch.Tensor,
                    keep: torch.Tensor, auc: bool = True, end_means: torch.Tensor | None = None
                    ) -> dict[str, torch.Tensor]:
     """l-acc, valid rate (and AUC) on `batch` of the model with heads reweighted by alpha
     (M, S, H), the heads not kept (M, S, H) mean-ablated. Each (M, S); run in slices. With
     `end_means` (the heads' means at the `sentence` ending) also end and sentence accuracy,
-    the same alpha and mask at the ending."""
+    the same alpha and mask at the ending. acts: the set's Activations (float64)."""
+    model, batch = acts.model, acts.batch
     w = batch.weight.to(torch.float64)
     hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, []
+    endings = acts.end.head_slices() if end_means is not None else None
     with torch.no_grad():
-        for piece, c in run_chunks(model, batch):
-            resid = combine(c.resid - c.result.sum(2), c.result, means, alpha, keep)
+        for piece, base, o in acts.head_slices():
+            resid = combine(base, o, means, alpha, keep)
             logits = unembed(model, resid)  # (M, S, b, V)
             pred = logits.argmax(-1)
             pw = piece.weight.to(torch.float64)
@@ -70,10 +72,9 @@ def scheme_metrics(model: Model, batch: Batch, means: torch.Tensor, alpha: torch
             valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
             if auc:
                 scores.append(logits[..., 1] - logits[..., 0])
-            if end_means is not None:
-                e = model.run(at_end(piece))
-                end = unembed(model, combine(e.resid - e.result.sum(2), e.result, end_means,
-                                             alpha, keep)).argmax(-1) == EOS
+            if endings is not None:  # the same slices, the true answer fed
+                _, ebase, eo = next(endings)
+                end = unembed(model, combine(ebase, eo, end_means, alpha, keep)).argmax(-1) == EOS
                 ends = ends + (end.to(pw.dtype) * pw).sum(-1)
                 whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
     out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
@@ -119,19 +120,19 @@ def logit_jacobian(model: Model, resid: torch.Tensor, tangents: torch.Tensor) ->
     return torch.einsum("msbdh,sdv->msbvh", dn * gain, W_U)
 
 
-def fit_rows(model: Model, fit: Batch, ending: bool = True):
+def fit_rows(model: Model, fit: Batch, ending: bool = True, shared: Shared | None = None):
     """What alpha is fitted on: base (S, R, d), head outputs o (S, R, H, d), the heads' means
     (S, H, d) or per row (S, R, H, d), the targets (R,) and row weights (R,). In `classify`, or
     without `ending`, the rows are the answers of `fit`; in `sentence` the answers and then the
     endings, each query with its own means and half the weight."""
-    m = model.to(torch.float64)
-    base, o = head_parts(m, fit)
-    means = weighted_mean(o, fit.weight, 1)
+    shared = Shared(model) if shared is None else shared
+    fa = shared.of(fit)
+    base, o = fa.heads
+    means, emeans = head_means(model, fit, shared)
     if model.cfg.framing == "classify" or not ending:
         return base, o, means, fit.y, fit.weight
-    end = at_end(fit)
-    ebase, eo = head_parts(m, end)
-    emeans = weighted_mean(eo, fit.weight, 1)
+    end = fa.end.batch
+    ebase, eo = fa.end.heads
     B = len(fit)
     rows = torch.cat([means[:, None].expand(-1, B, -1, -1), emeans[:, None].expand(-1, B, -1, -1)],
                      1)
@@ -139,14 +140,18 @@ def fit_rows(model: Model, fit: Batch, ending: bool = True):
             torch.cat([fit.y, end.y]), torch.cat([fit.weight, fit.weight]))
 
 
-def head_means(model: Model, fit: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+def head_means(model: Model, fit: Batch, shared: Shared | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The heads' weighted means on `fit` (S, H, d) at the answer and, in `sentence`, at the
     ending (else None): what mean ablation puts in a head's place at each query."""
-    m = model.to(torch.float64)
-    means = weighted_mean(head_parts(m, fit)[1], fit.weight, 1)
-    if model.cfg.framing == "classify":
-        return means, None
-    return means, weighted_mean(head_parts(m, at_end(fit))[1], fit.weight, 1)
+    fa = (Shared(model) if shared is None else shared).of(fit)
+
+    def means():
+        at = weighted_mean(fa.heads[1], fit.weight, 1)
+        if model.cfg.framing == "classify":
+            return at, None
+        return at, weighted_mean(fa.end.heads[1], fit.weight, 1)
+    return fa.once("means", means)
 
 
 def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
@@ -217,27 +222,34 @@ def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
     return alpha
 
 
-def fit_alpha(model: Model, fit: Batch, mask: torch.Tensor | None = None) -> torch.Tensor:
+def fit_alpha(model: Model, fit: Batch, mask: torch.Tensor | None = None,
+              shared: Shared | None = None) -> torch.Tensor:
     """alpha (S, H) minimising the answer's cross-entropy on `fit` (in `sentence`, the mean of
     the answer's and the ending's), everything else frozen.
 
     mask (H,) or (S, H) bool: the heads that keep their output (the others are mean-ablated
     and get alpha 0). Starts at the learned alpha = 1, so it never ends worse than learned.
+    Without a mask it is fitted once per `shared` (the aggregation's fitted scheme).
     """
-    base, o, means, y, weight = fit_rows(model, fit)
-    S, H = o.shape[0], o.shape[2]
-    keep = torch.ones(S, H, dtype=torch.bool) if mask is None else mask.expand(S, H).bool()
-    return _fit(model.to(torch.float64), base, o, means, keep[None], y, weight)[0]
+    shared = Shared(model) if shared is None else shared
+
+    def fitted():
+        base, o, means, y, weight = fit_rows(model, fit, shared=shared)
+        S, H = o.shape[0], o.shape[2]
+        keep = torch.ones(S, H, dtype=torch.bool) if mask is None else mask.expand(S, H).bool()
+        return _fit(shared.model, base, o, means, keep[None], y, weight)[0]
+    return fitted() if mask is not None else shared.of(fit).once("alpha_fitted", fitted)
 
 
-def schemes(model: Model, fit: Batch, fitted: torch.Tensor | None = None
-            ) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
+def schemes(model: Model, fit: Batch, fitted: torch.Tensor | None = None,
+            shared: Shared | None = None) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
     """(scheme, head, alpha (S, H), keep (S, H)) of every aggregation scheme; head -1 when the
     scheme concerns the whole model."""
     S, H = model.n_seeds, model.cfg.heads
     ones, all_ = torch.ones(S, H, dtype=torch.float64), torch.ones(S, H, dtype=torch.bool)
-    fitted = fit_alpha(model, fit) if fitted is None else fitted
-    out = [("learned", -1, ones, all_), ("uniform", -1, uniform_alpha(model, fit), all_)]
+    shared = Shared(model) if shared is None else shared
+    fitted = fit_alpha(model, fit, shared=shared) if fitted is None else fitted
+    out = [("learned", -1, ones, all_), ("uniform", -1, uniform_alpha(model, fit, shared), all_)]
     for h in range(H):
         only = torch.zeros(S, H, dtype=torch.bool)
         only[:, h] = True
@@ -245,36 +257,38 @@ def schemes(model: Model, fit: Batch, fitted: torch.Tensor | None = None
     return out + [("fitted", -1, fitted.to(torch.float64), all_)]
 
 
-def mean_norms(model: Model, fit: Batch) -> torch.Tensor:
+def mean_norms(model: Model, fit: Batch, shared: Shared | None = None) -> torch.Tensor:
     """Weighted mean norm of each head's output o_h on `fit`. (S, H)."""
-    _, o = head_parts(model.to(torch.float64), fit)
-    return weighted_mean(o.norm(dim=-1), fit.weight, 1)
+    fa = (Shared(model) if shared is None else shared).of(fit)
+    return fa.once("mean_norms", lambda: weighted_mean(fa.heads[1].norm(dim=-1), fit.weight, 1))
 
 
-def uniform_alpha(model: Model, fit: Batch) -> torch.Tensor:
+def uniform_alpha(model: Model, fit: Batch, shared: Shared | None = None) -> torch.Tensor:
     """alpha_h = (sum_k n_k / m) / n_h over the m heads with output: each at the same mean
     contribution norm, the sum of the norms unchanged. A head with zero output has nothing to
     scale and stays at 0; averaging over it too would shrink the total. (S, H)."""
-    n = mean_norms(model, fit)
+    n = mean_norms(model, fit, shared)
     alive = n > 0
     target = n.sum(-1, keepdim=True) / alive.sum(-1, keepdim=True).clamp(min=1)
     return torch.where(alive, target / n.clamp(min=1e-300), 0.0)
 
 
-def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None) -> list[dict]:
+def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None,
+              shared: Shared | None = None) -> list[dict]:
     """Tidy rows (scheme, head, seed, set, l_acc, valid, auc; in `sentence` also end and
     sentence) for every scheme and set.
 
     sets: names or name -> Batch. fitted: a precomputed fit_alpha(model, fit), to reuse.
+    shared: the sets' Activations, if other analyses read them too.
     """
-    m = model.to(torch.float64)
-    plan = schemes(m, fit, fitted)
+    shared = Shared(model) if shared is None else shared
+    plan = schemes(shared.model, fit, fitted, shared)
     alpha = torch.stack([a for _, _, a, _ in plan])  # (M, S, H)
     keep = torch.stack([k for _, _, _, k in plan])
-    means, end_means = head_means(m, fit)
+    means, end_means = head_means(model, fit, shared)
     rows = []
     for name, batch in as_batches(model.cfg, sets).items():
-        got = {k: v.numpy() for k, v in scheme_metrics(m, batch, means, alpha, keep,
+        got = {k: v.numpy() for k, v in scheme_metrics(shared.of(batch), means, alpha, keep,
                                                        end_means=end_means).items()}
         for j, (scheme, head, _, _) in enumerate(plan):
             for i, seed in enumerate(model.seeds):
@@ -283,11 +297,12 @@ def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None
     return rows
 
 
-def _subset_l_acc(m: Model, fit: Batch, batch: Batch, subsets: list[tuple[int, ...]], parts
+def _subset_l_acc(m: Model, acts: Activations, subsets: list[tuple[int, ...]], parts
                   ) -> torch.Tensor:
     """l-acc on `batch` of each head subset (the others mean-ablated, alpha refitted on `fit`),
     every seed at once, in slices that bound memory. (M, S)."""
     (fbase, fo, rows, y, weight), means = parts
+    batch = acts.batch
     S, H = fo.shape[0], fo.shape[2]
     step = max(1, CHUNK_ELEMENTS // (S * max(fo.shape[1], len(batch)) * m.cfg.d_vocab * max(H, 1)))
     out = []
@@ -297,45 +312,46 @@ def _subset_l_acc(m: Model, fit: Batch, batch: Batch, subsets: list[tuple[int, .
         for j, heads in enumerate(chunk):
             keep[j, :, list(heads)] = True
         alpha = _fit(m, fbase, fo, rows, keep, y, weight)
-        out.append(scheme_metrics(m, batch, means, alpha, keep, auc=False)["l_acc"])
+        out.append(scheme_metrics(acts, means, alpha, keep, auc=False)["l_acc"])
     return torch.cat(out)
 
 
-def _parts(model: Model, fit: Batch):
+def _parts(model: Model, fit: Batch, shared: Shared | None = None):
     """What a head set's alpha is refitted on: the answers alone, whatever the framing, since
     the minimal head set and the division of labour (SPEC 4) are judged on answer l-acc."""
-    m = model.to(torch.float64)
-    return m, (fit_rows(m, fit, ending=False), head_means(m, fit)[0])
+    shared = Shared(model) if shared is None else shared
+    return fit_rows(model, fit, ending=False, shared=shared), head_means(model, fit, shared)[0]
 
 
-def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC
-                  ) -> list[list[int] | None]:
+def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC,
+                  shared: Shared | None = None) -> list[list[int] | None]:
     """Per seed, the smallest set of heads that keeps l-acc >= threshold on `batch` once alpha
     is refitted on `fit` (the other heads mean-ablated). Exhaustive by size, 0 heads first, all
     subsets of one size and all seeds fitted in one batched pass; among passing sets of the
     smallest size, the one with the highest l-acc (then the first in lexicographic order).
     None for a seed where not even all heads refitted reach the threshold.
     """
-    return head_sets(model, fit, batch, threshold)[0]
+    return head_sets(model, fit, batch, threshold, shared)[0]
 
 
 LABOURS = ("pseudo-ensemble", "divided", "mixed", "unsolved")
 
 
-def head_sets(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC
-              ) -> tuple[list[list[int] | None], list[str]]:
+def head_sets(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC,
+              shared: Shared | None = None) -> tuple[list[list[int] | None], list[str]]:
     """Per seed, the minimal head set (`minimal_heads`) and the division of labour (SPEC 4):
     "pseudo-ensemble" if every head alone (others mean-ablated, alpha refitted) keeps l-acc >=
     threshold on `batch`; "divided" if the minimal head set has two or more heads; "mixed"
     otherwise; "unsolved" if no head set reaches it. One search serves both: the single heads are
     always fitted."""
-    m, parts = _parts(model, fit)
+    shared = Shared(model) if shared is None else shared
+    m, acts, parts = shared.model, shared.of(batch), _parts(model, fit, shared)
     S, H = parts[0][1].shape[0], parts[0][1].shape[2]
     found: list[list[int] | None] = [None] * S
     alone = torch.zeros(max(H, 1), S, dtype=torch.bool)
     for k in range(H + 1):
         subsets = list(combinations(range(H), k))
-        acc = _subset_l_acc(m, fit, batch, subsets, parts)  # (M, S)
+        acc = _subset_l_acc(m, acts, subsets, parts)  # (M, S)
         if k == 1:
             alone = acc >= threshold
         for i in range(S):

@@ -81,6 +81,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import plots
+from .activations import Shared
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
 from .config import Count01Error
 from .controls import ideal_intervention
@@ -88,7 +89,7 @@ from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .files import DIR_MODE, locked, watch_parent, write_json
 from .interventions import default_grid, sweep_columns, value_swap
 from .language import EVAL_SETS, eval_set, from_digits, vocab
-from .metrics import head_table, set_metrics
+from .metrics import evaluate_logits, head_table
 from .runs import load
 from .train import torch_threads
 
@@ -188,7 +189,8 @@ def _figure_process() -> ProcessPoolExecutor:
 def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarray], tmp: Path,
              pool, progress: bool) -> dict:
     """Every table, written to tmp as it is done (figures submitted to `pool`), and the summary
-    with the time of each stage."""
+    with the time of each stage. Every analysis reads one `Shared`: each set is run, and each
+    quantity fitted on `fit` computed, once for all of them."""
     cfg = model.cfg
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
@@ -210,18 +212,22 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
         bar.update(1)
         t = time.perf_counter(), time.process_time()
 
+    shared = Shared(model)
     rows = []
     with torch.no_grad():
         for name, batch in sets.items():
-            got = set_metrics(model, batch)
+            a = shared.of(batch)
+            got = evaluate_logits(a.logits, batch,
+                                  a.end.logits if cfg.framing == "sentence" else None)
             rows += [{"set": name, "seed": seed} | {k: float(v[i]) for k, v in got.items()}
                      for i, seed in enumerate(model.seeds)]
     done("model", "model", pd.DataFrame(rows))
 
-    done("heads", "heads", pd.DataFrame(head_table(model, sets, fit)))
+    done("heads", "heads", pd.DataFrame(head_table(model, sets, fit, shared)))
 
     w01, w02 = grid
-    inter = pd.DataFrame(sweep_columns(model, sets[sweep_set], fit, w01, w02, heads="both"))
+    inter = pd.DataFrame(sweep_columns(model, sets[sweep_set], fit, w01, w02, heads="both",
+                                       shared=shared))
     inter.insert(0, "set", sweep_set)
     done("intervention", "intervention", inter)
     ideal = ideal_intervention(cfg, sets[sweep_set], fit, w01)
@@ -229,16 +235,16 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
     tables["ideal_intervention"] = ideal
     ideal.to_csv(tmp / "ideal_intervention.csv", index=False)
 
-    fitted = fit_alpha(model, fit)
-    norms, uniform = mean_norms(model, fit), uniform_alpha(model, fit)
+    fitted = fit_alpha(model, fit, shared=shared)
+    norms, uniform = mean_norms(model, fit, shared), uniform_alpha(model, fit, shared)
     tables["alpha"] = pd.DataFrame([
         {"seed": seed, "head": h, "mean_norm": float(norms[i, h]), "alpha_learned": 1.0,
          "alpha_uniform": float(uniform[i, h]), "alpha_fitted": float(fitted[i, h])}
         for i, seed in enumerate(model.seeds) for h in range(cfg.heads)])
     tables["alpha"].to_csv(tmp / "alpha.csv", index=False)
-    done("aggregation", "aggregation", pd.DataFrame(aggregate(model, sets, fit, fitted)))
+    done("aggregation", "aggregation", pd.DataFrame(aggregate(model, sets, fit, fitted, shared)))
 
-    found = minimal_heads(model, fit, sets[sweep_set], SUCCESS_L_ACC)
+    found = minimal_heads(model, fit, sets[sweep_set], SUCCESS_L_ACC, shared)
     done("minimal_heads", "minimal_heads", pd.DataFrame([
         {"seed": seed, "n_heads": -1 if f is None else len(f),
          "heads": "none" if f is None else ";".join(map(str, f)),
@@ -247,7 +253,7 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
 
     swaps = []
     for name, batch in sets.items():
-        swaps += [{"set": name} | r for r in value_swap(model, batch, fit)]
+        swaps += [{"set": name} | r for r in value_swap(model, batch, fit, shared)]
     done("value_swap", "value_swap", pd.DataFrame(swaps))
 
     done("attention_examples", "attention_examples", attention_examples(model))

@@ -18,28 +18,23 @@ Value swap: head i keeps its attention pattern and takes head j's value/output w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
 import torch
 
+from .activations import Activations, KindParts, Shared, kind_weights
 from .aggregation import unembed
 from .config import Count01Error
-from .language import EOS, Batch, at_end, noise_ids
+from .language import EOS, Batch, noise_ids
 from .metrics import (
-    RatioSums,
-    chunked_logits,
-    direct_scores,
     fit_threshold,
-    kind_counts,
-    kind_weights,
+    fit_thresholds,
     logit_metrics,
     roc_auc_rows,
-    run_chunks,
     threshold_acc,
 )
-from .model import ATTN, Cache, Model
+from .model import ATTN, Cache, Model, PosCache
 
 
 class InterventionError(Count01Error):
@@ -63,56 +58,9 @@ def default_grid(n: int = 25, lo: float = GRID_RANGE[0], hi: float = GRID_RANGE[
     return w, np.concatenate([[0.0], w])
 
 
-@dataclass
-class KindParts:
-    """One set's heads decomposed by token kind, in the readout space R (vocab, or d_model when
-    ln_final makes the readout non-linear)."""
-
-    n: torch.Tensor  # (S|1, B, V) occurrences of each kind (V = d_vocab, id order)
-    direct: torch.Tensor  # (S, H, B, V) sum over occurrences of kind t of the direct score
-    out: torch.Tensor  # (S, H, B, V, R) sum over occurrences of kind t of v W_O, read out
-    orig: torch.Tensor  # (S, H, B, R) each head's unintervened output, read out
-    rest: torch.Tensor  # (S, B, R) everything but the heads: e(EOS) + p + b_O (+ b_U), read out
-    weights: torch.Tensor  # (S, H, V) measured per-occurrence weights relative to a 0
-
-
-def _readout(model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The linear map into the space logits are computed from: W_U (and b_U) without ln_final;
-    the identity with it (the non-linear unembed then runs on the recombined residual)."""
-    w = model.weights
-    if model.cfg.layernorm:
-        d = w["unembed.W_U"].shape[1]
-        eye = torch.eye(d, dtype=w["unembed.W_U"].dtype).expand(model.n_seeds, d, d)
-        return eye, None
-    return w["unembed.W_U"], w["unembed.b_U"]
-
-
 def kind_parts(model: Model, batch: Batch) -> KindParts:
     """Run the model on `batch` (in slices) and decompose every head's output by token kind."""
-    w = model.weights
-    W_O = w[ATTN + "W_O"]
-    R, bias = _readout(model)
-    dU = w["unembed.W_U"][..., 1] - w["unembed.W_U"][..., 0]  # (S, d)
-    fields: dict[str, list[torch.Tensor]] = {}
-    ratios = RatioSums(model)
-    with torch.no_grad():
-        for piece, c in run_chunks(model, batch):
-            onehot = torch.nn.functional.one_hot(c.kinds, model.cfg.d_vocab).to(c.mult.dtype)
-            occ = onehot * c.mult[..., None]  # (S|1, b, K, V)
-            vk = torch.einsum("sbkt,sbhke->sbhte", occ, c.v)  # (S, b, H, V, d_head)
-            got = {"n": kind_counts(c),
-                   "direct": torch.einsum("sbhte,shed,sd->shbt", vk, W_O, dU),
-                   "out": torch.einsum("sbhte,shed,sdr->shbtr", vk, W_O, R),
-                   "orig": torch.einsum("sbhd,sdr->shbr", c.result, R),
-                   "rest": torch.einsum("sbd,sdr->sbr", c.resid - c.result.sum(2), R)}
-            for k, v in got.items():
-                fields.setdefault(k, []).append(v)
-            ratios.add(piece, c)
-    axis = {"n": 1, "direct": 2, "out": 2, "orig": 2, "rest": 1}  # the example axis
-    parts = {k: torch.cat(v, axis[k]) for k, v in fields.items()}
-    if bias is not None:
-        parts["rest"] = parts["rest"] + bias[:, None]
-    return KindParts(**parts, weights=ratios.value())
+    return Activations(model, batch).kind_parts
 
 
 def grid_weights(parts: KindParts, w01: torch.Tensor, w02: torch.Tensor) -> torch.Tensor:
@@ -175,24 +123,24 @@ def attention_sweep(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_g
 
 
 def sweep_columns(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_grid=None,
-                  heads: str = "each") -> dict[str, np.ndarray]:
+                  heads: str = "each", shared: Shared | None = None) -> dict[str, np.ndarray]:
     """`attention_sweep` as columns (one array per field, rows in the same order): what a data
-    frame is built from without a dict per row."""
+    frame is built from without a dict per row. shared: the sets' Activations, if other
+    analyses read them too."""
     modes = {"each": ("each",), "all": ("all",), "both": ("each", "all")}.get(heads)
     if modes is None:
         raise InterventionError(f"heads must be 'each', 'all' or 'both', got {heads!r}")
     d01, d02 = default_grid()
     w01_grid = _grid(d01 if w01_grid is None else w01_grid, "w01")
     w02_grid = _grid(d02 if w02_grid is None else w02_grid, "w02")
-    m = model.to(torch.float64)
-    parts, fparts = kind_parts(m, batch), kind_parts(m, fit)
-    ends = None  # the sentence framing's ending, after the true answer (not intervened)
-    if model.cfg.framing == "sentence":
-        with torch.no_grad():
-            ends = chunked_logits(m, at_end(batch)).argmax(-1) == EOS  # (S, B)
+    shared = Shared(model) if shared is None else shared
+    m, acts = shared.model, shared.of(batch)
     with torch.no_grad():
-        scores = torch.cat([direct_scores(m, c.result) for _, c in run_chunks(m, fit)], -1)
-        t0 = fit_threshold(scores, fit.y, fit.weight)  # (S, H): the readout before
+        parts, fparts = acts.kind_parts, shared.of(fit).kind_parts
+        ends = None  # the sentence framing's ending, after the true answer (not intervened)
+        if model.cfg.framing == "sentence":
+            ends = acts.end.logits.argmax(-1) == EOS  # (S, B)
+        t0 = fit_thresholds(shared, fit)  # (S, H): the readout before
         g01 = w01_grid.repeat_interleave(len(w02_grid))
         g02 = w02_grid.repeat(len(w01_grid))
         S, H, B, _, R = parts.out.shape
@@ -284,24 +232,28 @@ def intervened_run(model: Model, batch: Batch, w01: float, w02: float,
         return model.run(batch, attn_override=override)
 
 
-def value_swap(model: Model, batch: Batch, fit: Batch) -> list[dict]:
+def value_swap(model: Model, batch: Batch, fit: Batch, shared: Shared | None = None
+               ) -> list[dict]:
     """Head i's attention with head j's value/output weights, for every ordered pair (i, j).
 
     Rows per (seed, attn_head i, ov_head j): s_acc of the hybrid's direct score on `batch`,
     with its threshold refitted on `fit`, and l_acc of the whole model with the hybrid in place
     of head i (s-acc refits the readout, so it cannot see a change of scale; l-acc can); in the
     `sentence` framing also end and sentence, with the hybrid in place at the ending's query
-    too. i == j is the head itself.
+    too. i == j is the head itself. shared: the sets' Activations (the thresholds on `fit` are
+    kept there).
     """
-    m = model.to(torch.float64)
+    shared = Shared(model) if shared is None else shared
+    m, fa, acts = shared.model, shared.of(fit), shared.of(batch)
     sentence = model.cfg.framing == "sentence"
     with torch.no_grad():
-        t = fit_threshold(torch.cat([_hybrid_scores(m, c) for _, c in run_chunks(m, fit)], -1),
-                          fit.y, fit.weight)  # (S, H, H)
+        t = fa.once("swap_thresholds", lambda: fit_threshold(
+            torch.cat([_hybrid_scores(m, c) for _, c in fa.chunks()], -1),
+            fit.y, fit.weight))  # (S, H, H)
         hits = 0.0
         right = {k: 0.0 for k in ("l_acc",) + SENTENCE_METRICS * sentence}
-        endings = run_chunks(m, at_end(batch)) if sentence else repeat((None, None))
-        for (piece, c), (_, e) in zip(run_chunks(m, batch), endings):
+        endings = acts.end.chunks() if sentence else repeat((None, None))
+        for (piece, c), (_, e) in zip(acts.chunks(), endings):
             hits = hits + threshold_acc(_hybrid_scores(m, c), t, piece.y, piece.weight) \
                 * piece.weight.sum()
             w = piece.weight.to(torch.float64)
@@ -323,11 +275,32 @@ def value_swap(model: Model, batch: Batch, fit: Batch) -> list[dict]:
 def _hybrid_pred(model: Model, c: Cache) -> torch.Tensor:
     """The model's argmax with head i replaced by the hybrid (attention of i, value/output
     weights of j), at the query of cache c. (H_attn, H_ov, S, B)."""
+    if isinstance(c, PosCache):
+        return _hybrid_pos_logits(model, c).argmax(-1)
     W_O = model.weights[ATTN + "W_O"]
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, c.v.expand(
         -1, c.pattern.shape[1], -1, -1, -1), W_O)  # (H, H, S, B, d)
     resid = c.resid - c.result.permute(2, 0, 1, 3)  # (H, S, B, d): head i taken out
     return unembed(model, resid[:, None] + hybrid).argmax(-1)
+
+
+def _hybrid_pos_logits(model: Model, c: PosCache) -> torch.Tensor:
+    """`_hybrid_pred`'s logits (H_attn, H_ov, S, B, V) on the position path, from its tables:
+    without ln_final the logits are a sum of the heads' shares, and head i's pattern on head
+    j's values reads (mass_i r_E^j + u_i r_P^j) / D_i + b_V^j M^j into them (`Model.pos_tables`:
+    r_E, r_P are the token and position values through M = W_O W_U), no per-position value."""
+    f, t = c._f, c._t
+    S, H, B, L = f["u"].shape
+    V = t["rE"].shape[-1]
+    bias = (model.weights[ATTN + "b_V"][:, :, None] @ t["M"])[:, :, 0]  # (S, H, V) b_V^h M^h
+    own = f["zl"] + bias[:, :, None]  # (S, H, B, V) head i's share of the logits
+    read = torch.cat([t["rE"], t["rP"][:, :, :L]], 2)  # (S, H_ov, V + L, V)
+    seen = torch.cat([f["mass"], f["u"]], 3) / f["D"]  # (S, H_attn, B, V + L)
+    hyb = torch.bmm(seen.reshape(S, H * B, V + L),
+                    read.permute(0, 2, 1, 3).reshape(S, V + L, H * V)).view(S, H, B, H, V)
+    hyb = hyb + bias[:, None, None]  # (S, H_attn, B, H_ov, V)
+    logits = c.logits[:, None, :, None] - own[:, :, :, None] + hyb
+    return logits.permute(1, 3, 0, 2, 4)
 
 
 def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:

@@ -30,6 +30,13 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from .activations import (
+    RatioSums,
+    Shared,
+    chunked_logits,
+    direct_scores,
+    run_chunks,
+)
 from .config import Count01Error
 from .language import (
     BOS,
@@ -47,7 +54,6 @@ from .language import (
 
 PROBE_C, PROBE_ITER = 100.0, 2000  # weak regularisation: the probe is an upper bound
 SORT_THREADS = min(4, os.cpu_count() or 1)
-CACHE_ELEMENTS = 1 << 24  # per forward slice: bounds memory (a cache tensor <= 128 MB)
 
 
 def l_acc(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -91,11 +97,9 @@ def sentence_acc(logits: torch.Tensor, end: torch.Tensor, y: torch.Tensor,
 
 def evaluate_logits(logits: torch.Tensor, batch: Batch, end: torch.Tensor | None = None
                     ) -> dict[str, np.ndarray]:
-    """l-acc, valid rate and ROC AUC per seed of logits (S, B, V) on one evaluation set; with
-    the logits at the answer y (`end`, the `sentence` framing), end and sentence accuracy."""
-    out = {"l_acc": l_acc(logits, batch.y, batch.weight).double().numpy(),
-           "valid": valid_rate(logits, batch.weight).double().numpy(),
-           "auc": roc_auc_rows(score(logits), batch.y, batch.weight).numpy()}
+    """`logit_metrics` per seed of logits (S, B, V) on one evaluation set, as arrays; with the
+    logits at the answer y (`end`, the `sentence` framing), end and sentence accuracy."""
+    out = {k: v.double().numpy() for k, v in logit_metrics(logits, batch).items()}
     if end is not None:
         out["end"] = end_acc(end, batch.weight).double().numpy()
         out["sentence"] = sentence_acc(logits, end, batch.y, batch.weight).double().numpy()
@@ -110,11 +114,10 @@ def set_metrics(model, batch: Batch) -> dict[str, np.ndarray]:
 
 
 def logit_metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-    """l-acc, valid rate and ROC AUC of logits (..., B, V) with any leading axes. Each (...)."""
-    pred = logits.argmax(-1)
-    w = batch.weight.to(torch.float64)
-    return {"l_acc": ((pred == batch.y).to(w.dtype) * w).sum(-1) / w.sum(),
-            "valid": ((pred <= ONE).to(w.dtype) * w).sum(-1) / w.sum(),
+    """l-acc, valid rate and ROC AUC of logits (..., B, V) with any leading axes, each (...):
+    the one definition of the three (SPEC 4) every analysis scores a model with."""
+    return {"l_acc": l_acc(logits, batch.y, batch.weight),
+            "valid": valid_rate(logits, batch.weight),
             "auc": roc_auc_rows(score(logits), batch.y, batch.weight)}
 
 
@@ -267,39 +270,6 @@ def threshold_acc(score: torch.Tensor, t: torch.Tensor, y: torch.Tensor, weight:
 
 # --- heads -------------------------------------------------------------------------------------
 
-def sub_batch(batch: Batch, a: int, b: int) -> Batch:
-    """Examples a..b-1 of an evaluation set (no seed axis)."""
-    cut = (None, None) if batch.tokens is None else (batch.tokens[a:b], batch.eos_pos[a:b])
-    query = None if batch.query is None else batch.query[a:b]
-    return Batch(batch.counts[a:b], batch.y[a:b], batch.weight[a:b], *cut, query)
-
-
-def run_chunks(model, batch: Batch):
-    """(slice, cache) over consecutive slices of `batch`, each small enough that no cache tensor
-    exceeds CACHE_ELEMENTS: every number over a whole set is then a sum or a concatenation over
-    slices (the token path's `exhaustive` set holds 797,161 strings)."""
-    slots = model.cfg.d_vocab if model.cfg.count_path or batch.tokens is None else batch.tokens.shape[-1]
-    per_example = model.n_seeds * model.cfg.heads * slots * max(model.cfg.d_head_,
-                                                                 model.cfg.d_model)
-    size = max(1, CACHE_ELEMENTS // per_example)
-    for a in range(0, len(batch), size):
-        piece = batch if size >= len(batch) else sub_batch(batch, a, a + size)
-        yield piece, model.run(piece)
-
-
-def chunked_logits(model, batch: Batch) -> torch.Tensor:
-    """model(batch) in slices: logits (S, B, V) without a whole-set cache in memory."""
-    if model.cfg.count_path and batch.query is None:
-        return model(batch)  # the count path never builds a per-token cache
-    return torch.cat([c.logits for _, c in run_chunks(model, batch)], 1)
-
-
-def direct_scores(model, result: torch.Tensor) -> torch.Tensor:
-    """s_h = (o_h W_U)[1] - (o_h W_U)[0] of head outputs result (S, B, H, d). -> (S, H, B)."""
-    W_U = model.weights["unembed.W_U"].to(result.dtype)
-    return torch.einsum("sbhd,sd->shb", result, W_U[..., ONE] - W_U[..., ZERO])
-
-
 def kind_names(k: int) -> tuple[str, ...]:
     """Column suffixes of the token kinds, in token-id order (k noise symbols)."""
     return ("0", "1", "2", "eos", "bos") + tuple(str(i) for i in range(5, k + 4))
@@ -313,56 +283,6 @@ def w02(w: np.ndarray, k: int) -> np.ndarray:
     measured = ~np.isnan(noise)
     with np.errstate(invalid="ignore"):  # nan only where no symbol was measured at all
         return np.where(measured, noise, 0.0).sum(-1) / measured.sum(-1)
-
-
-def kind_counts(cache) -> torch.Tensor:
-    """Occurrences of each token kind, in id order, that the EOS query sees. (S|1, B, V)."""
-    onehot = torch.nn.functional.one_hot(cache.kinds, cache.logits.shape[-1])
-    onehot = onehot.to(cache.mult.dtype)
-    return (onehot * cache.mult[..., None]).sum(-2)
-
-
-def kind_weights(model, cache, batch: Batch) -> torch.Tensor:
-    """Per-occurrence attention on each kind relative to a 0 (w(0) = 1). (S, H, V), id order.
-
-    Count path: exp(score(t) - score(0)), exact. Token path: per example, the mean attention per
-    token of kind t over the mean per 0, averaged (weighted) over examples holding both kinds;
-    nan for a kind no example holds (BOS when bos is off).
-    """
-    if model.cfg.count_path and cache.scores.shape[1] == 1:
-        sc = cache.scores[:, 0]  # (S, H, V)
-        return torch.exp(sc - sc[..., ZERO:ZERO + 1])
-    num, den = _ratio_sums(cache, batch)
-    return num / den  # nan where no example holds the kind
-
-
-def _ratio_sums(cache, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token path: the weighted sum over examples of each kind's ratio (S, H, V) and the weight
-    of the examples that hold the kind and a 0 (S|1, 1, V): sums, so slices add up."""
-    n = kind_counts(cache)[:, :, None, :]  # (S|1, B, 1, V)
-    per = cache.mass() / n.clamp(min=1)  # (S, B, H, V) attention per occurrence
-    ok = (n > 0) & (n[..., ZERO:ZERO + 1] > 0)
-    ratio = torch.where(ok, per / per[..., ZERO:ZERO + 1], 0.0)
-    w = batch.weight.to(per.dtype)[None, :, None, None] * ok
-    return (ratio * w).sum(1), w.sum(1)
-
-
-class RatioSums:
-    """`kind_weights` of a whole set accumulated over its slices: add(slice, cache), value()."""
-
-    def __init__(self, model):
-        self.model, self.exact, self.num, self.den = model, None, 0.0, 0.0
-
-    def add(self, piece: Batch, cache) -> None:
-        if self.model.cfg.count_path:
-            self.exact = kind_weights(self.model, cache, piece)  # the same for every slice
-        else:
-            num, den = _ratio_sums(cache, piece)
-            self.num, self.den = self.num + num, self.den + den
-
-    def value(self) -> torch.Tensor:
-        """(S, H, V) per-occurrence weights relative to a 0."""
-        return self.exact if self.exact is not None else self.num / self.den
 
 
 def measured_weights(model, batch: Batch) -> torch.Tensor:
@@ -390,14 +310,6 @@ def ratio_columns(w, k: int) -> dict:
     """The named attention ratios of per-kind weights w (..., d_vocab), k noise symbols."""
     out = {"w01": w[..., ONE], "w02": w02(w, k), "w_eos": w[..., EOS], "w_bos": w[..., BOS]}
     return out | ({f"w02_{i}": w[..., i] for i in noise_ids(k)} if k > 1 else {})
-
-
-def weighted_mean(x: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """Mean of x along `dim` (the example axis) weighted by weight (B,)."""
-    shape = [1] * x.dim()
-    shape[dim] = -1
-    w = weight.to(x.dtype).view(shape)
-    return (x * w).sum(dim) / w.sum()
 
 
 def fit_probes(result: torch.Tensor, fit: Batch) -> list[list]:
@@ -460,6 +372,14 @@ def head_thresholds(model, result: torch.Tensor, fit: Batch) -> torch.Tensor:
     return fit_threshold(direct_scores(model, result), fit.y, fit.weight)
 
 
+def fit_thresholds(shared: Shared, fit: Batch) -> torch.Tensor:
+    """`head_thresholds` of the head outputs `fit`'s Activations keep, fitted once per (model,
+    fit set) and shared by every analysis. From the whole set's o_h in one product, not the
+    slices' scores: slices depend on the number of seeds, and a seed's threshold must not."""
+    a = shared.of(fit)
+    return a.once("thresholds", lambda: head_thresholds(shared.model, a.heads[1], fit))
+
+
 def readout_columns(s: torch.Tensor, t: torch.Tensor, batch: Batch) -> dict[str, np.ndarray]:
     """head_auc and s_acc (S, H) of the heads' direct scores s (S, H, B) on `batch`, s-acc read
     with the thresholds t (S, H) of `head_thresholds`."""
@@ -467,33 +387,31 @@ def readout_columns(s: torch.Tensor, t: torch.Tensor, batch: Batch) -> dict[str,
             "s_acc": threshold_acc(s, t, batch.y, batch.weight).numpy()}
 
 
-def head_table(model, sets=EVAL_SETS, fit: Batch | None = None) -> list[dict]:
+def head_table(model, sets=EVAL_SETS, fit: Batch | None = None, shared: Shared | None = None
+               ) -> list[dict]:
     """Tidy rows, one per (set, seed, head): head_auc, s_acc, probe_s_acc, attention statistics.
 
     Thresholds and probes are fitted on `fit` (default: the `fit` split), then scored on each
-    set; every number is weighted by the set's example weights; computed in float64, each set
-    run in slices (`run_chunks`).
+    set; every number is weighted by the set's example weights; computed in float64 from the
+    sets' `Activations` (`shared`: those other analyses read too).
     """
-    m = model.to(torch.float64)
+    shared = Shared(model) if shared is None else shared
     fit = eval_set(model.cfg, "fit") if fit is None else fit
+    fa = shared.of(fit)
     with torch.no_grad():
-        result = torch.cat([c.result for _, c in run_chunks(m, fit)], 1)  # (S, B, H, d)
-        t = head_thresholds(m, result, fit)  # (S, H)
-        probes = fit_probes(result, fit)
+        t = fit_thresholds(shared, fit)  # (S, H)
+        probes = fa.once("probes", lambda: fit_probes(fa.heads[1], fit))
         rows = []
         for name, batch in as_batches(model.cfg, sets).items():
-            scores, hits, mass, ratios = [], 0.0, 0.0, RatioSums(m)
-            for piece, c in run_chunks(m, batch):
-                scores.append(direct_scores(m, c.result))  # (S, H, b)
-                hits = hits + probe_hits(probes, c.result, piece)
-                mass = mass + (c.mass() * piece.weight[None, :, None, None]).sum(1)  # (S, H, V)
-                ratios.add(piece, c)
-            s = torch.cat(scores, -1)  # (S, H, B)
+            a = shared.of(batch)
+            hits = 0.0
+            for piece, _, o in a.head_slices():  # o_h, kept whole where it is small
+                hits = hits + probe_hits(probes, o, piece)
             total = float(batch.weight.sum())
-            readout = readout_columns(s, t, batch)
+            readout = readout_columns(a.direct, t, batch)
             pacc = hits / total
-            ratio = ratio_columns(ratios.value().numpy(), model.cfg.noise_symbols)  # each (S, H)
-            mass = (mass / total).numpy()
+            ratio = ratio_columns(a.weights.numpy(), model.cfg.noise_symbols)  # each (S, H)
+            mass = a.mass.numpy()
             names = kind_names(model.cfg.noise_symbols)
             for i, seed in enumerate(model.seeds):
                 for h in range(mass.shape[1]):

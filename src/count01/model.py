@@ -499,28 +499,41 @@ class Model:
         if L > self.cfg.n_ctx:
             raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
         E, P = w["embed.W_E"], w["pos_embed.W_pos"][:, :L]  # (S, V, d), (S, L, d)
-        V = E.shape[1]
-        W_Q, W_K, W_V = w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]
+        S, V, d = E.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
         W_O, W_U = w[ATTN + "W_O"], w["unembed.W_U"]
+        # the products with a weight are one bmm per seed, heads side by side (a broadcast
+        # matmul over heads copies its operands: 5x slower), and r one with a block-diagonal M
         xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input with EOS at position p
-        q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(self.cfg.d_head_))
-        X = torch.cat([E, P], 1)[:, None]  # (S, 1, V + L, d): token rows, then position rows
-        k = X @ W_K  # (S, H, V + L, e), one product for both parts
-        k = torch.cat([k[:, :, :V] + w[ATTN + "b_K"][:, :, None], k[:, :, V:]], 2)
-        scores = q @ k.transpose(2, 3)  # (S, H, L, V + L) [p, t] then [p, j]
+        W_Qs = w[ATTN + "W_Q"].permute(0, 2, 1, 3).reshape(S, d, H * e)
+        q = torch.baddbmm(w[ATTN + "b_Q"].view(S, 1, H * e), xq, W_Qs).mul_(
+            1.0 / math.sqrt(e))  # (S, L, H*e)
+        X = torch.cat([E, P], 1)  # (S, V + L, d): token rows, then position rows
+        W_kv = torch.cat([w[ATTN + "W_K"], w[ATTN + "W_V"]], 3).permute(0, 2, 1, 3).reshape(
+            S, d, H * 2 * e)  # per head its key then its value columns
+        kv = torch.bmm(X, W_kv).view(S, V + L, H, 2, e)  # one product for both parts
+        k = kv[:, :, :, 0].clone()  # (S, V + L, H, e)
+        k[:, :V] += w[ATTN + "b_K"][:, None]
+        v = kv[:, :, :, 1]  # (S, V + L, H, e)
+        # (S, H, L, V + L) [p, t] then [p, j]; a bmm per head here (no faster side by side)
+        scores = q.view(S, L, H, e).transpose(1, 2) @ k.permute(0, 2, 3, 1)
         tok, pos_all = scores[..., :V], scores[..., V:]
-        pos = pos_all.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
-        M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
-        v = X @ W_V  # (S, H, V + L, e)
-        r = v @ M  # (S, H, V + L, V)
-        rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
+        after = torch.ones(L, L, dtype=torch.bool).triu(1)  # j > p: the causal mask
+        pos = pos_all.masked_fill(after, -math.inf)
+        M = torch.bmm(W_O.view(S, H * e, d), W_U)  # (S, H*e, V): a value's map to the logits
+        r = torch.bmm(v.reshape(S, V + L, H * e), _blocks(M.view(S, H, e, V)))
+        r = r.view(S, V + L, H, V).transpose(1, 2).contiguous()  # (S, H, V + L, V)
+        rb = torch.bmm(w[ATTN + "b_V"].view(S, 1, H * e), M)  # (S, 1, V): sum_j a_j = 1
         xo = E[:, EOS, None] + P + w[ATTN + "b_O"][:, None]  # (S, L, d) residual at EOS, no heads
-        return {"X": X, "xq": xq, "q": q, "k": k, "tok": tok, "pos": pos, "pos_all": pos_all,
-                "M": M, "v": v, "vE": v[:, :, :V], "vP": v[:, :, V:], "rE": r[:, :, :V],
-                "rP": r[:, :, V:], "xo": xo,
-                "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
+        v = v.transpose(1, 2)  # (S, H, V + L, e)
+        return {"X": X, "xq": xq, "q": q, "k": k, "W_kv": W_kv, "tok": tok, "pos": pos,
+                "pos_all": pos_all, "M": M.view(S, H, e, V), "v": v, "vE": v[:, :, :V],
+                "vP": v[:, :, V:], "rE": r[:, :, :V], "rP": r[:, :, V:], "xo": xo,
+                "c0": torch.baddbmm(w["unembed.b_U"][:, None] + rb, xo, W_U),  # (S, L, V)
                 "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
-                "Bt": torch.exp(pos - pos.amax(-1, keepdim=True))}
+                # exp of -inf (or of a large positive) takes torch's slow path: 0 put in after
+                "Bt": torch.exp((pos_all - pos.amax(-1, keepdim=True)).masked_fill_(after, 0.0))
+                .masked_fill(after, 0.0)}
 
     def pos_pattern(self, t: dict[str, torch.Tensor], tokens: torch.Tensor, eos: torch.Tensor):
         """exp(score) of the EOS query on tokens (S, B, L) with EOS at eos (S, B), from the
@@ -630,7 +643,8 @@ class Model:
 
         Per example only exp(score) (H L numbers), a sum of it per kind and head and the logits are
         formed; the rest are tables per seed (`pos_tables`), differentiated once per step.
-        Each seed's examples are sorted by length and cut into `buckets` runs of similar
+        Each seed's examples are sorted by length (`by_length`; the Trainer sorts them ahead, on
+        its second thread) and cut into `buckets` runs of similar
         length, each computed only up to its longest EOS (the positions after EOS are half of
         a batch). By default 4 runs where the per-example tensors (S, H, B, L) hold a million
         numbers or more (measured 35% faster at S = 64), else 1 (the ops' fixed costs win).
@@ -646,10 +660,8 @@ class Model:
         y = (y if y.dim() == 2 else y[None]).expand(S, -1)
         B, L = tokens.shape[1:]
         t = self.pos_tables(L)
-        order = torch.argsort(eos, dim=1, stable=True)
-        flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
-        tokens = _rows(tokens, flat, (S, B, L))
-        eos, y = eos.gather(1, order), y.gather(1, order)
+        if bool((eos[:, 1:] < eos[:, :-1]).any()):  # the Trainer sorts on its second thread
+            tokens, eos, y = by_length(tokens, eos, y)
         loss = torch.zeros(S, dtype=E.dtype)
         H, V, e, d = self.cfg.heads, t["rE"].shape[-1], self.cfg.d_head_, E.shape[-1]
         # gradients of the tables, each in the layout of the product it enters: the scores
@@ -674,19 +686,27 @@ class Model:
         # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens);
         # values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U + b_V M.
         # Every head's gradients of a weight come out of one bmm per seed: heads side by side.
-        q, M = t["q"], t["M"]
-        dq = (dscores @ t["k"]) * (1.0 / math.sqrt(e))  # (S, H, L, e) d loss / d (x W_Q + b_Q)
-        dkv = torch.cat([dscores.transpose(2, 3) @ q, dr @ M.transpose(2, 3)], 3)  # (.., 2e)
-        dkv = dkv.permute(0, 2, 1, 3).reshape(S, V + L, H * 2 * e)  # key then value, per head
-        W_kv = torch.cat([W_K, W_V], 3).permute(0, 2, 1, 3).reshape(S, d, H * 2 * e)
-        X = t["X"][:, 0]  # (S, V + L, d)
+        # heads side by side, as in `pos_tables`: a product of two per-head operands is one bmm
+        # per seed, through a block-diagonal operand or as every pair of heads (tiny) of which
+        # the diagonal is kept
+        M = t["M"].reshape(S, H * e, V)
+        dsc = dscores.view(S, H * L, V + L)
+        dq = torch.bmm(dsc, t["k"].view(S, V + L, H * e)).view(S, H, L, H, e)
+        dqh = dq.diagonal(0, 1, 3).transpose(2, 3).reshape(S, L, H * e).mul_(1.0 / math.sqrt(e))
+        dk = torch.bmm(dsc.transpose(1, 2), _blocks(t["q"].view(S, L, H, e).transpose(1, 2)))
+        drs = dr.transpose(1, 2).reshape(S, V + L, H * V)
+        dv = torch.bmm(drs, _blocks(t["M"].transpose(2, 3)))  # (S, V + L, H*e)
+        dkv = torch.stack([dk.view(S, V + L, H, e), dv.view(S, V + L, H, e)], 3)
+        dkv = dkv.view(S, V + L, H * 2 * e)  # key then value, per head
+        X = t["X"]  # (S, V + L, d)
         dW_kv = torch.bmm(X.transpose(1, 2), dkv).view(S, d, H, 2, e).permute(0, 2, 3, 1, 4)
-        dX = torch.bmm(dkv, W_kv.transpose(1, 2))  # (S, V + L, d)
-        dqh = dq.permute(0, 2, 1, 3).reshape(S, L, H * e)
+        dX = torch.bmm(dkv, t["W_kv"].transpose(1, 2))  # (S, V + L, d)
         dW_Q = torch.bmm(t["xq"].transpose(1, 2), dqh).view(S, d, H, e).transpose(1, 2)
         dxq = torch.bmm(dqh, W_Q.permute(0, 2, 1, 3).reshape(S, d, H * e).transpose(1, 2))
-        drb = dc0.sum(1)[:, None, None]  # (S, 1, 1, V)
-        dM = t["v"].transpose(2, 3) @ dr + w[ATTN + "b_V"][..., None] * drb  # (S, H, e, V)
+        drb = dc0.sum(1)[:, None]  # (S, 1, V)
+        vs = t["v"].transpose(1, 2).reshape(S, V + L, H * e)
+        dM = torch.bmm(vs.transpose(1, 2), drs).view(S, H, e, H, V).diagonal(0, 1, 3)
+        dM = dM.permute(0, 3, 1, 2) + w[ATTN + "b_V"][..., None] * drb[:, None]  # (S, H, e, V)
         dE, dP = dX[:, :V], dX[:, V:]
         dxo = dc0 @ W_U.transpose(1, 2)  # (S, L, d)
         dW_U = torch.baddbmm(t["xo"].transpose(1, 2) @ dc0, W_O.reshape(S, H * e, d).transpose(1, 2),
@@ -699,8 +719,10 @@ class Model:
         dW_pos[:, :L] = dP
         grads = {"embed.W_E": dE, "pos_embed.W_pos": dW_pos,
                  ATTN + "W_Q": dW_Q, ATTN + "W_K": dW_K, ATTN + "W_V": dW_V,
-                 ATTN + "W_O": dM @ W_U[:, None].transpose(2, 3),
-                 ATTN + "b_Q": dq.sum(2), ATTN + "b_V": (drb @ M.transpose(2, 3)).squeeze(2),
+                 ATTN + "W_O": torch.bmm(dM.reshape(S, H * e, V), W_U.transpose(1, 2)).view(
+                     S, H, e, d),
+                 ATTN + "b_Q": dqh.sum(1).view(S, H, e),
+                 ATTN + "b_V": torch.bmm(drb, M.transpose(1, 2)).view(S, H, e),
                  ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
         return loss, grads
 
@@ -1119,6 +1141,26 @@ class Model:
         w = self.weights
         return (torch.einsum("sbd,sdv->sbv", self._ln(resid, "ln_final"), w["unembed.W_U"])
                 + w["unembed.b_U"][:, None])
+
+
+def by_length(tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each seed's examples sorted by length (EOS position, stable): tokens (S, B, L), eos and
+    y (S, B), in the order `Model.pos_loss_grad` computes them (a stable sort of them is the
+    identity, so sorting ahead changes no number)."""
+    S, B, L = tokens.shape
+    order = torch.argsort(eos, dim=1, stable=True)
+    flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
+    return _rows(tokens, flat, (S, B, L)), eos.gather(1, order), y.gather(1, order)
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal (S, H*m, H*n) from H blocks (S, H, m, n): a product with it is every
+    head's own product in one bmm per seed."""
+    S, H, m, n = x.shape
+    out = x.new_zeros(S, H, m, H, n)
+    out.diagonal(0, 1, 3).copy_(x.permute(0, 2, 3, 1))
+    return out.view(S, H * m, H * n)
 
 
 def _at_row(t: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..activations import kind_weights
 from ..aggregation import head_sets
 from ..config import Config
 from ..criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
@@ -22,7 +23,6 @@ from ..metrics import (
     evaluate,
     head_table,
     head_thresholds,
-    kind_weights,
     logit_metrics,
     mean_loss,
     ratio_columns,
