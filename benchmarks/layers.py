@@ -1,10 +1,14 @@
 """What layers and an MLP cost in training (issue 17): seed-steps per second of the optimiser steps
 `count01.train` takes (`train.Trainer.step`, no evaluation) at S seeds for the default model
 (one attention-only layer: the count path with its hand-written gradient), one layer with an MLP
-(the count path through autograd), and two layers with and without an MLP (the token path's
-textbook forward through autograd). The variants are interleaved over repeats, so drift in the
-machine's speed hits all alike; the median over repeats and each variant's ratio to the default
-are printed.
+(the count path through autograd), two and three layers with and without an MLP (the prefix
+path through autograd: layer 0 over token kinds, the last layer at the query alone; a middle
+layer is textbook, P x P), and two layers with a learned positional embedding (the textbook
+layer 0: every position attends over its prefix, P x P; the last layer at the query alone as
+on the prefix path), the cost the prefix path removes. The variants are interleaved
+over repeats, so drift in the machine's speed hits all alike; the median over repeats, each
+variant's ratio to the default and the prefix path's to the textbook forward are printed, and
+what a question-6 run (16 two-layer seeds, 3000 steps) would take at the measured rate.
 
     python benchmarks/layers.py            # S = 8, 30 steps, 3 repeats (several minutes)
     python benchmarks/layers.py --quick    # a few steps: checks that it runs (CI)
@@ -25,8 +29,12 @@ from count01.train import Trainer, torch_threads
 
 VARIANTS = {"1 layer (count path, by hand)": {},
             "1 layer + MLP 64 (count path, autograd)": {"d_mlp": 64},
-            "2 layers (tokens, autograd)": {"layers": 2},
-            "2 layers + MLP 64 (tokens, autograd)": {"layers": 2, "d_mlp": 64}}
+            "2 layers (prefix path, autograd)": {"layers": 2},
+            "2 layers + MLP 64 (prefix path, autograd)": {"layers": 2, "d_mlp": 64},
+            "3 layers (prefix path, autograd)": {"layers": 3},
+            "2 layers, learned positions (P x P)": {"layers": 2, "pos_embed": "learned"}}
+PREFIX, TEXTBOOK = "2 layers (prefix path, autograd)", "2 layers, learned positions (P x P)"
+Q6_SEEDS, Q6_STEPS = 16, 3000  # a question-6 run of two layers (the target: well under 60 s)
 
 
 def seed_steps_per_second(cfg: Config) -> float:
@@ -60,6 +68,10 @@ def main() -> None:
     for name, values in got.items():
         m = statistics.median(values)
         print(f"{name:<42} {m:>12.1f} {m / first:>10.3f}")
+    prefix, textbook = statistics.median(got[PREFIX]), statistics.median(got[TEXTBOOK])
+    print(f"prefix path / P x P layer 0 (2 layers): {prefix / textbook:.1f}x; a run of "
+          f"{Q6_SEEDS} two-layer seeds x {Q6_STEPS} steps: about "
+          f"{Q6_SEEDS * Q6_STEPS / prefix:.0f} s at this rate (measured at S = {args.seeds})")
 
 
 if __name__ == "__main__":

