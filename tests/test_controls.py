@@ -41,7 +41,7 @@ def test_the_bos_head_attends_only_to_bos():
     assert row["mass_bos"] > 1 - 1e-6
 
 
-@pytest.mark.parametrize("rule", list(RULE_CONTROLS) + ["4", "5"])
+@pytest.mark.parametrize("rule", list(RULE_CONTROLS) + ["4", "5", "6"])
 def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hold(rule):
     positive, negative = C.rule_controls()[rule]
     status = RULES[rule][1]
@@ -100,3 +100,18 @@ def test_a_model_whose_answers_break_but_whose_ending_holds_does_not_support_que
     agg = pd.DataFrame(aggregate(counter, {"hard": hard}, fit))
     model = pd.DataFrame([{"set": "hard", "seed": s, "l_acc": 1.0} for s in counter.seeds])
     assert Q2.sentence_verdict(agg, model).status == V.NOT_HELD
+
+
+def test_question_6_is_inconclusive_when_a_rule_is_measured_on_one_model_only_and_not_measured_alone():
+    from count01.questions import q6
+
+    ideal = C.control_tables("ideal")
+    blind = {k: t for k, t in ideal.items() if k != "heads"}  # rules 1 and 3a cannot be judged
+    assert q6.outcome(V.HELD, V.HELD) == "carries over"
+    assert q6.outcome(V.HELD, V.NOT_HELD) == "changes"
+    assert q6.outcome(V.HELD, V.INCONCLUSIVE) == "undecided"
+    assert q6.outcome(V.NOT_MEASURED, V.NOT_MEASURED) == "left out"
+    got = q6.verdict({"small": ideal, "larger": blind}, THRESHOLDS)
+    assert got.status == V.INCONCLUSIVE and "2 undecided" in got.finding
+    assert q6.verdict({"small": ideal}, THRESHOLDS).status == V.NOT_MEASURED
+    assert q6.verdict(None, THRESHOLDS).status == V.NOT_MEASURED

@@ -337,7 +337,7 @@ def test_report_has_every_section_with_its_verdict(run):
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in page
     got = json.loads((run / "verdicts.json").read_text())
-    assert [v["question"] for v in got] == [1, 2, 3, 4, 5]
+    assert [v["question"] for v in got] == [1, 2, 3, 4, 5, 6]
     for v in got:
         assert v["status"] in V.STATUSES
         assert v["rule_version"] == QUESTIONS[v["question"] - 1].VERSION

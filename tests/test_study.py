@@ -16,11 +16,13 @@ from count01.files import read_json, write_json
 from count01.plan import StudyError
 from count01.report import SECTIONS, build_report
 from count01.study import STAGES, make_plan, reproduce
+from count01.sweeps import Sweep
 
 TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,
             eval_size=512, exhaustive_len=6, max_len=8, long_max_len=12, path_seeds=2,
             path_grid={"lr": [1e-2, 1e-5]},
-            noise_grid={"noise": [0.25, 0.5], "noise_symbols": [1, 3]}, sentence_seeds=2)
+            noise_grid={"noise": [0.25, 0.5], "noise_symbols": [1, 3]}, sentence_seeds=2,
+            scale_seeds=2, scale_grid={"d_model": [16, 32]})
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     state = read_json(study / "study.json")
     assert list(state["stages"]) == list(STAGES)
     assert all(s["seconds"] >= 0 for s in state["stages"].values())
-    configurations = {"sweep": 2, "training_path": 2, "noise": 4}  # x 2 seeds x 60 steps
+    configurations = {"sweep": 2, "training_path": 2, "noise": 4, "scale": 2}  # x 2 seeds x 60
     for name, n in configurations.items():
         assert state["stages"][name]["seed_steps"] == n * 2 * 60
     assert "seed_steps" not in state["stages"]["analysis"]
@@ -88,7 +90,10 @@ def test_reproduce_runs_every_stage_and_writes_the_report(study):
     imgs = re.findall(r'<img src="([^"]+)"', page)
     assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
     verdicts = read_json(study / "verdicts.json")
-    assert [v["question"] for v in verdicts] == [1, 2, 3, 4, 5]
+    assert [v["question"] for v in verdicts] == [1, 2, 3, 4, 5, 6]
+    for p in Sweep.from_dict(make_plan(quick=True, **TINY).scale_sweep_dict()).points():
+        assert (study / "scale" / "runs" / p.id / "analysis" / "heads.csv").exists()
+    assert "d_model 32" in verdicts[5]["finding"]  # question 6 names the larger model
     assert all(v["status"] != "not measured" for v in verdicts)
     assert "2 seeds each" in page and "quick" in page
     assert "noise=0.5, noise_symbols=3" in (study / "report.md").read_text()  # Q5's conditions
@@ -109,7 +114,7 @@ def test_the_study_report_renders_in_a_browser_with_every_figure(study, browser,
 def test_summary_gives_each_finding_in_at_most_three_sentences(study):
     md = (study / "report.md").read_text()
     bullets = [line for line in md.split("## Q1.")[0].splitlines() if line.startswith("- **")]
-    assert len(bullets) == 6  # question 2 in both framings
+    assert len(bullets) == 7  # question 2 in both framings
     assert "Finding 2, the syntax in the sentence framing" in bullets[2]
     for b in bullets:
         text = b.split("). ", 1)[1]  # after "**Finding 1, the semantics** (held)"

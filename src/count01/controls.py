@@ -54,7 +54,7 @@ import torch
 from .config import Config
 from .language import BOS, EOS, ONE, TWO, ZERO, eval_set
 from .model import ATTN, Model, weight_shapes
-from .questions import RULE_CONTROLS, RULE_READS, q4, q5
+from .questions import RULE_CONTROLS, RULE_READS, q4, q5, q6
 from .questions.base import CONTROL_RUNS, CONTROL_SEEDS, SENTENCE, Evidence
 from .stats import wilson
 
@@ -216,9 +216,17 @@ def noise_benchmark(labours: tuple[str, ...], runs: int = CONTROL_RUNS) -> Evide
     return Evidence(labour=pd.DataFrame(rows))
 
 
+def scale(models: tuple[str, str]) -> Evidence:
+    """Question 6's control: a small and a larger model, each a hand-built model's tables (the
+    larger is no larger: what the rule compares is the tables' verdicts)."""
+    return Evidence(scale={f"{side}: {name}": control_tables(name)
+                           for side, name in zip(("small", "larger"), models)})
+
+
 def rule_controls() -> dict[str, tuple[Evidence, Evidence]]:
     """rule -> (positive, negative) control evidence, for `questions.base.judge`."""
     out = {k: tuple(Evidence(control_tables(name)) for name in pair)
            for k, pair in RULE_CONTROLS.items()}
     return out | {"4": tuple(training_paths(f) for f in q4.CONTROL_FAILURES),
-                  "5": tuple(noise_benchmark(labours) for labours in q5.CONTROL_LABOURS)}
+                  "5": tuple(noise_benchmark(labours) for labours in q5.CONTROL_LABOURS),
+                  "6": tuple(scale(pair) for pair in q6.CONTROL_MODELS)}

@@ -35,6 +35,11 @@ class Plan:
     sentence_base: dict[str, Any] = field(default_factory=dict)  # its Config fields
     sentence_grid_size: int = 7  # and its intervention grid
     noise_skip: list[dict[str, Any]] = field(default_factory=list)  # combinations left out
+    scale_seeds: int = 16  # question 6: seeds per model of the scale sweep,
+    scale_base: dict[str, Any] = field(default_factory=dict)  # its Config fields,
+    scale_grid: dict[str, list] = field(default_factory=dict)  # its grid (first = small model),
+    scale_skip: list[dict[str, Any]] = field(default_factory=list)  # what it leaves out
+    scale_grid_size: int = 7  # and each model's intervention grid
 
     @property
     def analysed_heads(self) -> int:
@@ -52,6 +57,13 @@ class Plan:
         return {"seeds": self.seeds, "base": dict(self.base) | {"heads": self.analysed_heads},
                 "grid": {k: list(v) for k, v in self.noise_grid.items()},
                 "skip": [dict(x) for x in self.noise_skip]}
+
+    def scale_sweep_dict(self) -> dict[str, Any]:
+        """The analysed configuration as a small model and larger ones (question 6)."""
+        return {"seeds": self.scale_seeds,
+                "base": dict(self.base) | {"heads": self.analysed_heads} | self.scale_base,
+                "grid": {k: list(v) for k, v in self.scale_grid.items()},
+                "skip": [dict(x) for x in self.scale_skip]}
 
     def sentence_config(self) -> Config:
         """The analysed configuration in the sentence framing, with lm_loss."""

@@ -79,6 +79,8 @@ class Evidence:
     noise_dir: Path | None = None  # a study's noise benchmark (question 5), with its paths/
     sentence_dir: Path | None = None  # a study's sentence-framing run (question 2), analysed
     labour: pd.DataFrame | None = None  # its paths/labour.csv, one row per noise condition
+    scale_dir: Path | None = None  # a study's larger models (question 6): a sweep, each analysed
+    scale: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)  # label -> tables
     sweep_runs: pd.DataFrame | None = None  # results: one row per (configuration, seed)
     sweep_heads: pd.DataFrame | None = None  # heads: one row per (run, set, head)
     train_seconds: dict[str, float] = field(default_factory=dict)  # per configuration
@@ -98,6 +100,8 @@ def collect(root: str | Path) -> Evidence:
         run = study.get("analysed_run")
         _add_run(ev, root / run if run else _pick_run(ev))
         _add_sentence(ev, root / "sentence")
+        if (root / "scale" / "sweep.json").exists():
+            _add_scale(ev, root / "scale")
     elif (root / "sweep.json").exists():
         ev = Evidence(root, "sweep")
         _add_sweep(ev, root)
@@ -202,6 +206,21 @@ def _add_sentence(ev: Evidence, run: Path) -> None:
             ev.tables[V.SENTENCE + name] = pd.read_csv(a / f"{name}.csv")
 
 
+def _add_scale(ev: Evidence, scale_dir: Path) -> None:
+    """Question 6's evidence: the analysis tables of every analysed configuration of the scale
+    sweep, labelled by its grid values; the first configuration is the small model."""
+    ev.scale_dir = scale_dir
+    sweep = read_sweep(scale_dir)
+    points = sweep.points()
+    for p in points:
+        a = scale_dir / "runs" / p.id / "analysis"
+        if (a / "metrics.json").exists():  # a larger model is named by what it changes
+            changed = {k: v for k, v in p.grid.items() if p is points[0] or v != points[0].grid[k]}
+            label = ", ".join(f"{k} {v}" for k, v in changed.items()) or p.id
+            ev.scale[label] = {name: pd.read_csv(a / f"{name}.csv") for name in ANALYSIS_TABLES
+                               if (a / f"{name}.csv").exists()}
+
+
 # --- verdicts ------------------------------------------------------------------------------------
 
 def judge(ev: Evidence) -> dict[int, V.Verdict]:
@@ -210,7 +229,8 @@ def judge(ev: Evidence) -> dict[int, V.Verdict]:
 
     tables = dict(ev.tables) if ev.analysis else {}
     label = "configuration" if len(ev.grid) > 1 else (ev.grid[0] if ev.grid else "config_id")
-    got = V.judge(QUESTIONS, V.Evidence(tables, ev.success, ev.minimal, label, ev.labour),
+    got = V.judge(QUESTIONS, V.Evidence(tables, ev.success, ev.minimal, label, ev.labour,
+                                        scale=ev.scale),
                   rule_controls())
     return {v.question: v for v in got}
 

@@ -16,7 +16,10 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
                       analysed configuration trained on `[BOS] x EOS y EOS` with lm_loss
                       (`SENTENCE_MODES`: fewer seeds and steps, lm_loss's rows cost ~20x a
                       count-path step), then every analysis of it (`analysis`)
-    7. report         report.html and report.md from the saved results (`report`)
+    7. scale          question 6 (`SCALE_MODES`, `SCALE_GRID`): the analysed configuration as
+                      the small model beside larger ones (2 layers, an MLP, both, d_model 64),
+                      a sweep, then every analysis of each model (`analysis`)
+    8. report         report.html and report.md from the saved results (`report`)
 Full mode trains 32 seeds per head count for the default 3000 steps and intervenes on a 25 x 25
 grid; quick mode trains 8 seeds for 1000 steps and uses a 13 x 13 grid (every seed of the default
 config has reached hard l-acc 1.0 by step 500 in our runs, so quick mode still measures trained
@@ -31,7 +34,8 @@ configurations this run of the stage finished, seeds x steps, a seed given up by
 counted to its stopping step; a configuration resumed from a checkpoint counts whole), sweep/
 (a sweep directory, see `sweeps`; the analysed run is sweep/runs/<id of heads=4>/ with its
 analysis/), training_path/ and noise/ (the sweep directories of questions 4 and 5, with
-their paths/), sentence/ (the sentence-framing run, with its analysis/), report.html,
+their paths/), sentence/ (the sentence-framing run, with its analysis/), scale/ (question
+6's sweep, each run with its analysis/), report.html,
 report.md, verdicts.json and sensitivity.csv/.png. A stage is recorded only once it has
 finished, so re-running the same command skips finished stages and resumes the sweep where it
 stopped; a study directory holds one plan (another plan there is refused).
@@ -50,7 +54,7 @@ from .files import locked, remove_leftovers, write_json
 from .plan import FORMAT, Plan, StudyError, read_state
 from .report import build_report, software_versions
 
-STAGES = ("sweep", "training_path", "noise", "paths", "analysis", "sentence", "report")
+STAGES = ("sweep", "training_path", "noise", "paths", "analysis", "sentence", "scale", "report")
 BASE = {"d_head": 4}  # every head as wide as in the default model, whatever the head count
 MODES = {  # seeds per head count, intervention grid, Config fields that differ from the defaults
     "full": {"seeds": 32, "grid_size": 25, "base": {"steps": 3000, "checkpoint_every": 250}},
@@ -71,6 +75,15 @@ SENTENCE_MODES = {  # question 2 in the sentence framing: seeds, Config fields, 
     "quick": {"seeds": 8, "base": {"steps": 300, "checkpoint_every": 100}, "grid_size": 5},
     "wide": {"seeds": 64, "base": {"steps": 3000, "checkpoint_every": 250}, "grid_size": 25},
 }
+SCALE_MODES = {  # question 6: the analysed configuration as the small model (the grid's first
+    # point) and larger ones: 2 layers, an MLP of 64, both, a residual stream of 64
+    "full": {"seeds": 16, "base": {"steps": 3000, "checkpoint_every": 250}, "grid_size": 7},
+    "quick": {"seeds": 8, "base": {"steps": 1000, "checkpoint_every": 200}, "grid_size": 5},
+    "wide": {"seeds": 64, "base": {"steps": 3000, "checkpoint_every": 250}, "grid_size": 25},
+}
+SCALE_GRID = {"layers": [1, 2], "d_mlp": [0, 64], "d_model": [16, 64]}
+SCALE_SKIP = [{"layers": 2, "d_model": 64}, {"d_mlp": 64, "d_model": 64}]  # one change at a
+# time for the wider model; more layers with and without an MLP
 # without noise, the pattern and the number of noise symbols change nothing in the strings: the
 # grid trains noise 0 once per p_one (i.i.d., one symbol) instead of four times
 NOISE_COPIES = [{"noise": 0.0, "noise_pattern": "bursty"}, {"noise": 0.0, "noise_symbols": 3}]
@@ -99,7 +112,8 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
               scope: str | None = None,
               grid_size: int | None = None, path_seeds: int | None = None,
               path_grid: dict[str, list] | None = None, noise_grid: dict[str, list] | None = None,
-              sentence_seeds: int | None = None, **config: Any) -> Plan:
+              sentence_seeds: int | None = None, scale_seeds: int | None = None,
+              scale_grid: dict[str, list] | None = None, **config: Any) -> Plan:
     """The default study of a mode; the other arguments shrink or change it (tests use a tiny
     one). `config` holds Config fields for every configuration of both sweeps (e.g. steps=60,
     eval_size=512)."""
@@ -111,6 +125,7 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
         raise StudyError(f"scope must be one of {', '.join(SCOPES)} (--quick is scope quick), "
                          f"got {name!r}")
     mode, path, sentence = MODES[name], PATH_GRIDS[name], SENTENCE_MODES[name]
+    scale = SCALE_MODES[name]
     plan = Plan(mode=name, seeds=mode["seeds"] if seeds is None else seeds,
                 heads=Plan.heads if heads is None else tuple(heads),
                 base=BASE | mode["base"] | config,
@@ -123,8 +138,15 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
                 sentence_seeds=sentence["seeds"] if sentence_seeds is None else sentence_seeds,
                 sentence_base=sentence["base"] | config,
                 sentence_grid_size=min(sentence["grid_size"],
-                                       mode["grid_size"] if grid_size is None else grid_size))
-    if plan.seeds < 1 or not plan.heads or plan.path_seeds < 1 or plan.sentence_seeds < 1:
+                                       mode["grid_size"] if grid_size is None else grid_size),
+                scale_seeds=scale["seeds"] if scale_seeds is None else scale_seeds,
+                scale_base=scale["base"] | config,
+                scale_grid=SCALE_GRID if scale_grid is None else scale_grid,
+                scale_skip=SCALE_SKIP if scale_grid is None else [],
+                scale_grid_size=min(scale["grid_size"],
+                                    mode["grid_size"] if grid_size is None else grid_size))
+    if (plan.seeds < 1 or not plan.heads or plan.path_seeds < 1 or plan.sentence_seeds < 1
+            or plan.scale_seeds < 1):
         raise StudyError(f"a study needs seeds >= 1 and some head counts: {plan}")
     default_grid(plan.grid_size)
     for h in plan.heads:
@@ -132,6 +154,7 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
     plan.sentence_config()
     Sweep.from_dict(plan.path_sweep_dict(), source="study plan (training path)")
     Sweep.from_dict(plan.noise_sweep_dict(), source="study plan (noise benchmark)")
+    Sweep.from_dict(plan.scale_sweep_dict(), source="study plan (larger models)")
     return plan
 
 
@@ -203,9 +226,10 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
         "paths": lambda: [analyze_paths(out / d) for d in ("sweep", "training_path", "noise")],
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "sentence": lambda: sentence_stage(out / "sentence", plan, progress),
+        "scale": lambda: scale_stage(out / "scale", plan, progress, log, run),
         "report": lambda: build_report(out),
     }
-    trains = {"sweep", "training_path", "noise", "sentence"}  # stages that train: seed-steps
+    trains = {"sweep", "training_path", "noise", "sentence", "scale"}  # stages that train: seed-steps
     redo = False  # once a stage runs again, every later stage must too (its inputs changed)
     for n, name in enumerate(STAGES, 1):
         done = state["stages"].get(name)
@@ -254,3 +278,17 @@ def sentence_stage(run: Path, plan: Plan, progress: bool) -> None:
         train(plan.sentence_config(), run, resume=(run / "config.json").exists(),
               progress=progress)
     analyze(run, grid_size=plan.sentence_grid_size, progress=progress)
+
+
+def scale_stage(out: Path, plan: Plan, progress: bool, log: Callable[[str], None],
+                run: dict[str, Any]) -> None:
+    """Question 6: train the small model and the larger ones (a sweep), then analyse each (an
+    analysis already finished is kept)."""
+    from .analysis import analyze
+    from .sweeps import Sweep, run_sweep
+
+    sweep = Sweep.from_dict(plan.scale_sweep_dict())
+    run_sweep(sweep, out, log=log, **run)
+    for p in sweep.points():
+        if not (out / "runs" / p.id / "analysis" / "metrics.json").exists():
+            analyze(out / "runs" / p.id, grid_size=plan.scale_grid_size, progress=progress)

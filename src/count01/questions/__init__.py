@@ -1,4 +1,4 @@
-"""The questions of SPEC 1, one module each (q1 ... q5), and the registry the report iterates
+"""The questions of SPEC 1, one module each (q1 ... q6), and the registry the report iterates
 over. A question module holds its rule in words, thresholds (THRESHOLDS, VARIED, MIN_UNITS),
 version HISTORY and VERSION, controls (CONTROLS: rule -> (positive, negative) hand-built model of
 `count01.controls`; READS: rule -> the analysis tables it reads), the functions that judge it
@@ -8,10 +8,10 @@ question: write its module and add it to QUESTIONS."""
 
 from __future__ import annotations
 
-from . import q1, q2, q3, q4, q5
+from . import q1, q2, q3, q4, q5, q6
 from .base import rule_functions, thresholds
 
-QUESTIONS = (q1, q2, q3, q4, q5)  # in SPEC 1's order: the report's sections follow it
+QUESTIONS = (q1, q2, q3, q4, q5, q6)  # in SPEC 1's order: the report's sections follow it
 THRESHOLDS = thresholds(QUESTIONS)  # every threshold of every rule, as the rules read them
 RULES = rule_functions(QUESTIONS)  # rule key -> (the thresholds it reads, its status function)
 # rule key -> (positive, negative) hand-built model of `count01.controls`

@@ -111,6 +111,8 @@ class Evidence:
     label: str = "heads"
     labour: pd.DataFrame | None = None  # the noise benchmark's `paths.labour_table`
     labour_label: str = "configuration"
+    # question 6: the small model's label first, then each larger model's -> its analysis tables
+    scale: Mapping[str, Mapping[str, pd.DataFrame]] | None = None
 
 
 # --- formatting of numbers with their spread ------------------------------------------------
