@@ -110,8 +110,11 @@ def test_question_6_is_inconclusive_when_a_rule_is_measured_on_one_model_only_an
     assert q6.outcome(V.HELD, V.HELD) == "carries over"
     assert q6.outcome(V.HELD, V.NOT_HELD) == "changes"
     assert q6.outcome(V.HELD, V.INCONCLUSIVE) == "undecided"
-    assert q6.outcome(V.NOT_MEASURED, V.NOT_MEASURED) == "left out"
+    assert q6.outcome(V.INCONCLUSIVE, V.INCONCLUSIVE) == "left out"  # nothing to carry over
+    assert q6.outcome(V.NOT_MEASURED, V.HELD) == "left out"
     got = q6.verdict({"small": ideal, "larger": blind}, THRESHOLDS)
     assert got.status == V.INCONCLUSIVE and "2 undecided" in got.finding
+    left = q6.verdict({"small": blind, "larger": ideal}, THRESHOLDS)  # 1, 3a left out
+    assert left.status == V.HELD and "3 left out" in left.finding  # and 3b, measured on neither
     assert q6.verdict({"small": ideal}, THRESHOLDS).status == V.NOT_MEASURED
     assert q6.verdict(None, THRESHOLDS).status == V.NOT_MEASURED

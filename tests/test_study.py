@@ -146,6 +146,22 @@ def test_rerunning_skips_finished_stages_and_resumes_an_unfinished_one(study):
 
 
 @pytest.mark.slow
+def test_a_study_begun_before_the_scale_stage_resumes_and_runs_it(study):
+    state = read_json(study / "study.json")
+    state["plan"] = {k: v for k, v in state["plan"].items() if not k.startswith("scale_")}
+    del state["stages"]["scale"]  # as an older version of count01 wrote it
+    write_json(study / "study.json", state)
+    lines: list[str] = []
+    reproduce(study, plan=make_plan(quick=True, **TINY), workers=2, progress=False,
+              log=lines.append)
+    text = "\n".join(lines)
+    assert "sentence: done earlier" in text and "scale: done earlier" not in text
+    after = read_json(study / "study.json")
+    assert after["plan"] == make_plan(quick=True, **TINY).to_dict()
+    assert set(after["stages"]) == set(STAGES)
+
+
+@pytest.mark.slow
 def test_another_study_in_the_same_directory_is_refused(study):
     other = make_plan(quick=True, **(TINY | {"seeds": 3}))
     with pytest.raises(StudyError, match="holds another study"):

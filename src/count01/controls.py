@@ -147,11 +147,12 @@ LIBRARY = {
 
 
 def ideal_intervention(cfg: Config, batch, fit, w01_grid) -> pd.DataFrame:
-    """The intervention table (intervened = each, w02 = 0) of an ideal counter with cfg.heads
-    heads on `batch`: the reference a trained model's collapse is compared with (question 3)."""
+    """The intervention table (intervened = each, w02 = 0) of an ideal counter with as many heads
+    as the model has in all its layers, on `batch`: the reference a trained model's collapse is
+    compared with (question 3): one head of that many pushed to an extreme ratio."""
     from .interventions import sweep_columns
 
-    model = ideal(cfg.heads, seeds=1, **{k: getattr(cfg, k) for k in
+    model = ideal(cfg.layers * cfg.heads, seeds=1, **{k: getattr(cfg, k) for k in
                                          ("min_len", "max_len", "noise", "bos",
                                           "noise_symbols")})
     cols = sweep_columns(model, batch, fit, np.asarray(w01_grid), [0.0], heads="each")

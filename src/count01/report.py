@@ -212,6 +212,8 @@ def _add_scale(ev: Evidence, scale_dir: Path) -> None:
     ev.scale_dir = scale_dir
     sweep = read_sweep(scale_dir)
     points = sweep.points()
+    if not (scale_dir / "runs" / points[0].id / "analysis" / "metrics.json").exists():
+        return  # without the small model there is nothing to compare with: not measured
     for p in points:
         a = scale_dir / "runs" / p.id / "analysis"
         if (a / "metrics.json").exists():  # a larger model is named by what it changes

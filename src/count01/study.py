@@ -16,9 +16,9 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
                       analysed configuration trained on `[BOS] x EOS y EOS` with lm_loss
                       (`SENTENCE_MODES`: fewer seeds and steps, lm_loss's rows cost ~20x a
                       count-path step), then every analysis of it (`analysis`)
-    7. scale          question 6 (`SCALE_MODES`, `SCALE_GRID`): the analysed configuration as
-                      the small model beside larger ones (2 layers, an MLP, both, d_model 64),
-                      a sweep, then every analysis of each model (`analysis`)
+    7. scale          question 6 (`SCALE_MODES`): the analysed configuration as the small model
+                      beside larger ones (d_model 64; in the wide scope also 2 layers, an MLP,
+                      both), a sweep, then every analysis of each model (`analysis`)
     8. report         report.html and report.md from the saved results (`report`)
 Full mode trains 32 seeds per head count for the default 3000 steps and intervenes on a 25 x 25
 grid; quick mode trains 8 seeds for 1000 steps and uses a 13 x 13 grid (every seed of the default
@@ -76,14 +76,23 @@ SENTENCE_MODES = {  # question 2 in the sentence framing: seeds, Config fields, 
     "wide": {"seeds": 64, "base": {"steps": 3000, "checkpoint_every": 250}, "grid_size": 25},
 }
 SCALE_MODES = {  # question 6: the analysed configuration as the small model (the grid's first
-    # point) and larger ones: 2 layers, an MLP of 64, both, a residual stream of 64
-    "full": {"seeds": 16, "base": {"steps": 3000, "checkpoint_every": 250}, "grid_size": 7},
-    "quick": {"seeds": 8, "base": {"steps": 1000, "checkpoint_every": 200}, "grid_size": 5},
-    "wide": {"seeds": 64, "base": {"steps": 3000, "checkpoint_every": 250}, "grid_size": 25},
+    # point) beside larger ones. The default and quick scopes widen the residual stream only (the
+    # count path, seconds): every analysis of a model with 2 layers or an MLP runs forwards per
+    # head, pair of heads and head set, and its minimal head set refits alpha through the later
+    # layers for each subset of its L x H heads, which took over 3 minutes for one 4-seed
+    # 2-layer model of 2 heads a layer at 300 steps on 2 cores (2026-11-30): the wide scope
+    # asks the whole question, on 2 heads a layer and smaller sets
+    "full": {"seeds": 16, "base": {"steps": 3000, "checkpoint_every": 500}, "grid_size": 7,
+             "grid": {"d_model": [16, 64]}, "skip": []},
+    "quick": {"seeds": 8, "base": {"steps": 1000, "checkpoint_every": 500}, "grid_size": 5,
+              "grid": {"d_model": [16, 64]}, "skip": []},
+    "wide": {"seeds": 64, "grid_size": 7,
+             "base": {"steps": 3000, "checkpoint_every": 500, "heads": 2, "eval_size": 2048,
+                      "exhaustive_len": 7},
+             "grid": {"layers": [1, 2], "d_mlp": [0, 64], "d_model": [16, 64]},
+             # one change at a time for the wider model; more layers with and without an MLP
+             "skip": [{"layers": 2, "d_model": 64}, {"d_mlp": 64, "d_model": 64}]},
 }
-SCALE_GRID = {"layers": [1, 2], "d_mlp": [0, 64], "d_model": [16, 64]}
-SCALE_SKIP = [{"layers": 2, "d_model": 64}, {"d_mlp": 64, "d_model": 64}]  # one change at a
-# time for the wider model; more layers with and without an MLP
 # without noise, the pattern and the number of noise symbols change nothing in the strings: the
 # grid trains noise 0 once per p_one (i.i.d., one symbol) instead of four times
 NOISE_COPIES = [{"noise": 0.0, "noise_pattern": "bursty"}, {"noise": 0.0, "noise_symbols": 3}]
@@ -141,8 +150,8 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
                                        mode["grid_size"] if grid_size is None else grid_size),
                 scale_seeds=scale["seeds"] if scale_seeds is None else scale_seeds,
                 scale_base=scale["base"] | config,
-                scale_grid=SCALE_GRID if scale_grid is None else scale_grid,
-                scale_skip=SCALE_SKIP if scale_grid is None else [],
+                scale_grid=scale["grid"] if scale_grid is None else scale_grid,
+                scale_skip=scale["skip"] if scale_grid is None else [],
                 scale_grid_size=min(scale["grid_size"],
                                     mode["grid_size"] if grid_size is None else grid_size))
     if (plan.seeds < 1 or not plan.heads or plan.path_seeds < 1 or plan.sentence_seeds < 1
@@ -171,7 +180,10 @@ def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
     if not (out / "study.json").exists():
         return {"format": FORMAT, "plan": plan.to_dict(), "stages": {}}
     state = read_state(out)
-    if state["plan"] != plan.to_dict():
+    new = plan.to_dict()
+    if state["plan"] == {k: new[k] for k in state["plan"] if k in new}:
+        state["plan"] = new  # a study begun before a stage was added: it runs the new stage
+    if state["plan"] != new:
         raise StudyError(f"{out} holds another study ({state['plan']['mode']} mode, "
                          f"{state['plan']['seeds']} seeds, heads {state['plan']['heads']}); "
                          "choose another --out")

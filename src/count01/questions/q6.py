@@ -23,7 +23,8 @@ VARIED: dict[str, str] = {}
 MIN_UNITS: dict[str, int] = {}  # each compared rule applies its own minimum
 PARTS: dict[str, str] = {}
 HISTORY = [
-    (1, "issue #17, before any model of several layers or with an MLP was analysed", False,
+    (1, "issue #17, before any model of several layers or with an MLP was analysed (a rule "
+     "undecided on the small model left out after a review, still before any result)", False,
      "first version: the statuses of rules 1, 2, 3a, 3b and 3c on each larger model against "
      "the small model's")]
 VERSION = HISTORY[-1][0]
@@ -43,10 +44,11 @@ RULE = ("The rules of questions 1, 2 (classify framing), 3a, 3b and 3c are run, 
         "wider residual stream; every head of every layer, s_h its direct path) and on the "
         "small model trained beside them. A rule carries over if it gives a larger model the "
         "small model's status (held, did not hold or mixed); it changes if both are decided and "
-        "differ. Held (the heads behave the same) if every rule carries over in every larger "
-        "model; did not hold if some rule changes in some larger model; inconclusive otherwise "
-        "(a rule inconclusive or not measured on one side only; a rule measured on neither side "
-        "is left out).")
+        "differ; a rule the small model leaves undecided (inconclusive or not measured) is left "
+        "out, as there is nothing to carry over. Held (the heads behave the same) if every rule "
+        "left in carries over in every larger model; did not hold if some rule changes in some "
+        "larger model; inconclusive otherwise (a rule decided on the small model is undecided on "
+        "a larger one, or no rule is left in).")
 TITLE = ("Larger models: do the heads behave the same with more layers, an MLP or a wider "
          "residual stream?")
 
@@ -59,11 +61,12 @@ def compare(small: Mapping[str, pd.DataFrame], large: Mapping[str, pd.DataFrame]
 
 
 def outcome(small: str, large: str) -> str:
-    """'carries over', 'changes', 'undecided' or 'left out' (measured on neither side)."""
+    """'carries over', 'changes', 'undecided' (decided on the small model only) or 'left out'
+    (undecided on the small model: nothing to carry over)."""
     decided = (HELD, NOT_HELD, "mixed")
-    if small == large == NOT_MEASURED:
+    if small not in decided:
         return "left out"
-    if small in decided and large in decided:
+    if large in decided:
         return "carries over" if small == large else "changes"
     return "undecided"
 
@@ -94,9 +97,9 @@ def verdict(scale: Mapping[str, Mapping[str, pd.DataFrame]] | None,
                                                  for n, k in changes if n == name)
                                       or "no rule changes") + f" ({tally(r)})."
                        for name, r in got.items())
-    numbers = [(f"{small_name}, the small model", ", ".join(
-        f"{k} {s}" for k, (s, _) in next(iter(rows.values())).items()))]
-    numbers += [(name, ", ".join(f"{k} {rows[name][k][1]} ({o})" for k, o in r.items()))
+    numbers = [(f"{small_name}, the small model", "; ".join(
+        f"rule {COMPARED[k]} {s}" for k, (s, _) in next(iter(rows.values())).items()))]
+    numbers += [(name, "; ".join(f"rule {k} {rows[name][k][1]} ({o})" for k, o in r.items()))
                 for name, r in got.items()]
     return out(status, finding, numbers)
 
