@@ -10,8 +10,8 @@ from test_layers import SMALL, hidden_channel, random_model
 from count01.activations import Shared, head_ids, layered_logits, merged_run
 from count01.aggregation import Means, _fit_deep, aggregate, fit_alpha, scheme_metrics
 from count01.config import Config
-from count01.interventions import attention_sweep, intervened_run, value_swap
-from count01.language import eval_set, exhaustive
+from count01.interventions import attention_sweep, grid_weights, intervened_run, value_swap
+from count01.language import EOS, eval_set, exhaustive
 from count01.metrics import head_table, l_acc, logit_metrics, roc_auc_rows
 
 TINY = SMALL | {"eval_size": 192}  # every analysis of a deep model runs forwards: small sets
@@ -168,3 +168,39 @@ def test_merged_run_holds_every_layers_heads_in_order():
         assert torch.equal(c.result[:, :, 2 * n:2 * n + 2], caches[n].result)
         assert torch.equal(c.pattern[:, :, 2 * n:2 * n + 2], caches[n].pattern)
     assert head_ids(model) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def test_all_rows_leave_the_later_layers_head_metrics_unmeasured():
+    """Under "all" a layer-0 head reads what it reads unintervened (its own output is the
+    real forward's, as "each" checks), a later head reads intervened lower layers: nan."""
+    cfg = Config(layers=2, heads=2, d_model=8, **TINY)
+    model = random_model(cfg)
+    model.weights = {k: 0.4 * w for k, w in model.weights.items()}
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    rows = pd.DataFrame(attention_sweep(model, hard, fit, [0.1, 3.0], [2.0], heads="both"))
+    each, every = (rows[rows["intervened"] == m].reset_index(drop=True) for m in ("each", "all"))
+    head_cols = ["s_acc_fixed", "s_acc_refit", "head_auc"]
+    later = every["head"] >= cfg.heads
+    assert every.loc[later, head_cols].isna().all().all()
+    assert every.loc[~later, head_cols].equals(each.loc[~later, head_cols])
+    assert each[head_cols].notna().all().all()
+    with pytest.raises(ValueError, match="one-layer"):
+        intervened_run(model, hard, 0.1, 2.0)
+
+
+def test_attention_that_underflows_on_the_0s_gives_no_inf_or_nan_weights():
+    """At init scale 3 the attention of some heads on the 0s underflows in some examples (all
+    of seed 0's): those examples are left out of the ratios, not averaged in as inf or nan."""
+    cfg = Config(layers=2, heads=2, d_model=8, **TINY)
+    model = random_model(cfg, scale=3.0)
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    w = Shared(model).of(hard).kind_parts.weights  # (S, L * H, V)
+    assert not torch.isinf(w).any()
+    measured = ~torch.isnan(w[..., 0])
+    assert not measured[0].any() and measured[1].all()  # seed 0: no usable example
+    assert (w[..., 0][measured] == 1.0).all()
+    w01, w02 = torch.tensor([0.1, 3.0]), torch.tensor([2.0, 2.0])
+    e = grid_weights(Shared(model).of(hard).kind_parts, w01, w02)
+    assert torch.isfinite(e).all() and (e[:, 0, :, EOS] == 0).all()  # unmeasured: no weight
+    rows = pd.DataFrame(attention_sweep(model, hard, fit, [0.1, 3.0], [2.0], heads="each"))
+    assert rows["head_auc"].notna().all()

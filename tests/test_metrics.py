@@ -170,3 +170,23 @@ def test_w02_is_the_mean_over_the_noise_symbols_that_were_measured():
     assert got["w02"][0] == pytest.approx(0.3) and np.isnan(got["w02"][1])
     assert got["w02_5"][0] == 0.1 and np.isnan(got["w02_6"][0])
     assert ratio_columns(w[:, :5], 1)["w02"][0] == 0.5
+
+
+def test_a_seed_alone_sums_its_slices_as_in_a_batch_of_seeds(monkeypatch):
+    """Slices are sized without the number of seeds: every sum over slices runs in one order."""
+    from dataclasses import replace
+
+    cfg = Config(heads=2, n_seeds=3, eval_size=300, max_len=8, long_max_len=12,
+                 pos_embed="learned")
+    model = Model.init(cfg).to(torch.float64)
+    alone = Model(replace(cfg, seed=cfg.seed + 1, n_seeds=1),
+                  {k: w[1:2] for k, w in model.weights.items()}, [cfg.seed + 1])
+    monkeypatch.setattr(activations, "CACHE_ELEMENTS", 20000)
+    assert len(list(activations.slices(model, eval_set(cfg, "iid")))) > 3
+    assert torch.equal(eval_set(cfg, "iid").tokens, eval_set(alone.cfg, "iid").tokens)
+    batched = [r for r in head_table(model, ("iid",)) if r["seed"] == cfg.seed + 1]
+    single = head_table(alone, ("iid",))
+    assert len(batched) == len(single) == 2
+    for a, b in zip(batched, single):
+        for k in [k for k in a if k.startswith(("w01", "w02", "mass", "head_auc", "s_acc"))]:
+            assert a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]), k

@@ -32,6 +32,9 @@ from .language import ONE, ZERO, Batch, at_end
 from .model import ATTN, Cache, Model, PosCache, attn
 
 CACHE_ELEMENTS = 1 << 24  # per forward slice: bounds memory (a cache tensor <= 128 MB)
+SLICE_SEEDS = 8  # slices are sized for this many seeds (the default n_seeds), whatever the
+# model's: a seed alone and in a batch then sums the same slices in the same order, bit for bit
+# (a model of more seeds holds proportionally more per slice)
 KEEP_ELEMENTS = 1 << 23  # a set's head outputs (S, B, H, d) are kept whole up to this size
 
 
@@ -51,12 +54,13 @@ def run_chunks(model, batch: Batch):
 
 
 def slices(model, batch: Batch):
-    """Consecutive slices of `batch` small enough for one forward (`run_chunks`)."""
+    """Consecutive slices of `batch` small enough for one forward (`run_chunks`) of
+    SLICE_SEEDS seeds: their sizes do not depend on the model's number of seeds."""
     cfg = model.cfg
     slots = cfg.d_vocab if cfg.count_path or batch.tokens is None else batch.tokens.shape[-1]
-    per_example = model.n_seeds * cfg.heads * slots * max(cfg.d_head_, cfg.d_model)
+    per_example = SLICE_SEEDS * cfg.heads * slots * max(cfg.d_head_, cfg.d_model)
     if cfg.layers > 1:  # every position of every layer: scores, q, k, v and outputs
-        per_example = (model.n_seeds * cfg.heads * slots * cfg.layers
+        per_example = (SLICE_SEEDS * cfg.heads * slots * cfg.layers
                        * (slots + 3 * cfg.d_head_ + cfg.d_model))
     size = max(1, CACHE_ELEMENTS // per_example)
     for a in range(0, len(batch), size):
@@ -127,8 +131,11 @@ def kind_weights(model, cache, batch: Batch) -> torch.Tensor:
     """Per-occurrence attention on each kind relative to a 0 (w(0) = 1). (S, H, V), id order.
 
     Count path: exp(score(t) - score(0)), exact. Token path: per example, the mean attention per
-    token of kind t over the mean per 0, averaged (weighted) over examples holding both kinds;
-    nan for a kind no example holds (BOS when bos is off).
+    token of kind t over the mean per 0, averaged (weighted) over examples holding both kinds
+    and where the head's attention on the 0s has not underflowed (so w(0) = 1 exactly);
+    nan for a kind no such example holds (BOS when bos is off; every kind of a head whose
+    attention on the 0s underflows in every example: `grid_weights` then gives 0 to all but
+    the intervened kinds).
     """
     if model.cfg.count_path and cache.scores.shape[1] == 1:
         sc = cache.scores[:, 0]  # (S, H, V)
@@ -139,11 +146,17 @@ def kind_weights(model, cache, batch: Batch) -> torch.Tensor:
 
 def _ratio_sums(cache, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Token path: the weighted sum over examples of each kind's ratio (S, H, V) and the weight
-    of the examples that hold the kind and a 0 (S|1, 1, V): sums, so slices add up."""
+    of the examples that hold the kind and a 0 the head attends to (S, H, V): sums, so slices
+    add up. An example whose attention on the 0s underflows (to 0, or so near that a ratio
+    overflows) would add inf or nan: it is left out for that head."""
     n = kind_counts(cache)[:, :, None, :]  # (S|1, B, 1, V)
     per = cache.mass() / n.clamp(min=1)  # (S, B, H, V) attention per occurrence
-    ok = (n > 0) & (n[..., ZERO:ZERO + 1] > 0)
-    ratio = torch.where(ok, per / per[..., ZERO:ZERO + 1], 0.0)
+    zero = per[..., ZERO:ZERO + 1]
+    ratio = per / torch.where(zero > 0, zero, 1.0)
+    held = (n > 0) & (n[..., ZERO:ZERO + 1] > 0)
+    usable = (zero > 0) & (torch.isfinite(ratio) | ~held).all(-1, keepdim=True)
+    ok = held & usable
+    ratio = torch.where(ok, ratio, 0.0)
     w = batch.weight.to(per.dtype)[None, :, None, None] * ok
     return (ratio * w).sum(1), w.sum(1)
 

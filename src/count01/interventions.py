@@ -194,6 +194,11 @@ def sweep_columns(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_gri
     for mode in modes:
         block = {"intervened": np.full(G * S * H, mode)} | grid
         block |= {k: out[k] for k in ("s_acc_fixed", "s_acc_refit", "head_auc")}
+        if mode == "all" and m.cfg.layers > 1:  # a later layer's head reads layer 0's
+            # intervened outputs: its metrics under "all" are not measured (nan)
+            later = grid["head"] >= m.cfg.heads
+            block |= {k: np.where(later, np.nan, block[k])
+                      for k in ("s_acc_fixed", "s_acc_refit", "head_auc")}
         block |= {k: out[f"{mode}.{k}"] for k in MODEL_METRICS + SENTENCE_METRICS * (
             ends is not None)}
         for k, v in block.items():
@@ -300,6 +305,8 @@ def intervened_run(model: Model, batch: Batch, w01: float, w02: float,
     """A real forward pass with head `head` (None: every head; a global index layer * H + h:
     the Cache is of its layer) attending by (w01, w02), EOS and BOS at their measured weights:
     the slow reference for `attention_sweep`. None needs one layer."""
+    if head is None and model.cfg.layers > 1:
+        raise ValueError("intervened_run(head=None) needs a one-layer model")
     layer = 0 if head is None else head // model.cfg.heads
     head = None if head is None else head % model.cfg.heads
     with torch.no_grad():
@@ -365,7 +372,7 @@ def _deep_hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     W_O = stacked(model, "W_O")
     v = c.v.expand(-1, c.pattern.shape[1], -1, -1, -1)
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, v, W_O)  # (H', H', S, b, d)
-    if last:  # the lower layers' outputs at every position, and where the query row is
+    if model.cfg.layers > 1:  # the lower layers' outputs everywhere, and where the query row is
         caches = model.run_layers(piece, positions=True)
         row = (torch.arange(piece.tokens.shape[-1]) == query_rows(piece)[..., None])[..., None]
     out = torch.empty(len(ids), len(ids), *c.logits.shape[:2], dtype=torch.long)
