@@ -70,59 +70,59 @@ def scheme_metrics(acts: Activations, means, alpha: torch.Tensor, keep: torch.Te
     the same alpha and mask at the ending. acts: the set's Activations (float64). means: of
     `head_means`, or for a `deep` model a `Means` (`ablation_means`)."""
     if deep(acts.model):
-        return _deep_metrics(acts, means, alpha, keep, auc, end_means)
-    model, batch = acts.model, acts.batch
-    w = batch.weight.to(torch.float64)
-    hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, []
+        rows = _deep_rows(acts, means, alpha, keep, end_means)
+    else:
+        rows = _rows(acts, means, alpha, keep, end_means)
+    with torch.no_grad():
+        return _tally(acts.batch, rows, auc, end_means is not None)
+
+
+def _rows(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor, end_means):
+    """(slice, logits (M, S, b, V), EOS predicted at the ending or None) of `scheme_metrics`
+    for one attention-only layer: heads recombined at the residual."""
+    model = acts.model
     endings = acts.end.head_slices() if end_means is not None else None
-    with torch.no_grad():
-        for piece, base, o in acts.head_slices():
-            resid = combine(base, o, means, alpha, keep)
-            logits = unembed(model, resid)  # (M, S, b, V)
-            pred = logits.argmax(-1)
-            pw = piece.weight.to(torch.float64)
-            hits = hits + ((pred == piece.y).to(pw.dtype) * pw).sum(-1)
-            valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
-            if auc:
-                scores.append(logits[..., 1] - logits[..., 0])
-            if endings is not None:  # the same slices, the true answer fed
-                _, ebase, eo = next(endings)
-                end = unembed(model, combine(ebase, eo, end_means, alpha, keep)).argmax(-1) == EOS
-                ends = ends + (end.to(pw.dtype) * pw).sum(-1)
-                whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
-    out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
-    if auc:
-        out["auc"] = roc_auc_rows(torch.cat(scores, -1), batch.y, batch.weight)
-    if end_means is not None:
-        out |= {"end": ends / w.sum(), "sentence": whole / w.sum()}
-    return out
+    for piece, base, o in acts.head_slices():
+        logits = unembed(model, combine(base, o, means, alpha, keep))
+        end = None
+        if endings is not None:  # the same slices, the true answer fed
+            _, ebase, eo = next(endings)
+            end = unembed(model, combine(ebase, eo, end_means, alpha, keep)).argmax(-1) == EOS
+        yield piece, logits, end
 
 
-def _deep_metrics(acts: Activations, means: Means, alpha: torch.Tensor, keep: torch.Tensor,
-                  auc: bool, end_means: Means | None) -> dict[str, torch.Tensor]:
-    """`scheme_metrics` of a deep model: each mask's logits through the later layers
+def _deep_rows(acts: Activations, means: Means, alpha: torch.Tensor, keep: torch.Tensor,
+               end_means: Means | None):
+    """`_rows` of a deep model: each mask's logits through the later layers
     (`layered_logits`), the unedited forward of each slice shared by the masks."""
-    model, batch = acts.model, acts.batch
+    model = acts.model
+    for piece in slices(model, acts.batch):
+        caches = model.run_layers(piece, positions=True)
+        logits = _deep_logits(model, piece, alpha, keep, means, caches)  # (M, S, b, V)
+        end = None
+        if end_means is not None:
+            end = _deep_logits(model, at_end(piece), alpha, keep, end_means).argmax(-1) == EOS
+        yield piece, logits, end
+
+
+def _tally(batch: Batch, rows, auc: bool, ending: bool) -> dict[str, torch.Tensor]:
+    """Weighted l-acc, valid rate (AUC; end and sentence accuracy) over the slices `rows`."""
     w = batch.weight.to(torch.float64)
     hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, []
-    with torch.no_grad():
-        for piece in slices(model, batch):
-            caches = model.run_layers(piece, positions=True)
-            pred_logits = _deep_logits(model, piece, alpha, keep, means, caches)  # (M, S, b, V)
-            pred = pred_logits.argmax(-1)
-            pw = piece.weight.to(torch.float64)
-            hits = hits + ((pred == piece.y).to(pw.dtype) * pw).sum(-1)
-            valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
-            if auc:
-                scores.append(pred_logits[..., 1] - pred_logits[..., 0])
-            if end_means is not None:
-                end = _deep_logits(model, at_end(piece), alpha, keep, end_means).argmax(-1) == EOS
-                ends = ends + (end.to(pw.dtype) * pw).sum(-1)
-                whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
+    for piece, logits, end in rows:
+        pred = logits.argmax(-1)
+        pw = piece.weight.to(torch.float64)
+        hits = hits + ((pred == piece.y).to(pw.dtype) * pw).sum(-1)
+        valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
+        if auc:
+            scores.append(logits[..., 1] - logits[..., 0])
+        if ending:
+            ends = ends + (end.to(pw.dtype) * pw).sum(-1)
+            whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
     out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
     if auc:
         out["auc"] = roc_auc_rows(torch.cat(scores, -1), batch.y, batch.weight)
-    if end_means is not None:
+    if ending:
         out |= {"end": ends / w.sum(), "sentence": whole / w.sum()}
     return out
 
