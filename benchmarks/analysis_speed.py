@@ -9,8 +9,9 @@ evaluation of every string of length 1..64 (quick: 12) through its count triple.
     python benchmarks/analysis_speed.py                 # default config, 8 seeds, full grid
     python benchmarks/analysis_speed.py --run runs/default
     python benchmarks/analysis_speed.py --pos-embed learned   # the position path
-    python benchmarks/analysis_speed.py --seeds 4 --compare learned
-        # the count path and the position path in one run, alternated: their ratio
+    python benchmarks/analysis_speed.py --compare learned
+        # `count01 analyze` of a 4-seed count-path run and of a 4-seed run with learned
+        # positions, alternated in one process: the ratio of their times (issue 14's target)
     python benchmarks/analysis_speed.py --quick         # tiny sizes: checks that it runs (CI)
 """
 
@@ -35,6 +36,9 @@ from count01.metrics import evaluate
 from count01.model import Model
 from count01.runs import save_tensors
 
+COMPARE_SEEDS = 4  # issue 14: a 4-seed position run against a 4-seed count-path run
+TARGET = 3.0  # issue 14: the position run's analysis within this many times the count path's
+
 
 def make_run(cfg: Config, out: Path) -> Path:
     """A run directory holding freshly initialised weights."""
@@ -47,7 +51,7 @@ def make_run(cfg: Config, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, help="analyze a copy of this trained run instead")
-    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--seeds", type=int, help="seeds per run (default 8; 4 with --compare)")
     p.add_argument("--grid-size", type=int, default=25)
     p.add_argument("--pos-embed", default="none", choices=["none", "learned", "sinusoidal"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (analyze's default 1)")
@@ -58,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="with --compare (median reported)")
     args = p.parse_args(argv)
     if args.compare:
+        args.seeds = args.seeds or COMPARE_SEEDS
         return compare(args)
+    args.seeds = args.seeds or 8
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
             cfg = load_config(args.run)
@@ -132,7 +138,8 @@ def compare(args) -> int:
         print(f"  pos_embed={pos:<11s} wall {wall:7.2f} s   cpu (this process) {cpu:7.2f} s")
     w_ratio = med[args.compare][0] / med["none"][0]
     c_ratio = med[args.compare][1] / med["none"][1]
-    print(f"  {args.compare} / count path: wall {w_ratio:.1f}x, cpu {c_ratio:.1f}x")
+    print(f"  {args.compare} / count path: wall {w_ratio:.1f}x, cpu {c_ratio:.1f}x "
+          f"(target: wall within {TARGET:g}x)")
     return 0
 
 

@@ -234,10 +234,10 @@ def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_
 
 @pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
 def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(pos_embed):
-    """The hybrid logits of the position path (`_hybrid_pos_logits`, from the tables) are the
+    """The hybrid logits of the position path (`_hybrid_pos_rows`, from the tables) are the
     reference forward's: head i's pattern on head j's values, the rest of the model as is."""
     from count01.aggregation import unembed
-    from count01.interventions import _hybrid_pos_logits, _hybrid_pred
+    from count01.interventions import _hybrid_pos_rows, _hybrid_pred
     from count01.model import ATTN, PosCache
 
     model = random_model(heads=3, pos_embed=pos_embed, bos=True)
@@ -248,5 +248,6 @@ def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(p
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", ref.pattern, ref.v, W_O)
     resid = ref.resid - ref.result.permute(2, 0, 1, 3)
     want = unembed(model, resid[:, None] + hybrid)  # (H, H, S, B, V)
-    assert torch.allclose(_hybrid_pos_logits(model, fast), want, atol=1e-10, rtol=0)
+    got = _hybrid_pos_rows(model, fast).permute(1, 3, 0, 2, 4)  # (H, H, S, B, V)
+    assert torch.allclose(got, want, atol=1e-10, rtol=0)
     assert (_hybrid_pred(model, fast, batch) == want.argmax(-1)).all()

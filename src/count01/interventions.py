@@ -390,8 +390,8 @@ def _deep_hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
 def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     """The model's argmax with head i replaced by the hybrid (attention of i, value/output
     weights of j), at the query of cache c. (H_attn, H_ov, S, B)."""
-    if isinstance(c, PosCache):
-        return _hybrid_pos_logits(model, c).argmax(-1)
+    if isinstance(c, PosCache):  # the argmax before the axes are moved: a contiguous read
+        return _hybrid_pos_rows(model, c).argmax(-1).permute(1, 3, 0, 2)
     if deep(model):
         return _deep_hybrid_pred(model, c, piece)
     W_O = model.weights[ATTN + "W_O"]
@@ -401,8 +401,8 @@ def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     return unembed(model, resid[:, None] + hybrid).argmax(-1)
 
 
-def _hybrid_pos_logits(model: Model, c: PosCache) -> torch.Tensor:
-    """`_hybrid_pred`'s logits (H_attn, H_ov, S, B, V) on the position path, from its tables:
+def _hybrid_pos_rows(model: Model, c: PosCache) -> torch.Tensor:
+    """`_hybrid_pred`'s logits (S, H_attn, B, H_ov, V) on the position path, from its tables:
     without ln_final the logits are a sum of the heads' shares, and head i's pattern on head
     j's values reads (mass_i r_E^j + u_i r_P^j) / D_i + b_V^j M^j into them (`Model.pos_tables`:
     r_E, r_P are the token and position values through M = W_O W_U), no per-position value."""
@@ -416,8 +416,7 @@ def _hybrid_pos_logits(model: Model, c: PosCache) -> torch.Tensor:
     hyb = torch.bmm(seen.reshape(S, H * B, V + L),
                     read.permute(0, 2, 1, 3).reshape(S, V + L, H * V)).view(S, H, B, H, V)
     hyb = hyb + bias[:, None, None]  # (S, H_attn, B, H_ov, V)
-    logits = c.logits[:, None, :, None] - own[:, :, :, None] + hyb
-    return logits.permute(1, 3, 0, 2, 4)
+    return c.logits[:, None, :, None] - own[:, :, :, None] + hyb
 
 
 def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:
