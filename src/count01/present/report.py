@@ -86,7 +86,7 @@ class Evidence:
     train_seconds: dict[str, float] = field(default_factory=dict)  # per configuration
 
 
-def collect(root: str | Path) -> Evidence:
+def read_evidence(root: str | Path) -> Evidence:
     """Find the saved results of a study, sweep or run directory."""
     root = Path(root)
     if (root / "study.json").exists():
@@ -611,7 +611,7 @@ def write_report(root: str | Path, out: str | Path | None, controls: V.Controls)
     out = root if out is None else Path(out)
     from .plots import sensitivity
 
-    ev = collect(root)
+    ev = read_evidence(root)
     v = judge(ev, controls)
     table = _sensitivity_table(v)
     title, sections = build_document(ev, v, None if table is None else out / "sensitivity.png")
