@@ -228,7 +228,7 @@ def test_q3_collapse_reports_that_the_ranking_survives():
 
 
 def success(rates: list[tuple[int, int]], sizes: list[list[int]] | None = None):
-    from count01.measure.stats import wilson
+    from count01.stats import wilson
 
     rows, minimal = [], []
     for h, (k, n) in zip((1, 2, 4, 8), rates):
@@ -285,7 +285,7 @@ def test_by_evidence_decides_only_when_the_interval_clears_the_threshold():
     assert V.by_evidence(0, 0, 8) == V.NOT_MEASURED
 
 
-def test_combine_counts_inconclusive_parts_only_when_the_decided_ones_agree():
+def test_combined_status_counts_inconclusive_parts_only_when_the_decided_ones_agree():
     assert V.combined_status([V.HELD, V.INCONCLUSIVE]) == V.INCONCLUSIVE
     assert V.combined_status([V.HELD, V.NOT_HELD, V.INCONCLUSIVE]) == V.MIXED
     assert V.combined_status([V.HELD, V.NOT_MEASURED]) == V.HELD

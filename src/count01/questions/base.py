@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..criteria import SUCCESS_L_ACC, SUCCESS_SET
-from ..measure.stats import wilson
+from ..stats import wilson
 
 HELD, NOT_HELD, MIXED = "held", "did not hold", "mixed"
 INCONCLUSIVE, NOT_MEASURED = "inconclusive", "not measured"
