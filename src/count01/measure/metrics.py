@@ -199,9 +199,10 @@ ROW_CHUNK = 1 << 18  # scores sorted at once: bounds memory, not results (a 2 MB
 
 
 def _row_chunks(score: torch.Tensor):
-    """Rows of score (..., B) as (R, B) float64 slices of at most ROW_CHUNK elements."""
+    """Rows of score (..., B) as (R, B) float64 slices of at most ROW_CHUNK elements, or of
+    SORT_THREADS rows where rows are wider (`_argsort` splits a slice's rows over threads)."""
     flat = score.reshape(-1, score.shape[-1]).to(torch.float64)
-    step = max(1, ROW_CHUNK // max(1, flat.shape[-1]))
+    step = max(SORT_THREADS, ROW_CHUNK // max(1, flat.shape[-1]))
     return [flat[i:i + step] for i in range(0, flat.shape[0], step)]
 
 
