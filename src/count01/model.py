@@ -586,9 +586,10 @@ class Model:
         Laid out for speed (each choice timed at S = 64, one thread): the logits, their
         gradient and the per-example vectors of 5 have the examples last (S, ..., 5, b), so
         reductions over 5 run along the examples and every product with a table is a bmm with
-        the examples on its long side; A[p, t_j] and per_kind[t_j] are read by one gather with
-        an index shared by the heads ((p, t_j), (t_j, b)), not a row lookup per head and
-        example followed by a gather.
+        the examples on its long side; A[p, t_j] is read by one gather with an index shared by
+        the heads ((p, t_j)), not a row lookup per head and example followed by a gather, and
+        per_kind[t_j] by a gather along the kinds with the tokens as index; the sums per EOS
+        position are bags of consecutive examples (`_per_row`).
         V = the vocabulary, read off the tables (the number of kinds and of logits)."""
         S, B, L = tokens.shape
         H, V = self.cfg.heads, t["rE"].shape[-1]
@@ -625,13 +626,10 @@ class Model:
         drP = torch.bmm(ghv, uv)  # (S*H, V, L)
         drE = torch.bmm(ghv, massv)  # (S*H, V, V)
         per_kind = torch.bmm(rE, ghv).view(S, H, V, B).sub_((gh * zl).sum(2, keepdim=True))
-        kb = torch.add(torch.arange(B)[:, None], tokens, alpha=B).view(S, 1, B * L)
-        ds = torch.bmm(ghv.transpose(1, 2), rPT).view(S, H, B * L)  # (S*H, b, L)
-        ds.add_(torch.gather(per_kind.view(S, H, V * B), 2, kb.expand(S, H, -1)))
-        ds = ds.mul_(u.view(S, H, B * L)).view(S, H, B, L)  # d loss / d score
-        dpos = torch.zeros(S * H * L, L, dtype=g.dtype).index_add_(0, rows, ds.view(-1, L))
-        dtok = torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds)  # then per p
-        dtok = torch.zeros(S * H * L, V, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, V))
+        ds = torch.gather(per_kind.transpose(2, 3), 3, tok).view(S * H, B, L)  # per_kind[t_j]
+        ds = ds.baddbmm_(ghv.transpose(1, 2), rPT).mul_(uv).view(S, H, B, L)  # d / d score
+        dpos = _per_row(ds, eos, L)
+        dtok = _per_row(torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds), eos, L)
         return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
                       "rE": drE.view(S, H, V, V).transpose(2, 3), "tok": dtok.view(S, H, L, V),
                       "pos": dpos.view(S, H, L, L)}
@@ -1152,6 +1150,19 @@ def by_length(tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
     order = torch.argsort(eos, dim=1, stable=True)
     flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
     return _rows(tokens, flat, (S, B, L)), eos.gather(1, order), y.gather(1, order)
+
+
+def _per_row(x: torch.Tensor, eos: torch.Tensor, L: int) -> torch.Tensor:
+    """Sum of x (S, H, b, m) over the examples of each EOS position p < L, each seed's examples
+    sorted by it (eos (S, b), `by_length`): (S * H * L, m). The examples of one p are a run of
+    rows, so each sum is a bag of consecutive rows (an embedding bag, several times faster
+    than index_add over (s, h, p) rows; the same additions in the same order)."""
+    S, H, B, m = x.shape
+    n = torch.zeros(S, L, dtype=torch.long).scatter_add_(1, eos, torch.ones_like(eos))
+    start = n.cumsum(1) - n  # (S, L) each p's first example
+    offsets = (torch.arange(S * H).view(S, H, 1) * B + start[:, None]).view(-1)
+    return torch.nn.functional.embedding_bag(torch.arange(S * H * B), x.reshape(-1, m),
+                                             offsets, mode="sum")
 
 
 def _blocks(x: torch.Tensor) -> torch.Tensor:
