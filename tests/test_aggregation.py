@@ -2,9 +2,11 @@ import pytest
 import torch
 from test_metrics import counting_model
 
-from count01 import activations, metrics
-from count01.activations import weighted_mean
-from count01.aggregation import (
+from count01.config import Config
+from count01.language import eval_set
+from count01.measure import activations, metrics
+from count01.measure.activations import weighted_mean
+from count01.measure.aggregation import (
     aggregate,
     combine,
     fit_alpha,
@@ -14,8 +16,6 @@ from count01.aggregation import (
     unembed,
     uniform_alpha,
 )
-from count01.config import Config
-from count01.language import eval_set
 from count01.model import ATTN, Model
 
 SMALL = dict(n_seeds=2, eval_size=256, max_len=8, long_max_len=12, exhaustive_len=6)
@@ -168,8 +168,8 @@ def test_slicing_sets_into_forward_chunks_changes_no_number(monkeypatch):
                                           ("bos", "mixed"), ("silent", "mixed")])
 def test_the_division_of_labour_of_hand_built_models_is_the_one_they_were_built_with(name,
                                                                                     labour):
-    from count01.aggregation import head_sets
-    from count01.controls import LIBRARY, SET_CONFIG
+    from count01.measure.aggregation import head_sets
+    from count01.measure.controls import LIBRARY, SET_CONFIG
 
     model = LIBRARY[name](seeds=2, **SET_CONFIG)
     fit, hard = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
@@ -192,7 +192,7 @@ def test_in_the_sentence_framing_alpha_fits_the_answer_and_the_ending_together(p
     """Fitted alpha minimises the mean of both cross-entropies (the gradient of that objective
     plus the ridge vanishes there), every scheme reports end and sentence accuracy, and the
     learned scheme's are the model's own."""
-    from count01.aggregation import RIDGE
+    from count01.measure.aggregation import RIDGE
 
     model = random_model(heads=3, pos_embed=pos_embed, framing="sentence")
     model.weights[ATTN + "W_O"][:, 2] *= 0.2
@@ -217,8 +217,8 @@ def test_in_the_sentence_framing_alpha_fits_the_answer_and_the_ending_together(p
 def test_a_sentence_models_minimal_head_sets_are_judged_and_refitted_on_its_answers():
     """SPEC 4 judges head sets on answer l-acc, so in the sentence framing alpha is refitted on
     the answers alone: the same weights read as a classify model give the same head sets."""
-    from count01.aggregation import fit_rows, head_sets
     from count01.language import eval_set
+    from count01.measure.aggregation import fit_rows, head_sets
     from count01.model import Model
     from count01.train import train
 

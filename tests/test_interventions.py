@@ -3,9 +3,10 @@ import pytest
 import torch
 from test_metrics import counting_model
 
-from count01 import activations, metrics
 from count01.config import Config
-from count01.interventions import (
+from count01.language import eval_set
+from count01.measure import activations, metrics
+from count01.measure.interventions import (
     InterventionError,
     attention_sweep,
     default_grid,
@@ -16,8 +17,7 @@ from count01.interventions import (
     sweep_columns,
     value_swap,
 )
-from count01.language import eval_set
-from count01.metrics import evaluate_logits, head_table
+from count01.measure.metrics import evaluate_logits, head_table
 from count01.model import Model
 
 SMALL = dict(n_seeds=2, eval_size=256, max_len=8, long_max_len=12, exhaustive_len=6)
@@ -197,7 +197,7 @@ def test_the_sentence_framing_reports_end_and_sentence_accuracy_under_the_interv
     """The intervention acts at the answer's query; the ending's, left alone, ends the sentence
     after the true answer or not: end accuracy is the model's at every grid point, and the
     greedy sentence is right where the intervened answer is and the model ends."""
-    from count01 import controls as C
+    from count01.measure import controls as C
 
     for name, ends in (("sentence_counter", 1.0), ("never_ends", 0.0)):
         model = C.LIBRARY[name](**C.SET_CONFIG)
@@ -214,8 +214,8 @@ def test_the_sentence_framing_reports_end_and_sentence_accuracy_under_the_interv
 def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_place():
     """A head swapped with itself is the model: its rows give the model's end and sentence
     accuracy; counters that always (never) end keep ending (not ending) whatever is swapped."""
-    from count01 import controls as C
-    from count01.metrics import set_metrics
+    from count01.measure import controls as C
+    from count01.measure.metrics import set_metrics
 
     for name in ("sentence_counter", "never_ends", "ending_bias", "answer_bias"):
         model = C.LIBRARY[name](**C.SET_CONFIG)
@@ -236,8 +236,8 @@ def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_
 def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(pos_embed):
     """The hybrid logits of the position path (`_hybrid_pos_logits`, from the tables) are the
     reference forward's: head i's pattern on head j's values, the rest of the model as is."""
-    from count01.aggregation import unembed
-    from count01.interventions import _hybrid_pos_logits, _hybrid_pred
+    from count01.measure.aggregation import unembed
+    from count01.measure.interventions import _hybrid_pos_logits, _hybrid_pred
     from count01.model import ATTN, PosCache
 
     model = random_model(heads=3, pos_embed=pos_embed, bos=True)

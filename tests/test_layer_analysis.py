@@ -7,12 +7,12 @@ import pytest
 import torch
 from test_layers import SMALL, hidden_channel, random_model
 
-from count01.activations import Shared, head_ids, layered_logits, merged_run
-from count01.aggregation import Means, _fit_deep, aggregate, fit_alpha, scheme_metrics
 from count01.config import Config
-from count01.interventions import attention_sweep, grid_weights, intervened_run, value_swap
 from count01.language import EOS, eval_set, exhaustive
-from count01.metrics import head_table, l_acc, logit_metrics, roc_auc_rows
+from count01.measure.activations import Shared, head_ids, layered_logits, merged_run
+from count01.measure.aggregation import Means, _fit_deep, aggregate, fit_alpha, scheme_metrics
+from count01.measure.interventions import attention_sweep, grid_weights, intervened_run, value_swap
+from count01.measure.metrics import head_table, l_acc, logit_metrics, roc_auc_rows
 
 TINY = SMALL | {"eval_size": 192}  # every analysis of a deep model runs forwards: small sets
 

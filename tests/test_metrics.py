@@ -5,11 +5,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from count01 import activations, metrics
 from count01.config import Config
-from count01.controls import COUNTER, SILENT, build
 from count01.language import eval_set, exhaustive
-from count01.metrics import (
+from count01.measure import activations, metrics
+from count01.measure.controls import COUNTER, SILENT, build
+from count01.measure.metrics import (
     attention_ratios,
     evaluate_logits,
     fit_threshold,
@@ -161,7 +161,7 @@ def test_slicing_a_set_into_forward_chunks_changes_no_number(monkeypatch):
 def test_w02_is_the_mean_over_the_noise_symbols_that_were_measured():
     """A symbol no example of a token-path set holds has no ratio (nan): w02 is the mean of the
     others', and nan only where no noise symbol was measured."""
-    from count01.metrics import ratio_columns
+    from count01.measure.metrics import ratio_columns
 
     nan = float("nan")
     w = np.array([[1.0, 2.0, 0.5, 3.0, nan, 0.1, nan],   # ids 0, 1, 2, EOS, BOS, 5, 6

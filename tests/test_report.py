@@ -16,6 +16,8 @@ import pytest
 from count01.cli import main
 from count01.config import Config
 from count01.files import write_json
+from count01.measure.controls import rule_controls
+from count01.present.report import SECTIONS, ReportError, collect, judge
 from count01.questions import QUESTIONS
 from count01.questions import base as V
 from count01.questions import q1 as Q1
@@ -23,7 +25,7 @@ from count01.questions import q2 as Q2
 from count01.questions import q3 as Q3
 from count01.questions import q4 as Q4
 from count01.questions import q5 as Q5
-from count01.report import SECTIONS, ReportError, build_report, collect, judge
+from count01.study import build_report
 
 SETS = ("iid", "hard", "exhaustive", "long", "noisy")
 GRID01 = (1e-3, 1e-1, 1.0, 10.0, 1e3)
@@ -226,7 +228,7 @@ def test_q3_collapse_reports_that_the_ranking_survives():
 
 
 def success(rates: list[tuple[int, int]], sizes: list[list[int]] | None = None):
-    from count01.stats import wilson
+    from count01.measure.stats import wilson
 
     rows, minimal = [], []
     for h, (k, n) in zip((1, 2, 4, 8), rates):
@@ -367,7 +369,7 @@ def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hol
 
 
 def test_a_rule_whose_controls_agree_is_marked_not_evidence(run, monkeypatch):
-    from count01 import controls
+    from count01.measure import controls
 
     real = controls.rule_controls()
     same = dict(real) | {"1": (real["1"][0], real["1"][0])}  # the ideal counter twice
@@ -425,7 +427,7 @@ def test_report_of_a_run_without_analysis_marks_questions_not_measured(tmp_path)
 
 
 def test_report_of_a_sentence_run_judges_question_2_in_the_sentence_framing(tmp_path):
-    from count01.analysis import analyze
+    from count01.measure.analysis import analyze
     from count01.train import train
 
     cfg = Config(n_seeds=2, steps=30, framing="sentence", max_len=6, long_max_len=8,
@@ -434,7 +436,7 @@ def test_report_of_a_sentence_run_judges_question_2_in_the_sentence_framing(tmp_
     analyze(tmp_path / "s", grid_size=2, progress=False)
     ev = collect(tmp_path / "s")
     assert V.SENTENCE + "aggregation" in ev.tables and ev.sentence_dir == tmp_path / "s"
-    q2 = judge(ev)[2]
+    q2 = judge(ev, rule_controls())[2]
     assert q2.sentence.framing == "sentence" and "No run was trained" not in q2.sentence.finding
 
 

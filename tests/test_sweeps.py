@@ -13,7 +13,7 @@ import pytest
 from count01.cli import main
 from count01.files import checkpoints
 from count01.language import EVAL_SETS
-from count01.metrics import evaluate
+from count01.measure.metrics import evaluate
 from count01.model import Model
 from count01.runs import load, save_tensors
 from count01.sweeps import (

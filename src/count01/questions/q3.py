@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..document import Block, analysis_figures
+from ..present.document import Block, analysis_figures
 from .base import (
     FEW,
     HELD,
@@ -36,7 +36,7 @@ from .base import (
 from .base import THRESHOLDS as SHARED
 
 if TYPE_CHECKING:
-    from ..report import Evidence as Saved
+    from ..present.report import Evidence as Saved
 
 NUMBER = 3
 # "balanced" = w01 within a factor W01_FACTOR of 1; "suppressed" = w02 at most W02_MAX
@@ -83,7 +83,7 @@ RULE = (f"Three sub-claims, each on `{SET}` and the successful seeds. (a) Attent
            f"{MIN_UNITS['3b']} informative hybrids from {MIN_SWAP_SEEDS} seeds. (c) Collapse: "
            "with one head intervened at w02 = 0, a head's drop is the model's l-acc at the grid "
            "point nearest w01 = 1 minus its l-acc at an end of the w01 grid; the same "
-           "intervention on an ideal counter with as many heads (`count01.controls`) gives the "
+           "intervention on an ideal counter with as many heads (`count01.measure.controls`) gives the "
            f"reference drop; a head collapses beyond the ideal if at either end its drop exceeds "
            f"the reference's by >= {COLLAPSE_BEYOND}; held if >= {MOST:.0%} of the heads do, did "
            f"not hold if <= {FEW:.0%}; at least {MIN_UNITS['3c']} heads. Each sub-claim is "

@@ -35,15 +35,15 @@ from types import ModuleType
 
 import pandas as pd
 
-from .config import Config
-from .criteria import SUCCESS_L_ACC, SUCCESS_SET
+from ..config import Config, noise_ids
+from ..criteria import SUCCESS_L_ACC, SUCCESS_SET
+from ..files import atomic_write, load_config, read_json, saved_eval, write_json
+from ..plan import read_state
+from ..questions import QUESTIONS
+from ..questions import base as V
+from ..sweeps.grid import Point, Sweep
+from ..sweeps.tables import NoResultsYet, load_tables, read_record, read_sweep
 from .document import Block, Bullets, Figure, ReportError, Section, Table, rel
-from .files import atomic_write, load_config, read_json, saved_eval, write_json
-from .plan import read_state
-from .questions import QUESTIONS
-from .questions import base as V
-from .sweeps.grid import Point, Sweep
-from .sweeps.tables import NoResultsYet, load_tables, read_record, read_sweep
 
 SECTIONS = ("summary", *(f"q{q.NUMBER}" for q in QUESTIONS), "methods")
 ANALYSIS_TABLES = ("model", "heads", "aggregation", "value_swap", "intervention",
@@ -225,15 +225,14 @@ def _add_scale(ev: Evidence, scale_dir: Path) -> None:
 
 # --- verdicts ------------------------------------------------------------------------------------
 
-def judge(ev: Evidence) -> dict[int, V.Verdict]:
-    """Every question's verdict, with its controls (`count01.controls`) and sensitivity."""
-    from .controls import rule_controls  # builds models: torch only when a report is judged
-
+def judge(ev: Evidence, controls: V.Controls) -> dict[int, V.Verdict]:
+    """Every question's verdict, with its rules run on the controls
+    (`count01.measure.controls.rule_controls`, built by the caller) and its sensitivity."""
     tables = dict(ev.tables) if ev.analysis else {}
     label = "configuration" if len(ev.grid) > 1 else (ev.grid[0] if ev.grid else "config_id")
     got = V.judge(QUESTIONS, V.Evidence(tables, ev.success, ev.minimal, label, ev.labour,
                                         scale=ev.scale),
-                  rule_controls())
+                  controls)
     return {v.question: v for v in got}
 
 
@@ -320,7 +319,7 @@ def question_section(ev: Evidence, q: ModuleType, v: V.Verdict) -> Section:
     figures, the prose and captions from its module `q`."""
     blocks: list[Block] = [f"**Verdict: {v.status}** (rule version {v.rule_version}). "
                            f"{v.finding}", *v.details, f"**Rule.** {v.rule}"]
-    blocks.append(f"**Controls** (hand-built models of `count01.controls`): "
+    blocks.append(f"**Controls** (hand-built models of `count01.measure.controls`): "
                   f"{V.describe_controls(v.controls)}." + ("" if v.evidence else " The rule gives the "
                                                       "model that has the property and the one "
                                                       "that lacks it the same verdict, so its "
@@ -353,7 +352,6 @@ def methods_section(ev: Evidence) -> Section:
     cfg = ev.cfg
     b: list[Block] = []
     if cfg is not None:
-        from .language import noise_ids  # torch only when a report describes a model
 
         noise = ", ".join(map(str, noise_ids(cfg.noise_symbols)))
         b.append(f"**Task (SPEC 2).** Strings `[BOS] x1..xn EOS` over digits 0, 1 and noise {noise}; "
@@ -606,15 +604,15 @@ class ReportFiles:
     verdicts: dict[int, str]
 
 
-def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles:
+def write_report(root: str | Path, out: str | Path | None, controls: V.Controls) -> ReportFiles:
     """Write report.html and report.md for a study, sweep or run directory (into `out`,
-    default the directory itself) from its saved results."""
+    default the directory itself) from its saved results and the rules' controls."""
     root = Path(root)
     out = root if out is None else Path(out)
     from .plots import sensitivity
 
     ev = collect(root)
-    v = judge(ev)
+    v = judge(ev, controls)
     table = _sensitivity_table(v)
     title, sections = build_document(ev, v, None if table is None else out / "sensitivity.png")
     outside = [b.path for s in sections for b in s.blocks if isinstance(b, Figure)

@@ -33,6 +33,9 @@ from itertools import combinations
 
 import torch
 
+from ..criteria import SUCCESS_L_ACC
+from ..language import EOS, Batch, at_end
+from ..model import Model
 from .activations import (
     Activations,
     Shared,
@@ -44,10 +47,7 @@ from .activations import (
     slices,
     weighted_mean,
 )
-from .criteria import SUCCESS_L_ACC
-from .language import EOS, Batch, at_end
 from .metrics import as_batches, roc_auc_rows
-from .model import Model
 
 MAX_STEPS = 50  # damped Newton steps (without ln_final, ten suffice)
 DECREMENT_TOL = 1e-13  # stop when no (mask, seed) expects to gain more than this

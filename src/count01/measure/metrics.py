@@ -39,20 +39,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .activations import (
-    RatioSums,
-    Shared,
-    ablation_value,
-    chunked_logits,
-    direct_scores,
-    head_ids,
-    position_means,
-    run_chunks,
-    slices,
-    weighted_mean,
-)
-from .config import Count01Error
-from .language import (
+from ..config import Count01Error
+from ..language import (
     BOS,
     EOS,
     EVAL_SETS,
@@ -64,6 +52,18 @@ from .language import (
     noise_ids,
     parse,
     vocab,
+)
+from .activations import (
+    RatioSums,
+    Shared,
+    ablation_value,
+    chunked_logits,
+    direct_scores,
+    head_ids,
+    position_means,
+    run_chunks,
+    slices,
+    weighted_mean,
 )
 
 PROBE_C, PROBE_ITER = 100.0, 2000  # weak regularisation: the probe is an upper bound

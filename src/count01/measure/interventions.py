@@ -34,6 +34,9 @@ from itertools import repeat
 import numpy as np
 import torch
 
+from ..config import Count01Error
+from ..language import EOS, Batch, noise_ids
+from ..model import ATTN, Cache, Model, PosCache
 from .activations import (
     Activations,
     KindParts,
@@ -46,8 +49,6 @@ from .activations import (
     stacked,
 )
 from .aggregation import unembed
-from .config import Count01Error
-from .language import EOS, Batch, noise_ids
 from .metrics import (
     fit_threshold,
     fit_thresholds,
@@ -55,7 +56,6 @@ from .metrics import (
     roc_auc_rows,
     threshold_acc,
 )
-from .model import ATTN, Cache, Model, PosCache
 
 
 class InterventionError(Count01Error):
