@@ -605,7 +605,7 @@ class Model:
         if D.min() < torch.finfo(D.dtype).tiny * 1e8:  # redone in the log domain, D = 1
             u, mass, D = self.pos_pattern(cut, tokens, eos)[:3]
             D = D[..., 0]
-        rPT = t["rP"][:, :, :L].transpose(2, 3).reshape(S * H, V, L)
+        rPT = t["rPT"][..., :L].reshape(S * H, V, L)  # a view (`pos_loss_grad` makes rPT)
         rE = t["rE"].reshape(S * H, V, V)
         uv, massv, Dt = u.view(S * H, B, L), mass.view(S * H, B, V), D.view(S, H, 1, B)
         # head h's share of the logits, (u r_P + mass r_E) / D, as (S, H, V, b)
@@ -658,6 +658,7 @@ class Model:
         y = (y if y.dim() == 2 else y[None]).expand(S, -1)
         B, L = tokens.shape[1:]
         t = self.pos_tables(L)
+        t["rPT"] = t["rP"].transpose(2, 3).contiguous()  # (S, H, V, L): each run takes a view
         if bool((eos[:, 1:] < eos[:, :-1]).any()):  # the Trainer sorts on its second thread
             tokens, eos, y = by_length(tokens, eos, y)
         loss = torch.zeros(S, dtype=E.dtype)
