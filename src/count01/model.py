@@ -581,7 +581,8 @@ class Model:
                            eos: torch.Tensor, y: torch.Tensor, scale: float):
         """Per-example part of `pos_loss_grad` on tokens (S, b, L) of width L <= the tables':
         the summed cross-entropy (S,) and the gradients of scale * that sum with respect to the
-        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions.
+        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions (and
+        the scores' to the rows from "lo", the run's lowest EOS position, on).
 
         Laid out for speed (each choice timed at S = 64, one thread): the logits, their
         gradient and the per-example vectors of 5 have the examples last (S, ..., 5, b), so
@@ -628,11 +629,13 @@ class Model:
         per_kind = torch.bmm(rE, ghv).view(S, H, V, B).sub_((gh * zl).sum(2, keepdim=True))
         ds = torch.gather(per_kind.transpose(2, 3), 3, tok).view(S * H, B, L)  # per_kind[t_j]
         ds = ds.baddbmm_(ghv.transpose(1, 2), rPT).mul_(uv).view(S, H, B, L)  # d / d score
-        dpos = _per_row(ds, eos, L)
-        dtok = _per_row(torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds), eos, L)
+        lo = int(eos.min())  # the rows of the score tables below it get nothing from this run
+        dpos = _per_row(ds, eos, lo, L)
+        dtok = _per_row(torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds), eos, lo,
+                        L)
         return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
-                      "rE": drE.view(S, H, V, V).transpose(2, 3), "tok": dtok.view(S, H, L, V),
-                      "pos": dpos.view(S, H, L, L)}
+                      "rE": drE.view(S, H, V, V).transpose(2, 3), "lo": lo,
+                      "tok": dtok.view(S, H, L - lo, V), "pos": dpos.view(S, H, L - lo, L)}
 
     def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor,
                       buckets: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -679,8 +682,9 @@ class Model:
             dc0[:, :n] += dk["c0"]
             dr[:, :, :V] += dk["rE"]
             dr[:, :, V:V + n] += dk["rP"]
-            dscores[:, :, :n, :V] += dk["tok"]
-            dscores[:, :, :n, V:V + n] += dk["pos"]
+            lo = dk["lo"]
+            dscores[:, :, lo:n, :V] += dk["tok"]
+            dscores[:, :, lo:n, V:V + n] += dk["pos"]
         loss /= B
         # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens);
         # values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U + b_V M.
@@ -1153,14 +1157,15 @@ def by_length(tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
     return _rows(tokens, flat, (S, B, L)), eos.gather(1, order), y.gather(1, order)
 
 
-def _per_row(x: torch.Tensor, eos: torch.Tensor, L: int) -> torch.Tensor:
-    """Sum of x (S, H, b, m) over the examples of each EOS position p < L, each seed's examples
-    sorted by it (eos (S, b), `by_length`): (S * H * L, m). The examples of one p are a run of
-    rows, so each sum is a bag of consecutive rows (an embedding bag, several times faster
-    than index_add over (s, h, p) rows; the same additions in the same order)."""
+def _per_row(x: torch.Tensor, eos: torch.Tensor, lo: int, L: int) -> torch.Tensor:
+    """Sum of x (S, H, b, m) over the examples of each EOS position lo <= p < L, each seed's
+    examples sorted by it (eos (S, b), `by_length`, none below lo): (S * H * (L - lo), m). The
+    examples of one p are a run of rows, so each sum is a bag of consecutive rows (an embedding
+    bag, several times faster than index_add over (s, h, p) rows; the same additions in the
+    same order)."""
     S, H, B, m = x.shape
-    n = torch.zeros(S, L, dtype=torch.long).scatter_add_(1, eos, torch.ones_like(eos))
-    start = n.cumsum(1) - n  # (S, L) each p's first example
+    n = torch.zeros(S, L - lo, dtype=torch.long).scatter_add_(1, eos - lo, torch.ones_like(eos))
+    start = n.cumsum(1) - n  # (S, L - lo) each p's first example
     offsets = (torch.arange(S * H).view(S, H, 1) * B + start[:, None]).view(-1)
     return torch.nn.functional.embedding_bag(torch.arange(S * H * B), x.reshape(-1, m),
                                              offsets, mode="sum")
