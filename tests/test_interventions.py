@@ -13,7 +13,6 @@ from count01.measure.interventions import (
     grid_weights,
     head_outputs,
     intervened_run,
-    kind_parts,
     sweep_columns,
     value_swap,
 )
@@ -49,7 +48,7 @@ def test_default_grid_is_25_log_points_and_w02_also_at_zero():
 def test_intervention_at_the_measured_weights_reproduces_the_head_outputs(kw):
     model = random_model(**kw)
     batch = eval_set(model.cfg, "iid")
-    parts = kind_parts(model, batch)
+    parts = activations.Activations(model, batch).kind_parts
     score, out = head_outputs(parts, parts.weights.nan_to_num(0.0)[None])
     torch.testing.assert_close(out[0], parts.orig, atol=1e-6, rtol=0)
     W_U = model.weights["unembed.W_U"]
@@ -63,7 +62,7 @@ def test_intervention_at_the_measured_weights_reproduces_the_head_outputs(kw):
 def test_fast_sweep_matches_a_real_forward_pass_with_the_attention_overridden(kw, w01, w02):
     model = random_model(**kw)
     batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
-    parts = kind_parts(model, batch)
+    parts = activations.Activations(model, batch).kind_parts
     grid = torch.tensor([w01], dtype=torch.float64), torch.tensor([w02], dtype=torch.float64)
     _, out = head_outputs(parts, grid_weights(parts, *grid))
     slow_all = intervened_run(model, batch, w01, w02)

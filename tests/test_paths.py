@@ -20,7 +20,7 @@ from count01.measure.paths import (
     stability_table,
     success_table,
 )
-from count01.measure.stats import wilson
+from count01.stats import wilson
 from count01.sweeps import FORMAT, TABLES, Sweep, run_sweep
 from count01.train import STOP_RULE, STOP_RULES
 

@@ -117,7 +117,8 @@ def test_questions_document_and_figures_import_no_computation(module):
     assert not first & TORCH, f"{module} reaches {first & TORCH}"
     assert not computation(reached), f"{module} reaches {computation(reached)}"
     path = SRC / Path(*module.split("."))
-    lazy = imports(path.with_suffix(".py"), False) if path.with_suffix(".py").exists() else set()
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    lazy = imports(path, False)
     assert not computation(lazy) and not {x.split(".")[0] for x in lazy} & TORCH, \
         f"{module} imports {lazy} inside functions"
 

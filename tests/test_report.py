@@ -17,7 +17,7 @@ from count01.cli import main
 from count01.config import Config
 from count01.files import write_json
 from count01.measure.controls import rule_controls
-from count01.present.report import SECTIONS, ReportError, collect, judge
+from count01.present.report import SECTIONS, ReportError, judge, read_evidence
 from count01.questions import QUESTIONS
 from count01.questions import base as V
 from count01.questions import q1 as Q1
@@ -228,7 +228,7 @@ def test_q3_collapse_reports_that_the_ranking_survives():
 
 
 def success(rates: list[tuple[int, int]], sizes: list[list[int]] | None = None):
-    from count01.measure.stats import wilson
+    from count01.stats import wilson
 
     rows, minimal = [], []
     for h, (k, n) in zip((1, 2, 4, 8), rates):
@@ -285,10 +285,10 @@ def test_by_evidence_decides_only_when_the_interval_clears_the_threshold():
     assert V.by_evidence(0, 0, 8) == V.NOT_MEASURED
 
 
-def test_combine_counts_inconclusive_parts_only_when_the_decided_ones_agree():
-    assert V.combine([V.HELD, V.INCONCLUSIVE]) == V.INCONCLUSIVE
-    assert V.combine([V.HELD, V.NOT_HELD, V.INCONCLUSIVE]) == V.MIXED
-    assert V.combine([V.HELD, V.NOT_MEASURED]) == V.HELD
+def test_combined_status_counts_inconclusive_parts_only_when_the_decided_ones_agree():
+    assert V.combined_status([V.HELD, V.INCONCLUSIVE]) == V.INCONCLUSIVE
+    assert V.combined_status([V.HELD, V.NOT_HELD, V.INCONCLUSIVE]) == V.MIXED
+    assert V.combined_status([V.HELD, V.NOT_MEASURED]) == V.HELD
 
 
 def test_sensitivity_finds_the_flip_where_a_threshold_crosses_the_data():
@@ -413,7 +413,7 @@ def test_report_is_rebuilt_from_saved_tables_without_weights(run):
     assert not (run / "model.safetensors").exists()
     first = build_report(run).verdicts
     assert build_report(run).verdicts == first
-    assert collect(run).kind == "run"
+    assert read_evidence(run).kind == "run"
 
 
 def test_report_of_a_run_without_analysis_marks_questions_not_measured(tmp_path):
@@ -434,7 +434,7 @@ def test_report_of_a_sentence_run_judges_question_2_in_the_sentence_framing(tmp_
                  exhaustive_len=4, eval_size=128)
     train(cfg, tmp_path / "s", progress=False)
     analyze(tmp_path / "s", grid_size=2, progress=False)
-    ev = collect(tmp_path / "s")
+    ev = read_evidence(tmp_path / "s")
     assert V.SENTENCE + "aggregation" in ev.tables and ev.sentence_dir == tmp_path / "s"
     q2 = judge(ev, rule_controls())[2]
     assert q2.sentence.framing == "sentence" and "No run was trained" not in q2.sentence.finding

@@ -1,6 +1,6 @@
 import numpy as np
 
-from count01.measure.stats import wilson
+from count01.stats import wilson
 
 
 def test_wilson_interval_matches_published_values():

@@ -11,8 +11,8 @@ from types import ModuleType
 
 from .config import Config, Count01Error
 
-# Every other entry point is loaded on first use (PEP 562), so `import count01` (and the report,
-# which reads saved tables) imports neither torch nor pandas nor matplotlib.
+# Every other entry point is loaded on first use (PEP 562), so `import count01` imports neither
+# torch nor pandas nor matplotlib (and the report, which reads saved tables, imports no torch).
 _LAZY = {
     "Model": "model", "Cache": "model", "train": "train", "load": "runs",
     "eval_set": "language", "exhaustive": "language", "training_batch": "language",

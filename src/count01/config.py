@@ -1,4 +1,5 @@
-"""The run configuration: one small dataclass, readable from TOML, overridable from the CLI.
+"""The run configuration: one small dataclass, readable from TOML, overridable from the CLI;
+and the token ids it sizes the vocabulary by (SPEC 2), torch-free so the report can name them.
 
 Every field is plain data so a config round-trips through JSON and TOML unchanged; `validate`
 turns a bad value into one clear `ConfigError` line instead of a failure deep in training.

@@ -117,15 +117,6 @@ PATH_GRIDS = {  # question 4's grid (SPEC 5, training path): seeds, Config field
 }
 
 
-
-def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles:
-    """Write report.html and report.md for a study, sweep or run directory (into `out`, default
-    the directory itself): its saved results, and every rule also run on the hand-built
-    controls, built here so that the report itself computes nothing."""
-    from .measure.controls import rule_controls  # builds models: torch
-
-    return write_report(root, out, rule_controls())
-
 def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, ...] | None = None,
               scope: str | None = None,
               grid_size: int | None = None, path_seeds: int | None = None,
@@ -220,6 +211,15 @@ def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,
         remove_leftovers(out)  # of a killed study: its stages clean their own directories
         return _reproduce(out, plan, state, progress, log,
                           {"workers": workers, "executor": executor, "address": address})
+
+
+def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles:
+    """Write report.html and report.md for a study, sweep or run directory (into `out`, default
+    the directory itself): its saved results, and every rule also run on the hand-built
+    controls, built here (with torch) so that the report itself computes nothing."""
+    from .measure.controls import rule_controls
+
+    return write_report(root, out, rule_controls)
 
 
 def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,

@@ -56,12 +56,6 @@ RIDGE = 1e-6  # (RIDGE / 2) |alpha - 1|^2 keeps the optimum finite on separable 
 CHUNK_ELEMENTS = 1 << 22  # bounds (masks, S, B, V, H) per batched fit
 
 
-def head_parts(model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual without the heads, base (S, B, d), and the head outputs o (S, B, H, d)."""
-    with torch.no_grad():
-        return Activations(model, batch).heads
-
-
 def scheme_metrics(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor,
                    auc: bool = True, end_means=None) -> dict[str, torch.Tensor]:
     """l-acc, valid rate (and AUC) on `batch` of the model with heads reweighted by alpha

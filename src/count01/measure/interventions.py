@@ -38,7 +38,6 @@ from ..config import Count01Error
 from ..language import EOS, Batch, noise_ids
 from ..model import ATTN, Cache, Model, PosCache
 from .activations import (
-    Activations,
     KindParts,
     Shared,
     deep,
@@ -84,11 +83,6 @@ def default_grid(n: int = GRID_SIZE, lo: float = GRID_RANGE[0], hi: float = GRID
 def grid_points(model: Model, n: int | None = None) -> int:
     """n, or by default GRID_SIZE points a side, DEEP_GRID_SIZE for a `deep` model."""
     return n if n is not None else DEEP_GRID_SIZE if deep(model) else GRID_SIZE
-
-
-def kind_parts(model: Model, batch: Batch) -> KindParts:
-    """Run the model on `batch` (in slices) and decompose every head's output by token kind."""
-    return Activations(model, batch).kind_parts
 
 
 def grid_weights(parts: KindParts, w01: torch.Tensor, w02: torch.Tensor) -> torch.Tensor:

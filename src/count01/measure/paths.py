@@ -78,11 +78,11 @@ from ..criteria import (
 )
 from ..files import atomic_write, json_safe, locked, remove_leftovers, write_json
 from ..present.figures import save
+from ..stats import wilson
 from ..sweeps import Point, load_tables, read_points
 from ..train import STOP_RULE, STOP_RULES, StopRule
 from .aggregation import LABOURS
 from .metrics import roc_auc_rows
-from .stats import wilson
 
 QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
               "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")

@@ -4,9 +4,9 @@ DIR is a study (`count01 reproduce`, with study.json), a sweep (sweep.json) or a
 (config.json). The report reads the tidy tables of `analysis` (RUN/analysis/*.csv) and of the
 sweep (results.parquet, paths/), judges each question of SPEC 1 with the rules of its module in
 `count01.questions` (whose prose and captions it also takes), runs each rule on the hand-built
-controls of `controls` (built in memory from weights, a few
-seconds: they are the same for every report and never saved) and over its thresholds, and
-writes
+controls it is handed (`study.build_report` builds them from weights with
+`measure.controls.rule_controls`, a few seconds, after the saved results have been read: they
+are the same for every report and never saved) and over its thresholds, and writes
     report.html   self-contained: figures embedded as base64 PNG, inline CSS, no script, no
                   network access of any kind
     report.md     the same text, figures linked by relative path
@@ -27,6 +27,7 @@ import html
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -86,7 +87,7 @@ class Evidence:
     train_seconds: dict[str, float] = field(default_factory=dict)  # per configuration
 
 
-def collect(root: str | Path) -> Evidence:
+def read_evidence(root: str | Path) -> Evidence:
     """Find the saved results of a study, sweep or run directory."""
     root = Path(root)
     if (root / "study.json").exists():
@@ -417,7 +418,7 @@ def methods_section(ev: Evidence) -> Section:
     b.append("**Verdict rules** (thresholds are constants in `count01/questions/`, one module "
              "per question; each rule is versioned, its history in the question's section):")
     b.append(Bullets([f"Q{q.NUMBER} (version {q.VERSION}): {q.RULE}" for q in QUESTIONS]))
-    b.append(f"**Controls** (`count01/controls.py`, models written from weights, "
+    b.append(f"**Controls** (`count01/measure/controls.py`, models written from weights, "
              f"{V.CONTROL_SEEDS} seeds that differ only in the scale of their values; question "
              f"4's controls are training-path tables of {V.CONTROL_RUNS} runs per "
              "configuration): " + "; ".join(x for q in QUESTIONS for x in q.controls_text())
@@ -534,7 +535,7 @@ def _status_cell(text: str) -> str:
 
 
 def render_html(title: str, sections: list[Section]) -> str:
-    """The page, figures embedded (`build_report` checks first that each lies inside the directory
+    """The page, figures embedded (`write_report` checks first that each lies inside the directory
     reported on or the report's own: a planted link to elsewhere is refused)."""
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
              f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
@@ -604,15 +605,17 @@ class ReportFiles:
     verdicts: dict[int, str]
 
 
-def write_report(root: str | Path, out: str | Path | None, controls: V.Controls) -> ReportFiles:
+def write_report(root: str | Path, out: str | Path | None,
+                 controls: Callable[[], V.Controls]) -> ReportFiles:
     """Write report.html and report.md for a study, sweep or run directory (into `out`,
-    default the directory itself) from its saved results and the rules' controls."""
+    default the directory itself) from its saved results and the rules' controls (built by
+    `controls()` once the results have been read: a bad directory is refused at once)."""
     root = Path(root)
     out = root if out is None else Path(out)
     from .plots import sensitivity
 
-    ev = collect(root)
-    v = judge(ev, controls)
+    ev = read_evidence(root)
+    v = judge(ev, controls())
     table = _sensitivity_table(v)
     title, sections = build_document(ev, v, None if table is None else out / "sensitivity.png")
     outside = [b.path for s in sections for b in s.blocks if isinstance(b, Figure)

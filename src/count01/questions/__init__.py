@@ -8,7 +8,7 @@ question: write its module and add it to QUESTIONS."""
 
 from __future__ import annotations
 
-from ..questions import q1, q2, q3, q4, q5, q6
+from . import q1, q2, q3, q4, q5, q6
 from .base import rule_functions, thresholds
 
 QUESTIONS = (q1, q2, q3, q4, q5, q6)  # in SPEC 1's order: the report's sections follow it

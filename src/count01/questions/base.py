@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..criteria import SUCCESS_L_ACC, SUCCESS_SET
-from ..measure.stats import wilson
+from ..stats import wilson
 
 HELD, NOT_HELD, MIXED = "held", "did not hold", "mixed"
 INCONCLUSIVE, NOT_MEASURED = "inconclusive", "not measured"
@@ -170,7 +170,7 @@ def by_evidence(k: int, n: int, minimum: int, t: Mapping[str, float] = THRESHOLD
     return INCONCLUSIVE if n < minimum or straddles else raw
 
 
-def combine(statuses: list[str]) -> str:
+def combined_status(statuses: list[str]) -> str:
     """Held if every sub-claim held, did not hold if none did, mixed if decided sub-claims
     disagree, inconclusive if the decided ones agree but some could not be decided."""
     measured = [s for s in statuses if s != NOT_MEASURED]
@@ -250,7 +250,7 @@ def _status(rule: str, e: Evidence, t: Mapping[str, float], seen: dict,
     (a rule with sub-claims from its sub-claims, so each is judged once per setting)."""
     parts = _parts(questions)
     if rule in parts:
-        return combine([_status(k, e, t, seen, questions) for k in parts[rule]])
+        return combined_status([_status(k, e, t, seen, questions) for k in parts[rule]])
     names, status_of = rule_functions(questions)[rule]
     key = (rule, *(t[n] for n in names))
     if key not in seen:
@@ -315,7 +315,7 @@ def judge(questions: Sequence[ModuleType], e: Evidence,
         got = {k: {side: functions[k][1](controls[k][i], t)
                    for i, side in enumerate(("positive", "negative"))} for k in keys}
         if q in parts:  # the question's controls combine its sub-claims' as its verdict does
-            v.controls = {side: combine([got[k][side] for k in keys])
+            v.controls = {side: combined_status([got[k][side] for k in keys])
                           for side in ("positive", "negative")} | {"parts": got}
         else:
             v.controls = got[q]

@@ -25,7 +25,7 @@ from .base import (
     Verdict,
     by_evidence,
     by_share,
-    combine,
+    combined_status,
     mean_sd,
     seeds_note,
     share,
@@ -113,9 +113,9 @@ def verdict(heads: pd.DataFrame | None, swap: pd.DataFrame | None, inter: pd.Dat
     clauses = out["clauses"]
     finding = (clauses[0][0].upper() + "; ".join(clauses)[1:] + ".") if clauses else \
         "Nothing was measured."
-    return Verdict(NUMBER, TITLE, combine([s for _, s in parts]), RULE, finding,
+    return Verdict(NUMBER, TITLE, combined_status([s for _, s in parts]), RULE, finding,
                    out["numbers"], parts, out["details"],
-                   previous={1: combine(old1), 2: combine(old2)},
+                   previous={1: combined_status(old1), 2: combined_status(old2)},
                    previous_parts={1: old1, 2: old2}, rule_version=VERSION,
                    part_keys=tuple(PARTS))
 
@@ -298,7 +298,7 @@ def _part(key: str) -> Callable[[Evidence, Mapping[str, float]], str]:
 
 RULES = {
     "3": (("success_l_acc", "w01_factor", "w02_max", "value_swap_gap", "collapse_beyond",
-           "most", "few"), lambda e, t: combine([_part(k)(e, t) for k in PARTS])),
+           "most", "few"), lambda e, t: combined_status([_part(k)(e, t) for k in PARTS])),
     "3a": (("success_l_acc", "w01_factor", "w02_max", "most", "few"), _part("3a")),
     "3b": (("success_l_acc", "value_swap_gap", "most", "few"), _part("3b")),
     "3c": (("success_l_acc", "collapse_beyond", "most", "few"), _part("3c")),

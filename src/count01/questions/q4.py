@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..criteria import IDEAL_SETS, RESTART_CHANCE, SUCCESS_L_ACC, SUCCESS_SET
-from ..measure.stats import wilson
 from ..present.document import Block, Figure, ReportError, Table, rel
+from ..stats import wilson
 from .base import (
     HELD,
     INCONCLUSIVE,

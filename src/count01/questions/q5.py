@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..criteria import SUCCESS_L_ACC
-from ..measure.stats import wilson
 from ..present.document import Block, Figure, rel
+from ..stats import wilson
 from .base import HELD, INCONCLUSIVE, MOST, NOT_HELD, NOT_MEASURED, SET, Evidence, Verdict, config_name
 from .base import THRESHOLDS as SHARED
 

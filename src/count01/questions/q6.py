@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..present.document import Block, rel
-from ..questions import q1, q2, q3
+from . import q1, q2, q3
 from .base import HELD, INCONCLUSIVE, NOT_HELD, NOT_MEASURED, Evidence, Verdict
 
 if TYPE_CHECKING:
