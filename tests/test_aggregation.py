@@ -2,6 +2,7 @@ import pytest
 import torch
 from test_metrics import counting_model
 
+from count01.cache import ATTN
 from count01.config import Config
 from count01.language import eval_set
 from count01.measure import activations, metrics
@@ -15,7 +16,7 @@ from count01.measure.aggregation import (
     unembed,
     uniform_alpha,
 )
-from count01.model import ATTN, Model
+from count01.model import Model
 
 SMALL = dict(n_seeds=2, eval_size=256, max_len=8, long_max_len=12, exhaustive_len=6)
 

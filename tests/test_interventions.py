@@ -235,9 +235,10 @@ def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_
 def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(pos_embed):
     """The hybrid logits of the position path (`_hybrid_pos_rows`, from the tables) are the
     reference forward's: head i's pattern on head j's values, the rest of the model as is."""
+    from count01.cache import ATTN
+    from count01.fast.position import PosCache
     from count01.measure.aggregation import unembed
     from count01.measure.interventions import _hybrid_pos_rows, _hybrid_pred
-    from count01.model import ATTN, PosCache
 
     model = random_model(heads=3, pos_embed=pos_embed, bos=True)
     batch = eval_set(model.cfg, "noisy")

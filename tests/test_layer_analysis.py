@@ -23,7 +23,7 @@ def test_direct_score_and_total_effect_tell_the_layers_of_the_hidden_channel_apa
     not read, so its direct score is 0 (head AUC 0.5), yet ablating it loses the answer; layer
     1's reader copies that channel into the answer: a perfect direct score, and ablating it
     loses the answer too. The silent heads have no score and no effect."""
-    from count01.model import ATTN
+    from count01.cache import ATTN
 
     model, _ = hidden_channel()
     batch = exhaustive(model.cfg, tokens=True, max_len=6)

@@ -8,11 +8,12 @@ import torch
 from conftest import refused
 from test_train import trains_alone_and_resumes_bit_for_bit
 
+from count01.cache import ATTN, attn
 from count01.config import Config
 from count01.language import at_end, exhaustive
 from count01.measure.controls import ideal
 from count01.measure.metrics import evaluate
-from count01.model import ATTN, Model, attn, init_weights, weight_shapes
+from count01.model import Model, init_weights, weight_shapes
 from count01.runs import load
 from count01.train import train
 

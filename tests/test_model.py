@@ -202,7 +202,7 @@ def test_sums_per_eos_position_add_what_index_add_adds_in_the_same_order(dtype):
     """The position path's gradient sums over the examples of each EOS position (bags of
     consecutive examples, each seed's sorted by length, rows from `lo` on) equal index_add
     over (seed, head, EOS position) rows bit for bit: the trained weights did not change."""
-    from count01.model import _per_row
+    from count01.fast.position import _per_row
 
     gen = torch.Generator().manual_seed(0)
     S, H, B, L, lo = 3, 2, 50, 12, 4

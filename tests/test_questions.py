@@ -16,7 +16,7 @@ from count01.questions import QUESTIONS, base
 SRC = Path(questions.__file__).parents[1]  # src/count01
 # modules that train, run or analyse models (the sweep file and tables, sweeps.grid and
 # sweeps.tables, are read by the report; the package's __init__ loads the rest on first use)
-COMPUTATION = {"model", "train", "language", "export", "study", "restarts", "cli",
+COMPUTATION = {"model", "cache", "fast", "train", "language", "export", "study", "restarts", "cli",
                *(f"measure.{m}" for m in ("activations", "metrics", "analysis", "aggregation",
                                           "interventions", "paths", "controls")),
                "sweeps.driver", "sweeps.executors", "sweeps.jobs"}

@@ -285,8 +285,9 @@ def test_position_path_training_is_deterministic_and_resumes_bit_for_bit(tiny, t
 def test_a_batch_sorted_by_length_ahead_gives_the_same_gradient_bit_for_bit(tiny):
     """The Trainer sorts position-path batches by length on its second thread; pos_loss_grad
     sorts an unsorted batch itself, into the same order."""
+    from count01.fast.position import by_length
     from count01.language import training_batch
-    from count01.model import Model, by_length
+    from count01.model import Model
 
     cfg = tiny.replace(pos_embed="learned", n_seeds=3)
     model = Model.init(cfg)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .cache import ROW_BLOCK
 from .config import Config
 from .criteria import (
     EARLY_STOP_FROM,
@@ -35,6 +36,7 @@ from .criteria import (
     EARLY_STOP_LOSS_FROM,
     SUCCESS_SET,
 )
+from .fast.position import by_length
 from .files import CheckpointError, load_config, locked, remove_leftovers, writable, write_json
 from .language import (
     EOS,
@@ -49,15 +51,10 @@ from .language import (
     triples,
 )
 from .measure.metrics import chunked_logits, evaluate, l_acc, mean_loss
-from .model import Model, by_length, trainable
+from .model import Model, trainable
 from .runs import OPTIM, load_tensors, save_tensors
 
 SGD_MOMENTUM = 0.9
-# `sentence_rows` per seed: a multiple of this (padded at weight 0), so a seed's rows alone and
-# its rows padded to its batch's longest (`lm_loss`) are summed in the same order (torch's sums
-# and MKL's products run in blocks of 64 floats here; a partial block is summed in another
-# order), and MKL's bmm over the rows sees each seed's matrices aligned alike
-ROW_BLOCK = 64
 MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch's names
 
 

@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 
+from ..cache import ATTN, Cache, attn
+from ..fast.position import PosCache
 from ..language import ONE, ZERO, Batch, at_end
-from ..model import ATTN, Cache, Model, PosCache, attn
+from ..model import Model
 
 CACHE_ELEMENTS = 1 << 24  # per forward slice: bounds memory (a cache tensor <= 128 MB)
 SLICE_SEEDS = 8  # slices are sized for this many seeds (the default n_seeds), whatever the

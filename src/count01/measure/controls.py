@@ -51,9 +51,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..cache import ATTN
 from ..config import Config
 from ..language import BOS, EOS, ONE, TWO, ZERO, eval_set
-from ..model import ATTN, Model, weight_shapes
+from ..model import Model, weight_shapes
 from ..questions import RULE_CONTROLS, RULE_READS, q4, q5, q6
 from ..questions.base import CONTROL_RUNS, CONTROL_SEEDS, SENTENCE, Evidence
 from ..stats import wilson

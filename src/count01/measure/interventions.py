@@ -34,9 +34,11 @@ from itertools import repeat
 import numpy as np
 import torch
 
+from ..cache import ATTN, Cache
 from ..config import Count01Error
+from ..fast.position import PosCache
 from ..language import EOS, Batch, noise_ids
-from ..model import ATTN, Cache, Model, PosCache
+from ..model import Model
 from .activations import (
     KindParts,
     Shared,
