@@ -259,3 +259,38 @@ def test_attention_that_underflows_on_the_0s_gives_no_inf_or_nan_weights():
     assert torch.isfinite(e).all() and (e[:, 0, :, EOS] == 0).all()  # unmeasured: no weight
     rows = pd.DataFrame(attention_sweep(model, hard, fit, [0.1, 3.0], [2.0], heads="each"))
     assert rows["head_auc"].notna().all()
+
+
+@pytest.mark.parametrize("options", [dict(layers=2, d_mlp=4), dict(layers=1, d_mlp=6),
+                                     dict(layers=3, pos_embed="learned")])
+def test_the_batched_head_set_search_is_each_subset_fitted_alone(options):
+    """The minimal head search fits every subset of a size in one pass (`Prefixes`: all
+    masks at once); each subset fitted and scored alone gives the same alpha and l-acc, and
+    the prefix path the same logits as a forward per mask and layer (`layered_logits`)."""
+    from itertools import combinations
+
+    from count01.aggregation import Prefixes, _edit, _parts, _subset_l_acc
+
+    cfg = Config(heads=2, d_model=8, **TINY | options)
+    model = random_model(cfg, 0.4)
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    shared = Shared(model)
+    parts = _parts(model, fit, shared)
+    H = len(head_ids(model))
+    subsets = [s for k in (1, 2, H - 1) for s in combinations(range(H), k)]
+    keep = torch.zeros(len(subsets), cfg.n_seeds, H, dtype=torch.bool)
+    for j, s in enumerate(subsets):
+        keep[j, :, list(s)] = True
+    together = parts[0](keep)
+    alone = torch.cat([parts[0](keep[j:j + 1]) for j in range(len(subsets))])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-12)
+    acts = shared.of(hard)
+    assert torch.equal(_subset_l_acc(shared.model, acts, subsets, parts),
+                       torch.cat([_subset_l_acc(shared.model, acts, [s], parts)
+                                  for s in subsets]))
+    if cfg.pos_embed == "none":
+        m, means = shared.model, parts[1]
+        want = torch.stack([layered_logits(m, hard, _edit(m, hard, together[j], keep[j], *means))
+                            for j in range(len(subsets))])
+        torch.testing.assert_close(Prefixes.of(m, hard).logits(together, keep, means), want,
+                                   rtol=0, atol=1e-10)
