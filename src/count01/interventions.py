@@ -16,9 +16,12 @@ Heads of every layer (`head` the global index layer * H + h): the intervention r
 row at its own layer's query. A head's own output is still the sum above (its values do not
 depend on its query row), so the head metrics keep the fast path; but with L >= 2 layers or an
 MLP (`activations.deep`) the logits are no longer linear in the heads' outputs, so the model's
-metrics run the model once per grid point and head (and per grid point and layer for
-intervened = "all", every head of every layer at once, layer by layer): keep the grid small
-there (DEEP_GRID_SIZE points a side by default). The one-layer attention-only path is unchanged.
+metrics run the later layers once per grid point and head (and per grid point for intervened =
+"all", every head of every layer at once): an override changes a layer's query row alone, so
+only the query row runs again (`activations.query_logits`, the other positions' keys and values
+kept); under "all" a head of layer >= 1 is measured on its output with the lower layers' query
+rows intervened. DEEP_GRID_SIZE points a side by default there. The one-layer attention-only
+path is unchanged.
 
 Value swap: head i keeps its attention pattern and takes head j's value/output weights
 (W_V, b_V, W_O); its direct score is then sum_k pattern_ik (v_jk W_O^j) . (W_U[1] - W_U[0]).
