@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from count01.analysis import analyze
 from count01.config import Config
 from count01.files import load_config, write_json
 from count01.language import EVAL_SETS, eval_set, exhaustive
-from count01.metrics import evaluate
+from count01.measure.analysis import analyze
+from count01.measure.metrics import evaluate
 from count01.model import Model
 from count01.runs import save_tensors
 

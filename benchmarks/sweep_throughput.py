@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from count01.metrics import format_table
+from count01.measure.metrics import format_table
 from count01.sweeps import TABLES, Sweep, SweepError, import_ray, run_sweep
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sweep.toml"

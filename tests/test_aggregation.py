@@ -2,20 +2,19 @@ import pytest
 import torch
 from test_metrics import counting_model
 
-from count01 import activations, metrics
-from count01.activations import weighted_mean
-from count01.aggregation import (
+from count01.config import Config
+from count01.language import eval_set
+from count01.measure import activations, metrics
+from count01.measure.activations import weighted_mean
+from count01.measure.aggregation import (
     aggregate,
     combine,
     fit_alpha,
-    head_parts,
     logit_jacobian,
     minimal_heads,
     unembed,
     uniform_alpha,
 )
-from count01.config import Config
-from count01.language import eval_set
 from count01.model import ATTN, Model
 
 SMALL = dict(n_seeds=2, eval_size=256, max_len=8, long_max_len=12, exhaustive_len=6)
@@ -26,7 +25,7 @@ def random_model(**kw) -> Model:
 
 
 def cross_entropy(model: Model, fit, alpha: torch.Tensor) -> torch.Tensor:
-    base, o = head_parts(model, fit)
+    base, o = activations.Activations(model, fit).heads
     means = weighted_mean(o, fit.weight, 1)
     keep = torch.ones_like(alpha, dtype=torch.bool)
     logits = unembed(model, combine(base, o, means, alpha, keep))
@@ -54,7 +53,7 @@ def test_uniform_aggregation_of_identical_heads_changes_nothing():
 def test_uniform_alpha_equalises_the_mean_norms_and_keeps_their_sum():
     model = random_model(heads=4)
     fit = eval_set(model.cfg, "fit")
-    _, o = head_parts(model, fit)
+    _, o = activations.Activations(model, fit).heads
     norms = weighted_mean(o.norm(dim=-1), fit.weight, 1)
     scaled = norms * uniform_alpha(model, fit)
     torch.testing.assert_close(scaled, scaled[:, :1].expand(-1, 4))
@@ -65,7 +64,7 @@ def test_uniform_alpha_keeps_the_total_when_a_head_has_no_output():
     model = random_model(heads=4)
     model.weights[ATTN + "W_O"][:, 3] = 0.0  # head 3 writes nothing
     fit = eval_set(model.cfg, "fit")
-    _, o = head_parts(model, fit)
+    _, o = activations.Activations(model, fit).heads
     norms = weighted_mean(o.norm(dim=-1), fit.weight, 1)
     alpha = uniform_alpha(model, fit)
     scaled = norms * alpha
@@ -98,8 +97,8 @@ def test_fitted_alpha_of_a_seed_does_not_depend_on_its_companions():
 def test_mean_ablation_of_every_head_leaves_only_the_direct_path(pos_embed):
     model = random_model(heads=3, pos_embed=pos_embed)
     fit, batch = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
-    base, o = head_parts(model, batch)
-    _, fo = head_parts(model, fit)
+    base, o = activations.Activations(model, batch).heads
+    _, fo = activations.Activations(model, fit).heads
     means = weighted_mean(fo, fit.weight, 1)  # (S, H, d)
     none = torch.zeros(2, 3, dtype=torch.bool)
     logits = unembed(model, combine(base, o, means, torch.ones(2, 3, dtype=torch.float64), none))
@@ -144,7 +143,7 @@ def test_minimal_heads_is_none_where_no_set_of_heads_reaches_the_threshold():
 
 def test_logit_jacobian_through_layernorm_matches_autograd():
     model = random_model(heads=3, layernorm=True)
-    base, o = head_parts(model, eval_set(model.cfg, "hard"))
+    base, o = activations.Activations(model, eval_set(model.cfg, "hard")).heads
     resid = (base + o.sum(2))[None]  # (1, S, B, d)
     tangents = o.transpose(2, 3)[None]  # (1, S, B, d, H)
     ours = logit_jacobian(model, resid, tangents)
@@ -168,8 +167,8 @@ def test_slicing_sets_into_forward_chunks_changes_no_number(monkeypatch):
                                           ("bos", "mixed"), ("silent", "mixed")])
 def test_the_division_of_labour_of_hand_built_models_is_the_one_they_were_built_with(name,
                                                                                     labour):
-    from count01.aggregation import head_sets
-    from count01.controls import LIBRARY, SET_CONFIG
+    from count01.measure.aggregation import head_sets
+    from count01.measure.controls import LIBRARY, SET_CONFIG
 
     model = LIBRARY[name](seeds=2, **SET_CONFIG)
     fit, hard = eval_set(model.cfg, "fit"), eval_set(model.cfg, "hard")
@@ -192,7 +191,7 @@ def test_in_the_sentence_framing_alpha_fits_the_answer_and_the_ending_together(p
     """Fitted alpha minimises the mean of both cross-entropies (the gradient of that objective
     plus the ridge vanishes there), every scheme reports end and sentence accuracy, and the
     learned scheme's are the model's own."""
-    from count01.aggregation import RIDGE
+    from count01.measure.aggregation import RIDGE
 
     model = random_model(heads=3, pos_embed=pos_embed, framing="sentence")
     model.weights[ATTN + "W_O"][:, 2] *= 0.2
@@ -217,8 +216,8 @@ def test_in_the_sentence_framing_alpha_fits_the_answer_and_the_ending_together(p
 def test_a_sentence_models_minimal_head_sets_are_judged_and_refitted_on_its_answers():
     """SPEC 4 judges head sets on answer l-acc, so in the sentence framing alpha is refitted on
     the answers alone: the same weights read as a classify model give the same head sets."""
-    from count01.aggregation import fit_rows, head_sets
     from count01.language import eval_set
+    from count01.measure.aggregation import fit_rows, head_sets
     from count01.model import Model
     from count01.train import train
 

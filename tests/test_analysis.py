@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from count01 import analysis, plots
-from count01.analysis import analyze
 from count01.cli import main
 from count01.config import Config
 from count01.files import write_json
 from count01.language import EVAL_SETS
+from count01.measure import analysis
+from count01.measure.analysis import analyze
 from count01.model import Model
+from count01.present import plots
 from count01.runs import save_tensors
 
 FIGURES = ("heads_table", "attention_mass", "intervention_heatmaps", "intervention_w02_0",
@@ -254,11 +255,11 @@ def test_analyses_sharing_activations_run_each_set_once_and_give_the_numbers_of_
     """One `Shared` serves every analysis: each (model, set) is run by the fast paths once for
     the quantities they share (head table, sweep, aggregation, minimal heads), and every number
     is the one the analysis computes alone."""
-    from count01 import activations
-    from count01.aggregation import aggregate, minimal_heads
-    from count01.interventions import sweep_columns
     from count01.language import eval_set
-    from count01.metrics import head_table
+    from count01.measure import activations
+    from count01.measure.aggregation import aggregate, minimal_heads
+    from count01.measure.interventions import sweep_columns
+    from count01.measure.metrics import head_table
 
     cfg = Config(n_seeds=2, heads=2, eval_size=200, max_len=8, long_max_len=12,
                  exhaustive_len=5, pos_embed="learned")

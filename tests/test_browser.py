@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from count01.report import SECTIONS, build_report
+from count01.present.report import SECTIONS
+from count01.study import build_report
 
 
 def assert_renders(browser, page: Path, shot: Path) -> int:

@@ -151,12 +151,12 @@ def test_train_refuses_to_overwrite_a_run_and_resume_rejects_new_options(run, ca
 
 def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_with_debug(
         run, monkeypatch, capsys):
-    import count01.metrics
+    import count01.measure.metrics
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(count01.metrics, "evaluate", broken)
+    monkeypatch.setattr(count01.measure.metrics, "evaluate", broken)
     assert main(["evaluate", str(run)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "count01 evaluate: unexpected error" in err

@@ -4,9 +4,9 @@ tells its positive control from its negative one."""
 import pandas as pd
 import pytest
 
-from count01 import controls as C
 from count01.language import eval_set
-from count01.metrics import head_table
+from count01.measure import controls as C
+from count01.measure.metrics import head_table
 from count01.questions import RULE_CONTROLS, RULES, THRESHOLDS
 from count01.questions import base as V
 from count01.questions import q2 as Q2
@@ -61,8 +61,8 @@ def test_the_sentence_controls_end_the_sentence_or_never_do_on_every_set():
     """sentence_counter answers and then ends every sentence; never_ends answers but never
     ends; ending_bias ends as learned, and stops ending once its heads are rescaled to equal
     norms (uniform), while still answering and ranking right."""
-    from count01.aggregation import aggregate
-    from count01.metrics import set_metrics
+    from count01.measure.aggregation import aggregate
+    from count01.measure.metrics import set_metrics
 
     for name, ends in (("sentence_counter", 1.0), ("never_ends", 0.0), ("ending_bias", 1.0)):
         model = C.LIBRARY[name](**C.SET_CONFIG)
@@ -93,7 +93,7 @@ def test_a_model_whose_answers_break_but_whose_ending_holds_does_not_support_que
     assert (uniform["end"] == 1.0).all() and (uniform["sentence"] < 0.5).all()
     got = Q2.sentence_verdict(agg, tables[V.SENTENCE + "model"])
     assert got.status == V.NOT_HELD and got.previous[3] == V.HELD
-    from count01.aggregation import aggregate
+    from count01.measure.aggregation import aggregate
 
     counter = C.LIBRARY["sentence_counter"](**C.SET_CONFIG)
     fit, hard = eval_set(counter.cfg, "fit"), eval_set(counter.cfg, "hard")

@@ -19,7 +19,7 @@ from count01.language import (
     triple_law,
     uniform,
 )
-from count01.metrics import evaluate_logits
+from count01.measure.metrics import evaluate_logits
 from count01.model import Model, trainable
 from count01.train import Trainer, loss_per_seed, lr_at, make_optimizer, torch_threads, train
 

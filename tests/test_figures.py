@@ -1,6 +1,6 @@
 import matplotlib.pyplot as plt
 
-from count01.figures import save
+from count01.present.figures import save
 
 
 def test_save_lays_out_once_writes_png_and_svg_and_closes_the_figure(tmp_path):

@@ -8,7 +8,6 @@ import torch
 from conftest import listing, refused
 from safetensors.torch import load_file, save_file
 
-from count01.analysis import analyze
 from count01.cli import main
 from count01.config import Config
 from count01.export import (
@@ -20,7 +19,8 @@ from count01.export import (
 )
 from count01.files import saved_eval
 from count01.language import BOS, EOS, ONE, TWO, ZERO, eval_set, exhaustive
-from count01.metrics import head_table
+from count01.measure.analysis import analyze
+from count01.measure.metrics import head_table
 from count01.runs import load, load_tensors
 from count01.train import train
 

@@ -3,21 +3,20 @@ import pytest
 import torch
 from test_metrics import counting_model
 
-from count01 import activations, metrics
 from count01.config import Config
-from count01.interventions import (
+from count01.language import eval_set
+from count01.measure import activations, metrics
+from count01.measure.interventions import (
     InterventionError,
     attention_sweep,
     default_grid,
     grid_weights,
     head_outputs,
     intervened_run,
-    kind_parts,
     sweep_columns,
     value_swap,
 )
-from count01.language import eval_set
-from count01.metrics import evaluate_logits, head_table
+from count01.measure.metrics import evaluate_logits, head_table
 from count01.model import Model
 
 SMALL = dict(n_seeds=2, eval_size=256, max_len=8, long_max_len=12, exhaustive_len=6)
@@ -49,7 +48,7 @@ def test_default_grid_is_25_log_points_and_w02_also_at_zero():
 def test_intervention_at_the_measured_weights_reproduces_the_head_outputs(kw):
     model = random_model(**kw)
     batch = eval_set(model.cfg, "iid")
-    parts = kind_parts(model, batch)
+    parts = activations.Activations(model, batch).kind_parts
     score, out = head_outputs(parts, parts.weights.nan_to_num(0.0)[None])
     torch.testing.assert_close(out[0], parts.orig, atol=1e-6, rtol=0)
     W_U = model.weights["unembed.W_U"]
@@ -63,7 +62,7 @@ def test_intervention_at_the_measured_weights_reproduces_the_head_outputs(kw):
 def test_fast_sweep_matches_a_real_forward_pass_with_the_attention_overridden(kw, w01, w02):
     model = random_model(**kw)
     batch, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
-    parts = kind_parts(model, batch)
+    parts = activations.Activations(model, batch).kind_parts
     grid = torch.tensor([w01], dtype=torch.float64), torch.tensor([w02], dtype=torch.float64)
     _, out = head_outputs(parts, grid_weights(parts, *grid))
     slow_all = intervened_run(model, batch, w01, w02)
@@ -197,7 +196,7 @@ def test_the_sentence_framing_reports_end_and_sentence_accuracy_under_the_interv
     """The intervention acts at the answer's query; the ending's, left alone, ends the sentence
     after the true answer or not: end accuracy is the model's at every grid point, and the
     greedy sentence is right where the intervened answer is and the model ends."""
-    from count01 import controls as C
+    from count01.measure import controls as C
 
     for name, ends in (("sentence_counter", 1.0), ("never_ends", 0.0)):
         model = C.LIBRARY[name](**C.SET_CONFIG)
@@ -214,8 +213,8 @@ def test_the_sentence_framing_reports_end_and_sentence_accuracy_under_the_interv
 def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_place():
     """A head swapped with itself is the model: its rows give the model's end and sentence
     accuracy; counters that always (never) end keep ending (not ending) whatever is swapped."""
-    from count01 import controls as C
-    from count01.metrics import set_metrics
+    from count01.measure import controls as C
+    from count01.measure.metrics import set_metrics
 
     for name in ("sentence_counter", "never_ends", "ending_bias", "answer_bias"):
         model = C.LIBRARY[name](**C.SET_CONFIG)
@@ -236,8 +235,8 @@ def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_
 def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(pos_embed):
     """The hybrid logits of the position path (`_hybrid_pos_logits`, from the tables) are the
     reference forward's: head i's pattern on head j's values, the rest of the model as is."""
-    from count01.aggregation import unembed
-    from count01.interventions import _hybrid_pos_logits, _hybrid_pred
+    from count01.measure.aggregation import unembed
+    from count01.measure.interventions import _hybrid_pos_logits, _hybrid_pred
     from count01.model import ATTN, PosCache
 
     model = random_model(heads=3, pos_embed=pos_embed, bos=True)

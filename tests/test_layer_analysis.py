@@ -7,12 +7,18 @@ import pytest
 import torch
 from test_layers import SMALL, hidden_channel, random_model
 
-from count01.activations import Shared, head_ids, kind_weights, layered_logits, merged_run
-from count01.aggregation import Means, _fit_deep, aggregate, fit_alpha, scheme_metrics
 from count01.config import Config
-from count01.interventions import attention_sweep, grid_weights, intervened_run, value_swap
 from count01.language import EOS, eval_set, exhaustive
-from count01.metrics import head_table, l_acc, logit_metrics, roc_auc_rows
+from count01.measure.activations import (
+    Shared,
+    head_ids,
+    kind_weights,
+    layered_logits,
+    merged_run,
+)
+from count01.measure.aggregation import Means, _fit_deep, aggregate, fit_alpha, scheme_metrics
+from count01.measure.interventions import attention_sweep, grid_weights, intervened_run, value_swap
+from count01.measure.metrics import head_table, l_acc, logit_metrics, roc_auc_rows
 
 TINY = SMALL | {"eval_size": 192}  # every analysis of a deep model runs forwards: small sets
 
@@ -158,7 +164,7 @@ def test_value_swap_of_a_deep_model_puts_the_hybrid_in_the_heads_place():
         assert (own[own["seed"] == seed]["l_acc"] == float(trained[s])).all()
     assert rows[rows["swapped"]]["l_acc"].nunique() > 1
     # every pair against a real forward: the hybrid in head i's place at its query row
-    from count01.activations import query_rows, stacked
+    from count01.measure.activations import query_rows, stacked
 
     c, caches = merged_run(model, hard), model.run_layers(hard, positions=True)
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, c.v, stacked(model, "W_O"))
@@ -187,8 +193,8 @@ def _all_intervened_scores(model, batch, w01, w02):
     """The reference for "all": every layer's query row overridden at once, layer by layer by
     real forwards (a layer's other positions as they were, the lower layers' query rows
     intervened), and every head's direct score at its query (S, L * H, B)."""
-    from count01.activations import query_rows, readout_direction
     from count01.language import noise_ids
+    from count01.measure.activations import query_rows, readout_direction
 
     L, H = model.cfg.layers, model.cfg.heads
     replace, scores = {}, []
@@ -216,7 +222,7 @@ def test_all_rows_measure_every_head_through_the_intervened_lower_layers(options
     """Under "all" a layer-0 head reads what it reads unintervened (as "each"); a later head
     reads the intervened lower layers' query row: its s-acc and AUC are those of its direct
     score in a real forward with every layer intervened."""
-    from count01.metrics import fit_threshold, fit_thresholds, threshold_acc
+    from count01.measure.metrics import fit_threshold, fit_thresholds, threshold_acc
 
     cfg = Config(heads=2, d_model=8, **TINY | options)
     model = random_model(cfg)
@@ -269,7 +275,7 @@ def test_the_batched_head_set_search_is_each_subset_fitted_alone(options):
     the prefix path the same logits as a forward per mask and layer (`layered_logits`)."""
     from itertools import combinations
 
-    from count01.aggregation import Prefixes, _edit, _parts, _subset_l_acc
+    from count01.measure.aggregation import Prefixes, _edit, _parts, _subset_l_acc
 
     cfg = Config(heads=2, d_model=8, **TINY | options)
     model = random_model(cfg, 0.4)

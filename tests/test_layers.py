@@ -9,9 +9,9 @@ from conftest import refused
 from test_train import trains_alone_and_resumes_bit_for_bit
 
 from count01.config import Config
-from count01.controls import ideal
 from count01.language import at_end, exhaustive
-from count01.metrics import evaluate
+from count01.measure.controls import ideal
+from count01.measure.metrics import evaluate
 from count01.model import ATTN, Model, attn, init_weights, weight_shapes
 from count01.runs import load
 from count01.train import train
@@ -358,7 +358,7 @@ def test_a_deep_run_is_evaluated_analysed_intervened_and_reported(deep_run, caps
     import pandas as pd
 
     from count01.cli import main
-    from count01.interventions import DEEP_GRID_SIZE
+    from count01.measure.interventions import DEEP_GRID_SIZE
 
     assert main(["evaluate", str(deep_run), "--sets", "hard,long"]) == 0
     assert "long" in capsys.readouterr().out

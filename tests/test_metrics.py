@@ -5,12 +5,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from count01 import activations, metrics
 from count01.config import Config
-from count01.controls import COUNTER, SILENT, build
 from count01.language import eval_set, exhaustive
-from count01.metrics import (
-    attention_ratios,
+from count01.measure import activations, metrics
+from count01.measure.controls import COUNTER, SILENT, build
+from count01.measure.metrics import (
     evaluate_logits,
     fit_threshold,
     head_table,
@@ -104,15 +103,21 @@ def test_hand_built_head_on_the_token_path_gives_the_same_numbers():
     assert row["w01"] == pytest.approx(1.0, abs=1e-12) and row["w02"] == 0.0
 
 
+def ratios(model: Model, batch) -> dict[str, np.ndarray]:
+    """w01, w02, w_eos, w_bos per seed and head (S, H), as the head table measures them."""
+    w = activations.Activations(model, batch).kind_parts.weights
+    return metrics.ratio_columns(w.double().numpy(), model.cfg.noise_symbols)
+
+
 def test_token_path_ratios_agree_with_the_exact_count_path_ratios():
     cfg = Config(heads=2, n_seeds=2, eval_size=256, max_len=8, long_max_len=12)
     model = Model.init(cfg).to(torch.float64)
-    exact = attention_ratios(model)
+    exact = ratios(model, eval_set(cfg, "fit"))
     tok = Model(cfg.replace(pos_embed="learned"),
                 model.weights | {"pos_embed.W_pos": torch.zeros(2, cfg.n_ctx, 16,
                                                                 dtype=torch.float64)},
                 model.seeds)
-    measured = attention_ratios(tok, eval_set(tok.cfg, "iid"))
+    measured = ratios(tok, eval_set(tok.cfg, "iid"))
     for k in ("w01", "w02", "w_eos", "w_bos"):
         assert exact[k].shape == (2, 2)
         np.testing.assert_allclose(measured[k], exact[k], rtol=1e-9)
@@ -161,7 +166,7 @@ def test_slicing_a_set_into_forward_chunks_changes_no_number(monkeypatch):
 def test_w02_is_the_mean_over_the_noise_symbols_that_were_measured():
     """A symbol no example of a token-path set holds has no ratio (nan): w02 is the mean of the
     others', and nan only where no noise symbol was measured."""
-    from count01.metrics import ratio_columns
+    from count01.measure.metrics import ratio_columns
 
     nan = float("nan")
     w = np.array([[1.0, 2.0, 0.5, 3.0, nan, 0.1, nan],   # ids 0, 1, 2, EOS, BOS, 5, 6

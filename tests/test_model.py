@@ -197,6 +197,22 @@ def test_every_query_row_matches_the_textbook_forward(pos_embed, bos):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sums_per_eos_position_add_what_index_add_adds_in_the_same_order(dtype):
+    """The position path's gradient sums over the examples of each EOS position (bags of
+    consecutive examples, each seed's sorted by length, rows from `lo` on) equal index_add
+    over (seed, head, EOS position) rows bit for bit: the trained weights did not change."""
+    from count01.model import _per_row
+
+    gen = torch.Generator().manual_seed(0)
+    S, H, B, L, lo = 3, 2, 50, 12, 4
+    eos = torch.sort(torch.randint(lo, L, (S, B), generator=gen), 1).values
+    x = torch.randn(S, H, B, 7, generator=gen, dtype=dtype)
+    rows = (torch.arange(S * H).view(S, H, 1) * (L - lo) + (eos - lo)[:, None]).view(-1)
+    want = torch.zeros(S * H * (L - lo), 7, dtype=dtype).index_add_(0, rows, x.view(-1, 7))
+    assert torch.equal(_per_row(x, eos, lo, L), want)
+
+
 def test_position_path_redoes_underflowing_rows_in_the_log_domain():
     """Scores hundreds apart: A[p, t_j] Bt[p, j] underflows for some example (every factor is
     shifted by its own table row's maximum, not the example's), and those rows are redone in the

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from count01.files import write_json
-from count01.paths import (
+from count01.measure.paths import (
     QUANTITIES,
     analyze_paths,
     best_practice_table,
@@ -220,7 +220,7 @@ def test_the_study_writes_every_documented_file(study):
 def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypatch):
     from test_analysis import readable_alone
 
-    from count01 import paths
+    from count01.measure import paths
 
     out, _, _ = study
     drawn = {}
@@ -273,7 +273,7 @@ def test_an_unfinished_sweep_is_studied_as_far_as_it_got(study, tmp_path):
 
 
 def test_trajectories_with_ratios_of_zero_and_infinity_still_draw(tmp_path):
-    from count01.paths import plot_trajectories
+    from count01.measure.paths import plot_trajectories
 
     traj = pd.DataFrame({"seed": [0, 0], "step": [0, 10], "hard_l_acc": [0.5, 0.5]})
     htraj = pd.DataFrame({"seed": 0, "head": 0, "step": [0, 10], "s_acc": [0.5, 0.5],
@@ -285,7 +285,7 @@ def test_trajectories_with_ratios_of_zero_and_infinity_still_draw(tmp_path):
 def test_figures_of_many_configurations_are_rows_and_readable_alone(monkeypatch, tmp_path):
     from test_analysis import readable_alone
 
-    from count01 import paths
+    from count01.measure import paths
 
     runs = _runs({f"h{i}": [True, i % 3 == 0, False] for i in range(1, 21)})
     drawn = {}

@@ -1,7 +1,7 @@
 """The question registry and the import graph (issue 12): no cycle among count01's module-level
 imports; the questions, the document and the figures import no computation (neither torch nor
-the modules that train, run or analyse models); the report imports computation only inside the
-functions listed here, each for a stated reason."""
+the modules that train, run or analyse models), and the report imports none, not even inside a
+function: it reads saved tables, and `study.build_report` hands it the hand-built controls."""
 
 import ast
 import subprocess
@@ -16,15 +16,11 @@ from count01.questions import QUESTIONS, base
 SRC = Path(questions.__file__).parents[1]  # src/count01
 # modules that train, run or analyse models (the sweep file and tables, sweeps.grid and
 # sweeps.tables, are read by the report; the package's __init__ loads the rest on first use)
-COMPUTATION = {"model", "train", "analysis", "interventions", "aggregation", "metrics",
-               "language", "paths", "controls", "export", "study", "restarts", "sweeps.driver",
-               "sweeps.executors", "sweeps.jobs", "cli"}
+COMPUTATION = {"model", "train", "language", "export", "study", "restarts", "cli",
+               *(f"measure.{m}" for m in ("activations", "metrics", "analysis", "aggregation",
+                                          "interventions", "paths", "controls")),
+               "sweeps.driver", "sweeps.executors", "sweeps.jobs"}
 TORCH = {"torch", "safetensors"}
-# the report's imports inside functions that reach computation, and why each is there
-REPORT_LAZY = {
-    "controls": "the hand-built controls are built from weights when a report is judged",
-    "language": "noise_ids for the methods' task description",
-}
 
 
 def module_name(path: Path) -> str:
@@ -112,25 +108,19 @@ def test_module_level_imports_have_no_cycle():
 
 @pytest.mark.parametrize("module", ["questions", *(f"questions.{q.__name__.split('.')[-1]}"
                                                    for q in QUESTIONS),
-                                    "questions.base", "document", "plots", "figures", "files"])
+                                    "questions.base", "present", "present.document",
+                                    "present.plots", "present.figures", "present.report", "files"])
 def test_questions_document_and_figures_import_no_computation(module):
     g = graph()
     reached = closure(module, g) | set(g[module])
     first = {x.split(".")[0] for x in reached}
     assert not first & TORCH, f"{module} reaches {first & TORCH}"
     assert not computation(reached), f"{module} reaches {computation(reached)}"
-    lazy = imports(SRC / Path(*module.split(".")).with_suffix(".py"),
-                   False) if module != "questions" else set()
+    path = SRC / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    lazy = imports(path, False)
     assert not computation(lazy) and not {x.split(".")[0] for x in lazy} & TORCH, \
         f"{module} imports {lazy} inside functions"
-
-
-def test_the_report_imports_computation_only_where_listed():
-    reached = closure("report", graph())
-    assert not computation(reached), computation(reached)
-    assert not {x.split(".")[0] for x in reached} & TORCH
-    lazy = imports(SRC / "report.py", False)
-    assert computation(lazy) | ({x.split(".")[0] for x in lazy} & TORCH) == set(REPORT_LAZY)
 
 
 def test_every_question_module_has_what_the_report_and_judge_read():
@@ -155,7 +145,7 @@ def test_one_module_chooses_the_matplotlib_backend():
 
 
 def test_importing_the_report_and_the_figures_loads_no_torch():
-    code = ("import sys, count01.report, count01.plots; "
+    code = ("import sys, count01.present.report, count01.present.plots; "
             "print(sorted({'torch', 'safetensors'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -16,6 +16,8 @@ import pytest
 from count01.cli import main
 from count01.config import Config
 from count01.files import write_json
+from count01.measure.controls import rule_controls
+from count01.present.report import SECTIONS, ReportError, judge, read_evidence
 from count01.questions import QUESTIONS
 from count01.questions import base as V
 from count01.questions import q1 as Q1
@@ -23,7 +25,7 @@ from count01.questions import q2 as Q2
 from count01.questions import q3 as Q3
 from count01.questions import q4 as Q4
 from count01.questions import q5 as Q5
-from count01.report import SECTIONS, ReportError, build_report, collect, judge
+from count01.study import build_report
 
 SETS = ("iid", "hard", "exhaustive", "long", "noisy")
 GRID01 = (1e-3, 1e-1, 1.0, 10.0, 1e3)
@@ -283,10 +285,10 @@ def test_by_evidence_decides_only_when_the_interval_clears_the_threshold():
     assert V.by_evidence(0, 0, 8) == V.NOT_MEASURED
 
 
-def test_combine_counts_inconclusive_parts_only_when_the_decided_ones_agree():
-    assert V.combine([V.HELD, V.INCONCLUSIVE]) == V.INCONCLUSIVE
-    assert V.combine([V.HELD, V.NOT_HELD, V.INCONCLUSIVE]) == V.MIXED
-    assert V.combine([V.HELD, V.NOT_MEASURED]) == V.HELD
+def test_combined_status_counts_inconclusive_parts_only_when_the_decided_ones_agree():
+    assert V.combined_status([V.HELD, V.INCONCLUSIVE]) == V.INCONCLUSIVE
+    assert V.combined_status([V.HELD, V.NOT_HELD, V.INCONCLUSIVE]) == V.MIXED
+    assert V.combined_status([V.HELD, V.NOT_MEASURED]) == V.HELD
 
 
 def test_sensitivity_finds_the_flip_where_a_threshold_crosses_the_data():
@@ -367,7 +369,7 @@ def test_every_rule_gives_its_positive_control_held_and_its_negative_did_not_hol
 
 
 def test_a_rule_whose_controls_agree_is_marked_not_evidence(run, monkeypatch):
-    from count01 import controls
+    from count01.measure import controls
 
     real = controls.rule_controls()
     same = dict(real) | {"1": (real["1"][0], real["1"][0])}  # the ideal counter twice
@@ -411,7 +413,7 @@ def test_report_is_rebuilt_from_saved_tables_without_weights(run):
     assert not (run / "model.safetensors").exists()
     first = build_report(run).verdicts
     assert build_report(run).verdicts == first
-    assert collect(run).kind == "run"
+    assert read_evidence(run).kind == "run"
 
 
 def test_report_of_a_run_without_analysis_marks_questions_not_measured(tmp_path):
@@ -425,16 +427,16 @@ def test_report_of_a_run_without_analysis_marks_questions_not_measured(tmp_path)
 
 
 def test_report_of_a_sentence_run_judges_question_2_in_the_sentence_framing(tmp_path):
-    from count01.analysis import analyze
+    from count01.measure.analysis import analyze
     from count01.train import train
 
     cfg = Config(n_seeds=2, steps=30, framing="sentence", max_len=6, long_max_len=8,
                  exhaustive_len=4, eval_size=128)
     train(cfg, tmp_path / "s", progress=False)
     analyze(tmp_path / "s", grid_size=2, progress=False)
-    ev = collect(tmp_path / "s")
+    ev = read_evidence(tmp_path / "s")
     assert V.SENTENCE + "aggregation" in ev.tables and ev.sentence_dir == tmp_path / "s"
-    q2 = judge(ev)[2]
+    q2 = judge(ev, rule_controls())[2]
     assert q2.sentence.framing == "sentence" and "No run was trained" not in q2.sentence.finding
 
 

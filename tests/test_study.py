@@ -14,8 +14,8 @@ from count01.cli import main
 from count01.config import Count01Error
 from count01.files import read_json, write_json
 from count01.plan import StudyError
-from count01.report import SECTIONS, build_report
-from count01.study import STAGES, make_plan, reproduce
+from count01.present.report import SECTIONS
+from count01.study import STAGES, build_report, make_plan, reproduce
 from count01.sweeps import Sweep
 
 TINY = dict(seeds=2, heads=(1, 4), grid_size=5, steps=60, checkpoint_every=20, batch_size=64,

@@ -13,7 +13,7 @@ import pytest
 from count01.cli import main
 from count01.files import checkpoints
 from count01.language import EVAL_SETS
-from count01.metrics import evaluate
+from count01.measure.metrics import evaluate
 from count01.model import Model
 from count01.runs import load, save_tensors
 from count01.sweeps import (
@@ -380,7 +380,7 @@ def test_a_sweep_with_early_stopping_says_where_each_seed_was_given_up(tmp_path)
 def test_records_written_before_the_new_columns_still_make_the_tables(swept, tmp_path):
     import shutil
 
-    from count01.sweeps import collect
+    from count01.sweeps import tables_of
 
     sweep, out, tables, _ = swept
     old = tmp_path / "old"
@@ -390,6 +390,6 @@ def test_records_written_before_the_new_columns_still_make_the_tables(swept, tmp
         rec["runs"] = [{k: v for k, v in r.items() if k not in ("ideal", "labour", "stopped_at")}
                        for r in rec["runs"]]
         path.write_text(json.dumps(rec))
-    got = collect(old, sweep.points())["results"]
+    got = tables_of(old, sweep.points())["results"]
     assert list(got.columns) == list(tables["results"].columns)
     assert (got["ideal"] == tables["results"]["ideal"]).all() and got["labour"].isna().all()

@@ -110,7 +110,7 @@ def test_killed_training_resumes_to_the_same_weights_bit_for_bit(tmp_path):
 @pytest.mark.slow
 def test_default_config_solves_hard_for_most_seeds():
     model = train(Config(), progress=False)
-    from count01.metrics import evaluate
+    from count01.measure.metrics import evaluate
     hard = [r for r in evaluate(model, ("hard",))]
     solved = sum(r["l_acc"] == 1.0 for r in hard)
     assert solved >= 6, hard

@@ -11,16 +11,17 @@ from types import ModuleType
 
 from .config import Config, Count01Error
 
-# Every other entry point is loaded on first use (PEP 562), so `import count01` (and the report,
-# which reads saved tables) imports neither torch nor pandas nor matplotlib.
+# Every other entry point is loaded on first use (PEP 562), so `import count01` imports neither
+# torch nor pandas nor matplotlib (and the report, which reads saved tables, imports no torch).
 _LAZY = {
     "Model": "model", "Cache": "model", "train": "train", "load": "runs",
-    "evaluate": "metrics", "head_table": "metrics",
     "eval_set": "language", "exhaustive": "language", "training_batch": "language",
-    "analyze": "analysis", "attention_sweep": "interventions", "value_swap": "interventions",
-    "aggregate": "aggregation", "fit_alpha": "aggregation", "minimal_heads": "aggregation",
+    "evaluate": "measure.metrics", "head_table": "measure.metrics", "analyze": "measure.analysis",
+    "attention_sweep": "measure.interventions", "value_swap": "measure.interventions",
+    "aggregate": "measure.aggregation", "fit_alpha": "measure.aggregation",
+    "minimal_heads": "measure.aggregation", "analyze_paths": "measure.paths",
     "Sweep": "sweeps", "run_sweep": "sweeps", "load_tables": "sweeps",
-    "analyze_paths": "paths", "reproduce": "study", "build_report": "report",
+    "reproduce": "study", "build_report": "study",
     "to_transformer_lens": "export", "save_transformer_lens": "export",
     "import_transformer_lens": "export",
 }

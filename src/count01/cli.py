@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     train(cfg, out, resume=bool(args.resume), progress=not args.quiet, on_start=announce)
     from .files import saved_eval
-    from .metrics import format_table
+    from .measure.metrics import format_table
 
     print(format_table(saved_eval(out)))
     print(f"run written to {out}", file=sys.stderr)
@@ -104,8 +104,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from .files import writable
-    from .metrics import format_table
-    from .paths import success_table
+    from .measure.metrics import format_table
+    from .measure.paths import success_table
     from .sweeps import Sweep, run_sweep
 
     if args.address and args.executor != "ray":
@@ -123,8 +123,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_paths(args: argparse.Namespace) -> None:
     from .files import writable
-    from .metrics import format_table
-    from .paths import analyze_paths
+    from .measure.metrics import format_table
+    from .measure.paths import analyze_paths
 
     out = writable(args.out or Path(args.sweep_dir) / "paths")
     summary = analyze_paths(args.sweep_dir, out)
@@ -141,7 +141,7 @@ def cmd_paths(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .metrics import evaluate, format_table
+    from .measure.metrics import evaluate, format_table
     from .runs import load
 
     model = load(args.run)
@@ -150,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .metrics import predict
+    from .measure.metrics import predict
     from .runs import load
 
     model = load(args.run)
@@ -175,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_import(args: argparse.Namespace) -> None:
     from .export import SHAPE_FIELDS, import_transformer_lens
     from .files import saved_eval, writable
-    from .metrics import format_table
+    from .measure.metrics import format_table
 
     given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     shaped = [k for k in SHAPE_FIELDS if k in given]
@@ -195,7 +195,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from .analysis import analyze, describe
+    from .measure.analysis import analyze, describe
 
     summary = analyze(args.run, grid_size=args.grid_size, progress=not args.quiet,
                       sweep_set=args.set, figures=not args.no_figures, threads=args.threads)
@@ -214,9 +214,9 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from .files import atomic_write, writable
-    from .interventions import attention_sweep, default_grid, grid_points, summarise
     from .language import eval_set
-    from .metrics import format_table
+    from .measure.interventions import attention_sweep, default_grid, grid_points, summarise
+    from .measure.metrics import format_table
     from .runs import load
     from .train import torch_threads
 
@@ -258,7 +258,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .files import writable
-    from .report import build_report
+    from .study import build_report
 
     writable(args.out or args.dir, what="--out" if args.out else "DIR")
     files = build_report(args.dir, args.out)

@@ -1,4 +1,5 @@
-"""The run configuration: one small dataclass, readable from TOML, overridable from the CLI.
+"""The run configuration: one small dataclass, readable from TOML, overridable from the CLI;
+and the token ids it sizes the vocabulary by (SPEC 2), torch-free so the report can name them.
 
 Every field is plain data so a config round-trips through JSON and TOML unchanged; `validate`
 turns a bad value into one clear `ConfigError` line instead of a failure deep in training.
@@ -25,6 +26,12 @@ ADDED_FIELDS = ("optimizer", "schedule", "warmup", "noise_pattern", "burst_len",
 # ^ younger than the first sweeps
 MAX_NOISE_SYMBOLS = 6  # noise ids 2, 5..9: every token a single character (language.parse)
 SEED_MAX = 2**63 - 1  # seeds are hashed as uint64 and stored as int64 (JSON, Parquet)
+ZERO, ONE, TWO, EOS, BOS = 0, 1, 2, 3, 4  # token ids (SPEC 2); noise symbols 5, 6, ... after them
+
+
+def noise_ids(k: int) -> tuple[int, ...]:
+    """Token ids of the k noise symbols: 2, then 5, 6, ..., k + 3 (SPEC 2)."""
+    return (TWO,) + tuple(range(5, k + 4))
 
 
 def _physical_memory() -> float:

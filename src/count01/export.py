@@ -38,7 +38,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from .config import MAX_NOISE_SYMBOLS, Config, Count01Error
 from .files import atomic_write, locked, read_json, writable, write_json
 from .language import at_end, exhaustive, vocab
-from .metrics import evaluate
+from .measure.metrics import evaluate
 from .model import Model, sinusoidal, weight_shapes
 from .runs import load, save_tensors
 

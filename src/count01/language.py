@@ -20,9 +20,8 @@ from math import lgamma, log
 import numpy as np
 import torch
 
-from .config import Config, Count01Error
+from .config import BOS, EOS, ONE, TWO, ZERO, Config, Count01Error, noise_ids
 
-ZERO, ONE, TWO, EOS, BOS = 0, 1, 2, 3, 4
 PAD = ZERO  # padding after EOS; it is never attended to (causal mask at the EOS query)
 
 # stream ids: the training stream and every evaluation set draw from disjoint hash streams
@@ -32,11 +31,6 @@ EVAL_SETS = ("iid", "hard", "exhaustive", "long", "noisy")
 NOISE_SPLIT = 100  # added to a stream id: the uniforms that split noise over the noise symbols
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def noise_ids(k: int) -> tuple[int, ...]:
-    """Token ids of the k noise symbols: 2, then 5, 6, ..., k + 3 (SPEC 2)."""
-    return (TWO,) + tuple(range(5, k + 4))
 
 
 def kind_ids(k: int) -> tuple[int, ...]:

@@ -581,14 +581,16 @@ class Model:
                            eos: torch.Tensor, y: torch.Tensor, scale: float):
         """Per-example part of `pos_loss_grad` on tokens (S, b, L) of width L <= the tables':
         the summed cross-entropy (S,) and the gradients of scale * that sum with respect to the
-        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions.
+        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions (and
+        the scores' to the rows from "lo", the run's lowest EOS position, on).
 
         Laid out for speed (each choice timed at S = 64, one thread): the logits, their
         gradient and the per-example vectors of 5 have the examples last (S, ..., 5, b), so
         reductions over 5 run along the examples and every product with a table is a bmm with
-        the examples on its long side; A[p, t_j] and per_kind[t_j] are read by one gather with
-        an index shared by the heads ((p, t_j), (t_j, b)), not a row lookup per head and
-        example followed by a gather.
+        the examples on its long side; A[p, t_j] is read by one gather with an index shared by
+        the heads ((p, t_j)), not a row lookup per head and example followed by a gather, and
+        per_kind[t_j] by a gather along the kinds with the tokens as index; the sums per EOS
+        position are bags of consecutive examples (`_per_row`).
         V = the vocabulary, read off the tables (the number of kinds and of logits)."""
         S, B, L = tokens.shape
         H, V = self.cfg.heads, t["rE"].shape[-1]
@@ -604,7 +606,7 @@ class Model:
         if D.min() < torch.finfo(D.dtype).tiny * 1e8:  # redone in the log domain, D = 1
             u, mass, D = self.pos_pattern(cut, tokens, eos)[:3]
             D = D[..., 0]
-        rPT = t["rP"][:, :, :L].transpose(2, 3).reshape(S * H, V, L)
+        rPT = t["rPT"][..., :L].reshape(S * H, V, L)  # a view (`pos_loss_grad` makes rPT)
         rE = t["rE"].reshape(S * H, V, V)
         uv, massv, Dt = u.view(S * H, B, L), mass.view(S * H, B, V), D.view(S, H, 1, B)
         # head h's share of the logits, (u r_P + mass r_E) / D, as (S, H, V, b)
@@ -625,16 +627,15 @@ class Model:
         drP = torch.bmm(ghv, uv)  # (S*H, V, L)
         drE = torch.bmm(ghv, massv)  # (S*H, V, V)
         per_kind = torch.bmm(rE, ghv).view(S, H, V, B).sub_((gh * zl).sum(2, keepdim=True))
-        kb = torch.add(torch.arange(B)[:, None], tokens, alpha=B).view(S, 1, B * L)
-        ds = torch.bmm(ghv.transpose(1, 2), rPT).view(S, H, B * L)  # (S*H, b, L)
-        ds.add_(torch.gather(per_kind.view(S, H, V * B), 2, kb.expand(S, H, -1)))
-        ds = ds.mul_(u.view(S, H, B * L)).view(S, H, B, L)  # d loss / d score
-        dpos = torch.zeros(S * H * L, L, dtype=g.dtype).index_add_(0, rows, ds.view(-1, L))
-        dtok = torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds)  # then per p
-        dtok = torch.zeros(S * H * L, V, dtype=g.dtype).index_add_(0, rows, dtok.view(-1, V))
+        ds = torch.gather(per_kind.transpose(2, 3), 3, tok).view(S * H, B, L)  # per_kind[t_j]
+        ds = ds.baddbmm_(ghv.transpose(1, 2), rPT).mul_(uv).view(S, H, B, L)  # d / d score
+        lo = int(eos.min())  # the rows of the score tables below it get nothing from this run
+        dpos = _per_row(ds, eos, lo, L)
+        dtok = _per_row(torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds), eos, lo,
+                        L)
         return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
-                      "rE": drE.view(S, H, V, V).transpose(2, 3), "tok": dtok.view(S, H, L, V),
-                      "pos": dpos.view(S, H, L, L)}
+                      "rE": drE.view(S, H, V, V).transpose(2, 3), "lo": lo,
+                      "tok": dtok.view(S, H, L - lo, V), "pos": dpos.view(S, H, L - lo, L)}
 
     def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor,
                       buckets: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -660,6 +661,7 @@ class Model:
         y = (y if y.dim() == 2 else y[None]).expand(S, -1)
         B, L = tokens.shape[1:]
         t = self.pos_tables(L)
+        t["rPT"] = t["rP"].transpose(2, 3).contiguous()  # (S, H, V, L): each run takes a view
         if bool((eos[:, 1:] < eos[:, :-1]).any()):  # the Trainer sorts on its second thread
             tokens, eos, y = by_length(tokens, eos, y)
         loss = torch.zeros(S, dtype=E.dtype)
@@ -680,8 +682,9 @@ class Model:
             dc0[:, :n] += dk["c0"]
             dr[:, :, :V] += dk["rE"]
             dr[:, :, V:V + n] += dk["rP"]
-            dscores[:, :, :n, :V] += dk["tok"]
-            dscores[:, :, :n, V:V + n] += dk["pos"]
+            lo = dk["lo"]
+            dscores[:, :, lo:n, :V] += dk["tok"]
+            dscores[:, :, lo:n, V:V + n] += dk["pos"]
         loss /= B
         # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens);
         # values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U + b_V M.
@@ -1152,6 +1155,20 @@ def by_length(tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
     order = torch.argsort(eos, dim=1, stable=True)
     flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
     return _rows(tokens, flat, (S, B, L)), eos.gather(1, order), y.gather(1, order)
+
+
+def _per_row(x: torch.Tensor, eos: torch.Tensor, lo: int, L: int) -> torch.Tensor:
+    """Sum of x (S, H, b, m) over the examples of each EOS position lo <= p < L, each seed's
+    examples sorted by it (eos (S, b), `by_length`, none below lo): (S * H * (L - lo), m). The
+    examples of one p are a run of rows, so each sum is a bag of consecutive rows (an embedding
+    bag, several times faster than index_add over (s, h, p) rows; the same additions in the
+    same order)."""
+    S, H, B, m = x.shape
+    n = torch.zeros(S, L - lo, dtype=torch.long).scatter_add_(1, eos - lo, torch.ones_like(eos))
+    start = n.cumsum(1) - n  # (S, L - lo) each p's first example
+    offsets = (torch.arange(S * H).view(S, H, 1) * B + start[:, None]).view(-1)
+    return torch.nn.functional.embedding_bag(torch.arange(S * H * B), x.reshape(-1, m),
+                                             offsets, mode="sum")
 
 
 def _blocks(x: torch.Tensor) -> torch.Tensor:

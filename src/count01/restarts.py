@@ -10,7 +10,7 @@ import torch
 from .criteria import SUCCESS_L_ACC, SUCCESS_SET
 from .files import read_json, write_json
 from .language import eval_set
-from .metrics import evaluate, evaluate_logits, mean_loss
+from .measure.metrics import evaluate, evaluate_logits, mean_loss
 from .runs import load, save_tensors
 from .sweeps.jobs import seed_chunks
 from .train import STOP_RULE

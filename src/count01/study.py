@@ -54,7 +54,7 @@ from typing import Any
 
 from .files import locked, remove_leftovers, write_json
 from .plan import FORMAT, Plan, StudyError, read_state
-from .report import build_report, software_versions
+from .present.report import ReportFiles, software_versions, write_report
 
 STAGES = ("sweep", "training_path", "noise", "paths", "analysis", "sentence", "scale", "report")
 BASE = {"d_head": 4}  # every head as wide as in the default model, whatever the head count
@@ -131,7 +131,7 @@ def make_plan(quick: bool = False, seeds: int | None = None, heads: tuple[int, .
     """The default study of a mode; the other arguments shrink or change it (tests use a tiny
     one). `config` holds Config fields for every configuration of both sweeps (e.g. steps=60,
     eval_size=512)."""
-    from .interventions import default_grid
+    from .measure.interventions import default_grid
     from .sweeps import Sweep
 
     name = scope or ("quick" if quick else "full")
@@ -227,10 +227,19 @@ def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,
                           {"workers": workers, "executor": executor, "address": address})
 
 
+def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles:
+    """Write report.html and report.md for a study, sweep or run directory (into `out`, default
+    the directory itself): its saved results, and every rule also run on the hand-built
+    controls, built here (with torch) so that the report itself computes nothing."""
+    from .measure.controls import rule_controls
+
+    return write_report(root, out, rule_controls)
+
+
 def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                log: Callable[[str], None], run: dict[str, Any]) -> Path:
-    from .analysis import analyze
-    from .paths import analyze_paths
+    from .measure.analysis import analyze
+    from .measure.paths import analyze_paths
     from .sweeps import Sweep, run_sweep
 
     run_dir = analysed_run(out, plan)
@@ -297,7 +306,7 @@ def trained(stage_dir: Path) -> int:
 def sentence_stage(run: Path, plan: Plan, progress: bool) -> None:
     """Question 2 in the sentence framing: train the analysed configuration in it (resuming a
     killed training), then analyse it. A finished training (model.safetensors) is kept."""
-    from .analysis import analyze
+    from .measure.analysis import analyze
     from .train import train
 
     if not (run / "model.safetensors").exists():
@@ -310,7 +319,7 @@ def scale_stage(out: Path, plan: Plan, progress: bool, log: Callable[[str], None
                 run: dict[str, Any]) -> None:
     """Question 6: train the small model and the larger ones (a sweep), then analyse each (an
     analysis already finished is kept)."""
-    from .analysis import analyze
+    from .measure.analysis import analyze
     from .sweeps import Sweep, run_sweep
 
     sweep = Sweep.from_dict(plan.scale_sweep_dict())

@@ -48,7 +48,7 @@ from .language import (
     training_indices,
     triples,
 )
-from .metrics import chunked_logits, evaluate, l_acc, mean_loss
+from .measure.metrics import chunked_logits, evaluate, l_acc, mean_loss
 from .model import Model, by_length, trainable
 from .runs import OPTIM, load_tensors, save_tensors
 

@@ -11,7 +11,7 @@ report and varied by `sensitivity`.
 
 A question module (`count01.questions.q1` ...) holds its rule, thresholds, version HISTORY,
 controls, the rule's functions (RULES) and its prose; `judge` runs each rule on the trained
-model's tables, on the hand-built controls of `count01.controls` (a rule whose positive and
+model's tables, on the hand-built controls of `count01.measure.controls` (a rule whose positive and
 negative control get the same verdict is not evidence) and over its thresholds. HISTORY says
 what each version changed and whether the change was made after results were seen, and each
 verdict keeps what the older versions say on the same tables.
@@ -46,7 +46,7 @@ VARIED = {"success_l_acc": "from_one", "most": "from_one"}
 FACTORS = np.geomspace(0.5, 2.0, 17)
 SENSITIVITY_RANGE = ("each threshold x0.5 to x2 in 17 log-spaced steps (of its distance from 1 "
                      "for accuracies, AUC and the share 'most'; of its logarithm for w01_factor)")
-# the controls (`count01.controls`): seeds of each hand-built model (they differ only in the
+# the controls (`count01.measure.controls`): seeds of each hand-built model (they differ only in the
 # scale of their values), and runs per configuration of the tables that control questions 4, 5
 CONTROL_SEEDS = 16  # enough units for every rule's minimum
 CONTROL_RUNS = 100
@@ -170,7 +170,7 @@ def by_evidence(k: int, n: int, minimum: int, t: Mapping[str, float] = THRESHOLD
     return INCONCLUSIVE if n < minimum or straddles else raw
 
 
-def combine(statuses: list[str]) -> str:
+def combined_status(statuses: list[str]) -> str:
     """Held if every sub-claim held, did not hold if none did, mixed if decided sub-claims
     disagree, inconclusive if the decided ones agree but some could not be decided."""
     measured = [s for s in statuses if s != NOT_MEASURED]
@@ -215,6 +215,7 @@ def config_name(value, label: str) -> str:
 
 # rule key -> (the thresholds it reads, its status on evidence under thresholds t)
 RuleFunctions = dict[str, tuple[tuple[str, ...], Callable[[Evidence, Mapping], str]]]
+Controls = Mapping[str, tuple[Evidence, Evidence]]  # rule key -> (positive, negative) evidence
 
 
 def thresholds(questions: Sequence[ModuleType]) -> dict[str, float]:
@@ -249,7 +250,7 @@ def _status(rule: str, e: Evidence, t: Mapping[str, float], seen: dict,
     (a rule with sub-claims from its sub-claims, so each is judged once per setting)."""
     parts = _parts(questions)
     if rule in parts:
-        return combine([_status(k, e, t, seen, questions) for k in parts[rule]])
+        return combined_status([_status(k, e, t, seen, questions) for k in parts[rule]])
     names, status_of = rule_functions(questions)[rule]
     key = (rule, *(t[n] for n in names))
     if key not in seen:
@@ -289,7 +290,7 @@ def rule_key(v: Verdict) -> str:
 
 
 def judge(questions: Sequence[ModuleType], e: Evidence,
-          controls: Mapping[str, tuple[Evidence, Evidence]] | None = None) -> list[Verdict]:
+          controls: Controls | None = None) -> list[Verdict]:
     """Every question's verdict on `e`, in the registry's order, with its controls (rule ->
     (positive, negative) evidence) and its sensitivity to each threshold."""
     t = thresholds(questions)
@@ -314,7 +315,7 @@ def judge(questions: Sequence[ModuleType], e: Evidence,
         got = {k: {side: functions[k][1](controls[k][i], t)
                    for i, side in enumerate(("positive", "negative"))} for k in keys}
         if q in parts:  # the question's controls combine its sub-claims' as its verdict does
-            v.controls = {side: combine([got[k][side] for k in keys])
+            v.controls = {side: combined_status([got[k][side] for k in keys])
                           for side in ("positive", "negative")} | {"parts": got}
         else:
             v.controls = got[q]

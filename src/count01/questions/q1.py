@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..document import Block, analysis_figures
+from ..present.document import Block, analysis_figures
 from .base import (
     FEW,
     HELD,
@@ -33,7 +33,7 @@ from .base import THRESHOLDS as SHARED
 from .base import aggregation_rows as hard_rows
 
 if TYPE_CHECKING:
-    from ..report import Evidence as Saved
+    from ..present.report import Evidence as Saved
 
 NUMBER = 1
 S_ACC_GOOD = 0.9  # a head "separates" if its s-acc on hard is at least this

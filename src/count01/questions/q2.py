@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..criteria import SUCCESS_L_ACC
-from ..document import Block, Figure, Table, analysis_figures
+from ..present.document import Block, Figure, Table, analysis_figures
 from .base import (
     FEW,
     HELD,
@@ -38,7 +38,7 @@ from .base import THRESHOLDS as SHARED
 from .base import aggregation_rows as hard_rows
 
 if TYPE_CHECKING:
-    from ..report import Evidence as Saved
+    from ..present.report import Evidence as Saved
 
 NUMBER = 2
 # uniform weighting "still ranks well" / "answers worse" / learned-or-fitted "gets it right"

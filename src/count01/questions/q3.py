@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..document import Block, analysis_figures
+from ..present.document import Block, analysis_figures
 from .base import (
     FEW,
     HELD,
@@ -25,7 +25,7 @@ from .base import (
     Verdict,
     by_evidence,
     by_share,
-    combine,
+    combined_status,
     mean_sd,
     seeds_note,
     share,
@@ -36,7 +36,7 @@ from .base import (
 from .base import THRESHOLDS as SHARED
 
 if TYPE_CHECKING:
-    from ..report import Evidence as Saved
+    from ..present.report import Evidence as Saved
 
 NUMBER = 3
 # "balanced" = w01 within a factor W01_FACTOR of 1; "suppressed" = w02 at most W02_MAX
@@ -83,7 +83,7 @@ RULE = (f"Three sub-claims, each on `{SET}` and the successful seeds. (a) Attent
            f"{MIN_UNITS['3b']} informative hybrids from {MIN_SWAP_SEEDS} seeds. (c) Collapse: "
            "with one head intervened at w02 = 0, a head's drop is the model's l-acc at the grid "
            "point nearest w01 = 1 minus its l-acc at an end of the w01 grid; the same "
-           "intervention on an ideal counter with as many heads (`count01.controls`) gives the "
+           "intervention on an ideal counter with as many heads (`count01.measure.controls`) gives the "
            f"reference drop; a head collapses beyond the ideal if at either end its drop exceeds "
            f"the reference's by >= {COLLAPSE_BEYOND}; held if >= {MOST:.0%} of the heads do, did "
            f"not hold if <= {FEW:.0%}; at least {MIN_UNITS['3c']} heads. Each sub-claim is "
@@ -113,9 +113,9 @@ def verdict(heads: pd.DataFrame | None, swap: pd.DataFrame | None, inter: pd.Dat
     clauses = out["clauses"]
     finding = (clauses[0][0].upper() + "; ".join(clauses)[1:] + ".") if clauses else \
         "Nothing was measured."
-    return Verdict(NUMBER, TITLE, combine([s for _, s in parts]), RULE, finding,
+    return Verdict(NUMBER, TITLE, combined_status([s for _, s in parts]), RULE, finding,
                    out["numbers"], parts, out["details"],
-                   previous={1: combine(old1), 2: combine(old2)},
+                   previous={1: combined_status(old1), 2: combined_status(old2)},
                    previous_parts={1: old1, 2: old2}, rule_version=VERSION,
                    part_keys=tuple(PARTS))
 
@@ -298,7 +298,7 @@ def _part(key: str) -> Callable[[Evidence, Mapping[str, float]], str]:
 
 RULES = {
     "3": (("success_l_acc", "w01_factor", "w02_max", "value_swap_gap", "collapse_beyond",
-           "most", "few"), lambda e, t: combine([_part(k)(e, t) for k in PARTS])),
+           "most", "few"), lambda e, t: combined_status([_part(k)(e, t) for k in PARTS])),
     "3a": (("success_l_acc", "w01_factor", "w02_max", "most", "few"), _part("3a")),
     "3b": (("success_l_acc", "value_swap_gap", "most", "few"), _part("3b")),
     "3c": (("success_l_acc", "collapse_beyond", "most", "few"), _part("3c")),

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..criteria import IDEAL_SETS, RESTART_CHANCE, SUCCESS_L_ACC, SUCCESS_SET
-from ..document import Block, Figure, ReportError, Table, rel
+from ..present.document import Block, Figure, ReportError, Table, rel
 from ..stats import wilson
 from .base import (
     HELD,
@@ -31,7 +31,7 @@ from .base import (
 from .base import THRESHOLDS as SHARED
 
 if TYPE_CHECKING:
-    from ..report import Evidence as Saved
+    from ..present.report import Evidence as Saved
 
 NUMBER = 4
 FAIL_RATE = 0.05  # the training path "decides" if some configuration fails in more seeds

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 
 from ..criteria import SUCCESS_L_ACC
-from ..document import Block, Figure, rel
+from ..present.document import Block, Figure, rel
 from ..stats import wilson
 from .base import HELD, INCONCLUSIVE, MOST, NOT_HELD, NOT_MEASURED, SET, Evidence, Verdict, config_name
 from .base import THRESHOLDS as SHARED
 
 if TYPE_CHECKING:
-    from ..report import Evidence as Saved
+    from ..present.report import Evidence as Saved
 
 NUMBER = 5
 THRESHOLDS: dict[str, float] = {}  # the shared `most` only

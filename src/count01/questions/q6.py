@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..document import Block, rel
+from ..present.document import Block, rel
 from . import q1, q2, q3
 from .base import HELD, INCONCLUSIVE, NOT_HELD, NOT_MEASURED, Evidence, Verdict
 
 if TYPE_CHECKING:
-    from ..report import Evidence as Saved
+    from ..present.report import Evidence as Saved
 
 NUMBER = 6
 THRESHOLDS: dict[str, float] = {}  # none of its own: the compared rules' thresholds

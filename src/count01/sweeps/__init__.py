@@ -48,12 +48,12 @@ from .tables import (
     FORMAT,
     TABLES,
     NoResultsYet,
-    collect,
     load_tables,
     read_points,
     read_record,
     read_sweep,
     seed_steps,
+    tables_of,
 )
 
 # what trains and runs models (torch) is loaded on first use: the sweep file and the saved tables
@@ -71,5 +71,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["Sweep", "Point", "SweepError", "NoResultsYet", "config_id", "run_sweep", "record_run",
-           "read_sweep", "read_points", "read_record", "collect", "load_tables", "seed_steps",
+           "read_sweep", "read_points", "read_record", "tables_of", "load_tables", "seed_steps",
            "import_ray", "EXECUTORS", "FORMAT", "HEAD_SETS", "TABLES"]

@@ -14,7 +14,7 @@ from ..config import Config
 from ..files import locked, remove_leftovers, write_json
 from .executors import EXECUTORS, import_ray, inline, local, on_ray
 from .grid import Sweep, SweepError
-from .tables import collect, read_record, result_path, write_sweep, write_tables
+from .tables import read_record, result_path, tables_of, write_sweep, write_tables
 
 
 def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: int | None = None,
@@ -62,8 +62,8 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
                 ok = sum(r["success"] for r in record["runs"])
                 log(f"[{n}/{len(todo)}] {point.id}: {ok}/{len(record['runs'])} seeds succeeded "
                     f"({record['seconds']:.0f} s)")
-                write_tables(out, collect(out, points))
-        tables = collect(out, points)
+                write_tables(out, tables_of(out, points))
+        tables = tables_of(out, points)
         write_tables(out, tables)
     if failed:
         raise SweepError(f"{len(failed)} configuration(s) failed; first: {failed[0]}")

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from ..activations import head_ids, kind_weights, merged_run
-from ..aggregation import head_sets
 from ..config import Config
 from ..criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
 from ..files import checkpoints, load_config, read_json, remove_leftovers
 from ..language import EVAL_SETS, eval_set
-from ..metrics import (
+from ..measure.activations import head_ids, kind_weights, merged_run
+from ..measure.aggregation import head_sets
+from ..measure.metrics import (
     direct_scores,
     evaluate,
     head_table,

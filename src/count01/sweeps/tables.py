@@ -92,7 +92,7 @@ def seed_steps(out: str | Path) -> int:
     return total
 
 
-# what `collect` reads of each row of a record (`_is_record`)
+# what `tables_of` reads of each row of a record (`_is_record`)
 RECORD_KEYS = {"runs": ("seed", "success", "diverged"),
                "heads": ("seed", "set", "head", "s_acc", "w01", "w02"),
                "trajectory": ("seed", "step"), "head_trajectory": ("seed", "step", "head")}
@@ -101,7 +101,7 @@ RECORD_KEYS = {"runs": ("seed", "success", "diverged"),
 def read_record(out: Path, point: Point) -> dict[str, Any] | None:
     """The finished record of `point` (results/<id>.json), None if it has none yet.
 
-    Records are written atomically, so one that does not parse or lacks what `collect` reads
+    Records are written atomically, so one that does not parse or lacks what `tables_of` reads
     was edited or copied in: it is refused, naming the file, rather than silently recomputed
     (deleting it and re-running the sweep recomputes that configuration).
     """
@@ -126,7 +126,7 @@ def read_record(out: Path, point: Point) -> dict[str, Any] | None:
 
 
 def _is_record(rec: Any) -> bool:
-    """Has `rec` what `collect` and `report` read of a record?"""
+    """Has `rec` what `tables_of` and `report` read of a record?"""
     if not (isinstance(rec, dict) and isinstance(rec.get("config"), dict)
             and isinstance(rec.get("seconds"), (int, float))):
         return False
@@ -135,7 +135,7 @@ def _is_record(rec: Any) -> bool:
                for name, keys in RECORD_KEYS.items())
 
 
-def collect(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
+def tables_of(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
     """The four tables from the finished records of `points` (unfinished ones are left out)."""
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
     max_heads = max(p.cfg.layers * p.cfg.heads for p in points)  # h<global index>_*

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..questions.q3 import VALUE_SWAP_GAP, swap_donors
 from .figures import save
-from .questions.q3 import VALUE_SWAP_GAP, swap_donors
 
 KINDS = (("mass_0", "0"), ("mass_1", "1"), ("mass_2", "noise (2, 5, ...)"), ("mass_eos", "EOS"),
          ("mass_bos", "BOS"))

@@ -1,5 +1,5 @@
 """The report's document: sections of paragraphs, bullet lists, tables and figures, which
-`count01.report` renders as HTML and Markdown and each question module (`count01.questions`)
+`count01.present.report` renders as HTML and Markdown and each question module (`count01.questions`)
 fills with its prose and captions."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Count01Error
+from ..config import Count01Error
 
 
 class ReportError(Count01Error):

@@ -71,18 +71,18 @@ import pandas as pd
 import torch
 from matplotlib.lines import Line2D
 
-from .aggregation import LABOURS
-from .criteria import (
+from ..criteria import (
     RESTART_CHANCE,
     SUCCESS_L_ACC,
     SUCCESS_SET,
 )
-from .figures import save
-from .files import atomic_write, json_safe, locked, remove_leftovers, write_json
+from ..files import atomic_write, json_safe, locked, remove_leftovers, write_json
+from ..present.figures import save
+from ..stats import wilson
+from ..sweeps import Point, load_tables, read_points
+from ..train import STOP_RULE, STOP_RULES, StopRule
+from .aggregation import LABOURS
 from .metrics import roc_auc_rows
-from .stats import wilson
-from .sweeps import Point, load_tables, read_points
-from .train import STOP_RULE, STOP_RULES, StopRule
 
 QUANTITIES = ("loss", "hard_l_acc", "hard_auc", "best_head_s_acc", "mean_head_s_acc",
               "min_abs_log_w01", "mean_abs_log_w01", "max_log_w02", "mean_log_w02")
@@ -499,7 +499,7 @@ def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd
     for name, df in csvs.items():
         atomic_write(out / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
 
-    files = {f"{n}.csv": "table (columns in count01.paths)" for n in csvs}
+    files = {f"{n}.csv": "table (columns in count01.measure.paths)" for n in csvs}
     skipped = {}
     files |= {p.name: "figure" for p in plot_success(success, grid, out / "success_rate")}
     for _, row in success.iterrows():

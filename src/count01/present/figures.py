@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .files import atomic_write  # noqa: E402
+from ..files import atomic_write  # noqa: E402
 
 
 def save(fig, stem: Path, dpi: int) -> list[Path]:

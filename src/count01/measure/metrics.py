@@ -39,20 +39,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .activations import (
-    RatioSums,
-    Shared,
-    ablation_value,
-    chunked_logits,
-    direct_scores,
-    head_ids,
-    position_means,
-    run_chunks,
-    slices,
-    weighted_mean,
-)
-from .config import Count01Error
-from .language import (
+from ..config import Count01Error
+from ..language import (
     BOS,
     EOS,
     EVAL_SETS,
@@ -64,6 +52,16 @@ from .language import (
     noise_ids,
     parse,
     vocab,
+)
+from .activations import (
+    Shared,
+    ablation_value,
+    chunked_logits,
+    direct_scores,
+    head_ids,
+    position_means,
+    slices,
+    weighted_mean,
 )
 
 PROBE_C, PROBE_ITER = 100.0, 2000  # weak regularisation: the probe is an upper bound
@@ -297,27 +295,6 @@ def w02(w: np.ndarray, k: int) -> np.ndarray:
     measured = ~np.isnan(noise)
     with np.errstate(invalid="ignore"):  # nan only where no symbol was measured at all
         return np.where(measured, noise, 0.0).sum(-1) / measured.sum(-1)
-
-
-def measured_weights(model, batch: Batch) -> torch.Tensor:
-    """`kind_weights` over the whole of `batch`, run in slices. (S, H, V)."""
-    acc = RatioSums(model)
-    for piece, c in run_chunks(model, batch):
-        acc.add(piece, c)
-    return acc.value()
-
-
-def attention_ratios(model, batch: Batch | None = None) -> dict[str, np.ndarray]:
-    """w01, w02, w_eos, w_bos per seed and head, (S, H) float64 arrays (SPEC 4), and with K > 1
-    noise symbols each symbol's w02_<id>.
-
-    On the count path they do not depend on the batch; on the token path they are measured on
-    `batch` (default: the `fit` split).
-    """
-    batch = eval_set(model.cfg, "fit") if batch is None else batch
-    with torch.no_grad():
-        w = measured_weights(model, batch).double().numpy()
-    return ratio_columns(w, model.cfg.noise_symbols)
 
 
 def ratio_columns(w, k: int) -> dict:

@@ -34,6 +34,9 @@ from itertools import combinations
 
 import torch
 
+from ..criteria import SUCCESS_L_ACC
+from ..language import EOS, Batch, at_end
+from ..model import Model, attn
 from .activations import (
     Activations,
     QueryRows,
@@ -48,22 +51,13 @@ from .activations import (
     slices,
     weighted_mean,
 )
-from .criteria import SUCCESS_L_ACC
-from .language import EOS, Batch, at_end
 from .metrics import as_batches, roc_auc_rows
-from .model import Model, attn
 
 MAX_STEPS = 50  # damped Newton steps (without ln_final, ten suffice)
 DECREMENT_TOL = 1e-13  # stop when no (mask, seed) expects to gain more than this
 LN_EPS = 1e-5  # model._ln's epsilon
 RIDGE = 1e-6  # (RIDGE / 2) |alpha - 1|^2 keeps the optimum finite on separable data
 CHUNK_ELEMENTS = 1 << 22  # bounds (masks, S, B, V, H) per batched fit
-
-
-def head_parts(model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual without the heads, base (S, B, d), and the head outputs o (S, B, H, d)."""
-    with torch.no_grad():
-        return Activations(model, batch).heads
 
 
 def scheme_metrics(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor,

@@ -4,9 +4,9 @@ DIR is a study (`count01 reproduce`, with study.json), a sweep (sweep.json) or a
 (config.json). The report reads the tidy tables of `analysis` (RUN/analysis/*.csv) and of the
 sweep (results.parquet, paths/), judges each question of SPEC 1 with the rules of its module in
 `count01.questions` (whose prose and captions it also takes), runs each rule on the hand-built
-controls of `controls` (built in memory from weights, a few
-seconds: they are the same for every report and never saved) and over its thresholds, and
-writes
+controls it is handed (`study.build_report` builds them from weights with
+`measure.controls.rule_controls`, a few seconds, after the saved results have been read: they
+are the same for every report and never saved) and over its thresholds, and writes
     report.html   self-contained: figures embedded as base64 PNG, inline CSS, no script, no
                   network access of any kind
     report.md     the same text, figures linked by relative path
@@ -27,6 +27,7 @@ import html
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -35,15 +36,15 @@ from types import ModuleType
 
 import pandas as pd
 
-from .config import Config
-from .criteria import SUCCESS_L_ACC, SUCCESS_SET
+from ..config import Config, noise_ids
+from ..criteria import SUCCESS_L_ACC, SUCCESS_SET
+from ..files import atomic_write, load_config, read_json, saved_eval, write_json
+from ..plan import read_state
+from ..questions import QUESTIONS
+from ..questions import base as V
+from ..sweeps.grid import Point, Sweep
+from ..sweeps.tables import NoResultsYet, load_tables, read_record, read_sweep
 from .document import Block, Bullets, Figure, ReportError, Section, Table, rel
-from .files import atomic_write, load_config, read_json, saved_eval, write_json
-from .plan import read_state
-from .questions import QUESTIONS
-from .questions import base as V
-from .sweeps.grid import Point, Sweep
-from .sweeps.tables import NoResultsYet, load_tables, read_record, read_sweep
 
 SECTIONS = ("summary", *(f"q{q.NUMBER}" for q in QUESTIONS), "methods")
 ANALYSIS_TABLES = ("model", "heads", "aggregation", "value_swap", "intervention",
@@ -86,7 +87,7 @@ class Evidence:
     train_seconds: dict[str, float] = field(default_factory=dict)  # per configuration
 
 
-def collect(root: str | Path) -> Evidence:
+def read_evidence(root: str | Path) -> Evidence:
     """Find the saved results of a study, sweep or run directory."""
     root = Path(root)
     if (root / "study.json").exists():
@@ -225,15 +226,14 @@ def _add_scale(ev: Evidence, scale_dir: Path) -> None:
 
 # --- verdicts ------------------------------------------------------------------------------------
 
-def judge(ev: Evidence) -> dict[int, V.Verdict]:
-    """Every question's verdict, with its controls (`count01.controls`) and sensitivity."""
-    from .controls import rule_controls  # builds models: torch only when a report is judged
-
+def judge(ev: Evidence, controls: V.Controls) -> dict[int, V.Verdict]:
+    """Every question's verdict, with its rules run on the controls
+    (`count01.measure.controls.rule_controls`, built by the caller) and its sensitivity."""
     tables = dict(ev.tables) if ev.analysis else {}
     label = "configuration" if len(ev.grid) > 1 else (ev.grid[0] if ev.grid else "config_id")
     got = V.judge(QUESTIONS, V.Evidence(tables, ev.success, ev.minimal, label, ev.labour,
                                         scale=ev.scale),
-                  rule_controls())
+                  controls)
     return {v.question: v for v in got}
 
 
@@ -320,7 +320,7 @@ def question_section(ev: Evidence, q: ModuleType, v: V.Verdict) -> Section:
     figures, the prose and captions from its module `q`."""
     blocks: list[Block] = [f"**Verdict: {v.status}** (rule version {v.rule_version}). "
                            f"{v.finding}", *v.details, f"**Rule.** {v.rule}"]
-    blocks.append(f"**Controls** (hand-built models of `count01.controls`): "
+    blocks.append(f"**Controls** (hand-built models of `count01.measure.controls`): "
                   f"{V.describe_controls(v.controls)}." + ("" if v.evidence else " The rule gives the "
                                                       "model that has the property and the one "
                                                       "that lacks it the same verdict, so its "
@@ -353,7 +353,6 @@ def methods_section(ev: Evidence) -> Section:
     cfg = ev.cfg
     b: list[Block] = []
     if cfg is not None:
-        from .language import noise_ids  # torch only when a report describes a model
 
         noise = ", ".join(map(str, noise_ids(cfg.noise_symbols)))
         b.append(f"**Task (SPEC 2).** Strings `[BOS] x1..xn EOS` over digits 0, 1 and noise {noise}; "
@@ -419,7 +418,7 @@ def methods_section(ev: Evidence) -> Section:
     b.append("**Verdict rules** (thresholds are constants in `count01/questions/`, one module "
              "per question; each rule is versioned, its history in the question's section):")
     b.append(Bullets([f"Q{q.NUMBER} (version {q.VERSION}): {q.RULE}" for q in QUESTIONS]))
-    b.append(f"**Controls** (`count01/controls.py`, models written from weights, "
+    b.append(f"**Controls** (`count01/measure/controls.py`, models written from weights, "
              f"{V.CONTROL_SEEDS} seeds that differ only in the scale of their values; question "
              f"4's controls are training-path tables of {V.CONTROL_RUNS} runs per "
              "configuration): " + "; ".join(x for q in QUESTIONS for x in q.controls_text())
@@ -536,7 +535,7 @@ def _status_cell(text: str) -> str:
 
 
 def render_html(title: str, sections: list[Section]) -> str:
-    """The page, figures embedded (`build_report` checks first that each lies inside the directory
+    """The page, figures embedded (`write_report` checks first that each lies inside the directory
     reported on or the report's own: a planted link to elsewhere is refused)."""
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
              f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
@@ -606,15 +605,17 @@ class ReportFiles:
     verdicts: dict[int, str]
 
 
-def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles:
+def write_report(root: str | Path, out: str | Path | None,
+                 controls: Callable[[], V.Controls]) -> ReportFiles:
     """Write report.html and report.md for a study, sweep or run directory (into `out`,
-    default the directory itself) from its saved results."""
+    default the directory itself) from its saved results and the rules' controls (built by
+    `controls()` once the results have been read: a bad directory is refused at once)."""
     root = Path(root)
     out = root if out is None else Path(out)
     from .plots import sensitivity
 
-    ev = collect(root)
-    v = judge(ev)
+    ev = read_evidence(root)
+    v = judge(ev, controls())
     table = _sensitivity_table(v)
     title, sections = build_document(ev, v, None if table is None else out / "sensitivity.png")
     outside = [b.path for s in sections for b in s.blocks if isinstance(b, Figure)

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from .language import ONE, ZERO, Batch, at_end
-from .model import ATTN, Cache, Model, PosCache, attn
+from ..language import ONE, ZERO, Batch, at_end
+from ..model import ATTN, Cache, Model, PosCache, attn
 
 CACHE_ELEMENTS = 1 << 24  # per forward slice: bounds memory (a cache tensor <= 128 MB)
 SLICE_SEEDS = 8  # slices are sized for this many seeds (the default n_seeds), whatever the

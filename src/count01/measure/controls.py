@@ -51,12 +51,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config
-from .language import BOS, EOS, ONE, TWO, ZERO, eval_set
-from .model import ATTN, Model, weight_shapes
-from .questions import RULE_CONTROLS, RULE_READS, q4, q5, q6
-from .questions.base import CONTROL_RUNS, CONTROL_SEEDS, SENTENCE, Evidence
-from .stats import wilson
+from ..config import Config
+from ..language import BOS, EOS, ONE, TWO, ZERO, eval_set
+from ..model import ATTN, Model, weight_shapes
+from ..questions import RULE_CONTROLS, RULE_READS, q4, q5, q6
+from ..questions.base import CONTROL_RUNS, CONTROL_SEEDS, SENTENCE, Evidence
+from ..stats import wilson
 
 NEVER = -1000.0  # log attention weight of a kind a head ignores
 GAIN = 100.0  # logit per unit on a channel

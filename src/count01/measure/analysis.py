@@ -102,18 +102,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import plots
+from ..config import Count01Error
+from ..criteria import SUCCESS_L_ACC, SUCCESS_SET
+from ..files import DIR_MODE, locked, watch_parent, write_json
+from ..language import EVAL_SETS, eval_set, from_digits, vocab
+from ..present import plots
+from ..runs import load
+from ..train import torch_threads
 from .activations import Shared, head_ids, merged_run
 from .aggregation import aggregate, fit_alpha, mean_norms, minimal_heads, uniform_alpha
-from .config import Count01Error
 from .controls import ideal_intervention
-from .criteria import SUCCESS_L_ACC, SUCCESS_SET
-from .files import DIR_MODE, locked, watch_parent, write_json
 from .interventions import default_grid, grid_points, sweep_columns, value_swap
-from .language import EVAL_SETS, eval_set, from_digits, vocab
 from .metrics import evaluate_logits, head_table
-from .runs import load
-from .train import torch_threads
 
 
 class AnalysisError(Count01Error):

@@ -37,8 +37,10 @@ from itertools import repeat
 import numpy as np
 import torch
 
+from ..config import Count01Error
+from ..language import EOS, Batch, noise_ids
+from ..model import ATTN, Cache, Model, PosCache
 from .activations import (
-    Activations,
     KindParts,
     QueryRows,
     Shared,
@@ -51,8 +53,6 @@ from .activations import (
     stacked,
 )
 from .aggregation import unembed
-from .config import Count01Error
-from .language import EOS, Batch, noise_ids
 from .metrics import (
     fit_threshold,
     fit_thresholds,
@@ -60,7 +60,6 @@ from .metrics import (
     roc_auc_rows,
     threshold_acc,
 )
-from .model import ATTN, Cache, Model, PosCache
 
 
 class InterventionError(Count01Error):
@@ -89,11 +88,6 @@ def default_grid(n: int = GRID_SIZE, lo: float = GRID_RANGE[0], hi: float = GRID
 def grid_points(model: Model, n: int | None = None) -> int:
     """n, or by default GRID_SIZE points a side, DEEP_GRID_SIZE for a `deep` model."""
     return n if n is not None else DEEP_GRID_SIZE if deep(model) else GRID_SIZE
-
-
-def kind_parts(model: Model, batch: Batch) -> KindParts:
-    """Run the model on `batch` (in slices) and decompose every head's output by token kind."""
-    return Activations(model, batch).kind_parts
 
 
 def grid_weights(parts: KindParts, w01: torch.Tensor, w02: torch.Tensor) -> torch.Tensor:
