@@ -497,11 +497,14 @@ def query_logits(model: Model, rows: QueryRows, override=None, edit=None,
             v = rows.values[0][:, None]
         else:
             h = model._ln(x, f"blocks.{n}.ln1")  # (S, G, b, d)
-            q, k, v_q = (torch.einsum("sgbd,shde->sgbhe", h, w[a + "W_" + t])
+            S, G, b, d = h.shape  # one product per seed (`Model._heads`), the rest per
+            # element: a seed's numbers do not depend on its companions
+            q, k, v_q = ((h.reshape(S, G * b, d) @ w[a + "W_" + t].permute(0, 2, 1, 3)
+                          .reshape(S, d, -1)).view(S, G, b, cfg.heads, e)
                          + w[a + "b_" + t][:, None, None] for t in "QKV")
             keys, v = rows.keys[n][:, None], rows.values[n][:, None]  # (S, 1, b, H, P, e)
             row = rows.row[:, None, :, None]  # (S|1, 1, b, 1, P)
-            scores = (q[..., None, :] @ keys.transpose(-1, -2))[..., 0, :]  # (S, G, b, H, P)
+            scores = (q[..., None, :] * keys).sum(-1)  # (S, G, b, H, P)
             scores = torch.where(row, (q * k).sum(-1)[..., None], scores) * (1.0 / math.sqrt(e))
             pattern = torch.softmax(scores.masked_fill(mult[..., None, :] == 0, -math.inf), -1)
         if override is not None and n in override:
@@ -509,12 +512,12 @@ def query_logits(model: Model, rows: QueryRows, override=None, edit=None,
             weighted = weights * mult[..., None, :]
             pattern = torch.where(which[..., None], weighted / weighted.sum(-1, keepdim=True),
                                   pattern)
-        z = (pattern[..., None, :] @ v)[..., 0, :]  # (S, G, b, H, e)
+        z = (pattern[..., None] * v).sum(-2)  # (S, G, b, H, e)
         if n > 0:  # the query's own value is new: swap it in for the kept one
             p_row = (pattern * row).sum(-1, keepdim=True)
             v_row = (v * row[..., None]).sum(-2)
             z = z + p_row * (v_q - v_row)
-        result = torch.einsum("sgbhe,shed->sgbhd", z, w[a + "W_O"])
+        result = (z[..., None] * w[a + "W_O"][:, None, None]).sum(-2)  # (S, G, b, H, d)
         if edit is not None:
             result = edit(n, result)
         results.append(result)

@@ -391,18 +391,25 @@ class Prefixes:
         x = self.x0[:, None] + o0.sum(3) + w[attn(0) + "b_O"][:, None, None]  # (S, M, U, d)
         if m.cfg.d_mlp:
             x = x + m._mlp(x, 0)
-        h = m._ln(x, "blocks.1.ln1")
         a1 = attn(1)
-        keys, values = (torch.einsum("smud,shde->smuhe", h, w[a1 + "W_" + t])
-                        + w[a1 + "b_" + t][:, None, None] for t in "KV")
+
+        def heads(h: torch.Tensor, t: str) -> torch.Tensor:  # (S, M, N, d) -> (S, M, N, H, e)
+            W = w[a1 + "W_" + t]  # one product per seed, as Model._heads: a seed's numbers
+            S, M, N, d = h.shape  # do not depend on its companions
+            out = h.reshape(S, M * N, d) @ W.permute(0, 2, 1, 3).reshape(S, d, -1)
+            return out.view(S, M, N, H, -1) + w[a1 + "b_" + t][:, None, None]
+        h = m._ln(x, "blocks.1.ln1")
+        keys, values = heads(h, "K"), heads(h, "V")  # (S, M, U, H, e)
         x_q = x[:, :, self.query]  # (S, M, b, d)
-        q = (torch.einsum("smbd,shde->smbhe", m._ln(x_q, "blocks.1.ln1"), w[a1 + "W_Q"])
-             + w[a1 + "b_Q"][:, None, None])
+        q = heads(m._ln(x_q, "blocks.1.ln1"), "Q")
         keys, values = keys[:, :, self.index], values[:, :, self.index]  # (S, M, b, P, H, e)
-        scores = torch.einsum("smbhe,smbphe->smbhp", q, keys) * (1.0 / math.sqrt(m.cfg.d_head_))
-        pattern = torch.softmax(scores.masked_fill(~self.valid[:, None], -math.inf), -1)
-        z = torch.einsum("smbhp,smbphe->smbhe", pattern, values)
-        result = last(1, torch.einsum("smbhe,shed->smbhd", z, w[a1 + "W_O"]))
+        # products and sums per element (einsum's batched products over the examples' small
+        # matrices would depend on how many seeds are batched)
+        scores = (q[:, :, :, None] * keys).sum(-1) * (1.0 / math.sqrt(m.cfg.d_head_))
+        pattern = torch.softmax(scores.masked_fill(~self.valid[..., None], -math.inf), 3)
+        z = (pattern[..., None] * values).sum(3)  # (S, M, b, H, e)
+        W_O = w[a1 + "W_O"][:, None, None]  # (S, 1, 1, H, e, d)
+        result = last(1, (z[..., None] * W_O).sum(-2))
         x = x_q + result.sum(3) + w[a1 + "b_O"][:, None, None]
         if m.cfg.d_mlp:
             x = x + m._mlp(x, 1)
