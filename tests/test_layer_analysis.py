@@ -268,7 +268,7 @@ def test_attention_that_underflows_on_the_0s_gives_no_inf_or_nan_weights():
 
 
 @pytest.mark.parametrize("options", [dict(layers=2, d_mlp=4), dict(layers=1, d_mlp=6),
-                                     dict(layers=3, pos_embed="learned")])
+                                     dict(layers=2, pos_embed="learned")])
 def test_the_batched_head_set_search_is_each_subset_fitted_alone(options):
     """The minimal head search fits every subset of a size in one pass (`Prefixes`: all
     masks at once); each subset fitted and scored alone gives the same alpha and l-acc, and
@@ -283,7 +283,7 @@ def test_the_batched_head_set_search_is_each_subset_fitted_alone(options):
     shared = Shared(model)
     parts = _parts(model, fit, shared)
     H = len(head_ids(model))
-    subsets = [s for k in (1, 2, H - 1) for s in combinations(range(H), k)]
+    subsets = [s for k in (1, H - 1) for s in combinations(range(H), k)] + [(0, H - 1)]
     keep = torch.zeros(len(subsets), cfg.n_seeds, H, dtype=torch.bool)
     for j, s in enumerate(subsets):
         keep[j, :, list(s)] = True
