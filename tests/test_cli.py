@@ -179,6 +179,7 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_a_traceback_only_with_d
     (["--long-max-len", "1000000"], "long_max_len"),
     (["--exhaustive-len", "10000"], "exhaustive_len"),
     (["--heads", "100000", "--d-head", "4"], "heads"),
+    (["--layers", "10000"], "layers"),  # L x H heads and their MLPs, refused before allocating
     (["--d-model", "1000000"], "d_model"),
     (["--n-seeds", "10000000"], "n_seeds"),
     (["--framing", "poem"], "framing must be one of classify, sentence"),

@@ -92,6 +92,8 @@ def test_seeds_outside_the_hash_range_are_refused(change, message):
     ({"long_max_len": 10**6}, "long_max_len"),
     ({"exhaustive_len": 10**4}, "exhaustive_len"),
     ({"heads": 100_000, "d_head": 4}, "heads"),
+    ({"layers": 10_000}, "layers"),  # L x H heads, not H: each layer's heads and MLP count
+    ({"layers": 400, "d_mlp": 64}, "layers"),
     ({"d_model": 10**6}, "d_model"),
     ({"n_seeds": 10**7}, "n_seeds"),
     ({"noise_symbols": 6, "pos_embed": "learned", "exhaustive_len": 14}, "noise_symbols"),

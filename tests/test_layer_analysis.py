@@ -9,7 +9,13 @@ from test_layers import SMALL, hidden_channel, random_model
 
 from count01.config import Config
 from count01.language import EOS, eval_set, exhaustive
-from count01.measure.activations import Shared, head_ids, layered_logits, merged_run
+from count01.measure.activations import (
+    Shared,
+    head_ids,
+    kind_weights,
+    layered_logits,
+    merged_run,
+)
 from count01.measure.aggregation import Means, _fit_deep, aggregate, fit_alpha, scheme_metrics
 from count01.measure.interventions import attention_sweep, grid_weights, intervened_run, value_swap
 from count01.measure.metrics import head_table, l_acc, logit_metrics, roc_auc_rows
@@ -157,6 +163,19 @@ def test_value_swap_of_a_deep_model_puts_the_hybrid_in_the_heads_place():
     for s, seed in enumerate(model.seeds):  # the head itself in its own place: the model
         assert (own[own["seed"] == seed]["l_acc"] == float(trained[s])).all()
     assert rows[rows["swapped"]]["l_acc"].nunique() > 1
+    # every pair against a real forward: the hybrid in head i's place at its query row
+    from count01.measure.activations import query_rows, stacked
+
+    c, caches = merged_run(model, hard), model.run_layers(hard, positions=True)
+    hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, c.v, stacked(model, "W_O"))
+    row = (torch.arange(hard.tokens.shape[-1]) == query_rows(hard)[..., None])[..., None]
+    got = rows.set_index(["seed", "attn_head", "ov_head"])["l_acc"]
+    for i, (n, h) in enumerate(head_ids(model)):
+        for j in range(4):
+            value = hybrid[i, j] if n == 1 else torch.where(
+                row, hybrid[i, j][:, :, None], caches[n].positions[:, :, h])
+            want = l_acc(model.run(hard, replace={(n, h): value}).logits, hard.y, hard.weight)
+            assert [got[(seed, i, j)] for seed in model.seeds] == want.tolist()
 
 
 def test_merged_run_holds_every_layers_heads_in_order():
@@ -170,10 +189,42 @@ def test_merged_run_holds_every_layers_heads_in_order():
     assert head_ids(model) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
 
 
-def test_all_rows_leave_the_later_layers_head_metrics_unmeasured():
-    """Under "all" a layer-0 head reads what it reads unintervened (its own output is the
-    real forward's, as "each" checks), a later head reads intervened lower layers: nan."""
-    cfg = Config(layers=2, heads=2, d_model=8, **TINY)
+def _all_intervened_scores(model, batch, w01, w02):
+    """The reference for "all": every layer's query row overridden at once, layer by layer by
+    real forwards (a layer's other positions as they were, the lower layers' query rows
+    intervened), and every head's direct score at its query (S, L * H, B)."""
+    from count01.language import noise_ids
+    from count01.measure.activations import query_rows, readout_direction
+
+    L, H = model.cfg.layers, model.cfg.heads
+    replace, scores = {}, []
+    for n in range(L):
+        c = model.run(batch, layer=n)
+        e = kind_weights(model, c, batch).clone()
+        e[..., 0], e[..., 1] = 1.0, w01
+        e[..., list(noise_ids(model.cfg.noise_symbols))] = w02
+        onehot = torch.nn.functional.one_hot(c.kinds, model.cfg.d_vocab).to(e.dtype)
+        over = torch.einsum("sbkt,sht->sbhk", onehot, torch.nan_to_num(e, nan=0.0))
+        cs = model.run_layers(batch, attn_override=over, layer=n, replace=replace,
+                              positions=True)
+        scores.append(torch.einsum("sbhd,sd->shb", cs[n].result, readout_direction(model)))
+        if n < L - 1:  # its outputs: as they were, but at the query row the intervened one
+            row = (torch.arange(batch.tokens.shape[-1]) == query_rows(batch)[..., None])
+            replace |= {(n, h): torch.where(row[..., None], cs[n].result[:, :, h, None],
+                                            model.run_layers(batch, replace=replace,
+                                                             positions=True)[n]
+                                            .positions[:, :, h]) for h in range(H)}
+    return torch.cat(scores, 1)
+
+
+@pytest.mark.parametrize("options", [dict(layers=2), dict(layers=3, d_mlp=4)])
+def test_all_rows_measure_every_head_through_the_intervened_lower_layers(options):
+    """Under "all" a layer-0 head reads what it reads unintervened (as "each"); a later head
+    reads the intervened lower layers' query row: its s-acc and AUC are those of its direct
+    score in a real forward with every layer intervened."""
+    from count01.measure.metrics import fit_threshold, fit_thresholds, threshold_acc
+
+    cfg = Config(heads=2, d_model=8, **TINY | options)
     model = random_model(cfg)
     model.weights = {k: 0.4 * w for k, w in model.weights.items()}
     fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
@@ -181,9 +232,19 @@ def test_all_rows_leave_the_later_layers_head_metrics_unmeasured():
     each, every = (rows[rows["intervened"] == m].reset_index(drop=True) for m in ("each", "all"))
     head_cols = ["s_acc_fixed", "s_acc_refit", "head_auc"]
     later = every["head"] >= cfg.heads
-    assert every.loc[later, head_cols].isna().all().all()
     assert every.loc[~later, head_cols].equals(each.loc[~later, head_cols])
-    assert each[head_cols].notna().all().all()
+    assert every[head_cols].notna().all().all() and each[head_cols].notna().all().all()
+    assert not every.loc[later, head_cols].equals(each.loc[later, head_cols])
+    t0 = fit_thresholds(Shared(model), fit)
+    for w01 in (0.1, 3.0):
+        s = _all_intervened_scores(model, hard, w01, 2.0)
+        t = fit_threshold(_all_intervened_scores(model, fit, w01, 2.0), fit.y, fit.weight)
+        want = {"head_auc": roc_auc_rows(s, hard.y, hard.weight),
+                "s_acc_fixed": threshold_acc(s, t0, hard.y, hard.weight),
+                "s_acc_refit": threshold_acc(s, t, hard.y, hard.weight)}
+        got = every[every["w01"] == w01]
+        for k, v in want.items():
+            assert got[k].tolist() == pytest.approx(v.flatten().tolist(), abs=1e-9), k
     with pytest.raises(ValueError, match="one-layer"):
         intervened_run(model, hard, 0.1, 2.0)
 
@@ -204,3 +265,38 @@ def test_attention_that_underflows_on_the_0s_gives_no_inf_or_nan_weights():
     assert torch.isfinite(e).all() and (e[:, 0, :, EOS] == 0).all()  # unmeasured: no weight
     rows = pd.DataFrame(attention_sweep(model, hard, fit, [0.1, 3.0], [2.0], heads="each"))
     assert rows["head_auc"].notna().all()
+
+
+@pytest.mark.parametrize("options", [dict(layers=2, d_mlp=4), dict(layers=1, d_mlp=6),
+                                     dict(layers=2, pos_embed="learned")])
+def test_the_batched_head_set_search_is_each_subset_fitted_alone(options):
+    """The minimal head search fits every subset of a size in one pass (`Prefixes`: all
+    masks at once); each subset fitted and scored alone gives the same alpha and l-acc, and
+    the prefix path the same logits as a forward per mask and layer (`layered_logits`)."""
+    from itertools import combinations
+
+    from count01.measure.aggregation import Prefixes, _edit, _parts, _subset_l_acc
+
+    cfg = Config(heads=2, d_model=8, **TINY | options)
+    model = random_model(cfg, 0.4)
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    shared = Shared(model)
+    parts = _parts(model, fit, shared)
+    H = len(head_ids(model))
+    subsets = [s for k in (1, H - 1) for s in combinations(range(H), k)] + [(0, H - 1)]
+    keep = torch.zeros(len(subsets), cfg.n_seeds, H, dtype=torch.bool)
+    for j, s in enumerate(subsets):
+        keep[j, :, list(s)] = True
+    together = parts[0](keep)
+    alone = torch.cat([parts[0](keep[j:j + 1]) for j in range(len(subsets))])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-12)
+    acts = shared.of(hard)
+    assert torch.equal(_subset_l_acc(shared.model, acts, subsets, parts),
+                       torch.cat([_subset_l_acc(shared.model, acts, [s], parts)
+                                  for s in subsets]))
+    if cfg.pos_embed == "none":
+        m, means = shared.model, parts[1]
+        want = torch.stack([layered_logits(m, hard, _edit(m, hard, together[j], keep[j], *means))
+                            for j in range(len(subsets))])
+        torch.testing.assert_close(Prefixes.of(m, hard).logits(together, keep, means), want,
+                                   rtol=0, atol=1e-10)

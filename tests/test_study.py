@@ -162,6 +162,22 @@ def test_a_study_begun_before_the_scale_stage_resumes_and_runs_it(study):
 
 
 @pytest.mark.slow
+def test_a_study_whose_scale_stage_an_older_version_planned_runs_this_versions(study):
+    """An older study.json plans other larger models (the default scope's before 2 layers and
+    an MLP joined it): the other stages are kept, the scale stage and the report run again."""
+    state = read_json(study / "study.json")
+    state["plan"] |= {"scale_seeds": 16, "scale_grid": {"d_model": [16, 64]},
+                      "scale_base": {"steps": 3000}}
+    write_json(study / "study.json", state)
+    lines: list[str] = []
+    reproduce(study, plan=make_plan(quick=True, **TINY), workers=2, progress=False,
+              log=lines.append)
+    text = "\n".join(lines)
+    assert "sentence: done earlier" in text and "scale: done earlier" not in text
+    assert read_json(study / "study.json")["plan"] == make_plan(quick=True, **TINY).to_dict()
+
+
+@pytest.mark.slow
 def test_another_study_in_the_same_directory_is_refused(study):
     other = make_plan(quick=True, **(TINY | {"seeds": 3}))
     with pytest.raises(StudyError, match="holds another study"):

@@ -16,9 +16,11 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
                       analysed configuration trained on `[BOS] x EOS y EOS` with lm_loss
                       (`SENTENCE_MODES`: fewer seeds and steps, lm_loss's rows cost ~20x a
                       count-path step), then every analysis of it (`analysis`)
-    7. scale          question 6 (`SCALE_MODES`): the analysed configuration as the small model
-                      beside larger ones (d_model 64; in the wide scope also 2 layers, an MLP,
-                      both), a sweep, then every analysis of each model (`analysis`)
+    7. scale          question 6 (`SCALE_MODES`): the analysed configuration (2 heads a layer)
+                      as the small model beside larger ones (d_model 64, an MLP, 2 layers, 2
+                      layers and an MLP; quick: 2 layers), a sweep, then every analysis of
+                      each model (`analysis`); a study whose scale stage an older version
+                      planned otherwise runs this version's again
     8. report         report.html and report.md from the saved results (`report`)
 Full mode trains 32 seeds per head count for the default 3000 steps and intervenes on a 25 x 25
 grid; quick mode trains 8 seeds for 1000 steps and uses a 13 x 13 grid (every seed of the default
@@ -76,21 +78,24 @@ SENTENCE_MODES = {  # question 2 in the sentence framing: seeds, Config fields, 
     "wide": {"seeds": 64, "base": {"steps": 3000, "checkpoint_every": 250}, "grid_size": 25},
 }
 SCALE_MODES = {  # question 6: the analysed configuration as the small model (the grid's first
-    # point) beside larger ones. The default and quick scopes widen the residual stream only (the
-    # count path, seconds): every analysis of a model with 2 layers or an MLP runs forwards per
-    # head, pair of heads and head set, and its minimal head set refits alpha through the later
-    # layers for each subset of its L x H heads, which took over 3 minutes for one 4-seed
-    # 2-layer model of 2 heads a layer at 300 steps on 2 cores (2026-11-30): the wide scope
-    # asks the whole question, on 2 heads a layer and smaller sets
-    "full": {"seeds": 16, "base": {"steps": 3000, "checkpoint_every": 500}, "grid_size": 7,
-             "grid": {"d_model": [16, 64]}, "skip": []},
-    "quick": {"seeds": 8, "base": {"steps": 1000, "checkpoint_every": 500}, "grid_size": 5,
-              "grid": {"d_model": [16, 64]}, "skip": []},
+    # point) beside larger ones: a wider residual stream (d_model 64), an MLP of 64, two layers,
+    # two layers with an MLP, one change at a time. 2 heads a layer, as in every scope: a model
+    # of 2 layers and an MLP is analysed by forwards through its later layers (the minimal head
+    # set refits alpha for subsets of its L x H heads), sized here to fit the default study's
+    # budget (eval sets of 256 strings; see README, Performance, for the stage's time)
+    "full": {"seeds": 8, "grid_size": 5,
+             "base": {"steps": 600, "checkpoint_every": 300, "heads": 2, "eval_size": 256,
+                      "exhaustive_len": 6},
+             "grid": {"layers": [1, 2], "d_mlp": [0, 64], "d_model": [16, 64]},
+             "skip": [{"layers": 2, "d_model": 64}, {"d_mlp": 64, "d_model": 64}]},
+    "quick": {"seeds": 2, "grid_size": 5,  # a smoke test: the small model and 2 layers
+              "base": {"steps": 200, "checkpoint_every": 100, "heads": 2, "eval_size": 256,
+                       "exhaustive_len": 5},
+              "grid": {"layers": [1, 2]}, "skip": []},
     "wide": {"seeds": 64, "grid_size": 7,
              "base": {"steps": 3000, "checkpoint_every": 500, "heads": 2, "eval_size": 2048,
                       "exhaustive_len": 7},
              "grid": {"layers": [1, 2], "d_mlp": [0, 64], "d_model": [16, 64]},
-             # one change at a time for the wider model; more layers with and without an MLP
              "skip": [{"layers": 2, "d_model": 64}, {"d_mlp": 64, "d_model": 64}]},
 }
 # without noise, the pattern and the number of noise symbols change nothing in the strings: the
@@ -183,11 +188,20 @@ def _load_state(out: Path, plan: Plan) -> dict[str, Any]:
     new = plan.to_dict()
     if state["plan"] == {k: new[k] for k in state["plan"] if k in new}:
         state["plan"] = new  # a study begun before a stage was added: it runs the new stage
+    elif _unscaled(state["plan"]) == _unscaled(new):  # an older scale stage's models: this
+        state["plan"] = new  # version's scale stage runs again (and the report after it)
+        for stage in ("scale", "report"):
+            state["stages"].pop(stage, None)
     if state["plan"] != new:
         raise StudyError(f"{out} holds another study ({state['plan']['mode']} mode, "
                          f"{state['plan']['seeds']} seeds, heads {state['plan']['heads']}); "
                          "choose another --out")
     return state
+
+
+def _unscaled(plan: dict[str, Any]) -> dict[str, Any]:
+    """A plan without question 6's scale stage fields."""
+    return {k: v for k, v in plan.items() if not k.startswith("scale_")}
 
 
 def reproduce(out: str | Path, quick: bool = False, plan: Plan | None = None,

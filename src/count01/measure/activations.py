@@ -22,6 +22,7 @@ here are a few numbers per (seed, head, example), never a per-position cache.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -425,3 +426,105 @@ def layered_logits(model, batch: Batch, edit: Callable[[int, torch.Tensor], torc
         if not last:
             caches = model.run_layers(batch, replace=replace, positions=True)
     return model.run_layers(batch, replace=replace)[-1].logits
+
+
+# --- the query row alone: edits that change no other position --------------------------------
+
+@dataclass
+class QueryRows:
+    """One slice's unedited forward, kept to run the query row alone again (`query_logits`).
+    An edit at a layer's query row (an attention row overridden, a head's output there
+    replaced, scaled or mean-ablated) changes no other position: a later layer's query then
+    reads the other positions' keys and values as they were, and only its own key, value and
+    output are new. Per layer n: x[n] the residual entering it at the query (S, b, d); keys[n],
+    values[n] at every slot (S, b|1, H, K, e) (layer 0: keys None, its pattern kept instead,
+    since its inputs never change); mult (S|1, b, K) the slots' multiplicities (positions up
+    to the query with L >= 2, token kinds with one layer); row (S|1, b, K) the query's own
+    position (None with one layer: there no slot is the query's own residual)."""
+
+    x: list[torch.Tensor]
+    keys: list[torch.Tensor | None]
+    values: list[torch.Tensor]
+    pattern0: torch.Tensor  # (S, b, H, K) layer 0's query row
+    mult: torch.Tensor
+    row: torch.Tensor | None
+    kinds: torch.Tensor  # (S|1, b|1, K) each slot's token id
+
+    @classmethod
+    def of(cls, model: Model, piece: Batch) -> QueryRows:
+        cfg, w = model.cfg, model.weights
+        caches = model.run_layers(piece, positions=True)
+        c0 = caches[0]
+        if cfg.layers == 1:
+            x_q = model.slots(piece)[0]
+            return cls([x_q], [None], [c0.v], c0.pattern, c0.mult, None, c0.kinds)
+        S = w["embed.W_E"].shape[0]
+        tokens = c0.kinds
+        x = w["embed.W_E"][torch.arange(S).view(S, 1, 1), tokens]  # (S, b, P, d)
+        if cfg.pos_embed != "none":
+            x = x + w["pos_embed.W_pos"][:, None, :tokens.shape[-1]]
+        query = query_rows(piece)
+        at = query.expand(S, -1)[..., None, None].expand(-1, -1, 1, x.shape[-1])
+        xs, keys, values = [torch.gather(x, 2, at)[:, :, 0]], [None], [c0.v]
+        for n in range(cfg.layers - 1):
+            x = x + caches[n].positions.sum(2) + w[attn(n) + "b_O"][:, None, None]
+            if cfg.d_mlp:
+                x = x + model._mlp(x, n)
+            h = model._ln(x, f"blocks.{n + 1}.ln1")
+            keys.append(model._heads(h, attn(n + 1), "K"))  # (S, b, H, P, e)
+            values.append(model._heads(h, attn(n + 1), "V"))
+            xs.append(torch.gather(x, 2, at)[:, :, 0])
+        row = torch.arange(tokens.shape[-1]) == query[..., None]
+        return cls(xs, keys, values, c0.pattern, c0.mult, row, tokens)
+
+
+def query_logits(model: Model, rows: QueryRows, override=None, edit=None,
+                 start: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The logits (S, G, b, V) at the query with layers start.. run on the query row alone
+    (`QueryRows`), under G variants of an edit, and each layer's head outputs there
+    (S, G, b, H, d). override: layer -> (weights (S|1, G, b, H, K) per occurrence, which
+    (S|1, G, 1|b, H) bool): those heads' rows attend by the weights (as run_layers'
+    attn_override), the others as trained. edit(layer, result) -> result: the head outputs at
+    the query replaced (mean ablation, alpha, a hybrid). Each tensor is (S, G, b, ...): seeds
+    first, as the model's weights."""
+    cfg, w = model.cfg, model.weights
+    e = cfg.d_head_
+    mult = rows.mult[:, None]  # (S|1, 1, b, K)
+    x = rows.x[start][:, None]
+    results = []
+    for n in range(start, cfg.layers):
+        a = attn(n)
+        if n == 0:
+            pattern = rows.pattern0[:, None]  # (S, 1, b, H, K)
+            v = rows.values[0][:, None]
+        else:
+            h = model._ln(x, f"blocks.{n}.ln1")  # (S, G, b, d)
+            S, G, b, d = h.shape  # one product per seed (`Model._heads`), the rest per
+            # element: a seed's numbers do not depend on its companions
+            q, k, v_q = ((h.reshape(S, G * b, d) @ w[a + "W_" + t].permute(0, 2, 1, 3)
+                          .reshape(S, d, -1)).view(S, G, b, cfg.heads, e)
+                         + w[a + "b_" + t][:, None, None] for t in "QKV")
+            keys, v = rows.keys[n][:, None], rows.values[n][:, None]  # (S, 1, b, H, P, e)
+            row = rows.row[:, None, :, None]  # (S|1, 1, b, 1, P)
+            scores = (q[..., None, :] * keys).sum(-1)  # (S, G, b, H, P)
+            scores = torch.where(row, (q * k).sum(-1)[..., None], scores) * (1.0 / math.sqrt(e))
+            pattern = torch.softmax(scores.masked_fill(mult[..., None, :] == 0, -math.inf), -1)
+        if override is not None and n in override:
+            weights, which = override[n]
+            weighted = weights * mult[..., None, :]
+            pattern = torch.where(which[..., None], weighted / weighted.sum(-1, keepdim=True),
+                                  pattern)
+        z = (pattern[..., None] * v).sum(-2)  # (S, G, b, H, e)
+        if n > 0:  # the query's own value is new: swap it in for the kept one
+            p_row = (pattern * row).sum(-1, keepdim=True)
+            v_row = (v * row[..., None]).sum(-2)
+            z = z + p_row * (v_q - v_row)
+        result = (z[..., None] * w[a + "W_O"][:, None, None]).sum(-2)  # (S, G, b, H, d)
+        if edit is not None:
+            result = edit(n, result)
+        results.append(result)
+        x = x + result.sum(-2) + w[a + "b_O"][:, None, None]
+        if cfg.d_mlp:
+            x = x + model._mlp(x, n)
+    S, G, b, d = x.shape
+    return model.unembed(x.reshape(S, G * b, d)).view(S, G, b, -1), results

@@ -28,22 +28,27 @@ Deterministic, float64.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
 import torch
 
+from ..cache import attn
 from ..criteria import SUCCESS_L_ACC
 from ..language import EOS, Batch, at_end
 from ..model import Model
 from .activations import (
     Activations,
+    QueryRows,
     Shared,
     ablation_value,
     deep,
     head_ids,
     layered_logits,
     position_means,
+    query_logits,
+    query_rows,
     slices,
     weighted_mean,
 )
@@ -292,49 +297,182 @@ def _edit(model: Model, piece: Batch, alpha: torch.Tensor, keep: torch.Tensor,
 
 
 def _deep_logits(model: Model, piece: Batch, alpha: torch.Tensor, keep: torch.Tensor,
-                 means: tuple[torch.Tensor, torch.Tensor], caches=None) -> torch.Tensor:
+                 means: tuple[torch.Tensor, torch.Tensor], caches=None,
+                 state: Prefixes | None = None) -> torch.Tensor:
     """Logits (M, S, b, V) of a deep model on `piece` under each mask's alpha (M, S, L * H)
-    and keep (M, S|1, L * H); means: (at the query, before it) on `fit` (`Means`)."""
+    and keep (M, S|1, L * H); means: (at the query, before it) on `fit` (`Means`). One layer
+    with an MLP, or two without positional embedding: `Prefixes` (every mask at once; state:
+    the slice's, when the caller keeps it); otherwise a forward per mask and layer
+    (`layered_logits`)."""
+    if prefix_path(model):
+        state = Prefixes.of(model, piece, caches) if state is None else state
+        return state.logits(alpha, keep, means)
     return torch.stack([layered_logits(model, piece, _edit(model, piece, alpha[j], keep[j],
                                                            *means), caches)
                         for j in range(alpha.shape[0])])
 
 
+def prefix_path(model: Model) -> bool:
+    """Where `Prefixes` computes alpha's logits: one layer (the heads read at the query alone)
+    or two without positional embedding (layer 0's outputs at a position depend only on its
+    token and its prefix's counts of each kind)."""
+    return model.cfg.layers == 1 or (model.cfg.layers == 2 and model.cfg.pos_embed == "none")
+
+
+MASK_ELEMENTS = 1 << 23  # bounds (S, masks, b, P, H, e) per `Prefixes.logits` chunk
+
+
+@dataclass
+class Prefixes:
+    """One slice, for alpha and mean ablation through the later layers of a model on the
+    `prefix_path`, every mask at once. Layer 0's head outputs at a position depend only on
+    its token and its prefix's counts of each kind (no positional embedding): they are kept
+    once per distinct (token, counts) (`unique`, a few times fewer than the positions), and a
+    mask's residual after layer 0 (and its MLP), keys and values of layer 1 are computed per
+    distinct position, then read at each example's positions for the query's attention. With
+    one layer the heads are read at the query alone (`QueryRows`)."""
+
+    model: Model
+    rows: QueryRows | None  # one layer
+    index: torch.Tensor | None = None  # (b, P) each position's distinct row (0 after the query)
+    valid: torch.Tensor | None = None  # (b, P) positions up to the query
+    query: torch.Tensor | None = None  # (b,) the query's distinct row
+    is_query: torch.Tensor | None = None  # (U,) a query's row (mean ablation puts its own mean)
+    x0: torch.Tensor | None = None  # (S, U, d) each distinct row's input, W_E[token]
+    o0: torch.Tensor | None = None  # (S, U, H, d) layer 0's head outputs there
+
+    @classmethod
+    def of(cls, model: Model, piece: Batch, caches=None) -> Prefixes:
+        if model.cfg.layers == 1:
+            return cls(model, QueryRows.of(model, piece))
+        caches = model.run_layers(piece, positions=True) if caches is None else caches
+        tokens = piece.tokens  # (b, P)
+        b, P = tokens.shape
+        V = model.cfg.d_vocab
+        counts = torch.nn.functional.one_hot(tokens, V).cumsum(1)  # (b, P, V) prefix counts
+        valid = torch.arange(P) <= query_rows(piece)[0][:, None]
+        key = torch.cat([tokens[..., None], counts], -1).view(b * P, V + 1)
+        flat = torch.nonzero(valid.view(-1)).flatten()
+        keys, inverse = torch.unique(key[flat], dim=0, return_inverse=True)
+        first = torch.full((len(keys),), b * P).scatter_reduce(0, inverse, flat, "amin")
+        index = torch.zeros(b * P, dtype=torch.long).index_copy(0, flat, inverse).view(b, P)
+        S = model.n_seeds
+        o0 = caches[0].positions.permute(0, 1, 3, 2, 4).reshape(S, b * P, model.cfg.heads, -1)
+        query = index.gather(1, query_rows(piece)[0][:, None])[:, 0]
+        is_query = torch.zeros(len(keys), dtype=torch.bool).index_fill(0, query, True)
+        return cls(model, None, index, valid, query, is_query,
+                   model.weights["embed.W_E"][:, keys[:, 0]], o0[:, first])
+
+    def logits(self, alpha: torch.Tensor, keep: torch.Tensor, means) -> torch.Tensor:
+        """(M, S, b, V) under alpha (M, S, L * H), keep (M, S|1, L * H) and `Means`."""
+        cfg = self.model.cfg
+        b, P = (self.rows.mult.shape[1], 1) if self.index is None else self.index.shape
+        per_mask = alpha.shape[1] * b * max(P * cfg.heads * cfg.d_head_,
+                                            cfg.d_model + cfg.d_mlp)
+        step = max(1, MASK_ELEMENTS // per_mask)
+        return torch.cat([self._logits(alpha[a:a + step], keep[a:a + step], means)
+                          for a in range(0, len(alpha), step)])
+
+    def _logits(self, alpha: torch.Tensor, keep: torch.Tensor, means) -> torch.Tensor:
+        m, (at_query, before) = self.model, means
+        H, L = m.cfg.heads, m.cfg.layers
+        w = m.weights
+        a, k = alpha.transpose(0, 1), keep.transpose(0, 1)  # (S, M, L * H), (S|1, M, L * H)
+
+        def last(n: int, result: torch.Tensor) -> torch.Tensor:  # (S, M, b, H, d) at the query
+            i = slice(n * H, (n + 1) * H)
+            return torch.where(k[:, :, None, i, None], a[:, :, None, i, None] * result,
+                               at_query[:, None, None, i])
+        if L == 1:
+            return query_logits(m, self.rows, edit=last)[0].transpose(0, 1)
+        mean0 = torch.where(self.is_query[None, :, None, None], at_query[:, None, :H],
+                            before[:, None, :H])  # (S, U, H, d)
+        o0 = torch.where(k[:, :, None, :H, None], a[:, :, None, :H, None] * self.o0[:, None],
+                         mean0[:, None])  # (S, M, U, H, d)
+        x = self.x0[:, None] + o0.sum(3) + w[attn(0) + "b_O"][:, None, None]  # (S, M, U, d)
+        if m.cfg.d_mlp:
+            x = x + m._mlp(x, 0)
+        a1 = attn(1)
+
+        def heads(h: torch.Tensor, t: str) -> torch.Tensor:  # (S, M, N, d) -> (S, M, N, H, e)
+            W = w[a1 + "W_" + t]  # one product per seed, as Model._heads: a seed's numbers
+            S, M, N, d = h.shape  # do not depend on its companions
+            out = h.reshape(S, M * N, d) @ W.permute(0, 2, 1, 3).reshape(S, d, -1)
+            return out.view(S, M, N, H, -1) + w[a1 + "b_" + t][:, None, None]
+        h = m._ln(x, "blocks.1.ln1")
+        keys, values = heads(h, "K"), heads(h, "V")  # (S, M, U, H, e)
+        x_q = x[:, :, self.query]  # (S, M, b, d)
+        q = heads(m._ln(x_q, "blocks.1.ln1"), "Q")
+        keys, values = keys[:, :, self.index], values[:, :, self.index]  # (S, M, b, P, H, e)
+        # products and sums per element (einsum's batched products over the examples' small
+        # matrices would depend on how many seeds are batched)
+        scores = (q[:, :, :, None] * keys).sum(-1) * (1.0 / math.sqrt(m.cfg.d_head_))
+        pattern = torch.softmax(scores.masked_fill(~self.valid[..., None], -math.inf), 3)
+        z = (pattern[..., None] * values).sum(3)  # (S, M, b, H, e)
+        W_O = w[a1 + "W_O"][:, None, None]  # (S, 1, 1, H, e, d)
+        result = last(1, (z[..., None] * W_O).sum(-2))
+        x = x_q + result.sum(3) + w[a1 + "b_O"][:, None, None]
+        if m.cfg.d_mlp:
+            x = x + m._mlp(x, 1)
+        S, M, b, d = x.shape
+        return m.unembed(x.reshape(S, M * b, d)).view(S, M, b, -1).transpose(0, 1)
+
+
 def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = True
               ) -> torch.Tensor:
     """`_fit` of a deep model: alpha (M, S, L * H) by the same damped Newton, the logits of
-    every row computed through the later layers (`layered_logits`) and their derivatives along
-    each kept head's alpha by forward-mode autograd (one forward per kept head and step)."""
+    every row computed through the later layers and their derivatives along each kept head's
+    alpha by forward-mode autograd: on the `prefix_path` every (mask, kept head) in one pass
+    per slice and step (`Prefixes`), else one forward per kept head and step
+    (`layered_logits`)."""
     import torch.autograd.forward_ad as fwad
 
     m, fa = shared.model, shared.of(fit)
     queries = [(fit, Means.of(fa))]
     if m.cfg.framing == "sentence" and ending:
         queries.append((fa.end.batch, Means.of(fa.end)))
+    fast = prefix_path(m)
     # each slice's unedited forward, kept: the first layer's outputs do not depend on alpha
-    rows = [(piece, means, m.run_layers(piece, positions=True))
-            for batch, means in queries for piece in slices(m, batch)]
-    y = torch.cat([piece.y for piece, _, _ in rows])
-    weight = torch.cat([piece.weight for piece, _, _ in rows])
+    rows = []
+    for batch, means in queries:
+        for piece in slices(m, batch):
+            caches = m.run_layers(piece, positions=True)
+            state = Prefixes.of(m, piece, caches) if fast else None
+            rows.append((piece, means, None if fast else caches, state))
+    y = torch.cat([piece.y for piece, *_ in rows])
+    weight = torch.cat([piece.weight for piece, *_ in rows])
 
     def logits_of(alpha):
-        return torch.cat([_deep_logits(m, piece, alpha, keep, means, caches)
-                          for piece, means, caches in rows], 2)
+        return torch.cat([_deep_logits(m, piece, alpha, keep, means, caches, state)
+                          for piece, means, caches, state in rows], 2)
 
     def jacobian(alpha):
         J = torch.zeros(*alpha.shape[:2], len(y), m.cfg.d_vocab, keep.shape[-1],
                         dtype=torch.float64)
-        for j in range(keep.shape[0]):
-            for i in torch.nonzero(keep[j].any(0)).flatten().tolist():
-                with fwad.dual_level():
-                    tangent = torch.zeros_like(alpha[j])
-                    tangent[:, i] = keep[j, :, i].to(tangent.dtype)
-                    dual = fwad.make_dual(alpha[j], tangent)
-                    got = torch.cat([fwad.unpack_dual(_deep_logits(
-                        m, piece, dual[None], keep[j:j + 1], means, caches)[0]).tangent
-                        for piece, means, caches in rows], 1)
-                J[j, ..., i] = got
+        pairs = [(j, i) for j in range(keep.shape[0])
+                 for i in torch.nonzero(keep[j].any(0)).flatten().tolist()]
+        if not pairs:
+            return J
+        if not fast:
+            for j, i in pairs:
+                J[j, ..., i] = _tangent(alpha[j:j + 1], keep[j:j + 1], [i], rows, m)[0]
+            return J
+        js, heads = zip(*pairs)
+        got = _tangent(alpha[list(js)], keep[list(js)], list(heads), rows, m)
+        for n, (j, i) in enumerate(pairs):
+            J[j, ..., i] = got[n]
         return J
+
+    def _tangent(alpha, kept, heads, rows, m):
+        """d logits / d alpha[:, :, heads[n]] of each variant n: (N, S, R, V)."""
+        with fwad.dual_level():
+            tangent = torch.zeros_like(alpha)
+            for n, i in enumerate(heads):
+                tangent[n, :, i] = kept[n, :, i].to(tangent.dtype)
+            dual = fwad.make_dual(alpha, tangent)
+            return torch.cat([fwad.unpack_dual(_deep_logits(
+                m, piece, dual, kept, means, caches, state)).tangent
+                for piece, means, caches, state in rows], 2)
     return _newton(m, keep, y, weight, logits_of, jacobian)
 
 

@@ -44,12 +44,12 @@ intervention.csv  set, intervened, w01, w02, seed, layer, head, s_acc_fixed, s_a
                sentence framing then end, sentence: end accuracy (the ending's query is not
                intervened) and the greedy sentence's accuracy with the intervened answer.
                A head is intervened at its own layer's query row ("all": every head of every
-               layer); in "all" rows a head of layer >= 1 has s_acc_fixed, s_acc_refit and
-               head_auc nan (its values read the intervened lower layers; not measured).
-               With L >= 2 layers or an MLP the model metrics run the model once per
-               grid point and head (all: once per grid point and layer), so the grid has
-               interventions.DEEP_GRID_SIZE points a side there by default (metrics.json's grid
-               says which).
+               layer); in "all" rows a head of layer >= 1 is measured on what it outputs with
+               the lower layers' query rows intervened (its own query and value there change).
+               With L >= 2 layers or an MLP the model metrics run the query row through the
+               later layers once per grid point and head (all: once per grid point), so the
+               grid has interventions.DEEP_GRID_SIZE points a side there by default
+               (metrics.json's grid says which).
 ideal_intervention.csv  set, intervened, w01, w02, seed, head, s_acc_fixed, s_acc_refit,
                head_auc, l_acc, valid, auc
                as intervention.csv, for an ideal counter with as many heads (`controls.ideal`,

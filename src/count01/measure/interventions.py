@@ -16,9 +16,12 @@ Heads of every layer (`head` the global index layer * H + h): the intervention r
 row at its own layer's query. A head's own output is still the sum above (its values do not
 depend on its query row), so the head metrics keep the fast path; but with L >= 2 layers or an
 MLP (`activations.deep`) the logits are no longer linear in the heads' outputs, so the model's
-metrics run the model once per grid point and head (and per grid point and layer for
-intervened = "all", every head of every layer at once, layer by layer): keep the grid small
-there (DEEP_GRID_SIZE points a side by default). The one-layer attention-only path is unchanged.
+metrics run the later layers once per grid point and head (and per grid point for intervened =
+"all", every head of every layer at once): an override changes a layer's query row alone, so
+only the query row runs again (`activations.query_logits`, the other positions' keys and values
+kept); under "all" a head of layer >= 1 is measured on its output with the lower layers' query
+rows intervened. DEEP_GRID_SIZE points a side by default there. The one-layer attention-only
+path is unchanged.
 
 Value swap: head i keeps its attention pattern and takes head j's value/output weights
 (W_V, b_V, W_O); its direct score is then sum_k pattern_ik (v_jk W_O^j) . (W_U[1] - W_U[0]).
@@ -41,11 +44,13 @@ from ..language import EOS, Batch, noise_ids
 from ..model import Model
 from .activations import (
     KindParts,
+    QueryRows,
     Shared,
     deep,
     head_ids,
     kind_weights,
-    query_rows,
+    query_logits,
+    readout_direction,
     slices,
     stacked,
 )
@@ -190,12 +195,8 @@ def sweep_columns(model: Model, batch: Batch, fit: Batch, w01_grid=None, w02_gri
     cols: dict[str, list[np.ndarray]] = {}
     for mode in modes:
         block = {"intervened": np.full(G * S * H, mode)} | grid
-        block |= {k: out[k] for k in ("s_acc_fixed", "s_acc_refit", "head_auc")}
-        if mode == "all" and m.cfg.layers > 1:  # a later layer's head reads layer 0's
-            # intervened outputs: its metrics under "all" are not measured (nan)
-            later = grid["head"] >= m.cfg.heads
-            block |= {k: np.where(later, np.nan, block[k])
-                      for k in ("s_acc_fixed", "s_acc_refit", "head_auc")}
+        block |= {k: out.get(f"{mode}.{k}", out[k])  # "all" of a deep model: its own
+                  for k in ("s_acc_fixed", "s_acc_refit", "head_auc")}
         block |= {k: out[f"{mode}.{k}"] for k in MODEL_METRICS + SENTENCE_METRICS * (
             ends is not None)}
         for k, v in block.items():
@@ -240,7 +241,18 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
            "s_acc_refit": threshold_acc(score, t, batch.y, batch.weight),
            "head_auc": roc_auc_rows(score, batch.y, batch.weight)}
     if deep(m):
-        return res | _deep_sweep(m, batch, e, modes, ends)
+        got = _deep_sweep(m, batch, fit, e, grid_weights(fparts, w01, w02), modes, ends)
+        if "all" in modes:  # layer 0's heads read what they read unintervened: as "each"
+            H = m.cfg.heads
+            s_all, f_all = score.clone(), fscore.clone()
+            s_all[:, :, H:] = got.pop("all.direct")[:, :, H:]
+            f_all[:, :, H:] = got.pop("all.fit_direct")[:, :, H:]
+            t_all = fit_threshold(f_all, fit.y, fit.weight)
+            got |= {"all.s_acc_fixed": threshold_acc(s_all, t0.expand_as(t_all), batch.y,
+                                                     batch.weight),
+                    "all.s_acc_refit": threshold_acc(s_all, t_all, batch.y, batch.weight),
+                    "all.head_auc": roc_auc_rows(s_all, batch.y, batch.weight)}
+        return res | got
     if "each" in modes:
         full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
         r = full[None, :, None] - parts.orig[None] + out  # (G, S, H, B, R)
@@ -252,49 +264,75 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
     return res
 
 
-def _deep_sweep(m: Model, batch: Batch, e: torch.Tensor, modes: tuple[str, ...],
-                ends: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def _deep_sweep(m: Model, batch: Batch, fit: Batch, e: torch.Tensor, fe: torch.Tensor,
+                modes: tuple[str, ...], ends: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The model metrics (G, S, L * H) of `_sweep_chunk` for a deep model under kind weights e
-    (G, S, L * H, V): a forward per grid point and head ("each": that head's query row
-    overridden at its layer, the others of its layer attending as they do) and, for "all", a
-    forward per grid point and layer (each layer's heads overridden, with the layers below
-    already intervened: their outputs at every position taken from the pass before)."""
-    L, H, V = m.cfg.layers, m.cfg.heads, m.cfg.d_vocab
-    G, S = e.shape[:2]
-    logits = {mode: [] for mode in modes}
+    (G, S, L * H, V) ("each": one head's query row overridden at its layer, the others
+    attending as they do; "all": every head of every layer), and under "all" the direct scores
+    of every head on `batch` and on `fit` (under fe, the weights `fit` measured), keyed
+    "all.direct" and "all.fit_direct" (G, S, L * H, B). An override changes the query row
+    alone, so each variant runs the query row alone (`query_logits`)."""
+    out: dict[str, torch.Tensor] = {}
+    each, every, direct = [], [], []
     for piece in slices(m, batch):
-        caches = m.run_layers(piece)
-        kinds = caches[0].kinds
-        onehot = torch.nn.functional.one_hot(kinds, V).to(e.dtype)  # (S|1, b, P, V)
-        own = [torch.exp(c.scores - c.scores.amax(-1, keepdim=True)) for c in caches]
-        got = {mode: [] for mode in modes}
-        for g in range(G):
-            over = torch.einsum("sbpt,sht->sbhp", onehot, e[g])  # (S, b, L * H, P)
-            if "each" in modes:
-                rows = []
-                for i, (n, h) in enumerate(head_ids(m)):
-                    row = own[n].clone()
-                    row[:, :, h] = over[:, :, i]
-                    rows.append(m.run(piece, attn_override=row, layer=n).logits)
-                got["each"].append(torch.stack(rows))  # (L * H, S, b, V)
-            if "all" in modes:
-                replace: dict[tuple[int, int], torch.Tensor] = {}
-                for n in range(L):
-                    cs = m.run_layers(piece, attn_override=over[:, :, n * H:(n + 1) * H],
-                                      layer=n, replace=replace, positions=n < L - 1)
-                    if n < L - 1:
-                        replace |= {(n, h): cs[n].positions[:, :, h] for h in range(H)}
-                got["all"].append(cs[-1].logits)  # (S, b, V)
-        for mode in modes:
-            logits[mode].append(torch.stack(got[mode]))
-    out = {}
+        rows = QueryRows.of(m, piece)
+        if "each" in modes:
+            each.append(_each_logits(m, rows, e))  # (G, L * H, S, b, V)
+        if "all" in modes:
+            logits, scores = _all_logits(m, rows, e)
+            every.append(logits)
+            direct.append(scores)
     if "each" in modes:
-        got = _logit_metrics(torch.cat(logits["each"], -2), batch, ends)  # (G, L * H, S)
+        got = _logit_metrics(torch.cat(each, -2), batch, ends)  # (G, L * H, S)
         out |= {f"each.{k}": v.transpose(2, 1) for k, v in got.items()}
     if "all" in modes:
-        got = _logit_metrics(torch.cat(logits["all"], -2), batch, ends)  # (G, S)
-        out |= {f"all.{k}": v[..., None].expand(G, S, L * H) for k, v in got.items()}
+        G, S, LH = e.shape[:3]
+        got = _logit_metrics(torch.cat(every, -2), batch, ends)  # (G, S)
+        out |= {f"all.{k}": v[..., None].expand(G, S, LH) for k, v in got.items()}
+        out["all.direct"] = torch.cat(direct, -1)
+        out["all.fit_direct"] = torch.cat([_all_logits(m, QueryRows.of(m, piece), fe)[1]
+                                           for piece in slices(m, fit)], -1)
     return out
+
+
+def _overrides(m: Model, rows: QueryRows, e: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's override weights (S, G, b|1, H, K) of kind weights e (G, S, L * H, V)."""
+    H = m.cfg.heads
+    onehot = torch.nn.functional.one_hot(rows.kinds, m.cfg.d_vocab).to(e.dtype)  # (S|1,b,K,V)
+    return [torch.einsum("sbkt,gsht->sgbhk", onehot, e[:, :, n * H:(n + 1) * H])
+            for n in range(m.cfg.layers)]
+
+
+def _each_logits(m: Model, rows: QueryRows, e: torch.Tensor) -> torch.Tensor:
+    """Logits (G, L * H, S, b, V) with one head at a time attending by e (G, S, L * H, V)."""
+    H = m.cfg.heads
+    G, S = e.shape[:2]
+    b = rows.mult.shape[1]
+    which = torch.eye(H, dtype=torch.bool)[None, :, None]  # (1, H, 1, H): variant h, head h
+    step = max(1, CHUNK_ELEMENTS // (S * b * H * H * rows.mult.shape[-1]))
+    out = []
+    for a in range(0, G, step):
+        per_layer = []
+        for n, weights in enumerate(_overrides(m, rows, e[a:a + step])):
+            g = weights.shape[1]
+            over = weights[:, :, None].expand(-1, -1, H, -1, -1, -1).flatten(1, 2)
+            logits, _ = query_logits(m, rows, {n: (over, which.repeat(1, g, 1, 1))})
+            per_layer.append(logits.view(S, g, H, b, -1))
+        out.append(torch.cat(per_layer, 2).permute(1, 2, 0, 3, 4))
+    return torch.cat(out)
+
+
+def _all_logits(m: Model, rows: QueryRows, e: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (G, S, b, V) with every head of every layer attending by e (G, S, L * H, V), and
+    every head's direct score there (G, S, L * H, b): a head of layer >= 1 reads the
+    intervened lower layers' query row."""
+    all_heads = torch.ones(1, 1, 1, m.cfg.heads, dtype=torch.bool)
+    logits, results = query_logits(m, rows, {n: (w, all_heads) for n, w in
+                                             enumerate(_overrides(m, rows, e))})
+    dU = readout_direction(m)
+    scores = torch.cat([torch.einsum("sgbhd,sd->gshb", r, dU) for r in results], 2)
+    return logits.transpose(0, 1), scores
 
 
 def intervened_run(model: Model, batch: Batch, w01: float, w02: float,
@@ -364,23 +402,21 @@ def value_swap(model: Model, batch: Batch, fit: Batch, shared: Shared | None = N
 def _deep_hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     """`_hybrid_pred` of a deep model: for each pair, head i's output at the query replaced by
     the hybrid's (the other positions of a lower layer as they were), the later layers run
-    again. c: `merged_run` of piece."""
-    ids, last = head_ids(model), model.cfg.layers - 1
+    again on the query row alone (`query_logits`). c: `merged_run` of piece."""
     W_O = stacked(model, "W_O")
     v = c.v.expand(-1, c.pattern.shape[1], -1, -1, -1)
-    hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", c.pattern, v, W_O)  # (H', H', S, b, d)
-    if model.cfg.layers > 1:  # the lower layers' outputs everywhere, and where the query row is
-        caches = model.run_layers(piece, positions=True)
-        row = (torch.arange(piece.tokens.shape[-1]) == query_rows(piece)[..., None])[..., None]
-    out = torch.empty(len(ids), len(ids), *c.logits.shape[:2], dtype=torch.long)
-    for i, (n, h) in enumerate(ids):
-        for j in range(len(ids)):
-            if n == last:
-                value = hybrid[i, j]
-            else:  # below the last layer: every position's output, the query row the hybrid's
-                value = torch.where(row, hybrid[i, j][:, :, None], caches[n].positions[:, :, h])
-            out[i, j] = model.run(piece, replace={(n, h): value}).logits.argmax(-1)
-    return out
+    hybrid = torch.einsum("sbik,sbjke,sjed->isjbd", c.pattern, v, W_O)  # (H', S, H', b, d)
+    rows = QueryRows.of(model, piece)
+    out = []
+    for i, (n, h) in enumerate(head_ids(model)):
+        def edit(layer: int, result: torch.Tensor, i=i, n=n, h=h) -> torch.Tensor:
+            if layer != n:
+                return result
+            result = result.expand(-1, hybrid.shape[2], -1, -1, -1).clone()
+            result[:, :, :, h] = hybrid[i]
+            return result
+        out.append(query_logits(model, rows, edit=edit, start=n)[0].argmax(-1))
+    return torch.stack(out).transpose(1, 2)  # (H', H', S, b)
 
 
 def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
