@@ -215,7 +215,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
 
     from .files import atomic_write, writable
     from .language import eval_set
-    from .measure.interventions import attention_sweep, default_grid, grid_points, summarise
+    from .measure.interventions import attention_sweep, default_grid, grid_points, grid_summary
     from .measure.metrics import format_table
     from .runs import load
     from .train import torch_threads
@@ -231,7 +231,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     with torch_threads(1):  # small tensors: see analysis.analyze
         rows = attention_sweep(model, eval_set(model.cfg, args.set), eval_set(model.cfg, "fit"),
                                w01, w02, heads=args.heads)
-    print(format_table(summarise(rows)))
+    print(format_table(grid_summary(rows)))
     if args.out:
         atomic_write(args.out, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
         print(f"{len(rows)} rows (one per grid point, seed and head) written to {args.out}",

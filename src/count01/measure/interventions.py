@@ -211,7 +211,7 @@ def _grid(values, name: str) -> torch.Tensor:
     return grid
 
 
-def summarise(rows: list[dict]) -> list[dict]:
+def grid_summary(rows: list[dict]) -> list[dict]:
     """Per (intervened, w01, w02): mean and std (the spread SPEC 5 asks for) of every metric
     over seeds and heads."""
     groups: dict[tuple, list[dict]] = {}
@@ -453,7 +453,6 @@ def _hybrid_pos_rows(model: Model, c: PosCache) -> torch.Tensor:
 
 def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:
     """Direct score of head i's pattern applied to head j's values. (S, H_attn, H_ov, B)."""
-    W_O, W_U = stacked(model, "W_O"), model.weights["unembed.W_U"]
     # (S, B|1, H_ov, K): direct score of one occurrence of each slot, through head j's OV
-    per_slot = c.slot_readout(W_O, W_U[..., 1] - W_U[..., 0])
+    per_slot = c.slot_readout(stacked(model, "W_O"), readout_direction(model))
     return torch.einsum("sbik,sbjk->sijb", c.pattern, per_slot)
