@@ -50,7 +50,7 @@ from .language import (
     training_indices,
     triples,
 )
-from .measure.metrics import chunked_logits, evaluate, l_acc, mean_loss
+from .measure.metrics import chunked_logits, cross_entropy, evaluate, l_acc, mean_loss
 from .model import Model, trainable
 from .runs import OPTIM, load_tensors, save_tensors
 
@@ -129,26 +129,19 @@ def loss_per_seed(model: Model, cfg: Config, step: int) -> torch.Tensor:
     """Mean cross-entropy of each seed on its batch at `step`, through autograd. (S,)."""
     batch = training_batch(cfg, model.seeds, step)
     if cfg.framing == "classify":
-        return _ce(model(batch), batch.y).mean(1)
+        return cross_entropy(model(batch), batch.y).mean(1)
     if cfg.lm_loss:  # every query row at once (the position path; the count path is by hand)
         every = model.causal_logits(batch.tokens)  # (S, B, L, V)
         eos = batch.eos_pos[..., None, None].expand(-1, -1, 1, every.shape[-1])
-        parts = [_ce(every.gather(2, eos)[:, :, 0], batch.y).mean(1),
-                 _ce(every.gather(2, eos + 1)[:, :, 0], torch.full_like(batch.y, EOS)).mean(1)]
+        parts = [cross_entropy(every.gather(2, eos)[:, :, 0], batch.y).mean(1),
+                 cross_entropy(every.gather(2, eos + 1)[:, :, 0], torch.full_like(batch.y, EOS)).mean(1)]
         _, _, target, ok = string_rows(batch.tokens, batch.eos_pos, cfg.d_vocab)
-        ce = _ce(every[:, :, :target.shape[-1]].flatten(1, 2), target.flatten(1))
+        ce = cross_entropy(every[:, :, :target.shape[-1]].flatten(1, 2), target.flatten(1))
         ok = ok.flatten(1).to(ce.dtype)
         return torch.stack(parts + [(ce * ok).sum(1) / ok.sum(1)]).mean(0)
     end = at_end(batch)
-    return torch.stack([_ce(model(batch), batch.y).mean(1), _ce(model(end), end.y).mean(1)]
-                       ).mean(0)
-
-
-def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of logits (S, B, V) against targets (S, B). (S, B)."""
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(),
-                                           reduction="none")
-    return ce.view(logits.shape[:2])
+    return torch.stack([cross_entropy(model(batch), batch.y).mean(1),
+                        cross_entropy(model(end), end.y).mean(1)]).mean(0)
 
 
 def sentence_rows(cfg: Config, seeds: list[int], step: int, dtype: torch.dtype,

@@ -79,11 +79,18 @@ def rate(hit: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (hit.to(weight.dtype) * weight).sum(-1) / weight.sum()
 
 
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each example: logits (S, B, V) against targets (S, B), or (B,) shared by
+    every seed. (S, B). Training's loss and the evaluation's `mean_loss` both."""
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1),
+                                           target.expand(logits.shape[:2]).flatten(),
+                                           reduction="none")
+    return ce.view(logits.shape[:2])
+
+
 def mean_loss(logits: torch.Tensor, data: Batch) -> torch.Tensor:
     """Cross-entropy of the answer, in float64, averaged over the set with its weights. (S,)."""
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(),
-                                           data.y.repeat(logits.shape[0]), reduction="none")
-    return (ce.view(logits.shape[:2]) * data.weight).sum(1) / data.weight.sum()
+    return (cross_entropy(logits.double(), data.y) * data.weight).sum(1) / data.weight.sum()
 
 
 def valid_rate(logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
