@@ -58,8 +58,8 @@ def at_row(t: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
 
 
 def replaced_heads(result: torch.Tensor, layer: int,
-              replace: dict[tuple[int, int], torch.Tensor] | None,
-              rows: torch.Tensor | None) -> torch.Tensor:
+                   replace: dict[tuple[int, int], torch.Tensor] | None,
+                   rows: torch.Tensor | None) -> torch.Tensor:
     """Head outputs result (S, B, H, Q, d) at Q query rows, at positions rows (S or 1, B, Q)
     (None: every position, Q = P), with `layer`'s heads that `replace` names (see
     Model.run_layers) set to the given output."""
