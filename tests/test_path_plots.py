@@ -1,3 +1,6 @@
+"""count01.present.path_plots: the training-path figures draw from their tables, ratios of 0 and
+inf included, and stay readable with many configurations."""
+
 import numpy as np
 import pandas as pd
 from test_analysis import readable_alone
