@@ -61,6 +61,30 @@ def test_unit_weights_count_the_general_paths_auc_and_threshold_bit_for_bit(seed
     assert np.abs(fast[0][:20].numpy() - ref).max() < 1e-12
 
 
+def _child_auc(queue) -> None:
+    queue.put(float(roc_auc_rows(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0, 1, 1]),
+                                 torch.ones(3))[0]))
+
+
+def test_a_forked_child_ranks_with_threads_of_its_own():
+    """The ranking's threads are started once per process; a child forked after its parent
+    ranked (a sweep's worker) must not wait on the parent's threads, which it does not have."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    roc_auc_rows(torch.randn(2, 50), torch.arange(50) % 2, torch.ones(50))  # the parent's pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_auc, args=(queue,))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5) == 1.0
+
+
 def test_roc_auc_rows_is_nan_without_both_classes():
     assert torch.isnan(roc_auc_rows(torch.randn(2, 5), torch.ones(5, dtype=torch.long),
                                     torch.ones(5))).all()

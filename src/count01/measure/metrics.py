@@ -228,6 +228,8 @@ def _argsort(rows: torch.Tensor) -> torch.Tensor:
 
 
 _POOL: list[ThreadPoolExecutor] = []
+os.register_at_fork(after_in_child=_POOL.clear)  # a forked child (a sweep's worker) has none
+# of its parent's threads: it starts its own
 
 
 def _pool() -> ThreadPoolExecutor:
