@@ -10,15 +10,20 @@ from count01.language import (
     BOS,
     EOS,
     arrange,
+    draw_index,
+    draw_triples,
     eval_set,
     exhaustive,
     from_digits,
     parse,
     tokens_to_counts,
     training_batch,
+    training_law,
     triple_law,
     uniform,
 )
+from count01.measure.metrics import evaluate_logits
+from count01.model import Model
 
 strings = st.lists(st.integers(0, 2), min_size=1, max_size=40)
 
@@ -377,8 +382,6 @@ def test_bad_noise_conditions_are_refused(change, message):
                                     {"noise_symbols": 3, "noise_pattern": "bursty",
                                      "burst_len": 3.0}])
 def test_the_count_path_equals_the_token_path_in_every_noise_condition(change):
-    from count01.measure.metrics import evaluate_logits
-    from count01.model import Model
 
     cfg = Config(max_len=8, long_max_len=12, exhaustive_len=4, eval_size=2048, n_seeds=2, **change)
     model = Model.init(cfg).to(torch.float64)
@@ -441,3 +444,14 @@ def test_sentence_batches_keep_the_classify_strings_and_counts():
         assert torch.equal(e.counts, language.eval_set(cfg, name, tokens=True).counts)
     assert language.parse("0112", True, as_sentence=True).tokens.tolist() == [[4, 0, 1, 1, 2, 3,
                                                                                1, 3]]
+
+
+@pytest.mark.parametrize("law", [training_law(Config()), (1, 32, 0.25, True, True),
+                                 (33, 64, 0.25, True, False), (1, 8, 0.0, False, False)])
+def test_fast_sampler_draws_exactly_what_the_inverse_cdf_draws(law):
+    t, p = triple_law(*law)
+    cdf = np.cumsum(p)
+    u = np.concatenate([uniform(7, 1, 0, np.arange(20000)), [0.0, 1.0 - 2**-53],
+                        np.arange(1000) / 1000.0, cdf[:200] / cdf[-1]])  # and CDF steps
+    assert np.array_equal(t[draw_index(law, u)], draw_triples((t, p), u))
+    assert (p[draw_index(law, u[:20000])] > 0).all()

@@ -220,11 +220,11 @@ def test_the_study_writes_every_documented_file(study):
 def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypatch):
     from test_analysis import readable_alone
 
-    from count01.measure import paths
+    from count01.present import path_plots
 
     out, _, _ = study
     drawn = {}
-    monkeypatch.setattr(paths, "_save",
+    monkeypatch.setattr(path_plots, "save",
                         lambda fig, path, **kw: drawn.setdefault(path.name, fig) and [])
     analyze_paths(out, tmp_path / "paths")
     assert {"success_rate", "minimal_heads", "early_predictors", "phase_diagram",
@@ -270,30 +270,3 @@ def test_an_unfinished_sweep_is_studied_as_far_as_it_got(study, tmp_path):
     summary = analyze_paths(tmp_path)
     assert summary["missing_configs"] == [sweep.points()[2].id]
     assert summary["n_configs"] == 2 and summary["n_runs"] == 6
-
-
-def test_trajectories_with_ratios_of_zero_and_infinity_still_draw(tmp_path):
-    from count01.measure.paths import plot_trajectories
-
-    traj = pd.DataFrame({"seed": [0, 0], "step": [0, 10], "hard_l_acc": [0.5, 0.5]})
-    htraj = pd.DataFrame({"seed": 0, "head": 0, "step": [0, 10], "s_acc": [0.5, 0.5],
-                          "w01": [1.0, np.inf], "w02": [0.0, 1.0]})
-    files = plot_trajectories(traj, htraj, {0: False}, "extreme", tmp_path / "t")
-    assert all(p.stat().st_size > 1000 for p in files)
-
-
-def test_figures_of_many_configurations_are_rows_and_readable_alone(monkeypatch, tmp_path):
-    from test_analysis import readable_alone
-
-    from count01.measure import paths
-
-    runs = _runs({f"h{i}": [True, i % 3 == 0, False] for i in range(1, 21)})
-    drawn = {}
-    monkeypatch.setattr(paths, "_save", lambda fig, path, **kw: drawn.setdefault(path.name, fig)
-                        and [])
-    paths.plot_success(success_table(runs, ["heads"]), ["heads"], tmp_path / "success_rate")
-    paths.plot_minimal_heads(minimal_heads_table(runs, ["heads"]), ["heads"],
-                             tmp_path / "minimal_heads")
-    for name, fig in drawn.items():
-        assert not readable_alone(fig), f"{name} lacks {readable_alone(fig)}"
-        assert fig.get_size_inches()[0] <= 8  # rows, not a 20-column strip

@@ -9,12 +9,17 @@ import time
 import pytest
 import torch
 from conftest import listing
+from test_fast_count import SMALL
 
 from count01.config import Config
 from count01.files import CheckpointError, checkpoints
+from count01.language import (
+    eval_set,
+    training_batch,
+)
 from count01.model import Model
 from count01.runs import load, load_tensors, save_tensors
-from count01.train import Trainer, lr_at, train
+from count01.train import Trainer, loss_per_seed, lr_at, make_optimizer, torch_threads, train
 
 
 def test_seed_k_in_a_batch_trains_like_seed_k_alone(tiny):
@@ -41,7 +46,6 @@ def test_training_is_deterministic_bit_for_bit(tiny):
 
 
 def test_training_reduces_the_loss(tiny):
-    from count01.language import eval_set
     cfg = tiny.replace(steps=150)
     batch = eval_set(cfg, "iid")
     before = torch.nn.functional.cross_entropy(
@@ -286,7 +290,6 @@ def test_a_batch_sorted_by_length_ahead_gives_the_same_gradient_bit_for_bit(tiny
     """The Trainer sorts position-path batches by length on its second thread; pos_loss_grad
     sorts an unsorted batch itself, into the same order."""
     from count01.fast.position import by_length
-    from count01.language import training_batch
     from count01.model import Model
 
     cfg = tiny.replace(pos_embed="learned", n_seeds=3)
@@ -304,7 +307,6 @@ def test_a_batch_sorted_by_length_ahead_gives_the_same_gradient_bit_for_bit(tiny
 def test_a_prefetched_batch_is_used_only_for_its_own_step_and_seeds(tiny):
     """The position path makes the next step's batch ahead; a trainer asked for another step
     (a resume, a skipped step) or holding other seeds gets the batch it asks for."""
-    from count01.language import training_batch
     from count01.model import Model
     from count01.train import Trainer
 
@@ -351,3 +353,26 @@ def test_three_noise_symbols_train_deterministically_batch_and_resume_bit_for_bi
     for k, w in straight.weights.items():
         assert torch.equal(again.weights[k], w), k
     assert not torch.equal(straight.weights["embed.W_E"], Model.init(cfg).weights["embed.W_E"])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("schedule, warmup", [("constant", 0), ("constant", 4), ("cosine", 5)])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_trainer_is_the_torch_optimiser_bit_for_bit(optimizer, schedule, warmup, weight_decay):
+    # LayerNorm: the one option on which the Trainer's gradient is autograd's, so the updates
+    # compared are the only difference (elsewhere the gradient is written by hand)
+    cfg = SMALL.replace(pos_embed="learned", layernorm=True, weight_decay=weight_decay, steps=15,
+                        optimizer=optimizer, schedule=schedule, warmup=warmup)
+    trainer = Trainer(cfg, Model.init(cfg))
+    reference = Model.init(cfg)
+    opt = make_optimizer(reference, cfg)
+    with torch_threads(1):
+        for step in range(cfg.steps):
+            trainer.step(step)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            opt.zero_grad(set_to_none=True)
+            loss_per_seed(reference, cfg, step).sum().backward()
+            opt.step()
+    for k, w in trainer.weights().items():
+        assert torch.equal(w, reference.weights[k].detach()), k

@@ -8,6 +8,8 @@ modules that read it (`count01.questions.q1` ...; early stopping's in `questions
 SUCCESS_SET = "hard"  # |#1 - #0| <= 1: where counting, not a rough majority, decides
 SUCCESS_L_ACC = 0.99  # a run succeeded if its l-acc on SUCCESS_SET is at least this
 IDEAL_SETS = ("hard", "long", "noisy", "exhaustive")  # the ideal solution also generalises
+# SPEC 4's division of labour of a seed, and "unsolved" for a seed no head set solves
+LABOURS = ("pseudo-ensemble", "divided", "mixed", "unsolved")
 RESTART_CHANCE = 0.99  # restarts are counted for this chance of at least one success
 # early stopping (train.STOP_RULES; history in questions.q4.STOP_RULE_HISTORY): give up on a seed at
 # the first checkpoint at or after a share of its steps where one quantity is beyond a threshold.

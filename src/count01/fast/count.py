@@ -2,10 +2,10 @@
 token kind, so the EOS query (or any query of a known kind) attends over the d_vocab kinds with
 their multiplicities, and a batch is its counts, not its tokens: the logits and hand-written
 gradients of training and evaluation. Held to the reference forward (`Model.reference_run` over
-token slots) and to autograd by tests/test_fast_paths.py::
+token slots) and to autograd by tests/test_fast_count.py::
 test_count_and_token_paths_agree_on_logits_head_outputs_and_attention_mass,
 test_hand_written_count_gradient_equals_autograd and
-test_training_on_the_count_path_equals_training_on_the_token_path, and tests/test_model.py::
+test_training_on_the_count_path_equals_training_on_the_token_path, and tests/test_fast_count.py::
 test_count_rows_loss_grad_matches_autograd_through_every_query_row."""
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class CountPath:
         s(t, t)) per occurrence (its own kind is always there, so the sum is >= 1), and its
         residual is W_E[t] + b_O + the heads: per kind of query one row of tables, per row
         the pattern P (H*K numbers, selected by one matmul with the one-hot query) and the
-        logits. Held to autograd through the textbook forward by tests/test_model.py::
+        logits. Held to autograd through the textbook forward by tests/test_fast_count.py::
         test_count_rows_loss_grad_matches_autograd_through_every_query_row. A seed's numbers do
         not depend on the other seeds beside it (on one thread, R a multiple of 4, as
         `train.sentence_rows` gives): test_count_rows_loss_grad_of_a_seed_does_not_depend_on_its_batch."""

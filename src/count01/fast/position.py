@@ -6,7 +6,7 @@ with a weight matrix. `causal_logits` does the same for every query row (`lm_los
 stays on the reference forward: ln1 normalises W_E[t] + W_pos[j] as a whole, so keys and values
 are functions of the pair (t, j), not a token part plus a position part.
 Held to the textbook full L x L forward and its autograd gradients in float64 by
-tests/test_model.py::test_position_path_matches_the_textbook_forward_and_autograd,
+tests/test_fast_position.py::test_position_path_matches_the_textbook_forward_and_autograd,
 test_position_paths_run_matches_the_reference_slots_forward,
 test_every_query_row_matches_the_textbook_forward and
 test_position_path_redoes_underflowing_rows_in_the_log_domain."""
@@ -30,7 +30,7 @@ class PosCache:
     `Model.pos_tables`: z, head outputs, residual and logits are computed at once; the
     per-position tensors (pattern, scores, values) only when an analysis reads them, and
     `mass` and `slot_readout` need no per-position product with a weight matrix. Held to the
-    reference forward by tests/test_model.py::
+    reference forward by tests/test_fast_position.py::
     test_position_paths_run_matches_the_reference_slots_forward."""
 
     def __init__(self, model: Model, batch: Batch):
@@ -293,7 +293,7 @@ class PositionPath:
         numbers or more (measured 35% faster at S = 64), else 1 (the ops' fixed costs win).
         Autograd would record a hundred ops per step; this is what the Trainer runs with a
         positional embedding. Held to the textbook full L x L forward and to autograd by
-        tests/test_model.py::test_position_path_matches_the_textbook_forward_and_autograd."""
+        tests/test_fast_position.py::test_position_path_matches_the_textbook_forward_and_autograd."""
         w = self.weights
         E, P, W_U = w["embed.W_E"], w["pos_embed.W_pos"], w["unembed.W_U"]
         W_Q, W_K, W_V, W_O = (w[ATTN + k] for k in ("W_Q", "W_K", "W_V", "W_O"))
@@ -381,7 +381,7 @@ class PositionPath:
         as on the EOS row. Per example: a row lookup, a gather and two sums per (i, j) and head,
         no product with a weight matrix. One layer with a positional embedding, no LayerNorm;
         autograd differentiates it. Held to the textbook full L x L forward and its autograd
-        gradient by tests/test_model.py::test_every_query_row_matches_the_textbook_forward."""
+        gradient by tests/test_fast_position.py::test_every_query_row_matches_the_textbook_forward."""
         if self.cfg.layernorm or self.cfg.pos_embed == "none":
             raise ValueError("causal_logits needs a positional embedding and no LayerNorm")
         w = self.weights
@@ -420,5 +420,5 @@ class PositionPath:
 
     def _pos_run(self, batch: Batch) -> PosCache:
         """`run` on the position path: a PosCache, from the tables. Held to the slots forward
-        by tests/test_model.py::test_position_paths_run_matches_the_reference_slots_forward."""
+        by tests/test_fast_position.py::test_position_paths_run_matches_the_reference_slots_forward."""
         return PosCache(self, batch)

@@ -2,7 +2,7 @@
 is its token's embedding alone, so its query at i attends over the token kinds of its prefix with
 their counts (a cumsum of one-hots): tables of (V, V) and (V, d) per head, no P x P product; the
 last layer is computed at the query row only. Held to the textbook forward, and its gradient to
-the textbook's autograd, in float64 by tests/test_layers.py::
+the textbook's autograd, in float64 by tests/test_fast_prefix.py::
 test_the_prefix_path_is_the_textbook_forward and
 test_the_prefix_paths_gradient_is_the_textbook_forwards."""
 
@@ -24,9 +24,12 @@ class PrefixPath:
         the residual at the query after layer 1's attention (S, B, d). The prefix path on the
         positions up to each query only (about half of a padded batch): layer 0 (and its MLP)
         acts on each position alone given its prefix's counts, and so do layer 1's keys and
-        values, so the positions are a list (each seed's in order, padded to a multiple of
-        ROW_BLOCK columns: a seed's products do not depend on its companions' lengths); only
-        the keys and values go back to the (B, P) grid, for the query's softmax and sum."""
+        values, so the positions are a list (each seed's in order), and only the keys and values
+        go back to the (B, P) grid, for the query's softmax and sum. The list has room for the
+        whole grid, B * P columns rounded up to ROW_BLOCK, whatever the seeds' lengths: the
+        gradient's sums run over the columns, and MKL sums a product in an order that depends
+        on its length (trailing zero columns changed the last bits on an AVX-512 Xeon), so a
+        seed's columns must not depend on its companions'."""
         w = self.weights
         W_E = w["embed.W_E"]
         S, V, d = W_E.shape
@@ -37,7 +40,7 @@ class PrefixPath:
         T, B, P = tokens.shape
         valid = (torch.arange(P) <= query[..., None]).view(T, B * P)
         have = valid.sum(1, keepdim=True)  # (T, 1)
-        n = -(-int(have.max()) // ROW_BLOCK) * ROW_BLOCK
+        n = -(-B * P // ROW_BLOCK) * ROW_BLOCK
         padded = torch.cat([valid, valid.new_zeros(T, n)], 1)
         order = torch.argsort((~padded).to(torch.int8), dim=1, stable=True)[:, :n]
         real = torch.arange(n) < have  # (T, n)
@@ -153,7 +156,7 @@ class PrefixPath:
         O(V * H) numbers: no P x P product. Returns the residual after the attention at every
         position (S, B, P, d) and the query row's Cache (without resid and logits; None when
         not `caches`). Held to the textbook forward by
-        tests/test_layers.py::test_the_prefix_path_is_the_textbook_forward."""
+        tests/test_fast_prefix.py::test_the_prefix_path_is_the_textbook_forward."""
         w = self.weights
         W_E = w["embed.W_E"]
         S, V, d = W_E.shape

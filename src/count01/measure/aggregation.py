@@ -658,9 +658,6 @@ def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = SUC
     return head_sets(model, fit, batch, threshold, shared)[0]
 
 
-LABOURS = ("pseudo-ensemble", "divided", "mixed", "unsolved")
-
-
 def head_sets(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC,
               shared: Shared | None = None) -> tuple[list[list[int] | None], list[str]]:
     """Per seed, the minimal head set (`minimal_heads`) and the division of labour (SPEC 4):

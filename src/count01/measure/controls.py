@@ -210,7 +210,7 @@ def noise_benchmark(labours: tuple[str, ...], runs: int = CONTROL_RUNS) -> Evide
     """Question 5's control: labour tables of noise conditions whose `runs` seeds all divide the
     labour as given, one condition per entry. Like question 4's, it is about training, which no
     hand-built model has, so its controls are tables whose answers are known."""
-    from .aggregation import LABOURS
+    from ..criteria import LABOURS
 
     rows = [{"config_id": f"noise={i}", "configuration": f"noise={i}", "n_runs": runs}
             | {f"n_{name.replace('-', '_')}": runs * (name == labour) for name in LABOURS}

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from ..files import watch_parent
 from .grid import Point, SweepError
 from .jobs import run_point
@@ -16,9 +14,6 @@ from .jobs import run_point
 EXECUTORS = ("local", "ray", "inline")
 
 
-def _init_worker(parent: int) -> None:
-    torch.set_num_threads(1)
-    watch_parent(parent)
 
 
 def inline(jobs: list[tuple[Point, Path]]):
@@ -39,7 +34,7 @@ def local(jobs: list[tuple[Point, Path]], workers: int):
 
     spawn = mp.get_context("spawn")  # fork would copy torch's thread pools into the workers
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=spawn,
-                             initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+                             initializer=watch_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_point, p.cfg.to_dict(), str(run)): p for p, run in jobs}
         try:
             for fut in as_completed(futures):

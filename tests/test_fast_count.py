@@ -1,27 +1,24 @@
-"""The count path (no positional embedding: everything at EOS depends only on the counts) against
-the token path, the hand-written training step against autograd, and the fast data path against
-its reference definition."""
+"""count01.fast.count: the count path (no positional embedding: everything at a query depends
+only on the counts) against the token path and the textbook forward, its hand-written
+gradients against autograd, and exact exhaustive evaluation against enumerating every string."""
 
 import numpy as np
 import pytest
+import textbook as tb
 import torch
 
 from count01.config import Config
 from count01.language import (
     Batch,
-    draw_index,
-    draw_triples,
+    eval_set,
     exhaustive,
     from_digits,
     kind_ids,
     training_batch,
-    training_law,
-    triple_law,
-    uniform,
 )
 from count01.measure.metrics import evaluate_logits
 from count01.model import Model, trainable
-from count01.train import Trainer, loss_per_seed, lr_at, make_optimizer, torch_threads, train
+from count01.train import loss_per_seed, make_optimizer, torch_threads, train
 
 SMALL = Config(n_seeds=2, batch_size=64, max_len=12, long_max_len=16, exhaustive_len=6,
                eval_size=256)
@@ -67,14 +64,6 @@ def test_count_and_token_paths_agree_on_logits_head_outputs_and_attention_mass(l
     assert by_tokens.logits.std() > 0.1  # not a degenerate model
 
 
-@pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
-def test_fast_token_forward_equals_the_cache_forward(pos_embed):
-    cfg = SMALL.replace(pos_embed=pos_embed)
-    m = random_model(cfg)
-    tok = from_digits(random_strings(300, 16, seed=1), True)
-    torch.testing.assert_close(m(tok), m.run(tok).logits, atol=1e-5, rtol=0)
-
-
 @pytest.mark.parametrize("bos,symbols,pattern", [(True, 1, "iid"), (False, 1, "iid"),
                                                  (True, 3, "iid"), (False, 3, "bursty")])
 def test_hand_written_count_gradient_equals_autograd(bos, symbols, pattern):
@@ -118,29 +107,6 @@ def test_training_on_the_count_path_equals_training_on_the_token_path(change):
         torch.testing.assert_close(w, model.weights[k].detach(), atol=1e-4, rtol=0, msg=k)
         moved = max(moved, (w - Model.init(cfg).weights[k]).abs().max().item())
     assert moved > 0.1  # the weights did travel
-
-
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-@pytest.mark.parametrize("schedule, warmup", [("constant", 0), ("constant", 4), ("cosine", 5)])
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_trainer_is_the_torch_optimiser_bit_for_bit(optimizer, schedule, warmup, weight_decay):
-    # LayerNorm: the one option on which the Trainer's gradient is autograd's, so the updates
-    # compared are the only difference (elsewhere the gradient is written by hand)
-    cfg = SMALL.replace(pos_embed="learned", layernorm=True, weight_decay=weight_decay, steps=15,
-                        optimizer=optimizer, schedule=schedule, warmup=warmup)
-    trainer = Trainer(cfg, Model.init(cfg))
-    reference = Model.init(cfg)
-    opt = make_optimizer(reference, cfg)
-    with torch_threads(1):
-        for step in range(cfg.steps):
-            trainer.step(step)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step)
-            opt.zero_grad(set_to_none=True)
-            loss_per_seed(reference, cfg, step).sum().backward()
-            opt.step()
-    for k, w in trainer.weights().items():
-        assert torch.equal(w, reference.weights[k].detach()), k
 
 
 def chunked_token_logits(model: Model, batch: Batch, size: int = 8192) -> torch.Tensor:
@@ -192,12 +158,88 @@ def test_exact_exhaustive_evaluation_at_length_64_is_finite_and_extends_length_1
         np.testing.assert_allclose(v, evaluate_logits(m(ten), ten)[key], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("law", [training_law(Config()), (1, 32, 0.25, True, True),
-                                 (33, 64, 0.25, True, False), (1, 8, 0.0, False, False)])
-def test_fast_sampler_draws_exactly_what_the_inverse_cdf_draws(law):
-    t, p = triple_law(*law)
-    cdf = np.cumsum(p)
-    u = np.concatenate([uniform(7, 1, 0, np.arange(20000)), [0.0, 1.0 - 2**-53],
-                        np.arange(1000) / 1000.0, cdf[:200] / cdf[-1]])  # and CDF steps
-    assert np.array_equal(t[draw_index(law, u)], draw_triples((t, p), u))
-    assert (p[draw_index(law, u[:20000])] > 0).all()
+@pytest.mark.parametrize("bos,lm,k", [(True, True, 1), (False, True, 1), (True, False, 1),
+                                      (True, False, 3), (True, True, 3)])
+def test_count_rows_loss_grad_matches_autograd_through_every_query_row(bos, lm, k):
+    """Model.count_rows_loss_grad on the sentence framing's rows (answers, endings and with
+    lm_loss every string position) against autograd through the textbook L x L forward,
+    float64, random weights, every bias nonzero; k noise symbols (k > 1: rows from drawn count
+    tuples, no per-triple table)."""
+    from count01.model import trainable
+    from count01.train import _sentence_table, sentence_rows
+
+    cfg = Config(bos=bos, heads=3, d_model=12, d_head=5, batch_size=24, max_len=9,
+                 long_max_len=12, noise=0.3, framing="sentence", lm_loss=lm, noise_symbols=k)
+    m = tb.random_model(cfg)
+    table = _sentence_table(cfg.min_len, cfg.max_len, bos, torch.float64) if k == 1 else None
+    rows = [r.expand(2, *r.shape[1:]) for r in sentence_rows(cfg, [3], 5, torch.float64, table)]
+    loss, grads = m.count_rows_loss_grad(*rows)
+    batch = training_batch(cfg, [3], 5, tokens=True)
+    names = [k for k in m.weights if trainable(cfg, k)]
+    leaves = {k: m.weights[k].clone().requires_grad_() for k in names}
+    every = tb.textbook(Model(cfg, m.weights | leaves, m.seeds), batch.tokens[0],
+                     batch.eos_pos[0])["every_row"]
+    want = tb.sentence_loss(every, batch.tokens[0], batch.eos_pos[0], lm)
+    torch.testing.assert_close(loss, want.detach(), atol=1e-10, rtol=0)
+    assert set(grads) == set(names)
+    for k, g in zip(names, torch.autograd.grad(want.sum(), [leaves[k] for k in names])):
+        torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
+
+
+@pytest.mark.parametrize("R", [64, 320])
+def test_count_rows_loss_grad_of_a_seed_does_not_depend_on_its_batch(R):
+    """Seed k of S = 2, 3, 8 gets the loss and gradient it gets alone, bit for bit, on the same
+    rows (float32 on one thread, R a multiple of train.ROW_BLOCK: as the Trainer runs)."""
+    from count01.train import torch_threads
+
+    gen = torch.Generator().manual_seed(R)
+    cfg = Config(framing="sentence")
+    for S in (2, 3, 8):
+        m = Model.init(cfg, list(range(S)))
+        for w in m.weights.values():
+            w.add_(torch.randn(w.shape, generator=gen) * 0.5)
+        V = cfg.d_vocab
+        query = torch.nn.functional.one_hot(torch.randint(V, (S, R), generator=gen), V)
+        query = query.transpose(1, 2).float()
+        mult = torch.randint(0, 9, (S, V, R), generator=gen).float() + query
+        target = torch.nn.functional.one_hot(torch.randint(V, (S, R), generator=gen), V)
+        rows = (mult, query, target.transpose(1, 2).float(), torch.rand(S, R, generator=gen))
+        with torch_threads(1):
+            loss, grads = m.count_rows_loss_grad(*rows)
+        for k in range(S):
+            with torch_threads(1):
+                one, alone = m.select(k).count_rows_loss_grad(*(r[k:k + 1].clone() for r in rows))
+            assert torch.equal(loss[k:k + 1], one), (S, k)
+            for name, g in alone.items():
+                assert torch.equal(grads[name][k:k + 1], g), (S, k, name)
+
+
+@pytest.mark.parametrize("pos_embed, k", [("none", 1), ("learned", 1), ("none", 3)])
+def test_the_ending_query_equals_the_textbook_row_after_the_first_eos(pos_embed, k):
+    """Logits and head outputs at the answer y (the `sentence` ending, `at_end`): the count path
+    (no positions) and the token path (positions) against row eos + 1 of the textbook forward;
+    with the true answer fed and with the other one; k noise symbols."""
+    from count01.language import at_end
+
+    cfg = Config(pos_embed=pos_embed, heads=3, d_model=12, d_head=5, eval_size=60, max_len=9,
+                 long_max_len=12, framing="sentence", lm_loss=pos_embed != "none",
+                 noise_symbols=k)
+    m = tb.random_model(cfg)
+    batch = eval_set(cfg, "iid", tokens=True)
+    rows = torch.arange(len(batch))
+    for fed in (batch.y, 1 - batch.y):
+        end = at_end(batch, fed)
+        ref = tb.textbook(m, end.tokens, batch.eos_pos)
+        want = ref["every_row"][:, rows, batch.eos_pos + 1]
+        counts = type(batch)(batch.counts, end.y, batch.weight, query=fed)
+        for b in ([end, counts] if pos_embed == "none" else [end]):
+            torch.testing.assert_close(m(b), want, atol=1e-10, rtol=0)
+        torch.testing.assert_close(m(batch), ref["logits"], atol=1e-10, rtol=0)
+    if pos_embed != "none":  # autograd's sentence loss (the Trainer's path with positions)
+        train_batch = training_batch(cfg, m.seeds, 2)
+        per_seed = [tb.sentence_loss(tb.textbook(m.select(i), train_batch.tokens[i],
+                                           train_batch.eos_pos[i])["every_row"],
+                                  train_batch.tokens[i], train_batch.eos_pos[i], True)
+                    for i in range(2)]
+        torch.testing.assert_close(loss_per_seed(m, cfg, 2), torch.cat(per_seed), atol=1e-10,
+                                   rtol=0)
