@@ -19,6 +19,7 @@ from count01.measure.activations import (
 from count01.measure.aggregation import Means, _fit_deep, aggregate, fit_alpha, scheme_metrics
 from count01.measure.interventions import attention_sweep, grid_weights, intervened_run, value_swap
 from count01.measure.metrics import head_table, l_acc, logit_metrics, roc_auc_rows
+from count01.train import torch_threads
 
 TINY = SMALL | {"eval_size": 192}  # every analysis of a deep model runs forwards: small sets
 
@@ -109,7 +110,8 @@ def test_fitted_alpha_through_the_later_layers_never_loses_and_is_a_seed_alone()
     model = random_model(cfg)
     fit = eval_set(cfg, "fit")
     shared = Shared(model)
-    alpha = fit_alpha(model, fit, shared=shared)  # (S, L * H)
+    with torch_threads(1):  # as `analyze` runs: two threads split batched solves by size
+        alpha = fit_alpha(model, fit, shared=shared)  # (S, L * H)
     assert alpha.shape == (2, 4) and not torch.equal(alpha, torch.ones_like(alpha))
     keep = torch.ones(1, 2, 4, dtype=torch.bool)
     fa = shared.of(fit)
@@ -123,7 +125,8 @@ def test_fitted_alpha_through_the_later_layers_never_loses_and_is_a_seed_alone()
     assert (loss(alpha) < loss(torch.ones_like(alpha)) - 1e-6).all()
     # the seed alone fits the same alpha, to the last bit
     one = Shared(model.select(1))
-    assert torch.equal(_fit_deep(one, fit, keep[:, 1:])[0, 0], alpha[1])
+    with torch_threads(1):
+        assert torch.equal(_fit_deep(one, fit, keep[:, 1:])[0, 0], alpha[1])
     assert Means.of(fa).at_query.shape == (2, 4, cfg.d_model)
 
 
@@ -268,6 +271,41 @@ def test_attention_that_underflows_on_the_0s_gives_no_inf_or_nan_weights():
 
 
 @pytest.mark.parametrize("options", [dict(layers=2, d_mlp=4), dict(layers=1, d_mlp=6),
+                                     dict(layers=2, layernorm=True)])
+def test_the_fit_runs_only_the_pairs_still_moving_and_gets_the_same_alpha(options, monkeypatch):
+    """`_newton` asks a deep model's fit for the logits of the (mask, seed) pairs not yet
+    converged and the derivatives of those whose alpha moved; asking for every pair at every
+    step (the plain damped Newton) gives the same alpha to the last bit."""
+    from count01.measure import aggregation
+
+    cfg = Config(heads=2, d_model=8, **TINY | options)
+    model = random_model(cfg, 0.4)
+    fit = eval_set(cfg, "fit")
+    H = len(head_ids(model))
+    keep = torch.tensor([[h in s for h in range(H)] for s in ((0,), (1,), (0, H - 1), (1, 2))]
+                        )[:, None].expand(-1, cfg.n_seeds, -1)
+    asked = []
+    newton = aggregation._newton
+
+    def spy(model, keep, y, weight, logits_of, jacobian):
+        def logits(alpha, rows):
+            asked.append(rows.clone())
+            return logits_of(alpha, rows)
+        return newton(model, keep, y, weight, logits, jacobian)
+
+    def every_pair(model, keep, y, weight, logits_of, jacobian):
+        return newton(model, keep, y, weight, lambda a, rows: logits_of(a, rows | True),
+                      lambda a, rows: jacobian(a, rows | True))
+    with torch_threads(1):  # as `analyze` runs
+        monkeypatch.setattr(aggregation, "_newton", spy)
+        fast = _fit_deep(Shared(model), fit, keep)
+        monkeypatch.setattr(aggregation, "_newton", every_pair)
+        slow = _fit_deep(Shared(model), fit, keep)
+    assert any(not rows.all() for rows in asked)  # some pairs converged before the others
+    assert torch.equal(slow, fast)
+
+
+@pytest.mark.parametrize("options", [dict(layers=2, d_mlp=4), dict(layers=1, d_mlp=6),
                                      dict(layers=2, pos_embed="learned")])
 def test_the_batched_head_set_search_is_each_subset_fitted_alone(options):
     """The minimal head search fits every subset of a size in one pass (`Prefixes`: all
@@ -287,9 +325,10 @@ def test_the_batched_head_set_search_is_each_subset_fitted_alone(options):
     keep = torch.zeros(len(subsets), cfg.n_seeds, H, dtype=torch.bool)
     for j, s in enumerate(subsets):
         keep[j, :, list(s)] = True
-    together = parts[0](keep)
-    alone = torch.cat([parts[0](keep[j:j + 1]) for j in range(len(subsets))])
-    torch.testing.assert_close(together, alone, rtol=0, atol=1e-12)
+    with torch_threads(1):  # as `analyze` runs
+        together = parts[0](keep)
+        alone = torch.cat([parts[0](keep[j:j + 1]) for j in range(len(subsets))])
+    assert torch.equal(together, alone)  # every (mask, seed) pair is run alone
     acts = shared.of(hard)
     assert torch.equal(_subset_l_acc(shared.model, acts, subsets, parts),
                        torch.cat([_subset_l_acc(shared.model, acts, [s], parts)

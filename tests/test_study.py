@@ -145,16 +145,25 @@ def test_rerunning_skips_finished_stages_and_resumes_an_unfinished_one(study):
     assert set(after) == set(STAGES)
 
 
-@pytest.mark.slow
-def test_a_study_begun_before_the_scale_stage_resumes_and_runs_it(study):
+def rerun_after(study, edit) -> str:
+    """Edit study.json's state in place as an older version would have written it, run the
+    study again and return its log."""
     state = read_json(study / "study.json")
-    state["plan"] = {k: v for k, v in state["plan"].items() if not k.startswith("scale_")}
-    del state["stages"]["scale"]  # as an older version of count01 wrote it
+    edit(state)
     write_json(study / "study.json", state)
     lines: list[str] = []
     reproduce(study, plan=make_plan(quick=True, **TINY), workers=2, progress=False,
               log=lines.append)
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_a_study_begun_before_the_scale_stage_resumes_and_runs_it(study):
+    def unscaled(state):  # as an older version of count01 wrote it
+        state["plan"] = {k: v for k, v in state["plan"].items() if not k.startswith("scale_")}
+        del state["stages"]["scale"]
+
+    text = rerun_after(study, unscaled)
     assert "sentence: done earlier" in text and "scale: done earlier" not in text
     after = read_json(study / "study.json")
     assert after["plan"] == make_plan(quick=True, **TINY).to_dict()
@@ -165,14 +174,8 @@ def test_a_study_begun_before_the_scale_stage_resumes_and_runs_it(study):
 def test_a_study_whose_scale_stage_an_older_version_planned_runs_this_versions(study):
     """An older study.json plans other larger models (the default scope's before 2 layers and
     an MLP joined it): the other stages are kept, the scale stage and the report run again."""
-    state = read_json(study / "study.json")
-    state["plan"] |= {"scale_seeds": 16, "scale_grid": {"d_model": [16, 64]},
-                      "scale_base": {"steps": 3000}}
-    write_json(study / "study.json", state)
-    lines: list[str] = []
-    reproduce(study, plan=make_plan(quick=True, **TINY), workers=2, progress=False,
-              log=lines.append)
-    text = "\n".join(lines)
+    text = rerun_after(study, lambda state: state["plan"].update(
+        scale_seeds=16, scale_grid={"d_model": [16, 64]}, scale_base={"steps": 3000}))
     assert "sentence: done earlier" in text and "scale: done earlier" not in text
     assert read_json(study / "study.json")["plan"] == make_plan(quick=True, **TINY).to_dict()
 

@@ -488,6 +488,17 @@ class QueryRows:
         row = torch.arange(tokens.shape[-1]) == query[..., None]
         return cls(xs, keys, values, c0.pattern, c0.mult, row, tokens)
 
+    def take(self, seeds: slice) -> QueryRows:
+        """These rows for a model of some of the seeds (by position): each tensor with a seed
+        axis sliced, those shared by the seeds (S|1) kept."""
+        S = self.pattern0.shape[0]
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if t is None or t.shape[0] != S else t[seeds]
+        return QueryRows([pick(t) for t in self.x], [pick(t) for t in self.keys],
+                         [pick(t) for t in self.values], pick(self.pattern0), pick(self.mult),
+                         pick(self.row), pick(self.kinds))
+
 
 def query_logits(model: Model, rows: QueryRows, override=None, edit=None,
                  start: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -29,7 +29,7 @@ Deterministic, float64.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import torch
@@ -214,21 +214,26 @@ def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
         L0 = unembed(model, combine(base, o, means, torch.zeros_like(free), keep))
         fixed_J = C * free[:, :, None, None, :]  # (M, S, B, V, H)
         return _newton(model, keep, y, weight,
-                       lambda alpha: L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C),
-                       lambda alpha: fixed_J)
+                       lambda alpha, _: L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C),
+                       lambda alpha, _: fixed_J)
 
-    def jacobian(alpha):
+    def jacobian(alpha, _):
         tangents = o.transpose(2, 3) * free[:, :, None, None, :]  # (M, S, B, d, H)
         return logit_jacobian(model, combine(base, o, means, alpha, keep), tangents)
     return _newton(model, keep, y, weight,
-                   lambda alpha: unembed(model, combine(base, o, means, alpha, keep)), jacobian)
+                   lambda alpha, _: unembed(model, combine(base, o, means, alpha, keep)),
+                   jacobian)
 
 
 def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
             logits_of, jacobian) -> torch.Tensor:
     """alpha (M, S, H) minimising the objective of the module docstring from alpha = keep, by
-    damped Newton on the Gauss-Newton Hessian: logits_of(alpha) (M, S, R, V) are the rows'
-    logits, jacobian(alpha) (M, S, R, V, H) their derivative along each head's alpha."""
+    damped Newton on the Gauss-Newton Hessian: logits_of(alpha, asked) (M, S, R, V) are the
+    rows' logits, jacobian(alpha, asked) (M, S, R, V, H) their derivative along each head's
+    alpha, both read only at the (mask, seed) pairs asked (M, S) bool (elsewhere they may hold
+    anything): the logits of the pairs still moving, the derivative of those whose alpha moved
+    (a rejected step leaves alpha and so its derivative as they were). Every pair's numbers are
+    its own (`_fit_deep` runs the pairs asked alone), so asking fewer changes no result."""
     dtype = torch.float64
     w = (weight / weight.sum()).to(dtype)  # (R,)
     target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(dtype)  # (R, V)
@@ -243,12 +248,14 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
         return ce + RIDGE / 2 * ((alpha - start) ** 2).sum(-1), logp
 
     alpha = start.clone()
-    current, logp = objective(logits_of(alpha), alpha)
+    moved = torch.ones(free.shape[:2], dtype=torch.bool)  # (M, S) alpha new since the last J
+    current, logp = objective(logits_of(alpha, moved), alpha)
     damping = torch.full(current.shape, 1e-3, dtype=dtype)
     done = torch.zeros(current.shape, dtype=torch.bool)
     M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
+    J = torch.zeros(M, S, B, V, H, dtype=dtype)
     for _ in range(MAX_STEPS):
-        J = jacobian(alpha)
+        J = torch.where(moved[..., None, None, None], jacobian(alpha, moved), J)
         p = logp.exp()  # (M, S, B, V)
         grad = torch.einsum("msbv,msbvh->msh", (p - target) * w[:, None], J)
         grad = (grad + RIDGE * (alpha - start)) * free
@@ -267,12 +274,13 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
         if done.all():
             break
         trial = alpha + step
-        new, trial_logp = objective(logits_of(trial), trial)
+        new, trial_logp = objective(logits_of(trial, ~done), trial)
         better = (new < current) & ~done
         alpha = torch.where(better[..., None], trial, alpha)
         logp = torch.where(better[..., None, None], trial_logp, logp)
         current = torch.where(better, new, current)
         damping = torch.where(better, damping / 4, damping * 4)
+        moved = better
     return alpha
 
 
@@ -340,6 +348,7 @@ class Prefixes:
     is_query: torch.Tensor | None = None  # (U,) a query's row (mean ablation puts its own mean)
     x0: torch.Tensor | None = None  # (S, U, d) each distinct row's input, W_E[token]
     o0: torch.Tensor | None = None  # (S, U, H, d) layer 0's head outputs there
+    seeds: dict[int, Prefixes] = field(default_factory=dict, repr=False)  # `seeded`
 
     @classmethod
     def of(cls, model: Model, piece: Batch, caches=None) -> Prefixes:
@@ -372,6 +381,27 @@ class Prefixes:
         step = max(1, MASK_ELEMENTS // per_mask)
         return torch.cat([self._logits(alpha[a:a + step], keep[a:a + step], means)
                           for a in range(0, len(alpha), step)])
+
+    def alone(self, seed: int, alpha: torch.Tensor, keep: torch.Tensor, means: Means
+              ) -> torch.Tensor:
+        """(G, b, V) under G variants alpha and keep (G, L * H) of seed `seed`, run as a model
+        of that seed alone (`seeded`): a (mask, seed) pair's numbers then depend on nothing
+        else, whichever pairs a fit still runs beside it (an elementwise kernel such as GELU's
+        rounds the last elements of a tensor whose size is not a multiple of its vector width
+        differently, so a tensor's size may not depend on the batch)."""
+        view = self.seeded(seed)
+        return view.logits(alpha[:, None], keep[:, None], means.take(seed))[:, 0]
+
+    def seeded(self, seed: int) -> Prefixes:
+        """This slice for a model of seed `seed` alone (made once)."""
+        if seed not in self.seeds:
+            pick = slice(seed, seed + 1)
+            model = self.model.select(seed)
+            self.seeds[seed] = (replace(self, model=model, rows=self.rows.take(pick), seeds={})
+                                if self.rows is not None else
+                                replace(self, model=model, x0=self.x0[pick], o0=self.o0[pick],
+                                        seeds={}))
+        return self.seeds[seed]
 
     def _logits(self, alpha: torch.Tensor, keep: torch.Tensor, means) -> torch.Tensor:
         m, (at_query, before) = self.model, means
@@ -422,9 +452,10 @@ def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = Tru
               ) -> torch.Tensor:
     """`_fit` of a deep model: alpha (M, S, L * H) by the same damped Newton, the logits of
     every row computed through the later layers and their derivatives along each kept head's
-    alpha by forward-mode autograd: on the `prefix_path` every (mask, kept head) in one pass
-    per slice and step (`Prefixes`), else one forward per kept head and step
-    (`layered_logits`)."""
+    alpha by forward-mode autograd. On the `prefix_path` only the (mask, seed) pairs `_newton`
+    asks for are run (late in a fit most have converged), each alone (`Prefixes.alone`), the
+    derivatives along its kept heads in one pass per slice; otherwise one forward per mask
+    with a pair asked for, kept head and step (`layered_logits`)."""
     import torch.autograd.forward_ad as fwad
 
     m, fa = shared.model, shared.of(fit)
@@ -441,38 +472,49 @@ def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = Tru
             rows.append((piece, means, None if fast else caches, state))
     y = torch.cat([piece.y for piece, *_ in rows])
     weight = torch.cat([piece.weight for piece, *_ in rows])
+    M, S, LH = keep.shape[0], m.n_seeds, keep.shape[-1]
+    keep = keep.expand(M, S, LH)
+    shape = (M, S, len(y), m.cfg.d_vocab)
 
-    def logits_of(alpha):
-        return torch.cat([_deep_logits(m, piece, alpha, keep, means, caches, state)
-                          for piece, means, caches, state in rows], 2)
-
-    def jacobian(alpha):
-        J = torch.zeros(*alpha.shape[:2], len(y), m.cfg.d_vocab, keep.shape[-1],
-                        dtype=torch.float64)
-        pairs = [(j, i) for j in range(keep.shape[0])
-                 for i in torch.nonzero(keep[j].any(0)).flatten().tolist()]
-        if not pairs:
-            return J
+    def logits_of(alpha, asked):
         if not fast:
-            for j, i in pairs:
-                J[j, ..., i] = _tangent(alpha[j:j + 1], keep[j:j + 1], [i], rows, m)[0]
+            return torch.cat([_deep_logits(m, piece, alpha, keep, means, caches)
+                              for piece, means, caches, _ in rows], 2)
+        out = torch.zeros(shape, dtype=torch.float64)
+        for j, s in torch.nonzero(asked).tolist():
+            out[j, s] = torch.cat([state.alone(s, alpha[j, s][None], keep[j, s][None], means)[0]
+                                   for _, means, _, state in rows])
+        return out
+
+    def jacobian(alpha, asked):
+        J = torch.zeros(*shape, LH, dtype=torch.float64)
+        if fast:  # each asked pair alone, its kept heads' variants side by side
+            for j, s in torch.nonzero(asked).tolist():
+                heads = torch.nonzero(keep[j, s]).flatten()
+                if len(heads):
+                    J[j, s, ..., heads] = _tangent(alpha[j, s], keep[j, s], s, heads)
             return J
-        js, heads = zip(*pairs)
-        got = _tangent(alpha[list(js)], keep[list(js)], list(heads), rows, m)
-        for n, (j, i) in enumerate(pairs):
-            J[j, ..., i] = got[n]
+        for j in torch.nonzero(asked.any(1)).flatten().tolist():
+            for i in torch.nonzero(keep[j].any(0)).flatten().tolist():
+                with fwad.dual_level():
+                    tangent = torch.zeros_like(alpha[j:j + 1])
+                    tangent[..., i] = keep[j:j + 1, :, i].to(tangent.dtype)
+                    dual = fwad.make_dual(alpha[j:j + 1], tangent)
+                    J[j, ..., i] = torch.cat([fwad.unpack_dual(_deep_logits(
+                        m, piece, dual, keep[j:j + 1], means, caches)).tangent[0]
+                        for piece, means, caches, _ in rows], 1)
         return J
 
-    def _tangent(alpha, kept, heads, rows, m):
-        """d logits / d alpha[:, :, heads[n]] of each variant n: (N, S, R, V)."""
+    def _tangent(alpha, kept, seed, heads):
+        """d logits / d alpha[heads[g]] of seed `seed` under alpha and kept (L * H): (R, V, G)."""
+        G = len(heads)
         with fwad.dual_level():
-            tangent = torch.zeros_like(alpha)
-            for n, i in enumerate(heads):
-                tangent[n, :, i] = kept[n, :, i].to(tangent.dtype)
-            dual = fwad.make_dual(alpha, tangent)
-            return torch.cat([fwad.unpack_dual(_deep_logits(
-                m, piece, dual, kept, means, caches, state)).tangent
-                for piece, means, caches, state in rows], 2)
+            tangent = torch.zeros(G, LH, dtype=alpha.dtype)
+            tangent[torch.arange(G), heads] = 1.0
+            dual = fwad.make_dual(alpha.repeat(G, 1), tangent)
+            got = torch.cat([fwad.unpack_dual(state.alone(seed, dual, kept.repeat(G, 1), means)
+                                              ).tangent for _, means, _, state in rows], 1)
+        return got.permute(1, 2, 0)
     return _newton(m, keep, y, weight, logits_of, jacobian)
 
 
@@ -486,6 +528,10 @@ class Means:
 
     def __iter__(self):
         return iter((self.at_query, self.before))
+
+    def take(self, seed: int) -> Means:
+        """The means of seed `seed` alone (its position among the model's seeds)."""
+        return Means(self.at_query[seed:seed + 1], self.before[seed:seed + 1])
 
     @classmethod
     def of(cls, acts: Activations) -> Means:
