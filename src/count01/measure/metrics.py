@@ -337,7 +337,8 @@ def fit_threshold(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) ->
         c = np.where(ok, np.arange(s.shape[-1] + 1) + P - 2 * cpos, -1).argmax(-1)
         r = np.arange(len(s))
         lo, hi = s[r, np.maximum(c - 1, 0)], s[r, np.minimum(c, s.shape[-1] - 1)]
-        mid = lo + (hi - lo) / 2
+        with np.errstate(invalid="ignore"):  # inf - inf in a diverged row: nan, as in torch
+            mid = lo + (hi - lo) / 2
         t = np.where(mid < hi, mid, lo)  # rounding must not put t on the upper score
         return np.where(c == 0, -np.inf, np.where(c == s.shape[-1], np.inf, t))
 
