@@ -224,7 +224,7 @@ def test_analysis_on_the_position_path_equals_analysis_through_the_reference_for
               "minimal_heads", "attention_examples")
     analyze(out, grid_size=GRID, progress=False, figures=False)
     fast = {t: pd.read_csv(out / "analysis" / f"{t}.csv") for t in tables}
-    monkeypatch.setattr(Model, "_pos_run", lambda self, batch: self.reference_run(batch))
+    monkeypatch.setattr(Model, "_pos_run", lambda self, batch, t=None: self.reference_run(batch))
     analyze(out, grid_size=GRID, progress=False, figures=False)
     for t in tables:
         pd.testing.assert_frame_equal(fast[t], pd.read_csv(out / "analysis" / f"{t}.csv"),

@@ -41,6 +41,50 @@ def test_roc_auc_rows_equals_scikit_learn_with_ties_and_weights(seed):
     assert np.abs(ours.numpy() - ref).max() < 1e-9
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_unit_weights_count_the_general_paths_auc_and_threshold_bit_for_bit(seed, monkeypatch):
+    """Every weight 1 (every set of the position path): AUC and thresholds by counting, ties,
+    nan and inf included, give the general path's numbers exactly."""
+    g = torch.Generator().manual_seed(seed)
+    score = torch.randn(40, 500, generator=g, dtype=torch.float64)
+    score[:10] = torch.randint(0, 6, (10, 500), generator=g).double() * 0.1  # many ties
+    score[10:20, :250] = score[10:20, 250:]  # every score twice
+    score[20, 7], score[21, 3], score[22, 0] = float("nan"), float("inf"), -float("inf")
+    score[23] = 0.0
+    y, w = torch.randint(0, 2, (500,), generator=g), torch.ones(500, dtype=torch.float64)
+    fast = roc_auc_rows(score, y, w), fit_threshold(score, y, w)
+    monkeypatch.setattr(metrics, "_ranked", lambda *args: None)  # the general path
+    for got, want in zip(fast, (roc_auc_rows(score, y, w), fit_threshold(score, y, w))):
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got[~got.isnan()], want[~want.isnan()])
+    ref = [roc_auc_score(y.numpy(), r.numpy()) for r in score[:20]]
+    assert np.abs(fast[0][:20].numpy() - ref).max() < 1e-12
+
+
+def _child_auc(queue) -> None:
+    queue.put(float(roc_auc_rows(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0, 1, 1]),
+                                 torch.ones(3))[0]))
+
+
+def test_a_forked_child_ranks_with_threads_of_its_own():
+    """The ranking's threads are started once per process; a child forked after its parent
+    ranked (a sweep's worker) must not wait on the parent's threads, which it does not have."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    roc_auc_rows(torch.randn(2, 50), torch.arange(50) % 2, torch.ones(50))  # the parent's pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_auc, args=(queue,))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5) == 1.0
+
+
 def test_roc_auc_rows_is_nan_without_both_classes():
     assert torch.isnan(roc_auc_rows(torch.randn(2, 5), torch.ones(5, dtype=torch.long),
                                     torch.ones(5))).all()

@@ -211,9 +211,7 @@ class Model(CountPath, PositionPath, PrefixPath):
         row (default the last layer's; its logits are the model's). See `run_layers` for
         attn_override (at `layer`) and replace."""
         self._layer(layer)
-        one = self.cfg.layers == 1 and not self.cfg.d_mlp
-        if (one and attn_override is None and not replace and self.cfg.pos_embed != "none"
-                and not self.cfg.layernorm and batch.tokens is not None and batch.query is None):
+        if attn_override is None and not replace and self.pos_path(batch):
             return self._pos_run(batch)
         if self.cfg.layers == 1:
             return self.reference_run(batch, force_tokens, attn_override, replace)

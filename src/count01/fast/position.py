@@ -27,15 +27,17 @@ if TYPE_CHECKING:
 
 class PosCache:
     """The Cache of the position path (same fields and methods), from the tables of
-    `Model.pos_tables`: z, head outputs, residual and logits are computed at once; the
-    per-position tensors (pattern, scores, values) only when an analysis reads them, and
-    `mass` and `slot_readout` need no per-position product with a weight matrix. Held to the
-    reference forward by tests/test_fast_position.py::
+    `Model.pos_tables` (t: those of the batch's width, when the caller shares them among
+    slices): z, head outputs, residual and logits are computed at once; the per-position
+    tensors (pattern, scores, values) and each head's share of the logits (zl, which only the
+    value swap reads) only when an analysis reads them, and `mass` and `slot_readout` need no
+    per-position product with a weight matrix. Held to the reference forward by
+    tests/test_fast_position.py::
     test_position_paths_run_matches_the_reference_slots_forward."""
 
-    def __init__(self, model: Model, batch: Batch):
+    def __init__(self, model: Model, batch: Batch, t: dict[str, torch.Tensor] | None = None):
         w = model.weights
-        f = model._pos_forward(batch.tokens, batch.eos_pos)
+        f = model._pos_pattern_rows(batch.tokens, batch.eos_pos, t)
         self._f, self._t = f, f["t"]
         t, u, D = f["t"], f["u"], f["D"]
         S, H, B, L = u.shape
@@ -50,6 +52,12 @@ class PosCache:
         eos = batch.eos_pos if batch.eos_pos.dim() == 2 else batch.eos_pos[None]
         self.mult = (torch.arange(L) <= eos[..., None]).to(u.dtype)
         self._b_V = b_V
+
+    @property
+    def zl(self) -> torch.Tensor:  # (S, H, B, V) each head's share of the logits (`_pos_forward`)
+        if "zl" not in self._f:
+            self._f["zl"] = _head_logits(self._f)
+        return self._f["zl"]
 
     @property
     def pattern(self) -> torch.Tensor:  # (S, B, H, L)
@@ -80,6 +88,16 @@ class PosCache:
         S, H, B, L = self._f["u"].shape
         per = torch.gather(kind[:, :, None, :, 0].expand(-1, -1, B, -1), 3, self._f["tok"])
         return (per + (self._t["vP"] @ o)[:, :, None, :, 0]).transpose(1, 2)
+
+
+def _head_logits(f: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each head's share of the logits zl = (u r_P + mass r_E) / D (S, H, B, V) of the rows f
+    (`PositionPath._pos_pattern_rows`)."""
+    t, u = f["t"], f["u"]
+    S, H, B, L = u.shape
+    V = t["rE"].shape[-1]
+    return torch.baddbmm((f["mass"] @ t["rE"]).view(-1, B, V), u.view(-1, B, L),
+                         t["rP"].reshape(-1, L, V)).view(S, -1, B, V).div_(f["D"])
 
 
 def by_length(tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
@@ -126,6 +144,14 @@ class PositionPath:
     """The position path of `Model`: its tables, logits and hand-written gradients."""
 
     # --- the position path: one layer with a positional embedding, no LayerNorm ---------------
+
+    def pos_path(self, batch: Batch) -> bool:
+        """Whether `run` (with no override or replacement) takes the position path on batch:
+        one attention-only layer with a positional embedding, no LayerNorm, tokens, the EOS
+        query."""
+        cfg = self.cfg
+        return (cfg.layers == 1 and not cfg.d_mlp and cfg.pos_embed != "none"
+                and not cfg.layernorm and batch.tokens is not None and batch.query is None)
 
     def pos_tables(self, L: int) -> dict[str, torch.Tensor]:
         """What the EOS query computes on strings of width L before it sees an example.
@@ -201,23 +227,29 @@ class PositionPath:
             D = torch.ones_like(D)
         return u, mass, D, rows, tok
 
-    def _pos_forward(self, tokens: torch.Tensor, eos: torch.Tensor,
-                     t: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The position path's forward: tables t, u, mass, D, rows, tok (`pos_pattern`), each
-        head's share of the logits zl = (u r_P + mass r_E) / D (S, H, B, V), logits (S, B, V)."""
+    def _pos_pattern_rows(self, tokens: torch.Tensor, eos: torch.Tensor,
+                          t: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The EOS query's rows on tokens (S|1, B, L): tables t (made for width L if not
+        given), u, mass, D, rows, tok (`pos_pattern`) and rows0, each example's row s L + p of
+        the per-(seed, EOS position) tables."""
         S = self.n_seeds
         tokens = (tokens if tokens.dim() == 3 else tokens[None]).expand(S, -1, -1)
         eos = (eos if eos.dim() == 2 else eos[None]).expand(S, -1)
-        B, L = tokens.shape[1:]
+        L = tokens.shape[2]
         t = self.pos_tables(L) if t is None else t
         u, mass, D, rows, tok = self.pos_pattern(t, tokens, eos)
-        V = t["rE"].shape[-1]
-        zl = torch.baddbmm((mass @ t["rE"]).view(-1, B, V), u.view(-1, B, L),
-                           t["rP"].reshape(-1, L, V)).view(S, -1, B, V).div_(D)
         rows0 = (torch.arange(S)[:, None] * L + eos).view(-1)
-        logits = rows_of(t["c0"], rows0, (S, B, V)) + zl.sum(1)
-        return {"t": t, "u": u, "mass": mass, "D": D, "rows": rows, "tok": tok, "rows0": rows0,
-                "zl": zl, "logits": logits}
+        return {"t": t, "u": u, "mass": mass, "D": D, "rows": rows, "tok": tok, "rows0": rows0}
+
+    def _pos_forward(self, tokens: torch.Tensor, eos: torch.Tensor,
+                     t: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The position path's forward: `_pos_pattern_rows`, each head's share of the logits
+        zl = (u r_P + mass r_E) / D (S, H, B, V) and the logits (S, B, V)."""
+        f = self._pos_pattern_rows(tokens, eos, t)
+        S, B = f["u"].shape[0], f["u"].shape[2]
+        zl = _head_logits(f)
+        logits = rows_of(f["t"]["c0"], f["rows0"], (S, B, zl.shape[-1])) + zl.sum(1)
+        return f | {"zl": zl, "logits": logits}
 
     def _pos_examples_grad(self, t: dict[str, torch.Tensor], tokens: torch.Tensor,
                            eos: torch.Tensor, y: torch.Tensor, scale: float):
@@ -418,7 +450,8 @@ class PositionPath:
         base = (x + w[ATTN + "b_O"][:, None, None]) @ w["unembed.W_U"][:, None]
         return base + w["unembed.b_U"][:, None, None] + heads_out
 
-    def _pos_run(self, batch: Batch) -> PosCache:
-        """`run` on the position path: a PosCache, from the tables. Held to the slots forward
-        by tests/test_fast_position.py::test_position_paths_run_matches_the_reference_slots_forward."""
-        return PosCache(self, batch)
+    def _pos_run(self, batch: Batch, t: dict[str, torch.Tensor] | None = None) -> PosCache:
+        """`run` on the position path: a PosCache, from the tables (t: those of the batch's
+        width, if the caller has them). Held to the slots forward by tests/test_fast_position.py::
+        test_position_paths_run_matches_the_reference_slots_forward."""
+        return PosCache(self, batch, t)

@@ -51,7 +51,13 @@ def sub_batch(batch: Batch, a: int, b: int) -> Batch:
 def run_chunks(model, batch: Batch):
     """(slice, cache) over consecutive slices of `batch`, each small enough that no cache tensor
     exceeds CACHE_ELEMENTS: every number over a whole set is then a sum or a concatenation over
-    slices (the token path's `exhaustive` set holds 797,161 strings)."""
+    slices (the token path's `exhaustive` set holds 797,161 strings). On the position path the
+    slices share one set of tables (`Model.pos_tables`: they have the set's width)."""
+    if model.pos_path(batch):
+        t = model.pos_tables(batch.tokens.shape[-1])
+        for piece in slices(model, batch):
+            yield piece, model._pos_run(piece, t)
+        return
     for piece in slices(model, batch):
         yield piece, merged_run(model, piece)
 
@@ -200,7 +206,10 @@ class KindParts:
 
     n: torch.Tensor  # (S|1, B, V) occurrences of each kind (V = d_vocab, id order)
     direct: torch.Tensor  # (S, H, B, V) sum over occurrences of kind t of the direct score
-    out: torch.Tensor | None  # (S, H, B, V, R) sum over occurrences of kind t of v W_O, read out
+    out: torch.Tensor | None  # (S, H, V, B, R) sum over occurrences of kind t of v W_O, read
+    # out; kinds before examples: the grid's product over the kinds is then one bmm per (s, h)
+    # on it as it lies (5x faster than einsum copying it into that layout at every chunk; the
+    # same bmm, so the same numbers)
     orig: torch.Tensor | None  # (S, H, B, R) each head's unintervened output, read out
     rest: torch.Tensor | None  # (S, B, R) all but the heads: e(EOS) + p + b_O (+ b_U), read out
     weights: torch.Tensor  # (S, H, V) measured per-occurrence weights relative to a 0
@@ -340,6 +349,8 @@ class Activations:
         axis = {"n": 1, "direct": 2, "out": 2, "orig": 2, "rest": 1}  # the example axis
         parts = dict.fromkeys(("out", "orig", "rest")) | {
             k: torch.cat(v, axis[k]) for k, v in fields.items()}
+        if parts["out"] is not None:
+            parts["out"] = parts["out"].transpose(2, 3).contiguous()  # (S, H, V, B, R)
         if bias is not None and parts["rest"] is not None:
             parts["rest"] = parts["rest"] + bias[:, None]
         return KindParts(**parts, weights=ratios.value())

@@ -112,7 +112,7 @@ def head_outputs(parts: KindParts, e: torch.Tensor, readout: bool = True
     score = torch.einsum("gsht,shbt->gshb", e, parts.direct) / den
     if not readout:
         return score, None
-    return score, torch.einsum("gsht,shbtr->gshbr", e, parts.out) / den[..., None]
+    return score, torch.einsum("gsht,shtbr->gshbr", e, parts.out) / den[..., None]
 
 
 def _model_metrics(model: Model, r: torch.Tensor, batch: Batch, ends: torch.Tensor | None
@@ -442,7 +442,7 @@ def _hybrid_pos_rows(model: Model, c: PosCache) -> torch.Tensor:
     S, H, B, L = f["u"].shape
     V = t["rE"].shape[-1]
     bias = (model.weights[ATTN + "b_V"][:, :, None] @ t["M"])[:, :, 0]  # (S, H, V) b_V^h M^h
-    own = f["zl"] + bias[:, :, None]  # (S, H, B, V) head i's share of the logits
+    own = c.zl + bias[:, :, None]  # (S, H, B, V) head i's share of the logits
     read = torch.cat([t["rE"], t["rP"][:, :, :L]], 2)  # (S, H_ov, V + L, V)
     seen = torch.cat([f["mass"], f["u"]], 3) / f["D"]  # (S, H_attn, B, V + L)
     hyb = torch.bmm(seen.reshape(S, H * B, V + L),
