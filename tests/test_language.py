@@ -382,7 +382,6 @@ def test_bad_noise_conditions_are_refused(change, message):
                                     {"noise_symbols": 3, "noise_pattern": "bursty",
                                      "burst_len": 3.0}])
 def test_the_count_path_equals_the_token_path_in_every_noise_condition(change):
-
     cfg = Config(max_len=8, long_max_len=12, exhaustive_len=4, eval_size=2048, n_seeds=2, **change)
     model = Model.init(cfg).to(torch.float64)
     for name in ("iid", "hard", "noisy"):

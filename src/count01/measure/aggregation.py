@@ -255,7 +255,10 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
     M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
     J = torch.zeros(M, S, B, V, H, dtype=dtype)
     for _ in range(MAX_STEPS):
-        J = torch.where(moved[..., None, None, None], jacobian(alpha, moved), J)
+        if bool(moved.all()):
+            J = jacobian(alpha, moved)
+        elif bool(moved.any()):
+            J = torch.where(moved[..., None, None, None], jacobian(alpha, moved), J)
         p = logp.exp()  # (M, S, B, V)
         grad = torch.einsum("msbv,msbvh->msh", (p - target) * w[:, None], J)
         grad = (grad + RIDGE * (alpha - start)) * free
@@ -305,16 +308,13 @@ def _edit(model: Model, piece: Batch, alpha: torch.Tensor, keep: torch.Tensor,
 
 
 def _deep_logits(model: Model, piece: Batch, alpha: torch.Tensor, keep: torch.Tensor,
-                 means: tuple[torch.Tensor, torch.Tensor], caches=None,
-                 state: Prefixes | None = None) -> torch.Tensor:
+                 means: tuple[torch.Tensor, torch.Tensor], caches=None) -> torch.Tensor:
     """Logits (M, S, b, V) of a deep model on `piece` under each mask's alpha (M, S, L * H)
     and keep (M, S|1, L * H); means: (at the query, before it) on `fit` (`Means`). One layer
-    with an MLP, or two without positional embedding: `Prefixes` (every mask at once; state:
-    the slice's, when the caller keeps it); otherwise a forward per mask and layer
-    (`layered_logits`)."""
+    with an MLP, or two without positional embedding: `Prefixes` (every mask at once);
+    otherwise a forward per mask and layer (`layered_logits`)."""
     if prefix_path(model):
-        state = Prefixes.of(model, piece, caches) if state is None else state
-        return state.logits(alpha, keep, means)
+        return Prefixes.of(model, piece, caches).logits(alpha, keep, means)
     return torch.stack([layered_logits(model, piece, _edit(model, piece, alpha[j], keep[j],
                                                            *means), caches)
                         for j in range(alpha.shape[0])])

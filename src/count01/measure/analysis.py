@@ -202,8 +202,9 @@ def _analyze(run: Path, size: int | None, progress: bool, sweep_set: str, figure
 def _figure_process() -> ProcessPoolExecutor:
     """One worker process that draws figures from each table as soon as it is written, while
     this process computes the next. Forked (where the OS can) and started at once, before this
-    process runs threads: it inherits matplotlib and pandas already imported and never touches
-    torch; spawning instead would re-import the package, seconds on a small machine. It exits
+    analysis runs threads (the ranking threads of an earlier one in this process are not
+    inherited: `metrics._pool`): it inherits matplotlib and pandas already imported and never
+    touches torch; spawning instead would re-import the package, seconds on a small machine. It exits
     when this process dies, even by SIGKILL (`files.watch_parent`)."""
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")

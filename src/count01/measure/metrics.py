@@ -32,6 +32,7 @@ Head-level definitions (ours where SPEC 4 leaves a gap):
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -228,16 +229,19 @@ def _argsort(rows: torch.Tensor) -> torch.Tensor:
 
 
 _POOL: list[ThreadPoolExecutor] = []
-os.register_at_fork(after_in_child=_POOL.clear)  # a forked child (a sweep's worker) has none
-# of its parent's threads: it starts its own
+_POOL_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOL.clear)  # a forked child (the analysis' figure process,
+# forked after training or an earlier analysis ranked) has none of its parent's threads: it
+# would start its own
 
 
 def _pool() -> ThreadPoolExecutor:
     """SORT_THREADS threads, started once per process (starting them per call cost more than
     the sorts of a small set)."""
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(SORT_THREADS))
-    return _POOL[0]
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(SORT_THREADS))
+        return _POOL[0]
 
 
 def _sorted(rows: torch.Tensor, y: torch.Tensor, weight: torch.Tensor):

@@ -14,8 +14,6 @@ from .jobs import run_point
 EXECUTORS = ("local", "ray", "inline")
 
 
-
-
 def inline(jobs: list[tuple[Point, Path]]):
     """Yield (point, record or exception), one job after another in this process (debugging,
     tests: no process start-up)."""
