@@ -24,7 +24,7 @@ SMALL = Config(n_seeds=2, batch_size=64, max_len=12, long_max_len=16, exhaustive
                eval_size=256)
 
 
-def random_model(cfg: Config, seeds=(0, 1), scale: float = 0.3) -> Model:
+def noisy_model(cfg: Config, seeds=(0, 1), scale: float = 0.3) -> Model:
     """Initial weights plus noise on every weight (biases, LN gains too): sharp, uneven
     attention and no symmetric zeros, so an error in any term shows."""
     m = Model.init(cfg, list(seeds))
@@ -50,7 +50,7 @@ def counts_only(batch: Batch) -> Batch:
                                              (True, False, 1), (False, True, 3), (True, False, 3)])
 def test_count_and_token_paths_agree_on_logits_head_outputs_and_attention_mass(layernorm, bos, k):
     cfg = SMALL.replace(layernorm=layernorm, bos=bos, noise_symbols=k)
-    m = random_model(cfg)
+    m = noisy_model(cfg)
     tok = from_digits(random_strings(300, 20, k=k), bos, k)
     by_tokens = m.run(tok, force_tokens=True)
     by_counts = m.run(counts_only(tok))
@@ -69,7 +69,7 @@ def test_count_and_token_paths_agree_on_logits_head_outputs_and_attention_mass(l
 def test_hand_written_count_gradient_equals_autograd(bos, symbols, pattern):
     cfg = SMALL.replace(bos=bos, heads=2, d_model=8, d_head=3, noise_symbols=symbols,
                         noise_pattern=pattern)
-    m = random_model(cfg).to(torch.float64)
+    m = noisy_model(cfg).to(torch.float64)
     batch = training_batch(cfg, m.seeds, 3)
     mult = m._mult(batch).transpose(1, 2)  # (S, V, B)
     target = torch.nn.functional.one_hot(batch.y, cfg.d_vocab).double().transpose(1, 2)

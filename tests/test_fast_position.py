@@ -23,8 +23,6 @@ def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos,
     """Model.pos_loss_grad, and the position path's logits (Model.__call__, Model.run), pattern
     and head outputs, against the full L x L forward and autograd, float64, random weights
     (with three noise symbols too: kinds and logits are the config's vocabulary)."""
-    from count01.model import trainable
-
     cfg = Config(pos_embed=pos_embed, bos=bos, heads=3, d_model=12, d_head=5, batch_size=40,
                  max_len=9, long_max_len=12, noise=0.3, noise_symbols=noise_symbols)
     m = random_model(cfg)
@@ -149,6 +147,6 @@ def test_position_path_redoes_underflowing_rows_in_the_log_domain():
 @pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
 def test_fast_token_forward_equals_the_cache_forward(pos_embed):
     cfg = fc.SMALL.replace(pos_embed=pos_embed)
-    m = fc.random_model(cfg)
+    m = fc.noisy_model(cfg)
     tok = from_digits(fc.random_strings(300, 16, seed=1), True)
     torch.testing.assert_close(m(tok), m.run(tok).logits, atol=1e-5, rtol=0)
