@@ -10,8 +10,9 @@ import torch
 
 # rows (`train.sentence_rows` per seed) and columns (the prefix path's position list) come in
 # multiples of this, padded: torch's sums and MKL's products run in blocks of 64 floats here (a
-# partial block is summed in another order), so a seed's numbers do not depend on its batch
-# companions' lengths
+# partial block is summed in another order). Their number is also the batch's bound from the
+# config, not its longest seed's: MKL sums a longer product in another order even where the
+# extra entries are zeros, so only then does a seed's result not depend on its companions
 ROW_BLOCK = 64
 ATTN = "blocks.0.attn."  # layer 0's attention weights (the fast paths' only layer); `attn(l)`
 

@@ -248,12 +248,13 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
         return ce + RIDGE / 2 * ((alpha - start) ** 2).sum(-1), logp
 
     alpha = start.clone()
-    moved = torch.ones(free.shape[:2], dtype=torch.bool)  # (M, S) alpha new since the last J
-    current, logp = objective(logits_of(alpha, moved), alpha)
+    every = torch.ones(free.shape[:2], dtype=torch.bool)
+    current, logp = objective(logits_of(alpha, every), alpha)
+    J = jacobian(alpha, every)
+    moved = ~every  # (M, S) alpha new since J was taken
     damping = torch.full(current.shape, 1e-3, dtype=dtype)
     done = torch.zeros(current.shape, dtype=torch.bool)
     M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
-    J = torch.zeros(M, S, B, V, H, dtype=dtype)
     for _ in range(MAX_STEPS):
         if bool(moved.all()):
             J = jacobian(alpha, moved)
