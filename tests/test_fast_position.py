@@ -1,5 +1,5 @@
 """count01.fast.position: the position path (one layer with a positional embedding) against the
-textbook full L x L forward and autograd in float64, and its gradient sums against index_add."""
+textbook full L x L forward and autograd in float64."""
 
 import pytest
 import test_fast_count as fc
@@ -34,11 +34,10 @@ def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos,
     ce = torch.nn.functional.cross_entropy(ref["logits"].transpose(1, 2),
                                            batch.y.expand(2, -1), reduction="none").mean(1)
     want = torch.autograd.grad(ce.sum(), [leaves[k] for k in names])
-    for buckets in (1, 3):  # examples in one run, or sorted by length in three
-        loss, grads = m.pos_loss_grad(tokens, eos, batch.y[0], buckets=buckets)
-        torch.testing.assert_close(loss, ce.detach(), atol=1e-10, rtol=0)
-        for k, g in zip(names, want):
-            torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
+    loss, grads = m.pos_loss_grad(tokens, eos, batch.y[0])
+    torch.testing.assert_close(loss, ce.detach(), atol=1e-10, rtol=0)
+    for k, g in zip(names, want):
+        torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
     one = type(batch)(batch.counts[0], batch.y[0], batch.weight[0], tokens, eos)
     cache = m.run(one)
     for k in ("logits", "pattern", "result"):
@@ -93,22 +92,6 @@ def test_every_query_row_matches_the_textbook_forward(pos_embed, bos):
         out += [logits.detach()] + list(torch.autograd.grad(loss, list(leaves.values())))
     for k, a, b in zip(["logits"] + names, got, want):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=k)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sums_per_eos_position_add_what_index_add_adds_in_the_same_order(dtype):
-    """The position path's gradient sums over the examples of each EOS position (bags of
-    consecutive examples, each seed's sorted by length, rows from `lo` on) equal index_add
-    over (seed, head, EOS position) rows bit for bit: the trained weights did not change."""
-    from count01.fast.position import _per_row
-
-    gen = torch.Generator().manual_seed(0)
-    S, H, B, L, lo = 3, 2, 50, 12, 4
-    eos = torch.sort(torch.randint(lo, L, (S, B), generator=gen), 1).values
-    x = torch.randn(S, H, B, 7, generator=gen, dtype=dtype)
-    rows = (torch.arange(S * H).view(S, H, 1) * (L - lo) + (eos - lo)[:, None]).view(-1)
-    want = torch.zeros(S * H * (L - lo), 7, dtype=dtype).index_add_(0, rows, x.view(-1, 7))
-    assert torch.equal(_per_row(x, eos, lo, L), want)
 
 
 def test_position_path_redoes_underflowing_rows_in_the_log_domain():
