@@ -15,8 +15,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
-def pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny,
+def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny,
                       loss, dc0, drE, drPT, dtok, dpos):
     """Adds each seed's summed cross-entropy into loss (S,) and the gradients of scale * it
     into the tables' gradients, for examples tokens (S, B, L) with EOS at eos (S, B) and answers
@@ -115,3 +114,9 @@ def pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny,
                     dpos[s, h, p, j] += dj
                     dtok[s, h, p, tokens[s, b, j]] += dj
         loss[s] += total
+
+
+try:  # compiled once per machine (~2.5 s), then loaded (~0.5 s): beside the package, else in ~/.cache
+    pos_examples_grad = njit(cache=True)(_pos_examples_grad)
+except RuntimeError:  # no writable place for numba's cache: compiled in each process
+    pos_examples_grad = njit(_pos_examples_grad)
