@@ -1,4 +1,4 @@
-"""Compiled kernels (numba, nopython, no fastmath) for the per-example part of the position
+"""A compiled kernel (numba, nopython, no fastmath) for the per-example part of the position
 path's gradient (`Model.pos_loss_grad`). In torch ops that part is a dozen passes over
 (S, H, B, L) tensors (gathers, scatters, small batched products), each bound by memory traffic
 and per-op overhead; here it is one loop over each example's positions with no intermediate
@@ -16,7 +16,7 @@ from numba import njit
 
 
 def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny,
-                      loss, dc0, drE, drPT, dtok, dpos):
+                       loss, dc0, drE, drPT, dtok, dpos):
     """Adds each seed's summed cross-entropy into loss (S,) and the gradients of scale * it
     into the tables' gradients, for examples tokens (S, B, L) with EOS at eos (S, B) and answers
     y (S, B), from the tables of `Model.pos_tables`: A, tok (S, H, L, V), Bt, pos (S, H, L, L),
