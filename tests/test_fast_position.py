@@ -1,6 +1,9 @@
 """count01.fast.position: the position path (one layer with a positional embedding) against the
 textbook full L x L forward and autograd in float64."""
 
+import subprocess
+import sys
+
 import pytest
 import test_fast_count as fc
 import torch
@@ -133,3 +136,12 @@ def test_fast_token_forward_equals_the_cache_forward(pos_embed):
     m = fc.noisy_model(cfg)
     tok = from_digits(fc.random_strings(300, 16, seed=1), True)
     torch.testing.assert_close(m(tok), m.run(tok).logits, atol=1e-5, rtol=0)
+
+
+def test_numba_is_imported_only_when_a_position_path_gradient_is_taken():
+    """The compiled loop's numba (~0.5 s to import) costs nothing to the count path, the analyses
+    or the CLI's start."""
+    code = ("import sys, count01.cli, count01.train, count01.measure.analysis; "
+            "print('numba' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
