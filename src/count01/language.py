@@ -31,6 +31,10 @@ EVAL_SETS = ("iid", "hard", "exhaustive", "long", "noisy")
 NOISE_SPLIT = 100  # added to a stream id: the uniforms that split noise over the noise symbols
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+# the hash of `uniform` (also compiled in fast/kernels.py, which reads these)
+MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))  # splitmix64's multipliers
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+STEP_MIX = np.uint64(0xD1B54A32D192ED03)
 
 
 def kind_ids(k: int) -> tuple[int, ...]:
@@ -53,19 +57,18 @@ def answer(counts: torch.Tensor) -> torch.Tensor:
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: a bijective avalanche on uint64 (wrapping arithmetic)."""
     x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x * MIX[0]
     x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
+    x = x * MIX[1]
     return x ^ (x >> np.uint64(31))
 
 
 def uniform(seed: np.ndarray | int, stream: int, step: int, index: np.ndarray) -> np.ndarray:
     """Uniforms in [0, 1) as a pure function of (seed, stream, step, index); broadcasts."""
-    golden = np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
-        key = _mix(np.asarray(seed, dtype=np.uint64) * golden + np.uint64(stream))
-        key = _mix(key ^ (np.uint64(step) * np.uint64(0xD1B54A32D192ED03)))
-        h = _mix(key + np.asarray(index, dtype=np.uint64) * golden)
+        key = _mix(np.asarray(seed, dtype=np.uint64) * GOLDEN + np.uint64(stream))
+        key = _mix(key ^ (np.uint64(step) * STEP_MIX))
+        h = _mix(key + np.asarray(index, dtype=np.uint64) * GOLDEN)
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
@@ -120,6 +123,12 @@ def burst_chain(noise: float, burst_len: float) -> tuple[float, float]:
     last burst_len on average, and the chain's stationary noise rate is `noise`."""
     stay = 1.0 - 1.0 / burst_len
     return stay, noise / (1.0 - noise) * (1.0 - stay)
+
+
+def to_noise(noise: float, burst_len: float) -> np.ndarray:
+    """P(the next symbol is noise | the state before it): digit, noise, the start (stationary)."""
+    stay, enter = burst_chain(noise, burst_len)
+    return np.array([enter, stay, noise])
 
 
 @lru_cache(maxsize=64)
@@ -252,16 +261,15 @@ def draw_index(law_key: tuple, u: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _bursts_left(width: int, noise: float, burst_len: float) -> np.ndarray:
+def bursts_left(width: int, noise: float, burst_len: float) -> np.ndarray:
     """P(the next r symbols hold exactly k noise | the state before them), by `burst_chain`.
     (3, width + 1, width + 1), [state, r, k]; state 0 digit, 1 noise, 2 the start (stationary)."""
-    stay, enter = burst_chain(noise, burst_len)
-    to_noise = np.array([enter, stay, noise])
+    p = to_noise(noise, burst_len)
     g = np.zeros((3, width + 1, width + 1))
     g[:, 0, 0] = 1.0
     for r in range(1, width + 1):
-        g[:, r, 1:] = to_noise[:, None] * g[1, r - 1, :-1]
-        g[:, r] += (1.0 - to_noise)[:, None] * g[0, r - 1]
+        g[:, r, 1:] = p[:, None] * g[1, r - 1, :-1]
+        g[:, r] += (1.0 - p)[:, None] * g[0, r - 1]
     return g
 
 
@@ -271,16 +279,15 @@ def noise_positions(counts: np.ndarray, u: np.ndarray, noise: float, burst_len: 
     its counts: position by position, noise with its probability given the state and the noise
     still to place. counts (..., K+2), u (..., width) -> bool (..., width)."""
     width = u.shape[-1]
-    g = _bursts_left(width, noise, burst_len)
-    stay, enter = burst_chain(noise, burst_len)
-    to_noise = np.array([enter, stay, noise])  # P(noise next | digit, noise, the start)
+    g = bursts_left(width, noise, burst_len)
+    chain = to_noise(noise, burst_len)
     n, left = counts.sum(-1), counts[..., 2:].sum(-1)
     state = np.full(n.shape, 2)
     out = np.zeros(u.shape, dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore"):
         for i in range(width):  # a loop over positions, each over the whole batch at once
             r = np.maximum(n - i, 1)
-            p = to_noise[state] * g[1, r - 1, np.maximum(left - 1, 0)] / g[state, r, left]
+            p = chain[state] * g[1, r - 1, np.maximum(left - 1, 0)] / g[state, r, left]
             here = (i < n) & (left > 0) & (u[..., i] < p)
             out[..., i] = here
             left -= here

@@ -269,8 +269,10 @@ class Trainer:
             loss, grads = self.model.count_rows_loss_grad(*rows)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and not self.cfg.count_path:
+            from .fast.tokens import training_token_batch  # numba, as the gradient's loop
+
             def token_batch(s: list[int], t: int):
-                batch = training_batch(self.cfg, s, t)
+                batch = training_token_batch(self.cfg, s, t)
                 return batch.tokens, batch.eos_pos, batch.y
 
             loss, grads = self.model.pos_loss_grad(*self._ahead(step, token_batch))

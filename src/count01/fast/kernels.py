@@ -5,7 +5,11 @@ and per-op overhead; here it is one loop over each example's positions with no i
 tensors. Each seed's sums are made in a fixed order (example, head, position), so a seed's
 result is the same bit for bit whatever seeds are batched beside it. One thread: a `prange`
 over seeds measured no faster on 2 shared cores. The tables and their products with the
-weights stay in torch. Held to the textbook forward and autograd by tests/test_fast_position.py."""
+weights stay in torch. Held to the textbook forward and autograd by tests/test_fast_position.py.
+
+Also the position path's training token batch (`fast/tokens.py`): the hashed uniforms and the
+arrangement of `language.uniform` and `language.arrange`, one example at a time, held to them by
+tests/test_fast_tokens.py."""
 
 from __future__ import annotations
 
@@ -13,6 +17,11 @@ import math
 
 import numpy as np
 from numba import njit
+
+from ..config import BOS, EOS, ONE, ZERO
+from ..language import GOLDEN, MIX, PAD, STEP_MIX
+
+MIX0, MIX1 = MIX  # numba reads module globals as constants when it compiles
 
 
 def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny,
@@ -116,7 +125,135 @@ def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny
         loss[s] += total
 
 
-try:  # compiled once per machine (~2.5 s), then loaded (~0.5 s): beside the package, else in ~/.cache
-    pos_examples_grad = njit(cache=True)(_pos_examples_grad)
-except RuntimeError:  # no writable place for numba's cache: compiled in each process
-    pos_examples_grad = njit(_pos_examples_grad)
+@njit
+def _mix(x):
+    """splitmix64's finaliser (`language._mix`), on one uint64."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * MIX0
+    x = x ^ (x >> np.uint64(27))
+    x = x * MIX1
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniforms(seeds, stream, step, out):
+    """out[s, b, i] = `language.uniform(seeds[s], stream, step, b * per + i)`, out (S, B, per)."""
+    S, B, per = out.shape
+    for s in range(S):
+        key = _mix(seeds[s] * GOLDEN + np.uint64(stream))
+        key = _mix(key ^ (np.uint64(step) * STEP_MIX))
+        for b in range(B):
+            for i in range(per):
+                h = _mix(key + np.uint64(b * per + i) * GOLDEN)
+                out[s, b, i] = np.float64(h >> np.uint64(11)) * 2.0**-53
+
+
+@njit
+def _sort_by_key(u, keep, n, order, start):
+    """Puts the positions i < n with keep[i] into order[:m] by their key u[i] in [0, 1), ties by
+    position (a stable sort: the tie rule of `language._deal`); returns m. A bucket sort (m
+    buckets of equal width, positions in order within each), then an insertion sort of what is
+    then nearly sorted: O(m) expected for uniform keys. start: scratch, at least n + 1 long."""
+    m = 0
+    for i in range(n):
+        m += keep[i]
+    for k in range(m + 1):
+        start[k] = 0
+    for i in range(n):
+        if keep[i]:
+            start[min(int(u[i] * m), m - 1) + 1] += 1
+    for k in range(m):
+        start[k + 1] += start[k]
+    for i in range(n):
+        if keep[i]:
+            k = min(int(u[i] * m), m - 1)
+            order[start[k]] = i
+            start[k] += 1
+    for r in range(1, m):  # stable: an equal key never passes the one before it
+        i = order[r]
+        x, j = u[i], r
+        while j > 0 and u[order[j - 1]] > x:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = i
+    return m
+
+
+@njit
+def _deal_sorted(order, m, counts, ids, row, off):
+    """`language._deal` given the order: the position of rank r gets ids[c], c the number of
+    cumulative counts (all but the last) at or below r."""
+    c, cum = 0, counts[0]
+    for r in range(m):
+        while c < len(counts) - 1 and r >= cum:
+            c += 1
+            cum += counts[c]
+        row[off + order[r]] = ids[c]
+
+
+def _arrange(counts, u, bos, ids, chain, g, framed, tokens, eos):
+    """`language.arrange` (with `noise_positions` where g is the table of `bursts_left`, and the
+    `sentence` framing where framed) for counts (S, B, K+2) and uniforms u (S, B, width, or
+    2 width for bursty noise): fills tokens (S, B, L) and eos (S, B)."""
+    S, B, _ = counts.shape
+    width = u.shape[2] // 2 if g.shape[1] > 1 else u.shape[2]
+    off = 1 if bos else 0
+    noise_at = np.zeros(width, np.bool_)
+    keep = np.empty(width, np.bool_)
+    order = np.empty(width, np.int64)
+    start = np.empty(width + 1, np.int64)
+    for s in range(S):
+        for b in range(B):
+            c, row = counts[s, b], tokens[s, b]
+            n = 0
+            for k in range(len(c)):
+                n += c[k]
+            if g.shape[1] > 1:  # `noise_positions`: the bursty chain, position by position
+                left, state = 0, 2
+                for k in range(2, len(c)):
+                    left += c[k]
+                for i in range(width):
+                    here = False
+                    if i < n and left > 0:
+                        r = max(n - i, 1)
+                        p = chain[state] * g[1, r - 1, max(left - 1, 0)] / g[state, r, left]
+                        here = u[s, b, width + i] < p
+                    noise_at[i] = here
+                    left -= here
+                    if i < n:
+                        state = 1 if here else 0
+            for j in range(row.shape[0]):
+                row[j] = PAD
+            if bos:
+                row[0] = BOS
+            if g.shape[1] > 1:  # the 0s and 1s over the digits' positions, noise over its own
+                for i in range(width):
+                    keep[i] = not noise_at[i]
+                m = _sort_by_key(u[s, b], keep, n, order, start)
+                _deal_sorted(order, m, c[:2], ids[:2], row, off)
+                m = _sort_by_key(u[s, b], noise_at, n, order, start)
+                _deal_sorted(order, m, c[2:], ids[2:], row, off)
+            else:
+                for i in range(width):
+                    keep[i] = True
+                m = _sort_by_key(u[s, b], keep, n, order, start)
+                _deal_sorted(order, m, c, ids, row, off)
+            row[off + n] = EOS
+            eos[s, b] = off + n
+            if framed:  # `sentence`: the answer, then the closing EOS
+                row[off + n + 1] = 1 if c[ONE] > c[ZERO] else 0
+                row[off + n + 2] = EOS
+
+
+def _compile(f, **options):
+    """Compiled once per machine, then loaded: beside the package, else in ~/.cache; where
+    neither is writable, compiled in each process."""
+    try:
+        return njit(cache=True, **options)(f)
+    except RuntimeError:
+        return njit(**options)(f)
+
+
+pos_examples_grad = _compile(_pos_examples_grad)
+# nogil: the Trainer makes the next batch on a second thread during the step
+uniforms = _compile(_uniforms, nogil=True)
+arrange = _compile(_arrange, nogil=True, error_model="numpy")
