@@ -117,6 +117,6 @@ def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny
 
 
 try:  # compiled once per machine (~2.5 s), then loaded (~0.5 s): beside the package, else in ~/.cache
-    pos_examples_grad = njit(cache=True)(_pos_examples_grad)
+    pos_examples_grad = njit(cache=True, nogil=True)(_pos_examples_grad)
 except RuntimeError:  # no writable place for numba's cache: compiled in each process
-    pos_examples_grad = njit(_pos_examples_grad)
+    pos_examples_grad = njit(nogil=True)(_pos_examples_grad)
