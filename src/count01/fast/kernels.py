@@ -253,7 +253,7 @@ def _compile(f, **options):
         return njit(**options)(f)
 
 
-pos_examples_grad = _compile(_pos_examples_grad)
-# nogil: the Trainer makes the next batch on a second thread during the step
+# nogil: the Trainer's prefetch thread makes the next token batch while the step runs
+pos_examples_grad = _compile(_pos_examples_grad, nogil=True)
 uniforms = _compile(_uniforms, nogil=True)
 arrange = _compile(_arrange, nogil=True, error_model="numpy")
