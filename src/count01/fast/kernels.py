@@ -21,7 +21,7 @@ from numba import njit
 from ..config import BOS, EOS, ONE, ZERO
 from ..language import GOLDEN, MIX, PAD, STEP_MIX
 
-MIX0, MIX1 = MIX  # numba reads module globals as constants when it compiles
+MIX0, MIX1 = MIX  # frozen into the compiled code (and its cache); tests hold it to `uniform`
 
 
 def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny,
