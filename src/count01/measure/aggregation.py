@@ -239,7 +239,9 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
 
     A step is computed for the pairs still moving only, taken out of the whole (most pairs stop
     within a few steps, a few go on to MAX_STEPS): each of its products is a batch of one
-    matrix product per pair, whose numbers do not depend on how many pairs are in the batch."""
+    matrix product per pair, whose numbers do not depend on how many pairs are in the batch (on
+    one thread, as sweep jobs and `analyze` run it: tests/test_aggregation.py::
+    test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit)."""
     dtype = torch.float64
     w = (weight / weight.sum()).to(dtype)  # (R,)
     target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(dtype)  # (R, V)
