@@ -10,6 +10,7 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
                       p_one 0.5 only)
     4. paths          training-path analysis of every sweep (`paths`): success and ideal rates,
                       phase diagrams, trajectories, minimal head sets, the division of labour
+                      (the three sweeps side by side, `paths_stage`)
     5. analysis       the default 4-head configuration of the sweep, every seed (`analysis`):
                       head metrics, attention interventions, aggregation, value swap
     6. sentence       question 2 in the sentence framing (SPEC 2, the study's wording): the
@@ -261,7 +262,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                                            out / "training_path", log=log, **run),
         "noise": lambda: run_sweep(Sweep.from_dict(plan.noise_sweep_dict()), out / "noise",
                                    log=log, **run),
-        "paths": lambda: paths_stage(out, run["workers"]),
+        "paths": lambda: paths_stage(out, 1 if run["executor"] == "inline" else run["workers"]),
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "sentence": lambda: sentence_stage(out / "sentence", plan, progress),
         "scale": lambda: scale_stage(out / "scale", plan, progress, log, run),
