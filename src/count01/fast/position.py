@@ -239,7 +239,10 @@ class PositionPath:
         H, R, V = self.cfg.heads, t["A"].shape[2], t["A"].shape[-1]
         rows = (torch.arange(S * H).view(S, H, 1) * R + eos[:, None]).view(-1)
         tok = tokens[:, None].expand(S, H, B, L).contiguous()  # gather is 2x faster so
-        u = torch.gather(rows_of(t["A"], rows, (S, H, B, V)), 3, tok)
+        # A[p, t_j] by one gather with an index shared by the heads ((p, t_j)), not a row
+        # lookup per head and example and a gather (as `_pos_examples_grad`): the same numbers
+        pt = torch.add(tokens, eos[..., None], alpha=V).view(S, 1, B * L).expand(S, H, -1)
+        u = torch.gather(t["A"].reshape(S, H, R * V), 2, pt).view(S, H, B, L)
         u.mul_(rows_of(t["Bt"], rows, (S, H, B, L)))
         mass = torch.zeros(S, H, B, V, dtype=u.dtype).scatter_add_(3, tok, u)
         D = mass.sum(-1, keepdim=True)
