@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import warnings
 from pathlib import Path
 
 import matplotlib.image
@@ -310,6 +311,13 @@ def test_every_rule_has_a_history_ending_at_its_version():
 def test_spread_reports_median_iqr_and_range():
     got = V.spread([0.0, 1.0, 2.0, 3.0, 4.0], 1)
     assert got == "median 2.0 [IQR 1.0-3.0], range 0.0-4.0, n = 5"
+
+
+def test_spread_of_infinite_ratios_is_infinite_not_nan_and_warns_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = V.spread([1.0, 2.0, np.inf, np.inf, np.inf], 1)
+    assert got == "median inf [IQR 2.0-inf], range 1.0-inf, n = 5"
 
 
 # --- the report -----------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def spread(x, digits: int = 3) -> str:
     x = np.asarray(pd.Series(x).dropna(), dtype=float)
     if len(x) == 0:
         return "n/a"
-    q = np.quantile(x, [0.25, 0.5, 0.75])
+    with np.errstate(invalid="ignore"):  # interpolating between two infinite order statistics
+        q = np.quantile(x, [0.25, 0.5, 0.75])  # (w01 of a head that never attends to a 0)
+    q = np.where(np.isnan(q), np.quantile(x, [0.25, 0.5, 0.75], method="lower"), q)
     f = f"{{:.{digits}f}}"
     return (f"median {f.format(q[1])} [IQR {f.format(q[0])}-{f.format(q[2])}], "
             f"range {f.format(x.min())}-{f.format(x.max())}, n = {len(x)}")
