@@ -4,9 +4,9 @@ value it reads into the logits r_E[t_j] + r_P[j]: tables per seed of (L, d_vocab
 entries per head, and per example two row lookups and a product per position and head, no product
 with a weight matrix. The `sentence` ending's query (the fed answer after EOS) reads tables of
 every query token stacked (`query_tables`). `causal_logits` does the same for every query row
-(`lm_loss`). LayerNorm
-stays on the reference forward: ln1 normalises W_E[t] + W_pos[j] as a whole, so keys and values
-are functions of the pair (t, j), not a token part plus a position part.
+(`lm_loss`). LayerNorm stays on the reference forward: ln1 normalises W_E[t] + W_pos[j] as a
+whole, so keys and values are functions of the pair (t, j), not a token part plus a position
+part.
 Held to the textbook full L x L forward and its autograd gradients in float64 by
 tests/test_fast_position.py::test_position_path_matches_the_textbook_forward_and_autograd,
 test_position_paths_run_matches_the_reference_slots_forward,
