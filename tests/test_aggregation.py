@@ -231,3 +231,82 @@ def test_a_sentence_models_minimal_head_sets_are_judged_and_refitted_on_its_answ
     # refit on (`_parts`)
     assert all(torch.equal(a, b) for a, b in zip(*rows))
     assert head_sets(sentence, fit, hard) == head_sets(classify, fit, hard)
+
+
+def full_batch_newton(model: Model, keep, y, weight, logits_of, J) -> torch.Tensor:
+    """The damped Newton of `aggregation._newton` as first written: every (mask, seed) pair
+    computed at every step, done or not, the constant Jacobian J (M, S, B, V, H) re-read whole."""
+    from count01.measure.aggregation import DECREMENT_TOL, MAX_STEPS, RIDGE
+
+    dtype = torch.float64
+    w = (weight / weight.sum()).to(dtype)
+    target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(dtype)
+    eye, free = torch.eye(keep.shape[-1], dtype=dtype), keep.to(dtype)
+    start = free.clone()
+
+    def objective(logits, alpha):
+        logp = torch.log_softmax(logits, -1)
+        return -(logp * target).sum(-1) @ w + RIDGE / 2 * ((alpha - start) ** 2).sum(-1), logp
+
+    alpha = start.clone()
+    current, logp = objective(logits_of(alpha, None), alpha)
+    damping = torch.full(current.shape, 1e-3, dtype=dtype)
+    done = torch.zeros(current.shape, dtype=torch.bool)
+    M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
+    for _ in range(MAX_STEPS):
+        p = logp.exp()
+        grad = torch.einsum("msbv,msbvh->msh", (p - target) * w[:, None], J)
+        grad = (grad + RIDGE * (alpha - start)) * free
+        a = (J * (p * w[:, None]).sqrt()[..., None]).reshape(M, S, B * V, H)
+        pJ = torch.einsum("msbv,msbvh->msbh", p, J) * w.sqrt()[:, None]
+        hess = a.transpose(-1, -2) @ a - pJ.transpose(-1, -2) @ pJ
+        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)
+        hess = hess * free[..., :, None] * free[..., None, :] + eye * (1 - free[..., None])
+        system = hess + (RIDGE + damping * scale)[..., None, None] * eye
+        step = torch.linalg.solve(system, -grad[..., None])[..., 0]
+        done = done | (-(grad * step).sum(-1) < DECREMENT_TOL)
+        if done.all():
+            break
+        trial = alpha + step
+        new, trial_logp = objective(logits_of(trial, None), trial)
+        better = (new < current) & ~done
+        alpha = torch.where(better[..., None], trial, alpha)
+        logp = torch.where(better[..., None, None], trial_logp, logp)
+        current = torch.where(better, new, current)
+        damping = torch.where(better, damping / 4, damping * 4)
+    return alpha
+
+
+@pytest.mark.parametrize("kw", [{"heads": 4}, {"heads": 3, "d_head": 4, "noise_symbols": 3},
+                                {"heads": 2, "init_scale": 3.0}])
+def test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit(kw):
+    """Pairs stop at different steps; stepping only the moving ones, with
+    the Jacobian laid out once, changes no bit of any pair's alpha. On one thread, as sweep
+    jobs and `analyze` run it (with two, MKL may split a product, and its sums, by size)."""
+    from itertools import combinations
+
+    from count01.measure.aggregation import _newton, fit_rows
+    from count01.train import torch_threads, train
+
+    cfg = Config(**SMALL | {"n_seeds": 3, "steps": 100} | kw)
+    model = train(cfg, progress=False).to(torch.float64)
+    fit = eval_set(cfg, "fit")
+    base, o, means, y, weight = fit_rows(model, fit, ending=False)
+    H = cfg.heads
+    subsets = [s for k in range(H + 1) for s in combinations(range(H), k)]
+    keep = torch.zeros(len(subsets), cfg.n_seeds, H, dtype=torch.bool)
+    for j, heads in enumerate(subsets):
+        keep[j, :, list(heads)] = True
+    free = keep.to(o.dtype)
+    C = torch.einsum("sbhd,sdv->sbvh", o, model.weights["unembed.W_U"])
+    L0 = unembed(model, combine(base, o, means, torch.zeros_like(free), keep))
+
+    def logits_of(alpha, _):
+        return L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C)
+
+    J = C * free[:, :, None, None, :]  # laid out as the einsum gives it, as first written
+    with torch_threads(1):
+        ours = _newton(model, keep, y, weight, logits_of, J.contiguous())
+        assert torch.equal(ours, full_batch_newton(model, keep, y, weight, logits_of, J))
+        assert torch.equal(ours, _newton(model, keep, y, weight, logits_of,
+                                         lambda alpha, asked: J))  # asked at every move

@@ -1,5 +1,8 @@
 """count01.fast.position: the position path (one layer with a positional embedding) against the
-textbook full L x L forward and autograd in float64, and its gradient sums against index_add."""
+textbook full L x L forward and autograd in float64."""
+
+import subprocess
+import sys
 
 import pytest
 import test_fast_count as fc
@@ -36,11 +39,10 @@ def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos,
     ce = torch.nn.functional.cross_entropy(ref["logits"].transpose(1, 2),
                                            batch.y.expand(2, -1), reduction="none").mean(1)
     want = torch.autograd.grad(ce.sum(), [leaves[k] for k in names])
-    for buckets in (1, 3):  # examples in one run, or sorted by length in three
-        loss, grads = m.pos_loss_grad(tokens, eos, batch.y[0], buckets=buckets)
-        torch.testing.assert_close(loss, ce.detach(), atol=1e-10, rtol=0)
-        for k, g in zip(names, want):
-            torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
+    loss, grads = m.pos_loss_grad(tokens, eos, batch.y[0])
+    torch.testing.assert_close(loss, ce.detach(), atol=1e-10, rtol=0)
+    for k, g in zip(names, want):
+        torch.testing.assert_close(grads[k], g, atol=1e-10, rtol=1e-10, msg=k)
     one = type(batch)(batch.counts[0], batch.y[0], batch.weight[0], tokens, eos)
     cache = m.run(one)
     for k in ("logits", "pattern", "result"):
@@ -103,22 +105,6 @@ def test_every_query_row_matches_the_textbook_forward(pos_embed, bos):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=k)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sums_per_eos_position_add_what_index_add_adds_in_the_same_order(dtype):
-    """The position path's gradient sums over the examples of each EOS position (bags of
-    consecutive examples, each seed's sorted by length, rows from `lo` on) equal index_add
-    over (seed, head, EOS position) rows bit for bit: the trained weights did not change."""
-    from count01.fast.position import _per_row
-
-    gen = torch.Generator().manual_seed(0)
-    S, H, B, L, lo = 3, 2, 50, 12, 4
-    eos = torch.sort(torch.randint(lo, L, (S, B), generator=gen), 1).values
-    x = torch.randn(S, H, B, 7, generator=gen, dtype=dtype)
-    rows = (torch.arange(S * H).view(S, H, 1) * (L - lo) + (eos - lo)[:, None]).view(-1)
-    want = torch.zeros(S * H * (L - lo), 7, dtype=dtype).index_add_(0, rows, x.view(-1, 7))
-    assert torch.equal(_per_row(x, eos, lo, L), want)
-
-
 def test_position_path_redoes_underflowing_rows_in_the_log_domain():
     """Scores hundreds apart: A[p, t_j] Bt[p, j] underflows for some example (every factor is
     shifted by its own table row's maximum, not the example's), and those rows are redone in the
@@ -158,3 +144,12 @@ def test_fast_token_forward_equals_the_cache_forward(pos_embed):
     m = fc.noisy_model(cfg)
     tok = from_digits(fc.random_strings(300, 16, seed=1), True)
     torch.testing.assert_close(m(tok), m.run(tok).logits, atol=1e-5, rtol=0)
+
+
+def test_numba_is_imported_only_when_a_position_path_gradient_is_taken():
+    """The compiled loop's numba (~0.5 s to import) costs nothing to the count path, the analyses
+    or the CLI's start."""
+    code = ("import sys, count01.cli, count01.train, count01.measure.analysis; "
+            "print('numba' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

@@ -286,24 +286,6 @@ def test_position_path_training_is_deterministic_and_resumes_bit_for_bit(tiny, t
         assert torch.equal(resumed.weights[k], a.weights[k]), k
 
 
-def test_a_batch_sorted_by_length_ahead_gives_the_same_gradient_bit_for_bit(tiny):
-    """The Trainer sorts position-path batches by length on its second thread; pos_loss_grad
-    sorts an unsorted batch itself, into the same order."""
-    from count01.fast.position import by_length
-    from count01.model import Model
-
-    cfg = tiny.replace(pos_embed="learned", n_seeds=3)
-    model = Model.init(cfg)
-    for step in range(3):
-        batch = training_batch(cfg, model.seeds, step)
-        assert bool((batch.eos_pos[:, 1:] < batch.eos_pos[:, :-1]).any())  # not sorted
-        loss, grads = model.pos_loss_grad(batch.tokens, batch.eos_pos, batch.y)
-        ahead, grads_ahead = model.pos_loss_grad(*by_length(batch.tokens, batch.eos_pos, batch.y))
-        assert torch.equal(loss, ahead)
-        for k, g in grads.items():
-            assert torch.equal(g, grads_ahead[k]), k
-
-
 def test_a_prefetched_batch_is_used_only_for_its_own_step_and_seeds(tiny):
     """The position path makes the next step's batch ahead; a trainer asked for another step
     (a resume, a skipped step) or holding other seeds gets the batch it asks for."""

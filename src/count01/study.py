@@ -10,6 +10,7 @@ The study answers the questions of SPEC 1 with two sweeps and one analysis:
                       p_one 0.5 only)
     4. paths          training-path analysis of every sweep (`paths`): success and ideal rates,
                       phase diagrams, trajectories, minimal head sets, the division of labour
+                      (the three sweeps side by side, `paths_stage`)
     5. analysis       the default 4-head configuration of the sweep, every seed (`analysis`):
                       head metrics, attention interventions, aggregation, value swap
     6. sentence       question 2 in the sentence framing (SPEC 2, the study's wording): the
@@ -45,6 +46,7 @@ stopped; a study directory holds one plan (another plan there is refused).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -242,7 +244,6 @@ def build_report(root: str | Path, out: str | Path | None = None) -> ReportFiles
 def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                log: Callable[[str], None], run: dict[str, Any]) -> Path:
     from .measure.analysis import analyze
-    from .measure.paths import analyze_paths
     from .sweeps import Sweep, run_sweep
 
     run_dir = analysed_run(out, plan)
@@ -261,7 +262,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                                            out / "training_path", log=log, **run),
         "noise": lambda: run_sweep(Sweep.from_dict(plan.noise_sweep_dict()), out / "noise",
                                    log=log, **run),
-        "paths": lambda: [analyze_paths(out / d) for d in ("sweep", "training_path", "noise")],
+        "paths": lambda: paths_stage(out, 1 if run["executor"] == "inline" else run["workers"]),
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "sentence": lambda: sentence_stage(out / "sentence", plan, progress),
         "scale": lambda: scale_stage(out / "scale", plan, progress, log, run),
@@ -304,6 +305,29 @@ def trained(stage_dir: Path) -> int:
         cfg = load_config(stage_dir)
         return cfg.n_seeds * cfg.steps
     return 0
+
+
+def paths_stage(out: Path, workers: int | None) -> None:
+    """The training-path analysis (`analyze_paths`) of the three sweeps, side by side on up to
+    `workers` spawn processes (default the CPU count), the largest first: each reads its own
+    sweep's tables and writes only its paths/, so they are the files one after another writes.
+    Almost all of it is drawing figures, one process's work each."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .files import watch_parent
+    from .measure.paths import analyze_paths
+
+    dirs = [out / d for d in ("training_path", "noise", "sweep")]
+    n = min(workers or os.cpu_count() or 1, len(dirs))
+    if n == 1:
+        for d in dirs:
+            analyze_paths(d)
+        return
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=watch_parent,
+                             initargs=(os.getpid(),)) as pool:
+        for done in [pool.submit(analyze_paths, d) for d in dirs]:
+            done.result()
 
 
 def sentence_stage(run: Path, plan: Plan, progress: bool) -> None:

@@ -36,7 +36,6 @@ from .criteria import (
     EARLY_STOP_LOSS_FROM,
     SUCCESS_SET,
 )
-from .fast.position import by_length
 from .files import CheckpointError, load_config, locked, remove_leftovers, writable, write_json
 from .language import (
     EOS,
@@ -270,11 +269,11 @@ class Trainer:
             loss, grads = self.model.count_rows_loss_grad(*rows)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and not self.cfg.count_path:
-            def sorted_batch(s: list[int], t: int):  # sorted by length as pos_loss_grad needs
+            def token_batch(s: list[int], t: int):
                 batch = training_batch(self.cfg, s, t)
-                return by_length(batch.tokens, batch.eos_pos, batch.y)
+                return batch.tokens, batch.eos_pos, batch.y
 
-            loss, grads = self.model.pos_loss_grad(*self._ahead(step, sorted_batch))
+            loss, grads = self.model.pos_loss_grad(*self._ahead(step, token_batch))
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and self.cfg.noise_symbols > 1:  # a count tuple per example, no table
             counts = torch.from_numpy(training_counts(self.cfg, seeds, step)).to(self.flat.dtype)
@@ -296,7 +295,7 @@ class Trainer:
     def _ahead(self, step: int, make: Callable[[list[int], int], object]):
         """make(seeds, step), the batch of `step`; with `prefetch`, the batch of step + 1 is
         made meanwhile on a second thread (numpy and torch release the GIL in their loops), so
-        the token arrangement (the position path's, sorted by length, and the string rows of `lm_loss`), which
+        the token arrangement (the position path's, and the string rows of `lm_loss`), which
         alone costs several count-path steps at S = 64, and the sentence framing's rows overlap
         the gradient. A batch is a pure function of (seeds, step): prefetching changes no
         number."""

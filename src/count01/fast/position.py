@@ -107,31 +107,6 @@ def _head_logits(f: dict[str, torch.Tensor]) -> torch.Tensor:
                          t["rP"].reshape(-1, L, V)).view(S, -1, B, V).div_(f["D"])
 
 
-def by_length(tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each seed's examples sorted by length (EOS position, stable): tokens (S, B, L), eos and
-    y (S, B), in the order `Model.pos_loss_grad` computes them (a stable sort of them is the
-    identity, so sorting ahead changes no number)."""
-    S, B, L = tokens.shape
-    order = torch.argsort(eos, dim=1, stable=True)
-    flat = (order + torch.arange(S)[:, None] * B).view(-1)  # a row lookup: 10x a gather
-    return rows_of(tokens, flat, (S, B, L)), eos.gather(1, order), y.gather(1, order)
-
-
-def _per_row(x: torch.Tensor, eos: torch.Tensor, lo: int, L: int) -> torch.Tensor:
-    """Sum of x (S, H, b, m) over the examples of each EOS position lo <= p < L, each seed's
-    examples sorted by it (eos (S, b), `by_length`, none below lo): (S * H * (L - lo), m). The
-    examples of one p are a run of rows, so each sum is a bag of consecutive rows (an embedding
-    bag, several times faster than index_add over (s, h, p) rows; the same additions in the
-    same order)."""
-    S, H, B, m = x.shape
-    n = torch.zeros(S, L - lo, dtype=torch.long).scatter_add_(1, eos - lo, torch.ones_like(eos))
-    start = n.cumsum(1) - n  # (S, L - lo) each p's first example
-    offsets = (torch.arange(S * H).view(S, H, 1) * B + start[:, None]).view(-1)
-    return torch.nn.functional.embedding_bag(torch.arange(S * H * B), x.reshape(-1, m),
-                                             offsets, mode="sum")
-
-
 def block_diagonal(x: torch.Tensor) -> torch.Tensor:
     """Block-diagonal (S, H*m, H*n) from H blocks (S, H, m, n): a product with it is every
     head's own product in one bmm per seed."""
@@ -240,7 +215,7 @@ class PositionPath:
         rows = (torch.arange(S * H).view(S, H, 1) * R + eos[:, None]).view(-1)
         tok = tokens[:, None].expand(S, H, B, L).contiguous()  # gather is 2x faster so
         # A[p, t_j] by one gather with an index shared by the heads ((p, t_j)), not a row
-        # lookup per head and example and a gather (as `_pos_examples_grad`): the same numbers
+        # lookup per head and example and a gather: the same numbers, 10% less CPU
         pt = torch.add(tokens, eos[..., None], alpha=V).view(S, 1, B * L).expand(S, H, -1)
         u = torch.gather(t["A"].reshape(S, H, R * V), 2, pt).view(S, H, B, L)
         u.mul_(rows_of(t["Bt"], rows, (S, H, B, L)))
@@ -284,81 +259,19 @@ class PositionPath:
         logits = rows_of(f["t"]["c0"], f["rows0"], (S, B, zl.shape[-1])) + zl.sum(1)
         return f | {"zl": zl, "logits": logits}
 
-    def _pos_examples_grad(self, t: dict[str, torch.Tensor], tokens: torch.Tensor,
-                           eos: torch.Tensor, y: torch.Tensor, scale: float):
-        """Per-example part of `pos_loss_grad` on tokens (S, b, L) of width L <= the tables':
-        the summed cross-entropy (S,) and the gradients of scale * that sum with respect to the
-        tables c0, r_P, r_E and the scores tok and pos, each cut to the first L positions (and
-        the scores' to the rows from "lo", the run's lowest EOS position, on).
-
-        Laid out for speed (each choice timed at S = 64, one thread): the logits, their
-        gradient and the per-example vectors of 5 have the examples last (S, ..., 5, b), so
-        reductions over 5 run along the examples and every product with a table is a bmm with
-        the examples on its long side; A[p, t_j] is read by one gather with an index shared by
-        the heads ((p, t_j)), not a row lookup per head and example followed by a gather, and
-        per_kind[t_j] by a gather along the kinds with the tokens as index; the sums per EOS
-        position are bags of consecutive examples (`_per_row`).
-        V = the vocabulary, read off the tables (the number of kinds and of logits)."""
-        S, B, L = tokens.shape
-        H, V = self.cfg.heads, t["rE"].shape[-1]
-        cut = {"A": t["A"][:, :, :L], "Bt": t["Bt"][:, :, :L, :L], "tok": t["tok"][:, :, :L],
-               "pos": t["pos"][:, :, :L, :L]}
-        rows = (torch.arange(S * H).view(S, H, 1) * L + eos[:, None]).view(-1)
-        tok = tokens[:, None].expand(S, H, B, L)
-        pt = torch.add(tokens, eos[..., None], alpha=V).view(S, 1, B * L).expand(S, H, -1)
-        u = torch.gather(cut["A"].reshape(S, H, L * V), 2, pt).view(S, H, B, L)
-        u.mul_(rows_of(cut["Bt"], rows, (S, H, B, L)))  # exp(score): A[p, t_j] Bt[p, j]
-        mass = torch.zeros(S, H, B, V, dtype=u.dtype).scatter_add_(3, tok, u)
-        D = mass.sum(-1)  # (S, H, b)
-        if D.min() < torch.finfo(D.dtype).tiny * 1e8:  # redone in the log domain, D = 1
-            u, mass, D = self.pos_pattern(cut, tokens, eos)[:3]
-            D = D[..., 0]
-        rPT = t["rPT"][..., :L].reshape(S * H, V, L)  # a view (`pos_loss_grad` makes rPT)
-        rE = t["rE"].reshape(S * H, V, V)
-        uv, massv, Dt = u.view(S * H, B, L), mass.view(S * H, B, V), D.view(S, H, 1, B)
-        # head h's share of the logits, (u r_P + mass r_E) / D, as (S, H, V, b)
-        zl = torch.baddbmm(torch.bmm(rE.transpose(1, 2), massv.transpose(1, 2)), rPT,
-                           uv.transpose(1, 2)).view(S, H, V, B).div_(Dt)
-        rows0 = (torch.arange(S)[:, None] * L + eos).view(-1)
-        c0 = rows_of(t["c0"][:, :L], rows0, (S, B, V)).transpose(1, 2)  # (S, V, b)
-        logp = torch.log_softmax(c0 + zl.sum(1), 1)
-        target = torch.zeros_like(logp).scatter_(1, y[:, None], 1.0)
-        loss = (logp * target).sum(1).sum(1).neg_()
-        g = logp.exp_().sub_(target).mul_(scale)  # (S, V, b) d loss / d logits
-        # Head h's share is (u r_P + mass r_E) / D: with gh = g / D,
-        # d/du_j = gh . (r_E[t_j] + r_P[j]) - gh . zl, and d/dscore_j = u_j d/du_j.
-        dc0 = torch.zeros(S * L, V, dtype=g.dtype).index_add_(
-            0, rows0, g.transpose(1, 2).reshape(S * B, V))
-        gh = g[:, None] / Dt  # (S, H, V, b)
-        ghv = gh.view(S * H, V, B)
-        drP = torch.bmm(ghv, uv)  # (S*H, V, L)
-        drE = torch.bmm(ghv, massv)  # (S*H, V, V)
-        per_kind = torch.bmm(rE, ghv).view(S, H, V, B).sub_((gh * zl).sum(2, keepdim=True))
-        ds = torch.gather(per_kind.transpose(2, 3), 3, tok).view(S * H, B, L)  # per_kind[t_j]
-        ds = ds.baddbmm_(ghv.transpose(1, 2), rPT).mul_(uv).view(S, H, B, L)  # d / d score
-        lo = int(eos.min())  # the rows of the score tables below it get nothing from this run
-        dpos = _per_row(ds, eos, lo, L)
-        dtok = _per_row(torch.zeros(S, H, B, V, dtype=g.dtype).scatter_add_(3, tok, ds), eos, lo,
-                        L)
-        return loss, {"c0": dc0.view(S, L, V), "rP": drP.view(S, H, V, L).transpose(2, 3),
-                      "rE": drE.view(S, H, V, V).transpose(2, 3), "lo": lo,
-                      "tok": dtok.view(S, H, L - lo, V), "pos": dpos.view(S, H, L - lo, L)}
-
-    def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor,
-                      buckets: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pos_loss_grad(self, tokens: torch.Tensor, eos: torch.Tensor, y: torch.Tensor
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean cross-entropy per seed (S,) and its gradient for every trainable weight, by hand,
         on the position path: tokens (S, B, L), EOS positions (S, B), answers y (S, B).
 
         Per example only exp(score) (H L numbers), a sum of it per kind and head and the logits are
-        formed; the rest are tables per seed (`pos_tables`), differentiated once per step.
-        Each seed's examples are sorted by length (`by_length`; the Trainer sorts them ahead, on
-        its second thread) and cut into `buckets` runs of similar
-        length, each computed only up to its longest EOS (the positions after EOS are half of
-        a batch). By default 4 runs where the per-example tensors (S, H, B, L) hold a million
-        numbers or more (measured 35% faster at S = 64), else 1 (the ops' fixed costs win).
-        Autograd would record a hundred ops per step; this is what the Trainer runs with a
+        formed, each example up to its own EOS, in one compiled loop (`kernels.pos_examples_grad`);
+        the rest are tables per seed (`pos_tables`), made and differentiated once per step in
+        torch. Autograd would record a hundred ops per step; this is what the Trainer runs with a
         positional embedding. Held to the textbook full L x L forward and to autograd by
         tests/test_fast_position.py::test_position_path_matches_the_textbook_forward_and_autograd."""
+        from .kernels import pos_examples_grad  # numba: imported (~0.5 s) only to train here
+
         w = self.weights
         E, P, W_U = w["embed.W_E"], w["pos_embed.W_pos"], w["unembed.W_U"]
         W_Q, W_K, W_V, W_O = (w[ATTN + k] for k in ("W_Q", "W_K", "W_V", "W_O"))
@@ -368,30 +281,19 @@ class PositionPath:
         y = (y if y.dim() == 2 else y[None]).expand(S, -1)
         B, L = tokens.shape[1:]
         t = self.pos_tables(L)
-        t["rPT"] = t["rP"].transpose(2, 3).contiguous()  # (S, H, V, L): each run takes a view
-        if bool((eos[:, 1:] < eos[:, :-1]).any()):  # the Trainer sorts on its second thread
-            tokens, eos, y = by_length(tokens, eos, y)
         loss = torch.zeros(S, dtype=E.dtype)
         H, V, e, d = self.cfg.heads, t["rE"].shape[-1], self.cfg.d_head_, E.shape[-1]
-        # gradients of the tables, each in the layout of the product it enters: the scores
-        # [tok, pos] (S, H, L, V + L) and the value read-outs [r_E; r_P] (S, H, V + L, V)
-        dscores = torch.zeros(S, H, L, V + L, dtype=E.dtype)
-        dr = torch.zeros(S, H, V + L, V, dtype=E.dtype)
         dc0 = torch.zeros_like(t["c0"])
-        if buckets is None:
-            buckets = 4 if S * H * B * L >= 1 << 20 else 1
-        cuts = torch.linspace(0, B, max(1, min(buckets, B)) + 1).round().long().tolist()
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            n = int(eos[:, a:b].max()) + 1  # positions this run needs
-            got, dk = self._pos_examples_grad(t, tokens[:, a:b, :n], eos[:, a:b], y[:, a:b],
-                                              1.0 / B)
-            loss += got
-            dc0[:, :n] += dk["c0"]
-            dr[:, :, :V] += dk["rE"]
-            dr[:, :, V:V + n] += dk["rP"]
-            lo = dk["lo"]
-            dscores[:, :, lo:n, :V] += dk["tok"]
-            dscores[:, :, lo:n, V:V + n] += dk["pos"]
+        drE, drPT = torch.zeros(S, H, V, V, dtype=E.dtype), torch.zeros(S, H, V, L, dtype=E.dtype)
+        dtok, dpos = torch.zeros(S, H, L, V, dtype=E.dtype), torch.zeros(S, H, L, L, dtype=E.dtype)
+        pos_examples_grad(*(x.contiguous().numpy() for x in (  # contiguous: faster compiled loops
+            t["A"], t["Bt"], t["tok"], t["pos"], t["rE"], t["rP"].transpose(2, 3), t["c0"],
+            tokens, eos, y)), 1.0 / B, torch.finfo(E.dtype).tiny * 1e8,
+            *(x.numpy() for x in (loss, dc0, drE, drPT, dtok, dpos)))
+        # the gradients of the tables in the layout of the products they enter: the scores
+        # [tok, pos] (S, H, L, V + L) and the value read-outs [r_E; r_P] (S, H, V + L, V)
+        dscores = torch.cat([dtok, dpos], 3)
+        dr = torch.cat([drE, drPT.transpose(2, 3)], 2)
         loss /= B
         # --- per table: scores [tok, pos] = q k^T, k = [W_E; W_pos] W_K (+ b_K on tokens);
         # values r = v M, v = [W_E; W_pos] W_V, M = W_O W_U; c0 = xo W_U + b_U + b_V M.

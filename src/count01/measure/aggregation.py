@@ -212,10 +212,11 @@ def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
     if not model.cfg.layernorm:  # logits = L0 + sum_h alpha_h C_h: the Jacobian C is constant
         C = torch.einsum("sbhd,sdv->sbvh", o, model.weights["unembed.W_U"])  # (S, B, V, H)
         L0 = unembed(model, combine(base, o, means, torch.zeros_like(free), keep))
-        fixed_J = C * free[:, :, None, None, :]  # (M, S, B, V, H)
+        # laid out as the Newton step's products read it: else each one copies it, every step
+        fixed_J = (C * free[:, :, None, None, :]).contiguous()  # (M, S, B, V, H)
         return _newton(model, keep, y, weight,
                        lambda alpha, _: L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C),
-                       lambda alpha, _: fixed_J)
+                       fixed_J)
 
     def jacobian(alpha, _):
         tangents = o.transpose(2, 3) * free[:, :, None, None, :]  # (M, S, B, d, H)
@@ -233,59 +234,80 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
     alpha, both read only at the (mask, seed) pairs asked (M, S) bool (elsewhere they may hold
     anything): the logits of the pairs still moving, the derivative of those whose alpha moved
     (a rejected step leaves alpha and so its derivative as they were). Every pair's numbers are
-    its own (`_fit_deep` runs the pairs asked alone), so asking fewer changes no result."""
+    its own (`_fit_deep` runs the pairs asked alone), so asking fewer changes no result. A
+    derivative that does not depend on alpha is given as that tensor, never asked again.
+
+    A step is computed for the pairs still moving only, taken out of the whole (most pairs stop
+    within a few steps, a few go on to MAX_STEPS): each of its products is a batch of one
+    matrix product per pair, whose numbers do not depend on how many pairs are in the batch (on
+    one thread, as sweep jobs and `analyze` run it: tests/test_aggregation.py::
+    test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit)."""
     dtype = torch.float64
     w = (weight / weight.sum()).to(dtype)  # (R,)
     target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(dtype)  # (R, V)
-    eye = torch.eye(keep.shape[-1], dtype=dtype)
-    free = keep.to(dtype)
+    M, S, H = keep.shape
+    B, V = target.shape
+    P = M * S  # the (mask, seed) pairs, flattened
+    eye = torch.eye(H, dtype=dtype)
+    free = keep.to(dtype).reshape(P, H)
     start = free.clone()
 
-    def objective(logits, alpha):
-        """The objective (M, S) and the log-probabilities it read."""
-        logp = torch.log_softmax(logits, -1)
+    def objective(logits, alpha, pairs):
+        """The objective (A,) of some pairs (A,) and the log-probabilities it read (A, R, V),
+        from every pair's logits (M, S, R, V) and these pairs' alpha (A, H)."""
+        logp = torch.log_softmax(logits.reshape(P, B, V)[pairs], -1)
         ce = -(logp * target).sum(-1) @ w
-        return ce + RIDGE / 2 * ((alpha - start) ** 2).sum(-1), logp
+        return ce + RIDGE / 2 * ((alpha - start[pairs]) ** 2).sum(-1), logp
+
+    def jacobian_of(pairs):  # (A, R, V, H) of these pairs
+        return J.reshape(P, B, V, H)[pairs]
 
     alpha = start.clone()
-    every = torch.ones(free.shape[:2], dtype=torch.bool)
-    current, logp = objective(logits_of(alpha, every), alpha)
-    J = jacobian(alpha, every)
-    moved = ~every  # (M, S) alpha new since J was taken
-    damping = torch.full(current.shape, 1e-3, dtype=dtype)
-    done = torch.zeros(current.shape, dtype=torch.bool)
-    M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
+    every = torch.ones(M, S, dtype=torch.bool)
+    pairs = torch.arange(P)
+    current, logp = objective(logits_of(alpha.view(M, S, H), every), alpha, pairs)
+    fixed = isinstance(jacobian, torch.Tensor)
+    J = jacobian if fixed else jacobian(alpha.view(M, S, H), every)
+    moved = torch.zeros(P, dtype=torch.bool)  # alpha new since J was taken
+    damping = torch.full((P,), 1e-3, dtype=dtype)
+    done = torch.zeros(P, dtype=torch.bool)
     for _ in range(MAX_STEPS):
-        if bool(moved.all()):
-            J = jacobian(alpha, moved)
-        elif bool(moved.any()):
-            J = torch.where(moved[..., None, None, None], jacobian(alpha, moved), J)
-        p = logp.exp()  # (M, S, B, V)
-        grad = torch.einsum("msbv,msbvh->msh", (p - target) * w[:, None], J)
-        grad = (grad + RIDGE * (alpha - start)) * free
+        if not fixed and bool(moved.any()):
+            J = torch.where(moved.view(M, S, 1, 1, 1), jacobian(alpha.view(M, S, H),
+                                                                moved.view(M, S)), J)
+        act = torch.nonzero(~done).flatten()  # the pairs still moving
+        Ja, fa, alpha_a = jacobian_of(act), free[act], alpha[act]
+        p = logp[act].exp()  # (A, R, V)
+        grad = torch.einsum("abv,abvh->ah", (p - target) * w[:, None], Ja)
+        grad = (grad + RIDGE * (alpha_a - start[act])) * fa
         # Gauss-Newton: sum_b w_b J_b^T (diag p_b - p_b p_b^T) J_b, as two batched matmuls
-        a = (J * (p * w[:, None]).sqrt()[..., None]).reshape(M, S, B * V, H)
-        pJ = torch.einsum("msbv,msbvh->msbh", p, J) * w.sqrt()[:, None]
+        a = (Ja * (p * w[:, None]).sqrt()[..., None]).reshape(len(act), B * V, H)
+        pJ = torch.einsum("abv,abvh->abh", p, Ja) * w.sqrt()[:, None]
         hess = a.transpose(-1, -2) @ a - pJ.transpose(-1, -2) @ pJ
-        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)  # (M, S)
+        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)  # (A,)
         # heads outside the mask: identity rows and zero gradient, so they stay at 0
-        hess = hess * free[..., :, None] * free[..., None, :] + eye * (1 - free[..., None])
-        system = hess + (RIDGE + damping * scale)[..., None, None] * eye
+        hess = hess * fa[..., :, None] * fa[..., None, :] + eye * (1 - fa[..., None])
+        system = hess + (RIDGE + damping[act] * scale)[..., None, None] * eye
         step = torch.linalg.solve(system, -grad[..., None])[..., 0]
         # Newton decrement: a (mask, seed) at its optimum stops for good, so its result never
         # depends on how long its companions go on
-        done = done | (-(grad * step).sum(-1) < DECREMENT_TOL)
+        going = ~(-(grad * step).sum(-1) < DECREMENT_TOL)
+        done[act[~going]] = True
         if done.all():
             break
-        trial = alpha + step
-        new, trial_logp = objective(logits_of(trial, ~done), trial)
-        better = (new < current) & ~done
-        alpha = torch.where(better[..., None], trial, alpha)
-        logp = torch.where(better[..., None, None], trial_logp, logp)
-        current = torch.where(better, new, current)
-        damping = torch.where(better, damping / 4, damping * 4)
-        moved = better
-    return alpha
+        act, trial = act[going], alpha_a[going] + step[going]
+        ask = torch.zeros(P, dtype=torch.bool)
+        ask[act] = True
+        whole = alpha.clone()
+        whole[act] = trial
+        new, trial_logp = objective(logits_of(whole.view(M, S, H), ask.view(M, S)), trial, act)
+        better = new < current[act]
+        won = act[better]
+        alpha[won], logp[won], current[won] = trial[better], trial_logp[better], new[better]
+        damping[act] = torch.where(better, damping[act] / 4, damping[act] * 4)
+        moved = torch.zeros(P, dtype=torch.bool)
+        moved[won] = True
+    return alpha.view(M, S, H)
 
 
 # --- L >= 2 layers or an MLP: alpha and mean ablation through the later layers ---------------

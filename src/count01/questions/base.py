@@ -113,6 +113,9 @@ class Evidence:
     labour_label: str = "configuration"
     # question 6: the small model's label first, then each larger model's -> its analysis tables
     scale: Mapping[str, Mapping[str, pd.DataFrame]] | None = None
+    # statuses question 6 judged on these tables, by (tables, rule, the thresholds it reads):
+    # its sensitivity varies one threshold at a time, which most compared rules do not read
+    seen: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 # --- formatting of numbers with their spread ------------------------------------------------

@@ -54,10 +54,18 @@ TITLE = ("Larger models: do the heads behave the same with more layers, an MLP o
 
 
 def compare(small: Mapping[str, pd.DataFrame], large: Mapping[str, pd.DataFrame],
-            t: Mapping[str, float]) -> dict[str, tuple[str, str]]:
-    """Compared rule -> (its status on the small model's tables, on the larger model's)."""
-    return {k: tuple(_FUNCTIONS[k][1](Evidence(tables=tables), t) for tables in (small, large))
-            for k in COMPARED}
+            t: Mapping[str, float], seen: dict | None = None) -> dict[str, tuple[str, str]]:
+    """Compared rule -> (its status on the small model's tables, on the larger model's). seen:
+    statuses already judged (`Evidence.seen`), each kept with the tables it was judged on."""
+    seen = {} if seen is None else seen
+
+    def status(k: str, tables: Mapping[str, pd.DataFrame]) -> str:
+        names, status_of = _FUNCTIONS[k]
+        key = (id(tables), k, *(t[n] for n in names))
+        if key not in seen:
+            seen[key] = (tables, status_of(Evidence(tables=tables), t))
+        return seen[key][1]
+    return {k: (status(k, small), status(k, large)) for k in COMPARED}
 
 
 def outcome(small: str, large: str) -> str:
@@ -72,15 +80,16 @@ def outcome(small: str, large: str) -> str:
 
 
 def verdict(scale: Mapping[str, Mapping[str, pd.DataFrame]] | None,
-            t: Mapping[str, float]) -> Verdict:
-    """scale: the small model's label first, then each larger model's, -> its analysis tables."""
+            t: Mapping[str, float], seen: dict | None = None) -> Verdict:
+    """scale: the small model's label first, then each larger model's, -> its analysis tables;
+    seen: statuses already judged on them (`compare`)."""
     def out(status, finding, numbers=()):
         return Verdict(NUMBER, TITLE, status, RULE, finding, list(numbers), rule_version=VERSION)
 
     if not scale or len(scale) < 2:
         return out(NOT_MEASURED, "No larger model was trained and analysed beside the small one.")
     (small_name, small), *larger = scale.items()
-    rows = {name: compare(small, tables, t) for name, tables in larger}
+    rows = {name: compare(small, tables, t, seen) for name, tables in larger}
     got = {name: {k: outcome(*pair) for k, pair in r.items()} for name, r in rows.items()}
     flat = [o for r in got.values() for o in r.values()]
     changes = [(name, k) for name, r in got.items() for k, o in r.items() if o == "changes"]
@@ -105,7 +114,7 @@ def verdict(scale: Mapping[str, Mapping[str, pd.DataFrame]] | None,
 
 
 def of_evidence(e: Evidence, t: Mapping[str, float]) -> Verdict:
-    return verdict(e.scale, t)
+    return verdict(e.scale, t, e.seen)
 
 
 RULES = {"6": (tuple(dict.fromkeys(n for k in COMPARED for n in _FUNCTIONS[k][0])),

@@ -73,7 +73,8 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
 def _work(cfg: Config) -> tuple[int, int]:
     """How big a job is, roughly: jobs start biggest first so that no worker is left alone with
     one big configuration at the end. Heads lead: they widen training and the minimal head-set
-    search is exponential in them."""
+    search is exponential in them. Each noise symbol beyond the first multiplies the count
+    tuples a set holds and a step draws (three symbols: a job ~2-4x one symbol's)."""
     width = cfg.d_head_ * (1 if cfg.count_path else cfg.max_len)
-    return cfg.heads, cfg.n_seeds * cfg.steps * width
+    return cfg.heads, cfg.n_seeds * cfg.steps * width * cfg.noise_symbols
 

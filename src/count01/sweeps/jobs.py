@@ -16,7 +16,7 @@ from ..config import Config
 from ..criteria import IDEAL_SETS, SUCCESS_L_ACC, SUCCESS_SET
 from ..files import checkpoints, load_config, read_json, remove_leftovers
 from ..language import EVAL_SETS, eval_set
-from ..measure.activations import head_ids, kind_weights, merged_run
+from ..measure.activations import Shared, head_ids, kind_weights, merged_run
 from ..measure.aggregation import head_sets
 from ..measure.metrics import (
     direct_scores,
@@ -80,13 +80,15 @@ def record_run(model: Model, run: Path) -> dict[str, list[dict]]:
         head_trajectory += [{"seed": r.pop("seed"), "step": step} | r for r in head_rows]
     finite = finite_seeds(model)
     healthy = model.select([i for i, ok in enumerate(finite) if ok])
-    final = {name: eval_set(cfg, name) for name in HEAD_SETS}
+    final = {name: sets[name] if name in sets else eval_set(cfg, name) for name in HEAD_SETS}
     evals, heads, minimal, labour = [], [], {}, {}
     if healthy.n_seeds:
         for part in seed_chunks(healthy):
             evals += evaluate(part)
-            heads += head_table(part, final, fit=sets["fit"])
-            found, kinds = head_sets(part, sets["fit"], sets["hard"], threshold=SUCCESS_L_ACC)
+            shared = Shared(part)  # the head table and the head sets read the same sets
+            heads += head_table(part, final, fit=sets["fit"], shared=shared)
+            found, kinds = head_sets(part, sets["fit"], sets["hard"], threshold=SUCCESS_L_ACC,
+                                     shared=shared)
             minimal |= dict(zip(part.seeds, found))
             labour |= dict(zip(part.seeds, kinds))
     empty = {f"{name}_{k}": None for name in EVAL_SETS for k in ("l_acc", "valid", "auc")}
