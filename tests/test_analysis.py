@@ -207,12 +207,14 @@ def test_bad_analysis_arguments_fail_cleanly(run, analysed, args, match, capsys)
     assert err.count("\n") == 1 and match in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("framing", ["classify", "sentence"])
 def test_analysis_on_the_position_path_equals_analysis_through_the_reference_forward(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, framing):
     """Every table of `count01 analyze` on a learned-position run is the same (to 1e-9) whether
-    the model runs the position path (PosCache) or the reference forward over slots."""
+    the model runs the position path (PosCache) or the reference forward over slots; in the
+    `sentence` framing the ending's query too."""
     cfg = Config(pos_embed="learned", n_seeds=2, heads=2, d_model=8, eval_size=256,
-                 exhaustive_len=5, max_len=8, long_max_len=12)
+                 exhaustive_len=5, max_len=8, long_max_len=12, framing=framing)
     model = Model.init(cfg)
     gen = np.random.default_rng(0)
     weights = {k: w + 0.2 * torch.from_numpy(gen.standard_normal(w.shape)).float()

@@ -10,7 +10,9 @@ import torch
 from textbook import random_model, textbook
 
 from count01.config import Config
+from count01.fast.position import PosCache
 from count01.language import (
+    at_end,
     eval_set,
     from_digits,
     training_batch,
@@ -49,16 +51,22 @@ def test_position_path_matches_the_textbook_forward_and_autograd(pos_embed, bos,
     torch.testing.assert_close(m(one), ref["logits"].detach(), atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("ending", [False, True])
 @pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)
-def test_position_paths_run_matches_the_reference_slots_forward(pos_embed, bos):
+def test_position_paths_run_matches_the_reference_slots_forward(pos_embed, bos, ending):
     """Model.run on the position path (a PosCache, from the tables) against the reference
     forward over slots (Model.run with an attention override of exp(score)): every field,
-    the mass per kind and each slot's value read out through W_O."""
+    the mass per kind and each slot's value read out through W_O; at EOS, and at the
+    `sentence` ending (`at_end`: the fed answer, here the true one or a 2, the query, from
+    `query_tables`)."""
     cfg = Config(pos_embed=pos_embed, bos=bos, heads=3, d_model=12, d_head=5, eval_size=50,
-                 max_len=9, long_max_len=12)
+                 max_len=9, long_max_len=12, framing="sentence" if ending else "classify")
     m = random_model(cfg)
     batch = eval_set(cfg, "long")
+    if ending:
+        batch = at_end(batch, torch.where(torch.arange(len(batch)) % 5 == 0, 2, batch.y))
     fast = m.run(batch)
+    assert isinstance(fast, PosCache)
     own = torch.exp(fast.scores - fast.scores.max(-1, keepdim=True).values)
     ref = m.run(batch, attn_override=own)  # the slots forward, this pattern
     for k in ("pattern", "scores", "z", "result", "resid", "logits"):

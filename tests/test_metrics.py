@@ -61,6 +61,23 @@ def test_unit_weights_count_the_general_paths_auc_and_threshold_bit_for_bit(seed
     assert np.abs(fast[0][:20].numpy() - ref).max() < 1e-12
 
 
+def test_a_probes_prediction_is_scikit_learns_bit_for_bit():
+    """`probe_predict` skips sklearn's checks of its input and must predict what
+    clf.predict(scaler.transform(x)) does, on the strided (B, d) view of one seed and head
+    that `probe_hits` passes; scores near the boundary included."""
+    g = torch.Generator().manual_seed(0)
+    fit = eval_set(Config(eval_size=600), "fit")
+    result = torch.randn(2, len(fit), 3, 8, generator=g, dtype=torch.float64)
+    result[..., 0] += 3 * fit.y.double()[None, :, None]  # a direction that separates them
+    probes = metrics.fit_probes(result, fit)
+    x = torch.randn(2, 5000, 3, 8, generator=g, dtype=torch.float64).numpy()
+    x[:, :, :, 0] *= 1e-3  # many near the boundary
+    for s, row in enumerate(probes):
+        for h, (scaler, clf) in enumerate(row):
+            want = clf.predict(scaler.transform(x[:, :, h][s]))
+            assert np.array_equal(metrics.probe_predict((scaler, clf), x[s, :, h]), want)
+
+
 def _child_auc(queue) -> None:
     queue.put(float(roc_auc_rows(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0, 1, 1]),
                                  torch.ones(3))[0]))

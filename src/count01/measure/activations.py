@@ -52,9 +52,9 @@ def run_chunks(model, batch: Batch):
     """(slice, cache) over consecutive slices of `batch`, each small enough that no cache tensor
     exceeds CACHE_ELEMENTS: every number over a whole set is then a sum or a concatenation over
     slices (the token path's `exhaustive` set holds 797,161 strings). On the position path the
-    slices share one set of tables (`Model.pos_tables`: they have the set's width)."""
+    slices share one set of tables (`Model.batch_tables`: they have the set's width)."""
     if model.pos_path(batch):
-        t = model.pos_tables(batch.tokens.shape[-1])
+        t = model.batch_tables(batch)
         for piece in slices(model, batch):
             yield piece, model._pos_run(piece, t)
         return
