@@ -51,6 +51,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -307,28 +308,69 @@ def trained(stage_dir: Path) -> int:
     return 0
 
 
-def paths_stage(out: Path, workers: int | None) -> None:
-    """The training-path analysis (`analyze_paths`) of the three sweeps, side by side on up to
-    `workers` spawn processes (default the CPU count), the largest first: each reads its own
-    sweep's tables and writes only its paths/, so they are the files one after another writes.
-    Almost all of it is drawing figures, one process's work each."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+TRAJECTORY_CHUNK = 6  # trajectory figures a paths-stage job draws (~1.3 s each): small jobs
+# keep both workers busy to the end, where one sweep's analysis would hold 48 of the 66 figures
 
-    from .files import watch_parent
-    from .measure.paths import analyze_paths
+
+def paths_stage(out: Path, workers: int | None) -> None:
+    """The training-path analysis (`analyze_paths`) of the three sweeps, side by side
+    (`side_by_side`), the largest first: each reads its own sweep's tables and writes only its
+    paths/. Its trajectory figures, most of the work, are drawn afterwards in small jobs
+    (`trajectory_figures`) beside the other sweeps' analyses."""
+    from .files import read_json
+    from .measure.paths import analyze_paths, trajectory_figures
 
     dirs = [out / d for d in ("training_path", "noise", "sweep")]
-    n = min(workers or os.cpu_count() or 1, len(dirs))
-    if n == 1:
-        for d in dirs:
-            analyze_paths(d)
+
+    def figures(i: int) -> list[Callable[[], Any]]:
+        ids = [c["config_id"] for c in read_json(dirs[i] / "paths" / "paths.json")["configs"]]
+        return [partial(trajectory_figures, dirs[i], ids[k:k + TRAJECTORY_CHUNK])
+                for k in range(0, len(ids), TRAJECTORY_CHUNK)]
+
+    side_by_side([partial(analyze_paths, d, trajectories=False) for d in dirs], workers,
+                 then=figures)
+
+
+def side_by_side(calls: list[Callable[[], Any]], workers: int | None,
+                 then: Callable[[int], list[Callable[[], Any]]] | None = None) -> None:
+    """Run independent calls (picklable: module functions and their arguments), in the order
+    given, on up to `workers` spawn processes (default the CPU count), or in this process when
+    one worker is all there is; then(i) names the calls that may start once call i has
+    finished. Each process computes with one torch and one BLAS thread, as the sweep workers
+    do: two processes of two threads each on two cores wait on each other."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    after = then or (lambda i: [])
+    n = min(workers or os.cpu_count() or 1, len(calls))
+    if n <= 1:
+        for i, call in enumerate(calls):
+            call()
+            for more in after(i):
+                more()
         return
-    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=watch_parent,
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_one_thread,
                              initargs=(os.getpid(),)) as pool:
-        for done in [pool.submit(analyze_paths, d) for d in dirs]:
+        first = {pool.submit(call): i for i, call in enumerate(calls)}
+        rest = []
+        for done in as_completed(first):
+            done.result()
+            rest += [pool.submit(more) for more in after(first[done])]
+        for done in rest:
             done.result()
 
+
+def _one_thread(parent: int) -> None:
+    """A `side_by_side` worker's initializer: one torch (OpenMP, MKL) and one BLAS thread for
+    the whole process, and exit with the parent (`files.watch_parent`)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from .files import watch_parent
+
+    watch_parent(parent)
+    torch.set_num_threads(1)
+    threadpool_limits(1)
 
 def sentence_stage(run: Path, plan: Plan, progress: bool) -> None:
     """Question 2 in the sentence framing: train the analysed configuration in it (resuming a
@@ -345,12 +387,18 @@ def sentence_stage(run: Path, plan: Plan, progress: bool) -> None:
 def scale_stage(out: Path, plan: Plan, progress: bool, log: Callable[[str], None],
                 run: dict[str, Any]) -> None:
     """Question 6: train the small model and the larger ones (a sweep), then analyse each (an
-    analysis already finished is kept)."""
+    analysis already finished is kept), side by side on the sweep's workers (`side_by_side`),
+    the most heads first: the minimal head-set search is exponential in them, and the 2-layer
+    models' analyses are most of the stage's."""
     from .measure.analysis import analyze
     from .sweeps import Sweep, run_sweep
 
     sweep = Sweep.from_dict(plan.scale_sweep_dict())
     run_sweep(sweep, out, log=log, **run)
-    for p in sweep.points():
-        if not (out / "runs" / p.id / "analysis" / "metrics.json").exists():
-            analyze(out / "runs" / p.id, grid_size=plan.scale_grid_size, progress=progress)
+    todo = [p for p in sweep.points()
+            if not (out / "runs" / p.id / "analysis" / "metrics.json").exists()]
+    todo.sort(key=lambda p: (p.cfg.layers * p.cfg.heads, p.cfg.d_mlp, p.cfg.d_model),
+              reverse=True)
+    workers = 1 if run["executor"] == "inline" else run["workers"]
+    side_by_side([partial(analyze, out / "runs" / p.id, grid_size=plan.scale_grid_size,
+                          progress=progress and workers == 1) for p in todo], workers)

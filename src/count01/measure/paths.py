@@ -262,9 +262,12 @@ def predictor_table(q: pd.DataFrame) -> pd.DataFrame:
 
 # --- the whole analysis -------------------------------------------------------------------------
 
-def analyze_paths(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def analyze_paths(sweep_dir: str | Path, out: str | Path | None = None,
+                  trajectories: bool = True) -> dict[str, Any]:
     """Write every table, figure and paths.json of the training-path study; return the summary.
-    One writer at a time per output directory, which first removes what a killed one left."""
+    One writer at a time per output directory, which first removes what a killed one left.
+    trajectories=False leaves the trajectory figures to `trajectory_figures` calls, made after
+    this one (paths.json lists them all the same)."""
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "paths" if out is None else Path(out)
     points = read_points(sweep_dir)
@@ -273,11 +276,25 @@ def analyze_paths(sweep_dir: str | Path, out: str | Path | None = None) -> dict[
     with locked(out, "paths"):
         for d in (out, out / "trajectories"):
             remove_leftovers(d)
-        return _write(sweep_dir, out, points, tables)
+        return _write(sweep_dir, out, points, tables, trajectories)
 
 
-def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd.DataFrame]
-           ) -> dict[str, Any]:
+def trajectory_figures(sweep_dir: str | Path, config_ids: list[str],
+                       out: str | Path | None = None) -> None:
+    """The trajectory figures of `config_ids` into the paths directory `analyze_paths(...,
+    trajectories=False)` has written; calls for other configurations may run beside it."""
+    sweep_dir = Path(sweep_dir)
+    out = sweep_dir / "paths" if out is None else Path(out)
+    grid = list(read_points(sweep_dir)[0].grid)
+    tables = load_tables(sweep_dir)
+    success = success_table(tables["results"], grid)
+    path_plots.draw_trajectories(out, success[success["config_id"].isin(config_ids)],
+                                 tables["results"], tables["trajectory"],
+                                 tables["head_trajectory"], grid)
+
+
+def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd.DataFrame],
+           trajectories: bool) -> dict[str, Any]:
     grid = list(points[0].grid)
     runs = tables["results"]
     success = success_table(runs, grid)
@@ -296,7 +313,7 @@ def _write(sweep_dir: Path, out: Path, points: list[Point], tables: dict[str, pd
         atomic_write(out / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
 
     files, skipped = path_plots.draw(out, csvs, runs, tables["trajectory"],
-                                     tables["head_trajectory"], grid)
+                                     tables["head_trajectory"], grid, trajectories)
     files = {f"{n}.csv": "table (columns in count01.measure.paths)" for n in csvs} | files
 
     pooled = pred[pred["scope"] == "all"]

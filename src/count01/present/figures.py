@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..files import atomic_write  # noqa: E402
 
+FORMATS = ("png", "svg")  # the files of every figure, STEM.png and STEM.svg
+
 
 def save(fig, stem: Path, dpi: int) -> list[Path]:
     """Write `fig` to STEM.png and STEM.svg (stems may hold dots, lr=0.01: no with_suffix) and
@@ -23,7 +25,7 @@ def save(fig, stem: Path, dpi: int) -> list[Path]:
         fig.set_layout_engine("none")
     paths = []
     with plt.rc_context({"svg.fonttype": "none"}):
-        for ext in ("png", "svg"):
+        for ext in FORMATS:
             p = stem.parent / f"{stem.name}.{ext}"
             atomic_write(p, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=dpi))
             paths.append(p)

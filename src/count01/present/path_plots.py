@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ..criteria import LABOURS, SUCCESS_L_ACC, SUCCESS_SET
-from .figures import save
+from .figures import FORMATS, save
 
 COLORS = {True: "tab:blue", False: "tab:red"}  # run succeeded / failed
 RATIO_RANGE = (1e-12, 1e12)  # attention ratios drawn on log axes: 0 and inf at these edges
@@ -63,12 +63,15 @@ def plot_trajectories(traj: pd.DataFrame, htraj: pd.DataFrame, success: dict[int
                       title: str, path: Path) -> list[Path]:
     """Seeds (and heads) as thin lines over checkpoints, colored by the run's final success."""
     fig, axes = plt.subplots(4, 1, figsize=(7, 11), sharex=True, layout="tight")
-    for seed, g in traj.groupby("seed"):
-        axes[0].plot(g["step"], g["hard_l_acc"], color=COLORS[success[seed]], lw=0.7, alpha=0.6)
-    for (seed, _), g in htraj.groupby(["seed", "head"]):
-        for ax, col in zip(axes[1:], ("s_acc", "w01", "w02")):
-            v = g[col] if col == "s_acc" else g[col].clip(*RATIO_RANGE)  # 0 and inf at the edges
-            ax.plot(g["step"], v, color=COLORS[success[seed]], lw=0.6, alpha=0.45)
+    for seed, rows in sorted(traj.groupby("seed").indices.items()):  # groupby's order
+        axes[0].plot(traj["step"].to_numpy()[rows], traj["hard_l_acc"].to_numpy()[rows],
+                     color=COLORS[success[seed]], lw=0.7, alpha=0.6)
+    step = htraj["step"].to_numpy()  # numpy columns: pandas' per-line overhead was most of it
+    cols = [htraj["s_acc"].to_numpy()] + [htraj[c].to_numpy().clip(*RATIO_RANGE)
+                                          for c in ("w01", "w02")]  # 0 and inf at the edges
+    for (seed, _), rows in sorted(htraj.groupby(["seed", "head"]).indices.items()):
+        for ax, v in zip(axes[1:], cols):
+            ax.plot(step[rows], v[rows], color=COLORS[success[seed]], lw=0.6, alpha=0.45)
     axes[0].axhline(SUCCESS_L_ACC, color="gray", ls=":", lw=1)
     axes[2].axhline(1.0, color="gray", ls=":", lw=1)
     for ax in axes[2:]:
@@ -85,6 +88,21 @@ def plot_trajectories(traj: pd.DataFrame, htraj: pd.DataFrame, success: dict[int
     axes[0].legend(handles=handles, loc="lower right", fontsize=8)
     axes[0].set_title(f"Training paths: {title}")
     return _save(fig, path)
+
+
+def draw_trajectories(out: Path, success: pd.DataFrame, runs: pd.DataFrame,
+                      trajectory: pd.DataFrame, head_trajectory: pd.DataFrame, grid: list[str]
+                      ) -> list[Path]:
+    """The trajectory figure of each configuration (row) of `success`: their files."""
+    paths = []
+    for _, row in success.iterrows():
+        cid = row["config_id"]
+        mine = runs["config_id"] == cid
+        paths += plot_trajectories(trajectory[trajectory["config_id"] == cid],
+                                   head_trajectory[head_trajectory["config_id"] == cid],
+                                   dict(zip(runs.loc[mine, "seed"], runs.loc[mine, "success"])),
+                                   _label(row, grid), out / "trajectories" / cid)
+    return paths
 
 
 def plot_minimal_heads(table: pd.DataFrame, grid: list[str], path: Path) -> list[Path]:
@@ -212,21 +230,20 @@ def plot_predictors(pred: pd.DataFrame, path: Path) -> list[Path]:
 
 
 def draw(out: Path, tables: dict[str, pd.DataFrame], runs: pd.DataFrame, trajectory: pd.DataFrame,
-         head_trajectory: pd.DataFrame, grid: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+         head_trajectory: pd.DataFrame, grid: list[str], trajectories: bool = True
+         ) -> tuple[dict[str, str], dict[str, str]]:
     """Every figure of SWEEP_DIR/paths/ from its tables (`success`, `minimal_heads`,
     `early_predictors`, `labour` if any) and the sweep's runs and trajectories: (figure files
-    written, figures skipped with why)."""
+    written, figures skipped with why). trajectories=False leaves the trajectory figures, most
+    of the work, to `draw_trajectories` calls (the study spreads them over its workers); they
+    are listed all the same."""
     success, minimal, pred = tables["success"], tables["minimal_heads"], tables["early_predictors"]
     files, skipped = {}, {}
     files |= {p.name: "figure" for p in plot_success(success, grid, out / "success_rate")}
-    for _, row in success.iterrows():
-        cid = row["config_id"]
-        mine = runs["config_id"] == cid
-        paths = plot_trajectories(trajectory[trajectory["config_id"] == cid],
-                                  head_trajectory[head_trajectory["config_id"] == cid],
-                                  dict(zip(runs.loc[mine, "seed"], runs.loc[mine, "success"])),
-                                  _label(row, grid), out / "trajectories" / cid)
-        files |= {f"trajectories/{p.name}": "figure" for p in paths}
+    paths = (draw_trajectories(out, success, runs, trajectory, head_trajectory, grid)
+             if trajectories else [out / "trajectories" / f"{cid}.{ext}"
+                                   for cid in success["config_id"] for ext in FORMATS])
+    files |= {f"trajectories/{p.name}": "figure" for p in paths}
     if minimal["size"].notna().any():
         figs = plot_minimal_heads(minimal, grid, out / "minimal_heads")
         files |= {p.name: "figure" for p in figs}

@@ -25,7 +25,7 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
     executor: "local" (a spawn process pool of `workers` processes, default the CPU count),
     "ray" (see `on_ray`) or "inline" (this process, one job at a time). Every job computes with one
     torch thread, so all three write the same tables. Tables are rebuilt after every finished
-    configuration.
+    configuration, from the records read once each.
     """
     if executor not in EXECUTORS:
         raise SweepError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
@@ -42,7 +42,8 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
         for d in (out, out / "results"):
             remove_leftovers(d)
         # finished records are checked first: a bad one is refused before anything is written
-        todo = [(p, out / "runs" / p.id) for p in points if read_record(out, p) is None]
+        records = {p.id: read_record(out, p) for p in points}
+        todo = [(p, out / "runs" / p.id) for p in points if records[p.id] is None]
         write_sweep(out, sweep, points)
         todo.sort(key=lambda job: _work(job[0].cfg), reverse=True)
         what = (f"{len(points)} configurations" if sweep.grid else
@@ -59,11 +60,12 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
                     log(f"[{n}/{len(todo)}] {point.id} FAILED: {record}")
                     continue
                 write_json(result_path(out, point), record)
+                records[point.id] = read_record(out, point)  # as written: JSON's values
                 ok = sum(r["success"] for r in record["runs"])
                 log(f"[{n}/{len(todo)}] {point.id}: {ok}/{len(record['runs'])} seeds succeeded "
                     f"({record['seconds']:.0f} s)")
-                write_tables(out, tables_of(out, points))
-        tables = tables_of(out, points)
+                write_tables(out, tables_of(out, points, records))
+        tables = tables_of(out, points, records)
         write_tables(out, tables)
     if failed:
         raise SweepError(f"{len(failed)} configuration(s) failed; first: {failed[0]}")

@@ -135,12 +135,15 @@ def _is_record(rec: Any) -> bool:
                for name, keys in RECORD_KEYS.items())
 
 
-def tables_of(out: Path, points: list[Point]) -> dict[str, pd.DataFrame]:
-    """The four tables from the finished records of `points` (unfinished ones are left out)."""
+def tables_of(out: Path, points: list[Point], records: dict[str, dict | None] | None = None
+              ) -> dict[str, pd.DataFrame]:
+    """The four tables from the finished records of `points` (unfinished ones are left out):
+    `records` ({id: `read_record`'s answer}, None: read here) spares a driver re-reading every
+    record after each job."""
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
     max_heads = max(p.cfg.layers * p.cfg.heads for p in points)  # h<global index>_*
     for p in points:
-        rec = read_record(out, p)
+        rec = read_record(out, p) if records is None else records[p.id]
         if rec is None:
             continue
         tag = {"config_id": p.id} | p.grid
