@@ -19,6 +19,7 @@ from count01.measure.paths import (
     restarts,
     stability_table,
     success_table,
+    trajectory_figures,
 )
 from count01.stats import wilson
 from count01.sweeps import FORMAT, TABLES, Sweep, run_sweep
@@ -215,6 +216,25 @@ def test_the_study_writes_every_documented_file(study):
         assert (paths / name).stat().st_size > 1000 or name.endswith(".csv")
     assert json.loads((paths / "paths.json").read_text()) == summary
     assert summary["figures_skipped"] == {} and summary["missing_configs"] == []
+
+
+def test_trajectory_figures_drawn_apart_are_the_ones_analyze_paths_draws(study, tmp_path):
+    """The study draws the trajectory figures in jobs of a few configurations beside the other
+    work (`study.paths_stage`): the same files, PNGs and tables byte for byte (SVGs hold a
+    date), and paths.json lists them as before."""
+    out, _, summary = study
+    apart = tmp_path / "paths"
+    assert analyze_paths(out, apart, trajectories=False) == summary
+    assert not list(apart.glob("trajectories/*"))
+    ids = [c["config_id"] for c in summary["configs"]]
+    for part in (ids[:1], ids[1:]):
+        trajectory_figures(out, part, apart)
+    whole = out / "paths"
+    files = sorted(str(p.relative_to(whole)) for p in whole.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(apart)) for p in apart.rglob("*") if p.is_file())
+    for name in files:
+        if not name.endswith((".svg", ".lock")):
+            assert (whole / name).read_bytes() == (apart / name).read_bytes(), name
 
 
 def test_every_training_path_figure_is_readable_alone(study, tmp_path, monkeypatch):

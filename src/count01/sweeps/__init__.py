@@ -4,7 +4,8 @@ process pool or on Ray, with one tidy table of results.
 Each grid point is one configuration whose seeds train as ONE batched model (`train.train`), so a
 sweep costs a few batched trainings, not thousands of small ones. A job trains (or resumes, or
 just reloads) its configuration, reads every checkpoint, and returns one record; the driver writes
-it atomically as results/<id>.json and rebuilds the tables from all records. Re-running the same
+it atomically as results/<id>.json and rebuilds the tables from all records (while the sweep
+runs, at most every `driver.TABLES_EVERY` seconds; at its end, always). Re-running the same
 command skips finished configurations and resumes the one in progress from its last checkpoint,
 so a kill loses at most the steps since that checkpoint. Every job runs with one torch thread
 whichever executor runs it, so the tables do not depend on the executor.
