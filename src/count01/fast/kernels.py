@@ -9,7 +9,12 @@ weights stay in torch. Held to the textbook forward and autograd by tests/test_f
 
 Also the position path's training token batch (`fast/tokens.py`): the hashed uniforms and the
 arrangement of `language.uniform` and `language.arrange`, one example at a time, held to them by
-tests/test_fast_tokens.py."""
+tests/test_fast_tokens.py.
+
+And the ranking of the analyses' scores where every weight is 1 (`metrics._ranked`): a row's
+positives and negatives, each sorted, walked once side by side (Mann-Whitney's U, the best cut
+of a threshold) in whole numbers, instead of an argsort and a dozen numpy passes per row; held
+to the general torch path by tests/test_metrics.py."""
 
 from __future__ import annotations
 
@@ -244,6 +249,73 @@ def _arrange(counts, u, bos, ids, chain, g, framed, tokens, eos):
                 row[off + n + 2] = EOS
 
 
+def _twice_u(sp, sn, out):
+    """out[r] = 2 U of row r: for each positive, twice the negatives below it plus the tied
+    ones (Mann-Whitney's U, ties counting 1/2), from the row's positive scores sp (R, P) and
+    negative scores sn (R, N), each sorted ascending; -1 where a row holds a nan or an
+    infinity (sorted to the ends)."""
+    R, P = sp.shape
+    N = sn.shape[1]
+    for r in range(R):
+        if not (np.isfinite(sp[r, 0]) and np.isfinite(sp[r, P - 1])
+                and np.isfinite(sn[r, 0]) and np.isfinite(sn[r, N - 1])):
+            out[r] = -1
+            continue
+        below, upto, total = 0, 0, 0  # negatives < and <= the current positive
+        for i in range(P):
+            v = sp[r, i]
+            while below < N and sn[r, below] < v:
+                below += 1
+            upto = max(upto, below)
+            while upto < N and sn[r, upto] <= v:
+                upto += 1
+            total += below + upto
+        out[r] = total
+
+
+def _best_cut(sp, sn, out):
+    """out[r] = the threshold of `metrics.fit_threshold` of row r from its positive scores sp
+    (R, P) and negative scores sn (R, N), each sorted ascending (nan last): over the cuts between
+    runs of tied scores (and below / above all), the first with the most right answers (the c
+    lowest predicted 0: c - cpos negatives and P - cpos positives right); t the cut's midpoint,
+    -inf / +inf at the ends. A cut next to a nan is not one (a nan compares false)."""
+    R, P = sp.shape
+    N = sn.shape[1]
+    for r in range(R):
+        pf, nf = P, N  # the positives and negatives before the nans
+        while pf > 0 and np.isnan(sp[r, pf - 1]):
+            pf -= 1
+        while nf > 0 and np.isnan(sn[r, nf - 1]):
+            nf -= 1
+        best, cut, lo, hi = P, 0, 0.0, 0.0  # cut c = 0: every score predicted 1
+        i, j = 0, 0
+        while i < pf or j < nf:
+            v = sp[r, i] if j == nf or (i < pf and sp[r, i] < sn[r, j]) else sn[r, j]
+            while i < pf and sp[r, i] == v:
+                i += 1
+            while j < nf and sn[r, j] == v:
+                j += 1
+            last = i == pf and j == nf
+            if last and (pf < P or nf < N):
+                break  # the cut before the nans is not one
+            right = i + j + P - 2 * i
+            if right > best:
+                best, cut, lo = right, i + j, v
+                if not last:
+                    hi = sp[r, i] if j == nf or (i < pf and sp[r, i] < sn[r, j]) else sn[r, j]
+        if pf < P or nf < N:  # the cut above all, nans included
+            right = N
+            if right > best:
+                best, cut = right, P + N
+        if cut == 0:
+            out[r] = -np.inf
+        elif cut == P + N:
+            out[r] = np.inf
+        else:
+            mid = lo + (hi - lo) / 2
+            out[r] = mid if mid < hi else lo  # rounding must not put t on the upper score
+
+
 def _compile(f, **options):
     """Compiled once per machine, then loaded: beside the package, else in ~/.cache; where
     neither is writable, compiled in each process."""
@@ -257,3 +329,6 @@ def _compile(f, **options):
 pos_examples_grad = _compile(_pos_examples_grad, nogil=True)
 uniforms = _compile(_uniforms, nogil=True)
 arrange = _compile(_arrange, nogil=True, error_model="numpy")
+# nogil: `metrics._ranked` runs them on its threads
+twice_u = _compile(_twice_u, nogil=True)
+best_cut = _compile(_best_cut, nogil=True, error_model="numpy")
