@@ -251,3 +251,40 @@ def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(p
     got = _hybrid_pos_rows(model, fast).permute(1, 3, 0, 2, 4)  # (H, H, S, B, V)
     assert torch.allclose(got, want, atol=1e-10, rtol=0)
     assert (_hybrid_pred(model, fast, batch) == want.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("kw", [{"pos_embed": "learned"},
+                                {"pos_embed": "sinusoidal", "bos": False, "noise_symbols": 3},
+                                {"pos_embed": "learned", "framing": "sentence"}])
+def test_the_compiled_grid_answers_are_the_torch_ops_bit_for_bit(kw, monkeypatch):
+    """The position path's model metrics on the grid come from one compiled loop
+    (`kernels.grid_answers`); they must be the torch code's (`head_outputs`, then the logits'
+    argmax and score) bit for bit, for one head and every head intervened."""
+    from count01.fast import kernels
+    from count01.measure import interventions
+
+    model = random_model(**kw)
+    hard, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    grid = (np.array([1e-3, 0.7, 1.0, 1e3]), np.array([0.0, 1.0, 30.0]))
+    assert interventions._compiled(model)
+    compiled = sweep_columns(model, hard, fit, *grid, heads="both")
+    parts = activations.Shared(model).of(hard).kind_parts
+    e = grid_weights(parts, torch.tensor([0.3, 5.0]), torch.tensor([0.0, 2.0]))
+    score, out = head_outputs(parts, e)
+    G, S, H, B, V = out.shape
+    got = [torch.empty(G, S, H, B, dtype=torch.int64), torch.empty(G, S, H, B).double(),
+           torch.empty(G, S, B, dtype=torch.int64), torch.empty(G, S, B).double()]
+    _, sums, den = interventions._head_sums(parts, e, readout=True)
+    full = parts.rest + parts.orig.sum(1)
+    kernels.grid_answers(sums.numpy(), den.numpy(), full.numpy(), parts.orig.numpy(),
+                         parts.rest.numpy(), *(t.numpy() for t in got))
+    each = full[None, :, None] - parts.orig[None] + out  # the torch code it replaces
+    every = parts.rest[None] + out.sum(2)
+    for logits, pred, s in ((each, *got[:2]), (every, *got[2:])):
+        assert torch.equal(logits.argmax(-1), pred)
+        assert torch.equal(metrics.score(logits), s)
+    monkeypatch.setattr(interventions, "_compiled", lambda m: False)
+    torch_ops = sweep_columns(model, hard, fit, *grid, heads="both")
+    assert compiled.keys() == torch_ops.keys()
+    for k, v in compiled.items():
+        assert np.array_equal(v, torch_ops[k], equal_nan=v.dtype.kind == "f"), k

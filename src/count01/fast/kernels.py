@@ -316,6 +316,45 @@ def _best_cut(sp, sn, out):
             out[r] = mid if mid < hi else lo  # rounding must not put t on the upper score
 
 
+@njit
+def _argmax(x):
+    """torch's argmax of a short row: the first maximum, a nan counting as the largest."""
+    best = 0
+    for r in range(1, len(x)):
+        if (x[r] > x[best] or np.isnan(x[r])) and not np.isnan(x[best]):
+            best = r
+    return best
+
+
+def _grid_answers(out, den, full, orig, rest, each_pred, each_score, all_pred, all_score):
+    """The attention intervention's model answers (`interventions._sweep_chunk`, readout =
+    logits), per grid point g, seed s, example b: head h's output o = out / den (S, H, B, V
+    sums by kind over their weights: out (G, S, H, B, V), den (G, S, H, B)); with head h alone
+    intervened the logits are (full - orig[h]) + o, with every head rest + sum_h o (summed in
+    head order). Writes each one's argmax and logit(1) - logit(0): each_* (G, S, H, B), all_*
+    (G, S, B); the same operations, in the same order, as the torch code, so the same bits."""
+    G, S, H, B, V = out.shape
+    x = np.empty(V, out.dtype)
+    acc = np.empty((G, B, V), out.dtype)
+    for s in range(S):  # in out's memory order (einsum's: seed, head, grid point, example)
+        for h in range(H):
+            for g in range(G):
+                for b in range(B):
+                    d = den[g, s, h, b]
+                    for r in range(V):
+                        o = out[g, s, h, b, r] / d
+                        x[r] = (full[s, b, r] - orig[s, h, b, r]) + o
+                        acc[g, b, r] = o if h == 0 else acc[g, b, r] + o
+                    each_pred[g, s, h, b] = _argmax(x)
+                    each_score[g, s, h, b] = x[ONE] - x[ZERO]
+        for g in range(G):
+            for b in range(B):
+                for r in range(V):
+                    x[r] = rest[s, b, r] + acc[g, b, r]
+                all_pred[g, s, b] = _argmax(x)
+                all_score[g, s, b] = x[ONE] - x[ZERO]
+
+
 def _compile(f, **options):
     """Compiled once per machine, then loaded: beside the package, else in ~/.cache; where
     neither is writable, compiled in each process."""
@@ -332,3 +371,4 @@ arrange = _compile(_arrange, nogil=True, error_model="numpy")
 # nogil: `metrics._ranked` runs them on its threads
 twice_u = _compile(_twice_u, nogil=True)
 best_cut = _compile(_best_cut, nogil=True, error_model="numpy")
+grid_answers = _compile(_grid_answers, error_model="numpy")

@@ -56,10 +56,11 @@ from .activations import (
 )
 from .aggregation import unembed
 from .metrics import (
+    answer_metrics,
     fit_threshold,
     fit_thresholds,
-    logit_metrics,
     roc_auc_rows,
+    score,
     threshold_acc,
 )
 
@@ -108,11 +109,18 @@ def head_outputs(parts: KindParts, e: torch.Tensor, readout: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Direct scores (G, S, H, B) and, if `readout`, outputs (G, S, H, B, R) of every head under
     kind weights e (G, S, H, V)."""
+    score, sums, den = _head_sums(parts, e, readout)
+    return score, None if sums is None else sums / den[..., None]
+
+
+def _head_sums(parts: KindParts, e: torch.Tensor, readout: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`head_outputs`' direct scores, its outputs before the division by their total weight
+    (G, S, H, B, R) if `readout`, and that weight den (G, S, H, B)."""
     den = torch.einsum("gsht,sbt->gshb", e, parts.n)
     score = torch.einsum("gsht,shbt->gshb", e, parts.direct) / den
-    if not readout:
-        return score, None
-    return score, torch.einsum("gsht,shtbr->gshbr", e, parts.out) / den[..., None]
+    sums = torch.einsum("gsht,shtbr->gshbr", e, parts.out) if readout else None
+    return score, sums, den
 
 
 def _model_metrics(model: Model, r: torch.Tensor, batch: Batch, ends: torch.Tensor | None
@@ -127,11 +135,17 @@ def _model_metrics(model: Model, r: torch.Tensor, batch: Batch, ends: torch.Tens
 def _logit_metrics(logits: torch.Tensor, batch: Batch, ends: torch.Tensor | None
                    ) -> dict[str, torch.Tensor]:
     """`_model_metrics` of logits (..., S, B, V)."""
-    got = logit_metrics(logits, batch)
+    return _answer_metrics(logits.argmax(-1), score(logits), batch, ends)
+
+
+def _answer_metrics(pred: torch.Tensor, s: torch.Tensor, batch: Batch,
+                    ends: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """`_model_metrics` from the logits' argmax pred (..., S, B) and scores s (..., S, B)."""
+    got = answer_metrics(pred, s, batch)
     if ends is None:
         return got
     w = batch.weight.to(torch.float64)
-    hit = (logits.argmax(-1) == batch.y) & ends
+    hit = (pred == batch.y) & ends
     end = (ends.to(w.dtype) * w).sum(-1) / w.sum()  # (S,)
     return got | {"end": end.expand_as(got["l_acc"]),
                   "sentence": (hit.to(w.dtype) * w).sum(-1) / w.sum()}
@@ -234,7 +248,11 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
                  ends: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Metrics (G, S, H) of one chunk of grid points; model metrics keyed "each.l_acc", ..."""
     e = grid_weights(parts, w01, w02)
-    score, out = head_outputs(parts, e, readout=not deep(m))  # (G,S,H,B), (G,S,H,B,R)
+    compiled = _compiled(m)
+    if compiled:  # the position path: the model's answers in one compiled loop
+        score, sums, den = _head_sums(parts, e, readout=True)
+    else:
+        score, out = head_outputs(parts, e, readout=not deep(m))  # (G,S,H,B), (G,S,H,B,R)
     fscore, _ = head_outputs(fparts, grid_weights(fparts, w01, w02), readout=False)
     t = fit_threshold(fscore, fit.y, fit.weight)  # (G, S, H) refitted readout
     res = {"s_acc_fixed": threshold_acc(score, t0.expand_as(t), batch.y, batch.weight),
@@ -253,6 +271,8 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
                     "all.s_acc_refit": threshold_acc(s_all, t_all, batch.y, batch.weight),
                     "all.head_auc": roc_auc_rows(s_all, batch.y, batch.weight)}
         return res | got
+    if compiled:
+        return res | _compiled_answers(parts, sums, den, batch, modes, ends)
     if "each" in modes:
         full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
         r = full[None, :, None] - parts.orig[None] + out  # (G, S, H, B, R)
@@ -261,6 +281,41 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
     if "all" in modes:
         got = _model_metrics(m, parts.rest[None] + out.sum(2), batch, ends)  # (G, S)
         res |= {f"all.{k}": v[..., None].expand_as(t) for k, v in got.items()}
+    return res
+
+
+def _compiled(m: Model) -> bool:
+    """Whether `_sweep_chunk` reads the model's answers from `_compiled_answers`: on the
+    position path, where the readout is the logits (no ln_final, one attention-only layer)."""
+    return not (m.cfg.count_path or m.cfg.layernorm or deep(m))
+
+
+def _compiled_answers(parts: KindParts, sums: torch.Tensor, den: torch.Tensor, batch: Batch,
+                      modes: tuple[str, ...], ends: torch.Tensor | None
+                      ) -> dict[str, torch.Tensor]:
+    """`_sweep_chunk`'s model metrics (`_compiled`) from `_head_sums`, the logits' argmax and
+    score made per example in one compiled loop (`fast.kernels.grid_answers`: the torch ops'
+    numbers bit for bit, without their five (G, S, H, B, V) temporaries). The count path never
+    imports numba."""
+    from ..fast.kernels import grid_answers
+
+    G, S, H, B, _ = sums.shape
+    each_pred = torch.empty(G, S, H, B, dtype=torch.int64)
+    each_score = torch.empty(G, S, H, B, dtype=torch.float64)
+    all_pred = torch.empty(G, S, B, dtype=torch.int64)
+    all_score = torch.empty(G, S, B, dtype=torch.float64)
+    full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
+    grid_answers(sums.numpy(), den.numpy(), full.numpy(), parts.orig.numpy(),
+                 parts.rest.numpy(), each_pred.numpy(), each_score.numpy(), all_pred.numpy(),
+                 all_score.numpy())
+    res = {}
+    if "each" in modes:
+        got = _answer_metrics(each_pred.transpose(2, 1), each_score.transpose(2, 1), batch,
+                              ends)  # (G, H, S)
+        res |= {f"each.{k}": v.transpose(2, 1) for k, v in got.items()}
+    if "all" in modes:
+        got = _answer_metrics(all_pred, all_score, batch, ends)  # (G, S)
+        res |= {f"all.{k}": v[..., None].expand(G, S, H) for k, v in got.items()}
     return res
 
 

@@ -140,10 +140,15 @@ def set_metrics(model, batch: Batch) -> dict[str, np.ndarray]:
 def logit_metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     """l-acc, valid rate and ROC AUC of logits (..., B, V) with any leading axes, each (...):
     the one definition of the three (SPEC 4) every analysis scores a model with."""
-    pred = logits.argmax(-1)  # once for both: on the intervention grid it is (G, S, H, B, V)
+    return answer_metrics(logits.argmax(-1), score(logits), batch)
+
+
+def answer_metrics(pred: torch.Tensor, s: torch.Tensor, batch: Batch
+                   ) -> dict[str, torch.Tensor]:
+    """`logit_metrics` from the logits' argmax pred (..., B) and scores s (..., B)."""
     return {"l_acc": rate(pred == batch.y, batch.weight),
             "valid": rate(pred <= ONE, batch.weight),
-            "auc": roc_auc_rows(score(logits), batch.y, batch.weight)}
+            "auc": roc_auc_rows(s, batch.y, batch.weight)}
 
 
 def evaluate(model, sets: tuple[str, ...] = EVAL_SETS) -> list[dict]:
