@@ -4,7 +4,7 @@ import torch
 from test_metrics import counting_model
 
 from count01.config import Config
-from count01.language import eval_set
+from count01.language import ONE, ZERO, eval_set
 from count01.measure import activations, metrics
 from count01.measure.interventions import (
     InterventionError,
@@ -277,7 +277,7 @@ def test_the_compiled_grid_answers_are_the_torch_ops_bit_for_bit(kw, monkeypatch
     _, sums, den = interventions._head_sums(parts, e, readout=True)
     full = parts.rest + parts.orig.sum(1)
     kernels.grid_answers(sums.numpy(), den.numpy(), full.numpy(), parts.orig.numpy(),
-                         parts.rest.numpy(), *(t.numpy() for t in got))
+                         parts.rest.numpy(), ONE, ZERO, *(t.numpy() for t in got))
     each = full[None, :, None] - parts.orig[None] + out  # the torch code it replaces
     every = parts.rest[None] + out.sum(2)
     for logits, pred, s in ((each, *got[:2]), (every, *got[2:])):

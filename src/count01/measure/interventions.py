@@ -40,7 +40,7 @@ import torch
 from ..cache import ATTN, Cache
 from ..config import Count01Error
 from ..fast.position import PosCache
-from ..language import EOS, Batch, noise_ids
+from ..language import EOS, ONE, ZERO, Batch, noise_ids
 from ..model import Model
 from .activations import (
     KindParts,
@@ -305,8 +305,8 @@ def _compiled_answers(parts: KindParts, sums: torch.Tensor, den: torch.Tensor, b
     all_pred = torch.empty(G, S, B, dtype=torch.int64)
     all_score = torch.empty(G, S, B, dtype=torch.float64)
     full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
-    grid_answers(sums.numpy(), den.numpy(), full.numpy(), parts.orig.numpy(),
-                 parts.rest.numpy(), each_pred.numpy(), each_score.numpy(), all_pred.numpy(),
+    grid_answers(sums.numpy(), den.numpy(), full.numpy(), parts.orig.numpy(), parts.rest.numpy(),
+                 ONE, ZERO, each_pred.numpy(), each_score.numpy(), all_pred.numpy(),
                  all_score.numpy())
     res = {}
     if "each" in modes:
