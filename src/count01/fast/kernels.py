@@ -15,7 +15,8 @@ And the ranking of the analyses' scores where every weight is 1 (`metrics._ranke
 positives and negatives, each sorted, walked once side by side (Mann-Whitney's U, the best cut
 of a threshold) in whole numbers, instead of an argsort and a dozen numpy passes per row; held
 to the general torch path by tests/test_metrics.py. And the intervention grid's answers
-(`grid_answers`), held to the torch ops by tests/test_interventions.py.
+(`grid_answers`) and the position path's attention rows (`pos_rows`), held to the torch ops
+by tests/test_interventions.py and tests/test_fast_position.py.
 
 The kernels read no global of another module: what the data law fixes (the hash's multipliers,
 the special tokens' ids) comes in as arguments, so numba's cache, which is invalidated by this
@@ -361,6 +362,27 @@ def _grid_answers(out, den, full, orig, rest, one, zero, each_pred, each_score, 
                 all_score[g, s, b] = x[one] - x[zero]
 
 
+def _pos_rows(A, Bt, tokens, row, u, mass):
+    """The position path's exp(score) of the EOS query (`PositionPath.pos_pattern`), one
+    example at a time: u[s, h, b, j] = A[s, h, p, t_j] Bt[s, h, p, j] with p = row[s, b] the
+    example's table row and t_j its tokens (S, B, L), and mass (S, H, B, V) its sums per token
+    kind in position order: the torch ops' (a gather, a product, scatter_add_), so the same
+    bits."""
+    S, H, B, L = u.shape
+    V = mass.shape[-1]
+    zero = A.dtype.type(0)
+    for s in range(S):
+        for h in range(H):
+            for b in range(B):
+                p = row[s, b]
+                for k in range(V):
+                    mass[s, h, b, k] = zero
+                for j in range(L):
+                    x = A[s, h, p, tokens[s, b, j]] * Bt[s, h, p, j]
+                    u[s, h, b, j] = x
+                    mass[s, h, b, tokens[s, b, j]] += x
+
+
 def _compile(f, **options):
     """Compiled once per machine, then loaded: beside the package, else in ~/.cache; where
     neither is writable, compiled in each process."""
@@ -378,3 +400,4 @@ arrange = _compile(_arrange, nogil=True, error_model="numpy")
 twice_u = _compile(_twice_u, nogil=True)
 best_cut = _compile(_best_cut, nogil=True, error_model="numpy")
 grid_answers = _compile(_grid_answers, error_model="numpy")
+pos_rows = _compile(_pos_rows, nogil=True)
