@@ -233,12 +233,14 @@ def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_
 
 @pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
 def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(pos_embed):
-    """The hybrid logits of the position path (`_hybrid_pos_rows`, from the tables) are the
-    reference forward's: head i's pattern on head j's values, the rest of the model as is."""
+    """The hybrid logits of the position path (`_hybrid_pos_parts`, from the tables) are the
+    reference forward's: head i's pattern on head j's values, the rest of the model as is; and
+    the compiled loop's answers (`kernels.hybrid_answers`) are the argmax of those logits as
+    torch sums them, bit for bit."""
     from count01.cache import ATTN
     from count01.fast.position import PosCache
     from count01.measure.aggregation import unembed
-    from count01.measure.interventions import _hybrid_pos_rows, _hybrid_pred
+    from count01.measure.interventions import _hybrid_pos_parts, _hybrid_pred
 
     model = random_model(heads=3, pos_embed=pos_embed, bos=True)
     batch = eval_set(model.cfg, "noisy")
@@ -248,9 +250,11 @@ def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(p
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", ref.pattern, ref.v, W_O)
     resid = ref.resid - ref.result.permute(2, 0, 1, 3)
     want = unembed(model, resid[:, None] + hybrid)  # (H, H, S, B, V)
-    got = _hybrid_pos_rows(model, fast).permute(1, 3, 0, 2, 4)  # (H, H, S, B, V)
+    own, hyb, bias = _hybrid_pos_parts(model, fast)
+    got = fast.logits[:, None, :, None] - own[:, :, :, None] + (hyb + bias[:, None, None])
+    got = got.permute(1, 3, 0, 2, 4)  # (H, H, S, B, V)
     assert torch.allclose(got, want, atol=1e-10, rtol=0)
-    assert (_hybrid_pred(model, fast, batch) == want.argmax(-1)).all()
+    assert torch.equal(_hybrid_pred(model, fast, batch), got.argmax(-1))
 
 
 @pytest.mark.parametrize("kw", [{"pos_embed": "learned"},

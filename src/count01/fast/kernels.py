@@ -15,8 +15,9 @@ And the ranking of the analyses' scores where every weight is 1 (`metrics._ranke
 positives and negatives, each sorted, walked once side by side (Mann-Whitney's U, the best cut
 of a threshold) in whole numbers, instead of an argsort and a dozen numpy passes per row; held
 to the general torch path by tests/test_metrics.py. And the intervention grid's answers
-(`grid_answers`) and the position path's attention rows (`pos_rows`), held to the torch ops
-by tests/test_interventions.py and tests/test_fast_position.py.
+(`grid_answers`), the value swap's (`hybrid_answers`) and the position path's attention rows
+(`pos_rows`), held to the torch ops by tests/test_interventions.py and
+tests/test_fast_position.py.
 
 The kernels read no global of another module: what the data law fixes (the hash's multipliers,
 the special tokens' ids) comes in as arguments, so numba's cache, which is invalidated by this
@@ -383,6 +384,23 @@ def _pos_rows(A, Bt, tokens, row, u, mass):
                     mass[s, h, b, tokens[s, b, j]] += x
 
 
+def _hybrid_answers(logits, own, hyb, bias, pred):
+    """The value swap's answers on the position path (`interventions._hybrid_pred`): pred[i, j,
+    s, b] the argmax of (logits[s, b] - own[s, i, b]) + (hyb[s, i, b, j] + bias[s, j]), the
+    model's logits with head i's share replaced by its pattern on head j's values; the torch
+    ops' sums in their order, so the same bits."""
+    S, H, B, _, V = hyb.shape
+    x = np.empty(V, logits.dtype)
+    for s in range(S):
+        for i in range(H):
+            for b in range(B):
+                for j in range(H):
+                    for r in range(V):
+                        x[r] = (logits[s, b, r] - own[s, i, b, r]) + (hyb[s, i, b, j, r]
+                                                                      + bias[s, j, r])
+                    pred[i, j, s, b] = _argmax(x)
+
+
 def _compile(f, **options):
     """Compiled once per machine, then loaded: beside the package, else in ~/.cache; where
     neither is writable, compiled in each process."""
@@ -401,3 +419,4 @@ twice_u = _compile(_twice_u, nogil=True)
 best_cut = _compile(_best_cut, nogil=True, error_model="numpy")
 grid_answers = _compile(_grid_answers, error_model="numpy")
 pos_rows = _compile(_pos_rows, nogil=True)
+hybrid_answers = _compile(_hybrid_answers)

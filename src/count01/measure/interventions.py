@@ -477,8 +477,14 @@ def _deep_hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
 def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     """The model's argmax with head i replaced by the hybrid (attention of i, value/output
     weights of j), at the query of cache c. (H_attn, H_ov, S, B)."""
-    if isinstance(c, PosCache):  # the argmax before the axes are moved: a contiguous read
-        return _hybrid_pos_rows(model, c).argmax(-1).permute(1, 3, 0, 2)
+    if isinstance(c, PosCache):  # the logits' sum and argmax in one compiled loop
+        from ..fast.kernels import hybrid_answers  # numba: the position path only
+
+        own, hyb, bias = _hybrid_pos_parts(model, c)
+        S, H, B, _, _ = hyb.shape
+        pred = torch.empty(H, H, S, B, dtype=torch.int64)
+        hybrid_answers(c.logits.numpy(), own.numpy(), hyb.numpy(), bias.numpy(), pred.numpy())
+        return pred
     if deep(model):
         return _deep_hybrid_pred(model, c, piece)
     W_O = model.weights[ATTN + "W_O"]
@@ -488,11 +494,15 @@ def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     return unembed(model, resid[:, None] + hybrid).argmax(-1)
 
 
-def _hybrid_pos_rows(model: Model, c: PosCache) -> torch.Tensor:
-    """`_hybrid_pred`'s logits (S, H_attn, B, H_ov, V) on the position path, from its tables:
-    without ln_final the logits are a sum of the heads' shares, and head i's pattern on head
-    j's values reads (mass_i r_E^j + u_i r_P^j) / D_i + b_V^j M^j into them (`Model.pos_tables`:
-    r_E, r_P are the token and position values through M = W_O W_U), no per-position value."""
+def _hybrid_pos_parts(model: Model, c: PosCache
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What `_hybrid_pred`'s logits on the position path are made of, from its tables: without
+    ln_final the logits are a sum of the heads' shares, and head i's pattern on head j's values
+    reads (mass_i r_E^j + u_i r_P^j) / D_i + b_V^j M^j into them (`Model.pos_tables`: r_E, r_P
+    are the token and position values through M = W_O W_U), no per-position value. Returns head
+    i's own share own (S, H, B, V), the hybrids' hyb (S, H_attn, B, H_ov, V) before the bias
+    and the bias b_V^j M^j (S, H_ov, V): the hybrid logits are (logits - own_i) + (hyb_ij +
+    bias_j) (`kernels.hybrid_answers`)."""
     f, t = c._f, c._t
     S, H, B, L = f["u"].shape
     V = t["rE"].shape[-1]
@@ -502,8 +512,7 @@ def _hybrid_pos_rows(model: Model, c: PosCache) -> torch.Tensor:
     seen = torch.cat([f["mass"], f["u"]], 3) / f["D"]  # (S, H_attn, B, V + L)
     hyb = torch.bmm(seen.reshape(S, H * B, V + L),
                     read.permute(0, 2, 1, 3).reshape(S, V + L, H * V)).view(S, H, B, H, V)
-    hyb = hyb + bias[:, None, None]  # (S, H_attn, B, H_ov, V)
-    return c.logits[:, None, :, None] - own[:, :, :, None] + hyb
+    return own, hyb, bias
 
 
 def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:
