@@ -146,10 +146,32 @@ def test_fast_token_forward_equals_the_cache_forward(pos_embed):
     torch.testing.assert_close(m(tok), m.run(tok).logits, atol=1e-5, rtol=0)
 
 
-def test_numba_is_imported_only_when_a_position_path_gradient_is_taken():
-    """The compiled loop's numba (~0.5 s to import) costs nothing to the count path, the analyses
-    or the CLI's start."""
+def test_numba_is_imported_only_where_a_compiled_loop_runs():
+    """numba (~0.5 s to import) is imported by the functions that run a compiled loop (the
+    position path's gradient and forward, the ranking of unit-weight sets), never by importing
+    the CLI, training or the analyses: it costs nothing to the count path or the CLI's start."""
     code = ("import sys, count01.cli, count01.train, count01.measure.analysis; "
             "print('numba' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pos_embed,bos", POSITION_OPTIONS)
+def test_the_compiled_attention_rows_are_the_torch_ops_bit_for_bit(pos_embed, bos, dtype):
+    """`pos_pattern`'s exp(score) and its sums per kind from the compiled loop
+    (`kernels.pos_rows`, without autograd) equal its torch ops (taken when the tables need a
+    gradient) bit for bit, at EOS and at the `sentence` ending's query (`query_tables`)."""
+    cfg = Config(pos_embed=pos_embed, bos=bos, n_seeds=2, heads=3, max_len=9, noise_symbols=3,
+                 eval_size=500, framing="sentence")
+    m = random_model(cfg).to(dtype)
+    batch = eval_set(cfg, "hard")
+    for b in (batch, at_end(batch)):
+        L = b.tokens.shape[-1]
+        t = m.batch_tables(b)
+        f = m._pos_pattern_rows(b.tokens, b.eos_pos, t, b.query)
+        grad = t | {"A": t["A"].clone().requires_grad_()}
+        want = m._pos_pattern_rows(b.tokens, b.eos_pos, grad, b.query)
+        assert L == f["u"].shape[-1]
+        for k in ("u", "mass", "D"):
+            assert torch.equal(f[k], want[k].detach()), k

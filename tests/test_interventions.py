@@ -4,7 +4,7 @@ import torch
 from test_metrics import counting_model
 
 from count01.config import Config
-from count01.language import eval_set
+from count01.language import ONE, ZERO, eval_set
 from count01.measure import activations, metrics
 from count01.measure.interventions import (
     InterventionError,
@@ -233,12 +233,14 @@ def test_value_swap_in_the_sentence_framing_reads_the_ending_with_the_hybrid_in_
 
 @pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
 def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(pos_embed):
-    """The hybrid logits of the position path (`_hybrid_pos_rows`, from the tables) are the
-    reference forward's: head i's pattern on head j's values, the rest of the model as is."""
+    """The hybrid logits of the position path (`_hybrid_pos_parts`, from the tables) are the
+    reference forward's: head i's pattern on head j's values, the rest of the model as is; and
+    the compiled loop's answers (`kernels.hybrid_answers`) are the argmax of those logits as
+    torch sums them, bit for bit."""
     from count01.cache import ATTN
     from count01.fast.position import PosCache
     from count01.measure.aggregation import unembed
-    from count01.measure.interventions import _hybrid_pos_rows, _hybrid_pred
+    from count01.measure.interventions import _hybrid_pos_parts, _hybrid_pred
 
     model = random_model(heads=3, pos_embed=pos_embed, bos=True)
     batch = eval_set(model.cfg, "noisy")
@@ -248,6 +250,45 @@ def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(p
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", ref.pattern, ref.v, W_O)
     resid = ref.resid - ref.result.permute(2, 0, 1, 3)
     want = unembed(model, resid[:, None] + hybrid)  # (H, H, S, B, V)
-    got = _hybrid_pos_rows(model, fast).permute(1, 3, 0, 2, 4)  # (H, H, S, B, V)
+    own, hyb, bias = _hybrid_pos_parts(model, fast)
+    got = fast.logits[:, None, :, None] - own[:, :, :, None] + (hyb + bias[:, None, None])
+    got = got.permute(1, 3, 0, 2, 4)  # (H, H, S, B, V)
     assert torch.allclose(got, want, atol=1e-10, rtol=0)
-    assert (_hybrid_pred(model, fast, batch) == want.argmax(-1)).all()
+    assert torch.equal(_hybrid_pred(model, fast, batch), got.argmax(-1))
+
+
+@pytest.mark.parametrize("kw", [{"pos_embed": "learned"},
+                                {"pos_embed": "sinusoidal", "bos": False, "noise_symbols": 3},
+                                {"pos_embed": "learned", "framing": "sentence"}])
+def test_the_compiled_grid_answers_are_the_torch_ops_bit_for_bit(kw, monkeypatch):
+    """The position path's model metrics on the grid come from one compiled loop
+    (`kernels.grid_answers`); they must be the torch code's (`head_outputs`, then the logits'
+    argmax and score) bit for bit, for one head and every head intervened."""
+    from count01.fast import kernels
+    from count01.measure import interventions
+
+    model = random_model(**kw)
+    hard, fit = eval_set(model.cfg, "hard"), eval_set(model.cfg, "fit")
+    grid = (np.array([1e-3, 0.7, 1.0, 1e3]), np.array([0.0, 1.0, 30.0]))
+    assert interventions._compiled(model)
+    compiled = sweep_columns(model, hard, fit, *grid, heads="both")
+    parts = activations.Shared(model).of(hard).kind_parts
+    e = grid_weights(parts, torch.tensor([0.3, 5.0]), torch.tensor([0.0, 2.0]))
+    score, out = head_outputs(parts, e)
+    G, S, H, B, V = out.shape
+    got = [torch.empty(G, S, H, B, dtype=torch.int64), torch.empty(G, S, H, B).double(),
+           torch.empty(G, S, B, dtype=torch.int64), torch.empty(G, S, B).double()]
+    _, sums, den = interventions._head_sums(parts, e, readout=True)
+    full = parts.rest + parts.orig.sum(1)
+    kernels.grid_answers(sums.numpy(), den.numpy(), full.numpy(), parts.orig.numpy(),
+                         parts.rest.numpy(), ONE, ZERO, *(t.numpy() for t in got))
+    each = full[None, :, None] - parts.orig[None] + out  # the torch code it replaces
+    every = parts.rest[None] + out.sum(2)
+    for logits, pred, s in ((each, *got[:2]), (every, *got[2:])):
+        assert torch.equal(logits.argmax(-1), pred)
+        assert torch.equal(metrics.score(logits), s)
+    monkeypatch.setattr(interventions, "_compiled", lambda m: False)
+    torch_ops = sweep_columns(model, hard, fit, *grid, heads="both")
+    assert compiled.keys() == torch_ops.keys()
+    for k, v in compiled.items():
+        assert np.array_equal(v, torch_ops[k], equal_nan=v.dtype.kind == "f"), k

@@ -51,10 +51,14 @@ def test_unit_weights_count_the_general_paths_auc_and_threshold_bit_for_bit(seed
     score[10:20, :250] = score[10:20, 250:]  # every score twice
     score[20, 7], score[21, 3], score[22, 0] = float("nan"), float("inf"), -float("inf")
     score[23] = 0.0
+    score[24, ::3], score[25] = float("nan"), float("nan")  # nans among ties; all nan
+    score[26, :200], score[27, ::2] = float("inf"), -float("inf")
     y, w = torch.randint(0, 2, (500,), generator=g), torch.ones(500, dtype=torch.float64)
-    fast = roc_auc_rows(score, y, w), fit_threshold(score, y, w)
+    one_class = torch.ones(500, dtype=torch.long)
+    fast = roc_auc_rows(score, y, w), fit_threshold(score, y, w), fit_threshold(score, one_class, w)
     monkeypatch.setattr(metrics, "_ranked", lambda *args: None)  # the general path
-    for got, want in zip(fast, (roc_auc_rows(score, y, w), fit_threshold(score, y, w))):
+    for got, want in zip(fast, (roc_auc_rows(score, y, w), fit_threshold(score, y, w),
+                                fit_threshold(score, one_class, w))):
         assert torch.equal(got.isnan(), want.isnan())
         assert torch.equal(got[~got.isnan()], want[~want.isnan()])
     ref = [roc_auc_score(y.numpy(), r.numpy()) for r in score[:20]]

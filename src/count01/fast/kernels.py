@@ -11,6 +11,14 @@ Also the position path's training token batch (`fast/tokens.py`): the hashed uni
 arrangement of `language.uniform` and `language.arrange`, one example at a time, held to them by
 tests/test_fast_tokens.py.
 
+And the ranking of the analyses' scores where every weight is 1 (`metrics._ranked`): a row's
+positives and negatives, each sorted, walked once side by side (Mann-Whitney's U, the best cut
+of a threshold) in whole numbers, instead of an argsort and a dozen numpy passes per row; held
+to the general torch path by tests/test_metrics.py. And the intervention grid's answers
+(`grid_answers`), the value swap's (`hybrid_answers`) and the position path's attention rows
+(`pos_rows`), held to the torch ops by tests/test_interventions.py and
+tests/test_fast_position.py.
+
 The kernels read no global of another module: what the data law fixes (the hash's multipliers,
 the special tokens' ids) comes in as arguments, so numba's cache, which is invalidated by this
 file's own stamp only, can never hold a constant that changed elsewhere."""
@@ -247,6 +255,152 @@ def _arrange(counts, u, marks, ids, chain, g, framed, tokens, eos):
                 row[off + n + 2] = end
 
 
+def _twice_u(sp, sn, out):
+    """out[r] = 2 U of row r: for each positive, twice the negatives below it plus the tied
+    ones (Mann-Whitney's U, ties counting 1/2), from the row's positive scores sp (R, P) and
+    negative scores sn (R, N), each sorted ascending; -1 where a row holds a nan or an
+    infinity (sorted to the ends)."""
+    R, P = sp.shape
+    N = sn.shape[1]
+    for r in range(R):
+        if not (np.isfinite(sp[r, 0]) and np.isfinite(sp[r, P - 1])
+                and np.isfinite(sn[r, 0]) and np.isfinite(sn[r, N - 1])):
+            out[r] = -1
+            continue
+        below, upto, total = 0, 0, 0  # negatives < and <= the current positive
+        for i in range(P):
+            v = sp[r, i]
+            while below < N and sn[r, below] < v:
+                below += 1
+            upto = max(upto, below)
+            while upto < N and sn[r, upto] <= v:
+                upto += 1
+            total += below + upto
+        out[r] = total
+
+
+def _best_cut(sp, sn, out):
+    """out[r] = the threshold of `metrics.fit_threshold` of row r from its positive scores sp
+    (R, P) and negative scores sn (R, N), each sorted ascending (nan last): over the cuts between
+    runs of tied scores (and below / above all), the first with the most right answers (the c
+    lowest predicted 0: c - cpos negatives and P - cpos positives right); t the cut's midpoint,
+    -inf / +inf at the ends. A cut next to a nan is not one (a nan compares false)."""
+    R, P = sp.shape
+    N = sn.shape[1]
+    for r in range(R):
+        pf, nf = P, N  # the positives and negatives before the nans
+        while pf > 0 and np.isnan(sp[r, pf - 1]):
+            pf -= 1
+        while nf > 0 and np.isnan(sn[r, nf - 1]):
+            nf -= 1
+        best, cut, lo, hi = P, 0, 0.0, 0.0  # cut c = 0: every score predicted 1
+        i, j = 0, 0
+        while i < pf or j < nf:
+            v = sp[r, i] if j == nf or (i < pf and sp[r, i] < sn[r, j]) else sn[r, j]
+            while i < pf and sp[r, i] == v:
+                i += 1
+            while j < nf and sn[r, j] == v:
+                j += 1
+            last = i == pf and j == nf
+            if last and (pf < P or nf < N):
+                break  # the cut before the nans is not one
+            right = i + j + P - 2 * i
+            if right > best:
+                best, cut, lo = right, i + j, v
+                if not last:
+                    hi = sp[r, i] if j == nf or (i < pf and sp[r, i] < sn[r, j]) else sn[r, j]
+        if pf < P or nf < N:  # the cut above all, nans included
+            right = N
+            if right > best:
+                best, cut = right, P + N
+        if cut == 0:
+            out[r] = -np.inf
+        elif cut == P + N:
+            out[r] = np.inf
+        else:
+            mid = lo + (hi - lo) / 2
+            out[r] = mid if mid < hi else lo  # rounding must not put t on the upper score
+
+
+@njit
+def _argmax(x):
+    """torch's argmax of a short row: the first maximum, a nan counting as the largest."""
+    best = 0
+    for r in range(1, len(x)):
+        if (x[r] > x[best] or np.isnan(x[r])) and not np.isnan(x[best]):
+            best = r
+    return best
+
+
+def _grid_answers(out, den, full, orig, rest, one, zero, each_pred, each_score, all_pred,
+                  all_score):
+    """The attention intervention's model answers (`interventions._sweep_chunk`, readout =
+    logits), per grid point g, seed s, example b: head h's output o = out / den (S, H, B, V
+    sums by kind over their weights: out (G, S, H, B, V), den (G, S, H, B)); with head h alone
+    intervened the logits are (full - orig[h]) + o, with every head rest + sum_h o (summed in
+    head order). Writes each one's argmax and logit(one) - logit(zero) (the digits' ids):
+    each_* (G, S, H, B), all_* (G, S, B); the same operations, in the same order, as the torch
+    code, so the same bits."""
+    G, S, H, B, V = out.shape
+    x = np.empty(V, out.dtype)
+    acc = np.empty((G, B, V), out.dtype)
+    for s in range(S):  # in out's memory order (einsum's: seed, head, grid point, example)
+        for h in range(H):
+            for g in range(G):
+                for b in range(B):
+                    d = den[g, s, h, b]
+                    for r in range(V):
+                        o = out[g, s, h, b, r] / d
+                        x[r] = (full[s, b, r] - orig[s, h, b, r]) + o
+                        acc[g, b, r] = o if h == 0 else acc[g, b, r] + o
+                    each_pred[g, s, h, b] = _argmax(x)
+                    each_score[g, s, h, b] = x[one] - x[zero]
+        for g in range(G):
+            for b in range(B):
+                for r in range(V):
+                    x[r] = rest[s, b, r] + acc[g, b, r]
+                all_pred[g, s, b] = _argmax(x)
+                all_score[g, s, b] = x[one] - x[zero]
+
+
+def _pos_rows(A, Bt, tokens, row, u, mass):
+    """The position path's exp(score) of the EOS query (`PositionPath.pos_pattern`), one
+    example at a time: u[s, h, b, j] = A[s, h, p, t_j] Bt[s, h, p, j] with p = row[s, b] the
+    example's table row and t_j its tokens (S, B, L), and mass (S, H, B, V) its sums per token
+    kind in position order: the torch ops' (a gather, a product, scatter_add_), so the same
+    bits."""
+    S, H, B, L = u.shape
+    V = mass.shape[-1]
+    zero = A.dtype.type(0)
+    for s in range(S):
+        for h in range(H):
+            for b in range(B):
+                p = row[s, b]
+                for k in range(V):
+                    mass[s, h, b, k] = zero
+                for j in range(L):
+                    x = A[s, h, p, tokens[s, b, j]] * Bt[s, h, p, j]
+                    u[s, h, b, j] = x
+                    mass[s, h, b, tokens[s, b, j]] += x
+
+
+def _hybrid_answers(logits, own, hyb, bias, pred):
+    """The value swap's answers on the position path (`interventions._hybrid_pred`): pred[i, j,
+    s, b] the argmax of (logits[s, b] - own[s, i, b]) + (hyb[s, i, b, j] + bias[s, j]), the
+    model's logits with head i's share replaced by its pattern on head j's values; the torch
+    ops' sums in their order, so the same bits."""
+    S, H, B, _, V = hyb.shape
+    x = np.empty(V, logits.dtype)
+    for s in range(S):
+        for i in range(H):
+            for b in range(B):
+                for j in range(H):
+                    for r in range(V):
+                        x[r] = (logits[s, b, r] - own[s, i, b, r]) + (hyb[s, i, b, j, r]
+                                                                      + bias[s, j, r])
+                    pred[i, j, s, b] = _argmax(x)
+
+
 def _compile(f, **options):
     """Compiled once per machine, then loaded: beside the package, else in ~/.cache; where
     neither is writable, compiled in each process."""
@@ -260,3 +414,9 @@ def _compile(f, **options):
 pos_examples_grad = _compile(_pos_examples_grad, nogil=True)
 uniforms = _compile(_uniforms, nogil=True)
 arrange = _compile(_arrange, nogil=True, error_model="numpy")
+# nogil: `metrics._ranked` runs them on its threads
+twice_u = _compile(_twice_u, nogil=True)
+best_cut = _compile(_best_cut, nogil=True, error_model="numpy")
+grid_answers = _compile(_grid_answers, error_model="numpy")
+pos_rows = _compile(_pos_rows, nogil=True)
+hybrid_answers = _compile(_hybrid_answers)

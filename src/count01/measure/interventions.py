@@ -40,7 +40,7 @@ import torch
 from ..cache import ATTN, Cache
 from ..config import Count01Error
 from ..fast.position import PosCache
-from ..language import EOS, Batch, noise_ids
+from ..language import EOS, ONE, ZERO, Batch, noise_ids
 from ..model import Model
 from .activations import (
     KindParts,
@@ -56,10 +56,11 @@ from .activations import (
 )
 from .aggregation import unembed
 from .metrics import (
+    answer_metrics,
     fit_threshold,
     fit_thresholds,
-    logit_metrics,
     roc_auc_rows,
+    score,
     threshold_acc,
 )
 
@@ -108,11 +109,18 @@ def head_outputs(parts: KindParts, e: torch.Tensor, readout: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Direct scores (G, S, H, B) and, if `readout`, outputs (G, S, H, B, R) of every head under
     kind weights e (G, S, H, V)."""
+    score, sums, den = _head_sums(parts, e, readout)
+    return score, None if sums is None else sums / den[..., None]
+
+
+def _head_sums(parts: KindParts, e: torch.Tensor, readout: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`head_outputs`' direct scores, its outputs before the division by their total weight
+    (G, S, H, B, R) if `readout`, and that weight den (G, S, H, B)."""
     den = torch.einsum("gsht,sbt->gshb", e, parts.n)
     score = torch.einsum("gsht,shbt->gshb", e, parts.direct) / den
-    if not readout:
-        return score, None
-    return score, torch.einsum("gsht,shtbr->gshbr", e, parts.out) / den[..., None]
+    sums = torch.einsum("gsht,shtbr->gshbr", e, parts.out) if readout else None
+    return score, sums, den
 
 
 def _model_metrics(model: Model, r: torch.Tensor, batch: Batch, ends: torch.Tensor | None
@@ -127,11 +135,17 @@ def _model_metrics(model: Model, r: torch.Tensor, batch: Batch, ends: torch.Tens
 def _logit_metrics(logits: torch.Tensor, batch: Batch, ends: torch.Tensor | None
                    ) -> dict[str, torch.Tensor]:
     """`_model_metrics` of logits (..., S, B, V)."""
-    got = logit_metrics(logits, batch)
+    return _answer_metrics(logits.argmax(-1), score(logits), batch, ends)
+
+
+def _answer_metrics(pred: torch.Tensor, s: torch.Tensor, batch: Batch,
+                    ends: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """`_model_metrics` from the logits' argmax pred (..., S, B) and scores s (..., S, B)."""
+    got = answer_metrics(pred, s, batch)
     if ends is None:
         return got
     w = batch.weight.to(torch.float64)
-    hit = (logits.argmax(-1) == batch.y) & ends
+    hit = (pred == batch.y) & ends
     end = (ends.to(w.dtype) * w).sum(-1) / w.sum()  # (S,)
     return got | {"end": end.expand_as(got["l_acc"]),
                   "sentence": (hit.to(w.dtype) * w).sum(-1) / w.sum()}
@@ -234,7 +248,11 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
                  ends: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Metrics (G, S, H) of one chunk of grid points; model metrics keyed "each.l_acc", ..."""
     e = grid_weights(parts, w01, w02)
-    score, out = head_outputs(parts, e, readout=not deep(m))  # (G,S,H,B), (G,S,H,B,R)
+    compiled = _compiled(m)
+    if compiled:  # the position path: the model's answers in one compiled loop
+        score, sums, den = _head_sums(parts, e, readout=True)
+    else:
+        score, out = head_outputs(parts, e, readout=not deep(m))  # (G,S,H,B), (G,S,H,B,R)
     fscore, _ = head_outputs(fparts, grid_weights(fparts, w01, w02), readout=False)
     t = fit_threshold(fscore, fit.y, fit.weight)  # (G, S, H) refitted readout
     res = {"s_acc_fixed": threshold_acc(score, t0.expand_as(t), batch.y, batch.weight),
@@ -253,6 +271,8 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
                     "all.s_acc_refit": threshold_acc(s_all, t_all, batch.y, batch.weight),
                     "all.head_auc": roc_auc_rows(s_all, batch.y, batch.weight)}
         return res | got
+    if compiled:
+        return res | _compiled_answers(parts, sums, den, batch, modes, ends)
     if "each" in modes:
         full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
         r = full[None, :, None] - parts.orig[None] + out  # (G, S, H, B, R)
@@ -261,6 +281,41 @@ def _sweep_chunk(m: Model, parts: KindParts, fparts: KindParts, batch: Batch, fi
     if "all" in modes:
         got = _model_metrics(m, parts.rest[None] + out.sum(2), batch, ends)  # (G, S)
         res |= {f"all.{k}": v[..., None].expand_as(t) for k, v in got.items()}
+    return res
+
+
+def _compiled(m: Model) -> bool:
+    """Whether `_sweep_chunk` reads the model's answers from `_compiled_answers`: on the
+    position path, where the readout is the logits (no ln_final, one attention-only layer)."""
+    return not (m.cfg.count_path or m.cfg.layernorm or deep(m))
+
+
+def _compiled_answers(parts: KindParts, sums: torch.Tensor, den: torch.Tensor, batch: Batch,
+                      modes: tuple[str, ...], ends: torch.Tensor | None
+                      ) -> dict[str, torch.Tensor]:
+    """`_sweep_chunk`'s model metrics (`_compiled`) from `_head_sums`, the logits' argmax and
+    score made per example in one compiled loop (`fast.kernels.grid_answers`: the torch ops'
+    numbers bit for bit, without their five (G, S, H, B, V) temporaries). The count path never
+    imports numba."""
+    from ..fast.kernels import grid_answers
+
+    G, S, H, B, _ = sums.shape
+    each_pred = torch.empty(G, S, H, B, dtype=torch.int64)
+    each_score = torch.empty(G, S, H, B, dtype=torch.float64)
+    all_pred = torch.empty(G, S, B, dtype=torch.int64)
+    all_score = torch.empty(G, S, B, dtype=torch.float64)
+    full = parts.rest + parts.orig.sum(1)  # (S, B, R) the unintervened model
+    grid_answers(sums.numpy(), den.numpy(), full.numpy(), parts.orig.numpy(), parts.rest.numpy(),
+                 ONE, ZERO, each_pred.numpy(), each_score.numpy(), all_pred.numpy(),
+                 all_score.numpy())
+    res = {}
+    if "each" in modes:
+        got = _answer_metrics(each_pred.transpose(2, 1), each_score.transpose(2, 1), batch,
+                              ends)  # (G, H, S)
+        res |= {f"each.{k}": v.transpose(2, 1) for k, v in got.items()}
+    if "all" in modes:
+        got = _answer_metrics(all_pred, all_score, batch, ends)  # (G, S)
+        res |= {f"all.{k}": v[..., None].expand(G, S, H) for k, v in got.items()}
     return res
 
 
@@ -422,8 +477,14 @@ def _deep_hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
 def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     """The model's argmax with head i replaced by the hybrid (attention of i, value/output
     weights of j), at the query of cache c. (H_attn, H_ov, S, B)."""
-    if isinstance(c, PosCache):  # the argmax before the axes are moved: a contiguous read
-        return _hybrid_pos_rows(model, c).argmax(-1).permute(1, 3, 0, 2)
+    if isinstance(c, PosCache):  # the logits' sum and argmax in one compiled loop
+        from ..fast.kernels import hybrid_answers  # numba: the position path only
+
+        own, hyb, bias = _hybrid_pos_parts(model, c)
+        S, H, B, _, _ = hyb.shape
+        pred = torch.empty(H, H, S, B, dtype=torch.int64)
+        hybrid_answers(c.logits.numpy(), own.numpy(), hyb.numpy(), bias.numpy(), pred.numpy())
+        return pred
     if deep(model):
         return _deep_hybrid_pred(model, c, piece)
     W_O = model.weights[ATTN + "W_O"]
@@ -433,11 +494,15 @@ def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     return unembed(model, resid[:, None] + hybrid).argmax(-1)
 
 
-def _hybrid_pos_rows(model: Model, c: PosCache) -> torch.Tensor:
-    """`_hybrid_pred`'s logits (S, H_attn, B, H_ov, V) on the position path, from its tables:
-    without ln_final the logits are a sum of the heads' shares, and head i's pattern on head
-    j's values reads (mass_i r_E^j + u_i r_P^j) / D_i + b_V^j M^j into them (`Model.pos_tables`:
-    r_E, r_P are the token and position values through M = W_O W_U), no per-position value."""
+def _hybrid_pos_parts(model: Model, c: PosCache
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What `_hybrid_pred`'s logits on the position path are made of, from its tables: without
+    ln_final the logits are a sum of the heads' shares, and head i's pattern on head j's values
+    reads (mass_i r_E^j + u_i r_P^j) / D_i + b_V^j M^j into them (`Model.pos_tables`: r_E, r_P
+    are the token and position values through M = W_O W_U), no per-position value. Returns head
+    i's own share own (S, H, B, V), the hybrids' hyb (S, H_attn, B, H_ov, V) before the bias
+    and the bias b_V^j M^j (S, H_ov, V): the hybrid logits are (logits - own_i) + (hyb_ij +
+    bias_j) (`kernels.hybrid_answers`)."""
     f, t = c._f, c._t
     S, H, B, L = f["u"].shape
     V = t["rE"].shape[-1]
@@ -447,8 +512,7 @@ def _hybrid_pos_rows(model: Model, c: PosCache) -> torch.Tensor:
     seen = torch.cat([f["mass"], f["u"]], 3) / f["D"]  # (S, H_attn, B, V + L)
     hyb = torch.bmm(seen.reshape(S, H * B, V + L),
                     read.permute(0, 2, 1, 3).reshape(S, V + L, H * V)).view(S, H, B, H, V)
-    hyb = hyb + bias[:, None, None]  # (S, H_attn, B, H_ov, V)
-    return c.logits[:, None, :, None] - own[:, :, :, None] + hyb
+    return own, hyb, bias
 
 
 def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:

@@ -140,10 +140,15 @@ def set_metrics(model, batch: Batch) -> dict[str, np.ndarray]:
 def logit_metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     """l-acc, valid rate and ROC AUC of logits (..., B, V) with any leading axes, each (...):
     the one definition of the three (SPEC 4) every analysis scores a model with."""
-    pred = logits.argmax(-1)  # once for both: on the intervention grid it is (G, S, H, B, V)
+    return answer_metrics(logits.argmax(-1), score(logits), batch)
+
+
+def answer_metrics(pred: torch.Tensor, s: torch.Tensor, batch: Batch
+                   ) -> dict[str, torch.Tensor]:
+    """`logit_metrics` from the logits' argmax pred (..., B) and scores s (..., B)."""
     return {"l_acc": rate(pred == batch.y, batch.weight),
             "valid": rate(pred <= ONE, batch.weight),
-            "auc": roc_auc_rows(score(logits), batch.y, batch.weight)}
+            "auc": roc_auc_rows(s, batch.y, batch.weight)}
 
 
 def evaluate(model, sets: tuple[str, ...] = EVAL_SETS) -> list[dict]:
@@ -251,25 +256,33 @@ def _sorted(rows: torch.Tensor, y: torch.Tensor, weight: torch.Tensor):
     return rows.gather(-1, order), signed.clamp(min=0), (-signed).clamp(min=0)
 
 
-def _ranked(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, per_row
-            ) -> torch.Tensor | None:
-    """per_row(s, pos) -> (R,) over every row of score (..., B) sorted ascending (s, and pos
-    whether each sorted score is a positive's), shaped as score's rows, where every weight is 1
-    (every set of the position path): a row's weights before a cut are then counts, whole
-    numbers, and the general path's float sums are exact in any order, so counting gives its
-    numbers bit for bit. numpy in RANK_CHUNK pieces over SORT_THREADS threads (numpy releases
-    the GIL). None where a weight is not 1."""
+def _ranked(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, kernel: str, dtype
+            ) -> np.ndarray | None:
+    """`fast.kernels`' kernel(sp, sn, out), filling out (R,) of dtype, over every row of score
+    (..., B): sp (R, P) the row's positives' scores and sn (R, N) its negatives', each sorted
+    ascending (two numpy sorts of halves: 3x less than the argsort and passes they replace),
+    where every weight is 1 (every set of the position path): a row's weights below a cut are
+    then counts, whole numbers, and the general path's float sums are exact in any order, so
+    counting gives its numbers bit for bit. In RANK_CHUNK pieces over SORT_THREADS threads
+    (numpy's sort and the compiled walk release the GIL). None where a weight is not 1."""
     if not bool((weight == 1).all()):
         return None
+    from ..fast import kernels  # numba: imported only here (the count path's sets never are)
+
+    walk = getattr(kernels, kernel)
     pos = (y == 1).numpy()
+    at_pos, at_neg = np.flatnonzero(pos), np.flatnonzero(~pos)  # np.take: 3x faster than a mask
     x = score.reshape(-1, score.shape[-1]).to(torch.float64).numpy()
+    out = np.empty(len(x), dtype=dtype)
     step = max(1, RANK_CHUNK // max(1, x.shape[-1]))
 
-    def chunk(a: int) -> np.ndarray:
-        order = np.argsort(x[a:a + step], -1)
-        return per_row(np.take_along_axis(x[a:a + step], order, -1), pos[order])
-    out = np.concatenate(list(_pool().map(chunk, range(0, len(x), step))))
-    return torch.from_numpy(out).reshape(score.shape[:-1])
+    def chunk(a: int) -> None:
+        sp, sn = np.take(x[a:a + step], at_pos, 1), np.take(x[a:a + step], at_neg, 1)
+        sp.sort(-1)
+        sn.sort(-1)
+        walk(sp, sn, out[a:a + step])
+    list(_pool().map(chunk, range(0, len(x), step)))
+    return out.reshape(score.shape[:-1])
 
 
 def _in_rows(score: torch.Tensor, general) -> torch.Tensor:
@@ -285,27 +298,14 @@ def roc_auc_rows(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> 
     of rows at once: sort, sum the weights of each run of tied scores, then each run's positives
     count the negative weight below the run plus half of the run's own. nan if a class is absent
     or a row holds a non-finite score (a diverged seed), so one bad row never stops the others.
-    Where every weight is 1 this is Mann-Whitney's U by mid-ranks (`_ranked`): a positive whose
-    run of ties spans sorted indices f..l counts (f + l) / 2 - (positives before it) negatives
-    below, summed: (sum of f + l - P (P - 1)) / 2, the same whole number as the general path's.
+    Where every weight is 1 this is Mann-Whitney's U (`_ranked`): each positive counts the
+    negatives below it and half the tied ones, the same whole number (or half) as the general
+    path's sums.
     """
     w = weight.to(torch.float64)
     P, N = float((w * (y == 1)).sum()), float((w * (y != 1)).sum())
     if P == 0 or N == 0:
         return torch.full(score.shape[:-1], float("nan"), dtype=torch.float64)
-
-    def fast(s, pos):
-        B = s.shape[-1]
-        idx = np.arange(B)
-        new = np.ones(s.shape, dtype=bool)
-        new[:, 1:] = s[:, 1:] != s[:, :-1]  # each run of ties starts ...
-        first = np.maximum.accumulate(np.where(new, idx, 0), -1)
-        end = np.ones(s.shape, dtype=bool)
-        end[:, :-1] = new[:, 1:]  # ... and ends
-        last = np.minimum.accumulate(np.where(end, idx, B - 1)[:, ::-1], -1)[:, ::-1]
-        u = ((pos * (first + last)).sum(-1) - int(P) * (int(P) - 1)) / 2
-        bad = ~np.isfinite(s[:, [0, -1]]).all(-1)  # nan and inf sort to the ends
-        return np.where(bad, np.nan, np.clip(u / (P * N), 0.0, 1.0))
 
     def general(rows: torch.Tensor) -> torch.Tensor:
         bad = ~torch.isfinite(rows).all(-1)
@@ -319,8 +319,10 @@ def roc_auc_rows(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> 
         below = neg_g.cumsum(-1) - neg_g
         auc = ((pos_g * (below + 0.5 * neg_g)).sum(-1) / (P * N)).clamp(0.0, 1.0)
         return torch.where(bad, float("nan"), auc)
-    fast_rows = _ranked(score, y, weight, fast)
-    return _in_rows(score, general) if fast_rows is None else fast_rows
+    u2 = _ranked(score, y, weight, "twice_u", np.int64)
+    if u2 is None:
+        return _in_rows(score, general)
+    return torch.from_numpy(np.where(u2 < 0, np.nan, np.clip(u2 / 2 / (P * N), 0.0, 1.0)))
 
 
 def fit_threshold(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -331,20 +333,6 @@ def fit_threshold(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) ->
     Where every weight is 1 it counts (`_ranked`): cut c (0 predicted for the c lowest scores)
     is right on the c - cpos negatives below it and the P - cpos positives above.
     """
-    P = int((y == 1).sum())
-
-    def fast(s, pos):
-        cpos = np.concatenate([np.zeros_like(pos[:, :1], dtype=np.int64),
-                               np.cumsum(pos, -1)], -1)  # (R, B + 1) positives below cut c
-        ok = np.ones(cpos.shape, dtype=bool)
-        ok[:, 1:-1] = s[:, 1:] > s[:, :-1]  # a cut inside a run of tied scores is not one
-        c = np.where(ok, np.arange(s.shape[-1] + 1) + P - 2 * cpos, -1).argmax(-1)
-        r = np.arange(len(s))
-        lo, hi = s[r, np.maximum(c - 1, 0)], s[r, np.minimum(c, s.shape[-1] - 1)]
-        with np.errstate(invalid="ignore"):  # inf - inf in a diverged row: nan, as in torch
-            mid = lo + (hi - lo) / 2
-        t = np.where(mid < hi, mid, lo)  # rounding must not put t on the upper score
-        return np.where(c == 0, -np.inf, np.where(c == s.shape[-1], np.inf, t))
 
     def general(rows: torch.Tensor) -> torch.Tensor:
         s, pos, neg = _sorted(rows, y, weight)
@@ -360,8 +348,8 @@ def fit_threshold(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) ->
         mid = lo + (hi - lo) / 2
         t = torch.where(mid < hi, mid, lo)  # rounding must not put t on the upper score
         return torch.where(c == 0, -torch.inf, torch.where(c == s.shape[-1], torch.inf, t))
-    fast_rows = _ranked(score, y, weight, fast)
-    return _in_rows(score, general) if fast_rows is None else fast_rows
+    t = _ranked(score, y, weight, "best_cut", np.float64)
+    return _in_rows(score, general) if t is None else torch.from_numpy(t)
 
 
 def threshold_acc(score: torch.Tensor, t: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
