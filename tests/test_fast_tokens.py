@@ -9,7 +9,7 @@ import torch
 
 from count01.config import Config
 from count01.fast.kernels import arrange, uniforms
-from count01.fast.tokens import training_token_batch
+from count01.fast.tokens import HASH, marks, training_token_batch
 from count01.language import (
     arrange as numpy_arrange,
 )
@@ -48,7 +48,7 @@ def test_compiled_uniforms_equal_the_hash():
     """`kernels.uniforms` is `language.uniform` at index b * per + i, for any uint64 seed."""
     seeds = np.array([0, 1, 12345, 2**63 + 7, 2**64 - 1], dtype=np.uint64)
     out = np.empty((5, 6, 7))
-    uniforms(seeds, 15, 2**33 + 1, out)
+    uniforms(seeds, 15, 2**33 + 1, HASH, out)
     index = np.arange(6)[:, None] * 7 + np.arange(7)
     assert np.array_equal(out, uniform(seeds[:, None, None], 15, 2**33 + 1, index))
 
@@ -72,8 +72,23 @@ def test_compiled_arrangement_keeps_the_tie_rule(bursty, k):
     for framed in (False, True):
         tokens = np.empty((2, 300, want.shape[-1] + 2 * framed), dtype=np.int64)
         eos = np.empty((2, 300), dtype=np.int64)
-        arrange(counts, u, True, np.asarray(kind_ids(k), dtype=np.int64), chain, g, framed,
+        arrange(counts, u, marks(True), np.asarray(kind_ids(k), dtype=np.int64), chain, g, framed,
                 tokens, eos)
         y = (counts[..., 1] > counts[..., 0]).astype(np.int64)
         assert np.array_equal(tokens, sentence(want, want_eos, y) if framed else want)
         assert np.array_equal(eos, want_eos)
+
+
+def test_the_kernels_read_no_constant_from_another_module():
+    """numba's cache is invalidated by kernels.py's own stamp only: a constant a kernel read
+    from another module would be frozen stale into the cache once it changed there, so what
+    the law fixes (the hash, the special tokens) comes in as arguments."""
+    import types
+
+    from count01.fast import kernels
+    compiled = {k: f for k, f in vars(kernels).items() if hasattr(f, "py_func")}
+    assert {"pos_examples_grad", "uniforms", "arrange", "_mix"} <= set(compiled)
+    for name, f in compiled.items():
+        for g in f.py_func.__code__.co_names:
+            v = vars(kernels).get(g)
+            assert v is None or isinstance(v, types.ModuleType) or hasattr(v, "py_func"), (name, g)

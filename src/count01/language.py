@@ -31,7 +31,7 @@ EVAL_SETS = ("iid", "hard", "exhaustive", "long", "noisy")
 NOISE_SPLIT = 100  # added to a stream id: the uniforms that split noise over the noise symbols
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-# the hash of `uniform` (also compiled in fast/kernels.py, which reads these)
+# the hash of `uniform` (also compiled in fast/kernels.py, given these by fast/tokens.py)
 MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))  # splitmix64's multipliers
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 STEP_MIX = np.uint64(0xD1B54A32D192ED03)

@@ -247,6 +247,9 @@ class Trainer:
             self.table = make(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
         if self.by_hand:
             _keep_freed_memory()
+        if self.by_hand and not cfg.count_path:
+            from .fast.tokens import training_token_batch  # numba, as the gradient's loop
+            self._tokens = training_token_batch
         self.prefetch = self.by_hand and (not cfg.count_path or self.sentence)
         self._next: tuple[int, tuple[int, ...], Future] | None = None  # (step, seeds, batch)
 
@@ -269,13 +272,7 @@ class Trainer:
             loss, grads = self.model.count_rows_loss_grad(*rows)
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and not self.cfg.count_path:
-            from .fast.tokens import training_token_batch  # numba, as the gradient's loop
-
-            def token_batch(s: list[int], t: int):
-                batch = training_token_batch(self.cfg, s, t)
-                return batch.tokens, batch.eos_pos, batch.y
-
-            loss, grads = self.model.pos_loss_grad(*self._ahead(step, token_batch))
+            loss, grads = self.model.pos_loss_grad(*self._ahead(step, self._token_batch))
             return loss, torch.cat([grads[k].reshape(-1) for k in self.names])
         if self.by_hand and self.cfg.noise_symbols > 1:  # a count tuple per example, no table
             counts = torch.from_numpy(training_counts(self.cfg, seeds, step)).to(self.flat.dtype)
@@ -293,6 +290,11 @@ class Trainer:
         loss = loss_per_seed(Model(self.cfg, self.model.weights | leaves, seeds), self.cfg, step)
         grads = torch.autograd.grad(loss.sum(), [leaves[k] for k in self.names])
         return loss.detach(), torch.cat([g.reshape(-1) for g in grads])
+
+    def _token_batch(self, seeds: list[int], step: int) -> tuple[torch.Tensor, ...]:
+        """The position path's batch of `step`: tokens, EOS positions, answers."""
+        batch = self._tokens(self.cfg, seeds, step)
+        return batch.tokens, batch.eos_pos, batch.y
 
     def _ahead(self, step: int, make: Callable[[list[int], int], object]):
         """make(seeds, step), the batch of `step`; with `prefetch`, the batch of step + 1 is

@@ -9,7 +9,11 @@ weights stay in torch. Held to the textbook forward and autograd by tests/test_f
 
 Also the position path's training token batch (`fast/tokens.py`): the hashed uniforms and the
 arrangement of `language.uniform` and `language.arrange`, one example at a time, held to them by
-tests/test_fast_tokens.py."""
+tests/test_fast_tokens.py.
+
+The kernels read no global of another module: what the data law fixes (the hash's multipliers,
+the special tokens' ids) comes in as arguments, so numba's cache, which is invalidated by this
+file's own stamp only, can never hold a constant that changed elsewhere."""
 
 from __future__ import annotations
 
@@ -17,11 +21,6 @@ import math
 
 import numpy as np
 from numba import njit
-
-from ..config import BOS, EOS, ONE, ZERO
-from ..language import GOLDEN, MIX, PAD, STEP_MIX
-
-MIX0, MIX1 = MIX  # frozen into the compiled code (and its cache); tests hold it to `uniform`
 
 
 def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny,
@@ -126,24 +125,26 @@ def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny
 
 
 @njit
-def _mix(x):
-    """splitmix64's finaliser (`language._mix`), on one uint64."""
+def _mix(x, law):
+    """splitmix64's finaliser (`language._mix`), on one uint64; law[:2] its multipliers."""
     x = x ^ (x >> np.uint64(30))
-    x = x * MIX0
+    x = x * law[0]
     x = x ^ (x >> np.uint64(27))
-    x = x * MIX1
+    x = x * law[1]
     return x ^ (x >> np.uint64(31))
 
 
-def _uniforms(seeds, stream, step, out):
-    """out[s, b, i] = `language.uniform(seeds[s], stream, step, b * per + i)`, out (S, B, per)."""
+def _uniforms(seeds, stream, step, law, out):
+    """out[s, b, i] = `language.uniform(seeds[s], stream, step, b * per + i)`, out (S, B, per);
+    law: the hash's constants (`tokens.HASH`: MIX, GOLDEN, STEP_MIX)."""
     S, B, per = out.shape
+    golden, step_mix = law[2], law[3]
     for s in range(S):
-        key = _mix(seeds[s] * GOLDEN + np.uint64(stream))
-        key = _mix(key ^ (np.uint64(step) * STEP_MIX))
+        key = _mix(seeds[s] * golden + np.uint64(stream), law)
+        key = _mix(key ^ (np.uint64(step) * step_mix), law)
         for b in range(B):
             for i in range(per):
-                h = _mix(key + np.uint64(b * per + i) * GOLDEN)
+                h = _mix(key + np.uint64(b * per + i) * golden, law)
                 out[s, b, i] = np.float64(h >> np.uint64(11)) * 2.0**-53
 
 
@@ -190,13 +191,15 @@ def _deal_sorted(order, m, counts, ids, row, off):
         row[off + order[r]] = ids[c]
 
 
-def _arrange(counts, u, bos, ids, chain, g, framed, tokens, eos):
+def _arrange(counts, u, marks, ids, chain, g, framed, tokens, eos):
     """`language.arrange` (with `noise_positions` where g is the table of `bursts_left`, and the
-    `sentence` framing where framed) for counts (S, B, K+2) and uniforms u (S, B, width, or
-    2 width for bursty noise): fills tokens (S, B, L) and eos (S, B)."""
+    `sentence` framing where framed) for counts (S, B, K+2) of the kinds ids (`kind_ids`) and
+    uniforms u (S, B, width, or 2 width for bursty noise): fills tokens (S, B, L) and eos
+    (S, B). marks: the ids of padding, BOS (-1: none) and EOS (`tokens.marks`)."""
+    pad, bos, end = marks[0], marks[1], marks[2]
     S, B, _ = counts.shape
     width = u.shape[2] // 2 if g.shape[1] > 1 else u.shape[2]
-    off = 1 if bos else 0
+    off = 1 if bos >= 0 else 0
     noise_at = np.zeros(width, np.bool_)
     keep = np.empty(width, np.bool_)
     order = np.empty(width, np.int64)
@@ -222,9 +225,9 @@ def _arrange(counts, u, bos, ids, chain, g, framed, tokens, eos):
                     if i < n:
                         state = 1 if here else 0
             for j in range(row.shape[0]):
-                row[j] = PAD
-            if bos:
-                row[0] = BOS
+                row[j] = pad
+            if off:
+                row[0] = bos
             if g.shape[1] > 1:  # the 0s and 1s over the digits' positions, noise over its own
                 for i in range(width):
                     keep[i] = not noise_at[i]
@@ -237,11 +240,11 @@ def _arrange(counts, u, bos, ids, chain, g, framed, tokens, eos):
                     keep[i] = True
                 m = _sort_by_key(u[s, b], keep, n, order, start)
                 _deal_sorted(order, m, c, ids, row, off)
-            row[off + n] = EOS
+            row[off + n] = end
             eos[s, b] = off + n
-            if framed:  # `sentence`: the answer, then the closing EOS
-                row[off + n + 1] = 1 if c[ONE] > c[ZERO] else 0
-                row[off + n + 2] = EOS
+            if framed:  # `sentence`: the answer (more 1s than 0s), then the closing EOS
+                row[off + n + 1] = ids[1] if c[1] > c[0] else ids[0]
+                row[off + n + 2] = end
 
 
 def _compile(f, **options):

@@ -9,8 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import BOS, EOS, Config
 from ..language import (
+    GOLDEN,
+    MIX,
+    PAD,
+    STEP_MIX,
     TRAIN_STREAM,
     Batch,
     answer,
@@ -22,6 +26,13 @@ from ..language import (
 )
 from .kernels import arrange, uniforms
 
+HASH = np.array([*MIX, GOLDEN, STEP_MIX], dtype=np.uint64)  # `language.uniform`'s constants
+
+
+def marks(bos: bool) -> np.ndarray:
+    """The ids `kernels.arrange` writes besides the digits: padding, BOS (-1 without), EOS."""
+    return np.array([PAD, BOS if bos else -1, EOS], dtype=np.int64)
+
 
 def training_token_batch(cfg: Config, seeds: list[int], step: int) -> Batch:
     """`language.training_batch(cfg, seeds, step, tokens=True)`, the tokens made compiled."""
@@ -30,13 +41,13 @@ def training_token_batch(cfg: Config, seeds: list[int], step: int) -> Batch:
     noise, burst_len, width = key[2], key[6], cfg.max_len
     S, B = counts.shape[:2]
     u = np.empty((S, B, 2 * width if burst_len else width))
-    uniforms(np.asarray(seeds, dtype=np.uint64), TRAIN_STREAM, 2 * step + 1, u)
+    uniforms(np.asarray(seeds, dtype=np.uint64), TRAIN_STREAM, 2 * step + 1, HASH, u)
     g = bursts_left(width, noise, burst_len) if burst_len else np.zeros((3, 1, 1))
     chain = to_noise(noise, burst_len) if burst_len else np.zeros(3)
     framed = cfg.framing == "sentence"
     tokens = np.empty((S, B, width + 1 + int(cfg.bos) + 2 * framed), dtype=np.int64)
     eos = np.empty((S, B), dtype=np.int64)
-    arrange(counts, u, cfg.bos, np.asarray(kind_ids(cfg.noise_symbols), dtype=np.int64), chain,
+    arrange(counts, u, marks(cfg.bos), np.asarray(kind_ids(cfg.noise_symbols), dtype=np.int64), chain,
             g, framed, tokens, eos)
     ct = torch.from_numpy(counts)
     return Batch(ct, answer(ct), torch.ones((S, B), dtype=torch.float64),
