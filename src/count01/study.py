@@ -86,8 +86,8 @@ SCALE_MODES = {  # question 6: the analysed configuration as the small model (th
     # set refits alpha for subsets of its L x H heads), sized here to fit the default study's
     # budget (eval sets of 256 strings; see README, Performance, for the stage's time). Seeds
     # (a plan choice: no rule changed): 32 for each 1-layer model, 20 for each 2-layer one
-    # (`seeds_at`: a 2-layer seed costs ~15x a 1-layer one, its record and analysis on the token
-    # path). Measured 2026-12-01, 32 seeds of every model judged on their first 8, 12, ..., 32:
+    # (`seeds_at`: a 2-layer seed's training and record cost 10-100x a 1-layer one's, on the
+    # token path). Measured 2026-12-01, 32 seeds of every model judged on their first 8, 12, ..., 32:
     # the small model decides rule 2 (0/n successful seeds: n >= 12) and 3a (17/30 heads, mixed)
     # from 16 seeds, d_model 64 rules 2 and 3a at 32 (2/32; 23/64), 2 layers rule 2 (mixed)
     # from 20 (7/16 is not); 8 and 12 seeds left 2, 3a, 3b undecided on the small model. No
@@ -95,7 +95,7 @@ SCALE_MODES = {  # question 6: the analysed configuration as the small model (th
     # heads are equally good), rule 1 with an MLP or 2 layers (46/64, 96/128 heads: shares at
     # most's 0.75) nor rule 2 with an MLP (6/32, at few's 0.25) or with 2 layers and an MLP
     # (~0.6: 11/20 is mixed by a hair, 24 and 32 seeds are not). Every 2-layer seed succeeds at
-    # 600 steps, so steps and sets stay.
+    # 600 steps, so steps stay; larger sets were not tried (the shares count heads and seeds).
     "full": {"seeds": 32, "grid_size": 5,
              "base": {"steps": 600, "checkpoint_every": 300, "heads": 2, "eval_size": 256,
                       "exhaustive_len": 6},
