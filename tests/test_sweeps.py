@@ -82,6 +82,28 @@ def test_skip_leaves_out_the_combinations_it_names_and_must_name_one():
         Sweep.from_dict(data | {"skip": {"noise": 0}})
 
 
+def test_seeds_at_gives_the_configurations_it_names_their_own_seeds_and_must_name_one():
+    data = {"seeds": 2, "grid": {"layers": [1, 2], "d_mlp": [0, 64]},
+            "seeds_at": [{"layers": 1, "seeds": 6}, {"layers": 2, "d_mlp": 64, "seeds": 3}]}
+    sweep = Sweep.from_dict(data)
+    assert [(p.grid["layers"], p.grid["d_mlp"], p.cfg.n_seeds) for p in sweep.points()] == [
+        (1, 0, 6), (1, 64, 6), (2, 0, 2), (2, 64, 3)]
+    assert Sweep.from_dict(json.loads(json.dumps(sweep.to_dict()))) == sweep  # as sweep.json
+    assert "seeds_at" not in Sweep.from_dict(data | {"seeds_at": []}).to_dict()
+    plain = [p.id for p in Sweep.from_dict(data | {"seeds_at": []}).points()]
+    assert [p.id == q for p, q in zip(sweep.points(), plain)] == [False, False, True, False]
+    with pytest.raises(SweepError, match="matches no combination"):
+        Sweep.from_dict(data | {"seeds_at": [{"layers": 3, "seeds": 4}]})
+    with pytest.raises(SweepError, match="seeds_at names heads, not a grid field"):
+        Sweep.from_dict(data | {"seeds_at": [{"heads": 2, "seeds": 4}]})
+    with pytest.raises(SweepError, match="needs seeds = N"):
+        Sweep.from_dict(data | {"seeds_at": [{"layers": 1}]})
+    with pytest.raises(SweepError, match="its seeds twice"):
+        Sweep.from_dict(data | {"seeds_at": [{"layers": 1, "seeds": 4}, {"d_mlp": 0, "seeds": 5}]})
+    with pytest.raises(SweepError, match="n_seeds"):
+        Sweep.from_dict(data | {"seeds_at": [{"layers": 1, "seeds": 0}]})
+
+
 def test_config_ids_are_stable_readable_and_distinct():
     data = {"seeds": 2, "base": {"steps": 10}, "grid": {"heads": [1, 2], "init_scale": [0.5, 1]}}
     a = [p.id for p in Sweep.from_dict(data).points()]

@@ -38,7 +38,8 @@ class Plan:
     scale_seeds: int = 16  # question 6: seeds per model of the scale sweep,
     scale_base: dict[str, Any] = field(default_factory=dict)  # its Config fields,
     scale_grid: dict[str, list] = field(default_factory=dict)  # its grid (first = small model),
-    scale_skip: list[dict[str, Any]] = field(default_factory=list)  # what it leaves out
+    scale_skip: list[dict[str, Any]] = field(default_factory=list)  # what it leaves out,
+    scale_seeds_at: list[dict[str, Any]] = field(default_factory=list)  # models with other seeds
     scale_grid_size: int = 7  # and each model's intervention grid
 
     @property
@@ -63,7 +64,8 @@ class Plan:
         return {"seeds": self.scale_seeds,
                 "base": dict(self.base) | {"heads": self.analysed_heads} | self.scale_base,
                 "grid": {k: list(v) for k, v in self.scale_grid.items()},
-                "skip": [dict(x) for x in self.scale_skip]}
+                "skip": [dict(x) for x in self.scale_skip],
+                "seeds_at": [dict(x) for x in self.scale_seeds_at]}
 
     def sentence_config(self) -> Config:
         """The analysed configuration in the sentence framing, with lm_loss."""

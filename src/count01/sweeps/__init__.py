@@ -21,6 +21,9 @@ A sweep file (TOML; see examples/sweep.toml):
     [[skip]]                         # optional: combinations left out (each must match one)
     heads = 8
     init_scale = 0.5
+    [[seeds_at]]                     # optional: configurations that train another number
+    heads = 1                        # of seeds (each must match one; none matched twice)
+    seeds = 64
 
 SWEEP_DIR holds
     sweep.json                 the sweep and its configurations (id, grid values), in grid order

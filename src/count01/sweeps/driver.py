@@ -54,7 +54,9 @@ def run_sweep(sweep: Sweep, out: str | Path, executor: str = "local", workers: i
         todo.sort(key=lambda job: _work(job[0].cfg), reverse=True)
         what = (f"{len(points)} configurations" if sweep.grid else
                 "1 configuration (no [grid]: the [base] fields alone)")
-        log(f"sweep: {what} x {points[0].cfg.n_seeds} seeds; "
+        seeds = sorted({p.cfg.n_seeds for p in points})  # [[seeds_at]] may give some more
+        span = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        log(f"sweep: {what} x {span} seeds; "
             f"{len(points) - len(todo)} done, {len(todo)} to run ({executor}, {workers} workers)")
         failed = []
         shown = time.monotonic()

@@ -35,6 +35,9 @@ class Sweep:
     base: dict[str, Any]  # Config fields, including n_seeds
     grid: dict[str, list]  # Config field -> values, in file order
     skip: list[dict[str, Any]] = field(default_factory=list)  # combinations left out
+    # grid values -> "seeds": the configurations each entry matches train that many seeds
+    # instead of n_seeds (a cheap configuration can afford more than a costly one)
+    seeds_at: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Sweep:
@@ -48,10 +51,10 @@ class Sweep:
         if not data:
             raise SweepError(f"{source} is empty: give seeds = N, a [base] and a [grid] table "
                              "(see examples/sweep.toml)")
-        unknown = sorted(set(data) - {"seeds", "base", "grid", "skip"})
+        unknown = sorted(set(data) - {"seeds", "base", "grid", "skip", "seeds_at"})
         if unknown:
             raise SweepError(f"{source}: unknown key(s) {', '.join(unknown)} (expected seeds, "
-                             "[base], [grid], [[skip]])")
+                             "[base], [grid], [[skip]], [[seeds_at]])")
         for table in ("base", "grid"):
             if not isinstance(data.get(table, {}), dict):
                 raise SweepError(f"{source}: {table} must be a table ([{table}])")
@@ -71,14 +74,20 @@ class Sweep:
                 raise SweepError(f"{source}: {name} is both in [base] and in [grid]")
             if not isinstance(values, list) or not values:
                 raise SweepError(f"{source}: grid.{name} must be a non-empty list, got {values!r}")
-        skip = data.get("skip", [])
-        if not isinstance(skip, list) or not all(isinstance(x, dict) and x for x in skip):
-            raise SweepError(f"{source}: skip must be a list of tables ([[skip]]) of grid values")
-        for x in skip:
-            if set(x) - set(grid):
-                raise SweepError(f"{source}: skip names {', '.join(sorted(set(x) - set(grid)))}, "
-                                 "not a grid field")
-        sweep = cls(base, grid, [dict(x) for x in skip])
+        skip, seeds_at = data.get("skip", []), data.get("seeds_at", [])
+        for name, tables, extra in (("skip", skip, set()), ("seeds_at", seeds_at, {"seeds"})):
+            if not isinstance(tables, list) or not all(isinstance(x, dict) and set(x) - extra
+                                                       for x in tables):
+                raise SweepError(f"{source}: {name} must be a list of tables ([[{name}]]) of "
+                                 "grid values")
+            for x in tables:
+                if set(x) - set(grid) - extra:
+                    raise SweepError(f"{source}: {name} names "
+                                     f"{', '.join(sorted(set(x) - set(grid) - extra))}, "
+                                     "not a grid field")
+                if extra - set(x):
+                    raise SweepError(f"{source}: each seeds_at table needs seeds = N, got {x}")
+        sweep = cls(base, grid, [dict(x) for x in skip], [dict(x) for x in seeds_at])
         sweep.points(source)  # every configuration is checked before anything trains
         return sweep
 
@@ -89,6 +98,8 @@ class Sweep:
         out: dict[str, Point] = {}
         given: dict[str, str] = {}  # id -> the grid values as written, to name a repeat
         used = [False] * len(self.skip)
+        more = [{k: v for k, v in x.items() if k != "seeds"} for x in self.seeds_at]
+        used_more = [False] * len(more)
         for combo in itertools.product(*self.grid.values()):
             values = dict(zip(self.grid, combo))
             hits = [all(values[k] == v for k, v in x.items()) for x in self.skip]
@@ -96,8 +107,14 @@ class Sweep:
             if any(hits):
                 continue
             where = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base"
+            matched = [all(values[k] == v for k, v in m.items()) for m in more]
+            used_more = [a or b for a, b in zip(used_more, matched)]
+            seeds = [{"n_seeds": x["seeds"]} for x, hit in zip(self.seeds_at, matched) if hit]
+            if len(seeds) > 1:
+                raise SweepError(f"{source}: seeds_at gives {where} its seeds twice")
             try:
-                cfg = Config.from_dict(self.base | values, source=f"{source} ({where})")
+                cfg = Config.from_dict(self.base | values | (seeds[0] if seeds else {}),
+                                       source=f"{source} ({where})")
             except Count01Error as e:
                 raise SweepError(str(e)) from None
             values = {k: getattr(cfg, k) for k in values}  # coerced: 1 -> 1.0 for floats
@@ -106,13 +123,16 @@ class Sweep:
                 raise SweepError(f"{source}: the grid repeats a configuration: {given[point.id]} "
                                  f"and {where} are the same once converted")
             out[point.id], given[point.id] = point, where
-        if not all(used):
-            raise SweepError(f"{source}: skip {self.skip[used.index(False)]} matches no "
-                             "combination of the grid")
+        for name, tables, hit in (("skip", self.skip, used),
+                                  ("seeds_at", self.seeds_at, used_more)):
+            if not all(hit):
+                raise SweepError(f"{source}: {name} {tables[hit.index(False)]} matches no "
+                                 "combination of the grid")
         return list(out.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base": self.base, "grid": self.grid} | ({"skip": self.skip} if self.skip else {})
+        return ({"base": self.base, "grid": self.grid} | ({"skip": self.skip} if self.skip else {})
+                | ({"seeds_at": self.seeds_at} if self.seeds_at else {}))
 
 
 def config_id(cfg: Config, grid: dict[str, Any]) -> str:
