@@ -80,6 +80,10 @@ def test_a_probes_prediction_is_scikit_learns_bit_for_bit():
         for h, (scaler, clf) in enumerate(row):
             want = clf.predict(scaler.transform(x[:, :, h][s]))
             assert np.array_equal(metrics.probe_predict((scaler, clf), x[s, :, h]), want)
+    x[0, 7, 0, 2] = np.nan  # refused, as scikit-learn's input check refuses it
+    for predict in (lambda p, v: p[1].predict(p[0].transform(v)), metrics.probe_predict):
+        with pytest.raises(ValueError, match="NaN"):
+            predict(probes[0][0], x[0, :, 0])
 
 
 def _child_auc(queue) -> None:

@@ -435,6 +435,8 @@ def probe_predict(probe: tuple, x: np.ndarray) -> np.ndarray:
     (called 5,456 times over the 341 slices of the position path's `exhaustive`)."""
     scaler, clf = probe
     z = np.array(x, dtype=np.float64, order="C")  # the copy transform validates x into
+    if not np.isfinite(z).all():  # the one check of sklearn's that can refuse an array
+        raise ValueError("a probe's input contains NaN or infinity")
     z -= scaler.mean_
     z /= scaler.scale_
     scores = (z @ clf.coef_.T + clf.intercept_).reshape(-1)
