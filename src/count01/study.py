@@ -275,7 +275,7 @@ def _reproduce(out: Path, plan: Plan, state: dict[str, Any], progress: bool,
                                            out / "training_path", log=log, **run),
         "noise": lambda: run_sweep(Sweep.from_dict(plan.noise_sweep_dict()), out / "noise",
                                    log=log, **run),
-        "paths": lambda: paths_stage(out, 1 if run["executor"] == "inline" else run["workers"]),
+        "paths": lambda: paths_stage(out, side_workers(run)),
         "analysis": lambda: analyze(run_dir, grid_size=plan.grid_size, progress=progress),
         "sentence": lambda: sentence_stage(out / "sentence", plan, progress),
         "scale": lambda: scale_stage(out / "scale", plan, progress, log, run),
@@ -341,6 +341,12 @@ def paths_stage(out: Path, workers: int | None) -> None:
 
     side_by_side([partial(analyze_paths, d, trajectories=False) for d in dirs], workers,
                  then=figures)
+
+
+def side_workers(run: dict[str, Any]) -> int | None:
+    """The processes `side_by_side` may use in a study run with `run`'s executor: one (this
+    process) under --executor inline, else the sweep's workers."""
+    return 1 if run["executor"] == "inline" else run["workers"]
 
 
 def side_by_side(calls: list[Callable[[], Any]], workers: int | None,
@@ -411,6 +417,6 @@ def scale_stage(out: Path, plan: Plan, progress: bool, log: Callable[[str], None
             if not (out / "runs" / p.id / "analysis" / "metrics.json").exists()]
     todo.sort(key=lambda p: (p.cfg.layers * p.cfg.heads, p.cfg.d_mlp, p.cfg.d_model),
               reverse=True)
-    workers = 1 if run["executor"] == "inline" else run["workers"]
+    workers = side_workers(run)
     side_by_side([partial(analyze, out / "runs" / p.id, grid_size=plan.scale_grid_size,
                           progress=progress and workers == 1) for p in todo], workers)
