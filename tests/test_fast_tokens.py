@@ -92,3 +92,25 @@ def test_the_kernels_read_no_constant_from_another_module():
         for g in f.py_func.__code__.co_names:
             v = vars(kernels).get(g)
             assert v is None or isinstance(v, types.ModuleType) or hasattr(v, "py_func"), (name, g)
+
+
+def test_a_kernel_whose_cache_cannot_be_written_still_runs(tmp_path, monkeypatch):
+    """A full disk at the first call's cache write costs the cache, not the analysis."""
+    import errno
+
+    import numba
+    from numba.core.caching import IndexDataCacheFile
+
+    from count01.fast import kernels
+    tried = []
+
+    def full(self, key, data):
+        tried.append(key)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))  # nothing cached: it compiles
+    monkeypatch.setattr(IndexDataCacheFile, "save", full)
+
+    def twice(x):
+        return 2 * x
+    assert kernels._compile(twice)(21) == 42
+    assert tried  # the write was tried, and failed

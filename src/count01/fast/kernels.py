@@ -29,6 +29,7 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.core.caching import FunctionCache
 
 
 def _pos_examples_grad(A, Bt, tok, pos, rE, rPT, c0, tokens, eos, y, scale, tiny,
@@ -401,13 +402,27 @@ def _hybrid_answers(logits, own, hyb, bias, pred):
                     pred[i, j, s, b] = _argmax(x)
 
 
+class _Cache(FunctionCache):
+    """numba's cache of a kernel, whose failed write (a full disk, a directory that turned
+    read-only after numba's check) costs the cache only: the kernel compiled in this process
+    runs, as where no cache directory is writable at all."""
+
+    def save_overload(self, sig, data) -> None:
+        try:
+            super().save_overload(sig, data)
+        except OSError:
+            pass
+
+
 def _compile(f, **options):
     """Compiled once per machine, then loaded: beside the package, else in ~/.cache; where
     neither is writable, compiled in each process."""
+    kernel = njit(**options)(f)
     try:
-        return njit(cache=True, **options)(f)
-    except RuntimeError:
-        return njit(**options)(f)
+        kernel._cache = _Cache(f)  # what njit(cache=True) sets, with a write that may fail
+    except RuntimeError:  # no cache directory is writable
+        pass
+    return kernel
 
 
 # nogil: the Trainer's prefetch thread makes the next token batch while the step runs
