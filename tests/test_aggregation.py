@@ -277,21 +277,18 @@ def full_batch_newton(model: Model, keep, y, weight, logits_of, J) -> torch.Tens
     return alpha
 
 
-@pytest.mark.parametrize("kw", [{"heads": 4}, {"heads": 3, "d_head": 4, "noise_symbols": 3},
-                                {"heads": 2, "init_scale": 3.0}])
-def test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit(kw):
-    """Pairs stop at different steps; stepping only the moving ones, with
-    the Jacobian laid out once, changes no bit of any pair's alpha. On one thread, as sweep
-    jobs and `analyze` run it (with two, MKL may split a product, and its sums, by size)."""
+def linear_fit_problem(cfg: Config, ending: bool = False):
+    """A trained float64 model without ln_final, the rows alpha is fitted on (`fit_rows`), every
+    head subset as masks (M, S, H), 0 heads and all heads included, and the torch fit's
+    logits_of and fixed Jacobian J (M, S, B, V, H) for `_newton`."""
     from itertools import combinations
 
-    from count01.measure.aggregation import _newton, fit_rows
-    from count01.train import torch_threads, train
+    from count01.measure.aggregation import fit_rows
+    from count01.train import train
 
-    cfg = Config(**SMALL | {"n_seeds": 3, "steps": 100} | kw)
     model = train(cfg, progress=False).to(torch.float64)
-    fit = eval_set(cfg, "fit")
-    base, o, means, y, weight = fit_rows(model, fit, ending=False)
+    rows = fit_rows(model, eval_set(cfg, "fit"), ending=ending)
+    base, o, means, _, _ = rows
     H = cfg.heads
     subsets = [s for k in range(H + 1) for s in combinations(range(H), k)]
     keep = torch.zeros(len(subsets), cfg.n_seeds, H, dtype=torch.bool)
@@ -303,10 +300,42 @@ def test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alph
 
     def logits_of(alpha, _):
         return L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C)
+    return model, rows, keep, logits_of, C * free[:, :, None, None, :]
 
-    J = C * free[:, :, None, None, :]  # laid out as the einsum gives it, as first written
+
+@pytest.mark.parametrize("kw", [{"heads": 4}, {"heads": 3, "d_head": 4, "noise_symbols": 3},
+                                {"heads": 2, "init_scale": 3.0}])
+def test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit(kw):
+    """Pairs stop at different steps; stepping only the moving ones changes no bit of any pair's
+    alpha. On one thread, as sweep jobs and `analyze` run it (with two, MKL may split a product,
+    and its sums, by size)."""
+    from count01.measure.aggregation import _newton
+    from count01.train import torch_threads
+
+    cfg = Config(**SMALL | {"n_seeds": 3, "steps": 100} | kw)
+    model, (_, _, _, y, weight), keep, logits_of, J = linear_fit_problem(cfg)
     with torch_threads(1):
-        ours = _newton(model, keep, y, weight, logits_of, J.contiguous())
+        ours = _newton(model, keep, y, weight, logits_of, lambda alpha, asked: J)
         assert torch.equal(ours, full_batch_newton(model, keep, y, weight, logits_of, J))
-        assert torch.equal(ours, _newton(model, keep, y, weight, logits_of,
-                                         lambda alpha, asked: J))  # asked at every move
+
+
+@pytest.mark.parametrize("kw, ending", [({"heads": 4}, False),
+                                        ({"heads": 3, "d_head": 4, "noise_symbols": 3}, False),
+                                        ({"heads": 2, "init_scale": 3.0}, False),
+                                        ({"heads": 3, "d_head": 4, "framing": "sentence"}, True)])
+def test_the_compiled_fit_finds_the_torch_fits_alpha(kw, ending):
+    """Without ln_final the fit runs in a compiled kernel (`kernels.newton_fixed`) on the logits'
+    pieces read out once; it finds the alpha of torch's damped Newton (`_newton` on the fixed
+    Jacobian) for every head subset, none and all included, and in the sentence framing with
+    the rows of both queries (means per row)."""
+    from count01.measure.aggregation import _newton, _refit
+    from count01.train import torch_threads
+
+    cfg = Config(**SMALL | {"n_seeds": 3, "steps": 100} | kw)
+    model, rows, keep, logits_of, J = linear_fit_problem(cfg, ending)
+    y, weight = rows[3:]
+    with torch_threads(1):
+        want = _newton(model, keep, y, weight, logits_of, lambda alpha, asked: J)
+    got = _refit(model, *rows)(keep)
+    assert (got[~keep] == 0).all() and (got != keep.to(got.dtype)).any()  # the fit moved
+    torch.testing.assert_close(got, want, atol=1e-8, rtol=0)

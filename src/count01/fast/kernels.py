@@ -402,6 +402,154 @@ def _hybrid_answers(logits, own, hyb, bias, pred):
                     pred[i, j, s, b] = _argmax(x)
 
 
+def _newton_fixed(base, heads, means, y, w, keep, ridge, damping, tol, max_steps, alpha):
+    """`aggregation._newton` where the logits are linear in alpha (one attention-only layer,
+    no ln_final), every (mask, seed) pair fitted alone, one after the other: row r's logits under
+    mask m of seed s are base[s, r] + sum over kept heads h of alpha_h heads[s, r, h] + sum over
+    the others of means[s, r or 0, h], from base (S, R, V), heads (S, R, H, V) (each head's
+    o_h W_U, the fixed Jacobian) and means (S, R|1, H, V). Minimises the weighted cross-entropy
+    (y (R,), weights w (R,) summing to 1) plus (ridge / 2) |alpha - keep|^2 from alpha = keep
+    (M, S, H) by Levenberg-Marquardt on the Gauss-Newton Hessian, damping starting at `damping`
+    (/4 on an accepted step, *4 on a rejected one), until the Newton decrement falls below tol
+    or max_steps; writes alpha (M, S, H), 0 where a head is not kept. The system is solved on
+    the kept heads alone: the torch fit's identity rows elsewhere give a zero step there."""
+    M, S, H = keep.shape
+    R, V = base.shape[1], base.shape[2]
+    shared = means.shape[1] == 1
+    fixed = np.empty((R, V))  # the logits without the kept heads, this pair's
+    logp = np.empty((R, V))
+    trial_logp = np.empty((R, V))
+    kept = np.empty(H, np.int64)
+    for m in range(M):
+        for s in range(S):
+            k = 0
+            for h in range(H):
+                alpha[m, s, h] = 0.0
+                if keep[m, s, h]:
+                    kept[k] = h
+                    k += 1
+            for r in range(R):
+                rm = 0 if shared else r
+                for v in range(V):
+                    x = base[s, r, v]
+                    for h in range(H):
+                        if not keep[m, s, h]:
+                            x += means[s, rm, h, v]
+                    fixed[r, v] = x
+            a = np.ones(k)
+            current = _objective(fixed, heads[s], kept[:k], a, y, w, ridge, logp)
+            lm = damping
+            trial = np.empty(k)
+            grad = np.empty(k)
+            hess = np.empty((k, k))
+            q = np.empty(k)
+            for _ in range(max_steps):
+                for i in range(k):
+                    grad[i] = 0.0
+                    for j in range(k):
+                        hess[i, j] = 0.0
+                for r in range(R):
+                    for i in range(k):
+                        q[i] = 0.0
+                    for v in range(V):
+                        p = math.exp(logp[r, v])
+                        g = p - (1.0 if v == y[r] else 0.0)
+                        for i in range(k):
+                            c = heads[s, r, kept[i], v]
+                            grad[i] += w[r] * g * c
+                            q[i] += p * c
+                            for j in range(i + 1):
+                                hess[i, j] += w[r] * p * c * heads[s, r, kept[j], v]
+                    for i in range(k):  # sum_v p_v c_v c_v^T - q q^T: diag(p) - p p^T
+                        for j in range(i + 1):
+                            hess[i, j] -= w[r] * q[i] * q[j]
+                scale = 0.0
+                for i in range(k):
+                    grad[i] += ridge * (a[i] - 1.0)
+                    scale += hess[i, i]
+                scale = max(scale / H, 1e-12)  # the mean of the diagonal over every head
+                for i in range(k):
+                    hess[i, i] += ridge + lm * scale
+                    for j in range(i):
+                        hess[j, i] = hess[i, j]
+                step = _solve(hess, grad)
+                decrement = 0.0
+                for i in range(k):
+                    step[i] = -step[i]
+                    decrement -= grad[i] * step[i]
+                if decrement < tol:
+                    break
+                for i in range(k):
+                    trial[i] = a[i] + step[i]
+                new = _objective(fixed, heads[s], kept[:k], trial, y, w, ridge, trial_logp)
+                if new < current:
+                    a[:] = trial
+                    logp[:, :] = trial_logp
+                    current = new
+                    lm /= 4
+                else:
+                    lm *= 4
+            for i in range(k):
+                alpha[m, s, kept[i]] = a[i]
+
+
+@njit(error_model="numpy")
+def _objective(fixed, heads, kept, a, y, w, ridge, logp):
+    """The objective of `_newton_fixed` at alpha a on the kept heads; fills logp (R, V), the
+    rows' log-probabilities, from the logits fixed (R, V) + sum_i a_i heads[:, kept[i]]."""
+    R, V = fixed.shape
+    ce = 0.0
+    for r in range(R):
+        top = -np.inf
+        for v in range(V):
+            x = fixed[r, v]
+            for i in range(len(kept)):
+                x += a[i] * heads[r, kept[i], v]
+            logp[r, v] = x
+            top = max(top, x)
+        norm = 0.0
+        for v in range(V):
+            norm += math.exp(logp[r, v] - top)
+        lse = top + math.log(norm)
+        for v in range(V):
+            logp[r, v] -= lse
+        ce -= w[r] * logp[r, y[r]]
+    penalty = 0.0
+    for i in range(len(kept)):
+        penalty += (a[i] - 1.0) ** 2
+    return ce + ridge / 2 * penalty
+
+
+@njit(error_model="numpy")
+def _solve(A, b):
+    """x with A x = b, A (k, k) symmetric positive definite, by Cholesky (A is overwritten by its
+    factor)."""
+    k = len(b)
+    for j in range(k):
+        d = A[j, j]
+        for t in range(j):
+            d -= A[j, t] * A[j, t]
+        d = math.sqrt(d)
+        A[j, j] = d
+        for i in range(j + 1, k):
+            x = A[i, j]
+            for t in range(j):
+                x -= A[i, t] * A[j, t]
+            A[i, j] = x / d
+    x = np.empty(k)
+    for i in range(k):  # L z = b
+        z = b[i]
+        for t in range(i):
+            z -= A[i, t] * x[t]
+        x[i] = z / A[i, i]
+    for i in range(k - 1, -1, -1):  # L^T x = z
+        z = x[i]
+        for t in range(i + 1, k):
+            z -= A[t, i] * x[t]
+        x[i] = z / A[i, i]
+    return x
+
+
 class _Cache(FunctionCache):
     """numba's cache of a kernel, whose failed write (a full disk, a directory that turned
     read-only after numba's check) costs the cache only: the kernel compiled in this process
@@ -435,3 +583,4 @@ best_cut = _compile(_best_cut, nogil=True, error_model="numpy")
 grid_answers = _compile(_grid_answers, error_model="numpy")
 pos_rows = _compile(_pos_rows, nogil=True)
 hybrid_answers = _compile(_hybrid_answers)
+newton_fixed = _compile(_newton_fixed, error_model="numpy")

@@ -23,7 +23,8 @@ the start alpha = 1, so the fitted cross-entropy is never above the learned one.
 Newton (Levenberg-Marquardt on the Gauss-Newton Hessian of the softmax cross-entropy, exact
 without ln_final), batched over seeds and masks: each (mask, seed) takes its own steps and
 accepts a step only if its objective drops, so it never depends on its batch companions.
-Deterministic, float64.
+Without ln_final (logits linear in alpha) a compiled kernel runs it (`kernels.newton_fixed`),
+through ln_final and in deep models torch (`_newton`). Deterministic, float64.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ import math
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 
+import numpy as np
 import torch
 
 from ..cache import attn
 from ..criteria import SUCCESS_L_ACC
+from ..fast import kernels
 from ..language import EOS, Batch, at_end
 from ..model import Model
 from .activations import (
@@ -58,6 +61,7 @@ MAX_STEPS = 50  # damped Newton steps (without ln_final, ten suffice)
 DECREMENT_TOL = 1e-13  # stop when no (mask, seed) expects to gain more than this
 LN_EPS = 1e-5  # model._ln's epsilon
 RIDGE = 1e-6  # (RIDGE / 2) |alpha - 1|^2 keeps the optimum finite on separable data
+DAMPING = 1e-3  # Levenberg-Marquardt's damping at the first step (/4 on accept, *4 on reject)
 CHUNK_ELEMENTS = 1 << 22  # bounds (masks, S, B, V, H) per batched fit
 
 
@@ -204,19 +208,47 @@ def ablation_means(model: Model, fit: Batch, shared: Shared):
     return Means.of(fa), Means.of(fa.end) if model.cfg.framing == "sentence" else None
 
 
-def _fit(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
-         weight: torch.Tensor) -> torch.Tensor:
-    """Fitted alpha (M, S, H) for masks keep (M, S, H) on the rows of `fit_rows`; alpha 0
-    where a head is not kept. One attention-only layer: the logits are the residual's readout."""
+def _refit(model: Model, base, o, means, y: torch.Tensor, weight: torch.Tensor):
+    """refit(keep) -> fitted alpha (M, S, H) for masks keep (M, S, H) on the rows of `fit_rows`
+    (alpha 0 where a head is not kept), for one attention-only layer. Without ln_final the
+    logits are linear in alpha, L = L0 + sum_h alpha_h C_h: their pieces are read out once
+    (`_readout`) and the compiled kernel fits every mask (`_fit_linear`)."""
+    if not model.cfg.layernorm:
+        readout = _readout(model, base, o, means)
+        return lambda keep: _fit_linear(readout, keep, y, weight)
+    return lambda keep: _fit_layernorm(model, base, o, means, keep, y, weight)
+
+
+def _readout(model: Model, base, o, means) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The logits' pieces without ln_final, float64: base's (S, R, V, b_U included), each
+    head's output's (S, R, H, V: the fixed Jacobian) and each head's mean's (S, R|1, H, V)."""
+    W_U = model.weights["unembed.W_U"]
+    if means.dim() == 3:  # one mean per head: the same for every row
+        means = means[:, None]
+    pieces = (unembed(model, base), torch.einsum("srhd,sdv->srhv", o, W_U),
+              torch.einsum("srhd,sdv->srhv", means, W_U))
+    return tuple(np.ascontiguousarray(x.to(torch.float64).numpy()) for x in pieces)
+
+
+def _fit_linear(readout: tuple[np.ndarray, np.ndarray, np.ndarray], keep: torch.Tensor,
+                y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Fitted alpha (M, S, H) of `_newton`'s damped Newton on the fixed Jacobian, every (mask,
+    seed) pair in one compiled loop (`kernels.newton_fixed`): torch's op by op steps cost more
+    in overhead than in arithmetic."""
+    M, S, H = keep.shape
+    alpha = np.empty((M, S, H))
+    w = (weight / weight.sum()).to(torch.float64)
+    kernels.newton_fixed(*readout, y.numpy().astype(np.int64), w.numpy(),
+                         keep.expand(M, S, H).contiguous().numpy(), RIDGE, DAMPING,
+                         DECREMENT_TOL, MAX_STEPS, alpha)
+    return torch.from_numpy(alpha)
+
+
+def _fit_layernorm(model: Model, base, o, means, keep: torch.Tensor, y: torch.Tensor,
+                   weight: torch.Tensor) -> torch.Tensor:
+    """Fitted alpha (M, S, H) for masks keep (M, S, H) through ln_final: `_newton`, the
+    Jacobian taken again wherever alpha moved."""
     free = keep.to(o.dtype)
-    if not model.cfg.layernorm:  # logits = L0 + sum_h alpha_h C_h: the Jacobian C is constant
-        C = torch.einsum("sbhd,sdv->sbvh", o, model.weights["unembed.W_U"])  # (S, B, V, H)
-        L0 = unembed(model, combine(base, o, means, torch.zeros_like(free), keep))
-        # laid out as the Newton step's products read it: else each one copies it, every step
-        fixed_J = (C * free[:, :, None, None, :]).contiguous()  # (M, S, B, V, H)
-        return _newton(model, keep, y, weight,
-                       lambda alpha, _: L0 + torch.einsum("msh,sbvh->msbv", alpha * free, C),
-                       fixed_J)
 
     def jacobian(alpha, _):
         tangents = o.transpose(2, 3) * free[:, :, None, None, :]  # (M, S, B, d, H)
@@ -234,8 +266,8 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
     alpha, both read only at the (mask, seed) pairs asked (M, S) bool (elsewhere they may hold
     anything): the logits of the pairs still moving, the derivative of those whose alpha moved
     (a rejected step leaves alpha and so its derivative as they were). Every pair's numbers are
-    its own (`_fit_deep` runs the pairs asked alone), so asking fewer changes no result. A
-    derivative that does not depend on alpha is given as that tensor, never asked again.
+    its own (`_fit_deep` runs the pairs asked alone), so asking fewer changes no result. Used
+    through ln_final and by deep models; the fixed Jacobian's fit is `_fit_linear`'s kernel.
 
     A step is computed for the pairs still moving only, taken out of the whole (most pairs stop
     within a few steps, a few go on to MAX_STEPS): each of its products is a batch of one
@@ -266,13 +298,12 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
     every = torch.ones(M, S, dtype=torch.bool)
     pairs = torch.arange(P)
     current, logp = objective(logits_of(alpha.view(M, S, H), every), alpha, pairs)
-    fixed = isinstance(jacobian, torch.Tensor)
-    J = jacobian if fixed else jacobian(alpha.view(M, S, H), every)
+    J = jacobian(alpha.view(M, S, H), every)
     moved = torch.zeros(P, dtype=torch.bool)  # alpha new since J was taken
-    damping = torch.full((P,), 1e-3, dtype=dtype)
+    damping = torch.full((P,), DAMPING, dtype=dtype)
     done = torch.zeros(P, dtype=torch.bool)
     for _ in range(MAX_STEPS):
-        if not fixed and bool(moved.any()):
+        if bool(moved.any()):
             J = torch.where(moved.view(M, S, 1, 1, 1), jacobian(alpha.view(M, S, H),
                                                                 moved.view(M, S)), J)
         act = torch.nonzero(~done).flatten()  # the pairs still moving
@@ -473,7 +504,7 @@ class Prefixes:
 
 def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = True
               ) -> torch.Tensor:
-    """`_fit` of a deep model: alpha (M, S, L * H) by the same damped Newton, the logits of
+    """`_refit` of a deep model: alpha (M, S, L * H) by the same damped Newton, the logits of
     every row computed through the later layers and their derivatives along each kept head's
     alpha by forward-mode autograd. On the `prefix_path` only the (mask, seed) pairs `_newton`
     asks for are run (late in a fit most have converged), each alone (`Prefixes.alone`), the
@@ -578,8 +609,7 @@ def fit_alpha(model: Model, fit: Batch, mask: torch.Tensor | None = None,
         keep = torch.ones(S, H, dtype=torch.bool) if mask is None else mask.expand(S, H).bool()
         if deep(model):
             return _fit_deep(shared, fit, keep[None])[0]
-        base, o, means, y, weight = fit_rows(model, fit, shared=shared)
-        return _fit(shared.model, base, o, means, keep[None], y, weight)[0]
+        return _refit(shared.model, *fit_rows(model, fit, shared=shared))(keep[None])[0]
     return fitted() if mask is not None else shared.of(fit).once("alpha_fitted", fitted)
 
 
@@ -666,8 +696,8 @@ def _parts(model: Model, fit: Batch, shared: Shared | None = None):
         return (lambda keep: _fit_deep(shared, fit, keep, ending=False),
                 Means.of(shared.of(fit)), len(fit))
     base, o, rows, y, weight = fit_rows(model, fit, ending=False, shared=shared)
-    return (lambda keep: _fit(shared.model, base, o, rows, keep, y, weight),
-            head_means(model, fit, shared)[0], o.shape[1])
+    return (_refit(shared.model, base, o, rows, y, weight), head_means(model, fit, shared)[0],
+            o.shape[1])
 
 
 def minimal_heads(model: Model, fit: Batch, batch: Batch, threshold: float = SUCCESS_L_ACC,
