@@ -17,7 +17,10 @@ of a threshold) in whole numbers, instead of an argsort and a dozen numpy passes
 to the general torch path by tests/test_metrics.py. And the intervention grid's answers
 (`grid_answers`), the value swap's (`hybrid_answers`) and the position path's attention rows
 (`pos_rows`), held to the torch ops by tests/test_interventions.py and
-tests/test_fast_position.py.
+tests/test_fast_position.py. And the alpha refit of one attention-only layer without ln_final
+(`newton_fixed`, `aggregation._fit_linear`): torch's damped Newton, every (mask, seed) pair
+alone in one loop instead of a few dozen small ops per step; held to torch's `_newton` by
+tests/test_aggregation.py.
 
 The kernels read no global of another module: what the data law fixes (the hash's multipliers,
 the special tokens' ids) comes in as arguments, so numba's cache, which is invalidated by this

@@ -239,7 +239,7 @@ def _fit_linear(readout: tuple[np.ndarray, np.ndarray, np.ndarray], keep: torch.
     alpha = np.empty((M, S, H))
     w = (weight / weight.sum()).to(torch.float64)
     kernels.newton_fixed(*readout, y.numpy().astype(np.int64), w.numpy(),
-                         keep.expand(M, S, H).contiguous().numpy(), RIDGE, DAMPING,
+                         keep.contiguous().numpy(), RIDGE, DAMPING,
                          DECREMENT_TOL, MAX_STEPS, alpha)
     return torch.from_numpy(alpha)
 
