@@ -298,7 +298,10 @@ class Model(CountPath, PositionPath, PrefixPath):
         th = self._ln_tangent(x, t, b + "ln2")
         S, d = th.shape[0], th.shape[-1]
         t_pre = (th.reshape(S, -1, d) @ w[b + "mlp.W_in"]).view(*th.shape[:-1], -1)
-        t_act = torch.ops.aten.gelu_backward(t_pre, pre.view(*x.shape[:-1], -1).expand_as(t_pre).contiguous())
+        # GELU's derivative by autograd's own kernel, on an operand laid out as t_pre (on a
+        # broadcast one the kernel rounds differently)
+        at = pre.view(*x.shape[:-1], -1).expand_as(t_pre).contiguous()
+        t_act = torch.ops.aten.gelu_backward(t_pre, at)
         return out, (t_act.reshape(S, -1, t_act.shape[-1]) @ w[b + "mlp.W_out"]).view(th.shape)
 
     def _mlp_columns(self, h: torch.Tensor, layer: int) -> torch.Tensor:

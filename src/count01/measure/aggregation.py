@@ -521,10 +521,12 @@ class Prefixes:
         if ta is not None:
             t_keys, t_values = t_keys[:, :, self.index], t_values[:, :, self.index]
             t_scores = (tq[:, :, :, None] * keys + q[:, :, :, None] * t_keys).sum(-1) * c
-            # softmax's derivative: p (t - sum p t); a masked position has p = 0
+            # softmax's derivative p (t - sum p t), sum p t taken as autograd takes it (with
+            # the weights exp(s - max s)), so J is autograd's to the last bit
             t_scores = t_scores.masked_fill(~self.valid[..., None], 0.0)
             e = (scores - scores.amax(3, keepdim=True)).exp()
-            tp = pattern * (t_scores - (e * t_scores).sum(3, keepdim=True) / e.sum(3, keepdim=True))
+            mean_t = (e * t_scores).sum(3, keepdim=True) / e.sum(3, keepdim=True)
+            tp = pattern * (t_scores - mean_t)
             tz = (tp[..., None] * values + pattern[..., None] * t_values).sum(3)
             tx = tx_q + scaled(1, out1, (tz[..., None] * W_O).sum(-2)).sum(3)
         return readout(*mlp(1, x, tx))
