@@ -339,3 +339,37 @@ def test_the_batched_head_set_search_is_each_subset_fitted_alone(options):
                             for j in range(len(subsets))])
         torch.testing.assert_close(Prefixes.of(m, hard).logits(together, keep, means), want,
                                    rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("options", [dict(layers=2), dict(layers=2, d_mlp=4),
+                                     dict(layers=2, d_mlp=4, layernorm=True),
+                                     dict(layers=1, d_mlp=6, layernorm=True)])
+def test_the_deep_fits_dual_numbers_are_forward_mode_autograds_derivative(options):
+    """The deep fit's Jacobian on the prefix path is written out by hand (`Prefixes.tangent`:
+    dual numbers through attention's softmax, LayerNorm, GELU): it is forward-mode autograd's
+    derivative of the same logits, and the finite differences'."""
+    import torch.autograd.forward_ad as fwad
+
+    from count01.measure.aggregation import Prefixes
+
+    cfg = Config(heads=2, d_model=8, **TINY | options | {"n_seeds": 2})
+    shared = Shared(random_model(cfg, 0.4))
+    m, fit = shared.model, eval_set(cfg, "fit")
+    means, state = Means.of(shared.of(fit)), Prefixes.of(m, fit)
+    LH = len(head_ids(m))
+    gen = torch.Generator().manual_seed(3)
+    for seed in range(m.n_seeds):
+        alpha = 1 + 0.5 * torch.randn(LH, generator=gen, dtype=torch.float64)
+        keep = torch.arange(LH) != seed  # one head mean-ablated
+        eye = torch.eye(LH, dtype=torch.float64)
+        ours = state.tangent(seed, alpha, keep, means, eye)  # (LH, b, V)
+        with fwad.dual_level():
+            dual = fwad.make_dual(alpha.repeat(LH, 1), eye)
+            want = fwad.unpack_dual(state.alone(seed, dual, keep.repeat(LH, 1), means)).tangent
+        torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-12)
+        assert (ours[seed] == 0).all() and ours.abs().amax() > 0.1  # the ablated head: none
+        h = 1e-5
+        steps = torch.stack([alpha + h * eye, alpha - h * eye], 1)  # (LH, 2, LH)
+        got = state.alone(seed, steps.reshape(-1, LH), keep.repeat(2 * LH, 1), means)
+        got = got.view(LH, 2, *got.shape[1:])
+        torch.testing.assert_close(ours, (got[:, 0] - got[:, 1]) / (2 * h), rtol=0, atol=1e-6)

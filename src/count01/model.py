@@ -30,6 +30,8 @@ from .fast.position import PositionPath
 from .fast.prefix import PrefixPath
 from .language import EOS, Batch
 
+LN_EPS = 1e-5  # LayerNorm's epsilon (TransformerLens' default)
+
 
 def weight_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     """TransformerLens names and per-seed shapes of every weight of a config, in the order
@@ -137,8 +139,22 @@ class Model(CountPath, PositionPath, PrefixPath):
         w, b = self.weights[name + ".w"], self.weights[name + ".b"]
         shape = (w.shape[0],) + (1,) * (x.dim() - 2) + (w.shape[1],)
         x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+        x = x / (x.pow(2).mean(-1, keepdim=True) + LN_EPS).sqrt()
         return x * w.view(shape) + b.view(shape)
+
+    def _ln_tangent(self, x: torch.Tensor, t: torch.Tensor, name: str) -> torch.Tensor:
+        """The derivative of `_ln` at x (S, ..., d) along t (x broadcast against t), each
+        step's derivative as forward-mode autograd writes it (x - mean, its square's mean,
+        sqrt, the quotient), so its numbers are autograd's to the last bit."""
+        if not self.cfg.layernorm:
+            return t
+        w = self.weights[name + ".w"]
+        xc = x - x.mean(-1, keepdim=True)
+        sigma = (xc.pow(2).mean(-1, keepdim=True) + LN_EPS).sqrt()
+        tc = t - t.mean(-1, keepdim=True)
+        t_sigma = (tc * (2.0 * xc)).mean(-1, keepdim=True) / (2 * sigma)
+        t_norm = (tc - t_sigma * (xc / sigma)) / sigma
+        return t_norm * w.view((w.shape[0],) + (1,) * (t.dim() - 2) + (-1,))
 
     def slots(self, batch: Batch, force_tokens: bool = False):
         """Residual inputs of the slots the query sees (EOS, or the `sentence` ending's fed
@@ -256,16 +272,37 @@ class Model(CountPath, PositionPath, PrefixPath):
     def _mlp(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Layer `layer`'s MLP output on residuals x (S, ..., d_model): ln2 (with LayerNorm),
         W_in, b_in, exact GELU (TransformerLens act_fn "gelu"), W_out, b_out."""
-        w, b = self.weights, f"blocks.{layer}."
-        h = self._ln(x, b + "ln2")
+        h = self._ln(x, f"blocks.{layer}.ln2")
         S, d = h.shape[0], h.shape[-1]
         if h.dim() == 4 and not h.is_contiguous() and h.permute(0, 3, 1, 2).is_contiguous():
             # positions last (S, d, B, P), as `_kinds_layer` gives
             out = self._mlp_columns(h.permute(0, 3, 1, 2).reshape(S, d, -1), layer)
             return out.view(S, d, *h.shape[1:3]).permute(0, 2, 3, 1)
-        pre = h.reshape(S, -1, d) @ w[b + "mlp.W_in"] + w[b + "mlp.b_in"][:, None]
-        out = torch.nn.functional.gelu(pre) @ w[b + "mlp.W_out"] + w[b + "mlp.b_out"][:, None]
-        return out.view(h.shape)
+        return self._mlp_rows(h, layer)[1]
+
+    def _mlp_rows(self, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_mlp` after ln2 of h (S, ..., d_model): GELU's input (S, N, d_mlp) and the output."""
+        w, b = self.weights, f"blocks.{layer}.mlp."
+        S, d = h.shape[0], h.shape[-1]
+        pre = h.reshape(S, -1, d) @ w[b + "W_in"] + w[b + "b_in"][:, None]
+        out = torch.nn.functional.gelu(pre) @ w[b + "W_out"] + w[b + "b_out"][:, None]
+        return pre, out.view(h.shape)
+
+    def mlp_dual(self, x: torch.Tensor, layer: int, t: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_mlp` on residuals x (S, ..., d_model) and its derivative along t (S, ...,
+        d_model; x broadcast against it), written out: a dual number (forward-mode autograd
+        costs many times the arithmetic on tensors this small)."""
+        w, b = self.weights, f"blocks.{layer}."
+        pre, out = self._mlp_rows(self._ln(x, b + "ln2"), layer)
+        th = self._ln_tangent(x, t, b + "ln2")
+        S, d = th.shape[0], th.shape[-1]
+        t_pre = (th.reshape(S, -1, d) @ w[b + "mlp.W_in"]).view(*th.shape[:-1], -1)
+        # GELU's derivative by autograd's own kernel, on an operand laid out as t_pre (on a
+        # broadcast one the kernel rounds differently)
+        at = pre.view(*x.shape[:-1], -1).expand_as(t_pre).contiguous()
+        t_act = torch.ops.aten.gelu_backward(t_pre, at)
+        return out, (t_act.reshape(S, -1, t_act.shape[-1]) @ w[b + "mlp.W_out"]).view(th.shape)
 
     def _mlp_columns(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """`_mlp` (after ln2) of positions as columns h (S, d, N): a product per seed."""
@@ -393,4 +430,11 @@ class Model(CountPath, PositionPath, PrefixPath):
         return (torch.einsum("sbd,sdv->sbv", self._ln(resid, "ln_final"), w["unembed.W_U"])
                 + w["unembed.b_U"][:, None])
 
+    def unembed_tangent(self, resid: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The derivative of `unembed` at resid (S, ..., d_model) along t (S, ..., d_model;
+        resid broadcast against it): (S, ..., d_vocab)."""
+        h = self._ln_tangent(resid, t, "ln_final")
+        S, d = h.shape[0], h.shape[-1]
+        out = torch.einsum("sbd,sdv->sbv", h.reshape(S, -1, d), self.weights["unembed.W_U"])
+        return out.view(*h.shape[:-1], -1)
 

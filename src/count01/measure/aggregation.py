@@ -40,7 +40,7 @@ from ..cache import attn
 from ..criteria import SUCCESS_L_ACC
 from ..fast import kernels
 from ..language import EOS, Batch, at_end
-from ..model import Model
+from ..model import LN_EPS, Model
 from .activations import (
     Activations,
     QueryRows,
@@ -59,7 +59,6 @@ from .metrics import as_batches, roc_auc_rows
 
 MAX_STEPS = 50  # damped Newton steps (without ln_final, ten suffice)
 DECREMENT_TOL = 1e-13  # stop when no (mask, seed) expects to gain more than this
-LN_EPS = 1e-5  # model._ln's epsilon
 RIDGE = 1e-6  # (RIDGE / 2) |alpha - 1|^2 keeps the optimum finite on separable data
 DAMPING = 1e-3  # Levenberg-Marquardt's damping at the first step (/4 on accept, *4 on reject)
 CHUNK_ELEMENTS = 1 << 22  # bounds (masks, S, B, V, H) per batched fit
@@ -433,7 +432,7 @@ class Prefixes:
         per_mask = alpha.shape[1] * b * max(P * cfg.heads * cfg.d_head_,
                                             cfg.d_model + cfg.d_mlp)
         step = max(1, MASK_ELEMENTS // per_mask)
-        return torch.cat([self._logits(alpha[a:a + step], keep[a:a + step], means)
+        return torch.cat([self._logits(alpha[a:a + step], keep[a:a + step], means)[0]
                           for a in range(0, len(alpha), step)])
 
     def alone(self, seed: int, alpha: torch.Tensor, keep: torch.Tensor, means: Means
@@ -446,6 +445,14 @@ class Prefixes:
         view = self.seeded(seed)
         return view.logits(alpha[:, None], keep[:, None], means.take(seed))[:, 0]
 
+    def tangent(self, seed: int, alpha: torch.Tensor, keep: torch.Tensor, means: Means,
+                directions: torch.Tensor) -> torch.Tensor:
+        """The derivatives (T, b, V) of `alone`'s logits under alpha and keep (L * H) along T
+        directions of alpha (T, L * H), by dual numbers (`_logits`)."""
+        view = self.seeded(seed)
+        return view._logits(alpha[None, None], keep[None, None], means.take(seed),
+                            directions[:, None])[1][:, 0]
+
     def seeded(self, seed: int) -> Prefixes:
         """This slice for a model of seed `seed` alone (made once)."""
         if seed not in self.seeds:
@@ -457,59 +464,113 @@ class Prefixes:
                                         seeds={}))
         return self.seeds[seed]
 
-    def _logits(self, alpha: torch.Tensor, keep: torch.Tensor, means) -> torch.Tensor:
+    def _logits(self, alpha: torch.Tensor, keep: torch.Tensor, means,
+                tangent: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`logits` of a chunk of masks and, given T directions of alpha tangent (T, S, L * H)
+        (then one mask), their derivatives along them (T, S, b, V), else None: each quantity
+        carried with its tangent (a dual number, the tangents' T on the masks' axis), every
+        derivative written out, since forward-mode autograd's cost per operation is many times
+        the arithmetic on tensors this small."""
         m, (at_query, before) = self.model, means
         H, L = m.cfg.heads, m.cfg.layers
         w = m.weights
         a, k = alpha.transpose(0, 1), keep.transpose(0, 1)  # (S, M, L * H), (S|1, M, L * H)
+        ta = None if tangent is None else tangent.transpose(0, 1)  # (S, T, L * H)
+        raw = {}  # each layer's head outputs at the query before `last`
 
         def last(n: int, result: torch.Tensor) -> torch.Tensor:  # (S, M, b, H, d) at the query
+            raw[n] = result
             i = slice(n * H, (n + 1) * H)
             return torch.where(k[:, :, None, i, None], a[:, :, None, i, None] * result,
                                at_query[:, None, None, i])
+
+        def scaled(n: int, result: torch.Tensor, t_result: torch.Tensor | None = None
+                   ) -> torch.Tensor:  # the tangent of `last` (and of o0): 0 where ablated
+            i = slice(n * H, (n + 1) * H)
+            t = ta[:, :, None, i, None] * result
+            if t_result is not None:
+                t = t + a[:, :, None, i, None] * t_result
+            return torch.where(k[:, :, None, i, None], t, 0.0)
+
+        def mlp(n: int, x: torch.Tensor, tx: torch.Tensor | None):  # after layer n's MLP
+            if not m.cfg.d_mlp:
+                return x, tx
+            if tx is None:
+                return x + m._mlp(x, n), None
+            out, t_out = m.mlp_dual(x, n, tx)
+            return x + out, tx + t_out
+
+        def readout(x: torch.Tensor, tx: torch.Tensor | None):  # (S, M, b, d) -> (M, S, b, V)
+            S, M, b, d = x.shape
+            logits = m.unembed(x.reshape(S, M * b, d)).view(S, M, b, -1).transpose(0, 1)
+            return logits, None if tx is None else m.unembed_tangent(x, tx).transpose(0, 1)
         if L == 1:
-            return query_logits(m, self.rows, edit=last)[0].transpose(0, 1)
+            logits, results = query_logits(m, self.rows, edit=last)
+            if ta is None:
+                return logits.transpose(0, 1), None
+            x = self.rows.x[0][:, None] + results[0].sum(-2) + w[attn(0) + "b_O"][:, None, None]
+            x, tx = mlp(0, x, scaled(0, raw[0]).sum(-2))
+            return logits.transpose(0, 1), m.unembed_tangent(x, tx).transpose(0, 1)
         mean0 = torch.where(self.is_query[None, :, None, None], at_query[:, None, :H],
                             before[:, None, :H])  # (S, U, H, d)
         o0 = torch.where(k[:, :, None, :H, None], a[:, :, None, :H, None] * self.o0[:, None],
                          mean0[:, None])  # (S, M, U, H, d)
         x = self.x0[:, None] + o0.sum(3) + w[attn(0) + "b_O"][:, None, None]  # (S, M, U, d)
-        if m.cfg.d_mlp:
-            x = x + m._mlp(x, 0)
+        x, tx = mlp(0, x, None if ta is None else scaled(0, self.o0[:, None]).sum(3))
         a1 = attn(1)
 
-        def heads(h: torch.Tensor, t: str) -> torch.Tensor:  # (S, M, N, d) -> (S, M, N, H, e)
-            W = w[a1 + "W_" + t]  # one product per seed, as Model._heads: a seed's numbers
-            S, M, N, d = h.shape  # do not depend on its companions
-            out = h.reshape(S, M * N, d) @ W.permute(0, 2, 1, 3).reshape(S, d, -1)
-            return out.view(S, M, N, H, -1) + w[a1 + "b_" + t][:, None, None]
-        h = m._ln(x, "blocks.1.ln1")
-        keys, values = heads(h, "K"), heads(h, "V")  # (S, M, U, H, e)
+        def heads(which: str, h: torch.Tensor, th: torch.Tensor | None):  # (S, M, N, d) ->
+            W = w[a1 + "W_" + which]  # (S, M, N, H, e), one product per seed (`Model._heads`: a
+
+            def product(h: torch.Tensor) -> torch.Tensor:  # seed's numbers do not depend on
+                S, M, N, d = h.shape  # its companions
+                out = h.reshape(S, M * N, d) @ W.permute(0, 2, 1, 3).reshape(S, d, -1)
+                return out.view(S, M, N, H, -1)
+            return (product(h) + w[a1 + "b_" + which][:, None, None],
+                    None if th is None else product(th))
+
+        def ln1(x: torch.Tensor, tx: torch.Tensor | None):
+            return (m._ln(x, "blocks.1.ln1"),
+                    None if tx is None else m._ln_tangent(x, tx, "blocks.1.ln1"))
+        h, th = ln1(x, tx)
+        (keys, t_keys), (values, t_values) = heads("K", h, th), heads("V", h, th)
         x_q = x[:, :, self.query]  # (S, M, b, d)
-        q = heads(m._ln(x_q, "blocks.1.ln1"), "Q")
+        tx_q = None if tx is None else tx[:, :, self.query]
+        q, tq = heads("Q", *ln1(x_q, tx_q))
         keys, values = keys[:, :, self.index], values[:, :, self.index]  # (S, M, b, P, H, e)
         # products and sums per element (einsum's batched products over the examples' small
         # matrices would depend on how many seeds are batched)
-        scores = (q[:, :, :, None] * keys).sum(-1) * (1.0 / math.sqrt(m.cfg.d_head_))
-        pattern = torch.softmax(scores.masked_fill(~self.valid[..., None], -math.inf), 3)
+        c = 1.0 / math.sqrt(m.cfg.d_head_)
+        scores = (q[:, :, :, None] * keys).sum(-1) * c
+        scores = scores.masked_fill(~self.valid[..., None], -math.inf)
+        pattern = torch.softmax(scores, 3)
         z = (pattern[..., None] * values).sum(3)  # (S, M, b, H, e)
         W_O = w[a1 + "W_O"][:, None, None]  # (S, 1, 1, H, e, d)
-        result = last(1, (z[..., None] * W_O).sum(-2))
-        x = x_q + result.sum(3) + w[a1 + "b_O"][:, None, None]
-        if m.cfg.d_mlp:
-            x = x + m._mlp(x, 1)
-        S, M, b, d = x.shape
-        return m.unembed(x.reshape(S, M * b, d)).view(S, M, b, -1).transpose(0, 1)
+        out1 = (z[..., None] * W_O).sum(-2)
+        x = x_q + last(1, out1).sum(3) + w[a1 + "b_O"][:, None, None]
+        if ta is not None:
+            t_keys, t_values = t_keys[:, :, self.index], t_values[:, :, self.index]
+            t_scores = (tq[:, :, :, None] * keys + q[:, :, :, None] * t_keys).sum(-1) * c
+            # softmax's derivative p (t - sum p t), sum p t taken as autograd takes it (with
+            # the weights exp(s - max s)), so J is autograd's to the last bit
+            t_scores = t_scores.masked_fill(~self.valid[..., None], 0.0)
+            e = (scores - scores.amax(3, keepdim=True)).exp()
+            mean_t = (e * t_scores).sum(3, keepdim=True) / e.sum(3, keepdim=True)
+            tp = pattern * (t_scores - mean_t)
+            tz = (tp[..., None] * values + pattern[..., None] * t_values).sum(3)
+            tx = tx_q + scaled(1, out1, (tz[..., None] * W_O).sum(-2)).sum(3)
+        return readout(*mlp(1, x, tx))
 
 
 def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = True
               ) -> torch.Tensor:
     """`_refit` of a deep model: alpha (M, S, L * H) by the same damped Newton, the logits of
-    every row computed through the later layers and their derivatives along each kept head's
-    alpha by forward-mode autograd. On the `prefix_path` only the (mask, seed) pairs `_newton`
-    asks for are run (late in a fit most have converged), each alone (`Prefixes.alone`), the
-    derivatives along its kept heads in one pass per slice; otherwise one forward per mask
-    with a pair asked for, kept head and step (`layered_logits`)."""
+    every row computed through the later layers. On the `prefix_path` only the (mask, seed)
+    pairs `_newton` asks for are run (late in a fit most have converged), each alone
+    (`Prefixes.alone`), the derivatives along its kept heads by dual numbers in one pass per
+    slice (`Prefixes.tangent`); otherwise by forward-mode autograd, one forward per mask with
+    a pair asked for, kept head and step (`layered_logits`)."""
     import torch.autograd.forward_ad as fwad
 
     m, fa = shared.model, shared.of(fit)
@@ -546,7 +607,11 @@ def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = Tru
             for j, s in torch.nonzero(asked).tolist():
                 heads = torch.nonzero(keep[j, s]).flatten()
                 if len(heads):
-                    J[j, s, ..., heads] = _tangent(alpha[j, s], keep[j, s], s, heads)
+                    directions = torch.zeros(len(heads), LH, dtype=torch.float64)
+                    directions[torch.arange(len(heads)), heads] = 1.0
+                    J[j, s, ..., heads] = torch.cat(
+                        [state.tangent(s, alpha[j, s], keep[j, s], means, directions)
+                         for _, means, _, state in rows], 1).permute(1, 2, 0)
             return J
         for j in torch.nonzero(asked.any(1)).flatten().tolist():
             for i in torch.nonzero(keep[j].any(0)).flatten().tolist():
@@ -559,16 +624,6 @@ def _fit_deep(shared: Shared, fit: Batch, keep: torch.Tensor, ending: bool = Tru
                         for piece, means, caches, _ in rows], 1)
         return J
 
-    def _tangent(alpha, kept, seed, heads):
-        """d logits / d alpha[heads[g]] of seed `seed` under alpha and kept (L * H): (R, V, G)."""
-        G = len(heads)
-        with fwad.dual_level():
-            tangent = torch.zeros(G, LH, dtype=alpha.dtype)
-            tangent[torch.arange(G), heads] = 1.0
-            dual = fwad.make_dual(alpha.repeat(G, 1), tangent)
-            got = torch.cat([fwad.unpack_dual(state.alone(seed, dual, kept.repeat(G, 1), means)
-                                              ).tangent for _, means, _, state in rows], 1)
-        return got.permute(1, 2, 0)
     return _newton(m, keep, y, weight, logits_of, jacobian)
 
 
