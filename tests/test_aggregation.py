@@ -236,7 +236,14 @@ def test_a_sentence_models_minimal_head_sets_are_judged_and_refitted_on_its_answ
 def full_batch_newton(model: Model, keep, y, weight, logits_of, J) -> torch.Tensor:
     """The damped Newton of `aggregation._newton` as first written: every (mask, seed) pair
     computed at every step, done or not, the constant Jacobian J (M, S, B, V, H) re-read whole."""
-    from count01.measure.aggregation import DECREMENT_TOL, MAX_STEPS, RIDGE
+    from count01.measure.aggregation import (
+        DAMPING,
+        DAMPING_FACTOR,
+        DECREMENT_TOL,
+        MAX_STEPS,
+        RIDGE,
+        SCALE_FLOOR,
+    )
 
     dtype = torch.float64
     w = (weight / weight.sum()).to(dtype)
@@ -250,7 +257,7 @@ def full_batch_newton(model: Model, keep, y, weight, logits_of, J) -> torch.Tens
 
     alpha = start.clone()
     current, logp = objective(logits_of(alpha, None), alpha)
-    damping = torch.full(current.shape, 1e-3, dtype=dtype)
+    damping = torch.full(current.shape, DAMPING, dtype=dtype)
     done = torch.zeros(current.shape, dtype=torch.bool)
     M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
     for _ in range(MAX_STEPS):
@@ -260,7 +267,7 @@ def full_batch_newton(model: Model, keep, y, weight, logits_of, J) -> torch.Tens
         a = (J * (p * w[:, None]).sqrt()[..., None]).reshape(M, S, B * V, H)
         pJ = torch.einsum("msbv,msbvh->msbh", p, J) * w.sqrt()[:, None]
         hess = a.transpose(-1, -2) @ a - pJ.transpose(-1, -2) @ pJ
-        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)
+        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=SCALE_FLOOR)
         hess = hess * free[..., :, None] * free[..., None, :] + eye * (1 - free[..., None])
         system = hess + (RIDGE + damping * scale)[..., None, None] * eye
         step = torch.linalg.solve(system, -grad[..., None])[..., 0]
@@ -273,14 +280,14 @@ def full_batch_newton(model: Model, keep, y, weight, logits_of, J) -> torch.Tens
         alpha = torch.where(better[..., None], trial, alpha)
         logp = torch.where(better[..., None, None], trial_logp, logp)
         current = torch.where(better, new, current)
-        damping = torch.where(better, damping / 4, damping * 4)
+        damping = torch.where(better, damping / DAMPING_FACTOR, damping * DAMPING_FACTOR)
     return alpha
 
 
 def linear_fit_problem(cfg: Config, ending: bool = False):
     """A trained float64 model without ln_final, the rows alpha is fitted on (`fit_rows`), every
-    head subset as masks (M, S, H), 0 heads and all heads included, and the torch fit's
-    logits_of and fixed Jacobian J (M, S, B, V, H) for `_newton`."""
+    head subset as masks (M, S, H) (shifted by one for each seed), 0 heads and all heads
+    included, and the torch fit's logits_of and fixed Jacobian J (M, S, B, V, H) for `_newton`."""
     from itertools import combinations
 
     from count01.measure.aggregation import fit_rows
@@ -292,8 +299,9 @@ def linear_fit_problem(cfg: Config, ending: bool = False):
     H = cfg.heads
     subsets = [s for k in range(H + 1) for s in combinations(range(H), k)]
     keep = torch.zeros(len(subsets), cfg.n_seeds, H, dtype=torch.bool)
-    for j, heads in enumerate(subsets):
-        keep[j, :, list(heads)] = True
+    for j in range(len(subsets)):  # each seed its own subset: no seed may read another's mask
+        for s in range(cfg.n_seeds):
+            keep[j, s, list(subsets[(j + s) % len(subsets)])] = True
     free = keep.to(o.dtype)
     C = torch.einsum("sbhd,sdv->sbvh", o, model.weights["unembed.W_U"])
     L0 = unembed(model, combine(base, o, means, torch.zeros_like(free), keep))

@@ -405,7 +405,8 @@ def _hybrid_answers(logits, own, hyb, bias, pred):
                     pred[i, j, s, b] = _argmax(x)
 
 
-def _newton_fixed(base, heads, means, y, w, keep, ridge, damping, tol, max_steps, alpha):
+def _newton_fixed(base, heads, means, y, w, keep, ridge, damping, factor, floor, tol,
+                  max_steps, alpha):
     """`aggregation._newton` where the logits are linear in alpha (one attention-only layer,
     no ln_final), every (mask, seed) pair fitted alone, one after the other: row r's logits under
     mask m of seed s are base[s, r] + sum over kept heads h of alpha_h heads[s, r, h] + sum over
@@ -413,7 +414,8 @@ def _newton_fixed(base, heads, means, y, w, keep, ridge, damping, tol, max_steps
     o_h W_U, the fixed Jacobian) and means (S, R|1, H, V). Minimises the weighted cross-entropy
     (y (R,), weights w (R,) summing to 1) plus (ridge / 2) |alpha - keep|^2 from alpha = keep
     (M, S, H) by Levenberg-Marquardt on the Gauss-Newton Hessian, damping starting at `damping`
-    (/4 on an accepted step, *4 on a rejected one), until the Newton decrement falls below tol
+    (/ factor on an accepted step, * factor on a rejected one; times the Hessian's mean
+    diagonal, at least floor), until the Newton decrement falls below tol
     or max_steps; writes alpha (M, S, H), 0 where a head is not kept. The system is solved on
     the kept heads alone: the torch fit's identity rows elsewhere give a zero step there."""
     M, S, H = keep.shape
@@ -470,7 +472,7 @@ def _newton_fixed(base, heads, means, y, w, keep, ridge, damping, tol, max_steps
                 for i in range(k):
                     grad[i] += ridge * (a[i] - 1.0)
                     scale += hess[i, i]
-                scale = max(scale / H, 1e-12)  # the mean of the diagonal over every head
+                scale = max(scale / H, floor)  # the mean of the diagonal over every head
                 for i in range(k):
                     hess[i, i] += ridge + lm * scale
                     for j in range(i):
@@ -489,9 +491,9 @@ def _newton_fixed(base, heads, means, y, w, keep, ridge, damping, tol, max_steps
                     a[:] = trial
                     logp[:, :] = trial_logp
                     current = new
-                    lm /= 4
+                    lm /= factor
                 else:
-                    lm *= 4
+                    lm *= factor
             for i in range(k):
                 alpha[m, s, kept[i]] = a[i]
 

@@ -38,7 +38,6 @@ import torch
 
 from ..cache import attn
 from ..criteria import SUCCESS_L_ACC
-from ..fast import kernels
 from ..language import EOS, Batch, at_end
 from ..model import LN_EPS, Model
 from .activations import (
@@ -60,7 +59,9 @@ from .metrics import as_batches, roc_auc_rows
 MAX_STEPS = 50  # damped Newton steps (without ln_final, ten suffice)
 DECREMENT_TOL = 1e-13  # stop when no (mask, seed) expects to gain more than this
 RIDGE = 1e-6  # (RIDGE / 2) |alpha - 1|^2 keeps the optimum finite on separable data
-DAMPING = 1e-3  # Levenberg-Marquardt's damping at the first step (/4 on accept, *4 on reject)
+DAMPING = 1e-3  # Levenberg-Marquardt's damping at the first step
+DAMPING_FACTOR = 4.0  # the damping / this on an accepted step, * this on a rejected one
+SCALE_FLOOR = 1e-12  # the damping scales the Hessian's mean diagonal, never below this
 CHUNK_ELEMENTS = 1 << 22  # bounds (masks, S, B, V, H) per batched fit
 
 
@@ -234,12 +235,14 @@ def _fit_linear(readout: tuple[np.ndarray, np.ndarray, np.ndarray], keep: torch.
     """Fitted alpha (M, S, H) of `_newton`'s damped Newton on the fixed Jacobian, every (mask,
     seed) pair in one compiled loop (`kernels.newton_fixed`): torch's op by op steps cost more
     in overhead than in arithmetic."""
+    from ..fast import kernels  # numba: imported where a compiled loop runs
+
     M, S, H = keep.shape
     alpha = np.empty((M, S, H))
     w = (weight / weight.sum()).to(torch.float64)
     kernels.newton_fixed(*readout, y.numpy().astype(np.int64), w.numpy(),
-                         keep.contiguous().numpy(), RIDGE, DAMPING,
-                         DECREMENT_TOL, MAX_STEPS, alpha)
+                         keep.contiguous().numpy(), RIDGE, DAMPING, DAMPING_FACTOR,
+                         SCALE_FLOOR, DECREMENT_TOL, MAX_STEPS, alpha)
     return torch.from_numpy(alpha)
 
 
@@ -314,7 +317,7 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
         a = (Ja * (p * w[:, None]).sqrt()[..., None]).reshape(len(act), B * V, H)
         pJ = torch.einsum("abv,abvh->abh", p, Ja) * w.sqrt()[:, None]
         hess = a.transpose(-1, -2) @ a - pJ.transpose(-1, -2) @ pJ
-        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)  # (A,)
+        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=SCALE_FLOOR)  # (A,)
         # heads outside the mask: identity rows and zero gradient, so they stay at 0
         hess = hess * fa[..., :, None] * fa[..., None, :] + eye * (1 - fa[..., None])
         system = hess + (RIDGE + damping[act] * scale)[..., None, None] * eye
@@ -334,7 +337,8 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
         better = new < current[act]
         won = act[better]
         alpha[won], logp[won], current[won] = trial[better], trial_logp[better], new[better]
-        damping[act] = torch.where(better, damping[act] / 4, damping[act] * 4)
+        damping[act] = torch.where(better, damping[act] / DAMPING_FACTOR,
+                                   damping[act] * DAMPING_FACTOR)
         moved = torch.zeros(P, dtype=torch.bool)
         moved[won] = True
     return alpha.view(M, S, H)
@@ -553,7 +557,7 @@ class Prefixes:
             t_keys, t_values = t_keys[:, :, self.index], t_values[:, :, self.index]
             t_scores = (tq[:, :, :, None] * keys + q[:, :, :, None] * t_keys).sum(-1) * c
             # softmax's derivative p (t - sum p t), sum p t taken as autograd takes it (with
-            # the weights exp(s - max s)), so J is autograd's to the last bit
+            # the weights exp(s - max s)), so J is autograd's (`Model._ln_tangent` says how far)
             t_scores = t_scores.masked_fill(~self.valid[..., None], 0.0)
             e = (scores - scores.amax(3, keepdim=True)).exp()
             mean_t = (e * t_scores).sum(3, keepdim=True) / e.sum(3, keepdim=True)
