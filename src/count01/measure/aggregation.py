@@ -524,11 +524,13 @@ class Prefixes:
         x, tx = mlp(0, x, None if ta is None else scaled(0, self.o0[:, None]).sum(3))
         a1 = attn(1)
 
-        def heads(which: str, h: torch.Tensor, th: torch.Tensor | None):  # (S, M, N, d) ->
-            W = w[a1 + "W_" + which]  # (S, M, N, H, e), one product per seed (`Model._heads`: a
+        # (S, M, N, d) -> (S, M, N, H, e) and its tangent, one product per seed
+        # (`Model._heads`: a seed's numbers do not depend on its companions)
+        def heads(which: str, h: torch.Tensor, th: torch.Tensor | None):
+            W = w[a1 + "W_" + which]
 
-            def product(h: torch.Tensor) -> torch.Tensor:  # seed's numbers do not depend on
-                S, M, N, d = h.shape  # its companions
+            def product(h: torch.Tensor) -> torch.Tensor:
+                S, M, N, d = h.shape
                 out = h.reshape(S, M * N, d) @ W.permute(0, 2, 1, 3).reshape(S, d, -1)
                 return out.view(S, M, N, H, -1)
             return (product(h) + w[a1 + "b_" + which][:, None, None],
