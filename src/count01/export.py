@@ -39,7 +39,7 @@ from .config import MAX_NOISE_SYMBOLS, Config, Count01Error
 from .files import atomic_write, locked, read_json, writable, write_json
 from .language import at_end, exhaustive, vocab
 from .measure.metrics import evaluate
-from .model import Model, sinusoidal, weight_shapes
+from .model import LN_EPS, Model, sinusoidal, weight_shapes
 from .runs import load, save_tensors
 
 STATE_DICT = "tl_state_dict.safetensors"
@@ -64,7 +64,7 @@ def tl_config(cfg: Config) -> dict[str, Any]:
             "n_layers": cfg.layers, "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab,
             "d_vocab_out": cfg.d_vocab, "attn_only": True,
             "normalization_type": "LN" if cfg.layernorm else None,
-            "positional_embedding_type": "standard", "eps": 1e-5, "attention_dir": "causal",
+            "positional_embedding_type": "standard", "eps": LN_EPS, "attention_dir": "causal",
             "default_prepend_bos": False} | mlp
 
 
@@ -292,8 +292,8 @@ def _check_tl_config(tl: dict[str, Any]) -> None:
     norm = tl.get("normalization_type", "LN")  # TL's default
     if norm not in (None, "LN"):
         raise ImportRefused(f"normalization_type {norm!r}: count01 has LayerNorm (LN) or none")
-    if norm == "LN" and tl.get("eps", 1e-5) != 1e-5:
-        raise ImportRefused(f"LayerNorm eps {tl['eps']}: count01's LayerNorm uses 1e-5")
+    if norm == "LN" and tl.get("eps", LN_EPS) != LN_EPS:
+        raise ImportRefused(f"LayerNorm eps {tl['eps']}: count01's LayerNorm uses {LN_EPS:g}")
     for key, allowed in _NEUTRAL.items():
         if key in tl and tl[key] not in allowed:
             raise ImportRefused(f"{key} = {tl[key]!r}: count01 computes only {allowed[0]!r}")
