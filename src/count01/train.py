@@ -13,7 +13,6 @@ run reproduces an uninterrupted one bit for bit.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from .criteria import (
     SUCCESS_SET,
 )
 from .files import CheckpointError, load_config, locked, remove_leftovers, writable, write_json
+from .heap import keep_freed_memory
 from .language import (
     EOS,
     answer,
@@ -245,8 +245,7 @@ class Trainer:
         if self.by_hand and cfg.count_path and cfg.noise_symbols == 1:
             make = _sentence_table if self.sentence else _triple_table
             self.table = make(cfg.min_len, cfg.max_len, cfg.bos, self.flat.dtype)
-        if self.by_hand:
-            _keep_freed_memory()
+        keep_freed_memory()  # every path: tensors of the same sizes each step
         if self.by_hand and not cfg.count_path:
             from .fast.tokens import training_token_batch  # numba, as the gradient's loop
             self._tokens = training_token_batch
@@ -405,17 +404,6 @@ def _sentence_table(min_len: int, max_len: int, bos: bool, dtype: torch.dtype) -
     t = _triple_table(min_len, max_len, bos, dtype)
     m, y = t.chunk(2)  # (5, T) each: one noise symbol
     return torch.cat([m, m + y, y])
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc keep 64 MB of freed heap at the top instead of returning it to the OS: a step
-    frees a few MB of temporaries, and faulting those pages back in at the next step cost about
-    a quarter of the step at S = 64 (~950 page faults per step) on the count path, 6% on the
-    position path. A no-op without glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-2, 64 << 20)  # M_TOP_PAD
-    except (OSError, AttributeError):
-        pass
 
 
 @contextmanager

@@ -105,6 +105,7 @@ from tqdm.auto import tqdm
 from ..config import Count01Error
 from ..criteria import SUCCESS_L_ACC, SUCCESS_SET
 from ..files import DIR_MODE, locked, watch_parent, write_json
+from ..heap import keep_freed_memory
 from ..language import EVAL_SETS, eval_set, from_digits, vocab
 from ..present import plots
 from ..runs import load
@@ -168,6 +169,7 @@ def analyze(run_dir: str | Path, grid_size: int | None = None, progress: bool = 
         raise AnalysisError(f"threads must be positive, got {threads}")
     if grid_size is not None:
         default_grid(grid_size)  # a bad size: one line before the run is read
+    keep_freed_memory()  # the evaluation sets' tensors, allocated again by every analysis
     with torch_threads(threads):
         return _analyze(Path(run_dir), grid_size, progress, sweep_set, figures)
 
