@@ -234,8 +234,9 @@ def test_a_sentence_models_minimal_head_sets_are_judged_and_refitted_on_its_answ
 
 
 def full_batch_newton(model: Model, keep, y, weight, logits_of, J) -> torch.Tensor:
-    """The damped Newton of `aggregation._newton` as first written: every (mask, seed) pair
-    computed at every step, done or not, the constant Jacobian J (M, S, B, V, H) re-read whole."""
+    """The damped Newton of `aggregation._newton`, its sums written as whole products: every
+    (mask, seed) pair computed at every step, done or not, the constant Jacobian J (M, S, B, V,
+    H) re-read whole."""
     from count01.measure.aggregation import (
         DAMPING,
         DAMPING_FACTOR,
@@ -253,20 +254,22 @@ def full_batch_newton(model: Model, keep, y, weight, logits_of, J) -> torch.Tens
 
     def objective(logits, alpha):
         logp = torch.log_softmax(logits, -1)
-        return -(logp * target).sum(-1) @ w + RIDGE / 2 * ((alpha - start) ** 2).sum(-1), logp
+        ce = -((logp * target).sum(-1) * w).sum(-1)
+        return ce + RIDGE / 2 * ((alpha - start) ** 2).sum(-1), logp
 
     alpha = start.clone()
     current, logp = objective(logits_of(alpha, None), alpha)
     damping = torch.full(current.shape, DAMPING, dtype=dtype)
     done = torch.zeros(current.shape, dtype=torch.bool)
-    M, S, B, V, H = *free.shape[:2], *target.shape, free.shape[-1]
     for _ in range(MAX_STEPS):
         p = logp.exp()
-        grad = torch.einsum("msbv,msbvh->msh", (p - target) * w[:, None], J)
+        Jt = J.permute(0, 1, 4, 2, 3).contiguous()  # (M, S, H, B, V)
+        grad = (((p - target) * w[:, None])[:, :, None] * Jt).sum((-2, -1))
         grad = (grad + RIDGE * (alpha - start)) * free
-        a = (J * (p * w[:, None]).sqrt()[..., None]).reshape(M, S, B * V, H)
-        pJ = torch.einsum("msbv,msbvh->msbh", p, J) * w.sqrt()[:, None]
-        hess = a.transpose(-1, -2) @ a - pJ.transpose(-1, -2) @ pJ
+        a = (Jt * (p * w[:, None]).sqrt()[:, :, None]).flatten(3)  # (M, S, H, B * V)
+        pJ = (p[:, :, None] * Jt).sum(-1) * w.sqrt()  # (M, S, H, B)
+        hess = ((a[..., :, None, :] * a[..., None, :, :]).sum(-1)
+                - (pJ[..., :, None, :] * pJ[..., None, :, :]).sum(-1))
         scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=SCALE_FLOOR)
         hess = hess * free[..., :, None] * free[..., None, :] + eye * (1 - free[..., None])
         system = hess + (RIDGE + damping * scale)[..., None, None] * eye

@@ -107,6 +107,14 @@ def _head_logits(f: dict[str, torch.Tensor]) -> torch.Tensor:
                          t["rP"].reshape(-1, L, V)).view(S, -1, B, V).div_(f["D"])
 
 
+def _aligned_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b (S, m, n) per seed, each seed's output starting on a 64-byte boundary (b padded to
+    a multiple of 16 columns): MKL rounds a product by where its output lies (16-byte steps,
+    seen on an AMD EPYC), and a seed's numbers must not depend on its place in the batch."""
+    n = b.shape[-1]
+    return (a @ torch.nn.functional.pad(b, (0, -n % 16)))[..., :n]
+
+
 def block_diagonal(x: torch.Tensor) -> torch.Tensor:
     """Block-diagonal (S, H*m, H*n) from H blocks (S, H, m, n): a product with it is every
     head's own product in one bmm per seed."""
@@ -180,8 +188,10 @@ class PositionPath:
         k = kv[:, :, :, 0].clone()  # (S, V + L, H, e)
         k[:, :V] += w[ATTN + "b_K"][:, None]
         v = kv[:, :, :, 1]  # (S, V + L, H, e)
-        # (S, H, L, V + L) [p, t] then [p, j]; a bmm per head here (no faster side by side)
-        scores = q.view(S, L, H, e).transpose(1, 2) @ k.permute(0, 2, 3, 1)
+        # (S, H, L, V + L) [p, t] then [p, j]; a bmm per head here (no faster side by side), of
+        # contiguous operands: MKL rounds a product of strided ones differently by batch size
+        scores = (q.view(S, L, H, e).transpose(1, 2).contiguous()
+                  @ k.permute(0, 2, 3, 1).contiguous())
         tok, pos_all = scores[..., :V], scores[..., V:]
         after = torch.ones(L, L, dtype=torch.bool).triu(1)  # j > p: the causal mask
         pos = pos_all.masked_fill(after, -math.inf)
@@ -194,7 +204,7 @@ class PositionPath:
         return {"X": X, "xq": xq, "q": q, "k": k, "W_kv": W_kv, "tok": tok, "pos": pos,
                 "pos_all": pos_all, "M": M.view(S, H, e, V), "v": v, "vE": v[:, :, :V],
                 "vP": v[:, :, V:], "rE": r[:, :, :V], "rP": r[:, :, V:], "xo": xo,
-                "c0": torch.baddbmm(w["unembed.b_U"][:, None] + rb, xo, W_U),  # (S, L, V)
+                "c0": _aligned_product(xo, W_U) + (w["unembed.b_U"][:, None] + rb),  # (S, L, V)
                 "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
                 # exp of -inf (or of a large positive) takes torch's slow path: 0 put in after
                 "Bt": torch.exp((pos_all - pos.amax(-1, keepdim=True)).masked_fill_(after, 0.0))

@@ -272,10 +272,11 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
     through ln_final and by deep models; the fixed Jacobian's fit is `_fit_linear`'s kernel.
 
     A step is computed for the pairs still moving only, taken out of the whole (most pairs stop
-    within a few steps, a few go on to MAX_STEPS): each of its products is a batch of one
-    matrix product per pair, whose numbers do not depend on how many pairs are in the batch (on
-    one thread, as sweep jobs and `analyze` run it: tests/test_aggregation.py::
-    test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit)."""
+    within a few steps, a few go on to MAX_STEPS): each of its products is a sum along a
+    contiguous row of one pair's numbers, which does not depend on how many pairs are in the
+    batch (tests/test_aggregation.py::
+    test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit;
+    MKL's batched products did on an AMD EPYC, by where a pair's operands lay)."""
     dtype = torch.float64
     w = (weight / weight.sum()).to(dtype)  # (R,)
     target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(dtype)  # (R, V)
@@ -290,7 +291,7 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
         """The objective (A,) of some pairs (A,) and the log-probabilities it read (A, R, V),
         from every pair's logits (M, S, R, V) and these pairs' alpha (A, H)."""
         logp = torch.log_softmax(logits.reshape(P, B, V)[pairs], -1)
-        ce = -(logp * target).sum(-1) @ w
+        ce = -((logp * target).sum(-1) * w).sum(-1)  # a sum per row, not MKL's matvec
         return ce + RIDGE / 2 * ((alpha - start[pairs]) ** 2).sum(-1), logp
 
     def jacobian_of(pairs):  # (A, R, V, H) of these pairs
@@ -309,14 +310,18 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
             J = torch.where(moved.view(M, S, 1, 1, 1), jacobian(alpha.view(M, S, H),
                                                                 moved.view(M, S)), J)
         act = torch.nonzero(~done).flatten()  # the pairs still moving
-        Ja, fa, alpha_a = jacobian_of(act), free[act], alpha[act]
+        # the products as sums along contiguous rows, each pair's alone: MKL's batched products
+        # round by where a pair's operands lie in the batch (seen on an AMD EPYC)
+        Jt = jacobian_of(act).permute(0, 3, 1, 2).contiguous()  # (A, H, R, V)
+        fa, alpha_a = free[act], alpha[act]
         p = logp[act].exp()  # (A, R, V)
-        grad = torch.einsum("abv,abvh->ah", (p - target) * w[:, None], Ja)
+        grad = (((p - target) * w[:, None])[:, None] * Jt).sum((-2, -1))  # (A, H)
         grad = (grad + RIDGE * (alpha_a - start[act])) * fa
-        # Gauss-Newton: sum_b w_b J_b^T (diag p_b - p_b p_b^T) J_b, as two batched matmuls
-        a = (Ja * (p * w[:, None]).sqrt()[..., None]).reshape(len(act), B * V, H)
-        pJ = torch.einsum("abv,abvh->abh", p, Ja) * w.sqrt()[:, None]
-        hess = a.transpose(-1, -2) @ a - pJ.transpose(-1, -2) @ pJ
+        # Gauss-Newton: sum_b w_b J_b^T (diag p_b - p_b p_b^T) J_b
+        a = (Jt * (p * w[:, None]).sqrt()[:, None]).flatten(2)  # (A, H, R * V)
+        pJ = (p[:, None] * Jt).sum(-1) * w.sqrt()  # (A, H, R)
+        hess = torch.stack([(a[:, i, None] * a).sum(-1) - (pJ[:, i, None] * pJ).sum(-1)
+                            for i in range(H)], 1)  # a row at a time: (A, H, R * V) at most
         scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=SCALE_FLOOR)  # (A,)
         # heads outside the mask: identity rows and zero gradient, so they stay at 0
         hess = hess * fa[..., :, None] * fa[..., None, :] + eye * (1 - fa[..., None])
