@@ -318,8 +318,8 @@ def linear_fit_problem(cfg: Config, ending: bool = False):
                                 {"heads": 2, "init_scale": 3.0}])
 def test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit(kw):
     """Pairs stop at different steps; stepping only the moving ones changes no bit of any pair's
-    alpha. On one thread, as sweep jobs and `analyze` run it (with two, MKL may split a product,
-    and its sums, by size)."""
+    alpha. On one thread, as sweep jobs and `analyze` run it (with two, torch may split a sum
+    by its size)."""
     from count01.measure.aggregation import _newton
     from count01.train import torch_threads
 

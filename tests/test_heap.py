@@ -52,6 +52,8 @@ def run(script: str, keep: bool):
 
 def test_a_freed_tensor_is_reused_without_page_faults():
     default, kept = run(FAULTS, False), run(FAULTS, True)
+    if default < 1_000:  # transparent huge pages "always": 2 MB pages, ~32 faults a block
+        pytest.skip(f"{default:.0f} page faults a 64 MB block by default: huge pages")
     assert default > 10_000  # 16,384 pages of 4 kB faulted in again each time by default
     assert kept < default / 100
 

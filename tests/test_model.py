@@ -79,3 +79,20 @@ def test_causal_mask_ignores_padding_after_eos():
     torch.testing.assert_close(out, m(batch))
 
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m, k, n", [(10, 16, 5), (63, 16, 5), (65, 16, 5), (66, 16, 5),
+                                     (250, 16, 5), (9, 16, 5), (13, 16, 20), (7, 3, 7)])
+def test_a_seeds_product_does_not_depend_on_its_place_in_the_batch(m, k, n, dtype):
+    """`cache.seed_bmm`: each entry of a batch of 8 (odd entries' outputs off a 16-byte
+    boundary in a plain bmm) bit for bit as alone, and the product itself."""
+    from count01.cache import seed_bmm
+
+    g = torch.Generator().manual_seed(m * 100 + n)
+    a, b = (torch.randn(8, *shape, generator=g, dtype=dtype) for shape in ((m, k), (k, n)))
+    batched = seed_bmm(a, b)
+    assert batched.shape == (8, m, n) and batched.is_contiguous()
+    for s in range(8):
+        assert torch.equal(batched[s], seed_bmm(a[s:s + 1].clone(), b[s:s + 1].clone())[0])
+    torch.testing.assert_close(batched, a @ b, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,10 @@ By default glibc serves a block of more than 32 MB (the dynamic threshold's ceil
 own mmap and unmaps it when freed, and trims freed heap at the top beyond 128 kB: a step of a
 two-layer model with an MLP at 20 seeds allocates and frees tensors of ~45 MB each time, and
 faulting their pages back in (~45,000 page faults a step) was about half its time
-(benchmarks/heap.py). The cost: a process keeps up to KEEP of freed memory until it exits.
+(benchmarks/heap.py). The cost: blocks up to KEEP come from the heap, whose freed memory stays
+with the process until it exits (its top is trimmed only beyond KEEP), so a process holds about
+its peak. The setting is the whole process's: `Trainer` and `analyze` make it, so a library user's
+process that trains or analyses has it too.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 import ctypes
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameters (malloc.h)
-KEEP = 1 << 30  # bytes: blocks up to this size come from the heap, and this much freed heap stays
-TOP_PAD = 64 << 20  # bytes the heap grows by beyond a request (the count path: ~950 page
-# faults a step at S = 64, a quarter of its time, before it)
+KEEP = 1 << 30  # bytes: blocks up to this size come from the heap; its top is trimmed beyond it
+# the heap grows by this beyond a request (count path: ~950 page faults a step at S = 64 before)
+TOP_PAD = 64 << 20
 
 
 def keep_freed_memory() -> None:

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .cache import ATTN, Cache, at_row, attn, replaced_heads
+from .cache import ATTN, Cache, at_row, attn, replaced_heads, seed_bmm
 from .config import Config
 from .fast.count import CountPath
 from .fast.position import PositionPath
@@ -428,14 +428,13 @@ class Model(CountPath, PositionPath, PrefixPath):
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """ln_final (if any), then W_U and b_U. resid (S, B, d_model) -> (S, B, d_vocab)."""
         w = self.weights
-        return (torch.einsum("sbd,sdv->sbv", self._ln(resid, "ln_final"), w["unembed.W_U"])
-                + w["unembed.b_U"][:, None])
+        return seed_bmm(self._ln(resid, "ln_final"), w["unembed.W_U"]) + w["unembed.b_U"][:, None]
 
     def unembed_tangent(self, resid: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The derivative of `unembed` at resid (S, ..., d_model) along t (S, ..., d_model;
         resid broadcast against it): (S, ..., d_vocab)."""
         h = self._ln_tangent(resid, t, "ln_final")
         S, d = h.shape[0], h.shape[-1]
-        out = torch.einsum("sbd,sdv->sbv", h.reshape(S, -1, d), self.weights["unembed.W_U"])
+        out = seed_bmm(h.reshape(S, -1, d), self.weights["unembed.W_U"])
         return out.view(*h.shape[:-1], -1)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..cache import ATTN
+from ..cache import ATTN, seed_bmm
 from ..language import EOS, Batch
 
 if TYPE_CHECKING:
@@ -103,16 +103,9 @@ def _head_logits(f: dict[str, torch.Tensor]) -> torch.Tensor:
     t, u = f["t"], f["u"]
     S, H, B, L = u.shape
     V = t["rE"].shape[-1]
-    return torch.baddbmm((f["mass"] @ t["rE"]).view(-1, B, V), u.view(-1, B, L),
-                         t["rP"].reshape(-1, L, V)).view(S, -1, B, V).div_(f["D"])
-
-
-def _aligned_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b (S, m, n) per seed, each seed's output starting on a 64-byte boundary (b padded to
-    a multiple of 16 columns): MKL rounds a product by where its output lies (16-byte steps,
-    seen on an AMD EPYC), and a seed's numbers must not depend on its place in the batch."""
-    n = b.shape[-1]
-    return (a @ torch.nn.functional.pad(b, (0, -n % 16)))[..., :n]
+    by_kind = seed_bmm(f["mass"].reshape(-1, B, V), t["rE"].reshape(-1, V, V))
+    by_position = seed_bmm(u.reshape(-1, B, L), t["rP"].reshape(-1, L, V))
+    return (by_kind + by_position).view(S, -1, B, V).div_(f["D"])
 
 
 def block_diagonal(x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +197,7 @@ class PositionPath:
         return {"X": X, "xq": xq, "q": q, "k": k, "W_kv": W_kv, "tok": tok, "pos": pos,
                 "pos_all": pos_all, "M": M.view(S, H, e, V), "v": v, "vE": v[:, :, :V],
                 "vP": v[:, :, V:], "rE": r[:, :, :V], "rP": r[:, :, V:], "xo": xo,
-                "c0": _aligned_product(xo, W_U) + (w["unembed.b_U"][:, None] + rb),  # (S, L, V)
+                "c0": seed_bmm(xo, W_U) + (w["unembed.b_U"][:, None] + rb),  # (S, L, V)
                 "A": torch.exp(tok - tok.amax(-1, keepdim=True)),
                 # exp of -inf (or of a large positive) takes torch's slow path: 0 put in after
                 "Bt": torch.exp((pos_all - pos.amax(-1, keepdim=True)).masked_fill_(after, 0.0))
