@@ -274,9 +274,9 @@ def _newton(model: Model, keep: torch.Tensor, y: torch.Tensor, weight: torch.Ten
     A step is computed for the pairs still moving only, taken out of the whole (most pairs stop
     within a few steps, a few go on to MAX_STEPS): each of its products is a sum along a
     contiguous row of one pair's numbers, which does not depend on how many pairs are in the
-    batch on one thread, as sweep jobs and `analyze` run it (tests/test_aggregation.py::
-    test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit;
-    MKL's batched products did on an AMD EPYC, by where a pair's operands lay)."""
+    batch (on one thread, as sweep jobs and `analyze` run it: tests/test_aggregation.py::
+    test_the_newton_fit_steps_only_the_moving_pairs_and_gets_the_full_batch_alpha_bit_for_bit);
+    MKL's batched products did, on an AMD EPYC, by where a pair's operands lay."""
     dtype = torch.float64
     w = (weight / weight.sum()).to(dtype)  # (R,)
     target = torch.nn.functional.one_hot(y, model.cfg.d_vocab).to(dtype)  # (R, V)
