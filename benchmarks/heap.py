@@ -39,13 +39,11 @@ def child(fields: dict, keep: bool, steps: int) -> dict:
     """CPU seconds and page faults per step of `steps` steps after two warm-up steps."""
     import torch
 
-    import count01.heap
     from count01.config import Config
     from count01.model import Model
     from count01.train import Trainer
 
-    if not keep:  # glibc's defaults: the Trainer's call does nothing
-        count01.heap.keep_freed_memory = lambda: None
+    if not keep:  # glibc's defaults: the Trainer's call (its only one here) does nothing
         sys.modules["count01.train"].keep_freed_memory = lambda: None
     torch.set_num_threads(1)
     cfg = Config(**fields, steps=steps + 2)
