@@ -13,6 +13,7 @@ from count01.measure.aggregation import (
     fit_alpha,
     logit_jacobian,
     minimal_heads,
+    scheme_logits,
     unembed,
     uniform_alpha,
 )
@@ -111,6 +112,25 @@ def test_mean_ablation_of_every_head_leaves_only_the_direct_path(pos_embed):
         assert batch.eos_pos.unique().numel() > 1  # p really varies across the strings
     direct = torch.einsum("sbd,sdv->sbv", resid, w["unembed.W_U"]) + w["unembed.b_U"][:, None]
     torch.testing.assert_close(logits, direct.expand_as(logits), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [{"pos_embed": "learned"}, {"layernorm": True}])
+def test_a_schemes_logits_are_the_unembedded_recombined_residual(kw):
+    """`scheme_logits` recombines read-out heads (no ln_final) or residuals (ln_final): the
+    logits of `combine`'s residual either way, for alphas, kept heads and means that vary."""
+    model = random_model(heads=3, **kw)
+    gen = torch.Generator().manual_seed(1)
+    model.weights["unembed.b_U"] = torch.randn(model.weights["unembed.b_U"].shape,
+                                               generator=gen, dtype=torch.float64)
+    batch = eval_set(model.cfg, "hard")
+    base, o = activations.Activations(model, batch).heads
+    alpha = torch.rand(4, 2, 3, generator=gen, dtype=torch.float64) * 2
+    keep = torch.rand(4, 2, 3, generator=gen) > 0.4
+    means = torch.randn(2, 3, o.shape[-1], generator=gen, dtype=torch.float64)
+    want = unembed(model, combine(base, o, means, alpha, keep))  # (M, S, B, V)
+    got = scheme_logits(model, base, o, means, alpha, keep)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert (~keep).any() and keep.any()
 
 
 def test_aggregate_has_every_scheme_seed_and_set():

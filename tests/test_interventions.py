@@ -236,13 +236,18 @@ def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(p
     """The hybrid logits of the position path (`_hybrid_pos_parts`, from the tables) are the
     reference forward's: head i's pattern on head j's values, the rest of the model as is; and
     the compiled loop's answers (`kernels.hybrid_answers`) are the argmax of those logits as
-    torch sums them, bit for bit."""
+    torch sums them, bit for bit; the hybrids' direct scores read from those parts are the
+    reference's, pattern times values through W_O and the readout direction."""
     from count01.cache import ATTN
     from count01.fast.position import PosCache
     from count01.measure.aggregation import unembed
-    from count01.measure.interventions import _hybrid_pos_parts, _hybrid_pred
+    from count01.measure.interventions import _hybrid_pos_parts, _hybrid_pred, _hybrid_scores
 
     model = random_model(heads=3, pos_embed=pos_embed, bos=True)
+    gen = torch.Generator().manual_seed(0)
+    for name in ("b_Q", "b_K", "b_V", "b_O"):  # init leaves the biases at 0
+        b = model.weights[ATTN + name]
+        model.weights[ATTN + name] = torch.randn(b.shape, generator=gen, dtype=b.dtype)
     batch = eval_set(model.cfg, "noisy")
     fast, ref = model.run(batch), model.reference_run(batch)
     assert isinstance(fast, PosCache)
@@ -250,11 +255,16 @@ def test_value_swap_on_the_position_tables_matches_the_reference_slots_forward(p
     hybrid = torch.einsum("sbik,sbjke,sjed->ijsbd", ref.pattern, ref.v, W_O)
     resid = ref.resid - ref.result.permute(2, 0, 1, 3)
     want = unembed(model, resid[:, None] + hybrid)  # (H, H, S, B, V)
+    W_U = model.weights["unembed.W_U"]
     own, hyb, bias = _hybrid_pos_parts(model, fast)
     got = fast.logits[:, None, :, None] - own[:, :, :, None] + (hyb + bias[:, None, None])
     got = got.permute(1, 3, 0, 2, 4)  # (H, H, S, B, V)
     assert torch.allclose(got, want, atol=1e-10, rtol=0)
     assert torch.equal(_hybrid_pred(model, fast, batch), got.argmax(-1))
+    scores = _hybrid_scores(model, fast, (own, hyb, bias))  # (S, H_attn, H_ov, B)
+    direct = torch.einsum("ijsbd,sd->sijb", hybrid, W_U[..., ONE] - W_U[..., ZERO])
+    assert torch.allclose(scores, direct, atol=1e-10, rtol=0)
+    assert torch.allclose(scores, _hybrid_scores(model, ref), atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("kw", [{"pos_embed": "learned"},

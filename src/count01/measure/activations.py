@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..cache import ATTN, Cache, attn
+from ..cache import ATTN, Cache, attn, seed_bmm
 from ..fast.position import PosCache
 from ..language import ONE, ZERO, Batch, at_end
 from ..model import Model
@@ -113,6 +113,14 @@ def readout_direction(model) -> torch.Tensor:
     """W_U[:, 1] - W_U[:, 0] (S, d_model): the direction a head's direct score is read along."""
     W_U = model.weights["unembed.W_U"]
     return W_U[..., ONE] - W_U[..., ZERO]
+
+
+def read_out(model, x: torch.Tensor) -> torch.Tensor:
+    """x W_U (S, ..., d) -> (S, ..., V), no bias: with no ln_final the logits are linear in the
+    residual, so heads recombined after this (alpha, mean ablation) sum V numbers a head, not
+    d, and need no unembedding per variant. One product per seed (`seed_bmm`)."""
+    S, d = x.shape[0], x.shape[-1]
+    return seed_bmm(x.reshape(S, -1, d), model.weights["unembed.W_U"]).view(*x.shape[:-1], -1)
 
 
 def head_ids(model) -> list[tuple[int, int]]:

@@ -51,6 +51,7 @@ from .activations import (
     position_means,
     query_logits,
     query_rows,
+    read_out,
     slices,
     weighted_mean,
 )
@@ -86,12 +87,21 @@ def _rows(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor, end
     model = acts.model
     endings = acts.end.head_slices() if end_means is not None else None
     for piece, base, o in acts.head_slices():
-        logits = unembed(model, combine(base, o, means, alpha, keep))
+        logits = scheme_logits(model, base, o, means, alpha, keep)
         end = None
         if endings is not None:  # the same slices, the true answer fed
             _, ebase, eo = next(endings)
-            end = unembed(model, combine(ebase, eo, end_means, alpha, keep)).argmax(-1) == EOS
+            end = scheme_logits(model, ebase, eo, end_means, alpha, keep).argmax(-1) == EOS
         yield piece, logits, end
+
+
+def scheme_logits(model: Model, base: torch.Tensor, o: torch.Tensor, means: torch.Tensor,
+                  alpha: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The logits (..., S, B, V) of `combine`'s residual. Without ln_final base, o and means are
+    read out first (`read_out`) and recombined as logits."""
+    if model.cfg.layernorm:
+        return unembed(model, combine(base, o, means, alpha, keep))
+    return combine(model.unembed(base), read_out(model, o), read_out(model, means), alpha, keep)
 
 
 def _deep_rows(acts: Activations, means: Means, alpha: torch.Tensor, keep: torch.Tensor,

@@ -430,16 +430,17 @@ def value_swap(model: Model, batch: Batch, fit: Batch, shared: Shared | None = N
     sentence = model.cfg.framing == "sentence"
     with torch.no_grad():
         t = fa.once("swap_thresholds", lambda: fit_threshold(
-            torch.cat([_hybrid_scores(m, c) for _, c in fa.chunks()], -1),
+            torch.cat([_hybrid_scores(m, c, _pos_parts(m, c)) for _, c in fa.chunks()], -1),
             fit.y, fit.weight))  # (S, H, H)
         hits = 0.0
         right = {k: 0.0 for k in ("l_acc",) + SENTENCE_METRICS * sentence}
         endings = acts.end.chunks() if sentence else repeat((None, None))
         for (piece, c), (end, e) in zip(acts.chunks(), endings):
-            hits = hits + threshold_acc(_hybrid_scores(m, c), t, piece.y, piece.weight) \
-                * piece.weight.sum()
+            parts = _pos_parts(m, c)  # the position path: scores and answers from one product
+            hits = hits + threshold_acc(_hybrid_scores(m, c, parts), t, piece.y,
+                                        piece.weight) * piece.weight.sum()
             w = piece.weight.to(torch.float64)
-            answered = _hybrid_pred(m, c, piece) == piece.y  # (H, H, S, b)
+            answered = _hybrid_pred(m, c, piece, parts) == piece.y  # (H, H, S, b)
             got = {"l_acc": answered}
             if sentence:  # the same slices of the same strings, the true answer fed
                 ended = _hybrid_pred(m, e, end) == EOS
@@ -474,13 +475,19 @@ def _deep_hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
     return torch.stack(out).transpose(1, 2)  # (H', H', S, b)
 
 
-def _hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:
+def _pos_parts(model: Model, c: Cache):
+    """`_hybrid_pos_parts` of c on the position path (a PosCache), else None."""
+    return _hybrid_pos_parts(model, c) if isinstance(c, PosCache) else None
+
+
+def _hybrid_pred(model: Model, c: Cache, piece: Batch, parts=None) -> torch.Tensor:
     """The model's argmax with head i replaced by the hybrid (attention of i, value/output
-    weights of j), at the query of cache c. (H_attn, H_ov, S, B)."""
+    weights of j), at the query of cache c. (H_attn, H_ov, S, B). parts: `_pos_parts` of c,
+    when the caller has them."""
     if isinstance(c, PosCache):  # the logits' sum and argmax in one compiled loop
         from ..fast.kernels import hybrid_answers  # numba: the position path only
 
-        own, hyb, bias = _hybrid_pos_parts(model, c)
+        own, hyb, bias = _hybrid_pos_parts(model, c) if parts is None else parts
         S, H, B, _, _ = hyb.shape
         pred = torch.empty(H, H, S, B, dtype=torch.int64)
         hybrid_answers(c.logits.numpy(), own.numpy(), hyb.numpy(), bias.numpy(), pred.numpy())
@@ -515,8 +522,14 @@ def _hybrid_pos_parts(model: Model, c: PosCache
     return own, hyb, bias
 
 
-def _hybrid_scores(model: Model, c: Cache) -> torch.Tensor:
-    """Direct score of head i's pattern applied to head j's values. (S, H_attn, H_ov, B)."""
+def _hybrid_scores(model: Model, c: Cache, parts=None) -> torch.Tensor:
+    """Direct score of head i's pattern applied to head j's values. (S, H_attn, H_ov, B).
+    With parts (`_pos_parts`: the position path, no ln_final) the hybrid's logit(1) -
+    logit(0), which its direct score is: no second pass over the positions."""
+    if parts is not None:
+        _, hyb, bias = parts  # (S, H_attn, B, H_ov, V), (S, H_ov, V)
+        diff = hyb[..., ONE] - hyb[..., ZERO] + (bias[..., ONE] - bias[..., ZERO])[:, None, None]
+        return diff.transpose(2, 3)
     # (S, B|1, H_ov, K): direct score of one occurrence of each slot, through head j's OV
     per_slot = c.slot_readout(stacked(model, "W_O"), readout_direction(model))
     return torch.einsum("sbik,sbjk->sijb", c.pattern, per_slot)

@@ -62,6 +62,7 @@ from .activations import (
     direct_scores,
     head_ids,
     position_means,
+    read_out,
     slices,
     weighted_mean,
 )
@@ -517,10 +518,13 @@ def ablated_hits(model, piece: Batch, base: torch.Tensor, o: torch.Tensor,
     H = o.shape[2]
     w = piece.weight.to(torch.float64)
     hits = torch.zeros(o.shape[0], H, dtype=torch.float64)
+    linear = not model.cfg.layernorm  # then recombined as logits (`read_out`)
+    if linear:
+        base, o, at_query = model.unembed(base), read_out(model, o), read_out(model, at_query)
     for i in range(H):
         ablated = torch.arange(H) == i
         resid = base + torch.where(ablated[:, None], at_query[:, None], o).sum(2)
-        pred = model.unembed(resid).argmax(-1)
+        pred = (resid if linear else model.unembed(resid)).argmax(-1)
         hits[:, i] = ((pred == piece.y).to(w.dtype) * w).sum(-1)
     return hits
 
