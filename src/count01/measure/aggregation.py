@@ -232,11 +232,9 @@ def _refit(model: Model, base, o, means, y: torch.Tensor, weight: torch.Tensor):
 def _readout(model: Model, base, o, means) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The logits' pieces without ln_final, float64: base's (S, R, V, b_U included), each
     head's output's (S, R, H, V: the fixed Jacobian) and each head's mean's (S, R|1, H, V)."""
-    W_U = model.weights["unembed.W_U"]
     if means.dim() == 3:  # one mean per head: the same for every row
         means = means[:, None]
-    pieces = (unembed(model, base), torch.einsum("srhd,sdv->srhv", o, W_U),
-              torch.einsum("srhd,sdv->srhv", means, W_U))
+    pieces = (unembed(model, base), read_out(model, o), read_out(model, means))
     return tuple(np.ascontiguousarray(x.to(torch.float64).numpy()) for x in pieces)
 
 
