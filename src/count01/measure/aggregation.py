@@ -44,6 +44,7 @@ from .activations import (
     Activations,
     QueryRows,
     Shared,
+    Sliced,
     ablation_value,
     deep,
     head_ids,
@@ -121,20 +122,20 @@ def _deep_rows(acts: Activations, means: Means, alpha: torch.Tensor, keep: torch
 def _tally(batch: Batch, rows, auc: bool, ending: bool) -> dict[str, torch.Tensor]:
     """Weighted l-acc, valid rate (AUC; end and sentence accuracy) over the slices `rows`."""
     w = batch.weight.to(torch.float64)
-    hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, []
+    hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, Sliced(len(batch))
     for piece, logits, end in rows:
         pred = logits.argmax(-1)
         pw = piece.weight.to(torch.float64)
         hits = hits + ((pred == piece.y).to(pw.dtype) * pw).sum(-1)
         valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
         if auc:
-            scores.append(logits[..., 1] - logits[..., 0])
+            scores.put("score", logits[..., 1] - logits[..., 0], -1)
         if ending:
             ends = ends + (end.to(pw.dtype) * pw).sum(-1)
             whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
     out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
     if auc:
-        out["auc"] = roc_auc_rows(torch.cat(scores, -1), batch.y, batch.weight)
+        out["auc"] = roc_auc_rows(scores["score"], batch.y, batch.weight)
     if ending:
         out |= {"end": ends / w.sum(), "sentence": whole / w.sum()}
     return out
