@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -140,6 +141,8 @@ def compare(args) -> int:
     c_ratio = med[args.compare][1] / med["none"][1]
     print(f"  {args.compare} / count path: wall {w_ratio:.1f}x, cpu {c_ratio:.1f}x "
           f"(target: wall within {TARGET:g}x)")
+    print(f"  peak resident memory of this process: "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
     return 0
 
 

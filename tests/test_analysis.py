@@ -252,6 +252,50 @@ def test_analyze_with_three_noise_symbols_reports_w02_per_symbol_and_their_mean(
     assert inter["l_acc"].notna().all()
 
 
+@pytest.mark.parametrize("framing", ["classify", "sentence"])
+def test_a_sets_analyses_ride_one_pass_over_it_and_give_the_numbers_of_each_alone(
+        monkeypatch, framing):
+    """Registered before the set's first pass (`Activations.ride`, as `analyze` does), the
+    head table's hits, the aggregation and the value swap are computed on the one pass the
+    model's logits take over a set of several slices whose head outputs are not kept (the
+    position path's `exhaustive`), and on one over its ending; every number is the one each
+    analysis computes alone, on passes of its own."""
+    from count01.language import eval_set
+    from count01.measure import activations
+    from count01.measure.aggregation import aggregate, ride_aggregate
+    from count01.measure.interventions import ride_value_swap, value_swap
+    from count01.measure.metrics import head_table, ride_head_hits
+
+    cfg = Config(n_seeds=2, heads=2, eval_size=300, max_len=8, long_max_len=12,
+                 exhaustive_len=5, pos_embed="learned", framing=framing)
+    model = Model.init(cfg).to(torch.float64)
+    fit, hard = eval_set(cfg, "fit"), eval_set(cfg, "hard")
+    monkeypatch.setattr(activations, "CACHE_ELEMENTS", 1 << 15)  # several slices
+    monkeypatch.setattr(activations, "KEEP_ELEMENTS", 0)  # no head outputs kept whole
+
+    def each(shared=None):
+        return (head_table(model, {"hard": hard}, fit, shared),
+                aggregate(model, {"hard": hard}, fit, shared=shared),
+                value_swap(model, hard, fit, shared))
+
+    alone = each()
+    shared = activations.Shared(model)
+    ride_head_hits(shared, hard, fit)
+    ride_value_swap(shared, hard, fit)
+    ride_aggregate(model, {"hard": hard}, fit, None, shared)
+    runs = []
+    real = activations.run_chunks
+    monkeypatch.setattr(activations, "run_chunks",
+                        lambda m, b: (runs.append(b), real(m, b))[1])
+    a = shared.of(hard)
+    sets = [a, a.end] if framing == "sentence" else [a]
+    assert all(x.logits.shape[1] == len(hard) for x in sets)  # the model table's: first
+    assert len(list(activations.slices(shared.model, hard))) > 2
+    assert each(shared) == alone
+    passes = [sum(b is x.batch for b in runs) for x in sets]
+    assert passes == [1] * len(sets), passes
+
+
 def test_analyses_sharing_activations_run_each_set_once_and_give_the_numbers_of_each_alone(
         monkeypatch):
     """One `Shared` serves every analysis: each (model, set) is run by the fast paths once for

@@ -17,7 +17,11 @@ logits are no longer a linear function of the heads' outputs at the query: the a
 change a head's output then run the later layers again (`layered_logits`), exactly.
 
 Slices: a set is run in slices (`run_chunks`) that bound memory; the per-example tensors kept
-here are a few numbers per (seed, head, example), never a per-position cache.
+here are a few numbers per (seed, head, example), never a per-position cache. One pass serves
+every analysis of a set: an analysis registers what it computes per slice (`ride`) before the
+first pass (`analyze` registers them all once what they fit on `fit` is fitted), and that pass
+feeds each of them every slice (`rode`), so the position path's `exhaustive` (341 slices) is run
+once, not once per analysis.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from ..cache import ATTN, Cache, attn, seed_bmm
 from ..fast.position import PosCache
@@ -132,6 +137,23 @@ class Sliced(dict):
         b = value.shape[axis]
         self[key].narrow(axis, self.at[key], b).copy_(value)
         self.at[key] += b
+
+
+def head_parts(cache) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual without the heads (S, b, d) and the head outputs o (S, b, H, d) of a
+    cache whose heads are side by side (`merged_run`)."""
+    return cache.resid - cache.result.sum(2), cache.result
+
+
+class OnHeads:
+    """A computation over a set's slices of head outputs: heads(slice, base, o) for each in
+    order (`Activations.over_heads`); add(slice, cache) feeds it a shared pass's cache."""
+
+    def heads(self, piece: Batch, base: torch.Tensor, o: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def add(self, piece: Batch, cache) -> None:
+        self.heads(piece, *head_parts(cache))
 
 
 def readout_direction(model) -> torch.Tensor:
@@ -280,6 +302,8 @@ class Activations:
     def __init__(self, model: Model, batch: Batch):
         self.model, self.batch = model, batch
         self._kept: dict[str, Any] = {}
+        self._riders: dict[str, Any] = {}  # computations waiting for the set's next pass
+        self._rode: dict[str, Any] = {}  # and those a pass has fed, until read
 
     def once(self, key: str, compute: Callable[[], Any]) -> Any:
         """compute() the first time `key` is asked of this set, the kept value after."""
@@ -292,20 +316,45 @@ class Activations:
         again for the analyses that read per-position caches."""
         return run_chunks(self.model, self.batch)
 
+    def ride(self, key: str, make: Callable[[], Any]) -> None:
+        """Have the set's next pass feed make() (an object with add(slice, cache)) every slice,
+        for `rode(key)`: the analyses registered before a pass share its forward (the position
+        path's `exhaustive` is 341 slices a pass). A key stands for one computation."""
+        if key not in self._riders and key not in self._rode:
+            self._riders[key] = make()
+
+    def rode(self, key: str, make: Callable[[], Any]) -> Any:
+        """The computation of key (`ride`) once a pass fed it every slice in order: the pass
+        that carried it, else one run now, carrying every computation registered by then.
+        Given up once read."""
+        self.ride(key, make)
+        if key not in self._rode:
+            riders, self._riders = self._riders, {}
+            with threadpool_limits(1):  # BLAS threads only wait for each other on these sizes
+                for piece, c in self.chunks():
+                    for got in riders.values():
+                        got.add(piece, c)
+            self._rode |= riders
+        return self._rode.pop(key)
+
+    def over_heads(self, key: str, make: Callable[[], OnHeads]) -> OnHeads:
+        """make() fed every slice's head outputs (`head_slices`): from those kept whole where
+        they are, else on the set's shared pass under key (`ride_heads`)."""
+        if not self.keeps_heads():
+            return self.rode(key, make)
+        got = make()
+        for piece, base, o in self.head_slices():
+            got.heads(piece, base, o)
+        return got
+
+    def ride_heads(self, key: str, make: Callable[[], OnHeads]) -> None:
+        """`over_heads` of key on the set's next pass, where the heads are not kept whole."""
+        if not self.keeps_heads():
+            self.ride(key, make)
+
     def _pass(self) -> dict[str, Any]:
         """One run over the set's slices: the per-example quantities every analysis reads."""
-        def run():
-            m = self.model
-            out = Sliced(len(self.batch))
-            mass, ratios = 0.0, RatioSums(m)
-            for piece, c in self.chunks():
-                out.put("direct", direct_scores(m, c.result), -1)  # (S, H, b)
-                out.put("logits", c.logits, 1)
-                mass = mass + (c.mass() * piece.weight[None, :, None, None]).sum(1)  # (S, H, V)
-                ratios.add(piece, c)
-            return {"direct": out["direct"], "logits": out["logits"],
-                    "mass": mass / float(self.batch.weight.sum()), "weights": ratios.value()}
-        return self.once("pass", run)
+        return self.once("pass", lambda: self.rode("pass", lambda: _Pass(self)).value())
 
     @property
     def direct(self) -> torch.Tensor:
@@ -337,21 +386,26 @@ class Activations:
         def run():
             out = Sliced(len(self.batch))
             for _, c in self.chunks():
-                out.put("base", c.resid - c.result.sum(2), 1)
-                out.put("o", c.result, 1)
+                base, o = head_parts(c)
+                out.put("base", base, 1)
+                out.put("o", o, 1)
             return out["base"], out["o"]
         return self.once("heads", run)
+
+    def keeps_heads(self) -> bool:
+        """Whether `heads` keeps the set's head outputs whole (within KEEP_ELEMENTS)."""
+        m = self.model
+        return len(self.batch) * m.n_seeds * m.cfg.heads * m.cfg.d_model <= KEEP_ELEMENTS
 
     def head_slices(self):
         """(slice, base, o) over the set: the residual without the heads (S, b, d) and the head
         outputs (S, b, H, d), from `heads` kept whole where they fit in KEEP_ELEMENTS (one
         slice), else run slice by slice."""
-        m = self.model
-        if len(self.batch) * m.n_seeds * m.cfg.heads * m.cfg.d_model <= KEEP_ELEMENTS:
+        if self.keeps_heads():
             yield (self.batch, *self.heads)
             return
         for piece, c in self.chunks():
-            yield piece, c.resid - c.result.sum(2), c.result
+            yield piece, *head_parts(c)
 
     @property
     def end(self) -> Activations:
@@ -388,6 +442,25 @@ class Activations:
         if bias is not None and parts["rest"] is not None:
             parts["rest"] = parts["rest"] + bias[:, None]
         return KindParts(**parts, weights=ratios.value())
+
+
+class _Pass:
+    """`Activations._pass` fed slice by slice (`Activations.rode`)."""
+
+    def __init__(self, acts: Activations):
+        self.model, self.batch = acts.model, acts.batch
+        self.out, self.mass, self.ratios = Sliced(len(acts.batch)), 0.0, RatioSums(acts.model)
+
+    def add(self, piece: Batch, c) -> None:
+        self.out.put("direct", direct_scores(self.model, c.result), -1)  # (S, H, b)
+        self.out.put("logits", c.logits, 1)
+        self.mass = self.mass + (c.mass() * piece.weight[None, :, None, None]).sum(1)
+        self.ratios.add(piece, c)
+
+    def value(self) -> dict[str, Any]:
+        return {"direct": self.out["direct"], "logits": self.out["logits"],
+                "mass": self.mass / float(self.batch.weight.sum()),
+                "weights": self.ratios.value()}
 
 
 class Shared:

@@ -42,6 +42,7 @@ from ..language import EOS, Batch, at_end
 from ..model import LN_EPS, Model
 from .activations import (
     Activations,
+    OnHeads,
     QueryRows,
     Shared,
     Sliced,
@@ -65,35 +66,111 @@ DAMPING = 1e-3  # Levenberg-Marquardt's damping at the first step
 DAMPING_FACTOR = 4.0  # the damping / this on an accepted step, * this on a rejected one
 SCALE_FLOOR = 1e-12  # the damping scales the Hessian's mean diagonal, never below this
 CHUNK_ELEMENTS = 1 << 22  # bounds (masks, S, B, V, H) per batched fit
+SCHEMES = "schemes"  # `aggregate`'s computation on a set's shared pass (`ride_aggregate`)
 
 
 def scheme_metrics(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor,
-                   auc: bool = True, end_means=None) -> dict[str, torch.Tensor]:
+                   auc: bool = True, end_means=None, key: str | None = None
+                   ) -> dict[str, torch.Tensor]:
     """l-acc, valid rate (and AUC) on `batch` of the model with heads reweighted by alpha
     (M, S, H), the heads not kept (M, S, H) mean-ablated. Each (M, S); run in slices. With
     `end_means` (the heads' means at the `sentence` ending) also end and sentence accuracy,
     the same alpha and mask at the ending. acts: the set's Activations (float64). means: of
-    `head_means`, or for a `deep` model a `Means` (`ablation_means`)."""
-    if deep(acts.model):
-        rows = _deep_rows(acts, means, alpha, keep, end_means)
-    else:
-        rows = _rows(acts, means, alpha, keep, end_means)
+    `head_means`, or for a `deep` model a `Means` (`ablation_means`). key: names this
+    computation on the set's shared pass (`ride_schemes`; None: a pass of its own)."""
+    tally, ends = _makers(acts, means, alpha, keep, auc, end_means)
     with torch.no_grad():
-        return _tally(acts.batch, rows, auc, end_means is not None)
+        if deep(acts.model):
+            got, ended = tally(), None if ends is None else ends()
+            for piece, logits, end in _deep_rows(acts, means, alpha, keep, end_means):
+                got.logits(piece, logits)
+                if ended is not None:
+                    ended.put(end)
+        else:
+            key = f"schemes.{id(alpha)}" if key is None else key
+            got = acts.over_heads(key, tally)
+            ended = None if ends is None else acts.end.over_heads(key, ends)
+        return got.value(acts.batch, ended)
 
 
-def _rows(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor, end_means):
-    """(slice, logits (M, S, b, V), EOS predicted at the ending or None) of `scheme_metrics`
-    for one attention-only layer: heads recombined at the residual."""
-    model = acts.model
-    endings = acts.end.head_slices() if end_means is not None else None
-    for piece, base, o in acts.head_slices():
-        logits = scheme_logits(model, base, o, means, alpha, keep)
-        end = None
-        if endings is not None:  # the same slices, the true answer fed
-            _, ebase, eo = next(endings)
-            end = scheme_logits(model, ebase, eo, end_means, alpha, keep).argmax(-1) == EOS
-        yield piece, logits, end
+def _makers(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor, auc: bool,
+            end_means):
+    """`scheme_metrics`' computations on a set's slices: its `_Tally` and, in `sentence`,
+    its `_Ends` on the ending's (else None)."""
+    m, n, ending = acts.model, len(acts.batch), end_means is not None
+    return (lambda: _Tally(m, means, alpha, keep, auc, ending, n),
+            (lambda: _Ends(m, end_means, alpha, keep, n)) if ending else None)
+
+
+def ride_schemes(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tensor,
+                 end_means, key: str) -> None:
+    """Have `scheme_metrics(acts, ..., key=key)` ride the set's next pass (and its ending's)."""
+    if not deep(acts.model):
+        tally, ends = _makers(acts, means, alpha, keep, True, end_means)
+        acts.ride_heads(key, tally)
+        if ends is not None:
+            acts.end.ride_heads(key, ends)
+
+
+class _Tally(OnHeads):
+    """`scheme_metrics` fed slice by slice: the weight answered right and validly (M, S), the
+    scores logit(1) - logit(0) (M, S, B) for the AUC and, in `sentence`, which answers are
+    right (M, S, B), with each slice's size."""
+
+    def __init__(self, model: Model, means, alpha, keep, auc: bool, ending: bool, n: int):
+        self.model, self.means, self.alpha, self.keep = model, means, alpha, keep
+        self.auc, self.ending = auc, ending
+        self.hits, self.valid, self.per, self.sizes = 0.0, 0.0, Sliced(n), []
+
+    def heads(self, piece: Batch, base: torch.Tensor, o: torch.Tensor) -> None:
+        self.logits(piece, scheme_logits(self.model, base, o, self.means, self.alpha,
+                                         self.keep))
+
+    def logits(self, piece: Batch, logits: torch.Tensor) -> None:
+        """One slice's logits (M, S, b, V)."""
+        pred = logits.argmax(-1)
+        pw = piece.weight.to(torch.float64)
+        right = pred == piece.y
+        self.hits = self.hits + (right.to(pw.dtype) * pw).sum(-1)
+        self.valid = self.valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
+        if self.auc:
+            self.per.put("score", logits[..., 1] - logits[..., 0], -1)
+        if self.ending:
+            self.per.put("right", right, -1)
+        self.sizes.append(len(piece))
+
+    def value(self, batch: Batch, ended: _Ends | None) -> dict[str, torch.Tensor]:
+        """Weighted l-acc, valid rate (AUC; with `ended`, end and sentence accuracy)."""
+        w = batch.weight.to(torch.float64)
+        out = {"l_acc": self.hits / w.sum(), "valid": self.valid / w.sum()}
+        if self.auc:
+            out["auc"] = roc_auc_rows(self.per["score"], batch.y, batch.weight)
+        if ended is not None:  # summed slice by slice, as the hits
+            ends, whole, a = 0.0, 0.0, 0
+            for b in self.sizes:
+                end, pw = ended.per["end"][..., a:a + b], w[a:a + b]
+                ends = ends + (end.to(pw.dtype) * pw).sum(-1)
+                whole = whole + ((end & self.per["right"][..., a:a + b]).to(pw.dtype)
+                                 * pw).sum(-1)
+                a += b
+            out |= {"end": ends / w.sum(), "sentence": whole / w.sum()}
+        return out
+
+
+class _Ends(OnHeads):
+    """Whether the `sentence` ending's query predicts EOS under each mask (M, S, B), fed
+    slice by slice (the ending's slices: the same strings, the true answer fed)."""
+
+    def __init__(self, model: Model, end_means, alpha, keep, n: int):
+        self.model, self.means, self.alpha, self.keep = model, end_means, alpha, keep
+        self.per = Sliced(n)
+
+    def heads(self, piece: Batch, base: torch.Tensor, o: torch.Tensor) -> None:
+        logits = scheme_logits(self.model, base, o, self.means, self.alpha, self.keep)
+        self.put(logits.argmax(-1) == EOS)
+
+    def put(self, end: torch.Tensor) -> None:
+        self.per.put("end", end, -1)
 
 
 def scheme_logits(model: Model, base: torch.Tensor, o: torch.Tensor, means: torch.Tensor,
@@ -107,7 +184,7 @@ def scheme_logits(model: Model, base: torch.Tensor, o: torch.Tensor, means: torc
 
 def _deep_rows(acts: Activations, means: Means, alpha: torch.Tensor, keep: torch.Tensor,
                end_means: Means | None):
-    """`_rows` of a deep model: each mask's logits through the later layers
+    """`scheme_metrics`' slices of a deep model: each mask's logits through the later layers
     (`layered_logits`), the unedited forward of each slice shared by the masks."""
     model = acts.model
     for piece in slices(model, acts.batch):
@@ -117,28 +194,6 @@ def _deep_rows(acts: Activations, means: Means, alpha: torch.Tensor, keep: torch
         if end_means is not None:
             end = _deep_logits(model, at_end(piece), alpha, keep, end_means).argmax(-1) == EOS
         yield piece, logits, end
-
-
-def _tally(batch: Batch, rows, auc: bool, ending: bool) -> dict[str, torch.Tensor]:
-    """Weighted l-acc, valid rate (AUC; end and sentence accuracy) over the slices `rows`."""
-    w = batch.weight.to(torch.float64)
-    hits, valid, ends, whole, scores = 0.0, 0.0, 0.0, 0.0, Sliced(len(batch))
-    for piece, logits, end in rows:
-        pred = logits.argmax(-1)
-        pw = piece.weight.to(torch.float64)
-        hits = hits + ((pred == piece.y).to(pw.dtype) * pw).sum(-1)
-        valid = valid + ((pred <= 1).to(pw.dtype) * pw).sum(-1)
-        if auc:
-            scores.put("score", logits[..., 1] - logits[..., 0], -1)
-        if ending:
-            ends = ends + (end.to(pw.dtype) * pw).sum(-1)
-            whole = whole + ((end & (pred == piece.y)).to(pw.dtype) * pw).sum(-1)
-    out = {"l_acc": hits / w.sum(), "valid": valid / w.sum()}
-    if auc:
-        out["auc"] = roc_auc_rows(scores["score"], batch.y, batch.weight)
-    if ending:
-        out |= {"end": ends / w.sum(), "sentence": whole / w.sum()}
-    return out
 
 
 def unembed(model: Model, resid: torch.Tensor) -> torch.Tensor:
@@ -720,6 +775,22 @@ def uniform_alpha(model: Model, fit: Batch, shared: Shared | None = None) -> tor
     return torch.where(alive, target / n.clamp(min=1e-300), 0.0)
 
 
+def _plan(model: Model, fit: Batch, fitted: torch.Tensor | None, shared: Shared) -> tuple:
+    """`aggregate`'s schemes, their alpha and keep (M, S, H) stacked, and the means."""
+    plan = schemes(shared.model, fit, fitted, shared)
+    alpha = torch.stack([a for _, _, a, _ in plan])  # (M, S, H)
+    keep = torch.stack([k for _, _, _, k in plan])
+    return plan, alpha, keep, *ablation_means(model, fit, shared)
+
+
+def ride_aggregate(model: Model, sets: dict[str, Batch], fit: Batch,
+                   fitted: torch.Tensor | None, shared: Shared) -> None:
+    """Have `aggregate` ride each set's next pass (`ride_schemes`)."""
+    _, alpha, keep, means, end_means = _plan(model, fit, fitted, shared)
+    for batch in sets.values():
+        ride_schemes(shared.of(batch), means, alpha, keep, end_means, SCHEMES)
+
+
 def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None,
               shared: Shared | None = None) -> list[dict]:
     """Tidy rows (scheme, head, seed, set, l_acc, valid, auc; in `sentence` also end and
@@ -729,14 +800,11 @@ def aggregate(model: Model, sets, fit: Batch, fitted: torch.Tensor | None = None
     shared: the sets' Activations, if other analyses read them too.
     """
     shared = Shared(model) if shared is None else shared
-    plan = schemes(shared.model, fit, fitted, shared)
-    alpha = torch.stack([a for _, _, a, _ in plan])  # (M, S, H)
-    keep = torch.stack([k for _, _, _, k in plan])
-    means, end_means = ablation_means(model, fit, shared)
+    plan, alpha, keep, means, end_means = _plan(model, fit, fitted, shared)
     rows = []
     for name, batch in as_batches(model.cfg, sets).items():
-        got = {k: v.numpy() for k, v in scheme_metrics(shared.of(batch), means, alpha, keep,
-                                                       end_means=end_means).items()}
+        got = {k: v.numpy() for k, v in scheme_metrics(
+            shared.of(batch), means, alpha, keep, end_means=end_means, key=SCHEMES).items()}
         for j, (scheme, head, _, _) in enumerate(plan):
             for i, seed in enumerate(model.seeds):
                 rows.append({"scheme": scheme, "head": head, "seed": seed, "set": name}

@@ -32,8 +32,6 @@ pattern it keeps), the later layers run again.
 
 from __future__ import annotations
 
-from itertools import repeat
-
 import numpy as np
 import torch
 
@@ -46,6 +44,7 @@ from .activations import (
     KindParts,
     QueryRows,
     Shared,
+    Sliced,
     deep,
     head_ids,
     kind_weights,
@@ -76,6 +75,7 @@ GRID_SIZE = 25  # grid points a side by default
 DEEP_GRID_SIZE = 5  # by default with L >= 2 layers or an MLP: a forward per grid point and head
 CHUNK_ELEMENTS = 1 << 21  # elements of the largest per-chunk tensor (G_chunk, S, H, B, R): 16 MB
 # (64 MB tensors ran 25% slower: out of cache)
+SWAP = "value_swap"  # `value_swap`'s computation on a set's shared pass (`ride_value_swap`)
 
 
 def default_grid(n: int = GRID_SIZE, lo: float = GRID_RANGE[0], hi: float = GRID_RANGE[1]
@@ -430,33 +430,79 @@ def value_swap(model: Model, batch: Batch, fit: Batch, shared: Shared | None = N
     kept there).
     """
     shared = Shared(model) if shared is None else shared
-    m, fa, acts = shared.model, shared.of(fit), shared.of(batch)
-    sentence = model.cfg.framing == "sentence"
+    acts = shared.of(batch)
     with torch.no_grad():
-        t = fa.once("swap_thresholds", lambda: fit_threshold(
-            torch.cat([_hybrid_scores(m, c, _pos_parts(m, c)) for _, c in fa.chunks()], -1),
-            fit.y, fit.weight))  # (S, H, H)
-        hits = 0.0
-        right = {k: 0.0 for k in ("l_acc",) + SENTENCE_METRICS * sentence}
-        endings = acts.end.chunks() if sentence else repeat((None, None))
-        for (piece, c), (end, e) in zip(acts.chunks(), endings):
-            parts = _pos_parts(m, c)  # the position path: scores and answers from one product
-            hits = hits + threshold_acc(_hybrid_scores(m, c, parts), t, piece.y,
-                                        piece.weight) * piece.weight.sum()
-            w = piece.weight.to(torch.float64)
-            answered = _hybrid_pred(m, c, piece, parts) == piece.y  # (H, H, S, b)
-            got = {"l_acc": answered}
-            if sentence:  # the same slices of the same strings, the true answer fed
-                ended = _hybrid_pred(m, e, end) == EOS
-                got |= {"end": ended, "sentence": answered & ended}
-            for k, hit in got.items():
-                right[k] = right[k] + (hit.to(w.dtype) * w).sum(-1).permute(2, 0, 1)
-        s_acc = (hits / batch.weight.sum()).numpy()
+        swap, ends = _swap_makers(shared, batch, fit)
+        got = acts.rode(SWAP, swap)  # on the set's shared pass (`ride_value_swap`)
+        right = {"l_acc": got.right}
+        if ends is not None:  # the same slices of the same strings, the true answer fed
+            ended, w, a = acts.end.rode(SWAP, ends).per["ended"], batch.weight, 0
+            right |= {"end": 0.0, "sentence": 0.0}
+            for b in got.sizes:  # summed slice by slice, as the answers
+                end, pw = ended[..., a:a + b], w[a:a + b].to(torch.float64)
+                for k, hit in (("end", end), ("sentence", got.per["answered"][..., a:a + b]
+                                              & end)):
+                    right[k] = right[k] + (hit.to(pw.dtype) * pw).sum(-1).permute(2, 0, 1)
+                a += b
+        s_acc = (got.hits / batch.weight.sum()).numpy()
         rates = {k: (v / batch.weight.sum()).numpy() for k, v in right.items()}  # (S, H, H)
     H = s_acc.shape[1]
     return [{"seed": seed, "attn_head": i, "ov_head": j, "swapped": i != j,
              "s_acc": float(s_acc[s, i, j])} | {k: float(v[s, i, j]) for k, v in rates.items()}
             for s, seed in enumerate(model.seeds) for i in range(H) for j in range(H)]
+
+
+def _swap_makers(shared: Shared, batch: Batch, fit: Batch):
+    """`value_swap`'s computations on a set's slices, the hybrids' thresholds fitted on `fit`
+    first: its `_Swap` and, in `sentence`, its `_SwapEnds` on the ending's (else None)."""
+    m, fa, n = shared.model, shared.of(fit), len(batch)
+    t = fa.once("swap_thresholds", lambda: fit_threshold(
+        torch.cat([_hybrid_scores(m, c, _pos_parts(m, c)) for _, c in fa.chunks()], -1),
+        fit.y, fit.weight))  # (S, H, H)
+    sentence = m.cfg.framing == "sentence"
+    return (lambda: _Swap(m, t, sentence, n)), (lambda: _SwapEnds(m, n)) if sentence else None
+
+
+def ride_value_swap(shared: Shared, batch: Batch, fit: Batch) -> None:
+    """Have `value_swap` on `batch` ride the set's next pass (and its ending's)."""
+    swap, ends = _swap_makers(shared, batch, fit)
+    acts = shared.of(batch)
+    acts.ride(SWAP, swap)
+    if ends is not None:
+        acts.end.ride(SWAP, ends)
+
+
+class _Swap:
+    """`value_swap` fed a set's slices: the weight of right hybrid readouts (thresholds t) and
+    of right answers (S, H, H) and, in `sentence`, which answers are right (H, H, S, B), with
+    each slice's size."""
+
+    def __init__(self, model: Model, t: torch.Tensor, sentence: bool, n: int):
+        self.model, self.t, self.sentence = model, t, sentence
+        self.hits, self.right, self.per, self.sizes = 0.0, 0.0, Sliced(n), []
+
+    def add(self, piece: Batch, c: Cache) -> None:
+        m = self.model
+        parts = _pos_parts(m, c)  # the position path: scores and answers from one product
+        self.hits = self.hits + threshold_acc(_hybrid_scores(m, c, parts), self.t, piece.y,
+                                              piece.weight) * piece.weight.sum()
+        w = piece.weight.to(torch.float64)
+        answered = _hybrid_pred(m, c, piece, parts) == piece.y  # (H, H, S, b)
+        self.right = self.right + (answered.to(w.dtype) * w).sum(-1).permute(2, 0, 1)
+        if self.sentence:
+            self.per.put("answered", answered, -1)
+        self.sizes.append(len(piece))
+
+
+class _SwapEnds:
+    """Whether each hybrid predicts EOS at the `sentence` ending (H, H, S, B), fed the
+    ending's slices."""
+
+    def __init__(self, model: Model, n: int):
+        self.model, self.per = model, Sliced(n)
+
+    def add(self, piece: Batch, c: Cache) -> None:
+        self.per.put("ended", _hybrid_pred(self.model, c, piece) == EOS, -1)
 
 
 def _deep_hybrid_pred(model: Model, c: Cache, piece: Batch) -> torch.Tensor:

@@ -55,6 +55,7 @@ from ..language import (
     vocab,
 )
 from .activations import (
+    OnHeads,
     Shared,
     ablation_value,
     chunked_logits,
@@ -69,6 +70,7 @@ from .activations import (
 
 PROBE_C, PROBE_ITER = 100.0, 2000  # weak regularisation: the probe is an upper bound
 SORT_THREADS = min(4, os.cpu_count() or 1)
+HEAD_HITS = "head_hits"  # `head_hits`' computation on a set's shared pass (`ride_head_hits`)
 
 
 def l_acc(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -481,15 +483,47 @@ def head_hits(shared: Shared, batch: Batch, fit: Batch, probes: list[list]
     at_query = weighted_mean(shared.of(fit).heads[1], fit.weight, 1)  # (S, L * H, d)
     hits, ablated = 0.0, 0.0
     with threadpool_limits(1):  # BLAS threads only wait for each other on problems this small
-        for piece, base, o in a.head_slices():  # o_h, kept whole where it is small
-            hits = hits + probe_hits(probes, o, piece)
-            if not deep(m):
-                ablated = ablated + ablated_hits(m, piece, base, o, at_query)
+        if deep(m):
+            for piece, _, o in a.head_slices():  # o_h, kept whole where it is small
+                hits = hits + probe_hits(probes, o, piece)
+        else:  # on the set's shared pass where it has one (`ride_head_hits`)
+            got = a.over_heads(HEAD_HITS, lambda: _HeadHits(m, probes, at_query))
+            hits, ablated = got.hits, got.ablated
     if deep(m):
         ablated = deep_ablated_hits(shared, batch, fit, at_query)
     total = float(batch.weight.sum())
     trained = l_acc(a.logits, batch.y, batch.weight).to(torch.float64)
     return hits / total, (ablated / total - trained[:, None]).numpy()
+
+
+class _HeadHits(OnHeads):
+    """`head_hits`' sums for one attention-only layer, fed slice by slice: the weight each
+    probe classifies right and the weight answered right with each head mean-ablated."""
+
+    def __init__(self, model, probes: list[list], at_query: torch.Tensor):
+        self.model, self.probes, self.at_query = model, probes, at_query
+        self.hits, self.ablated = 0.0, 0.0
+
+    def heads(self, piece: Batch, base: torch.Tensor, o: torch.Tensor) -> None:
+        self.hits = self.hits + probe_hits(self.probes, o, piece)
+        self.ablated = self.ablated + ablated_hits(self.model, piece, base, o, self.at_query)
+
+
+def ride_head_hits(shared: Shared, batch: Batch, fit: Batch) -> None:
+    """Have `head_hits` on `batch` ride the set's next pass (`Activations.ride_heads`), with
+    its probes and means fitted on `fit` now. A `deep` model's total effect runs forwards of
+    its own."""
+    m = shared.model
+    if not deep(m):
+        probes = head_probes(shared, fit)
+        at_query = weighted_mean(shared.of(fit).heads[1], fit.weight, 1)
+        shared.of(batch).ride_heads(HEAD_HITS, lambda: _HeadHits(m, probes, at_query))
+
+
+def head_probes(shared: Shared, fit: Batch) -> list[list]:
+    """`fit_probes` on `fit`'s head outputs, fitted once per (model, fit set)."""
+    fa = shared.of(fit)
+    return fa.once("probes", lambda: fit_probes(fa.heads[1], fit))
 
 
 def deep_ablated_hits(shared: Shared, batch: Batch, fit: Batch, at_query: torch.Tensor
@@ -540,10 +574,9 @@ def head_table(model, sets=EVAL_SETS, fit: Batch | None = None, shared: Shared |
     """
     shared = Shared(model) if shared is None else shared
     fit = eval_set(model.cfg, "fit") if fit is None else fit
-    fa = shared.of(fit)
     with torch.no_grad():
         t = fit_thresholds(shared, fit)  # (S, H)
-        probes = fa.once("probes", lambda: fit_probes(fa.heads[1], fit))
+        probes = head_probes(shared, fit)
         rows = []
         for name, batch in as_batches(model.cfg, sets).items():
             a = shared.of(batch)
