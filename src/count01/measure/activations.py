@@ -319,7 +319,8 @@ class Activations:
     def ride(self, key: str, make: Callable[[], Any]) -> None:
         """Have the set's next pass feed make() (an object with add(slice, cache)) every slice,
         for `rode(key)`: the analyses registered before a pass share its forward (the position
-        path's `exhaustive` is 341 slices a pass). A key stands for one computation."""
+        path's `exhaustive` is 341 slices a pass). A key stands for one computation: asked
+        again before the first is read, it is not registered twice."""
         if key not in self._riders and key not in self._rode:
             self._riders[key] = make()
 
@@ -351,6 +352,12 @@ class Activations:
         """`over_heads` of key on the set's next pass, where the heads are not kept whole."""
         if not self.keeps_heads():
             self.ride(key, make)
+
+    def ride_pass(self) -> None:
+        """Have the set's next pass also make `_pass`'s quantities (on the count path the
+        logits take no pass, so the first analysis that needs one may run it)."""
+        if "pass" not in self._kept:
+            self.ride("pass", lambda: _Pass(self))
 
     def _pass(self) -> dict[str, Any]:
         """One run over the set's slices: the per-example quantities every analysis reads."""

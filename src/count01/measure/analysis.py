@@ -13,8 +13,8 @@ metrics.json   run, config, seeds, n_heads, sweep_set (set of the intervention),
                {stage: CPU time of this process; figures are drawn by a second process while
                the later stages compute, so figures_and_summary is the wait for the last ones;
                `fit` fits on the fit split what the analyses need and registers them on each
-               set's one pass, which the model stage then runs for all of them, so the head,
-               aggregation and value swap stages time what is left of theirs}.
+               set's one pass, which the first stage to read the set runs for all of them (the
+               model stage; on the count path, whose logits take no pass, a later one)}.
 model.csv      set, seed, l_acc, valid, auc
                the trained model: l-acc (argmax of the logits = answer), valid rate (argmax is
                0 or 1), ROC AUC of logit(1) - logit(0).
@@ -256,6 +256,7 @@ def _compute(model, fit, sets, sweep_set: str, grid: tuple[np.ndarray, np.ndarra
     with torch.no_grad():  # what is fitted on `fit`, then each set's analyses on one pass
         fitted = fit_alpha(model, fit, shared=shared)
         for batch in sets.values():
+            shared.of(batch).ride_pass()
             ride_head_hits(shared, batch, fit)
             ride_value_swap(shared, batch, fit)
         ride_aggregate(model, sets, fit, fitted, shared)

@@ -511,8 +511,8 @@ class _HeadHits(OnHeads):
 
 def ride_head_hits(shared: Shared, batch: Batch, fit: Batch) -> None:
     """Have `head_hits` on `batch` ride the set's next pass (`Activations.ride_heads`), with
-    its probes and means fitted on `fit` now. A `deep` model's total effect runs forwards of
-    its own."""
+    its probes and means fitted on `fit` now. Nothing rides for a `deep` model: its probes read
+    `head_slices`, its total effect runs forwards of its own."""
     m = shared.model
     if not deep(m):
         probes = head_probes(shared, fit)
