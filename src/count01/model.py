@@ -433,8 +433,13 @@ class Model(CountPath, PositionPath, PrefixPath):
     def unembed_tangent(self, resid: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The derivative of `unembed` at resid (S, ..., d_model) along t (S, ..., d_model;
         resid broadcast against it): (S, ..., d_vocab)."""
-        h = self._ln_tangent(resid, t, "ln_final")
-        S, d = h.shape[0], h.shape[-1]
-        out = seed_bmm(h.reshape(S, -1, d), self.weights["unembed.W_U"])
-        return out.view(*h.shape[:-1], -1)
+        return self.read_out(self._ln_tangent(resid, t, "ln_final"))
+
+    def read_out(self, x: torch.Tensor) -> torch.Tensor:
+        """x W_U (S, ..., d_model) -> (S, ..., d_vocab), no bias: with no ln_final the logits
+        are linear in the residual, so heads recombined after this (alpha, mean ablation) sum
+        d_vocab numbers a head, not d_model, and need no unembedding per variant. One product
+        per seed (`seed_bmm`)."""
+        S, d = x.shape[0], x.shape[-1]
+        return seed_bmm(x.reshape(S, -1, d), self.weights["unembed.W_U"]).view(*x.shape[:-1], -1)
 

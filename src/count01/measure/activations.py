@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..cache import ATTN, Cache, attn, seed_bmm
+from ..cache import ATTN, Cache, attn
 from ..fast.position import PosCache
 from ..language import ONE, ZERO, Batch, at_end
 from ..model import Model
@@ -126,17 +126,29 @@ class Sliced(dict):
 
     def __init__(self, n: int):
         super().__init__()
-        self.n, self.at = n, {}
+        self.n, self.sizes = n, {}  # key -> the slices' sizes, in order
 
     def put(self, key: str, value: torch.Tensor, axis: int) -> None:
         """The next slice's value of key (its examples on `axis`) after the previous one's."""
         if key not in self:
             shape = list(value.shape)
             shape[axis] = self.n
-            self[key], self.at[key] = value.new_empty(shape), 0
+            self[key], self.sizes[key] = value.new_empty(shape), []
         b = value.shape[axis]
-        self[key].narrow(axis, self.at[key], b).copy_(value)
-        self.at[key] += b
+        self[key].narrow(axis, sum(self.sizes[key]), b).copy_(value)
+        self.sizes[key].append(b)
+
+
+def sums_by_slice(sizes: list[int], weight: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+    """The weight (B,) of the examples where hit (..., B) holds, summed slice by slice in the
+    order of sizes: the order the other sums over the same slices were made in, so the same
+    bits as summing each slice as it came."""
+    total, a = 0.0, 0
+    for b in sizes:
+        pw = weight[a:a + b].to(torch.float64)
+        total = total + (hit[..., a:a + b].to(pw.dtype) * pw).sum(-1)
+        a += b
+    return total
 
 
 def head_parts(cache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,14 +172,6 @@ def readout_direction(model) -> torch.Tensor:
     """W_U[:, 1] - W_U[:, 0] (S, d_model): the direction a head's direct score is read along."""
     W_U = model.weights["unembed.W_U"]
     return W_U[..., ONE] - W_U[..., ZERO]
-
-
-def read_out(model, x: torch.Tensor) -> torch.Tensor:
-    """x W_U (S, ..., d) -> (S, ..., V), no bias: with no ln_final the logits are linear in the
-    residual, so heads recombined after this (alpha, mean ablation) sum V numbers a head, not
-    d, and need no unembedding per variant. One product per seed (`seed_bmm`)."""
-    S, d = x.shape[0], x.shape[-1]
-    return seed_bmm(x.reshape(S, -1, d), model.weights["unembed.W_U"]).view(*x.shape[:-1], -1)
 
 
 def head_ids(model) -> list[tuple[int, int]]:
@@ -439,7 +443,7 @@ class Activations:
             if not deep(m):
                 got |= {"out": torch.einsum("sbhte,shed,sdr->shbtr", vk, W_O, R),
                         "orig": torch.einsum("sbhd,sdr->shbr", c.result, R),
-                        "rest": torch.einsum("sbd,sdr->sbr", c.resid - c.result.sum(2), R)}
+                        "rest": torch.einsum("sbd,sdr->sbr", head_parts(c)[0], R)}
             for k, v in got.items():
                 fields.put(k, v, axis[k])
             ratios.add(piece, c)

@@ -53,8 +53,8 @@ from .activations import (
     position_means,
     query_logits,
     query_rows,
-    read_out,
     slices,
+    sums_by_slice,
     weighted_mean,
 )
 from .metrics import as_batches, roc_auc_rows
@@ -115,12 +115,12 @@ def ride_schemes(acts: Activations, means, alpha: torch.Tensor, keep: torch.Tens
 class _Tally(OnHeads):
     """`scheme_metrics` fed slice by slice: the weight answered right and validly (M, S), the
     scores logit(1) - logit(0) (M, S, B) for the AUC and, in `sentence`, which answers are
-    right (M, S, B), with each slice's size."""
+    right (M, S, B)."""
 
     def __init__(self, model: Model, means, alpha, keep, auc: bool, ending: bool, n: int):
         self.model, self.means, self.alpha, self.keep = model, means, alpha, keep
         self.auc, self.ending = auc, ending
-        self.hits, self.valid, self.per, self.sizes = 0.0, 0.0, Sliced(n), []
+        self.hits, self.valid, self.per = 0.0, 0.0, Sliced(n)
 
     def heads(self, piece: Batch, base: torch.Tensor, o: torch.Tensor) -> None:
         self.logits(piece, scheme_logits(self.model, base, o, self.means, self.alpha,
@@ -137,7 +137,6 @@ class _Tally(OnHeads):
             self.per.put("score", logits[..., 1] - logits[..., 0], -1)
         if self.ending:
             self.per.put("right", right, -1)
-        self.sizes.append(len(piece))
 
     def value(self, batch: Batch, ended: _Ends | None) -> dict[str, torch.Tensor]:
         """Weighted l-acc, valid rate (AUC; with `ended`, end and sentence accuracy)."""
@@ -146,14 +145,9 @@ class _Tally(OnHeads):
         if self.auc:
             out["auc"] = roc_auc_rows(self.per["score"], batch.y, batch.weight)
         if ended is not None:  # summed slice by slice, as the hits
-            ends, whole, a = 0.0, 0.0, 0
-            for b in self.sizes:
-                end, pw = ended.per["end"][..., a:a + b], w[a:a + b]
-                ends = ends + (end.to(pw.dtype) * pw).sum(-1)
-                whole = whole + ((end & self.per["right"][..., a:a + b]).to(pw.dtype)
-                                 * pw).sum(-1)
-                a += b
-            out |= {"end": ends / w.sum(), "sentence": whole / w.sum()}
+            end, sizes = ended.per["end"], self.per.sizes["right"]
+            out |= {"end": sums_by_slice(sizes, w, end) / w.sum(),
+                    "sentence": sums_by_slice(sizes, w, end & self.per["right"]) / w.sum()}
         return out
 
 
@@ -176,10 +170,10 @@ class _Ends(OnHeads):
 def scheme_logits(model: Model, base: torch.Tensor, o: torch.Tensor, means: torch.Tensor,
                   alpha: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The logits (..., S, B, V) of `combine`'s residual. Without ln_final base, o and means are
-    read out first (`read_out`) and recombined as logits."""
+    read out first (`Model.read_out`) and recombined as logits."""
     if model.cfg.layernorm:
         return unembed(model, combine(base, o, means, alpha, keep))
-    return combine(model.unembed(base), read_out(model, o), read_out(model, means), alpha, keep)
+    return combine(model.unembed(base), model.read_out(o), model.read_out(means), alpha, keep)
 
 
 def _deep_rows(acts: Activations, means: Means, alpha: torch.Tensor, keep: torch.Tensor,
@@ -290,7 +284,7 @@ def _readout(model: Model, base, o, means) -> tuple[np.ndarray, np.ndarray, np.n
     head's output's (S, R, H, V: the fixed Jacobian) and each head's mean's (S, R|1, H, V)."""
     if means.dim() == 3:  # one mean per head: the same for every row
         means = means[:, None]
-    pieces = (unembed(model, base), read_out(model, o), read_out(model, means))
+    pieces = (unembed(model, base), model.read_out(o), model.read_out(means))
     return tuple(np.ascontiguousarray(x.to(torch.float64).numpy()) for x in pieces)
 
 

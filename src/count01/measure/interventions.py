@@ -52,6 +52,7 @@ from .activations import (
     readout_direction,
     slices,
     stacked,
+    sums_by_slice,
 )
 from .aggregation import unembed
 from .metrics import (
@@ -436,14 +437,9 @@ def value_swap(model: Model, batch: Batch, fit: Batch, shared: Shared | None = N
         got = acts.rode(SWAP, swap)  # on the set's shared pass (`ride_value_swap`)
         right = {"l_acc": got.right}
         if ends is not None:  # the same slices of the same strings, the true answer fed
-            ended, w, a = acts.end.rode(SWAP, ends).per["ended"], batch.weight, 0
-            right |= {"end": 0.0, "sentence": 0.0}
-            for b in got.sizes:  # summed slice by slice, as the answers
-                end, pw = ended[..., a:a + b], w[a:a + b].to(torch.float64)
-                for k, hit in (("end", end), ("sentence", got.per["answered"][..., a:a + b]
-                                              & end)):
-                    right[k] = right[k] + (hit.to(pw.dtype) * pw).sum(-1).permute(2, 0, 1)
-                a += b
+            ended, sizes = acts.end.rode(SWAP, ends).per["ended"], got.per.sizes["answered"]
+            for k, hit in (("end", ended), ("sentence", got.per["answered"] & ended)):
+                right[k] = sums_by_slice(sizes, batch.weight, hit).permute(2, 0, 1)
         s_acc = (got.hits / batch.weight.sum()).numpy()
         rates = {k: (v / batch.weight.sum()).numpy() for k, v in right.items()}  # (S, H, H)
     H = s_acc.shape[1]
@@ -474,12 +470,11 @@ def ride_value_swap(shared: Shared, batch: Batch, fit: Batch) -> None:
 
 class _Swap:
     """`value_swap` fed a set's slices: the weight of right hybrid readouts (thresholds t) and
-    of right answers (S, H, H) and, in `sentence`, which answers are right (H, H, S, B), with
-    each slice's size."""
+    of right answers (S, H, H) and, in `sentence`, which answers are right (H, H, S, B)."""
 
     def __init__(self, model: Model, t: torch.Tensor, sentence: bool, n: int):
         self.model, self.t, self.sentence = model, t, sentence
-        self.hits, self.right, self.per, self.sizes = 0.0, 0.0, Sliced(n), []
+        self.hits, self.right, self.per = 0.0, 0.0, Sliced(n)
 
     def add(self, piece: Batch, c: Cache) -> None:
         m = self.model
@@ -491,7 +486,6 @@ class _Swap:
         self.right = self.right + (answered.to(w.dtype) * w).sum(-1).permute(2, 0, 1)
         if self.sentence:
             self.per.put("answered", answered, -1)
-        self.sizes.append(len(piece))
 
 
 class _SwapEnds:

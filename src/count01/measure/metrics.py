@@ -63,7 +63,6 @@ from .activations import (
     direct_scores,
     head_ids,
     position_means,
-    read_out,
     slices,
     weighted_mean,
 )
@@ -552,9 +551,9 @@ def ablated_hits(model, piece: Batch, base: torch.Tensor, o: torch.Tensor,
     H = o.shape[2]
     w = piece.weight.to(torch.float64)
     hits = torch.zeros(o.shape[0], H, dtype=torch.float64)
-    linear = not model.cfg.layernorm  # then recombined as logits (`read_out`)
+    linear = not model.cfg.layernorm  # then recombined as logits (`Model.read_out`)
     if linear:
-        base, o, at_query = model.unembed(base), read_out(model, o), read_out(model, at_query)
+        base, o, at_query = model.unembed(base), model.read_out(o), model.read_out(at_query)
     for i in range(H):
         ablated = torch.arange(H) == i
         resid = base + torch.where(ablated[:, None], at_query[:, None], o).sum(2)
